@@ -1,0 +1,79 @@
+"""Domain errors, in the business's words. The edges (HTTP, voice, CLI) translate them.
+
+    BookingError                      base; `retryable` says whether trying again may help
+    ├── NotFound                      no such business/service/staff/appointment/hold
+    │   └── AmbiguousBusiness         no business id given and there is not exactly one
+    ├── InvalidRequest                arguments that can never work (bad window, bad phone)
+    ├── SlotUnavailable               the time is not bookable (any reason below)
+    │   ├── SlotTaken                 another booking or hold has it (retryable: pick another)
+    │   ├── OutsideHours              not a slot of this staff member's hours for this service
+    │   ├── TooSoon                   inside the minimum notice
+    │   └── TooFarAhead               past the booking horizon
+    ├── HoldExpired                   the hold ran out or was replaced
+    ├── NotYourAppointment            the appointment belongs to another caller
+    ├── AppointmentNotActive          cancelled or already moved
+    └── CalendarUnavailable           a linked calendar could not be read (retryable)
+"""
+
+from __future__ import annotations
+
+
+class BookingError(Exception):
+    """Base of every domain error; `code` is stable for APIs, `retryable` guides retry policy."""
+
+    code = "booking_error"
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(BookingError):
+    code = "not_found"
+
+
+class AmbiguousBusiness(NotFound):
+    code = "business_required"
+
+
+class InvalidRequest(BookingError):
+    code = "invalid_request"
+
+
+class SlotUnavailable(BookingError):
+    code = "slot_unavailable"
+
+
+class SlotTaken(SlotUnavailable):
+    code = "slot_taken"
+    retryable = True
+
+
+class OutsideHours(SlotUnavailable):
+    code = "outside_hours"
+
+
+class TooSoon(SlotUnavailable):
+    code = "too_soon"
+
+
+class TooFarAhead(SlotUnavailable):
+    code = "too_far_ahead"
+
+
+class HoldExpired(BookingError):
+    code = "hold_expired"
+
+
+class NotYourAppointment(BookingError):
+    code = "not_your_appointment"
+
+
+class AppointmentNotActive(BookingError):
+    code = "appointment_not_active"
+
+
+class CalendarUnavailable(BookingError):
+    code = "calendar_unavailable"
+    retryable = True

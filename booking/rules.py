@@ -1,0 +1,182 @@
+"""Availability rules of a staff member (weekly hours, date overrides, time off) and their expansion.
+
+Rules are written in the staff member's wall-clock time; expansion turns them into aware UTC
+intervals, half-open `[start, end)`. Wall times that do not exist (the spring-forward gap) resolve to
+the first instant after the gap; ambiguous ones (fall-back) take the first occurrence.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from dateutil.rrule import rrulestr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+Interval = tuple[datetime, datetime]
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+
+
+def _minutes(hh: str, mm: str) -> int:
+    return int(hh) * 60 + int(mm)
+
+
+def _check_range(value: str) -> str:
+    m = _RANGE.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a range like '09:00-12:30'")
+    start, end = _minutes(m[1], m[2]), _minutes(m[3], m[4])
+    if int(m[2]) > 59 or int(m[4]) > 59 or start >= 24 * 60 or end > 24 * 60:
+        raise ValueError(f"{value!r} has an impossible time of day")
+    if end <= start:
+        raise ValueError(f"{value!r} ends before it starts")
+    return value.strip()
+
+
+TimeRange = Annotated[str, AfterValidator(_check_range)]
+
+
+def parse_range(value: str) -> tuple[int, int]:
+    """'09:00-12:30' -> (540, 750), minutes after local midnight."""
+    m = _RANGE.match(value)
+    assert m is not None, value
+    return _minutes(m[1], m[2]), _minutes(m[3], m[4])
+
+
+def _no_overlap(ranges: list[str]) -> list[str]:
+    spans = sorted(parse_range(r) for r in ranges)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            raise ValueError(f"ranges {ranges} overlap")
+    return ranges
+
+
+DayHours = Annotated[list[TimeRange], AfterValidator(_no_overlap)]
+
+
+class Override(BaseModel):
+    """Other hours on one date; an empty list closes the date."""
+
+    model_config = ConfigDict(extra="forbid")
+    date: date
+    hours: DayHours = Field(default_factory=list)
+
+
+class TimeOff(BaseModel):
+    """Busy time: one range, or a recurring one when `rrule` is given (start/end are the first one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: datetime
+    end: datetime
+    rrule: str | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeOff:
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise ValueError("start and end must both have an offset or both have none")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if self.rrule is not None:
+            try:
+                rrulestr(self.rrule, dtstart=self.start.replace(tzinfo=None))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"rrule {self.rrule!r} is not valid: {exc}") from None
+        return self
+
+
+class WeeklyHours(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mon: DayHours = Field(default_factory=list)
+    tue: DayHours = Field(default_factory=list)
+    wed: DayHours = Field(default_factory=list)
+    thu: DayHours = Field(default_factory=list)
+    fri: DayHours = Field(default_factory=list)
+    sat: DayHours = Field(default_factory=list)
+    sun: DayHours = Field(default_factory=list)
+
+    def for_weekday(self, weekday: int) -> list[str]:
+        return list(getattr(self, DAYS[weekday]))
+
+
+class Availability(BaseModel):
+    """Everything that says when one staff member can work."""
+
+    weekly_hours: WeeklyHours = Field(default_factory=WeeklyHours)
+    overrides: list[Override] = Field(default_factory=list)
+    time_off: list[TimeOff] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_dates(self) -> Availability:
+        seen = [o.date for o in self.overrides]
+        dupes = sorted({d for d in seen if seen.count(d) > 1})
+        if dupes:
+            raise ValueError(f"more than one override for {', '.join(map(str, dupes))}")
+        return self
+
+    def hours_on(self, day: date) -> list[str]:
+        for override in self.overrides:
+            if override.date == day:
+                return list(override.hours)
+        return self.weekly_hours.for_weekday(day.weekday())
+
+
+def local_to_utc(day: date, minutes: int, tz: ZoneInfo) -> datetime:
+    """Wall time `minutes` after midnight of `day` in `tz`, as UTC (24:00 is next midnight)."""
+    extra_days, minutes = divmod(minutes, 24 * 60)
+    wall = datetime.combine(day + timedelta(days=extra_days), time(minutes // 60, minutes % 60))
+    # fold=0 maps a gap time with the pre-transition offset, i.e. past the gap: 02:00 -> 03:00.
+    return wall.replace(tzinfo=tz).astimezone(UTC)
+
+
+def working_ranges(rules: Availability, tz: ZoneInfo, day: date) -> list[Interval]:
+    """The working ranges on local `day`, in UTC."""
+    out = []
+    for text in rules.hours_on(day):
+        start, end = parse_range(text)
+        s, e = local_to_utc(day, start, tz), local_to_utc(day, end, tz)
+        if e > s:
+            out.append((s, e))
+    return out
+
+
+def _aware(value: datetime, tz: ZoneInfo) -> datetime:
+    return value.replace(tzinfo=tz) if value.tzinfo is None else value
+
+
+def time_off_intervals(
+    rules: Availability, tz: ZoneInfo, *, start: datetime, end: datetime
+) -> list[Interval]:
+    """Time off overlapping `[start, end)`, expanded (RRULEs in wall time) to UTC intervals."""
+    out: list[Interval] = []
+    for off in rules.time_off:
+        if off.rrule is None:
+            s, e = _aware(off.start, tz).astimezone(UTC), _aware(off.end, tz).astimezone(UTC)
+            if s < end and e > start:
+                out.append((s, e))
+            continue
+        out.extend(_recurring_time_off(off, tz, start=start, end=end))
+    return out
+
+
+def _recurring_time_off(
+    off: TimeOff, tz: ZoneInfo, *, start: datetime, end: datetime
+) -> list[Interval]:
+    # Expand in wall time so a weekly 13:00 stays 13:00 across DST.
+    zone = off.start.tzinfo if off.start.tzinfo is not None else tz
+    first = off.start.replace(tzinfo=None)
+    length = off.end.replace(tzinfo=None) - first
+    rule = rrulestr(off.rrule or "", dtstart=first)
+    lo = start.astimezone(zone).replace(tzinfo=None) - length - timedelta(days=1)
+    hi = end.astimezone(zone).replace(tzinfo=None) + timedelta(days=1)
+    out = []
+    for occurrence in rule.between(lo, hi, inc=True):
+        s = occurrence.replace(tzinfo=zone).astimezone(UTC)
+        e = (occurrence + length).replace(tzinfo=zone).astimezone(UTC)
+        if s < end and e > start:
+            out.append((s, e))
+    return out

@@ -1,0 +1,161 @@
+"""Slot search: the one function every caller (agent tool, API, CLI, booking re-check) shares.
+
+The rules, exactly:
+- Candidates start at the start of each working range in the staff member's zone, then every slot
+  step after it in elapsed time; a slot fits when its whole duration lies inside the range.
+- An override replaces that date's weekly hours; an empty list closes the date. Time off is busy.
+- Busy time must not overlap the slot widened by the service's buffers; buffers may fall outside
+  working hours. (Appointments and holds are stored as busy over their own buffered block.)
+- Minimum notice: start >= now + notice. Horizon: start < now + max_days_ahead days.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from booking.rules import Availability, Interval, time_off_intervals, working_ranges
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What slot search needs of a service."""
+
+    id: str
+    duration: timedelta
+    slot_step: timedelta
+    buffer_before: timedelta = timedelta(0)
+    buffer_after: timedelta = timedelta(0)
+    min_notice: timedelta = timedelta(0)
+    max_days_ahead: int = 60
+    staff_ids: tuple[str, ...] = ()
+
+    def block(self, start: datetime) -> Interval:
+        """The time a booking at `start` keeps busy: the slot widened by its buffers."""
+        return start - self.buffer_before, start + self.duration + self.buffer_after
+
+
+@dataclass(frozen=True)
+class StaffSpec:
+    """What slot search needs of a staff member."""
+
+    id: str
+    tz: ZoneInfo
+    availability: Availability = field(default_factory=Availability)
+
+
+@dataclass(frozen=True, order=True)
+class Slot:
+    start: datetime
+    end: datetime
+    staff_id: str
+
+
+class _BusyIndex:
+    """Merged busy intervals as epoch seconds, for O(log n) overlap checks."""
+
+    def __init__(self, intervals: Iterable[Interval], *, lo: float, hi: float) -> None:
+        spans = sorted(
+            (s.timestamp(), e.timestamp()) for s, e in intervals if e.timestamp() > lo
+            and s.timestamp() < hi
+        )
+        starts: list[float] = []
+        ends: list[float] = []
+        for s, e in spans:
+            if ends and s <= ends[-1]:
+                ends[-1] = max(ends[-1], e)
+            else:
+                starts.append(s)
+                ends.append(e)
+        self._starts, self._ends = starts, ends
+
+    def overlaps(self, a: float, b: float) -> bool:
+        i = bisect_right(self._ends, a)
+        return i < len(self._starts) and self._starts[i] < b
+
+
+def find_slots(
+    *,
+    service: ServiceSpec,
+    staff: Sequence[StaffSpec],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    busy: Mapping[str, Iterable[Interval]] | None = None,
+) -> list[Slot]:
+    """Every bookable slot starting in `[start, end)`, for each of `staff`, sorted by time."""
+    for value in (start, end, now):
+        if value.tzinfo is None:
+            raise ValueError("find_slots needs aware datetimes")
+    lo = max(start, now + service.min_notice)
+    hi = min(end, now + timedelta(days=service.max_days_ahead))
+    if lo >= hi:
+        return []
+    slots: list[Slot] = []
+    for member in staff:
+        slots.extend(_staff_slots(service, member, lo, hi, (busy or {}).get(member.id, ())))
+    slots.sort()
+    return slots
+
+
+def _staff_slots(
+    service: ServiceSpec, member: StaffSpec, lo: datetime, hi: datetime, busy: Iterable[Interval]
+) -> list[Slot]:
+    before = service.buffer_before.total_seconds()
+    after = service.buffer_after.total_seconds()
+    duration = service.duration.total_seconds()
+    step = service.slot_step.total_seconds()
+    lo_ts, hi_ts = lo.timestamp(), hi.timestamp()
+    reach_lo, reach_hi = lo - service.buffer_before, hi + service.duration + service.buffer_after
+    time_off = time_off_intervals(member.availability, member.tz, start=reach_lo, end=reach_hi)
+    index = _BusyIndex([*busy, *time_off], lo=reach_lo.timestamp(), hi=reach_hi.timestamp())
+
+    out = []
+    day = lo.astimezone(member.tz).date() - timedelta(days=1)
+    last_day = hi.astimezone(member.tz).date()
+    while day <= last_day:
+        for range_start, range_end in working_ranges(member.availability, member.tz, day):
+            t, stop = range_start.timestamp(), range_end.timestamp() - duration
+            if t < lo_ts:  # jump ahead on the step grid rather than walking to `lo`
+                t += -(-(lo_ts - t) // step) * step
+            while t <= stop and t < hi_ts:
+                if not index.overlaps(t - before, t + duration + after):
+                    s = datetime.fromtimestamp(t, UTC)
+                    out.append(Slot(s, s + service.duration, member.id))
+                t += step
+        day += timedelta(days=1)
+    return out
+
+
+def filter_time_of_day(
+    slots: Iterable[Slot], tz: ZoneInfo, *, earliest: time | None, latest: time | None
+) -> list[Slot]:
+    """Slots whose local start (in `tz`) is at or after `earliest` and at or before `latest`."""
+    out = []
+    for slot in slots:
+        local = slot.start.astimezone(tz).time()
+        if earliest is not None and local < earliest:
+            continue
+        if latest is not None and local > latest:
+            continue
+        out.append(slot)
+    return out
+
+
+def spread(slots: Sequence[Slot], count: int) -> list[Slot]:
+    """A few well-spread options: distinct start times, evenly across the list, earliest first."""
+    if count <= 0:
+        return []
+    by_start: dict[datetime, Slot] = {}
+    for slot in sorted(slots):
+        by_start.setdefault(slot.start, slot)
+    unique = list(by_start.values())
+    if len(unique) <= count:
+        return unique
+    if count == 1:
+        return unique[:1]
+    gap = (len(unique) - 1) / (count - 1)
+    return [unique[round(i * gap)] for i in range(count)]
