@@ -1,8 +1,8 @@
-"""Availability rules of a staff member (weekly hours, date overrides, time off) and their expansion.
+"""Availability rules of a staff member (weekly hours, date overrides, time off), and expansion.
 
 Rules are written in the staff member's wall-clock time; expansion turns them into aware UTC
-intervals, half-open `[start, end)`. Wall times that do not exist (the spring-forward gap) resolve to
-the first instant after the gap; ambiguous ones (fall-back) take the first occurrence.
+intervals, half-open `[start, end)`. Wall times that do not exist (the spring-forward gap) resolve
+to the first instant after the gap; ambiguous ones (fall-back) take the first occurrence.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Override(BaseModel):
 
 
 class TimeOff(BaseModel):
-    """Busy time: one range, or a recurring one when `rrule` is given (start/end are the first one)."""
+    """Busy time: one range, or a recurring one when `rrule` is given (start/end: the first)."""
 
     model_config = ConfigDict(extra="forbid")
     start: datetime

@@ -1,0 +1,722 @@
+"""The booking service: slot search over stored rules and busy time, holds, bookings, leads.
+
+Every public method is async and safe to call from the event loop: database work runs in a worker
+thread, linked calendars are read through the `CalendarBusy` port. Writes that claim time run in
+one transaction under the staff member's write lock (see `booking.db`), re-checking the slot with
+the same `find_slots` that offered it, so a racing caller can never get the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, select
+
+from booking import errors
+from booking.busy import CalendarBusy, NoCalendars, StaffCalendars
+from booking.clock import Clock, SystemClock
+from booking.db import lock_staff, session_scope
+from booking.models import (
+    Appointment,
+    AppointmentStatus,
+    Business,
+    Contact,
+    Hold,
+    Lead,
+    LeadOutcome,
+    Service,
+    Staff,
+)
+from booking.rules import Availability, Interval
+from booking.slots import ServiceSpec, Slot, StaffSpec, filter_time_of_day, find_slots, spread
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+
+
+def check_phone(phone: str) -> str:
+    """The phone number in E.164, or `InvalidRequest`."""
+    cleaned = re.sub(r"[\s().-]", "", phone or "")
+    if not E164.match(cleaned):
+        raise errors.InvalidRequest(f"{phone!r} is not a phone number in E.164 form (+15551234567)")
+    return cleaned
+
+
+def service_spec(row: Service) -> ServiceSpec:
+    return ServiceSpec(
+        id=row.id,
+        duration=timedelta(minutes=row.duration_minutes),
+        slot_step=timedelta(minutes=row.slot_step_minutes),
+        buffer_before=timedelta(minutes=row.buffer_before_minutes),
+        buffer_after=timedelta(minutes=row.buffer_after_minutes),
+        min_notice=timedelta(minutes=row.min_notice_minutes),
+        max_days_ahead=row.max_days_ahead,
+        staff_ids=tuple(row.staff_ids),
+    )
+
+
+def staff_zone(row: Staff, business: Business) -> ZoneInfo:
+    return ZoneInfo(row.timezone or business.timezone)
+
+
+def staff_spec(row: Staff, business: Business) -> StaffSpec:
+    rules = Availability.model_validate(
+        {"weekly_hours": row.weekly_hours, "overrides": row.overrides, "time_off": row.time_off}
+    )
+    return StaffSpec(id=row.id, tz=staff_zone(row, business), availability=rules)
+
+
+@dataclass
+class Context:
+    """A business, one service and the staff who may do it, loaded for one operation."""
+
+    business: Business
+    service: ServiceSpec
+    service_row: Service
+    staff_rows: list[Staff]
+    staff: list[StaffSpec]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.business.timezone)
+
+    def calendars(self, staff_id: str) -> StaffCalendars:
+        row = next(r for r in self.staff_rows if r.id == staff_id)
+        return StaffCalendars(
+            business_id=self.business.id,
+            staff_id=row.id,
+            tz=staff_zone(row, self.business),
+            links=tuple(row.calendars),
+        )
+
+
+@dataclass
+class SlotSearch:
+    timezone: str
+    slots: list[Slot]
+
+
+@dataclass
+class Scheduler:
+    """The domain's front door. `calendars` reads linked calendars; `clock` says what now is."""
+
+    engine: Engine
+    calendars: CalendarBusy = field(default_factory=NoCalendars)
+    clock: Clock = field(default_factory=SystemClock)
+    hold_minutes: int = 5
+    calendar_timeout: float = 4.0
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
+        def run() -> T:
+            with session_scope(self.engine, write=write) as session:
+                return fn(session)
+
+        return await asyncio.to_thread(run)
+
+    def _now(self, now: datetime | None) -> datetime:
+        value = now or self.clock.now()
+        if value.tzinfo is None:
+            raise errors.InvalidRequest("now must carry a UTC offset")
+        return value.astimezone(UTC)
+
+    # ---- businesses -----------------------------------------------------------------------
+
+    async def resolve_business(self, business_id: str | None) -> str:
+        """The business id to use; may be left out while there is only one business."""
+        return await self._db(lambda s: _resolve_business(s, business_id))
+
+    async def business(self, business_id: str | None = None) -> Business:
+        def load(s: Session) -> Business:
+            row = s.get(Business, _resolve_business(s, business_id))
+            assert row is not None
+            return row
+
+        return await self._db(load)
+
+    async def business_by_number(self, phone: str) -> Business:
+        number = check_phone(phone)
+
+        def load(s: Session) -> Business:
+            for row in s.exec(select(Business)):
+                if number in row.phone_numbers:
+                    return row
+            raise errors.NotFound(f"no business answers {number}")
+
+        return await self._db(load)
+
+    async def services(self, business_id: str) -> list[Service]:
+        return await self._db(
+            lambda s: list(s.exec(select(Service).where(Service.business_id == business_id)
+                                  .order_by(Service.position)))
+        )
+
+    async def staff(self, business_id: str) -> list[Staff]:
+        return await self._db(
+            lambda s: list(s.exec(select(Staff).where(Staff.business_id == business_id)
+                                  .order_by(Staff.position)))
+        )
+
+    # ---- slot search ----------------------------------------------------------------------
+
+    async def search(
+        self,
+        *,
+        business_id: str | None,
+        service_id: str,
+        start: datetime,
+        end: datetime,
+        staff_id: str | None = None,
+        now: datetime | None = None,
+        holder: str | None = None,
+    ) -> SlotSearch:
+        """Every bookable slot starting in `[start, end)`; `holder`'s own hold does not block."""
+        now = self._now(now)
+        if start.tzinfo is None or end.tzinfo is None:
+            raise errors.InvalidRequest("start and end must carry a UTC offset")
+        if end <= start:
+            raise errors.InvalidRequest("the end of the window must be after its start")
+
+        def load(s: Session) -> tuple[Context, dict[str, list[Interval]]]:
+            ctx = _load_context(s, business_id, service_id, staff_id)
+            lo, hi = start - ctx.service.buffer_before, end + ctx.service.duration
+            hi += ctx.service.buffer_after
+            busy = _stored_busy(s, ctx, [m.id for m in ctx.staff], lo, hi, now, holder=holder)
+            return ctx, busy
+
+        ctx, busy = await self._db(load)
+        lo = start - ctx.service.buffer_before
+        hi = end + ctx.service.duration + ctx.service.buffer_after
+        linked = await self._linked_busy(ctx, [m.id for m in ctx.staff], lo, hi, live=False)
+        for staff_id_, intervals in linked.items():
+            busy.setdefault(staff_id_, []).extend(intervals)
+        slots = find_slots(
+            service=ctx.service, staff=ctx.staff, start=start, end=end, now=now, busy=busy
+        )
+        return SlotSearch(timezone=ctx.business.timezone, slots=slots)
+
+    async def availability(
+        self,
+        *,
+        business_id: str | None,
+        service_id: str,
+        first_day: date,
+        last_day: date,
+        staff_id: str | None = None,
+        now: datetime | None = None,
+        earliest: time | None = None,
+        latest: time | None = None,
+        holder: str | None = None,
+        limit: int | None = None,
+    ) -> SlotSearch:
+        """Slots from `first_day` through `last_day` (dates in the business's zone).
+
+        `earliest`/`latest` keep slots starting within those local times; `limit` returns that
+        many well-spread options instead of every slot.
+        """
+        if last_day < first_day:
+            raise errors.InvalidRequest("the last date is before the first")
+        if (last_day - first_day).days > 366:
+            raise errors.InvalidRequest("search at most a year at a time")
+        business = await self.business(business_id)
+        tz = ZoneInfo(business.timezone)
+        start = datetime.combine(first_day, time(), tz)
+        end = datetime.combine(last_day + timedelta(days=1), time(), tz)
+        result = await self.search(
+            business_id=business.id, service_id=service_id, start=start, end=end,
+            staff_id=staff_id, now=now, holder=holder,
+        )
+        slots = result.slots
+        if earliest is not None or latest is not None:
+            slots = filter_time_of_day(slots, tz, earliest=earliest, latest=latest)
+        if limit is not None:
+            slots = spread(slots, limit)
+        return SlotSearch(timezone=result.timezone, slots=slots)
+
+    async def _linked_busy(
+        self, ctx: Context, staff_ids: Sequence[str], lo: datetime, hi: datetime, *, live: bool
+    ) -> dict[str, list[Interval]]:
+        ids = [sid for sid in staff_ids if ctx.calendars(sid).links]
+        if not ids:
+            return {}
+
+        async def one(sid: str) -> list[Interval]:
+            try:
+                return await asyncio.wait_for(
+                    self.calendars.busy(ctx.calendars(sid), start=lo, end=hi, live=live),
+                    self.calendar_timeout,
+                )
+            except TimeoutError:
+                raise errors.CalendarUnavailable(
+                    "a linked calendar did not answer in time"
+                ) from None
+
+        results = await asyncio.gather(*(one(sid) for sid in ids))
+        return dict(zip(ids, results, strict=True))
+
+    # ---- holds ----------------------------------------------------------------------------
+
+    async def hold(
+        self,
+        *,
+        business_id: str | None,
+        service_id: str,
+        staff_id: str,
+        start: datetime,
+        holder: str,
+        now: datetime | None = None,
+    ) -> Hold:
+        """Keep a slot for `hold_minutes` while the caller decides; replaces their earlier hold."""
+        now = self._now(now)
+        if not holder:
+            raise errors.InvalidRequest("a hold needs a holder (the caller)")
+        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start)
+
+        def write(s: Session) -> Hold:
+            lock_staff(s, ctx.business.id, staff_id)
+            _check_slot(s, ctx, staff_id, start, now, linked, holder=holder)
+            existing = s.exec(
+                select(Hold).where(Hold.business_id == ctx.business.id, Hold.holder == holder)
+            ).first()
+            if existing is not None:
+                s.delete(existing)
+                s.flush()
+            block = ctx.service.block(start)
+            row = Hold(
+                business_id=ctx.business.id, service_id=service_id, staff_id=staff_id,
+                holder=holder, start=start.astimezone(UTC),
+                end=(start + ctx.service.duration).astimezone(UTC),
+                block_start=block[0].astimezone(UTC), block_end=block[1].astimezone(UTC),
+                expires_at=now + timedelta(minutes=self.hold_minutes), created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            return row
+
+        return await self._write(write)
+
+    async def release_hold(self, *, business_id: str | None, hold_id: str) -> None:
+        def write(s: Session) -> None:
+            bid = _resolve_business(s, business_id)
+            row = s.get(Hold, hold_id)
+            if row is None or row.business_id != bid:
+                raise errors.NotFound(f"no hold {hold_id}")
+            s.delete(row)
+
+        await self._write(write)
+
+    async def _prepare_claim(
+        self, business_id: str | None, service_id: str, staff_id: str, start: datetime
+    ) -> tuple[Context, list[Interval]]:
+        """Load the context and read the staff member's calendars live for the slot's block."""
+        if start.tzinfo is None:
+            raise errors.InvalidRequest("the start time must carry a UTC offset")
+        ctx = await self._db(lambda s: _load_context(s, business_id, service_id, staff_id))
+        lo, hi = ctx.service.block(start)
+        linked = await self._linked_busy(ctx, [staff_id], lo, hi, live=True)
+        return ctx, linked.get(staff_id, [])
+
+    async def _write(self, fn: Callable[[Session], T]) -> T:
+        try:
+            return await self._db(fn, write=True)
+        except IntegrityError as exc:
+            # PostgreSQL's exclusion constraint caught an overlap the lock should have prevented.
+            if "appointment_no_overlap" in str(exc.orig):
+                raise errors.SlotTaken("that time was just taken") from None
+            raise
+        except OperationalError as exc:
+            if "database is locked" in str(exc.orig):
+                raise errors.SlotTaken("the calendar is busy right now; please try again") from None
+            raise
+
+    # ---- appointments ---------------------------------------------------------------------
+
+    async def book(
+        self,
+        *,
+        business_id: str | None,
+        name: str,
+        phone: str,
+        service_id: str | None = None,
+        staff_id: str | None = None,
+        start: datetime | None = None,
+        hold_id: str | None = None,
+        holder: str | None = None,
+        email: str | None = None,
+        notes: str | None = None,
+        booked_by: str = "api",
+        call_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Appointment:
+        """Book a slot, from a hold (`hold_id`) or straight (`service_id`, `staff_id`, `start`)."""
+        now = self._now(now)
+        phone = check_phone(phone)
+        name = (name or "").strip()
+        if not name:
+            raise errors.InvalidRequest("a booking needs the caller's name")
+        if hold_id is not None:
+            held = await self._db(lambda s: _live_hold(s, business_id, hold_id, now))
+            service_id, staff_id, start = held.service_id, held.staff_id, held.start
+            holder = held.holder
+        if service_id is None or staff_id is None or start is None:
+            raise errors.InvalidRequest("give a hold, or a service, staff member and start time")
+        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start)
+        slot_start = start
+
+        def write(s: Session) -> Appointment:
+            lock_staff(s, ctx.business.id, staff_id)
+            if hold_id is not None:
+                _live_hold(s, ctx.business.id, hold_id, now)  # still ours after the wait?
+            _check_slot(s, ctx, staff_id, slot_start, now, linked, holder=holder)
+            contact = _upsert_contact(s, ctx.business.id, phone, name, email)
+            row = _new_appointment(ctx, staff_id, slot_start, contact.id, now,
+                                   booked_by=booked_by, call_id=call_id, notes=notes)
+            s.add(row)
+            if holder:
+                _drop_holds(s, ctx.business.id, holder)
+            s.flush()
+            return row
+
+        appointment = await self._write(write)
+        log.info("booked %s for %s with %s at %s", appointment.id, service_id, staff_id,
+                 appointment.start.isoformat())
+        return appointment
+
+    async def cancel(
+        self, *, business_id: str | None, appointment_id: str, phone: str | None = None,
+        now: datetime | None = None,
+    ) -> Appointment:
+        """Cancel an appointment; `phone` scopes it to that caller's own appointments."""
+        now = self._now(now)
+
+        def write(s: Session) -> Appointment:
+            row = _own_appointment(s, business_id, appointment_id, phone)
+            lock_staff(s, row.business_id, row.staff_id)
+            s.refresh(row)
+            if row.status != AppointmentStatus.CONFIRMED:
+                raise errors.AppointmentNotActive(f"appointment {row.id} is already {row.status}")
+            row.status = AppointmentStatus.CANCELLED.value
+            row.updated_at = now
+            s.add(row)
+            s.flush()
+            return row
+
+        return await self._write(write)
+
+    async def reschedule(
+        self,
+        *,
+        business_id: str | None,
+        appointment_id: str,
+        start: datetime,
+        staff_id: str | None = None,
+        phone: str | None = None,
+        holder: str | None = None,
+        now: datetime | None = None,
+    ) -> Appointment:
+        """Move an appointment: the new time is secured before the old one is released."""
+        now = self._now(now)
+        old = await self._db(lambda s: _own_appointment(s, business_id, appointment_id, phone))
+        if old.status != AppointmentStatus.CONFIRMED:
+            raise errors.AppointmentNotActive(f"appointment {old.id} is already {old.status}")
+        new_staff = staff_id or old.staff_id
+        ctx, linked = await self._prepare_claim(old.business_id, old.service_id, new_staff, start)
+
+        def write(s: Session) -> Appointment:
+            for sid in sorted({old.staff_id, new_staff}):  # fixed order: no deadlock
+                lock_staff(s, old.business_id, sid)
+            current = s.get(Appointment, old.id)
+            assert current is not None
+            if current.status != AppointmentStatus.CONFIRMED:
+                raise errors.AppointmentNotActive(f"appointment {old.id} is already moved")
+            _check_slot(s, ctx, new_staff, start, now, linked, holder=holder,
+                        ignore_appointment=old.id)
+            # Release the old block first inside this transaction, so the exclusion constraint
+            # allows an overlapping move; the commit makes both changes visible at once.
+            current.status = AppointmentStatus.RESCHEDULED.value
+            current.updated_at = now
+            s.add(current)
+            s.flush()
+            row = _new_appointment(ctx, new_staff, start, current.contact_id, now,
+                                   booked_by=current.booked_by, call_id=current.call_id,
+                                   notes=current.notes)
+            row.rescheduled_from = current.id
+            s.add(row)
+            s.flush()
+            current.rescheduled_to = row.id
+            s.add(current)
+            if holder:
+                _drop_holds(s, ctx.business.id, holder)
+            return row
+
+        return await self._write(write)
+
+    async def get_appointment(self, *, business_id: str | None, appointment_id: str
+                              ) -> Appointment:
+        return await self._db(lambda s: _own_appointment(s, business_id, appointment_id, None))
+
+    async def appointments(
+        self,
+        *,
+        business_id: str | None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        staff_id: str | None = None,
+        phone: str | None = None,
+        include_inactive: bool = False,
+    ) -> list[Appointment]:
+        """Appointments of a business, optionally in a window, of one staff member or caller."""
+
+        def load(s: Session) -> list[Appointment]:
+            bid = _resolve_business(s, business_id)
+            q = select(Appointment).where(Appointment.business_id == bid)
+            if not include_inactive:
+                q = q.where(Appointment.status == AppointmentStatus.CONFIRMED.value)
+            if start is not None:
+                q = q.where(Appointment.end > start)
+            if end is not None:
+                q = q.where(Appointment.start < end)
+            if staff_id is not None:
+                q = q.where(Appointment.staff_id == staff_id)
+            if phone is not None:
+                contact = s.exec(select(Contact).where(
+                    Contact.business_id == bid, Contact.phone == check_phone(phone))).first()
+                if contact is None:
+                    return []
+                q = q.where(Appointment.contact_id == contact.id)
+            return list(s.exec(q.order_by(Appointment.start)))
+
+        return await self._db(load)
+
+    async def contact(self, contact_id: str) -> Contact | None:
+        return await self._db(lambda s: s.get(Contact, contact_id))
+
+    # ---- leads ----------------------------------------------------------------------------
+
+    async def record_lead(
+        self,
+        *,
+        business_id: str | None,
+        phone: str | None,
+        name: str | None = None,
+        reason: str | None = None,
+        outcome: str = LeadOutcome.CALLBACK.value,
+        appointment_id: str | None = None,
+        call_id: str | None = None,
+        now: datetime | None = None,
+    ) -> Lead:
+        """Log a caller as a lead (a contact is created or updated from the phone number)."""
+        now = self._now(now)
+        if outcome not in {o.value for o in LeadOutcome}:
+            raise errors.InvalidRequest(
+                f"outcome must be one of {', '.join(o.value for o in LeadOutcome)}")
+        number = check_phone(phone) if phone else None
+
+        def write(s: Session) -> Lead:
+            bid = _resolve_business(s, business_id)
+            contact = _upsert_contact(s, bid, number, name, None) if number else None
+            row = Lead(business_id=bid, contact_id=contact.id if contact else None,
+                       call_id=call_id, appointment_id=appointment_id, name=name, phone=number,
+                       reason=reason, outcome=outcome, created_at=now)
+            s.add(row)
+            s.flush()
+            return row
+
+        return await self._db(write, write=True)
+
+    async def leads(self, *, business_id: str | None, outcome: str | None = None,
+                    limit: int = 100) -> list[Lead]:
+        def load(s: Session) -> list[Lead]:
+            bid = _resolve_business(s, business_id)
+            q = select(Lead).where(Lead.business_id == bid)
+            if outcome:
+                q = q.where(Lead.outcome == outcome)
+            return list(s.exec(q.order_by(sa.desc(Lead.created_at)).limit(limit)))
+
+        return await self._db(load)
+
+
+# ---- helpers that run inside one session -------------------------------------------------
+
+
+def _resolve_business(s: Session, business_id: str | None) -> str:
+    if business_id:
+        if s.get(Business, business_id) is None:
+            raise errors.NotFound(f"no business {business_id!r}")
+        return business_id
+    ids = list(s.exec(select(Business.id).limit(2)))
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise errors.NotFound("there is no business yet; import one with `frontdesk import`")
+    raise errors.AmbiguousBusiness("there is more than one business: say which with --business")
+
+
+def _load_context(
+    s: Session, business_id: str | None, service_id: str, staff_id: str | None
+) -> Context:
+    bid = _resolve_business(s, business_id)
+    business = s.get(Business, bid)
+    assert business is not None
+    service = s.get(Service, (bid, service_id))
+    if service is None:
+        raise errors.NotFound(f"no service {service_id!r} at {business.name}")
+    if staff_id is not None and staff_id not in service.staff_ids:
+        if s.get(Staff, (bid, staff_id)) is None:
+            raise errors.NotFound(f"no staff member {staff_id!r} at {business.name}")
+        raise errors.InvalidRequest(f"{staff_id} does not do {service.name}")
+    wanted = [staff_id] if staff_id is not None else list(service.staff_ids)
+    rows = list(s.exec(select(Staff).where(Staff.business_id == bid, Staff.id.in_(wanted))
+                       .order_by(Staff.position)))
+    return Context(business=business, service=service_spec(service), service_row=service,
+                   staff_rows=rows, staff=[staff_spec(r, business) for r in rows])
+
+
+def _stored_busy(
+    s: Session,
+    ctx: Context,
+    staff_ids: Sequence[str],
+    lo: datetime,
+    hi: datetime,
+    now: datetime,
+    *,
+    holder: str | None,
+    ignore_appointment: str | None = None,
+) -> dict[str, list[Interval]]:
+    """Blocks of confirmed appointments and live holds (not `holder`'s) overlapping `[lo, hi)`."""
+    bid = ctx.business.id
+    busy: dict[str, list[Interval]] = {sid: [] for sid in staff_ids}
+    q = select(Appointment.staff_id, Appointment.block_start, Appointment.block_end).where(
+        Appointment.business_id == bid,
+        Appointment.staff_id.in_(staff_ids),
+        Appointment.status == AppointmentStatus.CONFIRMED.value,
+        Appointment.block_start < hi,
+        Appointment.block_end > lo,
+    )
+    if ignore_appointment is not None:
+        q = q.where(Appointment.id != ignore_appointment)
+    for sid, a, b in s.exec(q):
+        busy[sid].append((a, b))
+    hq = select(Hold.staff_id, Hold.block_start, Hold.block_end).where(
+        Hold.business_id == bid,
+        Hold.staff_id.in_(staff_ids),
+        Hold.expires_at > now,
+        Hold.block_start < hi,
+        Hold.block_end > lo,
+    )
+    if holder is not None:
+        hq = hq.where(Hold.holder != holder)
+    for sid, a, b in s.exec(hq):
+        busy[sid].append((a, b))
+    return busy
+
+
+def _check_slot(
+    s: Session,
+    ctx: Context,
+    staff_id: str,
+    start: datetime,
+    now: datetime,
+    linked: list[Interval],
+    *,
+    holder: str | None,
+    ignore_appointment: str | None = None,
+) -> None:
+    """Raise the precise `SlotUnavailable` unless `start` is a bookable slot right now."""
+    member = next(m for m in ctx.staff if m.id == staff_id)
+    svc = ctx.service
+    if start < now + svc.min_notice:
+        raise errors.TooSoon(f"{svc.id} needs {_minutes(svc.min_notice)} minutes' notice")
+    if start >= now + timedelta(days=svc.max_days_ahead):
+        raise errors.TooFarAhead(f"{svc.id} can be booked at most {svc.max_days_ahead} days ahead")
+    window = {"service": svc, "staff": [member], "start": start,
+              "end": start + timedelta(microseconds=1), "now": now}
+    if not find_slots(**window):  # type: ignore[arg-type]
+        raise errors.OutsideHours("that is not a time this staff member offers for this service")
+    lo, hi = svc.block(start)
+    stored = _stored_busy(s, ctx, [staff_id], lo, hi, now, holder=holder,
+                          ignore_appointment=ignore_appointment)
+    busy = {staff_id: [*stored[staff_id], *linked]}
+    if not find_slots(**window, busy=busy):  # type: ignore[arg-type]
+        raise errors.SlotTaken("that time was just taken")
+
+
+def _minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 60)
+
+
+def _live_hold(s: Session, business_id: str | None, hold_id: str, now: datetime) -> Hold:
+    bid = _resolve_business(s, business_id)
+    row = s.get(Hold, hold_id)
+    if row is None or row.business_id != bid:
+        raise errors.HoldExpired("that hold has expired or was replaced; check the time again")
+    if row.expires_at <= now:
+        raise errors.HoldExpired("that hold has expired; check the time again")
+    return row
+
+
+def _drop_holds(s: Session, business_id: str, holder: str) -> None:
+    s.execute(sa.delete(Hold).where(Hold.business_id == business_id, Hold.holder == holder))
+
+
+def _upsert_contact(
+    s: Session, business_id: str, phone: str, name: str | None, email: str | None
+) -> Contact:
+    row = s.exec(
+        select(Contact).where(Contact.business_id == business_id, Contact.phone == phone)
+    ).first()
+    if row is None:
+        row = Contact(business_id=business_id, phone=phone, name=name, email=email)
+    else:
+        row.name = name or row.name
+        row.email = email or row.email
+    s.add(row)
+    s.flush()
+    return row
+
+
+def _new_appointment(
+    ctx: Context,
+    staff_id: str,
+    start: datetime,
+    contact_id: str,
+    now: datetime,
+    *,
+    booked_by: str,
+    call_id: str | None,
+    notes: str | None,
+) -> Appointment:
+    block = ctx.service.block(start)
+    return Appointment(
+        business_id=ctx.business.id, service_id=ctx.service.id, staff_id=staff_id,
+        contact_id=contact_id, start=start.astimezone(UTC),
+        end=(start + ctx.service.duration).astimezone(UTC),
+        block_start=block[0].astimezone(UTC), block_end=block[1].astimezone(UTC),
+        booked_by=booked_by, call_id=call_id, notes=notes, created_at=now, updated_at=now,
+    )
+
+
+def _own_appointment(
+    s: Session, business_id: str | None, appointment_id: str, phone: str | None
+) -> Appointment:
+    bid = _resolve_business(s, business_id)
+    row = s.get(Appointment, appointment_id)
+    if row is None or row.business_id != bid:
+        raise errors.NotFound(f"no appointment {appointment_id}")
+    if phone is not None:
+        contact = s.get(Contact, row.contact_id)
+        if contact is None or contact.phone != check_phone(phone):
+            raise errors.NotYourAppointment("that appointment is not one of yours")
+    return row

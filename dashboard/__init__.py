@@ -1,0 +1,1 @@
+"""Doors for people: the owner/staff web UI and the JSON API."""

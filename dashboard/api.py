@@ -1,0 +1,244 @@
+"""The JSON API under /api/v1: availability, holds, appointments, leads. Bearer-key protected."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import date, datetime, time
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+
+from booking.models import Appointment, Hold, Lead, LeadOutcome
+from booking.scheduler import Scheduler
+
+
+def get_scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler  # type: ignore[no-any-return]
+
+
+def require_api_key(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    expected: str = request.app.state.api_key
+    given = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong API key: send 'Authorization: Bearer <FRONTDESK_API_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
+BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
+
+
+class SlotOut(BaseModel):
+    start: datetime
+    end: datetime
+    staff: str
+
+
+class AvailabilityOut(BaseModel):
+    timezone: str
+    slots: list[SlotOut]
+
+
+class HoldIn(BaseModel):
+    business: str | None = None
+    service: str
+    staff: str
+    start: datetime
+    holder: str = Field(min_length=1, description="who holds it: a call id or phone number")
+
+
+class HoldOut(BaseModel):
+    id: str
+    service: str
+    staff: str
+    start: datetime
+    end: datetime
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, row: Hold, tz: ZoneInfo) -> HoldOut:
+        return cls(id=row.id, service=row.service_id, staff=row.staff_id,
+                   start=row.start.astimezone(tz), end=row.end.astimezone(tz),
+                   expires_at=row.expires_at)
+
+
+class BookIn(BaseModel):
+    business: str | None = None
+    hold_id: str | None = None
+    service: str | None = None
+    staff: str | None = None
+    start: datetime | None = None
+    name: str = Field(min_length=1, max_length=200)
+    phone: str
+    email: str | None = None
+    notes: str | None = Field(default=None, max_length=2000)
+
+
+class RescheduleIn(BaseModel):
+    start: datetime
+    staff: str | None = None
+
+
+class AppointmentOut(BaseModel):
+    id: str
+    service: str
+    staff: str
+    start: datetime
+    end: datetime
+    status: str
+    contact_id: str
+    booked_by: str
+    notes: str | None
+    rescheduled_from: str | None
+    rescheduled_to: str | None
+
+    @classmethod
+    def of(cls, row: Appointment, tz: ZoneInfo) -> AppointmentOut:
+        return cls(id=row.id, service=row.service_id, staff=row.staff_id,
+                   start=row.start.astimezone(tz), end=row.end.astimezone(tz), status=row.status,
+                   contact_id=row.contact_id, booked_by=row.booked_by, notes=row.notes,
+                   rescheduled_from=row.rescheduled_from, rescheduled_to=row.rescheduled_to)
+
+
+class LeadIn(BaseModel):
+    business: str | None = None
+    phone: str | None = None
+    name: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=2000)
+    outcome: LeadOutcome = LeadOutcome.CALLBACK
+
+
+class LeadOut(BaseModel):
+    id: str
+    name: str | None
+    phone: str | None
+    reason: str | None
+    outcome: str
+    status: str
+    appointment_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Lead) -> LeadOut:
+        return cls(id=row.id, name=row.name, phone=row.phone, reason=row.reason,
+                   outcome=row.outcome, status=row.status, appointment_id=row.appointment_id,
+                   created_at=row.created_at)
+
+
+async def _zone(scheduler: Scheduler, business: str | None) -> ZoneInfo:
+    return ZoneInfo((await scheduler.business(business)).timezone)
+
+
+@router.get("/availability", response_model=AvailabilityOut)
+async def availability(
+    scheduler: SchedulerDep,
+    service: str,
+    from_: Annotated[date, Query(alias="from", description="first date, business zone")],
+    to: Annotated[date, Query(description="last date (inclusive), business zone")],
+    business: BusinessQ = None,
+    staff: str | None = None,
+    earliest: time | None = None,
+    latest: time | None = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    now: datetime | None = None,
+) -> AvailabilityOut:
+    result = await scheduler.availability(
+        business_id=business, service_id=service, staff_id=staff, first_day=from_, last_day=to,
+        now=now, earliest=earliest, latest=latest, limit=limit,
+    )
+    tz = ZoneInfo(result.timezone)
+    return AvailabilityOut(timezone=result.timezone, slots=[
+        SlotOut(start=s.start.astimezone(tz), end=s.end.astimezone(tz), staff=s.staff_id)
+        for s in result.slots
+    ])
+
+
+@router.post("/holds", response_model=HoldOut, status_code=201)
+async def create_hold(body: HoldIn, scheduler: SchedulerDep) -> HoldOut:
+    row = await scheduler.hold(business_id=body.business, service_id=body.service,
+                               staff_id=body.staff, start=body.start, holder=body.holder)
+    return HoldOut.of(row, await _zone(scheduler, row.business_id))
+
+
+@router.delete("/holds/{hold_id}", status_code=204)
+async def delete_hold(hold_id: str, scheduler: SchedulerDep, business: BusinessQ = None) -> None:
+    await scheduler.release_hold(business_id=business, hold_id=hold_id)
+
+
+@router.post("/appointments", response_model=AppointmentOut, status_code=201)
+async def create_appointment(body: BookIn, scheduler: SchedulerDep) -> AppointmentOut:
+    row = await scheduler.book(
+        business_id=body.business, hold_id=body.hold_id, service_id=body.service,
+        staff_id=body.staff, start=body.start, name=body.name, phone=body.phone,
+        email=body.email, notes=body.notes, booked_by="api",
+    )
+    return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
+
+
+@router.get("/appointments", response_model=list[AppointmentOut])
+async def list_appointments(
+    scheduler: SchedulerDep,
+    business: BusinessQ = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    staff: str | None = None,
+    phone: str | None = None,
+    include_inactive: bool = False,
+) -> list[AppointmentOut]:
+    rows = await scheduler.appointments(business_id=business, start=from_, end=to,
+                                        staff_id=staff, phone=phone,
+                                        include_inactive=include_inactive)
+    tz = await _zone(scheduler, business)
+    return [AppointmentOut.of(r, tz) for r in rows]
+
+
+@router.get("/appointments/{appointment_id}", response_model=AppointmentOut)
+async def get_appointment(appointment_id: str, scheduler: SchedulerDep,
+                          business: BusinessQ = None) -> AppointmentOut:
+    row = await scheduler.get_appointment(business_id=business, appointment_id=appointment_id)
+    return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
+
+
+@router.post("/appointments/{appointment_id}/cancel", response_model=AppointmentOut)
+async def cancel_appointment(appointment_id: str, scheduler: SchedulerDep,
+                             business: BusinessQ = None) -> AppointmentOut:
+    row = await scheduler.cancel(business_id=business, appointment_id=appointment_id)
+    return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
+
+
+@router.post("/appointments/{appointment_id}/reschedule", response_model=AppointmentOut)
+async def reschedule_appointment(appointment_id: str, body: RescheduleIn,
+                                 scheduler: SchedulerDep,
+                                 business: BusinessQ = None) -> AppointmentOut:
+    row = await scheduler.reschedule(business_id=business, appointment_id=appointment_id,
+                                     start=body.start, staff_id=body.staff)
+    return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
+
+
+@router.get("/leads", response_model=list[LeadOut])
+async def list_leads(scheduler: SchedulerDep, business: BusinessQ = None,
+                     outcome: LeadOutcome | None = None,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[LeadOut]:
+    rows = await scheduler.leads(business_id=business,
+                                 outcome=outcome.value if outcome else None, limit=limit)
+    return [LeadOut.of(r) for r in rows]
+
+
+@router.post("/leads", response_model=LeadOut, status_code=201)
+async def create_lead(body: LeadIn, scheduler: SchedulerDep) -> LeadOut:
+    row = await scheduler.record_lead(business_id=body.business, phone=body.phone,
+                                      name=body.name, reason=body.reason,
+                                      outcome=body.outcome.value)
+    return LeadOut.of(row)

@@ -1,0 +1,57 @@
+"""The one place domain errors become HTTP answers: JSON with a stable code and a clear reason."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from booking import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[errors.BookingError], int]] = [
+    (errors.AmbiguousBusiness, 400),
+    (errors.NotFound, 404),
+    (errors.InvalidRequest, 422),
+    (errors.SlotUnavailable, 409),
+    (errors.HoldExpired, 410),
+    (errors.NotYourAppointment, 403),
+    (errors.AppointmentNotActive, 409),
+    (errors.CalendarUnavailable, 503),
+]
+
+
+def status_for(exc: errors.BookingError) -> int:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.BookingError)
+    async def _domain(request: Request, exc: errors.BookingError) -> JSONResponse:
+        status = status_for(exc)
+        log.info("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code,
+                 exc.message)
+        return JSONResponse(
+            {"error": exc.code, "message": exc.message, "retryable": exc.retryable},
+            status_code=status,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")),
+             "reason": e["msg"]}
+            for e in exc.errors()
+        ]
+        log.info("%s %s -> 422 invalid: %s", request.method, request.url.path, problems)
+        text = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
+        return JSONResponse(
+            {"error": "invalid_request", "message": text, "problems": problems},
+            status_code=422,
+        )

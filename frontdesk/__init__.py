@@ -1,0 +1,1 @@
+"""Frontdesk's composition root: settings, the app factory and the command line."""
