@@ -24,3 +24,21 @@ class Settings(BaseSettings):
     hold_minutes: int = Field(default=5, ge=1, le=60)
     calendar_timeout_seconds: float = Field(default=4.0, gt=0)
     log_level: str = "INFO"
+
+    # The LLM: any OpenAI-compatible Chat Completions server.
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = Field(default=None,
+                                        description="e.g. http://localhost:11434/v1; unset: OpenAI")
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_seconds: float = Field(default=8.0, gt=0)
+
+    # Telephony.
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_base_url: str | None = Field(default=None,
+                                            description="override Twilio's REST base (tests)")
+    public_base_url: str = Field(default="http://localhost:8000",
+                                 description="the https URL Twilio reaches us at")
+    voice_mode: str = Field(default="relay", pattern="^(relay|gather)$")
+    voice_language: str = "en-US"
+    voice_tts_voice: str | None = None
