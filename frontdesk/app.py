@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
 
     app = FastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = scheduler
+    app.state.settings = settings
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if not key:
         key = secrets.token_urlsafe(24)
