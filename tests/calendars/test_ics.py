@@ -1,0 +1,446 @@
+"""The ICS provider: which events are busy, and reading files and feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import traceback
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from booking.busy import StaffCalendars
+from booking.errors import CalendarUnavailable
+from calendars.ics import IcsProvider, busy_from_ics
+from calendars.registry import CalendarRegistry
+
+NY = ZoneInfo("America/New_York")
+DEC_START = datetime(2026, 11, 30, tzinfo=UTC)
+DEC_END = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def ics(*events: str) -> bytes:
+    """A calendar around the given VEVENT bodies (property lines, one per line)."""
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Frontdesk tests//EN"]
+    for i, body in enumerate(events):
+        props = [line.strip() for line in body.strip().splitlines()]
+        if not any(p.startswith("UID") for p in props):
+            props.insert(0, f"UID:event-{i}@test")
+        lines += ["BEGIN:VEVENT", "DTSTAMP:20261101T000000Z", *props, "END:VEVENT"]
+    lines.append("END:VCALENDAR")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def busy(data: bytes, start: datetime = DEC_START, end: datetime = DEC_END) -> list:
+    return busy_from_ics(data, tz=NY, start=start, end=end)
+
+
+# --- what is busy -----------------------------------------------------------------------------
+
+
+def test_timed_event_with_tzid_is_busy_in_utc() -> None:
+    data = ics(
+        """
+        DTSTART;TZID=America/New_York:20261201T090000
+        DTEND;TZID=America/New_York:20261201T103000
+        """
+    )
+    assert busy(data) == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15, 30))]
+
+
+def test_tzid_of_another_zone_is_honoured() -> None:
+    data = ics(
+        """
+        DTSTART;TZID=Europe/London:20261201T090000
+        DTEND;TZID=Europe/London:20261201T100000
+        """
+    )
+    assert busy(data) == [(utc(2026, 12, 1, 9), utc(2026, 12, 1, 10))]
+
+
+def test_utc_event_is_busy_at_its_utc_time() -> None:
+    data = ics("DTSTART:20261201T150000Z\nDTEND:20261201T160000Z")
+    assert busy(data) == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))]
+
+
+def test_floating_event_is_read_in_the_staff_zone() -> None:
+    data = ics("DTSTART:20261201T090000\nDTEND:20261201T100000")
+    assert busy(data) == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15))]
+    chicago = busy_from_ics(data, tz=ZoneInfo("America/Chicago"), start=DEC_START, end=DEC_END)
+    assert chicago == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))]
+
+
+def test_all_day_event_covers_local_midnight_to_midnight() -> None:
+    data = ics("DTSTART;VALUE=DATE:20261201\nDTEND;VALUE=DATE:20261202")
+    assert busy(data) == [(utc(2026, 12, 1, 5), utc(2026, 12, 2, 5))]
+
+
+def test_multi_day_all_day_event_ends_before_dtend_across_dst() -> None:
+    # Sat 7 and Sun 8 March 2026; New York springs forward on the 8th, so the span is 47 hours.
+    data = ics("DTSTART;VALUE=DATE:20260307\nDTEND;VALUE=DATE:20260309")
+    spans = busy(data, utc(2026, 3, 1), utc(2026, 3, 31))
+    assert spans == [(utc(2026, 3, 7, 5), utc(2026, 3, 9, 4))]
+
+
+def test_all_day_event_just_outside_the_window_is_left_out() -> None:
+    # Dec 1 in New York ends at 05:00Z on Dec 2: a window from then on does not see it.
+    data = ics("DTSTART;VALUE=DATE:20261201\nDTEND;VALUE=DATE:20261202")
+    assert busy(data, utc(2026, 12, 2, 5), utc(2026, 12, 3)) == []
+    assert busy(data, utc(2026, 12, 2, 4, 59), utc(2026, 12, 3)) != []
+
+
+def test_transparent_event_is_free() -> None:
+    data = ics("DTSTART:20261201T150000Z\nDTEND:20261201T160000Z\nTRANSP:TRANSPARENT")
+    assert busy(data) == []
+
+
+def test_cancelled_event_is_free() -> None:
+    data = ics("DTSTART:20261201T150000Z\nDTEND:20261201T160000Z\nSTATUS:CANCELLED")
+    assert busy(data) == []
+
+
+def test_tentative_event_is_busy() -> None:
+    data = ics("DTSTART:20261201T150000Z\nDTEND:20261201T160000Z\nSTATUS:TENTATIVE")
+    assert busy(data) == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))]
+
+
+def test_weekly_series_honours_exdate_moved_and_cancelled_instances() -> None:
+    data = ics(
+        """
+        UID:huddle@test
+        DTSTART;TZID=America/New_York:20261201T090000
+        DTEND;TZID=America/New_York:20261201T100000
+        RRULE:FREQ=WEEKLY;COUNT=5
+        EXDATE;TZID=America/New_York:20261208T090000
+        """,
+        """
+        UID:huddle@test
+        RECURRENCE-ID;TZID=America/New_York:20261215T090000
+        DTSTART;TZID=America/New_York:20261216T130000
+        DTEND;TZID=America/New_York:20261216T140000
+        """,
+        """
+        UID:huddle@test
+        RECURRENCE-ID;TZID=America/New_York:20261222T090000
+        DTSTART;TZID=America/New_York:20261222T090000
+        DTEND;TZID=America/New_York:20261222T100000
+        STATUS:CANCELLED
+        """,
+    )
+    assert busy(data) == [
+        (utc(2026, 12, 1, 14), utc(2026, 12, 1, 15)),
+        (utc(2026, 12, 16, 18), utc(2026, 12, 16, 19)),  # moved from Tue 15th to Wed 16th
+        (utc(2026, 12, 29, 14), utc(2026, 12, 29, 15)),
+    ]
+
+
+def test_weekly_series_keeps_wall_time_across_dst() -> None:
+    data = ics(
+        """
+        DTSTART;TZID=America/New_York:20260302T090000
+        DTEND;TZID=America/New_York:20260302T093000
+        RRULE:FREQ=WEEKLY;COUNT=2
+        """
+    )
+    assert busy(data, utc(2026, 3, 1), utc(2026, 3, 31)) == [
+        (utc(2026, 3, 2, 14), utc(2026, 3, 2, 14, 30)),
+        (utc(2026, 3, 9, 13), utc(2026, 3, 9, 13, 30)),
+    ]
+
+
+def test_event_without_dtend_lasts_its_duration() -> None:
+    data = ics("DTSTART;TZID=America/New_York:20261201T090000\nDURATION:PT45M")
+    assert busy(data) == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 14, 45))]
+
+
+def test_date_event_without_dtend_lasts_one_day() -> None:
+    data = ics("DTSTART;VALUE=DATE:20261201")
+    assert busy(data) == [(utc(2026, 12, 1, 5), utc(2026, 12, 2, 5))]
+
+
+def test_date_time_event_without_dtend_blocks_nothing() -> None:
+    data = ics("DTSTART:20261201T150000Z\nSUMMARY:Call the lab")
+    assert busy(data) == []
+
+
+def test_events_overlapping_the_window_are_returned_whole_and_sorted() -> None:
+    data = ics(
+        "DTSTART:20261201T170000Z\nDTEND:20261201T180000Z",  # inside
+        "DTSTART:20261201T130000Z\nDTEND:20261201T150000Z",  # straddles the start
+        "DTSTART:20261201T110000Z\nDTEND:20261201T140000Z",  # ends at the start
+        "DTSTART:20261201T200000Z\nDTEND:20261201T210000Z",  # starts at the end
+    )
+    assert busy(data, utc(2026, 12, 1, 14), utc(2026, 12, 1, 20)) == [
+        (utc(2026, 12, 1, 13), utc(2026, 12, 1, 15)),
+        (utc(2026, 12, 1, 17), utc(2026, 12, 1, 18)),
+    ]
+
+
+def test_naive_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        busy_from_ics(ics(), tz=NY, start=datetime(2026, 12, 1), end=datetime(2026, 12, 2))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<html>Sign in</html>",
+        b"",
+        ics("DTSTART:tomorrow-ish"),
+        ics("DTSTART:20261201T150000Z\nRRULE:FREQ=SOMETIMES"),
+    ],
+    ids=["html", "empty", "bad-date", "bad-rrule"],
+)
+def test_unreadable_ics_is_unavailable(data: bytes) -> None:
+    with pytest.raises(CalendarUnavailable):
+        busy(data)
+
+
+# --- reading files ------------------------------------------------------------------------------
+
+
+ONE_PM = ics("DTSTART:20261201T180000Z\nDTEND:20261201T190000Z")
+TWO_PM = ics("DTSTART:20261201T190000Z\nDTEND:20261201T200000Z\nSUMMARY:moved to two")
+
+
+async def read(provider: IcsProvider, source: str, *, live: bool = False) -> list:
+    link = {"provider": "ics", "source": source}
+    return await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END, live=live)
+
+
+async def test_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "lee.ics"
+    path.write_bytes(ONE_PM)
+    provider = IcsProvider()
+    assert await read(provider, str(path)) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
+
+    path.write_bytes(TWO_PM)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert await read(provider, str(path)) == [(utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
+
+
+async def test_missing_file_is_unavailable_and_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nobody.ics"
+    with pytest.raises(CalendarUnavailable, match="nobody.ics") as caught:
+        await read(IcsProvider(), str(missing))
+    assert caught.value.retryable
+
+
+async def test_relative_file_path_is_unavailable() -> None:
+    with pytest.raises(CalendarUnavailable, match="absolute"):
+        await read(IcsProvider(), "calendars/lee.ics")
+
+
+async def test_unparseable_file_is_unavailable_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "broken.ics"
+    path.write_bytes(b"this is not a calendar")
+    with pytest.raises(CalendarUnavailable, match="broken.ics"):
+        await read(IcsProvider(), str(path))
+
+
+# --- reading feeds ------------------------------------------------------------------------------
+
+
+class FeedServer:
+    """A loopback HTTP server serving one ICS body, counting the requests it answers."""
+
+    def __init__(self) -> None:
+        self.body = ONE_PM
+        self.status = 200
+        self.requests: list[str] = []
+        feed = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                feed.requests.append(self.path)
+                self.send_response(feed.status)
+                self.send_header("Content-Type", "text/calendar; charset=utf-8")
+                self.send_header("Content-Length", str(len(feed.body)))
+                self.end_headers()
+                self.wfile.write(feed.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.fixture
+def feed(monkeypatch: pytest.MonkeyPatch) -> Iterator[FeedServer]:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = FeedServer()
+    thread = threading.Thread(target=server.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+    thread.join(timeout=5)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_feed_is_cached_for_ttl_and_live_read_fetches_again(feed: FeedServer) -> None:
+    clock = Clock()
+    provider = IcsProvider(ttl=60, monotonic=clock)
+    source = f"{feed.url}/lee.ics"
+    assert await read(provider, source) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
+
+    feed.body = TWO_PM
+    clock.now += 59
+    assert await read(provider, source) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
+    assert len(feed.requests) == 1
+
+    assert await read(provider, source, live=True) == [(utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
+    assert len(feed.requests) == 2
+
+    feed.body = ONE_PM
+    clock.now += 61
+    assert await read(provider, source) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
+    assert len(feed.requests) == 3
+
+
+async def test_concurrent_reads_of_one_feed_fetch_it_once(feed: FeedServer) -> None:
+    provider = IcsProvider()
+    source = f"{feed.url}/lee.ics"
+    results = await asyncio.gather(*(read(provider, source) for _ in range(5)))
+    assert all(r == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))] for r in results)
+    assert len(feed.requests) == 1
+
+
+async def test_feed_http_error_is_unavailable_without_leaking_credentials(
+    feed: FeedServer,
+) -> None:
+    feed.status = 404
+    host = feed.url.removeprefix("http://")
+    source = f"http://alice:hunter2@{host}/private-s3cr3t/basic.ics?token=letmein"
+    with pytest.raises(CalendarUnavailable) as caught:
+        await read(IcsProvider(), source)
+    message = caught.value.message
+    logged = "".join(traceback.format_exception(caught.value))
+    assert host in message and "404" in message
+    for secret in ("alice", "hunter2", "s3cr3t", "letmein"):
+        assert secret not in message and secret not in logged
+
+
+async def test_feed_that_is_not_ics_is_unavailable(feed: FeedServer) -> None:
+    feed.body = b"<html><body>Please sign in</body></html>"
+    with pytest.raises(CalendarUnavailable, match="not a valid iCalendar"):
+        await read(IcsProvider(), f"{feed.url}/lee.ics")
+
+
+async def test_feed_that_does_not_answer_in_time_is_unavailable() -> None:
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    provider = IcsProvider(timeout=0.05, transport=httpx.MockTransport(never_answers))
+    with pytest.raises(CalendarUnavailable, match="did not answer within 0.05 s"):
+        await read(provider, "https://calendar.example.com/feed.ics?key=abc")
+
+
+async def test_webcal_feed_is_fetched_over_https() -> None:
+    seen: list[httpx.URL] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, content=ONE_PM)
+
+    provider = IcsProvider(transport=httpx.MockTransport(serve))
+    assert await read(provider, "webcal://calendar.example.com/feed.ics") != []
+    assert [str(url) for url in seen] == ["https://calendar.example.com/feed.ics"]
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+def staff(*links: dict) -> StaffCalendars:
+    return StaffCalendars(business_id="b1", staff_id="lee", tz=NY, links=links)
+
+
+async def test_registry_merges_busy_time_of_every_link(tmp_path: Path) -> None:
+    work, home = tmp_path / "work.ics", tmp_path / "home.ics"
+    work.write_bytes(
+        ics(
+            "DTSTART:20261201T150000Z\nDTEND:20261201T160000Z",
+            "DTSTART:20261202T150000Z\nDTEND:20261202T160000Z",
+        )
+    )
+    home.write_bytes(ics("DTSTART:20261201T153000Z\nDTEND:20261201T170000Z"))
+    registry = CalendarRegistry()
+    spans = await registry.busy(
+        staff({"provider": "ics", "source": str(work)}, {"provider": "ics", "source": str(home)}),
+        start=DEC_START,
+        end=DEC_END,
+    )
+    assert spans == [
+        (utc(2026, 12, 1, 15), utc(2026, 12, 1, 17)),
+        (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16)),
+    ]
+
+
+async def test_registry_with_no_links_is_free() -> None:
+    assert await CalendarRegistry().busy(staff(), start=DEC_START, end=DEC_END) == []
+
+
+async def test_registry_refuses_unknown_provider(tmp_path: Path) -> None:
+    path = tmp_path / "lee.ics"
+    path.write_bytes(ONE_PM)
+    calendars = staff({"provider": "ics", "source": str(path)}, {"provider": "exchange-2003"})
+    with pytest.raises(CalendarUnavailable, match="exchange-2003"):
+        await CalendarRegistry().busy(calendars, start=DEC_START, end=DEC_END)
+
+
+async def test_registry_is_unavailable_when_any_calendar_is(tmp_path: Path) -> None:
+    path = tmp_path / "lee.ics"
+    path.write_bytes(ONE_PM)
+    calendars = staff(
+        {"provider": "ics", "source": str(path)},
+        {"provider": "ics", "source": str(tmp_path / "gone.ics")},
+    )
+    with pytest.raises(CalendarUnavailable, match="gone.ics"):
+        await CalendarRegistry().busy(calendars, start=DEC_START, end=DEC_END)
+
+
+# --- the demo calendars -------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "calendars"
+
+
+async def test_demo_calendar_of_lee_reads_as_intended() -> None:
+    link = {"provider": "ics", "source": str(EXAMPLES / "lee.ics")}
+    spans = await IcsProvider().busy(
+        link, tz=NY, start=utc(2026, 11, 30), end=utc(2027, 2, 1), live=False
+    )
+    starts = [start.astimezone(NY).strftime("%m-%d %H:%M") for start, _ in spans]
+    assert "12-04 00:00" in starts  # the all-day conference
+    assert "12-29 08:00" not in starts  # staff meeting skipped (EXDATE)
+    assert "01-12 08:00" not in starts and "01-13 12:30" in starts  # moved meeting
+    assert "12-03 11:00" not in starts  # cancelled supplier call
+    assert "12-07 09:00" not in starts  # transparent reminder
+
+
+async def test_demo_calendar_of_patel_is_readable() -> None:
+    link = {"provider": "ics", "source": str(EXAMPLES / "patel.ics")}
+    spans = await IcsProvider().busy(
+        link, tz=NY, start=utc(2026, 11, 30), end=utc(2027, 2, 1), live=False
+    )
+    assert (utc(2027, 1, 14, 5), utc(2027, 1, 16, 5)) in spans  # two conference days
