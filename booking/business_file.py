@@ -39,6 +39,7 @@ from booking.db import session_scope
 from booking.errors import NotFound
 from booking.models import Business, Service, Staff
 from booking.rules import DAYS, Availability, Override, TimeOff, WeeklyHours
+from booking.slots import MAX_BLOCK
 
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -90,6 +91,7 @@ Zone = Annotated[str, AfterValidator(_check_zone)]
 Phone = Annotated[str, BeforeValidator(_phone_text), AfterValidator(_check_phone)]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Minutes = Annotated[int, Field(strict=True, gt=0)]
+MAX_BLOCK_MINUTES = int(MAX_BLOCK.total_seconds() // 60)
 NonNegativeMinutes = Annotated[int, Field(strict=True, ge=0)]
 
 
@@ -118,6 +120,13 @@ class ServiceEntry(BaseModel):
     max_days_ahead: Annotated[int, Field(strict=True, ge=1)] = 60
     slot_step_minutes: Minutes = 15
     staff: Annotated[list[Slug], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _fits_a_day(self) -> ServiceEntry:
+        block = self.buffer_before_minutes + self.duration_minutes + self.buffer_after_minutes
+        if block > MAX_BLOCK_MINUTES:
+            raise ValueError("duration plus buffers must be at most 24 hours")
+        return self
 
 
 class CalendarLink(BaseModel):

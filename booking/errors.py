@@ -12,7 +12,8 @@
     ├── HoldExpired                   the hold ran out or was replaced
     ├── NotYourAppointment            the appointment belongs to another caller
     ├── AppointmentNotActive          cancelled or already moved
-    └── CalendarUnavailable           a linked calendar could not be read (retryable)
+    ├── CalendarUnavailable           a linked calendar could not be read (retryable)
+    └── Busy                          the database stayed locked too long (retryable)
 """
 
 from __future__ import annotations
@@ -76,4 +77,9 @@ class AppointmentNotActive(BookingError):
 
 class CalendarUnavailable(BookingError):
     code = "calendar_unavailable"
+    retryable = True
+
+
+class Busy(BookingError):
+    code = "busy"
     retryable = True

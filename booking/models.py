@@ -129,7 +129,10 @@ class Call(SQLModel, table=True):
 
 
 class Hold(SQLModel, table=True):
-    __table_args__ = (sa.UniqueConstraint("business_id", "holder"),)
+    __table_args__ = (
+        sa.UniqueConstraint("business_id", "holder"),
+        sa.Index("ix_hold_busy", "business_id", "staff_id", "block_start"),
+    )
     id: str = Field(default_factory=lambda: new_id("hold"), primary_key=True)
     business_id: str = Field(foreign_key="business.id")
     service_id: str
@@ -144,8 +147,11 @@ class Hold(SQLModel, table=True):
 
 
 class Appointment(SQLModel, table=True):
-    __table_args__ = (sa.Index("ix_appointment_staff_block", "business_id", "staff_id",
-                               "block_start"),)
+    __table_args__ = (
+        sa.Index("ix_appointment_staff_block", "business_id", "staff_id", "block_start"),
+        sa.Index("ix_appointment_busy", "business_id", "staff_id", "block_start", "block_end",
+                 "status"),
+    )
     id: str = Field(default_factory=lambda: new_id("apt"), primary_key=True)
     business_id: str = Field(foreign_key="business.id")
     service_id: str

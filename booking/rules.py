@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -118,11 +119,24 @@ class Availability(BaseModel):
             raise ValueError(f"more than one override for {', '.join(map(str, dupes))}")
         return self
 
+    @cached_property
+    def parsed_hours(self) -> tuple[list[list[tuple[int, int]]], dict[date, list[tuple[int, int]]]]:
+        """Weekly and per-date ranges as minutes, parsed once: slot search asks every day."""
+        weekly = [[parse_range(r) for r in self.weekly_hours.for_weekday(d)] for d in range(7)]
+        by_date = {o.date: [parse_range(r) for r in o.hours] for o in self.overrides}
+        return weekly, by_date
+
     def hours_on(self, day: date) -> list[str]:
         for override in self.overrides:
             if override.date == day:
                 return list(override.hours)
         return self.weekly_hours.for_weekday(day.weekday())
+
+    def minutes_on(self, day: date) -> list[tuple[int, int]]:
+        """The working ranges of local `day` as (start, end) minutes after midnight."""
+        weekly, by_date = self.parsed_hours
+        found = by_date.get(day)
+        return found if found is not None else weekly[day.weekday()]
 
 
 def local_to_utc(day: date, minutes: int, tz: ZoneInfo) -> datetime:
@@ -136,8 +150,7 @@ def local_to_utc(day: date, minutes: int, tz: ZoneInfo) -> datetime:
 def working_ranges(rules: Availability, tz: ZoneInfo, day: date) -> list[Interval]:
     """The working ranges on local `day`, in UTC."""
     out = []
-    for text in rules.hours_on(day):
-        start, end = parse_range(text)
+    for start, end in rules.minutes_on(day):
         s, e = local_to_utc(day, start, tz), local_to_utc(day, end, tz)
         if e > s:
             out.append((s, e))

@@ -9,11 +9,13 @@ the same `find_slots` that offered it, so a racing caller can never get the same
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -38,7 +40,15 @@ from booking.models import (
     Staff,
 )
 from booking.rules import Availability, Interval
-from booking.slots import ServiceSpec, Slot, StaffSpec, filter_time_of_day, find_slots, spread
+from booking.slots import (
+    MAX_BLOCK,
+    ServiceSpec,
+    Slot,
+    StaffSpec,
+    filter_time_of_day,
+    find_slots,
+    spread,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,10 +81,17 @@ def staff_zone(row: Staff, business: Business) -> ZoneInfo:
 
 
 def staff_spec(row: Staff, business: Business) -> StaffSpec:
-    rules = Availability.model_validate(
-        {"weekly_hours": row.weekly_hours, "overrides": row.overrides, "time_off": row.time_off}
+    key = json.dumps([row.weekly_hours, row.overrides, row.time_off], sort_keys=True)
+    return StaffSpec(id=row.id, tz=staff_zone(row, business), availability=_rules(key))
+
+
+@lru_cache(maxsize=1024)
+def _rules(key: str) -> Availability:
+    # Keyed on the stored rules themselves, so an edit is seen by the very next search.
+    weekly_hours, overrides, time_off = json.loads(key)
+    return Availability.model_validate(
+        {"weekly_hours": weekly_hours, "overrides": overrides, "time_off": time_off}
     )
-    return StaffSpec(id=row.id, tz=staff_zone(row, business), availability=rules)
 
 
 @dataclass
@@ -282,7 +299,8 @@ class Scheduler:
         now = self._now(now)
         if not holder:
             raise errors.InvalidRequest("a hold needs a holder (the caller)")
-        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start)
+        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start,
+                                                now=now, holder=holder)
 
         def write(s: Session) -> Hold:
             lock_staff(s, ctx.business.id, staff_id)
@@ -318,15 +336,27 @@ class Scheduler:
         await self._write(write)
 
     async def _prepare_claim(
-        self, business_id: str | None, service_id: str, staff_id: str, start: datetime
+        self,
+        business_id: str | None,
+        service_id: str,
+        staff_id: str,
+        start: datetime,
+        *,
+        now: datetime,
+        holder: str | None,
+        ignore_appointment: str | None = None,
     ) -> tuple[Context, list[Interval]]:
         """Load the context and read the staff member's calendars live for the slot's block."""
         if start.tzinfo is None:
             raise errors.InvalidRequest("the start time must carry a UTC offset")
         ctx = await self._db(lambda s: _load_context(s, business_id, service_id, staff_id))
         lo, hi = ctx.service.block(start)
-        linked = await self._linked_busy(ctx, [staff_id], lo, hi, live=True)
-        return ctx, linked.get(staff_id, [])
+        linked = (await self._linked_busy(ctx, [staff_id], lo, hi, live=True)).get(staff_id, [])
+        # A read-only check first: a caller who already lost need not queue for the write lock.
+        # The same check runs again under the lock; that one is the guarantee.
+        await self._db(lambda s: _check_slot(s, ctx, staff_id, start, now, linked, holder=holder,
+                                             ignore_appointment=ignore_appointment))
+        return ctx, linked
 
     async def _write(self, fn: Callable[[Session], T]) -> T:
         try:
@@ -338,7 +368,7 @@ class Scheduler:
             raise
         except OperationalError as exc:
             if "database is locked" in str(exc.orig):
-                raise errors.SlotTaken("the calendar is busy right now; please try again") from None
+                raise errors.Busy("the booking system is busy; please try again") from None
             raise
 
     # ---- appointments ---------------------------------------------------------------------
@@ -372,7 +402,8 @@ class Scheduler:
             holder = held.holder
         if service_id is None or staff_id is None or start is None:
             raise errors.InvalidRequest("give a hold, or a service, staff member and start time")
-        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start)
+        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start,
+                                                now=now, holder=holder)
         slot_start = start
 
         def write(s: Session) -> Appointment:
@@ -432,7 +463,9 @@ class Scheduler:
         if old.status != AppointmentStatus.CONFIRMED:
             raise errors.AppointmentNotActive(f"appointment {old.id} is already {old.status}")
         new_staff = staff_id or old.staff_id
-        ctx, linked = await self._prepare_claim(old.business_id, old.service_id, new_staff, start)
+        ctx, linked = await self._prepare_claim(old.business_id, old.service_id, new_staff, start,
+                                                now=now, holder=holder,
+                                                ignore_appointment=old.id)
 
         def write(s: Session) -> Appointment:
             for sid in sorted({old.staff_id, new_staff}):  # fixed order: no deadlock
@@ -598,29 +631,45 @@ def _stored_busy(
     """Blocks of confirmed appointments and live holds (not `holder`'s) overlapping `[lo, hi)`."""
     bid = ctx.business.id
     busy: dict[str, list[Interval]] = {sid: [] for sid in staff_ids}
-    q = select(Appointment.staff_id, Appointment.block_start, Appointment.block_end).where(
-        Appointment.business_id == bid,
-        Appointment.staff_id.in_(staff_ids),
-        Appointment.status == AppointmentStatus.CONFIRMED.value,
-        Appointment.block_start < hi,
-        Appointment.block_end > lo,
+    apt, hold = Appointment.__table__.c, Hold.__table__.c  # type: ignore[attr-defined]
+    q = sa.select(apt.staff_id, _raw(apt.block_start), _raw(apt.block_end)).where(
+        apt.business_id == bid,
+        apt.staff_id.in_(staff_ids),
+        # Blocks never exceed MAX_BLOCK, so the index scan on block_start is bounded both ways.
+        apt.block_start > lo - MAX_BLOCK,
+        apt.block_start < hi,
+        apt.block_end > lo,
+        apt.status == AppointmentStatus.CONFIRMED.value,
     )
     if ignore_appointment is not None:
-        q = q.where(Appointment.id != ignore_appointment)
-    for sid, a, b in s.exec(q):
-        busy[sid].append((a, b))
-    hq = select(Hold.staff_id, Hold.block_start, Hold.block_end).where(
-        Hold.business_id == bid,
-        Hold.staff_id.in_(staff_ids),
-        Hold.expires_at > now,
-        Hold.block_start < hi,
-        Hold.block_end > lo,
+        q = q.where(apt.id != ignore_appointment)
+    hq = sa.select(hold.staff_id, _raw(hold.block_start), _raw(hold.block_end)).where(
+        hold.business_id == bid,
+        hold.staff_id.in_(staff_ids),
+        hold.block_start > lo - MAX_BLOCK,
+        hold.block_start < hi,
+        hold.block_end > lo,
+        hold.expires_at > now,
     )
     if holder is not None:
-        hq = hq.where(Hold.holder != holder)
-    for sid, a, b in s.exec(hq):
-        busy[sid].append((a, b))
+        hq = hq.where(hold.holder != holder)
+    conn = s.connection()
+    for query in (q, hq):
+        for sid, a, b in conn.execute(query).all():
+            busy[sid].append((_utc(a), _utc(b)))
     return busy
+
+
+def _raw(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[str]:
+    # Slot search reads thousands of these: skip the ORM's per-value conversion (see _utc).
+    return sa.type_coerce(column, sa.String())
+
+
+def _utc(value: str | datetime) -> datetime:
+    """A stored instant as aware UTC: SQLite gives back naive UTC text, PostgreSQL a datetime."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value + "+00:00")
+    return value.astimezone(UTC)
 
 
 def _check_slot(

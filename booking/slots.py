@@ -19,6 +19,9 @@ from zoneinfo import ZoneInfo
 
 from booking.rules import Availability, Interval, time_off_intervals, working_ranges
 
+# The longest a booking's buffered block may be; lets busy queries bound their index scan.
+MAX_BLOCK = timedelta(days=1)
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -57,11 +60,10 @@ class Slot:
 class _BusyIndex:
     """Merged busy intervals as epoch seconds, for O(log n) overlap checks."""
 
-    def __init__(self, intervals: Iterable[Interval], *, lo: float, hi: float) -> None:
-        spans = sorted(
-            (s.timestamp(), e.timestamp()) for s, e in intervals if e.timestamp() > lo
-            and s.timestamp() < hi
-        )
+    def __init__(self, intervals: Iterable[Interval], *, lo: datetime, hi: datetime) -> None:
+        # Compare datetimes first: converting only the window's intervals is the cheap path
+        # when a caller hands in a year of busy time.
+        spans = sorted((s.timestamp(), e.timestamp()) for s, e in intervals if e > lo and s < hi)
         starts: list[float] = []
         ends: list[float] = []
         for s, e in spans:
@@ -97,8 +99,12 @@ def find_slots(
     slots: list[Slot] = []
     for member in staff:
         slots.extend(_staff_slots(service, member, lo, hi, (busy or {}).get(member.id, ())))
-    slots.sort()
+    slots.sort(key=_slot_order)
     return slots
+
+
+def _slot_order(slot: Slot) -> tuple[datetime, str]:
+    return slot.start, slot.staff_id
 
 
 def _staff_slots(
@@ -111,7 +117,7 @@ def _staff_slots(
     lo_ts, hi_ts = lo.timestamp(), hi.timestamp()
     reach_lo, reach_hi = lo - service.buffer_before, hi + service.duration + service.buffer_after
     time_off = time_off_intervals(member.availability, member.tz, start=reach_lo, end=reach_hi)
-    index = _BusyIndex([*busy, *time_off], lo=reach_lo.timestamp(), hi=reach_hi.timestamp())
+    index = _BusyIndex([*busy, *time_off], lo=reach_lo, hi=reach_hi)
 
     out = []
     day = lo.astimezone(member.tz).date() - timedelta(days=1)

@@ -21,6 +21,7 @@ STATUS: list[tuple[type[errors.BookingError], int]] = [
     (errors.NotYourAppointment, 403),
     (errors.AppointmentNotActive, 409),
     (errors.CalendarUnavailable, 503),
+    (errors.Busy, 503),
 ]
 
 
