@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from booking import errors
 
@@ -41,6 +42,15 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {"error": exc.code, "message": exc.message, "retryable": exc.retryable},
             status_code=status,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        log.info("%s %s -> %s: %s", request.method, request.url.path, exc.status_code,
+                 exc.detail)
+        return JSONResponse(
+            {"error": f"http_{exc.status_code}", "message": str(exc.detail)},
+            status_code=exc.status_code, headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -13,7 +13,7 @@ import logging
 import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -114,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "serve": cmd_serve, "migrate": cmd_migrate, "import": cmd_import,
         "export": cmd_export, "availability": cmd_availability, "book": cmd_book,
@@ -237,9 +238,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         key = settings.api_key.get_secret_value()
     print(f"Frontdesk is running on http://{host}:{port}")
     print(f"  API docs:      http://{host}:{port}/docs")
+    first, last = date.today() + timedelta(days=1), date.today() + timedelta(days=7)
     print(f"  Availability:  curl -H 'Authorization: Bearer {key}' "
           f"'http://{host}:{port}/api/v1/availability?service=cleaning"
-          f"&from={date.today()}&to={date.today()}'")
+          f"&from={first}&to={last}&limit=5'")
     if generated:
         print("  (API key generated for this run; set FRONTDESK_API_KEY to keep one)")
     sys.stdout.flush()

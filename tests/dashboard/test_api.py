@@ -26,7 +26,7 @@ async def client(scheduler: Scheduler) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_requests_without_the_key_are_refused(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/leads")
-    assert r.status_code == 401 and "API key" in r.json()["detail"]
+    assert r.status_code == 401 and "API key" in r.json()["message"]
     r = await client.get("/api/v1/leads", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401
     r = await client.get("/api/v1/leads", headers={"X-API-Key": KEY})
