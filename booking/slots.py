@@ -72,11 +72,11 @@ class _BusyIndex:
             else:
                 starts.append(s)
                 ends.append(e)
-        self._starts, self._ends = starts, ends
+        self.starts, self.ends = starts, ends
 
     def overlaps(self, a: float, b: float) -> bool:
-        i = bisect_right(self._ends, a)
-        return i < len(self._starts) and self._starts[i] < b
+        i = bisect_right(self.ends, a)
+        return i < len(self.starts) and self.starts[i] < b
 
 
 def find_slots(
@@ -118,6 +118,7 @@ def _staff_slots(
     reach_lo, reach_hi = lo - service.buffer_before, hi + service.duration + service.buffer_after
     time_off = time_off_intervals(member.availability, member.tz, start=reach_lo, end=reach_hi)
     index = _BusyIndex([*busy, *time_off], lo=reach_lo, hi=reach_hi)
+    starts, ends, n_busy = index.starts, index.ends, len(index.starts)
 
     out = []
     day = lo.astimezone(member.tz).date() - timedelta(days=1)
@@ -128,7 +129,9 @@ def _staff_slots(
             if t < lo_ts:  # jump ahead on the step grid rather than walking to `lo`
                 t += -(-(lo_ts - t) // step) * step
             while t <= stop and t < hi_ts:
-                if not index.overlaps(t - before, t + duration + after):
+                # Inlined `index.overlaps`: this loop runs for every candidate of every search.
+                i = bisect_right(ends, t - before)
+                if i == n_busy or starts[i] >= t + duration + after:
                     s = datetime.fromtimestamp(t, UTC)
                     out.append(Slot(s, s + service.duration, member.id))
                 t += step
