@@ -17,6 +17,7 @@ from booking.scheduler import Scheduler
 from calendars.registry import CalendarRegistry
 from dashboard import api, http_errors
 from frontdesk.settings import Settings
+from telephony import voice
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     app.state.api_key = key
     http_errors.install(app)
     app.include_router(api.router)
+    app.include_router(voice.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

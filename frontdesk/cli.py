@@ -102,6 +102,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--business")
     s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("chat", help="talk to the phone agent in this terminal")
+    s.add_argument("--business")
+    s.add_argument("--caller", help="the caller's number in E.164, e.g. +15550142200")
+    s.add_argument("--now", type=_iso, help=argparse.SUPPRESS)
     return p
 
 
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "serve": cmd_serve, "migrate": cmd_migrate, "import": cmd_import,
         "export": cmd_export, "availability": cmd_availability, "book": cmd_book,
-        "cancel": cmd_cancel,
+        "cancel": cmd_cancel, "chat": cmd_chat,
     }
     try:
         return commands[args.command](args, settings)
@@ -214,6 +219,14 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     scheduler = _scheduler(args, settings)
     row = _run(scheduler.cancel(business_id=args.business, appointment_id=args.id))
     print(json.dumps({"id": row.id, "status": row.status}) if args.json else f"{row.id} cancelled")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.chat import run_chat
+
+    _run(run_chat(settings=settings, scheduler=_scheduler(args, settings),
+                  business_id=args.business, caller=args.caller, lines=sys.stdin, out=sys.stdout))
     return 0
 
 

@@ -1,0 +1,201 @@
+"""The ConversationRelay websocket (`/twilio/relay`), per Twilio's documented message protocol.
+
+Twilio does the speech recognition and synthesis; this socket gets the caller's turns as text and
+streams the answer back as `text` tokens, sentence by sentence as the engine produces them:
+
+    Twilio → us   setup · prompt (act on last=true) · interrupt · dtmf · error
+    us → Twilio   {"type":"text","token":...,"last":false} ... then {"type":"text","token":"",
+                  "last":true} to close the turn
+                  {"type":"end","handoffData":"{...}"} to transfer or hang up
+
+One turn runs at a time per socket, as a task: a new final prompt, an interrupt or a DTMF
+transfer cancels it at once. On an interrupt the engine learns what the caller actually heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from agent.engine import Filler, Handoff, Speech
+from booking import errors
+from telephony.signature import HEADER, SignatureInvalid
+from telephony.wire import (
+    Dtmf,
+    EndSession,
+    Interrupt,
+    Prompt,
+    RelayError,
+    Setup,
+    TextToken,
+    Unknown,
+    dump_outbound,
+    parse_inbound,
+)
+from telephony.wire import Handoff as HandoffData
+
+if TYPE_CHECKING:
+    from telephony.sessions import CallSession
+    from telephony.switchboard import Switchboard
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+PATH = "/twilio/relay"
+HUMAN_DIGIT = "0"
+TROUBLE = "Sorry, I'm having trouble on my side. Could you say that again?"
+
+
+@router.websocket("/relay")
+async def relay(websocket: WebSocket) -> None:
+    board: Switchboard = websocket.app.state.switchboard
+    query = websocket.scope.get("query_string", b"").decode("latin-1")
+    try:
+        board.signature.check_websocket(path=PATH, query=query,
+                                        signature=websocket.headers.get(HEADER))
+    except SignatureInvalid:
+        # Closing before accept() answers the upgrade with HTTP 403.
+        await websocket.close(code=1008)
+        return
+    await websocket.accept()
+    await RelayCall(websocket, board).run()
+
+
+class RelayCall:
+    """One relay session: reads Twilio's messages and runs the caller's turns."""
+
+    def __init__(self, websocket: WebSocket, board: Switchboard) -> None:
+        self.ws = websocket
+        self.board = board
+        self.session: CallSession | None = None
+        self.turn: asyncio.Task[None] | None = None
+        self.heard: list[str] = []  # what the running turn has sent to be spoken
+        self.ended = False
+
+    async def run(self) -> None:
+        try:
+            while not self.ended:
+                raw = await self.ws.receive_text()
+                try:
+                    message = parse_inbound(raw)
+                except ValidationError as exc:
+                    log.warning("malformed relay message: %s", exc.errors()[:1])
+                    continue
+                await self.handle(message)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await self.stop_turn()
+
+    async def handle(self, message: Setup | Prompt | Interrupt | Dtmf | RelayError | Unknown
+                     ) -> None:
+        if isinstance(message, Setup):
+            await self.setup(message)
+        elif isinstance(message, RelayError):
+            log.warning("ConversationRelay error: %s", message.description)
+        elif isinstance(message, Unknown):
+            log.info("ignoring relay message of type %r", message.type)
+        elif self.session is None:
+            log.warning("relay message %r before setup; ignored", message.type)
+        elif isinstance(message, Prompt):
+            await self.prompt(message)
+        elif isinstance(message, Interrupt):
+            await self.interrupt(message)
+        else:
+            await self.dtmf(message)
+
+    async def setup(self, message: Setup) -> None:
+        if self.session is not None:
+            return
+        try:
+            self.session = await self.board.resume(
+                call_sid=message.call_sid, from_number=message.from_number,
+                to_number=message.to_number, channel="relay")
+        except errors.NotFound:
+            log.warning("relay for call %s: no business answers %s", message.call_sid,
+                        message.to_number)
+            await self.end(HandoffData(reason="number not in service"))
+
+    async def prompt(self, message: Prompt) -> None:
+        if not message.last:
+            return  # a partial transcript; the final one follows
+        text = message.voice_prompt.strip()
+        if not text:
+            return
+        await self.start_turn(text)
+
+    async def interrupt(self, message: Interrupt) -> None:
+        assert self.session is not None
+        await self.stop_turn(tell_engine=False)
+        self.session.conversation.interrupted(message.utterance_until_interrupt)
+
+    async def dtmf(self, message: Dtmf) -> None:
+        assert self.session is not None
+        number = self.session.business.transfer_number
+        if message.digit == HUMAN_DIGIT and number:
+            await self.stop_turn()
+            self.session.handoff = Handoff(reason="caller pressed 0", transfer_to=number)
+            await self.end(HandoffData(reason="caller pressed 0", transfer_to=number))
+            return
+        await self.start_turn(f"(I pressed {message.digit} on my keypad.)")
+
+    # ---- turns --------------------------------------------------------------------------
+
+    async def start_turn(self, text: str) -> None:
+        await self.stop_turn()
+        self.heard = []
+        self.turn = asyncio.create_task(self.run_turn(text), name="relay turn")
+
+    async def stop_turn(self, *, tell_engine: bool = True) -> None:
+        """Cancel the running turn; the engine keeps only what was sent to be spoken."""
+        turn, self.turn = self.turn, None
+        if turn is None or turn.done():
+            return
+        turn.cancel()
+        await asyncio.gather(turn, return_exceptions=True)
+        if tell_engine and self.session is not None:
+            self.session.conversation.interrupted(" ".join(self.heard))
+
+    async def run_turn(self, text: str) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            async with contextlib.aclosing(session.conversation.reply(text)) as events:
+                async for event in events:
+                    if isinstance(event, Speech | Filler):
+                        await self.say(event.text)
+                    elif isinstance(event, Handoff):
+                        await self.send(TextToken(token="", last=True))
+                        session.handoff = event
+                        await self.end(HandoffData(reason=event.reason,
+                                                   transfer_to=event.transfer_to))
+                        return
+            await self.send(TextToken(token="", last=True))
+        except (asyncio.CancelledError, WebSocketDisconnect):
+            raise
+        except Exception:
+            log.exception("turn failed on call %s", session.call_sid)
+            with contextlib.suppress(Exception):
+                await self.say(TROUBLE)
+                await self.send(TextToken(token="", last=True))
+        finally:
+            self.board.turn_done(session)
+
+    # ---- sending --------------------------------------------------------------------------
+
+    async def say(self, text: str) -> None:
+        token = text if text.endswith((" ", "\n")) else text + " "
+        await self.send(TextToken(token=token))
+        self.heard.append(text)
+
+    async def end(self, handoff: HandoffData) -> None:
+        await self.send(EndSession(handoff_data=handoff.dump()))
+        self.ended = True
+
+    async def send(self, message: TextToken | EndSession) -> None:
+        await self.ws.send_text(dump_outbound(message))

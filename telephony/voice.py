@@ -1,0 +1,289 @@
+"""Twilio's voice webhooks: the incoming call, gather turns, transfers and status callbacks.
+
+    POST /twilio/voice           a call rings: open the Call, answer with ConversationRelay/Gather
+    POST /twilio/gather          gather mode: one caller turn in, one <Say> answer out
+    POST /twilio/connect-action  a relay session ended: transfer (<Dial>) or hang up
+    POST /twilio/dial-status     the transfer's outcome; nobody answered → back to taking a message
+    POST /twilio/status          the call ended: close the Call and finalise the lead
+
+Every request's signature is checked first; a bad one gets 403 before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from twilio.twiml.voice_response import Connect, Gather, VoiceResponse
+
+from agent.engine import Filler, Handoff, Speech
+from agent.llm import make_llm
+from booking import errors
+from booking.calls import CallLog
+from frontdesk.settings import Settings
+from telephony import relay
+from telephony.sessions import CallSession
+from telephony.signature import HEADER, SignatureInvalid, TwilioSignature
+from telephony.sms import SmsSender
+from telephony.switchboard import Switchboard
+from telephony.wire import (
+    CallStatusUpdate,
+    ConnectAction,
+    DialAction,
+    GatherResult,
+    IncomingCall,
+)
+
+log = logging.getLogger(__name__)
+
+NOT_IN_SERVICE = "Sorry, this number is not set up to take calls yet. Goodbye."
+TRANSFER_FAILED = ("Sorry, nobody could come to the phone just now. I can take a message and "
+                   "have someone call you back. What's your name, and what is it about?")
+RELAY_FAILED = "Sorry, I lost you for a moment. What can I do for you?"
+SILENCE = "Sorry, I didn't catch that. How can I help?"
+GOODBYE = "I'll let you go. Feel free to call back any time. Goodbye."
+TROUBLE = "Sorry, I'm having trouble right now. Please call back in a little while. Goodbye."
+MAX_SILENCES = 3
+DIAL_TIMEOUT_SECONDS = 20
+
+
+def build_switchboard(app: FastAPI) -> Switchboard:
+    """The switchboard for this app, from its settings and scheduler."""
+    settings: Settings = app.state.settings
+    scheduler = app.state.scheduler
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    sms = None
+    if settings.twilio_account_sid and token:
+        sms = SmsSender(account_sid=settings.twilio_account_sid, auth_token=token,
+                        api_base_url=settings.twilio_api_base_url)
+    else:
+        log.warning("Twilio credentials are not set: confirmation texts are off")
+    return Switchboard(
+        scheduler=scheduler,
+        calls=CallLog.over(scheduler.engine, scheduler.clock),
+        llm=make_llm(settings),
+        model=settings.llm_model,
+        signature=TwilioSignature(auth_token=token, public_base_url=settings.public_base_url),
+        voice_mode=settings.voice_mode,
+        language=settings.voice_language,
+        tts_voice=settings.voice_tts_voice,
+        llm_timeout=settings.llm_timeout_seconds,
+        sms=sms,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if getattr(app.state, "switchboard", None) is None:
+        app.state.switchboard = build_switchboard(app)
+    try:
+        yield
+    finally:
+        await app.state.switchboard.aclose()
+
+
+router = APIRouter(prefix="/twilio", tags=["twilio"], include_in_schema=False, lifespan=lifespan)
+router.include_router(relay.router)
+
+
+# ---- plumbing -------------------------------------------------------------------------------
+
+
+def switchboard(request: Request) -> Switchboard:
+    board: Switchboard = request.app.state.switchboard
+    return board
+
+
+async def signed_form(request: Request) -> dict[str, str]:
+    """The request's form, once its Twilio signature checks out (403 otherwise)."""
+    # Twilio posts application/x-www-form-urlencoded; parsed here, every field kept for the
+    # signature, without a multipart parser.
+    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    route_path = request.scope["route"].path
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    try:
+        switchboard(request).signature.check_form(
+            path=route_path, query=query, form=form, signature=request.headers.get(HEADER))
+    except SignatureInvalid:
+        raise HTTPException(status_code=403, detail="invalid Twilio signature") from None
+    return form
+
+
+def twiml(response: VoiceResponse) -> Response:
+    return Response(content=response.to_xml(), media_type="application/xml")
+
+
+def say(board: Switchboard, response: VoiceResponse | Gather, text: str) -> None:
+    response.say(text, voice=board.tts_voice, language=board.language)
+
+
+def relay_twiml(board: Switchboard, session: CallSession, greeting: str) -> VoiceResponse:
+    response = VoiceResponse()
+    connect = Connect(action=board.signature.url("/twilio/connect-action"))
+    connect.conversation_relay(
+        url=board.signature.ws_url("/twilio/relay", urlencode({"call": session.call_id})),
+        welcome_greeting=greeting,
+        language=board.language,
+        voice=board.tts_voice,
+        dtmf_detection=True,
+        interruptible="any",
+    )
+    response.append(connect)
+    return response
+
+
+def gather_twiml(board: Switchboard, text: str) -> VoiceResponse:
+    response = VoiceResponse()
+    gather = Gather(input="speech", action=board.signature.url("/twilio/gather"),
+                    method="POST", speech_timeout="auto", language=board.language,
+                    action_on_empty_result=True)
+    if text:
+        say(board, gather, text)
+    response.append(gather)
+    return response
+
+
+def conversation_twiml(board: Switchboard, session: CallSession, text: str) -> VoiceResponse:
+    """Carry the conversation on after `text`, in the call's channel."""
+    if session.channel == "relay":
+        return relay_twiml(board, session, text)
+    return gather_twiml(board, text)
+
+
+def goodbye(board: Switchboard, text: str) -> VoiceResponse:
+    response = VoiceResponse()
+    say(board, response, text)
+    response.hangup()
+    return response
+
+
+def dial(board: Switchboard, number: str, before: str = "") -> VoiceResponse:
+    response = VoiceResponse()
+    if before:
+        say(board, response, before)
+    response.dial(number, action=board.signature.url("/twilio/dial-status"), method="POST",
+                  timeout=DIAL_TIMEOUT_SECONDS)
+    return response
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+
+@router.post("/voice")
+async def incoming_call(request: Request) -> Response:
+    form = IncomingCall.parse(await signed_form(request))
+    board = switchboard(request)
+    try:
+        business = await board.business_for(form.to_number)
+    except errors.NotFound:
+        log.warning("call %s to %s: no business answers that number", form.call_sid,
+                    form.to_number)
+        return twiml(goodbye(board, NOT_IN_SERVICE))
+    session = await board.open(business=business, call_sid=form.call_sid,
+                               from_number=form.from_number, to_number=form.to_number,
+                               channel=board.voice_mode)
+    log.info("call %s from %s to %s (%s)", form.call_sid, form.from_number, business.id,
+             session.channel)
+    return twiml(conversation_twiml(board, session, session.greeting))
+
+
+@router.post("/gather")
+async def gather_turn(request: Request) -> Response:
+    form = GatherResult.parse(await signed_form(request))
+    board = switchboard(request)
+    try:
+        session = await board.resume(call_sid=form.call_sid, from_number=form.from_number,
+                                     to_number=form.to_number, channel="gather")
+    except errors.NotFound:
+        return twiml(goodbye(board, NOT_IN_SERVICE))
+    heard = form.speech_result.strip()
+    if not heard:
+        session.silences += 1
+        if session.silences >= MAX_SILENCES:
+            return twiml(goodbye(board, GOODBYE))
+        return twiml(gather_twiml(board, SILENCE))
+    session.silences = 0
+    async with session.turn_lock:
+        return twiml(await _answer(board, session, heard))
+
+
+async def _answer(board: Switchboard, session: CallSession, heard: str) -> VoiceResponse:
+    """Run one turn through the engine and answer it as a whole (gather cannot stream)."""
+    spoken: list[str] = []
+    handoff: Handoff | None = None
+    try:
+        async with aclosing(session.conversation.reply(heard)) as events:
+            async for event in events:
+                if isinstance(event, Speech):
+                    spoken.append(event.text)
+                elif isinstance(event, Handoff):
+                    handoff = event
+                    break
+                elif not isinstance(event, Filler):  # a filler only helps while streaming
+                    log.warning("unexpected engine event %r", event)
+    except Exception:
+        log.exception("the conversation failed on call %s", session.call_sid)
+        return goodbye(board, TROUBLE)
+    finally:
+        board.turn_done(session)
+    text = " ".join(spoken)
+    if handoff is None:
+        return gather_twiml(board, text)
+    session.handoff = handoff
+    if handoff.transfer_to:
+        return dial(board, handoff.transfer_to, before=text)
+    response = VoiceResponse()
+    if text:
+        say(board, response, text)
+    response.hangup()
+    return response
+
+
+@router.post("/connect-action")
+async def relay_ended(request: Request) -> Response:
+    form = ConnectAction.parse(await signed_form(request))
+    board = switchboard(request)
+    handoff = form.handoff()
+    session = board.sessions.get(form.call_sid)
+    if handoff is not None and handoff.transfer_to:
+        log.info("call %s: transferring to %s (%s)", form.call_sid, handoff.transfer_to,
+                 handoff.reason)
+        return twiml(dial(board, handoff.transfer_to))
+    if handoff is None and form.session_status == "failed" and form.call_status == "in-progress":
+        log.warning("call %s: relay session failed (%s); reconnecting", form.call_sid,
+                    form.error_message)
+        if session is not None:
+            return twiml(relay_twiml(board, session, RELAY_FAILED))
+    response = VoiceResponse()
+    response.hangup()
+    return twiml(response)
+
+
+@router.post("/dial-status")
+async def transfer_result(request: Request) -> Response:
+    form = DialAction.parse(await signed_form(request))
+    board = switchboard(request)
+    if form.connected:
+        response = VoiceResponse()
+        response.hangup()
+        return twiml(response)
+    log.info("call %s: transfer ended %s; taking a message instead", form.call_sid,
+             form.dial_call_status)
+    try:
+        session = await board.resume(call_sid=form.call_sid, from_number=form.from_number,
+                                     to_number=form.to_number, channel=board.voice_mode)
+    except errors.NotFound:
+        return twiml(goodbye(board, NOT_IN_SERVICE))
+    if session.handoff is not None:
+        board.reopen(session, said=TRANSFER_FAILED)
+    return twiml(conversation_twiml(board, session, TRANSFER_FAILED))
+
+
+@router.post("/status")
+async def call_status(request: Request) -> Response:
+    form = CallStatusUpdate.parse(await signed_form(request))
+    await switchboard(request).close(form)
+    return Response(status_code=204)

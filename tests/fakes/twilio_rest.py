@@ -1,0 +1,138 @@
+"""A local server speaking Twilio's REST API for sending SMS, so the real `twilio.rest.Client`
+is what the tests exercise.
+
+`POST /2010-04-01/Accounts/{AccountSid}/Messages.json` with HTTP Basic auth (account SID and auth
+token) and form fields `To`, `From`, `Body` answers 201 with a Message resource (`sid` "SM...",
+`status` "queued", ...), as documented. Errors use Twilio's error body (`code`, `message`,
+`more_info`, `status`). `fail_next(n)` makes the next `n` sends answer 500 first, to prove retry.
+
+    rest = FakeTwilioRest(account_sid="AC...", auth_token="...").start()
+    ... Settings(twilio_api_base_url=rest.base_url) ...
+    rest.wait_for(1)  # the first message, or AssertionError after a timeout
+    rest.stop()
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    sid: str
+    to: str
+    from_: str
+    body: str
+
+
+class FakeTwilioRest:
+    def __init__(self, *, account_sid: str, auth_token: str) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.messages: list[SentMessage] = []
+        self.attempts = 0
+        self._failures: list[int] = []
+        self._changed = threading.Condition()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        app = Starlette(routes=[Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create,
+                                      methods=["POST"])])
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none",
+                                timeout_graceful_shutdown=1)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._sock]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeTwilioRest:
+        self._thread.start()
+        deadline = time.monotonic() + 5
+        with self._changed:
+            while not self._server.started:
+                if time.monotonic() > deadline or not self._thread.is_alive():
+                    raise RuntimeError("the fake Twilio REST server did not start")
+                self._changed.wait(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def fail_next(self, count: int = 1, *, status: int = 500) -> None:
+        with self._changed:
+            self._failures.extend([status] * count)
+
+    def wait_for(self, count: int, *, timeout: float = 5.0) -> list[SentMessage]:
+        """Block until `count` messages were accepted; the messages so far."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.messages) >= count, timeout):
+                raise AssertionError(f"expected {count} SMS, got {len(self.messages)}")
+            return list(self.messages)
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        return user == self.account_sid and password == self.auth_token
+
+    async def _create(self, request: Request) -> JSONResponse:
+        sid = request.path_params["sid"]
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        with self._changed:
+            self.attempts += 1
+            failure = self._failures.pop(0) if self._failures else None
+        if not self._authorised(request) or sid != self.account_sid:
+            return _error(401, 20003, "Authenticate")
+        if failure is not None:
+            return _error(failure, 20500, "Internal Server Error")
+        to, from_, body = (str(form.get(k) or "") for k in ("To", "From", "Body"))
+        if not to.startswith("+"):
+            return _error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+        if not body:
+            return _error(400, 21602, "Message body is required.")
+        message = SentMessage(sid="SM" + uuid.uuid4().hex, to=to, from_=from_, body=body)
+        with self._changed:
+            self.messages.append(message)
+            self._changed.notify_all()
+        return JSONResponse(self._resource(message), status_code=201)
+
+    def _resource(self, m: SentMessage) -> dict[str, Any]:
+        now = format_datetime(datetime.now(UTC))
+        return {
+            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": m.body,
+            "date_created": now, "date_sent": None, "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None, "error_message": None, "from": m.from_,
+            "messaging_service_sid": None, "num_media": "0", "num_segments": "1", "price": None,
+            "price_unit": "USD", "sid": m.sid, "status": "queued", "subresource_uris": {
+                "media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{m.sid}/Media.json"},
+            "to": m.to, "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{m.sid}.json",
+        }
+
+
+def _error(status: int, code: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message, "status": status,
+                         "more_info": f"https://www.twilio.com/docs/errors/{code}"},
+                        status_code=status)

@@ -1,0 +1,73 @@
+"""Confirmation texts through the real Twilio REST client against the local fake."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from telephony.sms import Change, Sms, SmsSender, confirmation_text
+from tests.fakes.twilio_rest import FakeTwilioRest
+from tests.telephony.conftest import ACCOUNT_SID, TOKEN
+
+SMS = Sms(to="+15557654321", from_="+15550100100", body="Clinic: you're booked.")
+
+
+def sender(rest: FakeTwilioRest, **kw: float) -> SmsSender:
+    return SmsSender(account_sid=ACCOUNT_SID, auth_token=TOKEN, api_base_url=rest.base_url,
+                     backoff=0.01, **kw)  # type: ignore[arg-type]
+
+
+async def test_a_text_is_posted_to_twilio_messages(rest: FakeTwilioRest) -> None:
+    sms = sender(rest)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is not None and sent.sid.startswith("SM") and sent.attempts == 1
+    [message] = rest.messages
+    assert (message.to, message.from_, message.body) == (SMS.to, SMS.from_, SMS.body)
+
+
+async def test_a_server_error_is_retried_until_it_goes_through(rest: FakeTwilioRest) -> None:
+    rest.fail_next(2, status=500)
+    sms = sender(rest)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is not None and sent.attempts == 3
+    assert rest.attempts == 3 and len(rest.messages) == 1
+
+
+async def test_a_rejected_number_is_not_retried(rest: FakeTwilioRest) -> None:
+    sms = sender(rest)
+    try:
+        sent = await sms.send(Sms(to="5557654321", from_=SMS.from_, body="hi"))
+    finally:
+        await sms.aclose()
+    assert sent is None and rest.attempts == 1
+
+
+async def test_an_unreachable_api_gives_up_without_raising() -> None:
+    sms = SmsSender(account_sid=ACCOUNT_SID, auth_token=TOKEN,
+                    api_base_url="http://127.0.0.1:9", backoff=0.01, attempts=2)
+    try:
+        sent = await asyncio.wait_for(sms.send(SMS), 10)
+    finally:
+        await sms.aclose()
+    assert sent is None
+
+
+def test_texts_say_the_time_in_the_business_zone() -> None:
+    start = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
+    text = confirmation_text(Change.BOOKED, business_name="Clinic", service_name="Teeth cleaning",
+                             staff_name="Dr. Lee", start=start, timezone="America/New_York")
+    assert text == ("Clinic: your Teeth cleaning with Dr. Lee is booked for Mon Dec 7 at 9:00 AM."
+                    " See you then!")
+    moved = confirmation_text(Change.RESCHEDULED, business_name="Clinic", service_name="Checkup",
+                              staff_name="Dr. Lee", start=start, timezone="America/New_York")
+    assert "moved to Mon Dec 7 at 9:00 AM" in moved
+    cancelled = confirmation_text(Change.CANCELLED, business_name="Clinic",
+                                  service_name="Checkup", staff_name="Dr. Lee", start=start,
+                                  timezone="America/New_York")
+    assert cancelled == "Clinic: your Checkup on Mon Dec 7 at 9:00 AM is cancelled."
