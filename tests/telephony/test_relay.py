@@ -198,7 +198,7 @@ async def test_a_caller_leaves_a_message_and_the_lead_is_kept(desk: Desk) -> Non
     assert count_rows(desk.engine, "SELECT count(*) FROM lead WHERE name = 'Bo Chen' AND "
                       "outcome = 'message' AND phone = :p", p=CALLER) >= 1
     assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE ended_at IS NOT NULL "
-                      "AND transcript LIKE '%my bill%'") == 1
+                      "AND CAST(transcript AS TEXT) LIKE '%my bill%'") == 1
     assert desk.rest.messages == []
 
 

@@ -148,7 +148,7 @@ async def test_the_status_callback_closes_the_call_once(gather_desk: Desk) -> No
         assert closed.status == 204
     assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE status = 'completed' "
                       "AND duration_seconds = 37 AND ended_at IS NOT NULL") == 1
-    assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE transcript LIKE "
+    assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE CAST(transcript AS TEXT) LIKE "
                       "'%Hi there.%'") == 1
     assert count_rows(desk.engine, "SELECT count(*) FROM lead") == 1
     assert len(desk.board.sessions) == 0
