@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -112,36 +112,22 @@ class FakeLLM:
         self._script: list[Scripted] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
         app = Starlette(routes=[Route("/v1/chat/completions", self._completions,
                                       methods=["POST"])])
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none",
-                                timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._sock]}, daemon=True)
+        self._loop_server = LoopbackServer(app, name="fake LLM server")
+        self.port = self._loop_server.port
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeLLM:
-        self._thread.start()
-        deadline = time.monotonic() + 5
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake LLM server did not start")
-            self._stopping.wait(0.01)
+        self._loop_server.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._sock.close()
+        self._loop_server.stop()
 
     def script(self, *responses: Scripted) -> None:
         """Replace the script: the next requests get these responses, in order."""

@@ -15,9 +15,7 @@ token) and form fields `To`, `From`, `Body` answers 201 with a Message resource 
 from __future__ import annotations
 
 import base64
-import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,11 +23,12 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -48,36 +47,21 @@ class FakeTwilioRest:
         self.attempts = 0
         self._failures: list[int] = []
         self._changed = threading.Condition()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
         app = Starlette(routes=[Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create,
                                       methods=["POST"])])
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none",
-                                timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._sock]}, daemon=True)
+        self._loop_server = LoopbackServer(app, name="fake Twilio REST server")
+        self.port = self._loop_server.port
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeTwilioRest:
-        self._thread.start()
-        deadline = time.monotonic() + 5
-        with self._changed:
-            while not self._server.started:
-                if time.monotonic() > deadline or not self._thread.is_alive():
-                    raise RuntimeError("the fake Twilio REST server did not start")
-                self._changed.wait(0.01)
+        self._loop_server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._sock.close()
+        self._loop_server.stop()
 
     def fail_next(self, count: int = 1, *, status: int = 500) -> None:
         with self._changed:
