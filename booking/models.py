@@ -184,3 +184,109 @@ class Lead(SQLModel, table=True):
     outcome: str = LeadOutcome.CALLBACK.value
     status: str = "new"
     created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class SyncState(StrEnum):
+    """Where an appointment stands with its staff member's calendar."""
+
+    NOT_SYNCED = "not_synced"  # a write is due (new, failed, or changed since)
+    SYNCED = "synced"
+    NO_CALENDAR = "no_calendar"  # the staff member has no calendar to write to
+
+
+class CalendarConnection(SQLModel, table=True):
+    """A staff member's linked calendar account (Google, Microsoft, CalDAV, ICS).
+
+    `secret` is encrypted (refresh token, or CalDAV password); `settings` is not secret.
+    `read_calendars` are the calendars whose busy time counts; `write_calendar` receives
+    bookings. `sync` keeps, per calendar, the incremental cursor and the window the busy cache
+    covers. `dirty_at` is set by a change notification and cleared by the sync it triggers.
+    """
+
+    __table_args__ = (sa.Index("ix_calendar_connection_staff", "business_id", "staff_id"),)
+    id: str = Field(default_factory=lambda: new_id("cal"), primary_key=True)
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    staff_id: str = Field(max_length=64)
+    provider: str
+    name: str
+    settings: dict[str, Any] = _json(dict)
+    secret: str = Field(default="", sa_column=sa.Column(sa.Text, nullable=False))
+    read_calendars: list[str] = _json(list)
+    write_calendar: str | None = None
+    status: str = "ok"  # ok | needs_relink | error
+    last_error: str | None = None
+    sync: dict[str, Any] = _json(dict)
+    dirty_at: datetime | None = _when(nullable=True)
+    created_at: datetime = _when(nullable=False, default=utcnow)
+    updated_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class CalendarBusyBlock(SQLModel, table=True):
+    """The busy cache: one linked calendar event's busy time inside the cached window."""
+
+    __tablename__ = "calendar_busy"
+    __table_args__ = (
+        sa.Index("ix_calendar_busy_staff", "business_id", "staff_id", "start"),
+        sa.Index("ix_calendar_busy_event", "connection_id", "calendar_id", "event_key"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="calendarconnection.id")
+    business_id: str = Field(max_length=64)
+    staff_id: str = Field(max_length=64)
+    calendar_id: str
+    event_key: str
+    start: datetime = _when(nullable=False)
+    end: datetime = _when(nullable=False)
+
+
+class CalendarChannel(SQLModel, table=True):
+    """A live change subscription (Google watch channel, Graph subscription) we must renew."""
+
+    id: str = Field(primary_key=True)  # the provider's channel / subscription id
+    connection_id: str = Field(foreign_key="calendarconnection.id", index=True)
+    calendar_id: str
+    token: str
+    resource_id: str | None = None
+    expires_at: datetime = _when(nullable=False)
+    created_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class CalendarEvent(SQLModel, table=True):
+    """Where an appointment (its reschedule chain, keyed by the first id) lives in a calendar."""
+
+    key: str = Field(primary_key=True)  # first appointment id of the chain
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    connection_id: str = Field(foreign_key="calendarconnection.id")
+    calendar_id: str
+    event_id: str | None = None
+    deleted: bool = False
+    attempts: int = 0
+    last_error: str | None = None
+    updated_at: datetime = _when(nullable=False, default=utcnow)
+
+
+class OAuthFlow(SQLModel, table=True):
+    """An OAuth authorization in progress, found again by its `state` at the callback."""
+
+    state: str = Field(primary_key=True)
+    provider: str
+    business_id: str = Field(max_length=64)
+    staff_id: str = Field(max_length=64)
+    flow: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # encrypted JSON
+    return_to: str | None = None
+    expires_at: datetime = _when(nullable=False)
+
+
+class OutboxEvent(SQLModel, table=True):
+    """A domain event written in the same transaction as the change it describes.
+
+    Types: booking.created, booking.cancelled, booking.rescheduled, lead.created. Delivery
+    (webhooks) reads from here; nothing is lost if delivery is down when the change happens.
+    """
+
+    __table_args__ = (sa.Index("ix_outbox_business_created", "business_id", "created_at"),)
+    id: str = Field(default_factory=lambda: new_id("evt"), primary_key=True)
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    type: str
+    payload: dict[str, Any] = _json(dict)
+    created_at: datetime = _when(nullable=False, default=utcnow)
