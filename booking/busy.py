@@ -40,3 +40,20 @@ class NoCalendars:
         self, calendars: StaffCalendars, *, start: datetime, end: datetime, live: bool = False
     ) -> list[Interval]:
         return []
+
+
+class CalendarWriter(Protocol):
+    async def sync_appointment(self, appointment_id: str) -> str:
+        """Write an appointment's current state into its staff member's calendar.
+
+        Returns the appointment's new `sync_state` (see `booking.models.SyncState`); raises
+        `booking.errors.CalendarUnavailable` when the calendar could not be written (the
+        appointment stays `not_synced` for the retry job)."""
+        ...
+
+
+class NoWriter:
+    """For a scheduler without calendar write-back (tests, and the CLI's one-shot commands)."""
+
+    async def sync_appointment(self, appointment_id: str) -> str:
+        return "not_synced"

@@ -25,19 +25,22 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
 from booking import errors
-from booking.busy import CalendarBusy, NoCalendars, StaffCalendars
+from booking.busy import CalendarBusy, CalendarWriter, NoCalendars, NoWriter, StaffCalendars
 from booking.clock import Clock, SystemClock
 from booking.db import lock_staff, session_scope
 from booking.models import (
     Appointment,
     AppointmentStatus,
     Business,
+    CalendarConnection,
     Contact,
     Hold,
     Lead,
     LeadOutcome,
+    OutboxEvent,
     Service,
     Staff,
+    SyncState,
 )
 from booking.rules import Availability, Interval
 from booking.slots import (
@@ -103,6 +106,10 @@ class Context:
     service_row: Service
     staff_rows: list[Staff]
     staff: list[StaffSpec]
+    connections: list[CalendarConnection] = field(default_factory=list)
+
+    def writes_calendar(self, staff_id: str) -> bool:
+        return any(c.staff_id == staff_id and c.write_calendar for c in self.connections)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -114,7 +121,10 @@ class Context:
             business_id=self.business.id,
             staff_id=row.id,
             tz=staff_zone(row, self.business),
-            links=tuple(row.calendars),
+            links=tuple(row.calendars) + tuple(
+                {"provider": c.provider, "connection_id": c.id}
+                for c in self.connections if c.staff_id == staff_id
+            ),
         )
 
 
@@ -133,6 +143,8 @@ class Scheduler:
     clock: Clock = field(default_factory=SystemClock)
     hold_minutes: int = 5
     calendar_timeout: float = 4.0
+    writer: CalendarWriter = field(default_factory=NoWriter)
+    write_timeout: float = 4.0
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -371,6 +383,23 @@ class Scheduler:
                 raise errors.Busy("the booking system is busy; please try again") from None
             raise
 
+    async def _write_back(self, appointment: Appointment) -> Appointment:
+        """Write the change into the staff member's calendar, time-boxed.
+
+        The booking stands either way: a calendar that fails or is slow leaves the appointment
+        `not_synced`, and the retry job (`calendars.service`) finishes the write later."""
+        if appointment.sync_state == SyncState.NO_CALENDAR:
+            return appointment
+        try:
+            state = await asyncio.wait_for(
+                self.writer.sync_appointment(appointment.id), self.write_timeout)
+        except (TimeoutError, errors.CalendarUnavailable) as exc:
+            log.warning("calendar write for %s deferred to the retry job: %s",
+                        appointment.id, exc or "timed out")
+            return appointment
+        appointment.sync_state = state
+        return appointment
+
     # ---- appointments ---------------------------------------------------------------------
 
     async def book(
@@ -418,12 +447,13 @@ class Scheduler:
             if holder:
                 _drop_holds(s, ctx.business.id, holder)
             s.flush()
+            _emit(s, "booking.created", appointment_payload(row, contact))
             return row
 
         appointment = await self._write(write)
         log.info("booked %s for %s with %s at %s", appointment.id, service_id, staff_id,
                  appointment.start.isoformat())
-        return appointment
+        return await self._write_back(appointment)
 
     async def cancel(
         self, *, business_id: str | None, appointment_id: str, phone: str | None = None,
@@ -440,11 +470,14 @@ class Scheduler:
                 raise errors.AppointmentNotActive(f"appointment {row.id} is already {row.status}")
             row.status = AppointmentStatus.CANCELLED.value
             row.updated_at = now
+            if row.sync_state != SyncState.NO_CALENDAR:
+                row.sync_state = SyncState.NOT_SYNCED.value  # the calendar event must go
             s.add(row)
             s.flush()
+            _emit(s, "booking.cancelled", appointment_payload(row, s.get(Contact, row.contact_id)))
             return row
 
-        return await self._write(write)
+        return await self._write_back(await self._write(write))
 
     async def reschedule(
         self,
@@ -486,15 +519,20 @@ class Scheduler:
                                    booked_by=current.booked_by, call_id=current.call_id,
                                    notes=current.notes)
             row.rescheduled_from = current.id
+            if current.sync_state != SyncState.NO_CALENDAR:
+                row.sync_state = SyncState.NOT_SYNCED.value  # the calendar event must move
             s.add(row)
             s.flush()
             current.rescheduled_to = row.id
             s.add(current)
             if holder:
                 _drop_holds(s, ctx.business.id, holder)
+            payload = appointment_payload(row, s.get(Contact, row.contact_id))
+            _emit(s, "booking.rescheduled", {**payload, "previous_start": current.start.isoformat(),
+                                             "previous_staff_id": current.staff_id})
             return row
 
-        return await self._write(write)
+        return await self._write_back(await self._write(write))
 
     async def get_appointment(self, *, business_id: str | None, appointment_id: str
                               ) -> Appointment:
@@ -565,6 +603,7 @@ class Scheduler:
                        reason=reason, outcome=outcome, created_at=now)
             s.add(row)
             s.flush()
+            _emit(s, "lead.created", lead_payload(row))
             return row
 
         return await self._db(write, write=True)
@@ -613,8 +652,12 @@ def _load_context(
     wanted = [staff_id] if staff_id is not None else list(service.staff_ids)
     rows = list(s.exec(select(Staff).where(Staff.business_id == bid, Staff.id.in_(wanted))
                        .order_by(Staff.position)))
+    connections = list(s.exec(select(CalendarConnection).where(
+        CalendarConnection.business_id == bid, CalendarConnection.staff_id.in_(wanted),
+        CalendarConnection.status != "disconnected")))
     return Context(business=business, service=service_spec(service), service_row=service,
-                   staff_rows=rows, staff=[staff_spec(r, business) for r in rows])
+                   staff_rows=rows, staff=[staff_spec(r, business) for r in rows],
+                   connections=connections)
 
 
 def _stored_busy(
@@ -748,12 +791,14 @@ def _new_appointment(
     notes: str | None,
 ) -> Appointment:
     block = ctx.service.block(start)
+    synced = SyncState.NOT_SYNCED if ctx.writes_calendar(staff_id) else SyncState.NO_CALENDAR
     return Appointment(
         business_id=ctx.business.id, service_id=ctx.service.id, staff_id=staff_id,
         contact_id=contact_id, start=start.astimezone(UTC),
         end=(start + ctx.service.duration).astimezone(UTC),
         block_start=block[0].astimezone(UTC), block_end=block[1].astimezone(UTC),
         booked_by=booked_by, call_id=call_id, notes=notes, created_at=now, updated_at=now,
+        sync_state=synced.value,
     )
 
 
@@ -769,3 +814,30 @@ def _own_appointment(
         if contact is None or contact.phone != check_phone(phone):
             raise errors.NotYourAppointment("that appointment is not one of yours")
     return row
+
+
+def _emit(s: Session, type_: str, payload: dict[str, object]) -> None:
+    """Record a domain event in the outbox, in the transaction of the change it describes."""
+    business_id = payload["business_id"]
+    assert isinstance(business_id, str)
+    s.add(OutboxEvent(business_id=business_id, type=type_, payload=payload))
+
+
+def appointment_payload(row: Appointment, contact: Contact | None) -> dict[str, object]:
+    return {
+        "id": row.id, "business_id": row.business_id, "service_id": row.service_id,
+        "staff_id": row.staff_id, "status": row.status, "start": row.start.isoformat(),
+        "end": row.end.isoformat(), "notes": row.notes, "booked_by": row.booked_by,
+        "call_id": row.call_id, "rescheduled_from": row.rescheduled_from,
+        "contact": {"id": contact.id, "name": contact.name, "phone": contact.phone}
+        if contact is not None else None,
+    }
+
+
+def lead_payload(row: Lead) -> dict[str, object]:
+    return {
+        "id": row.id, "business_id": row.business_id, "name": row.name, "phone": row.phone,
+        "reason": row.reason, "outcome": row.outcome, "status": row.status,
+        "call_id": row.call_id, "appointment_id": row.appointment_id,
+        "created_at": row.created_at.isoformat(),
+    }
