@@ -1,5 +1,7 @@
-"""Linked calendars: providers that read (and later write) a staff member's own calendar.
+"""Linked calendars: Google, Microsoft 365/Outlook, CalDAV (iCloud, Fastmail, Nextcloud), ICS.
 
-`base.CalendarProvider` is the one interface; each provider kind has its own module (`ics.py`);
-`registry.CalendarRegistry` chooses among them and implements booking's `CalendarBusy` port.
+`base.CalendarProvider` is the one interface; each provider kind has its own module;
+`service.CalendarService` keeps the busy cache, writes bookings back and links accounts, and
+implements booking's `CalendarBusy` and `CalendarWriter` ports; `web` has the linking and
+notification endpoints; `setup.build_calendar_service` wires it all from settings.
 """

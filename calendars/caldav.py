@@ -1,53 +1,66 @@
 """CalDAV calendars (Apple iCloud, Fastmail, Nextcloud, Radicale) through the `caldav` library.
 
-Link shape: `{"provider": "caldav", "url": ..., "username": ..., "password": ...}`. The URL is a
-calendar collection, or an account's principal: busy time then covers every calendar of the
-account, while writes need one chosen calendar (`list_calendars` names them).
+Account settings: `url` and `username`; secret: `password` (an app-specific one for iCloud).
+The URL is a calendar collection, or an account's principal. A calendar's id is its collection
+URL (`list_calendars` names them); `busy` with no calendar ids reads the account URL itself,
+which for a principal means every calendar of the account.
 
 Busy time comes from the events themselves, read with a calendar-query over the window and
-turned into intervals by `calendars.ics`, so a CalDAV calendar and an ICS feed agree on what
-TRANSPARENT, CANCELLED, all-day dates and recurrence exceptions mean. Free-busy-query is not
-used: iCloud answers it with 400, and Radicale reports all-day events as UTC midnight to
-midnight, which is the wrong day for a business in New York.
+expanded by `calendars.ics`, so a CalDAV calendar and an ICS feed agree on what TRANSPARENT,
+CANCELLED, all-day dates and recurrence exceptions mean, and key events alike (UID, or UID and
+RECURRENCE-ID for an instance). Free-busy-query is not used: iCloud answers it with 400, and
+Radicale reports all-day events as UTC midnight to midnight, the wrong day for New York.
 
-Writes are idempotent by UID: an event lives at `<calendar>/<uid>.ics`, and it is created with
-`If-None-Match: *`, so a retry after a timed-out attempt that did succeed finds it there (412)
-instead of writing a second copy.
+`sync` reads the whole window each time (CalDAV has no cheap delta of expanded instances); its
+cursor remembers the collection's DAV:sync-token (or CalendarServer getctag) and the window,
+so a sync that finds both unchanged answers "nothing changed" after one small PROPFIND.
+
+Writes are idempotent by UID: an event lives at `<calendar>/<uid>.ics` and is created with
+`If-None-Match: *`, so a retry after a timed-out attempt that did land gets 412 and updates
+that event instead of writing a second copy. The UID (the event id we return) comes from
+`EventSpec.key`.
 
 The library blocks, so every call runs in a worker thread under a timeout. Whatever goes wrong
-(refused login, 5xx, no answer in time, an unreadable event) becomes
-`booking.errors.CalendarUnavailable`, whose message names the server by host only: the
-library's own error texts carry full URLs and are never passed on.
+becomes `CalendarUnavailable` (`NeedsRelink` for a refused password), whose message names the
+server by host only: the library's own error texts carry full URLs and are never passed on.
+No busy time is cached here: `busy` is the live re-check, and the busy cache lives in the
+database, filled by `sync`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import caldav
 import icalendar
 from caldav.elements import dav
+from caldav.elements.base import BaseElement
 from caldav.lib import error as caldav_error
 
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
-from calendars.ics import busy_from_ics, redact
+from calendars.base import Account, CalendarInfo, Channel, EventSpec, NeedsRelink, SyncResult
+from calendars.ics import events_between, parse_ics, redact
 
 _T = TypeVar("_T")
 _CALENDAR = "{urn:ietf:params:xml:ns:caldav}calendar"
 _PRINCIPAL = "{DAV:}principal"
 # The query asks for a day more on each side: all-day dates and floating times match in the
-# staff member's zone, which the server does not know. `busy_from_ics` cuts to the window.
+# staff member's zone, which the server does not know. `events_between` cuts to the window.
 _QUERY_MARGIN = timedelta(days=1)
 _ICS_HEADERS = {"Content-Type": "text/calendar; charset=utf-8"}
+
+
+class _GetCtag(BaseElement):
+    tag: ClassVar[str] = "{http://calendarserver.org/ns/}getctag"
 
 
 @dataclass(frozen=True)
@@ -64,105 +77,104 @@ class _Link:
 class CaldavProvider:
     """Reads busy time from and writes bookings to CalDAV calendars.
 
-    `timeout` bounds each operation (all its requests); `ttl` is how long a busy read is reused
-    for the same calendar and window unless the read is `live`; `monotonic` is the cache's
-    clock and `now` stamps written events (DTSTAMP).
+    `timeout` bounds each operation (all its requests); `now` stamps written events (DTSTAMP).
     """
 
+    name = "caldav"
+    writable = True
+    notifies = False
+
     def __init__(
-        self,
-        *,
-        timeout: float = 10.0,
-        ttl: float = 60.0,
-        monotonic: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        self, *, timeout: float = 10.0, now: Callable[[], datetime] = lambda: datetime.now(UTC)
     ) -> None:
         self._timeout = timeout
-        self._ttl = ttl
-        self._monotonic = monotonic
         self._now = now
-        self._cache: dict[tuple[str, str, str, datetime, datetime], tuple[float, list[Interval]]]
-        self._cache = {}
+        # Collection URLs known to be calendars (listed, or checked before a first write), so
+        # a write is one PUT. Radicale would take a PUT into an account's principal, where no
+        # calendar app would ever show the event.
+        self._known_calendars: set[str] = set()
 
     # ---- reading ------------------------------------------------------------------------------
 
+    async def check(self, account: Account) -> None:
+        """Verify that the URL and credentials reach a calendar or an account (checked on save)."""
+        link = _parse_account(account)
+        await self._run(link, "check", _collections, link)
+
+    async def list_calendars(self, account: Account) -> list[CalendarInfo]:
+        """The calendars the account URL reaches: itself, or every one of a principal."""
+        link = _parse_account(account)
+        found = await self._run(link, "list", _list_calendars, link)
+        self._remember(info.id for info in found)
+        return found
+
     async def busy(
         self,
-        link: dict[str, Any],
+        account: Account,
         *,
+        calendar_ids: list[str],
         tz: ZoneInfo,
         start: datetime,
         end: datetime,
-        live: bool = False,
     ) -> list[Interval]:
-        if start.tzinfo is None or end.tzinfo is None:
-            raise ValueError("start and end must be aware datetimes")
-        parsed = _parse_link(link)
-        key = (parsed.url, parsed.username, tz.key, start, end)
-        cached = self._cache.get(key)
-        if not live and cached is not None and self._monotonic() < cached[0]:
-            return cached[1]
-        intervals = await self._run(parsed, "read", _read_busy, parsed, tz, start, end)
-        self._cache[key] = (self._monotonic() + self._ttl, intervals)
-        return intervals
+        _check_window(start, end)
+        link = _parse_account(account)
+        urls = [_calendar_url(link, calendar_id) for calendar_id in calendar_ids]
+        events = await self._run(link, "read", _read_events, link, urls, tz, start, end)
+        return sorted(span for spans in events.values() for span in spans)
 
-    async def list_calendars(self, link: dict[str, Any]) -> list[dict[str, str]]:
-        """The calendars the link reaches (`name`, `url`): itself, or every one of an account."""
-        parsed = _parse_link(link)
-        return await self._run(parsed, "list", _list_calendars, parsed)
-
-    async def check(self, link: dict[str, Any]) -> None:
-        """Verify that the URL and credentials reach a calendar or an account (checked on save)."""
-        parsed = _parse_link(link)
-        await self._run(parsed, "check", _calendars, parsed)
+    async def sync(
+        self,
+        account: Account,
+        *,
+        calendar_id: str,
+        tz: ZoneInfo,
+        cursor: str | None,
+        start: datetime,
+        end: datetime,
+    ) -> SyncResult:
+        _check_window(start, end)
+        link = _parse_account(account)
+        url = _calendar_url(link, calendar_id)
+        return await self._run(link, "sync", _sync, link, url, tz, cursor, start, end)
 
     # ---- writing ------------------------------------------------------------------------------
 
-    async def create_event(
-        self,
-        link: dict[str, Any],
-        *,
-        uid: str,
-        start: datetime,
-        end: datetime,
-        summary: str,
-        description: str,
+    async def put_event(
+        self, account: Account, *, calendar_id: str, event: EventSpec, event_id: str | None
     ) -> str:
-        """Create the event `uid` once; returns its URL. Creating it again finds the first one."""
-        parsed = _parse_link(link)
-        body = self._ics(uid=uid, start=start, end=end, summary=summary, description=description)
-        href = await self._run(parsed, "write", _create, parsed, uid, body)
-        self._forget(parsed)
-        return href
+        """Create the event (`event_id` None) or update it; returns its UID, the event id."""
+        link = _parse_account(account)
+        url = _calendar_url(link, calendar_id)
+        uid = event_id or event_uid(event.key)
+        body = self._ics(uid, event)
+        known = url in self._known_calendars
+        await self._run(link, "write", _put, link, url, uid, body, event_id is None, known)
+        self._remember([url])
+        return uid
 
-    async def update_event(
-        self,
-        link: dict[str, Any],
-        *,
-        uid: str,
-        start: datetime,
-        end: datetime,
-        summary: str,
-        description: str,
-    ) -> None:
-        """Replace the event `uid` with these details (written anew if it was deleted)."""
-        parsed = _parse_link(link)
-        body = self._ics(uid=uid, start=start, end=end, summary=summary, description=description)
-        await self._run(parsed, "write", _update, parsed, uid, body)
-        self._forget(parsed)
+    async def delete_event(self, account: Account, *, calendar_id: str, event_id: str) -> None:
+        """Delete the event; one that is already gone counts as deleted."""
+        link = _parse_account(account)
+        url = _calendar_url(link, calendar_id)
+        await self._run(link, "delete", _delete, link, url, event_id)
 
-    async def delete_event(self, link: dict[str, Any], *, uid: str) -> None:
-        """Delete the event `uid`; one that is already gone counts as deleted."""
-        parsed = _parse_link(link)
-        await self._run(parsed, "write", _delete, parsed, uid)
-        self._forget(parsed)
+    async def watch(
+        self, account: Account, *, calendar_id: str, callback_url: str, token: str
+    ) -> Channel | None:
+        return None  # CalDAV has no push that works across servers; the sync schedule covers it
 
-    def _ics(
-        self, *, uid: str, start: datetime, end: datetime, summary: str, description: str
-    ) -> str:
-        if start.tzinfo is None or end.tzinfo is None:
-            raise ValueError("start and end must be aware datetimes")
-        if end <= start:
+    async def stop(self, account: Account, channel: Channel) -> None:
+        return None
+
+    def _remember(self, urls: Iterable[str]) -> None:
+        if len(self._known_calendars) > 10_000:
+            self._known_calendars.clear()
+        self._known_calendars.update(urls)
+
+    def _ics(self, uid: str, spec: EventSpec) -> str:
+        _check_window(spec.start, spec.end)
+        if spec.end <= spec.start:
             raise ValueError("an event must end after it starts")
         calendar = icalendar.Calendar()
         calendar.add("prodid", "-//Frontdesk//Frontdesk//EN")
@@ -171,18 +183,15 @@ class CaldavProvider:
         event.add("uid", uid)
         event.add("dtstamp", self._now().astimezone(UTC))
         # iCloud rejects an event without DTEND or DURATION.
-        event.add("dtstart", start.astimezone(UTC))
-        event.add("dtend", end.astimezone(UTC))
-        event.add("summary", summary)
-        if description:
-            event.add("description", description)
+        event.add("dtstart", spec.start.astimezone(UTC))
+        event.add("dtend", spec.end.astimezone(UTC))
+        event.add("summary", spec.summary)
+        if spec.description:
+            event.add("description", spec.description)
+        if spec.location:
+            event.add("location", spec.location)
         calendar.add_component(event)
         return calendar.to_ical().decode()
-
-    def _forget(self, link: _Link) -> None:
-        # Our own write changes the calendar now; the next read should see it.
-        for key in [k for k in self._cache if k[0] == link.url]:
-            del self._cache[key]
 
     # ---- running the blocking library -----------------------------------------------------
 
@@ -196,24 +205,42 @@ class CaldavProvider:
             ) from None
 
 
-# ---- the blocking side, run in worker threads ---------------------------------------------
+def event_uid(key: str) -> str:
+    """The UID of the event written for an appointment chain whose key is `key`."""
+    return f"{key}@frontdesk"
 
 
-def _parse_link(link: dict[str, Any]) -> _Link:
-    url, username, password = link.get("url"), link.get("username"), link.get("password")
+def _check_window(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be aware datetimes")
+
+
+def _parse_account(account: Account) -> _Link:
+    url = account.settings.get("url")
+    username = account.settings.get("username")
+    password = account.secret.get("password")
     if not isinstance(url, str) or not url:
-        raise CalendarUnavailable("CalDAV calendar link has no URL")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CalendarUnavailable(f"CalDAV calendar link {redact(url)} is not an http(s) URL")
+        raise CalendarUnavailable(f"CalDAV account {account.name} has no URL")
     if not isinstance(username, str) or not isinstance(password, str):
         raise CalendarUnavailable(f"CalDAV calendar {redact(url)} has no username and password")
+    return _Link(url=_clean_url(url), username=username, password=password)
+
+
+def _clean_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CalendarUnavailable(f"CalDAV calendar {redact(url)} is not an http(s) URL")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
-    path = parts.path or "/"
     # Credentials travel only in the username and password fields, never in the URL.
-    clean = urlunsplit((parts.scheme, netloc, path, parts.query, ""))
-    return _Link(url=clean, username=username, password=password)
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def _calendar_url(link: _Link, calendar_id: str) -> str:
+    return _clean_url(urljoin(link.url, calendar_id))
+
+
+# ---- the blocking side, run in worker threads ---------------------------------------------
 
 
 @contextmanager
@@ -230,8 +257,10 @@ def _client(link: _Link, timeout: float) -> Iterator[caldav.DAVClient]:
             yield client
     except CalendarUnavailable:
         raise
-    except caldav_error.AuthorizationError:
-        raise CalendarUnavailable(
+    except caldav_error.AuthorizationError as exc:
+        if getattr(exc, "status", None) == 403:
+            raise CalendarUnavailable(f"{link.name} refused access to the calendar") from None
+        raise NeedsRelink(
             f"CalDAV server {redact(link.url)} refused the username or password"
         ) from None
     except caldav_error.NotFoundError:
@@ -250,15 +279,18 @@ def _status(exc: caldav_error.DAVError) -> str:
     return reason.split(" at ", 1)[0][:80] or type(exc).__name__
 
 
-def _calendars(link: _Link, *, timeout: float, client: caldav.DAVClient | None = None) -> Any:
+def _collections(
+    link: _Link, *, timeout: float, client: caldav.DAVClient | None = None
+) -> list[caldav.Calendar]:
+    """The calendars the account URL names: itself, or every calendar of a principal."""
     if client is None:
         with _client(link, timeout) as own:
-            return _calendars(link, timeout=timeout, client=own)
+            return _collections(link, timeout=timeout, client=own)
     kinds = _resource_types(client, link.url)
     if _CALENDAR in kinds:
         return [client.calendar(url=link.url)]
     if _PRINCIPAL in kinds:
-        return caldav.Principal(client=client, url=link.url).get_calendars()
+        return list(caldav.Principal(client=client, url=link.url).get_calendars())
     raise CalendarUnavailable(f"{link.name} is neither a calendar nor a CalDAV account")
 
 
@@ -268,72 +300,160 @@ def _resource_types(client: caldav.DAVClient, url: str) -> list[str]:
     return [kinds] if isinstance(kinds, str) else list(kinds)
 
 
-def _read_busy(
-    link: _Link, tz: ZoneInfo, start: datetime, end: datetime, *, timeout: float
-) -> list[Interval]:
-    with _client(link, timeout) as client:
-        intervals: list[Interval] = []
-        for calendar in _calendars(link, timeout=timeout, client=client):
-            # post_filter=False: the library would filter in its own zone; ours is exact.
-            objects = calendar.search(
-                start=start - _QUERY_MARGIN,
-                end=end + _QUERY_MARGIN,
-                event=True,
-                expand=False,
-                post_filter=False,
-            )
-            for obj in objects:
-                data = obj.data
-                raw = data.encode() if isinstance(data, str) else bytes(data)
-                intervals += busy_from_ics(raw, tz=tz, start=start, end=end)
-        return sorted(intervals)
-
-
-def _list_calendars(link: _Link, *, timeout: float) -> list[dict[str, str]]:
+def _list_calendars(link: _Link, *, timeout: float) -> list[CalendarInfo]:
     with _client(link, timeout) as client:
         found = []
-        for calendar in _calendars(link, timeout=timeout, client=client):
+        for calendar in _collections(link, timeout=timeout, client=client):
             url = str(calendar.url)
-            name = calendar.get_display_name() or url.rstrip("/").rsplit("/", 1)[-1]
-            found.append({"name": str(name), "url": url})
+            name = calendar.get_display_name()
+            found.append(CalendarInfo(id=url, name=str(name or _last_segment(url))))
         return found
 
 
-def _event_url(client: caldav.DAVClient, link: _Link, uid: str) -> str:
-    kinds = _resource_types(client, link.url)
-    if _CALENDAR not in kinds:
-        raise CalendarUnavailable(
-            f"{link.name} is not a single calendar: choose one of the account's calendars"
-        )
-    base = link.url if link.url.endswith("/") else link.url + "/"
-    return base + quote(uid, safe="") + ".ics"
+def _last_segment(url: str) -> str:
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or url
 
 
-def _create(link: _Link, uid: str, body: str, *, timeout: float) -> str:
+def _read_events(
+    link: _Link,
+    urls: list[str],
+    tz: ZoneInfo,
+    start: datetime,
+    end: datetime,
+    *,
+    timeout: float,
+) -> dict[str, list[Interval]]:
+    """Events overlapping `[start, end)` in the given calendars (none: the account URL's)."""
     with _client(link, timeout) as client:
-        href = _event_url(client, link, uid)
-        response = client.put(href, body, headers={**_ICS_HEADERS, "If-None-Match": "*"})
-        if response.status == 412:
-            # Already there: an earlier attempt (maybe one that timed out) created it.
-            existing = client.request(href, "GET")
-            _expect(link, existing.status, "read back")
-            return href
-        _expect(link, response.status, "create")
-        return href
+        if urls:
+            calendars = [client.calendar(url=url) for url in urls]
+        else:
+            calendars = _collections(link, timeout=timeout, client=client)
+        found: dict[str, list[Interval]] = {}
+        for calendar in calendars:
+            _query(calendar, link, tz, start, end, into=found)
+        return found
 
 
-def _update(link: _Link, uid: str, body: str, *, timeout: float) -> None:
+def _query(
+    calendar: caldav.Calendar,
+    link: _Link,
+    tz: ZoneInfo,
+    start: datetime,
+    end: datetime,
+    *,
+    into: dict[str, list[Interval]],
+) -> None:
+    # post_filter=False: the library would filter in its own zone; ours is exact.
+    objects = calendar.search(
+        start=start - _QUERY_MARGIN,
+        end=end + _QUERY_MARGIN,
+        event=True,
+        expand=False,
+        post_filter=False,
+    )
+    for obj in objects:
+        data = obj.data
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        parsed = parse_ics(raw, source=link.name)
+        events = events_between(parsed, tz=tz, start=start, end=end, source=link.name)
+        for key, spans in events.items():
+            into.setdefault(key, []).extend(spans)
+
+
+def _sync(
+    link: _Link,
+    url: str,
+    tz: ZoneInfo,
+    cursor: str | None,
+    start: datetime,
+    end: datetime,
+    *,
+    timeout: float,
+) -> SyncResult:
     with _client(link, timeout) as client:
-        href = _event_url(client, link, uid)
+        calendar = client.calendar(url=url)
+        # The tag is read before the events, so a change made in between is seen next time.
+        tag = _collection_tag(calendar)
+        if tag is not None and _unchanged(cursor, tag=tag, tz=tz, start=start, end=end):
+            return SyncResult(full=False, cursor=cursor)
+        changed: dict[str, list[Interval]] = {}
+        _query(calendar, link, tz, start, end, into=changed)
+        return SyncResult(full=True, changed=changed, cursor=_cursor(tag, tz, start, end))
+
+
+def _collection_tag(calendar: caldav.Calendar) -> str | None:
+    """The collection's DAV:sync-token, or its getctag: either changes with every change."""
+    props = calendar.get_properties([dav.SyncToken(), _GetCtag()])
+    for tag in (dav.SyncToken.tag, _GetCtag.tag):
+        value = props.get(tag)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _cursor(tag: str | None, tz: ZoneInfo, start: datetime, end: datetime) -> str | None:
+    if tag is None:
+        return None
+    window = {"start": start.astimezone(UTC).isoformat(), "end": end.astimezone(UTC).isoformat()}
+    return json.dumps({"tag": tag, "tz": tz.key, **window})
+
+
+def _unchanged(
+    cursor: str | None, *, tag: str, tz: ZoneInfo, start: datetime, end: datetime
+) -> bool:
+    """Whether the cursor's read still answers for this window: same collection state, same
+    zone, and a window that covered this one (a wider window may hold more instances)."""
+    if cursor is None:
+        return False
+    try:
+        saved = json.loads(cursor)
+        was_start = datetime.fromisoformat(saved["start"])
+        was_end = datetime.fromisoformat(saved["end"])
+        covered = was_start <= start and end <= was_end
+        return bool(saved["tag"] == tag and saved["tz"] == tz.key and covered)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _put(
+    link: _Link,
+    url: str,
+    uid: str,
+    body: str,
+    create: bool,
+    known_calendar: bool,
+    *,
+    timeout: float,
+) -> None:
+    with _client(link, timeout) as client:
+        if not known_calendar and _CALENDAR not in _resource_types(client, url):
+            raise CalendarUnavailable(
+                f"{link.name} is not a single calendar: choose one of the account's calendars"
+            )
+        href = _event_href(url, uid)
+        if create:
+            status = client.put(href, body, headers={**_ICS_HEADERS, "If-None-Match": "*"}).status
+            if status != 412:
+                _expect(link, status, "create")
+                return
+            # Already there: an earlier attempt (maybe one whose answer was lost) created it.
         _expect(link, client.put(href, body, headers=_ICS_HEADERS).status, "update")
 
 
-def _delete(link: _Link, uid: str, *, timeout: float) -> None:
+def _delete(link: _Link, url: str, uid: str, *, timeout: float) -> None:
     with _client(link, timeout) as client:
-        href = _event_url(client, link, uid)
-        status = client.delete(href).status
-        if status != 404:
+        try:
+            status = client.delete(_event_href(url, uid)).status
+        except caldav_error.NotFoundError:
+            return
+        if status not in (404, 410):
             _expect(link, status, "delete")
+
+
+def _event_href(calendar_url: str, uid: str) -> str:
+    base = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
+    return base + quote(uid, safe="") + ".ics"
 
 
 def _expect(link: _Link, status: int, action: str) -> None:

@@ -1,7 +1,8 @@
 """Read-only ICS calendars: a file on disk or a feed at an http(s) URL.
 
-Link shape: `{"provider": "ics", "source": "/abs/path.ics" | "https://host/feed.ics"}`
-(`webcal://` is read as `https://`). What counts as busy:
+Account settings: `{"source": "/abs/path.ics" | "https://host/feed.ics"}` (`webcal://` is read
+as `https://`). An account holds exactly one calendar, the feed itself (`FEED_ID`). What counts
+as busy:
 
 - every event, TENTATIVE included, except TRANSP:TRANSPARENT and STATUS:CANCELLED ones;
 - recurring events expand with RRULE/RDATE, EXDATE and RECURRENCE-ID overrides (an override
@@ -12,6 +13,9 @@ Link shape: `{"provider": "ics", "source": "/abs/path.ics" | "https://host/feed.
 - without DTEND an event lasts its DURATION, else one day for a date and no time at all for a
   date-time (RFC 5545 3.6.1), so a date-time reminder blocks nothing.
 
+Events are keyed by UID, and the instances of a recurring event by UID and RECURRENCE-ID
+(`event_key`), the same keys `calendars.caldav` uses for its events.
+
 A calendar that cannot be parsed or expanded is unavailable as a whole: booking over busy time
 we could not read is worse than offering no slots for a while.
 """
@@ -21,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -34,12 +39,30 @@ from recurring_ical_events import CalendarQuery
 
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
+from calendars.base import Account, CalendarInfo, Channel, EventSpec, SyncResult
 
 # Expansion compares floating and all-day times as if they were in the zone of the query
 # window; a day of margin either side keeps every candidate, and we filter exactly afterwards.
 _MARGIN = timedelta(days=1)
 _PARSE_ERRORS = (ValueError, KeyError)
 _T = TypeVar("_T")
+
+FEED_ID = "feed"  # the one calendar of an ICS account
+
+
+class ReadOnlyCalendar(CalendarUnavailable):
+    """A write to a calendar that cannot take one; trying again will not help."""
+
+    retryable = False
+
+
+@dataclass(frozen=True)
+class ParsedCalendar:
+    """An iCalendar document ready to be expanded for any window."""
+
+    query: CalendarQuery
+    series: frozenset[str]  # UIDs of recurring events: their instances are keyed one by one
+    name: str | None = None  # X-WR-CALNAME, when the feed names itself
 
 
 def busy_from_ics(data: bytes, *, tz: ZoneInfo, start: datetime, end: datetime) -> list[Interval]:
@@ -51,19 +74,29 @@ def busy_from_ics(data: bytes, *, tz: ZoneInfo, start: datetime, end: datetime) 
     return busy_between(parse_ics(data), tz=tz, start=start, end=end)
 
 
-def parse_ics(data: bytes, *, source: str = "ICS data") -> CalendarQuery:
-    """Parse an ICS document into a query that can be expanded for any window."""
+def parse_ics(data: bytes, *, source: str = "ICS data") -> ParsedCalendar:
+    """Parse an ICS document into a calendar that can be expanded for any window."""
     try:
         calendar = icalendar.Calendar.from_ical(data)
         if calendar.name != "VCALENDAR":
             raise ValueError(f"top-level component is {calendar.name}, not VCALENDAR")
-        return recurring_ical_events.of(calendar)
+        series = frozenset(
+            str(event.get("UID", ""))
+            for event in calendar.walk("VEVENT")
+            if any(prop in event for prop in ("RRULE", "RDATE", "RECURRENCE-ID"))
+        )
+        name = calendar.get("X-WR-CALNAME")
+        return ParsedCalendar(
+            query=recurring_ical_events.of(calendar),
+            series=series,
+            name=str(name) if name else None,
+        )
     except _PARSE_ERRORS as exc:
         raise CalendarUnavailable(f"{source} is not a valid iCalendar: {_short(exc)}") from exc
 
 
 def busy_between(
-    query: CalendarQuery,
+    parsed: ParsedCalendar,
     *,
     tz: ZoneInfo,
     start: datetime,
@@ -71,15 +104,53 @@ def busy_between(
     source: str = "ICS data",
 ) -> list[Interval]:
     """Busy intervals (aware UTC, sorted) of a parsed calendar that overlap `[start, end)`."""
+    events = events_between(parsed, tz=tz, start=start, end=end, source=source)
+    return sorted(span for spans in events.values() for span in spans)
+
+
+def events_between(
+    parsed: ParsedCalendar,
+    *,
+    tz: ZoneInfo,
+    start: datetime,
+    end: datetime,
+    source: str = "ICS data",
+) -> dict[str, list[Interval]]:
+    """Every event (or recurring instance) that overlaps `[start, end)`, by `event_key`, with
+    its busy intervals (aware UTC); an empty list for free time (transparent, cancelled)."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be aware datetimes")
     window_start, window_end = start.astimezone(tz) - _MARGIN, end.astimezone(tz) + _MARGIN
+    found: dict[str, list[Interval]] = {}
     try:
-        events = query.between(window_start, window_end)
-        spans = [_span(event, tz) for event in events if _is_busy(event)]
+        for event in parsed.query.between(window_start, window_end):
+            event_start, event_end = _span(event, tz)
+            if event_start < event_end:
+                overlaps = event_start < end and start < event_end
+            else:  # a moment (a date-time without DTEND): listed, but it blocks nothing
+                overlaps = start <= event_start < end
+            if not overlaps:
+                continue
+            spans = found.setdefault(event_key(event, parsed.series, tz), [])
+            if event_start < event_end and _is_busy(event):
+                spans.append((event_start, event_end))
     except _PARSE_ERRORS as exc:
         raise CalendarUnavailable(f"{source} has an unreadable event: {_short(exc)}") from exc
-    return sorted(s for s in spans if s[0] < s[1] and s[0] < end and start < s[1])
+    return found
+
+
+def event_key(event: icalendar.cal.Component, series: frozenset[str], tz: ZoneInfo) -> str:
+    """The UID of a single event; UID and RECURRENCE-ID (in UTC) for an instance of a series."""
+    uid = str(event.get("UID", ""))
+    if uid not in series or "RECURRENCE-ID" not in event:
+        return uid or f"no-uid:{_stamp(event['DTSTART'].dt, tz)}"
+    return f"{uid}#{_stamp(event['RECURRENCE-ID'].dt, tz)}"
+
+
+def _stamp(value: date | datetime, tz: ZoneInfo) -> str:
+    if not isinstance(value, datetime):
+        return value.strftime("%Y%m%d")
+    return _to_utc(value, tz).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _is_busy(event: icalendar.cal.Component) -> bool:
@@ -132,14 +203,26 @@ def _is_url(source: str) -> bool:
     return source.split(":", 1)[0].lower() in ("http", "https", "webcal")
 
 
+def describe(source: str) -> str:
+    """How messages name an ICS source: the file's path, or the feed's host only."""
+    return f"calendar feed {redact(source)}" if _is_url(source) else f"calendar file {source}"
+
+
 class IcsProvider:
     """Busy time from ICS files and feeds, parsed once and cached per source.
 
-    A file is re-read when its mtime or size changes; a URL is fetched again once `ttl`
-    seconds have passed, or at once for a `live` read. `timeout` bounds each read of a source;
-    `transport` lets tests put an `httpx.MockTransport` in front of the network; `monotonic`
-    is the clock for the URL cache.
+    A file is re-read when its mtime or size changes. A feed is fetched again once the last
+    fetch is `ttl` seconds old, by `busy` too: business-file links are read through `busy` on
+    every slot search, and a published feed lags its calendar by far more than `ttl` anyway
+    (Google refreshes its secret address every few hours), so a fetch per booking would buy
+    nothing. `check` always fetches. Callers arriving while a fetch runs share its answer.
+    `timeout` bounds each read of a source; `transport` lets tests put an
+    `httpx.MockTransport` in front of the network; `monotonic` is the clock for the feed cache.
     """
+
+    name = "ics"
+    writable = False
+    notifies = False
 
     def __init__(
         self,
@@ -155,36 +238,83 @@ class IcsProvider:
         self._max_bytes = max_bytes
         self._transport = transport
         self._monotonic = monotonic
-        self._files: dict[str, tuple[tuple[int, int], CalendarQuery]] = {}  # (mtime_ns, size)
-        self._feeds: dict[str, tuple[float, CalendarQuery]] = {}  # monotonic expiry
+        self._files: dict[str, tuple[tuple[int, int], ParsedCalendar]] = {}  # (mtime_ns, size)
+        self._feeds: dict[str, tuple[float, ParsedCalendar]] = {}  # monotonic time fetched
         self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- the provider interface -----------------------------------------------------------
+
+    async def check(self, account: Account) -> None:
+        await self._read(_source(account), fresh_since=self._monotonic())
+
+    async def list_calendars(self, account: Account) -> list[CalendarInfo]:
+        source = _source(account)
+        parsed = await self._read(source, fresh_since=self._monotonic() - self._ttl)
+        name = parsed.name or account.name or describe(source)
+        return [CalendarInfo(id=FEED_ID, name=name, primary=True, writable=False)]
 
     async def busy(
         self,
-        link: dict[str, Any],
+        account: Account,
         *,
+        calendar_ids: list[str],
         tz: ZoneInfo,
         start: datetime,
         end: datetime,
-        live: bool = False,
     ) -> list[Interval]:
-        source = link.get("source")
-        if not isinstance(source, str) or not source:
-            raise CalendarUnavailable("ICS calendar link has no source")
-        query = await self._query(source, live=live)
+        """Busy time of the feed; `calendar_ids` is ignored (an account is one calendar)."""
+        source = _source(account)
+        parsed = await self._read(source, fresh_since=self._monotonic() - self._ttl)
         return await asyncio.to_thread(
-            busy_between, query, tz=tz, start=start, end=end, source=redact(source)
+            busy_between, parsed, tz=tz, start=start, end=end, source=describe(source)
         )
 
-    async def _query(self, source: str, *, live: bool) -> CalendarQuery:
+    async def sync(
+        self,
+        account: Account,
+        *,
+        calendar_id: str,
+        tz: ZoneInfo,
+        cursor: str | None,
+        start: datetime,
+        end: datetime,
+    ) -> SyncResult:
+        """A full read of the window every time: a feed has no change cursor."""
+        source = _source(account)
+        parsed = await self._read(source, fresh_since=self._monotonic() - self._ttl)
+        changed = await asyncio.to_thread(
+            events_between, parsed, tz=tz, start=start, end=end, source=describe(source)
+        )
+        return SyncResult(full=True, changed=changed)
+
+    async def put_event(
+        self, account: Account, *, calendar_id: str, event: EventSpec, event_id: str | None
+    ) -> str:
+        raise ReadOnlyCalendar("ICS feeds are read-only")
+
+    async def delete_event(self, account: Account, *, calendar_id: str, event_id: str) -> None:
+        raise ReadOnlyCalendar("ICS feeds are read-only")
+
+    async def watch(
+        self, account: Account, *, calendar_id: str, callback_url: str, token: str
+    ) -> Channel | None:
+        return None
+
+    async def stop(self, account: Account, channel: Channel) -> None:
+        return None
+
+    # ---- reading and caching sources ------------------------------------------------------
+
+    async def _read(self, source: str, *, fresh_since: float) -> ParsedCalendar:
+        """The parsed source; a feed fetched before `fresh_since` (monotonic) is fetched again."""
         # One read per source at a time: callers that arrive during a read share its result.
         lock = self._locks.setdefault(source, asyncio.Lock())
         async with lock:
             if _is_url(source):
-                return await self._url_query(source, live=live)
-            return await self._file_query(source)
+                return await self._feed(source, fresh_since=fresh_since)
+            return await self._file(source)
 
-    async def _file_query(self, source: str) -> CalendarQuery:
+    async def _file(self, source: str) -> ParsedCalendar:
         path = Path(source)
         if not path.is_absolute():
             raise CalendarUnavailable(f"calendar file {source} is not an absolute path")
@@ -194,9 +324,9 @@ class IcsProvider:
         if cached is not None and cached[0] == key:
             return cached[1]
         data = await self._read_file(source, path.read_bytes)
-        query = await asyncio.to_thread(parse_ics, data, source=f"calendar file {source}")
-        self._files[source] = (key, query)
-        return query
+        parsed = await asyncio.to_thread(parse_ics, data, source=describe(source))
+        self._files[source] = (key, parsed)
+        return parsed
 
     async def _read_file(self, source: str, read: Callable[[], _T]) -> _T:
         try:
@@ -210,15 +340,16 @@ class IcsProvider:
             reason = exc.strerror or type(exc).__name__
             raise CalendarUnavailable(f"calendar file {source} cannot be read: {reason}") from exc
 
-    async def _url_query(self, source: str, *, live: bool) -> CalendarQuery:
+    async def _feed(self, source: str, *, fresh_since: float) -> ParsedCalendar:
         cached = self._feeds.get(source)
-        if not live and cached is not None and self._monotonic() < cached[0]:
+        # Stamped when the fetch finished, so callers that queued behind it share its answer.
+        if cached is not None and cached[0] >= fresh_since:
             return cached[1]
         name = redact(source)
         data = await self._fetch(source, name)
-        query = await asyncio.to_thread(parse_ics, data, source=f"calendar feed {name}")
-        self._feeds[source] = (self._monotonic() + self._ttl, query)
-        return query
+        parsed = await asyncio.to_thread(parse_ics, data, source=f"calendar feed {name}")
+        self._feeds[source] = (self._monotonic(), parsed)
+        return parsed
 
     async def _fetch(self, source: str, name: str) -> bytes:
         url = "https" + source[6:] if source.lower().startswith("webcal:") else source
@@ -255,3 +386,10 @@ class IcsProvider:
                         f"calendar feed {name} is larger than {self._max_bytes} bytes"
                     )
             return bytes(body)
+
+
+def _source(account: Account) -> str:
+    source = account.settings.get("source")
+    if not isinstance(source, str) or not source:
+        raise CalendarUnavailable(f"ICS calendar {account.name} has no source")
+    return source

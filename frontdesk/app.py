@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from sqlalchemy.engine import Engine
 
 from booking.busy import CalendarBusy
 from booking.clock import Clock, SystemClock
 from booking.db import make_engine, migrate
 from booking.scheduler import Scheduler
-from calendars.registry import CalendarRegistry
-from dashboard import api, http_errors
+from calendars import web as calendar_web
+from calendars.service import CalendarService
+from calendars.setup import build_calendar_service
+from dashboard import api, http_errors, web, webhooks
+from dashboard.web import auth as web_auth
 from frontdesk.settings import Settings
 from telephony import voice
 
@@ -29,16 +34,51 @@ def build_scheduler(
     calendars: CalendarBusy | None = None,
     clock: Clock | None = None,
 ) -> Scheduler:
-    """The scheduler over a migrated database; every entry point (web, CLI) builds it here."""
+    """The scheduler over a migrated database; every entry point (web, CLI) builds it here.
+
+    Linked calendars are read (and bookings written back) through a `CalendarService` built from
+    the same settings, unless `calendars` replaces it (tests)."""
     engine = engine or make_engine(settings.database_url)
     migrate(engine)
-    return Scheduler(
+    service = build_calendar_service(settings, engine) if calendars is None else None
+    scheduler = Scheduler(
         engine=engine,
-        calendars=calendars or CalendarRegistry(),
+        calendars=calendars or service,  # type: ignore[arg-type]
         clock=clock or SystemClock(),
         hold_minutes=settings.hold_minutes,
         calendar_timeout=settings.calendar_timeout_seconds,
+        write_timeout=settings.calendar_write_timeout_seconds,
     )
+    if service is not None:
+        scheduler.writer = service
+    return scheduler
+
+
+def calendar_service(scheduler: Scheduler) -> CalendarService | None:
+    return scheduler.calendars if isinstance(scheduler.calendars, CalendarService) else None
+
+
+async def _authorize_linking(request: Request, staff_id: str) -> str:
+    """Dashboard users link their own calendars (owners anyone's); scripts use the API key."""
+    user = await web_auth.optional_user(request)
+    if user is not None:
+        if not user.may_see_staff(staff_id):
+            raise HTTPException(403, "you may only link your own calendars")
+        return user.business_id
+    try:
+        api.require_api_key(request, request.headers.get("authorization"),
+                            request.headers.get("x-api-key"))
+    except HTTPException:
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise web_auth.LoginRequired(path) from None
+    scheduler: Scheduler = request.app.state.scheduler
+    return await scheduler.resolve_business(request.query_params.get("business"))
+
+
+async def _verify_linking_form(request: Request) -> None:
+    if await web_auth.optional_user(request) is not None:
+        await web_auth.verify_csrf(request)
+    # Otherwise the API key is checked by `_authorize_linking`: no cookie, no CSRF.
 
 
 def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> FastAPI:
@@ -46,7 +86,18 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "scheduler", None) is None:
             app.state.scheduler = build_scheduler(settings)
+        service = calendar_service(app.state.scheduler)
+        app.state.calendar_service = service
+        job = None
+        if service is not None and settings.calendar_sync_seconds:
+            job = asyncio.create_task(service.run_forever(settings.calendar_sync_seconds))
+        webhooks.start_dispatcher(app)
         yield
+        await webhooks.stop_dispatcher(app)
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         app.state.scheduler.engine.dispose()
 
     app = FastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan)
@@ -60,6 +111,11 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     http_errors.install(app)
     app.include_router(api.router)
     app.include_router(voice.router)
+    app.include_router(web.router)
+    app.include_router(calendar_web.router)
+    app.state.calendar_guard = calendar_web.CalendarGuard(
+        authorize=_authorize_linking, verify_form=_verify_linking_form)
+    web.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -30,6 +30,8 @@ from booking.business_file import (
 )
 from booking.clock import FixedClock
 from booking.scheduler import Scheduler
+from dashboard import users
+from frontdesk import cli_calendars
 from frontdesk.settings import Settings
 
 log = logging.getLogger("frontdesk")
@@ -107,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--business")
     s.add_argument("--caller", help="the caller's number in E.164, e.g. +15550142200")
     s.add_argument("--now", type=_iso, help=argparse.SUPPRESS)
+
+    cli_calendars.add_parsers(sub)
+    users.add_parsers(sub)
     return p
 
 
@@ -124,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": cmd_serve, "migrate": cmd_migrate, "import": cmd_import,
         "export": cmd_export, "availability": cmd_availability, "book": cmd_book,
         "cancel": cmd_cancel, "chat": cmd_chat,
+        "calendars": cli_calendars.cmd_calendars, "keygen": cli_calendars.cmd_keygen,
+        "users": cmd_users,
     }
     try:
         return commands[args.command](args, settings)
@@ -134,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("refused: %s", exc.message)
         _err(f"error: {exc.message}")
         return 1
-    except CommandError as exc:
+    except (CommandError, cli_calendars.CalendarCommandError) as exc:
         _err(f"error: {exc}")
         return 1
 
@@ -152,6 +159,17 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> Scheduler:
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
+
+
+def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    scheduler = _scheduler(args, settings)
+    business = _run(scheduler.resolve_business(args.business))
+    password = users.read_password(from_stdin=args.password_stdin)
+    user = users.add_user(scheduler.engine, business_id=business, email=args.email,
+                          password=password, role=args.role, staff_id=args.staff,
+                          now=scheduler.clock.now())
+    print(f"{user.id}: {user.email} ({user.role}) at {business}")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

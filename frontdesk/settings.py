@@ -42,3 +42,22 @@ class Settings(BaseSettings):
     voice_mode: str = Field(default="relay", pattern="^(relay|gather)$")
     voice_language: str = "en-US"
     voice_tts_voice: str | None = None
+
+    # Linked calendars.
+    secret_key: SecretStr | None = Field(
+        default=None, description="Fernet key(s) encrypting calendar credentials at rest; "
+                                  "comma-separated to rotate (first encrypts)")
+    calendar_sync_seconds: float = Field(default=300, ge=0,
+                                         description="how often the background sync runs; 0: never")
+    calendar_horizon_days: int = Field(default=90, ge=7, le=400)
+    calendar_cache_max_age_seconds: float = Field(default=900, gt=0)
+    calendar_write_timeout_seconds: float = Field(default=4.0, gt=0)
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_api_base_url: str = "https://www.googleapis.com/"
+    microsoft_client_id: str | None = None
+    microsoft_client_secret: SecretStr | None = None
+    microsoft_authority: str = "https://login.microsoftonline.com/common"
+    microsoft_graph_base_url: str = "https://graph.microsoft.com/v1.0"

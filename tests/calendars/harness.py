@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from typing import Any
 
 from calendars.base import Account, CalendarProvider
@@ -38,7 +37,3 @@ class Harness:
     # event changed (None for providers without notifications).
     notify: Callable[..., Awaitable[Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def whole_day(day: date) -> tuple[date, date]:
-    return day, day

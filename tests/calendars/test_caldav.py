@@ -1,10 +1,11 @@
-"""The CalDAV provider against a real Radicale server on loopback."""
+"""The CalDAV provider against a real Radicale server on loopback (through a fault proxy)."""
 
 from __future__ import annotations
 
+import json
 import socket
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,14 +15,18 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from booking import errors
+from booking.busy import StaffCalendars
 from booking.clock import FixedClock
 from booking.db import session_scope
 from booking.errors import CalendarUnavailable
 from booking.models import Staff
+from booking.rules import Interval
 from booking.scheduler import Scheduler
-from calendars.caldav import CaldavProvider
-from calendars.ics import IcsProvider
-from calendars.registry import CalendarRegistry
+from calendars.base import Account, CalendarProvider, EventSpec, NeedsRelink
+from calendars.caldav import CaldavProvider, event_uid
+from calendars.links import link_account
+from tests.calendars.caldav_harness import FaultProxy, harness, vevent
+from tests.calendars.harness import Harness
 from tests.calendars.radicale_server import (
     PASSWORD,
     USERNAME,
@@ -40,22 +45,6 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
 
-def vevent(uid: str, *props: str) -> str:
-    """A one-event iCalendar document, as another client would write it."""
-    lines = [
-        "BEGIN:VCALENDAR",
-        "VERSION:2.0",
-        "PRODID:-//Frontdesk tests//EN",
-        "BEGIN:VEVENT",
-        f"UID:{uid}",
-        "DTSTAMP:20261101T000000Z",
-        *props,
-        "END:VEVENT",
-        "END:VCALENDAR",
-    ]
-    return "\r\n".join(lines) + "\r\n"
-
-
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
     server = start_radicale(tmp_path_factory.mktemp("radicale"))
@@ -64,49 +53,79 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServe
 
 
 @pytest.fixture
-def dav(radicale: RadicaleServer) -> Iterator[caldav.DAVClient]:
-    """The library's own client, standing in for the staff member's calendar app."""
-    with caldav.DAVClient(
-        url=radicale.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
-    ) as client:
-        yield client
+async def h(radicale: RadicaleServer) -> AsyncIterator[Harness]:
+    async with harness(radicale) as made:
+        yield made
 
 
 @pytest.fixture
-def calendar(dav: caldav.DAVClient) -> caldav.Calendar:
-    """A fresh calendar collection for one test."""
-    principal = dav.principal()
-    return principal.make_calendar(name="Work", cal_id=f"work-{uuid.uuid4().hex[:8]}")
+def calendar(h: Harness) -> caldav.Calendar:
+    """The harness's calendar, as the staff member's own calendar app reaches it."""
+    found: caldav.Calendar = h.extra["calendar"]
+    return found
 
 
 @pytest.fixture
-def link(calendar: caldav.Calendar) -> dict[str, Any]:
-    return {
-        "provider": "caldav",
-        "url": str(calendar.url),
-        "username": USERNAME,
-        "password": PASSWORD,
-    }
+def proxy(h: Harness) -> FaultProxy:
+    found: FaultProxy = h.extra["proxy"]
+    return found
 
 
 @pytest.fixture
-def provider() -> CaldavProvider:
-    return CaldavProvider(timeout=5)
+def provider(h: Harness) -> CaldavProvider:
+    assert isinstance(h.provider, CaldavProvider)
+    return h.provider
 
 
-async def busy(provider: CaldavProvider, link: dict[str, Any]) -> list[tuple[datetime, datetime]]:
-    return await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END, live=True)
+@pytest.fixture
+def account(h: Harness) -> Account:
+    """An account whose URL is the calendar collection itself (the harness's is the principal)."""
+    return at(h.account, h.calendar_id)
+
+
+def at(account: Account, url: str, **secret: str) -> Account:
+    return replace(
+        account,
+        settings={**account.settings, "url": url},
+        secret={**account.secret, **secret},
+    )
+
+
+async def busy(
+    provider: CaldavProvider, account: Account, calendar_ids: list[str] | None = None
+) -> list[Interval]:
+    return await provider.busy(
+        account, calendar_ids=calendar_ids or [], tz=NY, start=DEC_START, end=DEC_END
+    )
+
+
+def spec(
+    key: str, start: datetime, end: datetime, summary: str = "Teeth cleaning: Ann Caller"
+) -> EventSpec:
+    return EventSpec(
+        key=key,
+        summary=summary,
+        description="Phone +15551230001",
+        start=start,
+        end=end,
+        timezone="America/New_York",
+    )
 
 
 def event_count(calendar: caldav.Calendar) -> int:
     return len(calendar.get_events())
 
 
+def test_it_is_a_writable_calendar_provider_without_notifications() -> None:
+    provider: CalendarProvider = CaldavProvider()
+    assert (provider.name, provider.writable, provider.notifies) == ("caldav", True, False)
+
+
 # --- reading busy time ------------------------------------------------------------------------
 
 
 async def test_event_created_in_the_server_is_busy(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
 ) -> None:
     calendar.add_event(
         vevent(
@@ -115,46 +134,39 @@ async def test_event_created_in_the_server_is_busy(
             "DTEND;TZID=America/New_York:20261201T103000",
         )
     )
-    assert await busy(provider, link) == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15, 30))]
+    expected = [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15, 30))]
+    assert await busy(provider, h.account, [h.calendar_id]) == expected
 
 
 async def test_transparent_and_cancelled_events_are_free(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider
 ) -> None:
-    calendar.add_event(
-        vevent("free-1", "DTSTART:20261201T150000Z", "DTEND:20261201T160000Z", "TRANSP:TRANSPARENT")
-    )
-    calendar.add_event(
-        vevent("gone-1", "DTSTART:20261202T150000Z", "DTEND:20261202T160000Z", "STATUS:CANCELLED")
-    )
-    calendar.add_event(
-        vevent(
-            "tentative-1", "DTSTART:20261203T150000Z", "DTEND:20261203T160000Z", "STATUS:TENTATIVE"
-        )
-    )
-    assert await busy(provider, link) == [(utc(2026, 12, 3, 15), utc(2026, 12, 3, 16))]
+    await h.add_event(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16), transparent=True)
+    await h.add_event(utc(2026, 12, 2, 15), utc(2026, 12, 2, 16), cancelled=True)
+    await h.add_event(utc(2026, 12, 3, 15), utc(2026, 12, 3, 16), tentative=True)
+    assert await busy(provider, h.account, [h.calendar_id]) == [
+        (utc(2026, 12, 3, 15), utc(2026, 12, 3, 16))
+    ]
 
 
 async def test_all_day_event_covers_the_staff_members_local_date(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider
 ) -> None:
-    calendar.add_event(
-        vevent("holiday-1", "DTSTART;VALUE=DATE:20261208", "DTEND;VALUE=DATE:20261209")
-    )
-    assert await busy(provider, link) == [(utc(2026, 12, 8, 5), utc(2026, 12, 9, 5))]
+    await h.add_event(all_day=date(2026, 12, 8))
+    assert await busy(provider, h.account, [h.calendar_id]) == [
+        (utc(2026, 12, 8, 5), utc(2026, 12, 9, 5))
+    ]
 
 
-async def test_weekly_event_with_an_exdate_and_a_moved_instance(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
-) -> None:
-    series = vevent(
-        "standup-1",
-        "DTSTART;TZID=America/New_York:20261201T090000",
-        "DTEND;TZID=America/New_York:20261201T093000",
-        "RRULE:FREQ=WEEKLY;COUNT=4",
-        "EXDATE;TZID=America/New_York:20261208T090000",
-    )
-    moved = "\r\n".join(
+STANDUP = vevent(
+    "standup-1",
+    "DTSTART;TZID=America/New_York:20261201T090000",
+    "DTEND;TZID=America/New_York:20261201T093000",
+    "RRULE:FREQ=WEEKLY;COUNT=4",
+    "EXDATE;TZID=America/New_York:20261208T090000",
+).replace(
+    "END:VCALENDAR",
+    "\r\n".join(
         [
             "BEGIN:VEVENT",
             "UID:standup-1",
@@ -163,10 +175,17 @@ async def test_weekly_event_with_an_exdate_and_a_moved_instance(
             "DTSTART;TZID=America/New_York:20261215T140000",
             "DTEND;TZID=America/New_York:20261215T143000",
             "END:VEVENT",
+            "END:VCALENDAR",
         ]
-    )
-    calendar.add_event(series.replace("END:VCALENDAR", moved + "\r\nEND:VCALENDAR"))
-    assert await busy(provider, link) == [
+    ),
+)
+
+
+async def test_weekly_event_with_an_exdate_and_a_moved_instance(
+    provider: CaldavProvider, account: Account, calendar: caldav.Calendar
+) -> None:
+    calendar.add_event(STANDUP)
+    assert await busy(provider, account) == [
         (utc(2026, 12, 1, 14), utc(2026, 12, 1, 14, 30)),
         (utc(2026, 12, 15, 19), utc(2026, 12, 15, 19, 30)),
         (utc(2026, 12, 22, 14), utc(2026, 12, 22, 14, 30)),
@@ -174,136 +193,258 @@ async def test_weekly_event_with_an_exdate_and_a_moved_instance(
 
 
 async def test_a_principal_url_reads_every_calendar_of_the_account(
-    provider: CaldavProvider,
-    link: dict[str, Any],
-    calendar: caldav.Calendar,
-    radicale: RadicaleServer,
+    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
 ) -> None:
-    calendar.add_event(vevent("one", "DTSTART:20261201T150000Z", "DTEND:20261201T160000Z"))
-    account = {**link, "url": radicale.principal_url}
-    assert (utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)) in await busy(provider, account)
-    listed = await provider.list_calendars(account)
-    assert {"name": "Work", "url": str(calendar.url)} in listed
-    assert await provider.list_calendars(link) == [{"name": "Work", "url": str(calendar.url)}]
+    other = calendar.client.principal().make_calendar(name="Home", cal_id="home-principal-test")
+    try:
+        await h.add_event(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+        other.add_event(vevent("gym", "DTSTART:20261202T150000Z", "DTEND:20261202T160000Z"))
+        spans = await busy(provider, h.account)  # no calendar ids: the account URL's calendars
+        assert (utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)) in spans
+        assert (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16)) in spans
+        # Chosen calendars only: the other one's event does not count.
+        assert await busy(provider, h.account, [h.calendar_id]) == [
+            (utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+        ]
+    finally:
+        other.delete()
 
 
-async def test_busy_reads_are_cached_until_the_ttl_or_a_live_read(
-    link: dict[str, Any], calendar: caldav.Calendar
+async def test_list_calendars_of_a_principal_names_each_calendar_by_its_url(
+    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
 ) -> None:
-    clock = [0.0]
-    provider = CaldavProvider(timeout=5, ttl=60, monotonic=lambda: clock[0])
-    assert await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END) == []
-    calendar.add_event(vevent("late", "DTSTART:20261201T150000Z", "DTEND:20261201T160000Z"))
-    assert await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END) == []
-    assert await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END, live=True) != []
-    calendar.event_by_uid("late").delete()
-    clock[0] = 61
-    assert await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END) == []
+    other = calendar.client.principal().make_calendar(name="Home", cal_id="home-list-test")
+    try:
+        listed = {info.id: info for info in await provider.list_calendars(h.account)}
+        home = h.calendar_id.rsplit("/", 2)[0] + "/home-list-test/"
+        assert listed[h.calendar_id].name == "Work" and listed[home].name == "Home"
+        assert all(info.writable for info in listed.values())
+        # The ids are what busy and sync take.
+        other.add_event(vevent("gym", "DTSTART:20261202T150000Z", "DTEND:20261202T160000Z"))
+        assert await busy(provider, h.account, [home]) == [
+            (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16))
+        ]
+    finally:
+        other.delete()
+    single = await provider.list_calendars(at(h.account, h.calendar_id))
+    assert [(info.id, info.name) for info in single] == [(h.calendar_id, "Work")]
+
+
+async def test_busy_is_always_a_live_read(h: Harness, provider: CaldavProvider) -> None:
+    assert await busy(provider, h.account, [h.calendar_id]) == []
+    late = await h.add_event(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+    assert await busy(provider, h.account, [h.calendar_id]) != []
+    await h.remove_event(late)
+    assert await busy(provider, h.account, [h.calendar_id]) == []
+
+
+# --- sync -------------------------------------------------------------------------------------
+
+
+async def sync(
+    h: Harness,
+    cursor: str | None = None,
+    start: datetime = DEC_START,
+    end: datetime = DEC_END,
+) -> Any:
+    return await h.provider.sync(
+        h.account, calendar_id=h.calendar_id, tz=NY, cursor=cursor, start=start, end=end
+    )
+
+
+async def test_sync_reads_the_window_keyed_by_uid_and_instance(
+    h: Harness, calendar: caldav.Calendar
+) -> None:
+    calendar.add_event(STANDUP)
+    single = await h.add_event(utc(2026, 12, 3, 15), utc(2026, 12, 3, 16))
+    free = await h.add_event(utc(2026, 12, 4, 15), utc(2026, 12, 4, 16), transparent=True)
+    await h.add_event(utc(2027, 3, 1, 15), utc(2027, 3, 1, 16))  # outside the window
+    result = await sync(h)
+    assert result.full and not result.removed
+    assert result.changed == {
+        single: [(utc(2026, 12, 3, 15), utc(2026, 12, 3, 16))],
+        free: [],
+        "standup-1#20261201T140000Z": [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 14, 30))],
+        "standup-1#20261215T140000Z": [(utc(2026, 12, 15, 19), utc(2026, 12, 15, 19, 30))],
+        "standup-1#20261222T140000Z": [(utc(2026, 12, 22, 14), utc(2026, 12, 22, 14, 30))],
+    }
+
+
+async def test_sync_skips_the_read_while_the_calendar_is_unchanged(h: Harness) -> None:
+    first = await h.add_event(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+    full = await sync(h)
+    assert full.full and set(full.changed) == {first} and full.cursor is not None
+
+    same = await sync(h, full.cursor)
+    assert not same.full and same.changed == {} and same.removed == set()
+    assert same.cursor == full.cursor
+    # A narrower window is still answered by the earlier read.
+    assert not (await sync(h, full.cursor, start=utc(2026, 12, 5))).full
+
+    second = await h.add_event(utc(2026, 12, 2, 15), utc(2026, 12, 2, 16))
+    changed = await sync(h, full.cursor)
+    assert changed.full and set(changed.changed) == {first, second}
+    assert changed.cursor != full.cursor
+
+
+async def test_sync_reads_again_for_a_wider_window_or_a_bad_cursor(h: Harness) -> None:
+    await h.add_event(utc(2027, 1, 5, 15), utc(2027, 1, 5, 16))
+    full = await sync(h)
+    assert full.changed == {}
+    wider = await sync(h, full.cursor, end=utc(2027, 2, 1))
+    assert wider.full and list(wider.changed.values()) == [
+        [(utc(2027, 1, 5, 15), utc(2027, 1, 5, 16))]
+    ]
+    for broken in ("not json", json.dumps({"tag": 1})):
+        assert (await sync(h, broken)).full
 
 
 # --- writing ----------------------------------------------------------------------------------
 
 
-async def write(
-    provider: CaldavProvider, link: dict[str, Any], uid: str, start: datetime, end: datetime
-) -> str:
-    return await provider.create_event(
-        link,
-        uid=uid,
-        start=start,
-        end=end,
-        summary="Teeth cleaning: Ann Caller",
-        description="Phone +15551230001",
-    )
-
-
-async def test_create_event_twice_with_one_uid_leaves_one_event(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+async def test_put_event_twice_with_one_key_leaves_one_event(
+    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
 ) -> None:
     start, end = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
-    first = await write(provider, link, "appt-1@frontdesk", start, end)
-    second = await write(provider, link, "appt-1@frontdesk", start, end)
-    assert first == second
-    assert event_count(calendar) == 1
-    event = calendar.event_by_uid("appt-1@frontdesk").icalendar_component
-    assert event["DTEND"].dt == end and str(event["SUMMARY"]) == "Teeth cleaning: Ann Caller"
-    assert await busy(provider, link) == [(start, end)]
+    put = provider.put_event
+    first = await put(
+        h.account, calendar_id=h.calendar_id, event=spec("apt_1", start, end), event_id=None
+    )
+    second = await put(
+        h.account, calendar_id=h.calendar_id, event=spec("apt_1", start, end), event_id=None
+    )
+    assert first == second == event_uid("apt_1")
+    events = await h.events()
+    assert len(events) == 1 and events[0]["id"] == first
+    assert events[0]["end"] == end and events[0]["summary"] == "Teeth cleaning: Ann Caller"
+    assert events[0]["description"] == "Phone +15551230001"
+    assert await busy(provider, h.account, [h.calendar_id]) == [(start, end)]
 
 
-async def test_retry_after_a_timed_out_but_successful_create_makes_no_copy(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+async def test_retry_after_a_lost_answer_finds_the_event_the_first_attempt_wrote(
+    h: Harness, proxy: FaultProxy
 ) -> None:
+    provider = CaldavProvider(timeout=0.5)
+    await provider.list_calendars(h.account)  # as when the calendar was linked
     start, end = utc(2026, 12, 2, 15), utc(2026, 12, 2, 16)
-    # The first attempt reached the server, but its answer never came back to us.
-    await provider.create_event(
-        link, uid="appt-2", start=start, end=end, summary="Checkup", description=""
+    proxy.fail_next("timeout")  # Radicale stores the event; its answer comes too late
+    with pytest.raises(CalendarUnavailable, match="did not answer"):
+        await provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=spec("apt_2", start, end), event_id=None
+        )
+    assert [e["id"] for e in await h.events()] == [event_uid("apt_2")]  # it did land
+
+    retried = await provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec("apt_2", start, end), event_id=None
     )
-    retried = await write(provider, link, "appt-2", start, end)
-    assert retried.endswith("/appt-2.ics")
-    assert event_count(calendar) == 1
+    assert retried == event_uid("apt_2")
+    assert len(await h.events()) == 1
 
 
-async def test_a_late_create_retry_does_not_undo_a_reschedule(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+async def test_a_create_retry_after_a_landed_attempt_writes_the_latest_details(
+    h: Harness, provider: CaldavProvider
 ) -> None:
-    old, new = (
-        (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16)),
-        (utc(2026, 12, 4, 15), utc(2026, 12, 4, 16)),
-    )
-    await write(provider, link, "appt-6", *old)
-    await provider.update_event(
-        link, uid="appt-6", start=new[0], end=new[1], summary="Moved", description=""
-    )
-    await write(provider, link, "appt-6", *old)  # the retry job's stale first attempt
-    assert await busy(provider, link) == [new]
-    assert event_count(calendar) == 1
+    # The write is retried from the appointment as it is now (moved since the first attempt):
+    # the 412 of the create turns into an update with those details.
+    old = (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16))
+    new = (utc(2026, 12, 4, 15), utc(2026, 12, 4, 16))
+    for times in (old, new):
+        await provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=spec("apt_6", *times), event_id=None
+        )
+    assert await busy(provider, h.account, [h.calendar_id]) == [new]
+    assert len(await h.events()) == 1
 
 
 async def test_update_moves_the_busy_time_and_delete_frees_it(
-    provider: CaldavProvider, link: dict[str, Any], calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider
 ) -> None:
-    await write(provider, link, "appt-3", utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
-    await provider.update_event(
-        link,
-        uid="appt-3",
-        start=utc(2026, 12, 3, 17),
-        end=utc(2026, 12, 3, 18),
-        summary="Moved",
-        description="",
+    event_id = await provider.put_event(
+        h.account,
+        calendar_id=h.calendar_id,
+        event=spec("apt_3", utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)),
+        event_id=None,
     )
-    assert await busy(provider, link) == [(utc(2026, 12, 3, 17), utc(2026, 12, 3, 18))]
-    assert event_count(calendar) == 1
-    await provider.delete_event(link, uid="appt-3")
-    assert await busy(provider, link) == []
-    await provider.delete_event(link, uid="appt-3")  # already gone: still fine
+    moved = spec("apt_3", utc(2026, 12, 3, 17), utc(2026, 12, 3, 18), summary="Moved")
+    assert (
+        await provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=moved, event_id=event_id
+        )
+        == event_id
+    )
+    assert await busy(provider, h.account, [h.calendar_id]) == [
+        (utc(2026, 12, 3, 17), utc(2026, 12, 3, 18))
+    ]
+    assert [e["summary"] for e in await h.events()] == ["Moved"]
+    await provider.delete_event(h.account, calendar_id=h.calendar_id, event_id=event_id)
+    assert await busy(provider, h.account, [h.calendar_id]) == []
+    # Already gone: still fine.
+    await provider.delete_event(h.account, calendar_id=h.calendar_id, event_id=event_id)
+
+
+async def test_updating_an_event_deleted_in_the_calendar_writes_it_anew(
+    h: Harness, provider: CaldavProvider
+) -> None:
+    times = (utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+    event_id = await provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec("apt_7", *times), event_id=None
+    )
+    await h.remove_event(event_id)  # the staff member deleted it on their phone
+    again = await provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec("apt_7", *times), event_id=event_id
+    )
+    assert again == event_id and [e["id"] for e in await h.events()] == [event_id]
 
 
 async def test_writes_need_a_single_calendar_not_an_account(
-    provider: CaldavProvider, link: dict[str, Any], radicale: RadicaleServer
+    h: Harness, provider: CaldavProvider
 ) -> None:
-    account = {**link, "url": radicale.principal_url}
-    with pytest.raises(CalendarUnavailable, match="not a single calendar"):
-        await write(provider, account, "appt-4", utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+    principal = h.account.settings["url"]
+    with pytest.raises(CalendarUnavailable, match="single calendar"):
+        await provider.put_event(
+            h.account,
+            calendar_id=principal,
+            event=spec("apt_4", utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)),
+            event_id=None,
+        )
+
+
+async def test_an_event_needs_aware_times_that_end_after_they_start(
+    h: Harness, provider: CaldavProvider
+) -> None:
+    with pytest.raises(ValueError, match="end after"):
+        await provider.put_event(
+            h.account,
+            calendar_id=h.calendar_id,
+            event=spec("apt_8", utc(2026, 12, 1, 16), utc(2026, 12, 1, 15)),
+            event_id=None,
+        )
+    with pytest.raises(ValueError, match="aware"):
+        await provider.put_event(
+            h.account,
+            calendar_id=h.calendar_id,
+            event=spec("apt_8", datetime(2026, 12, 1, 15), datetime(2026, 12, 1, 16)),
+            event_id=None,
+        )
 
 
 # --- failures ---------------------------------------------------------------------------------
 
 
 async def test_check_accepts_a_calendar_and_an_account(
-    provider: CaldavProvider, link: dict[str, Any], radicale: RadicaleServer
+    h: Harness, provider: CaldavProvider, account: Account
 ) -> None:
-    await provider.check(link)
-    await provider.check({**link, "url": radicale.principal_url})
+    await provider.check(h.account)
+    await provider.check(account)
 
 
-async def test_wrong_password_is_refused_without_leaking_it(
-    provider: CaldavProvider, link: dict[str, Any]
+async def test_wrong_password_needs_relinking_without_leaking_it(
+    provider: CaldavProvider, account: Account
 ) -> None:
-    wrong = {**link, "password": "not-the-password-123"}
-    with pytest.raises(CalendarUnavailable, match="refused the username or password") as info:
+    wrong = at(account, account.settings["url"], password="not-the-password-123")
+    with pytest.raises(NeedsRelink, match="refused the username or password") as info:
         await provider.check(wrong)
-    assert info.value.retryable
-    with pytest.raises(CalendarUnavailable) as read:
+    with pytest.raises(NeedsRelink) as read:
         await busy(provider, wrong)
     for exc in (info.value, read.value):
         assert "not-the-password-123" not in str(exc) and PASSWORD not in str(exc)
@@ -311,58 +452,131 @@ async def test_wrong_password_is_refused_without_leaking_it(
 
 
 async def test_credentials_in_the_url_stay_out_of_errors(
-    provider: CaldavProvider, link: dict[str, Any]
+    provider: CaldavProvider, account: Account
 ) -> None:
     port = free_port()
-    leaky = {**link, "url": f"http://{USERNAME}:hunter2@127.0.0.1:{port}/lee/work/"}
+    leaky = at(account, f"http://{USERNAME}:hunter2@127.0.0.1:{port}/lee/work/")
     with pytest.raises(CalendarUnavailable) as info:
         await provider.check(leaky)
     assert "hunter2" not in str(info.value) and "/lee/work" not in str(info.value)
 
 
 async def test_server_down_is_calendar_unavailable(
-    provider: CaldavProvider, link: dict[str, Any]
+    provider: CaldavProvider, account: Account
 ) -> None:
-    down = {**link, "url": f"http://127.0.0.1:{free_port()}/lee/work/"}
+    down = at(account, f"http://127.0.0.1:{free_port()}/lee/work/")
     with pytest.raises(CalendarUnavailable, match="cannot be reached"):
         await busy(provider, down)
     with pytest.raises(CalendarUnavailable, match="cannot be reached"):
-        await write(provider, down, "appt-5", utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
+        await provider.put_event(
+            down,
+            calendar_id=down.settings["url"],
+            event=spec("apt_5", utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)),
+            event_id=None,
+        )
 
 
-async def test_a_server_that_never_answers_times_out(link: dict[str, Any]) -> None:
+async def test_a_server_that_never_answers_times_out(account: Account) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/lee/work/"
         provider = CaldavProvider(timeout=0.3)
         with pytest.raises(CalendarUnavailable, match="did not answer"):
-            await busy(provider, {**link, "url": url})
+            await busy(provider, at(account, url))
+
+
+@pytest.mark.parametrize("fault", ["500", "429"])
+async def test_a_server_error_is_calendar_unavailable(
+    h: Harness, provider: CaldavProvider, proxy: FaultProxy, fault: str
+) -> None:
+    proxy.fail_next(fault)
+    with pytest.raises(CalendarUnavailable) as info:
+        await busy(provider, h.account, [h.calendar_id])
+    assert "/lee/" not in str(info.value)
+    assert await busy(provider, h.account, [h.calendar_id]) == []  # and then it works again
 
 
 async def test_a_missing_calendar_is_unavailable(
-    provider: CaldavProvider, link: dict[str, Any], radicale: RadicaleServer
+    h: Harness, provider: CaldavProvider, account: Account
 ) -> None:
-    missing = {**link, "url": f"{radicale.principal_url}no-such-calendar/"}
+    missing = h.account.settings["url"] + "no-such-calendar/"
     with pytest.raises(CalendarUnavailable):
-        await busy(provider, missing)
+        await busy(provider, at(account, missing))
+    with pytest.raises(CalendarUnavailable):
+        await busy(provider, h.account, [missing])
+
+
+async def test_watch_is_not_offered(h: Harness, provider: CaldavProvider) -> None:
+    channel = await provider.watch(
+        h.account, calendar_id=h.calendar_id, callback_url="https://example.com/n", token="t"
+    )
+    assert channel is None
+
+
+# --- links from a business file ---------------------------------------------------------------
+
+
+def test_a_caldav_link_becomes_an_account_with_the_password_kept_secret() -> None:
+    link = {
+        "provider": "caldav",
+        "url": "https://lee:hunter2@caldav.example.com/dav/lee/work/",
+        "username": "lee",
+        "password": "app-pass-1",
+    }
+    made = link_account(link, staff_id="lee", index=1)
+    assert made.id == "link:lee:1" and made.provider == "caldav"
+    assert made.settings == {"url": "https://caldav.example.com/dav/lee/work/", "username": "lee"}
+    assert made.secret == {"password": "app-pass-1"}
+    for secret in ("hunter2", "app-pass-1"):
+        assert secret not in made.name and secret not in json.dumps(made.settings)
+    assert "/dav/lee" not in made.name
+
+
+def test_a_link_without_credentials_or_of_unknown_kind_is_unavailable() -> None:
+    with pytest.raises(CalendarUnavailable, match="password"):
+        link_account(
+            {"provider": "caldav", "url": "https://x.example/", "username": "lee"},
+            staff_id="lee",
+            index=0,
+        )
+    with pytest.raises(CalendarUnavailable, match="exchange-2003"):
+        link_account({"provider": "exchange-2003"}, staff_id="lee", index=0)
 
 
 # --- through slot search ----------------------------------------------------------------------
 
 
+class LinkedCalendars:
+    """Booking's `CalendarBusy` port over business-file links, read live each time; the
+    smallest stand-in for `calendars.service`, to prove the provider in a real search."""
+
+    def __init__(self, provider: CaldavProvider) -> None:
+        self.provider = provider
+
+    async def busy(
+        self, calendars: StaffCalendars, *, start: datetime, end: datetime, live: bool = False
+    ) -> list[Interval]:
+        spans: list[Interval] = []
+        for index, link in enumerate(calendars.links):
+            account = link_account(link, staff_id=calendars.staff_id, index=index)
+            spans += await self.provider.busy(
+                account, calendar_ids=[], tz=calendars.tz, start=start, end=end
+            )
+        return sorted(spans)
+
+
 async def test_event_in_the_calendar_removes_the_slot_without_a_restart(
-    clinic: Engine, link: dict[str, Any], calendar: caldav.Calendar
+    clinic: Engine, account: Account, calendar: caldav.Calendar
 ) -> None:
+    link = {"provider": "caldav", **account.settings, **account.secret}
     with session_scope(clinic, write=True) as s:
         lee = s.get(Staff, ("clinic", "lee"))
         assert lee is not None
         lee.calendars = [link]
         s.add(lee)
-    clock = [0.0]
-    provider = CaldavProvider(timeout=5, ttl=60, monotonic=lambda: clock[0])
-    registry = CalendarRegistry({"caldav": provider, "ics": IcsProvider()})
-    scheduler = Scheduler(engine=clinic, calendars=registry, clock=FixedClock(NOW))
+    calendars = LinkedCalendars(CaldavProvider(timeout=5))
+    scheduler = Scheduler(engine=clinic, calendars=calendars, clock=FixedClock(NOW))
     tuesday = date(2026, 12, 1)
 
     async def lee_starts() -> list[str]:
@@ -384,7 +598,6 @@ async def test_event_in_the_calendar_removes_the_slot_without_a_restart(
             "DTEND;TZID=America/New_York:20261201T110000",
         )
     )
-    # Booking re-reads the calendar live, so even a warm cache cannot double-book.
     with pytest.raises(errors.SlotTaken):
         await scheduler.book(
             business_id=None,
@@ -394,6 +607,5 @@ async def test_event_in_the_calendar_removes_the_slot_without_a_restart(
             name="Ann Caller",
             phone="+15551230001",
         )
-    clock[0] = 61  # the cached read has expired
     after = await lee_starts()
     assert "10:00" not in after and "10:30" not in after and "11:00" in after

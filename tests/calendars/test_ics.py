@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from booking.busy import StaffCalendars
 from booking.errors import CalendarUnavailable
-from calendars.ics import IcsProvider, busy_from_ics
-from calendars.registry import CalendarRegistry
+from calendars.base import Account, CalendarProvider, EventSpec
+from calendars.ics import FEED_ID, IcsProvider, busy_from_ics, events_between, parse_ics
+from calendars.links import link_account
 
 NY = ZoneInfo("America/New_York")
 DEC_START = datetime(2026, 11, 30, tzinfo=UTC)
@@ -206,16 +206,81 @@ def test_unreadable_ics_is_unavailable(data: bytes) -> None:
         busy(data)
 
 
-# --- reading files ------------------------------------------------------------------------------
+# --- events by key (what sync returns) ----------------------------------------------------------
+
+
+def events(data: bytes) -> dict:
+    return events_between(parse_ics(data), tz=NY, start=DEC_START, end=DEC_END)
+
+
+def test_events_are_keyed_by_uid_and_recurring_instances_by_recurrence_id() -> None:
+    data = ics(
+        """
+        UID:huddle@test
+        DTSTART;TZID=America/New_York:20261201T090000
+        DTEND;TZID=America/New_York:20261201T100000
+        RRULE:FREQ=WEEKLY;COUNT=3
+        """,
+        """
+        UID:huddle@test
+        RECURRENCE-ID;TZID=America/New_York:20261208T090000
+        DTSTART;TZID=America/New_York:20261208T090000
+        DTEND;TZID=America/New_York:20261208T100000
+        STATUS:CANCELLED
+        """,
+        "UID:lunch@test\nDTSTART;VALUE=DATE:20261204\nDTEND;VALUE=DATE:20261205",
+        "UID:note@test\nDTSTART:20261205T150000Z\nTRANSP:TRANSPARENT\nDURATION:PT1H",
+        "UID:past@test\nDTSTART:20261101T150000Z\nDTEND:20261101T160000Z",
+    )
+    assert events(data) == {
+        "huddle@test#20261201T140000Z": [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15))],
+        "huddle@test#20261208T140000Z": [],  # cancelled instance: free time
+        "huddle@test#20261215T140000Z": [(utc(2026, 12, 15, 14), utc(2026, 12, 15, 15))],
+        "lunch@test": [(utc(2026, 12, 4, 5), utc(2026, 12, 5, 5))],
+        "note@test": [],  # transparent
+    }
+
+
+def test_all_day_series_instances_are_keyed_by_date() -> None:
+    data = ics("UID:dayoff@test\nDTSTART;VALUE=DATE:20261207\nRRULE:FREQ=DAILY;COUNT=2")
+    assert set(events(data)) == {"dayoff@test#20261207", "dayoff@test#20261208"}
+
+
+# --- the provider: reading files ----------------------------------------------------------------
 
 
 ONE_PM = ics("DTSTART:20261201T180000Z\nDTEND:20261201T190000Z")
 TWO_PM = ics("DTSTART:20261201T190000Z\nDTEND:20261201T200000Z\nSUMMARY:moved to two")
 
 
-async def read(provider: IcsProvider, source: str, *, live: bool = False) -> list:
-    link = {"provider": "ics", "source": source}
-    return await provider.busy(link, tz=NY, start=DEC_START, end=DEC_END, live=live)
+def feed_account(source: str) -> Account:
+    return link_account({"provider": "ics", "source": source}, staff_id="lee", index=0)
+
+
+async def read(provider: IcsProvider, source: str) -> list:
+    """Busy time through `busy`, as slot search and booking's re-check read it."""
+    return await provider.busy(
+        feed_account(source), calendar_ids=[FEED_ID], tz=NY, start=DEC_START, end=DEC_END
+    )
+
+
+async def synced(provider: IcsProvider, source: str) -> list:
+    """Busy time through `sync`, as the scheduled cache refresh reads it."""
+    result = await provider.sync(
+        feed_account(source),
+        calendar_id=FEED_ID,
+        tz=NY,
+        cursor=None,
+        start=DEC_START,
+        end=DEC_END,
+    )
+    assert result.full and result.cursor is None and not result.removed
+    return sorted(span for spans in result.changed.values() for span in spans)
+
+
+def test_it_is_a_read_only_provider_without_notifications() -> None:
+    provider: CalendarProvider = IcsProvider()
+    assert (provider.name, provider.writable, provider.notifies) == ("ics", False, False)
 
 
 async def test_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
@@ -228,6 +293,7 @@ async def test_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert await read(provider, str(path)) == [(utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
+    assert await synced(provider, str(path)) == [(utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
 
 
 async def test_missing_file_is_unavailable_and_named(tmp_path: Path) -> None:
@@ -235,6 +301,8 @@ async def test_missing_file_is_unavailable_and_named(tmp_path: Path) -> None:
     with pytest.raises(CalendarUnavailable, match="nobody.ics") as caught:
         await read(IcsProvider(), str(missing))
     assert caught.value.retryable
+    with pytest.raises(CalendarUnavailable, match="nobody.ics"):
+        await IcsProvider().check(feed_account(str(missing)))
 
 
 async def test_relative_file_path_is_unavailable() -> None:
@@ -249,7 +317,52 @@ async def test_unparseable_file_is_unavailable_and_named(tmp_path: Path) -> None
         await read(IcsProvider(), str(path))
 
 
-# --- reading feeds ------------------------------------------------------------------------------
+async def test_a_feed_is_one_read_only_calendar_named_by_the_feed(tmp_path: Path) -> None:
+    path = tmp_path / "lee.ics"
+    path.write_bytes(ONE_PM.replace(b"VERSION:2.0", b"VERSION:2.0\r\nX-WR-CALNAME:Lee at work"))
+    provider = IcsProvider()
+    account = feed_account(str(path))
+    await provider.check(account)
+    [calendar] = await provider.list_calendars(account)
+    assert (calendar.id, calendar.name, calendar.writable) == (FEED_ID, "Lee at work", False)
+    path.write_bytes(ONE_PM)
+    [unnamed] = await provider.list_calendars(account)
+    assert unnamed.name == f"calendar file {path}"
+
+
+async def test_writes_are_refused_for_good(tmp_path: Path) -> None:
+    provider = IcsProvider()
+    account = feed_account(str(tmp_path / "lee.ics"))
+    event = EventSpec(
+        key="apt_1",
+        summary="Cleaning",
+        description="",
+        start=utc(2026, 12, 1, 15),
+        end=utc(2026, 12, 1, 16),
+        timezone="America/New_York",
+    )
+    with pytest.raises(CalendarUnavailable, match="read-only") as put:
+        await provider.put_event(account, calendar_id=FEED_ID, event=event, event_id=None)
+    with pytest.raises(CalendarUnavailable, match="read-only") as delete:
+        await provider.delete_event(account, calendar_id=FEED_ID, event_id="x")
+    assert not put.value.retryable and not delete.value.retryable
+    assert await provider.watch(account, calendar_id=FEED_ID, callback_url="u", token="t") is None
+
+
+def test_an_ics_link_becomes_an_account() -> None:
+    made = link_account(
+        {"provider": "ics", "source": "https://cal.example.com/private-s3cr3t/basic.ics"},
+        staff_id="lee",
+        index=2,
+    )
+    assert made.id == "link:lee:2" and made.provider == "ics" and made.secret == {}
+    assert made.settings == {"source": "https://cal.example.com/private-s3cr3t/basic.ics"}
+    assert "s3cr3t" not in made.name and "cal.example.com" in made.name
+    with pytest.raises(CalendarUnavailable, match="source"):
+        link_account({"provider": "ics"}, staff_id="lee", index=0)
+
+
+# --- the provider: reading feeds ----------------------------------------------------------------
 
 
 class FeedServer:
@@ -298,7 +411,7 @@ class Clock:
         return self.now
 
 
-async def test_feed_is_cached_for_ttl_and_live_read_fetches_again(feed: FeedServer) -> None:
+async def test_feed_is_cached_for_ttl_and_check_fetches_it_again(feed: FeedServer) -> None:
     clock = Clock()
     provider = IcsProvider(ttl=60, monotonic=clock)
     source = f"{feed.url}/lee.ics"
@@ -307,10 +420,12 @@ async def test_feed_is_cached_for_ttl_and_live_read_fetches_again(feed: FeedServ
     feed.body = TWO_PM
     clock.now += 59
     assert await read(provider, source) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
+    assert await synced(provider, source) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
     assert len(feed.requests) == 1
 
-    assert await read(provider, source, live=True) == [(utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
+    await provider.check(feed_account(source))  # linking checks the feed as it is now
     assert len(feed.requests) == 2
+    assert await synced(provider, source) == [(utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
 
     feed.body = ONE_PM
     clock.now += 61
@@ -369,67 +484,23 @@ async def test_webcal_feed_is_fetched_over_https() -> None:
     assert [str(url) for url in seen] == ["https://calendar.example.com/feed.ics"]
 
 
-# --- the registry -------------------------------------------------------------------------------
-
-
-def staff(*links: dict) -> StaffCalendars:
-    return StaffCalendars(business_id="b1", staff_id="lee", tz=NY, links=links)
-
-
-async def test_registry_merges_busy_time_of_every_link(tmp_path: Path) -> None:
-    work, home = tmp_path / "work.ics", tmp_path / "home.ics"
-    work.write_bytes(
-        ics(
-            "DTSTART:20261201T150000Z\nDTEND:20261201T160000Z",
-            "DTSTART:20261202T150000Z\nDTEND:20261202T160000Z",
-        )
-    )
-    home.write_bytes(ics("DTSTART:20261201T153000Z\nDTEND:20261201T170000Z"))
-    registry = CalendarRegistry()
-    spans = await registry.busy(
-        staff({"provider": "ics", "source": str(work)}, {"provider": "ics", "source": str(home)}),
-        start=DEC_START,
-        end=DEC_END,
-    )
-    assert spans == [
-        (utc(2026, 12, 1, 15), utc(2026, 12, 1, 17)),
-        (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16)),
-    ]
-
-
-async def test_registry_with_no_links_is_free() -> None:
-    assert await CalendarRegistry().busy(staff(), start=DEC_START, end=DEC_END) == []
-
-
-async def test_registry_refuses_unknown_provider(tmp_path: Path) -> None:
-    path = tmp_path / "lee.ics"
-    path.write_bytes(ONE_PM)
-    calendars = staff({"provider": "ics", "source": str(path)}, {"provider": "exchange-2003"})
-    with pytest.raises(CalendarUnavailable, match="exchange-2003"):
-        await CalendarRegistry().busy(calendars, start=DEC_START, end=DEC_END)
-
-
-async def test_registry_is_unavailable_when_any_calendar_is(tmp_path: Path) -> None:
-    path = tmp_path / "lee.ics"
-    path.write_bytes(ONE_PM)
-    calendars = staff(
-        {"provider": "ics", "source": str(path)},
-        {"provider": "ics", "source": str(tmp_path / "gone.ics")},
-    )
-    with pytest.raises(CalendarUnavailable, match="gone.ics"):
-        await CalendarRegistry().busy(calendars, start=DEC_START, end=DEC_END)
-
-
 # --- the demo calendars -------------------------------------------------------------------------
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "calendars"
 
 
-async def test_demo_calendar_of_lee_reads_as_intended() -> None:
-    link = {"provider": "ics", "source": str(EXAMPLES / "lee.ics")}
-    spans = await IcsProvider().busy(
-        link, tz=NY, start=utc(2026, 11, 30), end=utc(2027, 2, 1), live=False
+async def demo_spans(name: str) -> list:
+    return await IcsProvider().busy(
+        feed_account(str(EXAMPLES / name)),
+        calendar_ids=[],
+        tz=NY,
+        start=utc(2026, 11, 30),
+        end=utc(2027, 2, 1),
     )
+
+
+async def test_demo_calendar_of_lee_reads_as_intended() -> None:
+    spans = await demo_spans("lee.ics")
     starts = [start.astimezone(NY).strftime("%m-%d %H:%M") for start, _ in spans]
     assert "12-04 00:00" in starts  # the all-day conference
     assert "12-29 08:00" not in starts  # staff meeting skipped (EXDATE)
@@ -439,8 +510,5 @@ async def test_demo_calendar_of_lee_reads_as_intended() -> None:
 
 
 async def test_demo_calendar_of_patel_is_readable() -> None:
-    link = {"provider": "ics", "source": str(EXAMPLES / "patel.ics")}
-    spans = await IcsProvider().busy(
-        link, tz=NY, start=utc(2026, 11, 30), end=utc(2027, 2, 1), live=False
-    )
+    spans = await demo_spans("patel.ics")
     assert (utc(2027, 1, 14, 5), utc(2027, 1, 16, 5)) in spans  # two conference days

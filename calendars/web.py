@@ -1,0 +1,248 @@
+"""HTTP endpoints of calendar linking and change notifications.
+
+Linking (a person in a browser, signed in to the dashboard, or a script with the API key):
+- `GET /calendars/connect/{google|microsoft}?staff=ID` sends the browser to the provider's
+  consent page (OAuth 2.0 authorization code with `state` and PKCE);
+- `GET /calendars/callback/{provider}` is where the provider sends it back: the code is
+  exchanged, the tokens stored encrypted, the busy cache filled, notifications subscribed;
+- `POST /calendars/connect/caldav` (staff, url, username, password) and
+  `POST /calendars/connect/ics` (staff, source) link those kinds, checked on save;
+- `POST /calendars/{id}/disconnect` unlinks.
+
+Who may link is decided by the application (`app.state.calendar_guard`, see `CalendarGuard`):
+this package knows nothing of dashboard log-ins.
+
+Notifications (the providers calling us):
+- `POST /calendars/notify/google`: a watch channel's push (X-Goog-* headers); the channel token
+  is checked, the change recorded, the cache refreshed in the background.
+- `POST /calendars/notify/microsoft`: Graph's validation handshake (`validationToken`, echoed
+  as text/plain), change notifications (each `clientState` checked) and lifecycle events
+  (`reauthorizationRequired`, `missed`, `subscriptionRemoved`). Answered with 202 at once.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+
+from booking import errors
+from booking.models import CalendarConnection
+from calendars.service import OAUTH_PROVIDERS, CalendarService
+
+log = logging.getLogger(__name__)
+router = APIRouter(include_in_schema=False)
+
+
+@dataclass(frozen=True)
+class CalendarGuard:
+    """How the application authorises linking.
+
+    `authorize(request, staff_id)` returns the business id the request may link calendars of
+    that staff member for, or raises an HTTPException (401/403, or a redirect to log in).
+    `verify_form(request)` rejects a form post without a valid CSRF token."""
+
+    authorize: Callable[[Request, str], Awaitable[str]]
+    verify_form: Callable[[Request], Awaitable[None]]
+
+
+def _service(request: Request) -> CalendarService:
+    service: CalendarService | None = getattr(request.app.state, "calendar_service", None)
+    if service is None:
+        raise HTTPException(503, "calendar linking is not available on this server")
+    return service
+
+
+def _guard(request: Request) -> CalendarGuard:
+    guard: CalendarGuard | None = getattr(request.app.state, "calendar_guard", None)
+    if guard is None:
+        raise HTTPException(403, "calendar linking is disabled")
+    return guard
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+def _back(request: Request, connection: CalendarConnection | None, target: str | None,
+          message: str) -> Response:
+    if _wants_json(request) or target is None:
+        if _wants_json(request):
+            body: dict[str, Any] = {"message": message}
+            if connection is not None:
+                body["connection"] = describe(connection)
+            return JSONResponse(body)
+        return HTMLResponse(f"<!doctype html><title>Calendar linked</title>"
+                            f"<p>{html.escape(message)}</p>")
+    return RedirectResponse(target, status_code=303)
+
+
+def _return_to(value: str | None) -> str | None:
+    # Only a path on this site: anything else would be an open redirect.
+    if value and value.startswith("/") and not value.startswith(("//", "/\\")):
+        return value
+    return None
+
+
+def describe(conn: CalendarConnection) -> dict[str, Any]:
+    """A connection as shown to people: never its credentials."""
+    return {
+        "id": conn.id, "provider": conn.provider, "name": conn.name, "staff": conn.staff_id,
+        "status": conn.status, "last_error": conn.last_error,
+        "read_calendars": conn.read_calendars, "write_calendar": conn.write_calendar,
+        "synced_at": max((v.get("synced_at", "") for v in conn.sync.values()), default=None),
+    }
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+@router.get("/calendars/connect/{provider}")
+async def connect(provider: str, request: Request, staff: str,
+                  return_to: str | None = None) -> Response:
+    if provider not in OAUTH_PROVIDERS:
+        raise HTTPException(404, f"no OAuth linking for {provider!r}; CalDAV and ICS are "
+                                 "linked with a form post to /calendars/connect/{kind}")
+    business_id = await _guard(request).authorize(request, staff)
+    try:
+        url = await _service(request).start_oauth(
+            provider, business_id=business_id, staff_id=staff, return_to=_return_to(return_to))
+    except errors.BookingError as exc:
+        raise HTTPException(400 if not isinstance(exc, errors.NotFound) else 404,
+                            str(exc)) from None
+    return RedirectResponse(url, status_code=303)
+
+
+@router.api_route("/calendars/callback/{provider}", methods=["GET", "POST"])
+async def callback(provider: str, request: Request) -> Response:
+    # Google answers with a redirect (query string); Microsoft, as MSAL recommends, with a
+    # form post. Either way `state` ties it to a flow this server started.
+    if provider not in OAUTH_PROVIDERS:
+        raise HTTPException(404, "unknown provider")
+    params = dict(request.query_params)
+    if request.method == "POST":
+        params.update(await _form(request))
+    try:
+        conn, target = await _service(request).finish_oauth(provider, params)
+    except errors.InvalidRequest as exc:
+        raise HTTPException(400, str(exc)) from None
+    except errors.CalendarUnavailable as exc:
+        raise HTTPException(502, f"{provider.title()} could not complete the link: {exc}"
+                            ) from None
+    return _back(request, conn, target, f"Linked {conn.name}.")
+
+
+@router.post("/calendars/connect/{kind}")
+async def connect_form(kind: str, request: Request) -> Response:
+    if kind not in ("caldav", "ics"):
+        raise HTTPException(404, f"link {kind} calendars with GET /calendars/connect/{kind}")
+    guard = _guard(request)
+    await guard.verify_form(request)
+    form = await _form(request)
+    staff = form.get("staff", "")
+    business_id = await guard.authorize(request, staff)
+    service = _service(request)
+    try:
+        if kind == "caldav":
+            conn = await service.link_caldav(
+                business_id=business_id, staff_id=staff, url=form.get("url", "").strip(),
+                username=form.get("username", "").strip(), password=form.get("password", ""),
+                name=form.get("name") or None)
+        else:
+            conn = await service.link_ics(business_id=business_id, staff_id=staff,
+                                          source=form.get("source", "").strip(),
+                                          name=form.get("name") or None)
+    except errors.InvalidRequest as exc:
+        raise HTTPException(400, str(exc)) from None
+    except errors.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except errors.CalendarUnavailable as exc:
+        raise HTTPException(400, f"could not reach that calendar: {exc}") from None
+    return _back(request, conn, _return_to(form.get("return_to")), f"Linked {conn.name}.")
+
+
+@router.post("/calendars/{connection_id}/disconnect")
+async def disconnect(connection_id: str, request: Request) -> Response:
+    guard = _guard(request)
+    await guard.verify_form(request)
+    service = _service(request)
+    form = await _form(request) if "form" in request.headers.get("content-type", "") else {}
+    conn = await service.find(connection_id)
+    if conn is None:
+        raise HTTPException(404, f"no calendar connection {connection_id}")
+    business_id = await guard.authorize(request, conn.staff_id)
+    try:
+        await service.disconnect(connection_id, business_id=business_id)
+    except errors.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return _back(request, None, _return_to(form.get("return_to")), f"Unlinked {conn.name}.")
+
+
+# ---- notifications ------------------------------------------------------------------------
+
+
+@router.post("/calendars/notify/google")
+async def notify_google(request: Request) -> Response:
+    channel = request.headers.get("x-goog-channel-id")
+    state = request.headers.get("x-goog-resource-state")
+    if not channel:
+        return PlainTextResponse("not a Google Calendar notification", status_code=400)
+    if state == "sync":  # the channel's first message: nothing changed yet
+        return Response(status_code=200)
+    result = await _service(request).notified(
+        channel, request.headers.get("x-goog-channel-token"))
+    return _answer(result, "google", channel)
+
+
+@router.post("/calendars/notify/microsoft")
+async def notify_microsoft(request: Request) -> Response:
+    token = request.query_params.get("validationToken")
+    if token is not None:
+        # Graph's handshake: echo the token, decoded, as plain text within 10 seconds.
+        return PlainTextResponse(token, status_code=200)
+    try:
+        body = json.loads(await request.body())
+        items = body["value"]
+        assert isinstance(items, list)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return PlainTextResponse("not a Graph change notification", status_code=400)
+    service = _service(request)
+    results = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("subscriptionId"), str):
+            results.append("unknown")
+            continue
+        lifecycle = item.get("lifecycleEvent")
+        result = await service.notified(item["subscriptionId"], item.get("clientState"),
+                                        resync=lifecycle == "missed")
+        if result == "ok" and lifecycle in ("reauthorizationRequired", "subscriptionRemoved"):
+            service.renew_soon(item["subscriptionId"])
+        results.append(result)
+    if results and all(r == "forged" for r in results):
+        return _answer("forged", "microsoft", "")
+    return Response(status_code=202)
+
+
+def _answer(result: str, provider: str, channel: str) -> Response:
+    if result == "forged":
+        log.warning("rejected a %s notification with a wrong token (channel %s)", provider,
+                    channel)
+        return PlainTextResponse("wrong channel token", status_code=403)
+    if result == "unknown":
+        log.info("%s notification for unknown channel %s ignored", provider, channel)
+        return PlainTextResponse("unknown channel", status_code=404)
+    return Response(status_code=200)

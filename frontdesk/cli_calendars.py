@@ -1,0 +1,137 @@
+"""`frontdesk calendars ...` and `frontdesk keygen`: link and inspect calendars from a shell.
+
+For a business without the dashboard: CalDAV and ICS link right here (checked on save); Google
+and Microsoft print the consent URL to open in a browser, whose callback the running server
+(`frontdesk serve`, reachable at FRONTDESK_PUBLIC_BASE_URL) receives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from typing import Any
+
+from calendars.secrets import new_key
+from calendars.service import CalendarService
+from calendars.web import describe
+from frontdesk.settings import Settings
+
+
+class CalendarCommandError(Exception):
+    pass
+
+
+def add_parsers(sub: Any) -> None:
+    sub.add_parser("keygen", help="print a new FRONTDESK_SECRET_KEY")
+    c = sub.add_parser("calendars", help="link, list and sync staff calendars")
+    cs = c.add_subparsers(dest="calendars_command", required=True)
+
+    s = cs.add_parser("list", help="linked calendars and their sync state")
+    s.add_argument("--business")
+    s.add_argument("--staff")
+    s.add_argument("--json", action="store_true")
+
+    s = cs.add_parser("link", help="link a calendar account for a staff member")
+    s.add_argument("provider", choices=["google", "microsoft", "caldav", "ics"])
+    s.add_argument("--business")
+    s.add_argument("--staff", required=True)
+    s.add_argument("--url", help="CalDAV: the server or calendar URL "
+                                 "(iCloud: https://caldav.icloud.com/)")
+    s.add_argument("--username", help="CalDAV: the account name (iCloud: your Apple ID)")
+    s.add_argument("--password-stdin", action="store_true",
+                   help="CalDAV: read the (app-specific) password from stdin instead of asking")
+    s.add_argument("--source", help="ICS: an absolute file path or an https:// feed URL")
+    s.add_argument("--name", help="a label for the link")
+
+    s = cs.add_parser("show", help="the calendars inside a linked account")
+    s.add_argument("id")
+
+    s = cs.add_parser("use", help="choose which calendars count as busy and get bookings")
+    s.add_argument("id")
+    s.add_argument("--business")
+    s.add_argument("--read", required=True, help="comma-separated calendar ids")
+    s.add_argument("--write", help="the calendar bookings are written to")
+
+    s = cs.add_parser("unlink", help="unlink a calendar account")
+    s.add_argument("id")
+    s.add_argument("--business")
+
+    cs.add_parser("sync", help="refresh caches, renew subscriptions, retry calendar writes")
+
+
+def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    print(new_key())
+    return 0
+
+
+def cmd_calendars(args: argparse.Namespace, settings: Settings) -> int:
+    from frontdesk.app import build_scheduler, calendar_service
+
+    scheduler = build_scheduler(settings)
+    service = calendar_service(scheduler)
+    assert service is not None
+    return asyncio.run(_calendars(args, service, scheduler))
+
+
+async def _calendars(args: argparse.Namespace, service: CalendarService, scheduler: Any) -> int:
+    command = args.calendars_command
+    if command == "sync":
+        await service.tick()
+        await service.wait_pokes()
+        print("calendars synced")
+        return 0
+    if command == "show":
+        for cal in await service.list_calendars(args.id):
+            flags = [f for f, on in (("primary", cal.primary), ("read-only", not cal.writable))
+                     if on]
+            print(f"{cal.id}\t{cal.name}" + (f"\t({', '.join(flags)})" if flags else ""))
+        return 0
+    business_id = await scheduler.resolve_business(args.business)
+    if command == "list":
+        rows = [describe(c) for c in await service.connections(business_id, args.staff)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print("no linked calendars")
+        for row in [] if args.json else rows:
+            error = f"  ({row['last_error']})" if row["last_error"] else ""
+            print(f"{row['id']}  {row['staff']}  {row['provider']}  {row['name']}  "
+                  f"{row['status']}  synced {row['synced_at'] or 'never'}{error}")
+        return 0
+    if command == "unlink":
+        await service.disconnect(args.id, business_id=business_id)
+        print(f"{args.id} unlinked")
+        return 0
+    if command == "use":
+        read = [c.strip() for c in args.read.split(",") if c.strip()]
+        conn = await service.choose_calendars(args.id, business_id=business_id, read=read,
+                                              write=args.write)
+        print(f"{conn.id}: reading {', '.join(conn.read_calendars)}; "
+              f"writing {conn.write_calendar or 'nowhere'}")
+        return 0
+    assert command == "link"
+    if args.provider in ("google", "microsoft"):
+        url = await service.start_oauth(args.provider, business_id=business_id,
+                                        staff_id=args.staff)
+        print("Open this address in a browser and allow access; the running server "
+              f"({service.public_base_url}) finishes the link:")
+        print(url)
+        return 0
+    if args.provider == "caldav":
+        if not args.url or not args.username:
+            raise CalendarCommandError("CalDAV needs --url and --username")
+        password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                    else getpass.getpass("CalDAV password (app-specific for iCloud): "))
+        conn = await service.link_caldav(business_id=business_id, staff_id=args.staff,
+                                         url=args.url, username=args.username,
+                                         password=password, name=args.name)
+    else:
+        if not args.source:
+            raise CalendarCommandError("ICS needs --source")
+        conn = await service.link_ics(business_id=business_id, staff_id=args.staff,
+                                      source=args.source, name=args.name)
+    print(f"{conn.id}: linked {conn.name} for {args.staff} ({conn.status})")
+    return 0
