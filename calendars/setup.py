@@ -32,7 +32,8 @@ def build_oauth(settings: Settings) -> dict[str, OAuthClient]:
     if settings.google_client_id and settings.google_client_secret:
         clients["google"] = GoogleOAuth(
             settings.google_client_id, settings.google_client_secret.get_secret_value(),
-            auth_url=settings.google_auth_url, token_url=settings.google_token_url)
+            auth_url=settings.google_auth_url, token_url=settings.google_token_url,
+            api_base_url=settings.google_api_base_url)
     if settings.microsoft_client_id and settings.microsoft_client_secret:
         clients["microsoft"] = MicrosoftOAuth(
             settings.microsoft_client_id, settings.microsoft_client_secret.get_secret_value(),

@@ -33,7 +33,7 @@ from booking.busy import NoWriter
 from booking.clock import FixedClock
 from booking.models import CalendarChannel, CalendarConnection, SyncState
 from booking.scheduler import Scheduler
-from calendars.base import TokenSet
+from calendars.base import NeedsRelink, TokenSet
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
 from frontdesk.app import create_app
@@ -124,10 +124,14 @@ async def _serve(app: Any) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def linked(kind: str, engine: Engine) -> AsyncIterator[Linked]:
+async def linked(kind: str, engine: Engine, *, link: bool = True) -> AsyncIterator[Linked]:
     module = importlib.import_module(f"tests.calendars.{kind}_harness")
     clock = Clock()
-    async with module.harness() as h:
+    # Generous time limits: this machine is shared with the rest of the suite.
+    options = {"microsoft": {"timeout": 2.0}}.get(kind, {})
+    async with module.harness(**options) as h:
+        if kind == "microsoft":
+            h.extra["graph"].timeout_delay = 3.0  # a "timeout" fault still outlasts the limit
         oauth = {kind: h.extra["oauth"]} if kind in ("google", "microsoft") else {}
         service = CalendarService(engine=engine, vault=Vault(new_key()),
                                   providers={kind: h.provider}, oauth=oauth, now=clock)
@@ -139,6 +143,9 @@ async def linked(kind: str, engine: Engine) -> AsyncIterator[Linked]:
         app.state.calendar_service = service
         async with _serve(app) as base_url:
             service.public_base_url = base_url
+            if not link:
+                yield Linked(kind, h, service, scheduler, None, clock, base_url)  # type: ignore
+                return
             if kind == "caldav":
                 conn = await service.link_caldav(
                     business_id="clinic", staff_id="lee", url=h.account.settings["url"],
@@ -217,7 +224,7 @@ async def test_a_timed_out_first_write_is_finished_by_the_retry_job_exactly_once
         with pytest.raises(errors.CalendarUnavailable):
             await link.service.sync_appointment(booked.id)
         assert await _sync_state(link, booked.id) == SyncState.NOT_SYNCED
-        await asyncio.sleep(1.5)  # the server finishes the timed-out request
+        await asyncio.sleep(3.5)  # the server finishes the timed-out request
         link.clock.value += timedelta(minutes=5)  # past the retry back-off
         assert await link.service.retry_pending() == 1
         events = await link.harness.events()
@@ -282,3 +289,69 @@ async def test_forged_and_unknown_notifications_are_refused(kind: str, clinic: E
         assert forged.status_code == 403
         assert unknown.status_code in (202, 404)
         assert good.status_code in (200, 202)
+
+
+async def _consent(link: Linked, url: str) -> httpx.Response:
+    """The person's browser: visit the provider's consent page, come back to our callback."""
+    async with httpx.AsyncClient() as browser:
+        if link.kind == "google":
+            consent = await browser.get(url)
+            assert consent.status_code == 302
+            return await browser.get(consent.headers["location"])
+        module = importlib.import_module("tests.calendars.microsoft_harness")
+        fields = await module.browser_visit(link.harness.extra["graph"], url)
+        return await browser.post(f"{link.base_url}/calendars/callback/microsoft", data=fields)
+
+
+@pytest.mark.parametrize("kind", ["google", "microsoft"])
+async def test_linking_through_the_browser_with_state_and_pkce(kind: str, clinic: Engine
+                                                               ) -> None:
+    async with linked(kind, clinic, link=False) as link:
+        async with httpx.AsyncClient(base_url=link.base_url) as client:
+            # Without a dashboard log-in or the API key: sent to log in, nothing started.
+            anonymous = await client.get(f"/calendars/connect/{kind}", params={"staff": "lee"})
+            assert anonymous.status_code == 303
+            assert anonymous.headers["location"].startswith("/login")
+            started = await client.get(f"/calendars/connect/{kind}", params={"staff": "lee"},
+                                       headers={"Authorization": f"Bearer {API_KEY}"})
+        assert started.status_code == 303
+        consent_url = started.headers["location"]
+        assert "code_challenge=" in consent_url and "state=" in consent_url
+        back = await _consent(link, consent_url)
+        assert back.status_code == 200, back.text
+        [conn] = await link.service.connections("clinic", "lee")
+        assert conn.provider == kind and conn.status == "ok"
+        assert conn.read_calendars and conn.write_calendar
+        assert all(state.get("synced_at") for state in conn.sync.values())  # cache filled
+        assert "refresh_token" not in conn.secret  # stored encrypted, not as JSON
+        assert link.service.vault.open(conn.secret)["refresh_token"]
+
+        # A state is good for one callback only; a made-up one is refused.
+        async with httpx.AsyncClient(base_url=link.base_url) as client:
+            forged = await client.get(f"/calendars/callback/{kind}",
+                                      params={"code": "x", "state": "made-up"})
+        assert forged.status_code == 400
+        assert len(await link.service.connections("clinic", "lee")) == 1
+
+
+@pytest.mark.parametrize("kind", ["google", "microsoft"])
+async def test_a_revoked_grant_asks_for_relinking_and_search_goes_on(
+        kind: str, clinic: Engine) -> None:
+    async with linked(kind, clinic) as link:
+        before = await link.starts()
+        if kind == "google":
+            fake = link.harness.extra["fake"]
+            fake.revoke(link.harness.extra["email"])
+            fake.expire_access_tokens()
+        else:
+            graph = link.harness.extra["graph"]
+            graph.revoke_refresh_tokens()
+            graph.expire_access_tokens()
+        link.service._accounts.clear()
+        with pytest.raises(NeedsRelink):
+            await link.service.refresh(link.connection.id)
+        [conn] = await link.service.connections("clinic", "lee")
+        assert conn.status == "needs_relink" and conn.last_error
+        # Slot search keeps going on what the cache knew; nothing crashes.
+        link.clock.value += link.service.max_age * 2
+        assert await link.starts() == before
