@@ -1,0 +1,115 @@
+"""`frontdesk keygen` and `frontdesk calendars ...` as a user types them, against Radicale."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import caldav
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+from frontdesk.cli import main
+from tests.calendars.radicale_server import PASSWORD, USERNAME, RadicaleServer, start_radicale
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-business.yaml"
+
+
+@pytest.fixture(scope="module")
+def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
+    server = start_radicale(tmp_path_factory.mktemp("radicale"))
+    client = caldav.DAVClient(url=server.principal_url, username=USERNAME, password=PASSWORD,
+                              enable_rfc6764=False)
+    calendar = client.principal().make_calendar(name="Work", cal_id="work")
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
+    calendar.save_event(dtstart=start, dtend=start + timedelta(hours=1), summary="Dentist",
+                        uid="busy-1")
+    client.close()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("FRONTDESK_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("FRONTDESK_CALENDAR_TIMEOUT_SECONDS", "10")
+    for name in ("FRONTDESK_SECRET_KEY", "FRONTDESK_GOOGLE_CLIENT_ID",
+                 "FRONTDESK_GOOGLE_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    return db
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def link_caldav(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                radicale: RadicaleServer, password: str) -> tuple[int, str, str]:
+    monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
+    return run(capsys, "calendars", "link", "caldav", "--staff", "lee",
+               "--url", radicale.principal_url, "--username", USERNAME, "--password-stdin")
+
+
+def test_keygen_prints_a_usable_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "keygen")
+    assert code == 0
+    Fernet(out.strip().encode())  # a valid key, or this raises
+
+
+def test_linking_needs_the_secret_key(capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      radicale: RadicaleServer) -> None:
+    run(capsys, "import", str(DEMO))
+    code, _, err = link_caldav(capsys, monkeypatch, radicale, PASSWORD)
+    assert code == 1 and "FRONTDESK_SECRET_KEY" in err
+    assert run(capsys, "calendars", "list")[1] == "no linked calendars\n"
+
+
+def test_link_list_and_unlink_a_caldav_account(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               radicale: RadicaleServer, database: Path) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    run(capsys, "import", str(DEMO))
+
+    code, _, err = link_caldav(capsys, monkeypatch, radicale, "wrong-password")
+    assert code == 1 and "error:" in err and "wrong-password" not in err
+
+    code, out, err = link_caldav(capsys, monkeypatch, radicale, PASSWORD)
+    assert code == 0, err
+    assert "linked" in out and PASSWORD not in out
+    code, out, _ = run(capsys, "calendars", "list", "--json")
+    [row] = json.loads(out)
+    assert row["provider"] == "caldav" and row["staff"] == "lee" and row["status"] == "ok"
+    assert row["synced_at"] and row["write_calendar"]
+    assert PASSWORD not in out
+
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT secret FROM calendarconnection")).scalar_one()
+        cached = conn.execute(sa.text("SELECT count(*) FROM calendar_busy")).scalar_one()
+    engine.dispose()
+    assert PASSWORD not in stored  # encrypted at rest
+    assert cached == 1  # the Dentist appointment, in the busy cache at once
+
+    code, out, _ = run(capsys, "calendars", "show", row["id"])
+    assert code == 0 and "Work" in out
+
+    assert run(capsys, "calendars", "sync")[0] == 0
+    assert run(capsys, "calendars", "unlink", row["id"])[0] == 0
+    assert run(capsys, "calendars", "list")[1] == "no linked calendars\n"
+
+
+def test_oauth_providers_say_when_they_are_not_configured(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    run(capsys, "import", str(DEMO))
+    code, _, err = run(capsys, "calendars", "link", "google", "--staff", "lee")
+    assert code == 1 and "FRONTDESK_GOOGLE_CLIENT_ID" in err
