@@ -13,7 +13,9 @@ def _default_database_url() -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FRONTDESK_", env_file=".env", extra="ignore")
+    # An empty value (`FRONTDESK_OPENAI_BASE_URL=` as in .env.example) means "the default".
+    model_config = SettingsConfigDict(env_prefix="FRONTDESK_", env_file=".env", extra="ignore",
+                                      env_ignore_empty=True)
 
     database_url: str = Field(default_factory=_default_database_url,
                               description="SQLAlchemy URL; SQLite file by default, or PostgreSQL")
