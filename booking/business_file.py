@@ -321,7 +321,7 @@ def import_business(engine: Engine, data: BusinessFile) -> ImportResult:
         business_updated = _assign(row, _business_values(info)) and not created
         session.flush()
         services = _sync(session, Service, info.id, [_service_values(s) for s in data.services])
-        staff = _sync(session, Staff, info.id, [_staff_values(s) for s in data.staff])
+        staff = _sync(session, Staff, info.id, [staff_values(s) for s in data.staff])
     return ImportResult(info.id, created, business_updated, services, staff)
 
 
@@ -368,7 +368,7 @@ def _service_values(entry: ServiceEntry) -> dict[str, Any]:
     return values
 
 
-def _staff_values(entry: StaffEntry) -> dict[str, Any]:
+def staff_values(entry: StaffEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
         "name": entry.name,

@@ -1,0 +1,180 @@
+"""Business settings for owners: greeting, policies, numbers and services, checked by the business
+file's own schema so the browser and `frontdesk import` accept exactly the same values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session, select
+from starlette.datastructures import FormData
+
+from booking.business_file import BusinessInfo, ServiceEntry
+from booking.models import Business, Service
+from dashboard.models import audit
+from dashboard.web import db
+from dashboard.web.auth import OwnerUser, WebUser, verify_csrf
+from dashboard.web.render import add_nav, render
+
+router = APIRouter(include_in_schema=False)
+add_nav("Settings", "/settings", position=40)
+
+SERVICE_FIELDS = {
+    "name": "name",
+    "duration_minutes": "duration",
+    "buffer_before_minutes": "buffer before",
+    "buffer_after_minutes": "buffer after",
+}
+BUSINESS_FIELDS = {"name": "Business name", "phone_numbers": "Phone numbers",
+                   "transfer_number": "Transfer number", "greeting": "Greeting",
+                   "policies": "Policies"}
+
+
+@dataclass
+class SettingsForm:
+    """The settings as typed, kept for redisplay when something is refused."""
+
+    business: dict[str, str]
+    services: list[dict[str, str]]
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, business: Business, services: list[Service]) -> SettingsForm:
+        return cls(
+            business={"name": business.name, "greeting": business.greeting or "",
+                      "policies": business.policies or "",
+                      "transfer_number": business.transfer_number or "",
+                      "phone_numbers": "\n".join(business.phone_numbers)},
+            services=[{"id": sv.id, **{k: str(getattr(sv, k)) for k in SERVICE_FIELDS}}
+                      for sv in services],
+        )
+
+    def phone_numbers(self) -> list[str]:
+        text = self.business["phone_numbers"].replace(",", "\n")
+        return [n.strip() for n in text.splitlines() if n.strip()]
+
+    @classmethod
+    def read(cls, form: FormData) -> SettingsForm:
+        business = {k: str(form.get(k, "")).strip() for k in BUSINESS_FIELDS}
+        columns = {k: form.getlist(f"svc_{k}") for k in ("id", *SERVICE_FIELDS)}
+        services = [
+            {k: str(columns[k][i]).strip() for k in columns}
+            for i in range(len(columns["id"]))
+            if all(i < len(v) for v in columns.values())
+        ]
+        return cls(business, services)
+
+
+def _reason(error: Any) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _check_business(row: Business, form: SettingsForm) -> dict[str, Any] | None:
+    values = form.business
+    numbers = form.phone_numbers()
+    try:
+        info = BusinessInfo.model_validate({
+            "id": row.id, "name": values["name"], "timezone": row.timezone,
+            "phone_numbers": numbers, "transfer_number": values["transfer_number"] or None,
+            "greeting": values["greeting"] or None, "policies": values["policies"] or None})
+    except ValidationError as exc:
+        for e in exc.errors():
+            where = BUSINESS_FIELDS.get(str(e["loc"][0]), str(e["loc"][0]))
+            form.problems.append(f"{where}: {_reason(e)}")
+        return None
+    return info.model_dump(exclude={"id", "timezone"})
+
+
+def _check_service(row: Service, typed: dict[str, str],
+                   form: SettingsForm) -> dict[str, Any] | None:
+    values: dict[str, Any] = {"name": typed.get("name", "")}
+    for key in list(SERVICE_FIELDS)[1:]:
+        try:
+            values[key] = int(typed.get(key, ""))
+        except ValueError:
+            form.problems.append(f"{row.name}: the {SERVICE_FIELDS[key]} must be a whole number "
+                                 "of minutes")
+            return None
+    try:
+        ServiceEntry.model_validate({
+            "id": row.id, "min_notice_minutes": row.min_notice_minutes,
+            "max_days_ahead": row.max_days_ahead, "slot_step_minutes": row.slot_step_minutes,
+            "staff": row.staff_ids, **values})
+    except ValidationError as exc:
+        for e in exc.errors():
+            field_name = SERVICE_FIELDS.get(str(e["loc"][0]) if e["loc"] else "", "service")
+            form.problems.append(f"{row.name}: the {field_name} {_reason(e)}")
+        return None
+    values["name"] = values["name"].strip()
+    return values
+
+
+def _numbers_taken(s: Session, business_id: str, numbers: list[str]) -> list[str]:
+    taken = []
+    for other in s.exec(select(Business).where(Business.id != business_id)):
+        taken += [n for n in numbers if n in other.phone_numbers]
+    return taken
+
+
+def _save(s: Session, user: WebUser, form: SettingsForm, at: Any) -> bool:
+    business = s.get(Business, user.business_id)
+    assert business is not None
+    services = {sv.id: sv for sv in s.exec(select(Service).where(
+        Service.business_id == business.id))}
+    info = _check_business(business, form)
+    for number in _numbers_taken(s, business.id, form.phone_numbers()):
+        form.problems.append(f"Phone numbers: {number} already answers another business")
+    changes: list[tuple[Service, dict[str, Any]]] = []
+    for typed in form.services:
+        row = services.get(typed["id"])
+        if row is None:
+            form.problems.append("a service on the form no longer exists; reload the page")
+            continue
+        values = _check_service(row, typed, form)
+        if values is not None:
+            changes.append((row, values))
+    if form.problems or info is None:
+        return False
+    for key, value in info.items():
+        setattr(business, key, value)
+    s.add(business)
+    for row, values in changes:
+        for key, value in values.items():
+            setattr(row, key, value)
+        s.add(row)
+    audit(s, business_id=business.id, actor=user.email, user_id=user.id,
+          action="business.settings", subject=business.id,
+          details={"business": info, "services": {r.id: v for r, v in changes}}, at=at)
+    return True
+
+
+def _load(s: Session, user: WebUser) -> tuple[Business, list[Service]]:
+    business = s.get(Business, user.business_id)
+    assert business is not None
+    services = list(s.exec(select(Service).where(Service.business_id == business.id)
+                           .order_by(Service.position)))
+    return business, services
+
+
+@router.get("/settings")
+async def settings_page(request: Request, user: OwnerUser, saved: bool = False) -> Response:
+    business, services = await db.run(request, lambda s: _load(s, user))
+    return render(request, "settings.html", business=business,
+                  form=SettingsForm.of(business, services), saved=saved)
+
+
+@router.post("/settings", dependencies=[Depends(verify_csrf)])
+async def save_settings(request: Request, user: OwnerUser) -> Response:
+    form = SettingsForm.read(await request.form())
+    at = db.now(request)
+    if await db.run(request, lambda s: _save(s, user, form, at), write=True):
+        return RedirectResponse("/settings?saved=1", status_code=303)
+    business, _ = await db.run(request, lambda s: _load(s, user))
+    return render(request, "settings.html", status_code=422, business=business, form=form,
+                  saved=False)

@@ -1,0 +1,36 @@
+"""Database access for the pages: the scheduler's engine and clock, sessions in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from fastapi import Request
+from sqlmodel import Session
+
+from booking.db import session_scope
+from booking.scheduler import Scheduler
+
+T = TypeVar("T")
+
+
+def scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler  # type: ignore[no-any-return]
+
+
+def now(request: Request) -> datetime:
+    """Now from the scheduler's clock, so tests with a fixed clock see fixed pages."""
+    return scheduler(request).clock.now().astimezone(UTC)
+
+
+async def run(request: Request, fn: Callable[[Session], T], *, write: bool = False) -> T:
+    """Run `fn` in one transaction in a worker thread, so the event loop never waits."""
+    engine = scheduler(request).engine
+
+    def work() -> T:
+        with session_scope(engine, write=write) as s:
+            return fn(s)
+
+    return await asyncio.to_thread(work)

@@ -1,0 +1,51 @@
+"""A staff member's linked calendars: what is connected and how its sync stands, with the links
+into the connect flows (OAuth for Google and Microsoft, a form for CalDAV) and disconnect."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlmodel import Session, select
+
+from booking.models import CalendarConnection, Staff
+from dashboard.web import db
+from dashboard.web.auth import CurrentUser, WebUser
+from dashboard.web.render import local, render
+from dashboard.web.staff import load_member
+
+router = APIRouter(include_in_schema=False)
+
+PROVIDERS = {"google": "Google Calendar", "microsoft": "Microsoft 365", "caldav": "CalDAV",
+             "icloud": "iCloud", "ics": "ICS feed"}
+
+
+def _connections(s: Session, user: WebUser,
+                 staff_id: str) -> tuple[Staff, list[CalendarConnection]]:
+    member = load_member(s, user, staff_id)  # 404 unless this user may see them
+    rows = s.exec(select(CalendarConnection).where(
+        CalendarConnection.business_id == user.business_id,
+        CalendarConnection.staff_id == staff_id).order_by(CalendarConnection.created_at))
+    return member.staff, list(rows)
+
+
+def sync_state(row: CalendarConnection, tz: str) -> str:
+    """How the connection's sync stands, in words."""
+    if row.status != "ok":
+        return "stopped: relink needed" if row.status == "needs_relink" else "failing"
+    if row.dirty_at is not None:
+        return f"changes pending since {local(row.dirty_at, tz, '%d %b %H:%M')}"
+    if not row.sync:
+        return "not synced yet"
+    return f"up to date ({local(row.updated_at, tz, '%d %b %H:%M')})"
+
+
+@router.get("/staff/{staff_id}/calendars")
+async def calendars_page(request: Request, staff_id: str, user: CurrentUser) -> Response:
+    def load(s: Session) -> tuple[Staff, list[CalendarConnection], str]:
+        member = load_member(s, user, staff_id)
+        staff, rows = _connections(s, user, staff_id)
+        return staff, rows, member.tz.key
+
+    member, rows, tz = await db.run(request, load)
+    return render(request, "calendars.html", member=member, connections=rows,
+                  providers=PROVIDERS, synced={r.id: sync_state(r, tz) for r in rows})

@@ -1,0 +1,231 @@
+"""Try it: the owner talks to the agent as a caller would, through the phone's own engine.
+
+Each chat is an `agent.engine.Conversation` (channel "web") with the same LLM settings, tools and
+prompt as a call, kept in memory on the server under an opaque id that only its owner's account
+may use, and dropped after a while without a turn. Bookings and messages made here are real,
+as they are in `frontdesk chat`; "End call" records the lead the way hanging up does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import openai
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import Response
+
+from agent.engine import AgentEvent, CallContext, Conversation, Filler, Handoff, Speech
+from agent.llm import make_llm
+from booking import errors
+from booking.scheduler import Scheduler, check_phone
+from dashboard.web import db
+from dashboard.web.auth import OwnerUser, WebUser, verify_csrf
+from dashboard.web.render import add_nav, render
+from frontdesk.settings import Settings
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 30 * 60  # a chat nobody has typed into for this long is dropped
+MAX_CHATS = 200  # per process; the oldest goes first
+MAX_TURN_CHARS = 1000
+
+
+@dataclass
+class WebChat:
+    """One browser conversation with the agent."""
+
+    id: str
+    user_id: str
+    conversation: Conversation
+    llm: openai.AsyncOpenAI
+    last_used: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ended: bool = False
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line of the chat as the page shows it."""
+
+    who: str  # "caller" | "agent" | "filler" | "handoff"
+    text: str
+
+
+class WebChats:
+    """The chats of this process, by id, with idle expiry."""
+
+    def __init__(self, *, settings: Settings, scheduler: Scheduler,
+                 idle_seconds: float = IDLE_SECONDS, limit: int = MAX_CHATS,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.idle_seconds = idle_seconds
+        self.limit = limit
+        self._monotonic = monotonic
+        self._chats: dict[str, WebChat] = {}
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+    async def start(self, user: WebUser, *, caller_phone: str | None) -> tuple[WebChat, str]:
+        """A new chat for `user`'s business, and the agent's greeting."""
+        await self._sweep(room=1)
+        llm = make_llm(self.settings)
+        conversation = Conversation(
+            scheduler=self.scheduler, llm=llm, model=self.settings.llm_model,
+            context=CallContext(business_id=user.business_id, caller_phone=caller_phone,
+                                call_id=None, channel="web"),
+            clock=self.scheduler.clock, llm_timeout=self.settings.llm_timeout_seconds)
+        chat = WebChat(id=secrets.token_urlsafe(24), user_id=user.id,
+                       conversation=conversation, llm=llm, last_used=self._monotonic())
+        self._chats[chat.id] = chat
+        try:
+            greeting = await conversation.greeting()
+        except BaseException:
+            await self._drop(chat)
+            raise
+        return chat, greeting
+
+    async def get(self, chat_id: str, user: WebUser) -> WebChat | None:
+        """The chat, if it is `user`'s and still live."""
+        await self._sweep()
+        chat = self._chats.get(chat_id)
+        if chat is None or not secrets.compare_digest(chat.user_id, user.id):
+            return None
+        chat.last_used = self._monotonic()
+        return chat
+
+    async def say(self, chat: WebChat, text: str) -> list[Line]:
+        """One caller turn; everything the agent says or does in answer."""
+        async with chat.lock:
+            events: list[AgentEvent] = [e async for e in chat.conversation.reply(text)]
+            chat.last_used = self._monotonic()
+        lines = [_line(e) for e in events]
+        if any(isinstance(e, Handoff) for e in events):
+            await self.end(chat)
+        return lines
+
+    async def end(self, chat: WebChat) -> None:
+        """Hang up: record the lead as a call's end does, and forget the chat."""
+        async with chat.lock:
+            if chat.ended:
+                return
+            chat.ended = True
+            try:
+                await chat.conversation.finish()
+            finally:
+                await self._drop(chat)
+
+    async def aclose(self) -> None:
+        for chat in list(self._chats.values()):
+            await self._drop(chat)
+
+    async def _drop(self, chat: WebChat) -> None:
+        if self._chats.get(chat.id) is chat:
+            del self._chats[chat.id]
+        await chat.llm.close()
+
+    async def _sweep(self, *, room: int = 0) -> None:
+        """Drop idle chats (their holds run out on their own), and the oldest to make `room`."""
+        now = self._monotonic()
+        live = sorted(self._chats.values(), key=lambda c: c.last_used)
+        stale = [c for c in live if now - c.last_used > self.idle_seconds]
+        live = [c for c in live if c not in stale]
+        stale += live[:max(0, len(live) + room - self.limit)]
+        for chat in stale:
+            log.info("dropping try-it chat %s", chat.id[:6])
+            await self._drop(chat)
+
+
+def _line(event: AgentEvent) -> Line:
+    match event:
+        case Speech(text=text):
+            return Line("agent", text)
+        case Filler(text=text):
+            return Line("filler", text)
+        case Handoff(reason=reason, transfer_to=None):
+            return Line("handoff", f"The agent hung up: {reason}.")
+        case Handoff(reason=reason, transfer_to=number):
+            return Line("handoff", f"The agent would transfer the call to {number}: {reason}.")
+    raise AssertionError(event)
+
+
+def llm_configured(settings: Settings) -> bool:
+    return settings.openai_api_key is not None or settings.openai_base_url is not None
+
+
+def chats(request: Request) -> WebChats:
+    """This app's chats, made on first use."""
+    registry: WebChats | None = getattr(request.app.state, "tryit_chats", None)
+    if registry is None:
+        registry = WebChats(settings=request.app.state.settings, scheduler=db.scheduler(request))
+        request.app.state.tryit_chats = registry
+    return registry
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    registry: WebChats | None = getattr(app.state, "tryit_chats", None)
+    if registry is not None:
+        await registry.aclose()
+
+
+router = APIRouter(include_in_schema=False, lifespan=lifespan)
+add_nav("Try it", "/try")
+Chats = Annotated[WebChats, Depends(chats)]
+
+
+def _page(request: Request, *, status_code: int = 200, **context: Any) -> Response:
+    context.setdefault("chat", None)
+    context.setdefault("lines", [])
+    context.setdefault("error", None)
+    context.setdefault("notice", None)
+    context.setdefault("caller", "")
+    return render(request, "tryit.html", status_code=status_code,
+                  llm_ready=llm_configured(request.app.state.settings), **context)
+
+
+@router.get("/try")
+async def tryit_page(request: Request, user: OwnerUser) -> Response:
+    return _page(request)
+
+
+@router.post("/try/start", dependencies=[Depends(verify_csrf)])
+async def start_chat(request: Request, user: OwnerUser, registry: Chats,
+                     caller: Annotated[str, Form()] = "") -> Response:
+    try:
+        phone = check_phone(caller) if caller.strip() else None
+    except errors.InvalidRequest as exc:
+        return _page(request, status_code=422, error=exc.message, caller=caller)
+    chat, greeting = await registry.start(user, caller_phone=phone)
+    return _page(request, chat=chat, lines=[Line("agent", greeting)], caller=phone or "")
+
+
+@router.post("/try/say", dependencies=[Depends(verify_csrf)])
+async def say(request: Request, user: OwnerUser, registry: Chats,
+              chat_id: Annotated[str, Form()] = "", text: Annotated[str, Form()] = "") -> Response:
+    chat = await registry.get(chat_id, user)
+    if chat is None:
+        return render(request, "tryit_turn.html", lines=[], gone=True)
+    text = " ".join(text.split())[:MAX_TURN_CHARS]
+    if not text:
+        return render(request, "tryit_turn.html", lines=[], gone=False)
+    lines = [Line("caller", text), *await registry.say(chat, text)]
+    return render(request, "tryit_turn.html", lines=lines, gone=chat.ended)
+
+
+@router.post("/try/end", dependencies=[Depends(verify_csrf)])
+async def end_chat(request: Request, user: OwnerUser, registry: Chats,
+                   chat_id: Annotated[str, Form()] = "") -> Response:
+    chat = await registry.get(chat_id, user)
+    if chat is not None:
+        await registry.end(chat)
+    return _page(request, notice="Call ended. Its lead is in the lead list, as after a real call.")

@@ -1,0 +1,56 @@
+"""Business settings: greeting, policies, numbers and services, validated like the file."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import httpx
+
+from booking.scheduler import Scheduler
+from tests.dashboard.conftest import post_form
+
+SERVICES = [("svc_id", "cleaning"), ("svc_name", "Teeth cleaning"),
+            ("svc_duration_minutes", "45"), ("svc_buffer_before_minutes", "0"),
+            ("svc_buffer_after_minutes", "15"),
+            ("svc_id", "checkup"), ("svc_name", "Checkup"), ("svc_duration_minutes", "30"),
+            ("svc_buffer_before_minutes", "0"), ("svc_buffer_after_minutes", "0")]
+
+
+def form(**changes: str) -> list[tuple[str, str]]:
+    values = {"name": "Clinic", "greeting": "", "policies": "",
+              "transfer_number": "+15550100199", "phone_numbers": "+15550100100"} | changes
+    return [*values.items(), *SERVICES]
+
+
+async def test_owner_saves_greeting_policies_numbers_and_services(
+    owner: httpx.AsyncClient, scheduler: Scheduler, accounts: dict[str, str],
+) -> None:
+    fields = form(greeting="Hello from the clinic!", policies="Cancel 24h ahead.",
+                  phone_numbers="+15550100100\n+15550100101")
+    fields = [(k, "60" if (k, v) == ("svc_duration_minutes", "30") else v) for k, v in fields]
+    r = await post_form(owner, "/settings", "/settings", fields)
+    assert r.status_code == 303, r.text
+    business = await scheduler.business("clinic")
+    assert business.greeting == "Hello from the clinic!"
+    assert business.phone_numbers == ["+15550100100", "+15550100101"]
+    services = {s.id: s for s in await scheduler.services("clinic")}
+    assert services["checkup"].duration_minutes == 60
+    found = await scheduler.availability(business_id="clinic", service_id="checkup",
+                                         first_day=date(2026, 12, 7), last_day=date(2026, 12, 7))
+    assert (found.slots[0].end - found.slots[0].start).total_seconds() == 3600
+
+
+async def test_bad_settings_are_refused_with_clear_errors(
+    owner: httpx.AsyncClient, scheduler: Scheduler, accounts: dict[str, str],
+) -> None:
+    fields = form(name="", transfer_number="555-0199", phone_numbers="+442071234567")
+    fields = [(k, "-5" if k == "svc_buffer_after_minutes" else v) for k, v in fields]
+    fields = [(k, "soon" if (k, v) == ("svc_duration_minutes", "45") else v) for k, v in fields]
+    r = await post_form(owner, "/settings", "/settings", fields)
+    assert r.status_code == 422
+    assert "Business name:" in r.text
+    assert "Transfer number: &#39;555-0199&#39; is not an E.164 phone number" in r.text
+    assert "+442071234567 already answers another business" in r.text
+    assert "Teeth cleaning: the duration must be a whole number of minutes" in r.text
+    assert "Checkup: the buffer after" in r.text
+    assert (await scheduler.business("clinic")).transfer_number == "+15550100199"
