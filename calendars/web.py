@@ -28,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import (
@@ -89,6 +90,31 @@ def _back(request: Request, connection: CalendarConnection | None, target: str |
     return RedirectResponse(target, status_code=303)
 
 
+def _staff_page(staff_id: str) -> str:
+    return f"/staff/{quote(staff_id)}/calendars"
+
+
+class LinkFailed(Exception):
+    """A linking request refused with a reason: JSON for scripts, a short page for people."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def failed(request: Request, exc: LinkFailed) -> Response:
+    log.info("calendar linking refused (%s): %s", exc.status, exc.message)
+    if _wants_json(request) or request.headers.get("authorization"):
+        return JSONResponse({"error": "calendar_link_failed", "message": exc.message},
+                            status_code=exc.status)
+    back = html.escape(request.headers.get("referer") or "/")
+    return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>Calendar not linked</title>"
+                        f"<link rel=stylesheet href=/static/app.css><main class=card>"
+                        f"<h1>The calendar was not linked</h1><p>{html.escape(exc.message)}</p>"
+                        f"<p><a href=\"{back}\">Go back</a></p></main>", status_code=exc.status)
+
+
 def _return_to(value: str | None) -> str | None:
     # Only a path on this site: anything else would be an open redirect.
     if value and value.startswith("/") and not value.startswith(("//", "/\\")):
@@ -118,12 +144,14 @@ async def connect(provider: str, request: Request, staff: str,
         raise HTTPException(404, f"no OAuth linking for {provider!r}; CalDAV and ICS are "
                                  "linked with a form post to /calendars/connect/{kind}")
     business_id = await _guard(request).authorize(request, staff)
+    target = _return_to(return_to) or (None if request.headers.get("authorization")
+                                       else _staff_page(staff))
     try:
         url = await _service(request).start_oauth(
-            provider, business_id=business_id, staff_id=staff, return_to=_return_to(return_to))
+            provider, business_id=business_id, staff_id=staff, return_to=target)
     except errors.BookingError as exc:
-        raise HTTPException(400 if not isinstance(exc, errors.NotFound) else 404,
-                            str(exc)) from None
+        return failed(request, LinkFailed(404 if isinstance(exc, errors.NotFound) else 400,
+                                          str(exc)))
     return RedirectResponse(url, status_code=303)
 
 
@@ -139,10 +167,10 @@ async def callback(provider: str, request: Request) -> Response:
     try:
         conn, target = await _service(request).finish_oauth(provider, params)
     except errors.InvalidRequest as exc:
-        raise HTTPException(400, str(exc)) from None
+        return failed(request, LinkFailed(400, str(exc)))
     except errors.CalendarUnavailable as exc:
-        raise HTTPException(502, f"{provider.title()} could not complete the link: {exc}"
-                            ) from None
+        return failed(request, LinkFailed(
+            502, f"{provider.title()} could not complete the link: {exc}"))
     return _back(request, conn, target, f"Linked {conn.name}.")
 
 
@@ -156,6 +184,8 @@ async def connect_form(kind: str, request: Request) -> Response:
     staff = form.get("staff", "")
     business_id = await guard.authorize(request, staff)
     service = _service(request)
+    target = _return_to(form.get("return_to")) or (None if request.headers.get("authorization")
+                                                   else _staff_page(staff))
     try:
         if kind == "caldav":
             conn = await service.link_caldav(
@@ -167,12 +197,14 @@ async def connect_form(kind: str, request: Request) -> Response:
                                           source=form.get("source", "").strip(),
                                           name=form.get("name") or None)
     except errors.InvalidRequest as exc:
-        raise HTTPException(400, str(exc)) from None
+        return failed(request, LinkFailed(400, str(exc)))
     except errors.NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+        return failed(request, LinkFailed(404, str(exc)))
     except errors.CalendarUnavailable as exc:
-        raise HTTPException(400, f"could not reach that calendar: {exc}") from None
-    return _back(request, conn, _return_to(form.get("return_to")), f"Linked {conn.name}.")
+        return failed(request, LinkFailed(400, f"could not reach that calendar: {exc}"))
+    except errors.BookingError as exc:  # e.g. no FRONTDESK_SECRET_KEY on this server
+        return failed(request, LinkFailed(503, str(exc)))
+    return _back(request, conn, target, f"Linked {conn.name}.")
 
 
 @router.post("/calendars/{connection_id}/disconnect")
@@ -188,8 +220,10 @@ async def disconnect(connection_id: str, request: Request) -> Response:
     try:
         await service.disconnect(connection_id, business_id=business_id)
     except errors.NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    return _back(request, None, _return_to(form.get("return_to")), f"Unlinked {conn.name}.")
+        return failed(request, LinkFailed(404, str(exc)))
+    target = _return_to(form.get("return_to")) or (None if request.headers.get("authorization")
+                                                   else _staff_page(conn.staff_id))
+    return _back(request, None, target, f"Unlinked {conn.name}.")
 
 
 # ---- notifications ------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""Linking a CalDAV calendar from the dashboard's calendars page, as staff and owners do."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from calendars.secrets import Vault, new_key
+from calendars.service import CalendarService
+from tests.calendars import caldav_harness
+from tests.calendars.harness import Harness
+from tests.conftest import NOW
+from tests.dashboard.conftest import csrf_of, post_form
+
+PAGE = "/staff/lee/calendars"
+
+
+@pytest.fixture
+async def radicale(app: FastAPI) -> AsyncIterator[tuple[Harness, CalendarService]]:
+    async with caldav_harness.harness() as h:
+        service = CalendarService(engine=app.state.scheduler.engine, vault=Vault(new_key()),
+                                  providers={"caldav": h.provider}, now=lambda: NOW)
+        app.state.calendar_service = service
+        yield h, service
+
+
+def form(h: Harness, password: str | None = None) -> dict[str, str]:
+    return {"staff": "lee", "url": h.account.settings["url"],
+            "username": h.account.settings["username"],
+            "password": password or h.account.secret["password"]}
+
+
+async def test_staff_link_and_unlink_their_own_caldav_calendar(
+        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]) -> None:
+    h, service = radicale
+    wrong = await post_form(staff, PAGE, "/calendars/connect/caldav", form(h, "nope"))
+    assert wrong.status_code == 400 and "not linked" in wrong.text and "nope" not in wrong.text
+    linked = await post_form(staff, PAGE, "/calendars/connect/caldav", form(h))
+    assert linked.status_code == 303 and linked.headers["location"] == PAGE
+    [conn] = await service.connections("clinic", "lee")
+    assert conn.status == "ok"
+    page = await staff.get(PAGE)
+    assert conn.name in page.text and "Disconnect" in page.text
+    gone = await post_form(staff, PAGE, f"/calendars/{conn.id}/disconnect", {})
+    assert gone.status_code == 303
+    assert await service.connections("clinic", "lee") == []
+
+
+async def test_linking_needs_csrf_and_the_right_person(
+        staff: httpx.AsyncClient, client_for,  # type: ignore[no-untyped-def]
+        radicale: tuple[Harness, CalendarService]) -> None:
+    h, service = radicale
+    no_token = await staff.post("/calendars/connect/caldav", data=form(h))
+    assert no_token.status_code == 403
+    # Lee may not link Rivera's calendar.
+    page = await staff.get(PAGE)
+    other = await staff.post("/calendars/connect/caldav",
+                             data={**form(h), "staff": "rivera", "csrf_token": csrf_of(page.text)})
+    assert other.status_code == 403
+    # Another business's owner cannot reach the clinic's staff at all.
+    async with client_for("owner@salon.test") as salon:
+        home = await salon.get("/staff/kim/calendars")
+        foreign = await salon.post("/calendars/connect/caldav",
+                                   data={**form(h), "csrf_token": csrf_of(home.text)})
+    assert foreign.status_code == 404
+    assert await service.connections("clinic") == []
