@@ -23,6 +23,11 @@ that event instead of writing a second copy. The UID (the event id we return) co
 The library blocks, so every call runs in a worker thread under a timeout. Whatever goes wrong
 becomes `CalendarUnavailable` (`NeedsRelink` for a refused password), whose message names the
 server by host only: the library's own error texts carry full URLs and are never passed on.
+
+Clients are kept between operations, per account (`_Clients`), with their open connections and
+the login they negotiated; an account whose server asked for Basic once gets its credentials sent
+up front by every new client, so no operation pays an unauthenticated request and its 401 (nor,
+over https, a new TLS handshake). `CaldavProvider.close` ends the kept connections.
 No busy time is cached here: `busy` is the live re-check, and the busy cache lives in the
 database, filled by `sync`.
 """
@@ -30,7 +35,12 @@ database, filled by `sync`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import threading
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +54,8 @@ import icalendar
 from caldav.elements import dav
 from caldav.elements.base import BaseElement
 from caldav.lib import error as caldav_error
+from caldav.lib.http_sync import HTTPBasicAuth
+from caldav.lib.http_sync import requests as http_library
 
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
@@ -57,6 +69,12 @@ _PRINCIPAL = "{DAV:}principal"
 # staff member's zone, which the server does not know. `events_between` cuts to the window.
 _QUERY_MARGIN = timedelta(days=1)
 _ICS_HEADERS = {"Content-Type": "text/calendar; charset=utf-8"}
+# Idle clients kept: a few per account (the live re-check reads an account's calendars at once),
+# for a bounded number of accounts, and not for long: servers drop idle connections after a
+# while (Apache after 5 s, nginx after 75 s), and a client kept past that only costs a reconnect.
+_IDLE_PER_ACCOUNT = 4
+_IDLE_ACCOUNTS = 256
+_IDLE_SECONDS = 60.0
 
 
 class _GetCtag(BaseElement):
@@ -89,6 +107,9 @@ class CaldavProvider:
     ) -> None:
         self._timeout = timeout
         self._now = now
+        self._clients = _Clients(timeout=timeout)
+        # A provider dropped without `close` still closes its idle connections.
+        self._finalizer = weakref.finalize(self, self._clients.close)
         # Collection URLs known to be calendars (listed, or checked before a first write), so
         # a write is one PUT. Radicale would take a PUT into an account's principal, where no
         # calendar app would ever show the event.
@@ -99,12 +120,12 @@ class CaldavProvider:
     async def check(self, account: Account) -> None:
         """Verify that the URL and credentials reach a calendar or an account (checked on save)."""
         link = _parse_account(account)
-        await self._run(link, "check", _collections, link)
+        await self._run(link, "check", _collections)
 
     async def list_calendars(self, account: Account) -> list[CalendarInfo]:
         """The calendars the account URL reaches: itself, or every one of a principal."""
         link = _parse_account(account)
-        found = await self._run(link, "list", _list_calendars, link)
+        found = await self._run(link, "list", _list_calendars)
         self._remember(info.id for info in found)
         return found
 
@@ -120,7 +141,7 @@ class CaldavProvider:
         _check_window(start, end)
         link = _parse_account(account)
         urls = [_calendar_url(link, calendar_id) for calendar_id in calendar_ids]
-        events = await self._run(link, "read", _read_events, link, urls, tz, start, end)
+        events = await self._run(link, "read", _read_events, urls, tz, start, end)
         return sorted(span for spans in events.values() for span in spans)
 
     async def sync(
@@ -136,7 +157,7 @@ class CaldavProvider:
         _check_window(start, end)
         link = _parse_account(account)
         url = _calendar_url(link, calendar_id)
-        return await self._run(link, "sync", _sync, link, url, tz, cursor, start, end)
+        return await self._run(link, "sync", _sync, url, tz, cursor, start, end)
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -149,7 +170,7 @@ class CaldavProvider:
         uid = event_id or event_uid(event.key)
         body = self._ics(uid, event)
         known = url in self._known_calendars
-        await self._run(link, "write", _put, link, url, uid, body, event_id is None, known)
+        await self._run(link, "write", _put, url, uid, body, event_id is None, known)
         self._remember([url])
         return uid
 
@@ -157,7 +178,7 @@ class CaldavProvider:
         """Delete the event; one that is already gone counts as deleted."""
         link = _parse_account(account)
         url = _calendar_url(link, calendar_id)
-        await self._run(link, "delete", _delete, link, url, event_id)
+        await self._run(link, "delete", _delete, url, event_id)
 
     async def watch(
         self, account: Account, *, calendar_id: str, callback_url: str, token: str
@@ -166,6 +187,11 @@ class CaldavProvider:
 
     async def stop(self, account: Account, channel: Channel) -> None:
         return None
+
+    def close(self) -> None:
+        """Close the connections kept for later operations (at shutdown). The provider stays
+        usable; operations after this open and close a connection each."""
+        self._finalizer()
 
     def _remember(self, urls: Iterable[str]) -> None:
         if len(self._known_calendars) > 10_000:
@@ -198,7 +224,7 @@ class CaldavProvider:
     async def _run(self, link: _Link, action: str, fn: Callable[..., _T], *args: Any) -> _T:
         try:
             async with asyncio.timeout(self._timeout):
-                return await asyncio.to_thread(fn, *args, timeout=self._timeout)
+                return await asyncio.to_thread(self._clients.run, link, fn, *args)
         except TimeoutError:
             raise CalendarUnavailable(
                 f"{link.name} did not answer the {action} within {self._timeout:g} s"
@@ -242,19 +268,148 @@ def _calendar_url(link: _Link, calendar_id: str) -> str:
 
 # ---- the blocking side, run in worker threads ---------------------------------------------
 
+_Key = tuple[str, str, str]
 
-@contextmanager
-def _client(link: _Link, timeout: float) -> Iterator[caldav.DAVClient]:
-    """A client for one operation, with the library's errors turned into ours."""
-    try:
-        with caldav.DAVClient(
+
+def _key(link: _Link) -> _Key:
+    # The password is part of the key (a changed one must not reuse the old login), hashed so
+    # the pool's keys are no second copy of it.
+    return link.url, link.username, hashlib.sha256(link.password.encode()).hexdigest()
+
+
+class _Clients:
+    """Authenticated `DAVClient`s kept between operations, a few per account.
+
+    A client is lent to one operation at a time and given back only when the operation went
+    well; a failed one is closed, so a broken connection is never lent again. Lending rather
+    than one client per worker thread or one per account behind a lock, because: the library
+    does not promise that a client (its niquests session, its digest state) is thread-safe;
+    the live re-check reads an account's calendars at the same moment, which a lock would
+    queue; and clients per thread would multiply the connections by the executor's size (up to
+    32 per account) and leave them out of reach of `close`.
+
+    The library sends nothing with its first request and answers the server's 401 by building
+    the login the server asked for. Accounts whose server asked for Basic are remembered, and
+    new clients for them send it up front (`auth_type="basic"`); a server that then wants
+    something else gets one more try with a client that negotiates again.
+    """
+
+    def __init__(self, *, timeout: float) -> None:
+        self._timeout = max(1, round(timeout))
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[_Key, list[tuple[float, caldav.DAVClient]]] = OrderedDict()
+        self._basic: set[_Key] = set()
+        self._closed = False
+
+    def run(self, link: _Link, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(client, link, *args)` with a kept or new client, the library's errors turned
+        into ours."""
+        key = _key(link)
+        with _translated(link):
+            client, reused = self._lend(key, link)
+            try:
+                result = _using(client, link, fn, args)
+            except Exception as exc:
+                if not (reused or client.auth_type == "basic") or not self._retry_helps(key, exc):
+                    raise
+                client = self._open(key, link)
+                result = _using(client, link, fn, args)
+            self._give_back(key, client)
+            return result
+
+    def close(self) -> None:
+        """Close every idle client; clients lent out are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle = [client for kept in self._idle.values() for _, client in kept]
+            self._idle.clear()
+        for client in idle:
+            client.close()
+
+    def _lend(self, key: _Key, link: _Link) -> tuple[caldav.DAVClient, bool]:
+        """A kept client (True) or a new one (False)."""
+        stale: list[caldav.DAVClient] = []
+        client = None
+        with self._lock:
+            kept = self._idle.get(key) or []
+            if kept:
+                since, client = kept.pop()
+                if time.monotonic() - since > _IDLE_SECONDS:
+                    # The newest is too old, so are the others.
+                    stale = [client] + [c for _, c in kept]
+                    kept.clear()
+                    client = None
+            if not kept:
+                self._idle.pop(key, None)
+        for old in stale:
+            old.close()
+        if client is not None:
+            return client, True
+        return self._open(key, link), False
+
+    def _open(self, key: _Key, link: _Link) -> caldav.DAVClient:
+        return caldav.DAVClient(
             url=link.url,
             username=link.username,
             password=link.password,
-            timeout=max(1, round(timeout)),
+            auth_type="basic" if key in self._basic else None,
+            timeout=self._timeout,
             enable_rfc6764=False,
-        ) as client:
-            yield client
+        )
+
+    def _give_back(self, key: _Key, client: caldav.DAVClient) -> None:
+        evicted: list[caldav.DAVClient] = []
+        with self._lock:
+            if isinstance(client.auth, HTTPBasicAuth):
+                if len(self._basic) > 10_000:
+                    self._basic.clear()
+                self._basic.add(key)
+            kept = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            if self._closed or len(kept) >= _IDLE_PER_ACCOUNT:
+                evicted.append(client)
+            else:
+                kept.append((time.monotonic(), client))
+            while len(self._idle) > _IDLE_ACCOUNTS:
+                _, dropped = self._idle.popitem(last=False)
+                evicted += [c for _, c in dropped]
+            if not kept:
+                self._idle.pop(key, None)
+        for old in evicted:
+            old.close()
+
+    def _retry_helps(self, key: _Key, exc: Exception) -> bool:
+        """Whether a failure of a kept client, or of Basic sent up front, may be the client's
+        and not the server's: a kept connection the server had closed (a fresh client never
+        meets that), or a 401 to Basic from a server that has changed its login scheme. Every
+        operation is safe to repeat (a write by UID with If-None-Match, a delete that counts
+        404 as done)."""
+        if isinstance(exc, caldav_error.AuthorizationError):
+            if getattr(exc, "status", None) != 401:
+                return False
+            with self._lock:
+                self._basic.discard(key)
+            return True
+        dropped = isinstance(exc, http_library.exceptions.ConnectionError)
+        return dropped and not isinstance(exc, http_library.exceptions.Timeout)
+
+
+def _using(
+    client: caldav.DAVClient, link: _Link, fn: Callable[..., _T], args: tuple[Any, ...]
+) -> _T:
+    """`fn(client, link, *args)`, closing the client when it fails."""
+    try:
+        return fn(client, link, *args)
+    except BaseException:
+        client.close()
+        raise
+
+
+@contextmanager
+def _translated(link: _Link) -> Iterator[None]:
+    """The library's errors turned into ours, named by host only."""
+    try:
+        yield
     except CalendarUnavailable:
         raise
     except caldav_error.AuthorizationError as exc:
@@ -279,13 +434,8 @@ def _status(exc: caldav_error.DAVError) -> str:
     return reason.split(" at ", 1)[0][:80] or type(exc).__name__
 
 
-def _collections(
-    link: _Link, *, timeout: float, client: caldav.DAVClient | None = None
-) -> list[caldav.Calendar]:
+def _collections(client: caldav.DAVClient, link: _Link) -> list[caldav.Calendar]:
     """The calendars the account URL names: itself, or every calendar of a principal."""
-    if client is None:
-        with _client(link, timeout) as own:
-            return _collections(link, timeout=timeout, client=own)
     kinds = _resource_types(client, link.url)
     if _CALENDAR in kinds:
         return [client.calendar(url=link.url)]
@@ -300,14 +450,13 @@ def _resource_types(client: caldav.DAVClient, url: str) -> list[str]:
     return [kinds] if isinstance(kinds, str) else list(kinds)
 
 
-def _list_calendars(link: _Link, *, timeout: float) -> list[CalendarInfo]:
-    with _client(link, timeout) as client:
-        found = []
-        for calendar in _collections(link, timeout=timeout, client=client):
-            url = str(calendar.url)
-            name = calendar.get_display_name()
-            found.append(CalendarInfo(id=url, name=str(name or _last_segment(url))))
-        return found
+def _list_calendars(client: caldav.DAVClient, link: _Link) -> list[CalendarInfo]:
+    found = []
+    for calendar in _collections(client, link):
+        url = str(calendar.url)
+        name = calendar.get_display_name()
+        found.append(CalendarInfo(id=url, name=str(name or _last_segment(url))))
+    return found
 
 
 def _last_segment(url: str) -> str:
@@ -315,24 +464,19 @@ def _last_segment(url: str) -> str:
 
 
 def _read_events(
+    client: caldav.DAVClient,
     link: _Link,
     urls: list[str],
     tz: ZoneInfo,
     start: datetime,
     end: datetime,
-    *,
-    timeout: float,
 ) -> dict[str, list[Interval]]:
     """Events overlapping `[start, end)` in the given calendars (none: the account URL's)."""
-    with _client(link, timeout) as client:
-        if urls:
-            calendars = [client.calendar(url=url) for url in urls]
-        else:
-            calendars = _collections(link, timeout=timeout, client=client)
-        found: dict[str, list[Interval]] = {}
-        for calendar in calendars:
-            _query(calendar, link, tz, start, end, into=found)
-        return found
+    calendars = [client.calendar(url=u) for u in urls] if urls else _collections(client, link)
+    found: dict[str, list[Interval]] = {}
+    for calendar in calendars:
+        _query(calendar, link, tz, start, end, into=found)
+    return found
 
 
 def _query(
@@ -362,24 +506,22 @@ def _query(
 
 
 def _sync(
+    client: caldav.DAVClient,
     link: _Link,
     url: str,
     tz: ZoneInfo,
     cursor: str | None,
     start: datetime,
     end: datetime,
-    *,
-    timeout: float,
 ) -> SyncResult:
-    with _client(link, timeout) as client:
-        calendar = client.calendar(url=url)
-        # The tag is read before the events, so a change made in between is seen next time.
-        tag = _collection_tag(calendar)
-        if tag is not None and _unchanged(cursor, tag=tag, tz=tz, start=start, end=end):
-            return SyncResult(full=False, cursor=cursor)
-        changed: dict[str, list[Interval]] = {}
-        _query(calendar, link, tz, start, end, into=changed)
-        return SyncResult(full=True, changed=changed, cursor=_cursor(tag, tz, start, end))
+    calendar = client.calendar(url=url)
+    # The tag is read before the events, so a change made in between is seen next time.
+    tag = _collection_tag(calendar)
+    if tag is not None and _unchanged(cursor, tag=tag, tz=tz, start=start, end=end):
+        return SyncResult(full=False, cursor=cursor)
+    changed: dict[str, list[Interval]] = {}
+    _query(calendar, link, tz, start, end, into=changed)
+    return SyncResult(full=True, changed=changed, cursor=_cursor(tag, tz, start, end))
 
 
 def _collection_tag(calendar: caldav.Calendar) -> str | None:
@@ -417,38 +559,35 @@ def _unchanged(
 
 
 def _put(
+    client: caldav.DAVClient,
     link: _Link,
     url: str,
     uid: str,
     body: str,
     create: bool,
     known_calendar: bool,
-    *,
-    timeout: float,
 ) -> None:
-    with _client(link, timeout) as client:
-        if not known_calendar and _CALENDAR not in _resource_types(client, url):
-            raise CalendarUnavailable(
-                f"{link.name} is not a single calendar: choose one of the account's calendars"
-            )
-        href = _event_href(url, uid)
-        if create:
-            status = client.put(href, body, headers={**_ICS_HEADERS, "If-None-Match": "*"}).status
-            if status != 412:
-                _expect(link, status, "create")
-                return
-            # Already there: an earlier attempt (maybe one whose answer was lost) created it.
-        _expect(link, client.put(href, body, headers=_ICS_HEADERS).status, "update")
-
-
-def _delete(link: _Link, url: str, uid: str, *, timeout: float) -> None:
-    with _client(link, timeout) as client:
-        try:
-            status = client.delete(_event_href(url, uid)).status
-        except caldav_error.NotFoundError:
+    if not known_calendar and _CALENDAR not in _resource_types(client, url):
+        raise CalendarUnavailable(
+            f"{link.name} is not a single calendar: choose one of the account's calendars"
+        )
+    href = _event_href(url, uid)
+    if create:
+        status = client.put(href, body, headers={**_ICS_HEADERS, "If-None-Match": "*"}).status
+        if status != 412:
+            _expect(link, status, "create")
             return
-        if status not in (404, 410):
-            _expect(link, status, "delete")
+        # Already there: an earlier attempt (maybe one whose answer was lost) created it.
+    _expect(link, client.put(href, body, headers=_ICS_HEADERS).status, "update")
+
+
+def _delete(client: caldav.DAVClient, link: _Link, url: str, uid: str) -> None:
+    try:
+        status = client.delete(_event_href(url, uid)).status
+    except caldav_error.NotFoundError:
+        return
+    if status not in (404, 410):
+        _expect(link, status, "delete")
 
 
 def _event_href(calendar_url: str, uid: str) -> str:

@@ -13,9 +13,11 @@
   timed-out insert that did land meets 409 and updates that event instead of adding another.
 - change notifications through `events.watch` channels, ended with `channels.stop`.
 
-The library blocks, so each request runs in a worker thread with its own `httplib2.Http`
-(httplib2 is not thread-safe) under the operation's time limit; the service object is built
-once per endpoint from the bundled discovery document. 429, 5xx and 403 rate-limit answers are
+The library blocks, so each request runs in a worker thread under the operation's time limit,
+with an `httplib2.Http` lent to it alone (httplib2 is not thread-safe) from the provider's
+`_Https`, which keeps them and their open connections between requests: no new TCP and TLS
+handshake per request. `GoogleProvider.close` ends them. The service object is built once per
+endpoint from the bundled discovery document. 429, 5xx and 403 rate-limit answers are
 retried with backoff (Retry-After honoured) a bounded number of times inside that limit; a 401
 refreshes the access token once. `GoogleOAuth` is the authorization-code flow with `state` and
 PKCE, over httpx.
@@ -37,6 +39,7 @@ import random
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -66,6 +69,10 @@ _MAX_QUERY_RANGE = timedelta(days=90)  # freeBusy answers 400 for ranges much lo
 _PAGE_SIZE = 2500  # events.list's largest maxResults
 _RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 _WRITE_ROLES = frozenset({"owner", "writer"})
+# Idle `httplib2.Http`s kept (each holds a connection to Google), and how long: Google's front
+# ends close idle connections after some minutes; one kept longer only costs a reconnect.
+_IDLE_HTTPS = 8
+_IDLE_SECONDS = 60.0
 DEFAULT_SCOPES = (
     "https://www.googleapis.com/auth/calendar.readonly",
     "https://www.googleapis.com/auth/calendar.events",
@@ -119,15 +126,91 @@ def _service(endpoint: str) -> Any:
         return service
 
 
-def _execute(endpoint: str, make: Callable[[Any], Any], token: str, timeout: float) -> Any:
-    """Build one request and send it with a fresh `httplib2.Http` (blocking)."""
-    request = make(_service(endpoint))
-    request.headers["authorization"] = f"Bearer {token}"
-    http = httplib2.Http(timeout=max(timeout, 0.05))
-    try:
-        return request.execute(http=http)
-    finally:
-        http.close()
+class _Https:
+    """`httplib2.Http` objects kept between requests, each lent to one request at a time.
+
+    httplib2 says: one `Http` per thread. Lending rather than one per worker thread keeps their
+    number at the most requests ever in flight at once (not the executor's size) and keeps them
+    all within reach of `close`. An `Http` comes back after an answer (an HTTP error is one);
+    one whose request failed otherwise is closed, so a broken connection is not lent again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[tuple[float, httplib2.Http]] = []
+        self._closed = False
+
+    def execute(self, endpoint: str, make: Callable[[Any], Any], token: str,
+                timeout: float) -> Any:
+        """Build one request and send it (blocking)."""
+        request = make(_service(endpoint))
+        request.headers["authorization"] = f"Bearer {token}"
+        client, kept = self._lend()
+        try:
+            return self._send(request, client, timeout)
+        except ConnectionError:
+            if not kept:
+                raise
+        # A kept connection that Google closed while it was idle, found out while sending
+        # (httplib2 itself sends again when it shows as an empty answer): once more on a new
+        # connection, as a new `Http` would have used in the first place.
+        return self._send(request, httplib2.Http(), timeout)
+
+    def close(self) -> None:
+        """Close every idle `Http`; those lent out are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle = [client for _, client in self._idle]
+            self._idle.clear()
+        for client in idle:
+            client.close()
+
+    def _send(self, request: Any, client: httplib2.Http, timeout: float) -> Any:
+        _set_timeout(client, max(timeout, 0.05))
+        try:
+            answer = request.execute(http=client)
+        except HttpError:
+            self._give_back(client)  # an answer, read to the end: the connection is fine
+            raise
+        except BaseException:
+            client.close()
+            raise
+        self._give_back(client)
+        return answer
+
+    def _lend(self) -> tuple[httplib2.Http, bool]:
+        """A kept `Http` (True) or a new one (False)."""
+        stale: list[httplib2.Http] = []
+        with self._lock:
+            since, client = self._idle.pop() if self._idle else (0.0, None)
+            if client is not None and time.monotonic() - since > _IDLE_SECONDS:
+                # The newest is too old, so are the others.
+                stale = [client, *(c for _, c in self._idle)]
+                self._idle.clear()
+                client = None
+        for old in stale:
+            old.close()
+        if client is None:
+            return httplib2.Http(), False
+        return client, True
+
+    def _give_back(self, client: httplib2.Http) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < _IDLE_HTTPS:
+                self._idle.append((time.monotonic(), client))
+                return
+        client.close()
+
+
+def _set_timeout(client: httplib2.Http, seconds: float) -> None:
+    """The time limit of the next request. httplib2 gives `timeout` to the connections it
+    opens; connections it already holds keep the one they were opened with, so they get theirs
+    here."""
+    client.timeout = seconds
+    for connection in client.connections.values():
+        connection.timeout = seconds
+        if connection.sock is not None:
+            connection.sock.settimeout(seconds)
 
 
 # ---- the provider -------------------------------------------------------------------------------
@@ -170,6 +253,14 @@ class GoogleProvider:
         self._max_retry_after = max_retry_after
         self._sleep = sleep
         self._now = now
+        self._https = _Https()
+        # A provider dropped without `close` still closes its idle connections.
+        self._finalizer = weakref.finalize(self, self._https.close)
+
+    def close(self) -> None:
+        """Close the connections kept for later requests (at shutdown). The provider stays
+        usable; requests after this open and close a connection each."""
+        self._finalizer()
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -397,7 +488,8 @@ class GoogleProvider:
                     f"{where} did not answer the {action} within {self._timeout:g} s")
             try:
                 async with asyncio.timeout(left):
-                    answer = await asyncio.to_thread(_execute, self._endpoint, make, token, left)
+                    answer = await asyncio.to_thread(
+                        self._https.execute, self._endpoint, make, token, left)
                 return answer if answer is not None else {}
             except TimeoutError:
                 raise CalendarUnavailable(

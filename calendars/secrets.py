@@ -7,6 +7,9 @@ can be rotated without losing linked calendars.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -28,6 +31,7 @@ class Vault:
 
     def __init__(self, keys: str | None) -> None:
         self._fernet: MultiFernet | None = None
+        self._raw = keys or ""
         if keys:
             try:
                 self._fernet = MultiFernet([Fernet(k.strip()) for k in keys.split(",")
@@ -61,3 +65,21 @@ class Vault:
                 "(was the key changed without keeping the old one?)") from None
         assert isinstance(result, dict)
         return result
+
+    def sign(self, text: str) -> str:
+        """A short, URL-safe HMAC of `text` under the first key (for unguessable feed URLs)."""
+        key = self._keys()[0]
+        digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest[:20]).decode().lower()
+
+    def verify(self, text: str, signature: str) -> bool:
+        """True when `signature` is `sign(text)` under any configured key (rotation-safe)."""
+        for key in self._keys():
+            digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
+            if hmac.compare_digest(base64.b32encode(digest[:20]).decode().lower(), signature):
+                return True
+        return False
+
+    def _keys(self) -> list[bytes]:
+        self._f()  # raises SecretKeyMissing without a key
+        return [base64.urlsafe_b64decode(k.strip()) for k in self._raw.split(",") if k.strip()]

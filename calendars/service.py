@@ -30,8 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import icalendar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -503,6 +505,24 @@ class CalendarService:
                 log.exception("calendar background pass failed")
             await asyncio.sleep(every)
 
+    # ---- the local calendar: a staff member's bookings as a subscribable ICS feed ----------
+
+    def feed_path(self, business_id: str, staff_id: str) -> str:
+        """The secret path of a staff member's booking feed (for a phone's calendar app)."""
+        token = self.vault.sign(f"feed\x00{business_id}\x00{staff_id}")
+        return f"/calendars/feed/{quote(business_id)}/{quote(staff_id)}/{token}.ics"
+
+    def feed_url(self, business_id: str, staff_id: str) -> str:
+        return self.public_base_url.rstrip("/") + self.feed_path(business_id, staff_id)
+
+    async def feed(self, business_id: str, staff_id: str, token: str) -> bytes:
+        """The staff member's confirmed appointments from a month ago to the horizon."""
+        if not self.vault.verify(f"feed\x00{business_id}\x00{staff_id}", token):
+            raise errors.NotFound("no such calendar feed")
+        now = self.now()
+        lo, hi = now - timedelta(days=31), now + self.horizon
+        return await self._db(lambda s: _feed(s, business_id, staff_id, lo, hi, now))
+
     # ---- linking --------------------------------------------------------------------------
 
     def redirect_uri(self, provider: str) -> str:
@@ -968,3 +988,34 @@ def _pending(s: Session, now: datetime, limit: int) -> list[str]:
         if len(due) >= limit:
             break
     return due
+
+
+def _feed(s: Session, business_id: str, staff_id: str, lo: datetime, hi: datetime,
+          now: datetime) -> bytes:
+    staff = _staff(s, business_id, staff_id)
+    business = s.get(Business, business_id)
+    assert business is not None
+    rows = s.exec(select(Appointment).where(
+        Appointment.business_id == business_id, Appointment.staff_id == staff_id,
+        Appointment.status == AppointmentStatus.CONFIRMED.value,
+        Appointment.end > lo, Appointment.start < hi).order_by(Appointment.start))
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//Frontdesk//Bookings//EN")
+    calendar.add("version", "2.0")
+    calendar.add("x-wr-calname", f"{staff.name} at {business.name} (Frontdesk)")
+    calendar.add("x-published-ttl", "PT15M")
+    for apt in rows:
+        key = _chain_root(s, apt)
+        spec = _event_spec(s, apt, key)
+        event = icalendar.Event()
+        # One UID for the whole reschedule chain: a calendar app moves the event it has.
+        event.add("uid", f"{key}@frontdesk")
+        event.add("dtstamp", now)
+        event.add("last-modified", apt.updated_at)
+        event.add("dtstart", apt.start)
+        event.add("dtend", apt.end)
+        event.add("summary", spec.summary)
+        event.add("description", spec.description)
+        event.add("status", "CONFIRMED")
+        calendar.add_component(event)
+    return calendar.to_ical()

@@ -226,6 +226,21 @@ async def disconnect(connection_id: str, request: Request) -> Response:
     return _back(request, None, target, f"Unlinked {conn.name}.")
 
 
+@router.get("/calendars/feed/{business_id}/{staff_id}/{token}.ics")
+async def feed(business_id: str, staff_id: str, token: str, request: Request) -> Response:
+    """A staff member's bookings as an ICS feed: the local calendar, for any calendar app.
+
+    The path's token is an HMAC under FRONTDESK_SECRET_KEY, so the URL is the credential."""
+    try:
+        body = await _service(request).feed(business_id, staff_id, token)
+    except errors.NotFound:
+        return PlainTextResponse("no such calendar feed", status_code=404)
+    except errors.BookingError as exc:  # no secret key configured
+        return PlainTextResponse(str(exc), status_code=503)
+    return Response(body, media_type="text/calendar; charset=utf-8",
+                    headers={"Cache-Control": "private, max-age=300"})
+
+
 # ---- notifications ------------------------------------------------------------------------
 
 

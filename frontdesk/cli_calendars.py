@@ -61,6 +61,10 @@ def add_parsers(sub: Any) -> None:
 
     cs.add_parser("sync", help="refresh caches, renew subscriptions, retry calendar writes")
 
+    s = cs.add_parser("feed", help="the ICS address of a staff member's bookings")
+    s.add_argument("--business")
+    s.add_argument("--staff", required=True)
+
 
 def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
     print(new_key())
@@ -100,6 +104,9 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
             error = f"  ({row['last_error']})" if row["last_error"] else ""
             print(f"{row['id']}  {row['staff']}  {row['provider']}  {row['name']}  "
                   f"{row['status']}  synced {row['synced_at'] or 'never'}{error}")
+        return 0
+    if command == "feed":
+        print(service.feed_url(business_id, args.staff))
         return 0
     if command == "unlink":
         await service.disconnect(args.id, business_id=business_id)

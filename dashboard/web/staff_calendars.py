@@ -24,7 +24,8 @@ def _connections(s: Session, user: WebUser,
     member = load_member(s, user, staff_id)  # 404 unless this user may see them
     rows = s.exec(select(CalendarConnection).where(
         CalendarConnection.business_id == user.business_id,
-        CalendarConnection.staff_id == staff_id).order_by(CalendarConnection.created_at))
+        CalendarConnection.staff_id == staff_id,
+        CalendarConnection.status != "disconnected").order_by(CalendarConnection.created_at))
     return member.staff, list(rows)
 
 
@@ -47,5 +48,10 @@ async def calendars_page(request: Request, staff_id: str, user: CurrentUser) -> 
         return staff, rows, member.tz.key
 
     member, rows, tz = await db.run(request, load)
+    service = getattr(request.app.state, "calendar_service", None)
+    feed = None
+    if service is not None and service.vault.ready:
+        feed = service.feed_url(user.business_id, staff_id)
     return render(request, "calendars.html", member=member, connections=rows,
-                  providers=PROVIDERS, synced={r.id: sync_state(r, tz) for r in rows})
+                  providers=PROVIDERS, synced={r.id: sync_state(r, tz) for r in rows},
+                  feed=feed)

@@ -73,3 +73,22 @@ async def test_a_booking_for_staff_without_a_calendar_is_marked_so(clinic: Engin
     cancelled = await scheduler.cancel(business_id="clinic", appointment_id=booked.id)
     assert cancelled.sync_state == SyncState.NO_CALENDAR
     assert await cal.retry_pending() == 0
+
+
+async def test_the_local_calendar_feed_lists_bookings_and_moves_them(clinic: Engine) -> None:
+    from calendars.secrets import new_key
+
+    cal = CalendarService(engine=clinic, vault=Vault(new_key()), providers={}, now=lambda: NOW)
+    scheduler = Scheduler(engine=clinic, calendars=cal, writer=cal, clock=FixedClock(NOW))
+    booked = await scheduler.book(business_id="clinic", service_id="checkup", staff_id="lee",
+                                  start=datetime(2026, 12, 1, 9, tzinfo=NY), name="Ada",
+                                  phone="+15550142200")
+    moved = await scheduler.reschedule(business_id="clinic", appointment_id=booked.id,
+                                       start=datetime(2026, 12, 1, 10, tzinfo=NY))
+    token = cal.feed_path("clinic", "lee").rsplit("/", 1)[1].removesuffix(".ics")
+    body = (await cal.feed("clinic", "lee", token)).decode()
+    assert body.count("BEGIN:VEVENT") == 1
+    assert f"UID:{booked.id}@frontdesk" in body  # the same event, moved
+    assert "DTSTART:20261201T150000Z" in body and "Ada" in body and moved.id in body
+    with pytest.raises(errors.NotFound):
+        await cal.feed("clinic", "rivera", token)  # a token opens one staff member's feed only
