@@ -5,11 +5,12 @@ from its number, with their transcripts; leads linked to it or logged with its n
 status history; its appointments; and outbox events (and the webhook deliveries copied from them)
 whose payload names the contact, its number, or one of those records.
 
-Erasing deletes the contact, its calls and leads, and scrubs names and numbers from its outbox
-events and their webhook deliveries. Appointments stay for the calendar, moved to the business's
-anonymous placeholder contact, with their notes cleared; those already written to a calendar are
-marked for the write-back job to rewrite without the name. One audit entry records who erased
-what and when, by ids and counts only: the audit log must not keep what was erased.
+Erasing deletes the contact, its calls and leads (and any hold in its name), and scrubs names and
+numbers from its outbox events, their webhook deliveries and earlier audit entries about them.
+Appointments stay for the calendar, moved to the business's anonymous placeholder contact, with
+their notes cleared; those already written to a calendar are marked for the write-back job to
+rewrite without the name. One audit entry records who erased what and when, by ids and counts
+only: the audit log must not keep what was erased.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, select
 
 from booking import errors
-from booking.models import Appointment, Call, Contact, Lead, OutboxEvent, SyncState
-from dashboard.models import LeadStatusChange, audit
+from booking.models import Appointment, Call, Contact, Hold, Lead, OutboxEvent, SyncState
+from dashboard.models import AuditLog, LeadStatusChange, audit
 from dashboard.webhook_models import WebhookDelivery
 from dashboard.webhooks import message_body
 
 # The placeholder's phone: not a number, so no caller's lookup can ever match it.
 ANONYMOUS_PHONE = ""
 PERSONAL_KEYS = frozenset({"name", "phone", "email", "from_number", "caller_phone", "notes",
-                           "reason", "summary", "transcript"})
+                           "note", "reason", "summary", "transcript"})
 EXPORT_VERSION = 1
 
 
@@ -188,6 +189,16 @@ def erase(s: Session, *, business_id: str, contact_id: str, actor: str, user_id:
         apt.updated_at = at
         s.add(apt)
     deliveries = _scrub_events(s, found.events)
+    # Earlier audit entries about these records may quote them (a status note): keep the
+    # entries, empty the quotes.
+    for entry in s.exec(select(AuditLog).where(
+            AuditLog.business_id == business_id,
+            AuditLog.subject.in_([found.contact.id, *lead_ids, *call_ids]))):  # type: ignore[attr-defined]
+        entry.details = scrub(entry.details)
+        s.add(entry)
+    # A hold may name its holder by number or by call, until it is cleaned up.
+    s.execute(sa.delete(Hold).where(Hold.business_id == business_id, Hold.holder.in_(  # type: ignore[attr-defined]
+        [found.contact.phone, *(f"call:{c}" for c in call_ids)])))
     if lead_ids:
         s.execute(sa.delete(LeadStatusChange).where(
             LeadStatusChange.lead_id.in_(lead_ids)))  # type: ignore[attr-defined]

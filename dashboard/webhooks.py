@@ -46,6 +46,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from booking import errors
 from booking.clock import Clock, SystemClock
@@ -290,7 +291,6 @@ class WebhookDispatcher:
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
                                          transport=transport)
         self._limit = asyncio.Semaphore(concurrency)
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -318,10 +318,6 @@ class WebhookDispatcher:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="webhook-dispatcher")
 
-    def wake(self) -> None:
-        """Poll now rather than at the next interval."""
-        self._wake.set()
-
     async def run(self) -> None:
         next_prune = 0.0
         while True:
@@ -333,12 +329,8 @@ class WebhookDispatcher:
             except Exception:
                 log.exception("webhook dispatch failed; trying again shortly")
                 busy = False
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._wake.wait()
-            self._wake.clear()
+            if not busy:
+                await asyncio.sleep(self.poll_interval)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -359,6 +351,9 @@ class WebhookDispatcher:
     async def fan_out(self) -> int:
         """Turn one batch of new outbox events into deliveries; how many events it took."""
         now = self.clock.now()
+        # A read first: an idle poll must not queue for SQLite's write lock every second.
+        if not await self._db(lambda s: bool(s.exec(_new_events(s).limit(1)).first())):
+            return 0
         try:
             return await self._db(lambda s: _fan_out(s, now, self.batch), write=True)
         except IntegrityError:
@@ -375,6 +370,8 @@ class WebhookDispatcher:
     async def deliver_due(self) -> int:
         now = self.clock.now()
         lease = timedelta(seconds=self.timeout + 30)
+        if not await self._db(lambda s: bool(s.exec(_due(now).limit(1)).first())):
+            return 0
         due = await self._db(lambda s: _claim(s, now, lease, self.batch), write=True)
         if due:
             await asyncio.gather(*(self._attempt(d) for d in due))
@@ -420,19 +417,25 @@ class WebhookDispatcher:
 
 def _delivery(s: Session, delivery_id: str) -> WebhookDelivery:
     row = s.get(WebhookDelivery, delivery_id)
-    assert row is not None
+    if row is None:
+        raise errors.NotFound("the webhook was deleted meanwhile")
     return row
 
 
-def _fan_out(s: Session, now: datetime, batch: int) -> int:
+def _new_events(s: Session) -> SelectOfScalar[OutboxEvent]:
+    """Outbox events not fanned out yet, oldest first, from the scan window on."""
     floor = s.exec(select(sa.func.max(WebhookFanout.event_created_at))).one()
     q = (select(OutboxEvent)
          .outerjoin(WebhookFanout, WebhookFanout.event_id == OutboxEvent.id)  # type: ignore[arg-type]
          .where(WebhookFanout.event_id.is_(None)))  # type: ignore[union-attr]
     if floor is not None:
         q = q.where(OutboxEvent.created_at >= floor - FANOUT_LAG)
-    q = (q.order_by(OutboxEvent.created_at, OutboxEvent.id).limit(batch)
-         .with_for_update(skip_locked=True, of=OutboxEvent))  # type: ignore[arg-type]
+    return q.order_by(OutboxEvent.created_at, OutboxEvent.id)
+
+
+def _fan_out(s: Session, now: datetime, batch: int) -> int:
+    q = _new_events(s).limit(batch).with_for_update(
+        skip_locked=True, of=OutboxEvent)  # type: ignore[arg-type]
     events = list(s.exec(q))
     if not events:
         return 0
@@ -464,19 +467,24 @@ def _prune(s: Session, before: datetime) -> int:
     return int(gone.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def _due(now: datetime) -> SelectOfScalar[WebhookDelivery]:
+    """Pending deliveries whose time has come, to active endpoints, most overdue first."""
+    return (select(WebhookDelivery)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)  # type: ignore[arg-type]
+            .where(WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                   WebhookDelivery.next_attempt_at <= now,
+                   Webhook.active == True)  # noqa: E712
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id))
+
+
 def _claim(s: Session, now: datetime, lease: timedelta, batch: int) -> list[_Due]:
-    rows = s.exec(
-        select(WebhookDelivery, Webhook)
-        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)  # type: ignore[arg-type]
-        .where(WebhookDelivery.status == DeliveryStatus.PENDING.value,
-               WebhookDelivery.next_attempt_at <= now,
-               Webhook.active == True)  # noqa: E712
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-        .limit(batch)
-        .with_for_update(skip_locked=True, of=WebhookDelivery)  # type: ignore[arg-type]
-    ).all()
+    rows = list(s.exec(_due(now).limit(batch).with_for_update(
+        skip_locked=True, of=WebhookDelivery)))  # type: ignore[arg-type]
+    hooks = {h.id: h for h in s.exec(select(Webhook).where(
+        Webhook.id.in_({d.webhook_id for d in rows})))}  # type: ignore[attr-defined]
     due = []
-    for delivery, hook in rows:
+    for delivery in rows:
+        hook = hooks[delivery.webhook_id]
         delivery.claim = uuid.uuid4().hex
         delivery.next_attempt_at = now + lease
         s.add(delivery)

@@ -16,7 +16,7 @@ from booking.calls import CallLog
 from booking.db import session_scope
 from booking.models import Appointment, Contact, OutboxEvent
 from booking.scheduler import Scheduler
-from dashboard.models import AuditLog, LeadStatusChange
+from dashboard.models import AuditLog, LeadStatusChange, audit
 from dashboard.webhook_models import WebhookDelivery
 from dashboard.webhooks import WebhookDispatcher, Webhooks
 from tests.conftest import count_rows
@@ -66,6 +66,11 @@ async def world(scheduler: Scheduler, accounts: dict[str, str]) -> World:
         s.add(LeadStatusChange(business_id="clinic", lead_id=lead.id, from_status="new",
                                to_status="contacted", note="Called Ann back", actor="owner",
                                at=START - timedelta(days=1)))
+        audit(s, business_id="clinic", actor="owner@clinic.test", action="lead.status",
+              subject=lead.id, at=START - timedelta(days=1),
+              details={"from": "new", "to": "contacted", "note": "Called Ann back"})
+    await scheduler.hold(business_id="clinic", service_id="cleaning", staff_id="lee",
+                         start=START + timedelta(hours=2), holder=ANN)
     bob_call = await _call(scheduler, "clinic", "CA2", BOB, "Bob asking about prices")
     await scheduler.record_lead(business_id="clinic", phone=BOB, name="Bob Jones",
                                 reason="prices", call_id=bob_call)
@@ -139,6 +144,7 @@ async def test_erasing_deletes_calls_and_leads_and_keeps_the_appointment_anonymi
     assert count_rows(engine, "SELECT count(*) FROM call WHERE id = :i", i=world.ann_call) == 0
     assert count_rows(engine, "SELECT count(*) FROM lead WHERE id = :i", i=world.ann_lead) == 0
     assert count_rows(engine, "SELECT count(*) FROM lead_status_change") == 0
+    assert count_rows(engine, "SELECT count(*) FROM hold") == 0
     # Kept: the appointment, still blocking the calendar, with nobody's name on it.
     with session_scope(engine) as s:
         apt = s.get(Appointment, world.appointment)
@@ -156,6 +162,9 @@ async def test_erasing_deletes_calls_and_leads_and_keeps_the_appointment_anonymi
                 "SELECT * FROM appointment", "SELECT * FROM audit_log"):
         leftovers = dump(engine, sql)
         assert "Ann" not in leftovers and ANN not in leftovers and "latex" not in leftovers, sql
+    with session_scope(engine) as s:
+        [status] = s.exec(select(AuditLog).where(AuditLog.action == "lead.status")).all()
+    assert status.details == {"from": "new", "to": "contacted", "note": None}
     # Who erased what, when: ids and counts, no personal data.
     with session_scope(engine) as s:
         [entry] = s.exec(select(AuditLog).where(AuditLog.action == "contact.delete")).all()
