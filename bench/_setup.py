@@ -134,7 +134,14 @@ def _merged(intervals: Sequence[Interval]) -> list[Interval]:
 def delete_business(engine: Engine, business_id: str) -> None:
     """Remove one business and every row of it (only ever a bench business)."""
     with engine.execution_options(frontdesk_write=True).begin() as conn:
-        for table in ("lead", "appointment", "hold", "call", "contact", "staff", "service"):
+        conn.execute(sa.text(
+            "DELETE FROM calendar_busy WHERE business_id = :b"), {"b": business_id})
+        for table in ("calendarchannel", "calendarevent"):
+            conn.execute(sa.text(
+                f'DELETE FROM "{table}" WHERE connection_id IN '
+                "(SELECT id FROM calendarconnection WHERE business_id = :b)"), {"b": business_id})
+        for table in ("lead_status_change", "lead", "outboxevent", "calendarconnection",
+                      "appointment", "hold", "call", "contact", "staff", "service"):
             conn.execute(sa.text(f'DELETE FROM "{table}" WHERE business_id = :b'),
                          {"b": business_id})
         conn.execute(sa.text("DELETE FROM business WHERE id = :b"), {"b": business_id})
