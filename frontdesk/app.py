@@ -19,7 +19,7 @@ from booking.scheduler import Scheduler
 from calendars import web as calendar_web
 from calendars.service import CalendarService
 from calendars.setup import build_calendar_service
-from dashboard import api, http_errors, web, webhooks
+from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
 from frontdesk.settings import Settings
 from telephony import voice
@@ -110,6 +110,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     app.state.api_key = key
     http_errors.install(app)
     app.include_router(api.router)
+    app.include_router(staff_api.router)
     app.include_router(voice.router)
     app.include_router(web.router)
     app.include_router(calendar_web.router)
