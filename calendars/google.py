@@ -131,8 +131,10 @@ class _Https:
 
     httplib2 says: one `Http` per thread. Lending rather than one per worker thread keeps their
     number at the most requests ever in flight at once (not the executor's size) and keeps them
-    all within reach of `close`. An `Http` comes back after an answer (an HTTP error is one);
-    one whose request failed otherwise is closed, so a broken connection is not lent again.
+    all within reach of `close`. An `Http` comes back after an answer, 4xx ones included; one
+    whose request failed otherwise is closed, so a broken connection is not lent again, and so
+    is one answered 429 or 5xx: Google balances load by connection, and the retry is better off
+    on a new one than stuck to a front end that is failing.
     """
 
     def __init__(self) -> None:
@@ -169,8 +171,11 @@ class _Https:
         _set_timeout(client, max(timeout, 0.05))
         try:
             answer = request.execute(http=client)
-        except HttpError:
-            self._give_back(client)  # an answer, read to the end: the connection is fine
+        except HttpError as exc:
+            if exc.status_code == 429 or exc.status_code >= 500:
+                client.close()
+            else:
+                self._give_back(client)  # an answer, read to the end: the connection is fine
             raise
         except BaseException:
             client.close()

@@ -187,13 +187,18 @@ class CalendarService:
                          end: datetime) -> list[Interval]:
         account = await self.account(conn)
         provider = self.provider(conn.provider)
-        own = await self._db(lambda s: _own_event_ids(s, conn.id))
+        own_ids = asyncio.ensure_future(self._db(lambda s: _own_event_ids(s, conn.id)))
         try:
             results = await asyncio.gather(*(
                 provider.sync(account, calendar_id=cal, tz=tz, cursor=None, start=start, end=end)
                 for cal in conn.read_calendars))
+            own = await own_ids
         except NeedsRelink as exc:
+            await asyncio.gather(own_ids, return_exceptions=True)
             await self._mark(conn.id, "needs_relink", str(exc))
+            raise
+        except BaseException:
+            await asyncio.gather(own_ids, return_exceptions=True)
             raise
         return [iv for r in results for key, ivs in r.changed.items() if key not in own
                 for iv in ivs]
@@ -275,6 +280,18 @@ class CalendarService:
     async def find(self, connection_id: str) -> CalendarConnection | None:
         conn = await self._db(lambda s: s.get(CalendarConnection, connection_id))
         return conn if conn is not None and conn.status != "disconnected" else None
+
+    async def close(self) -> None:
+        """Stop background refreshes and let providers close their kept connections."""
+        for task in self._pokes.values():
+            task.cancel()
+        await asyncio.gather(*self._pokes.values(), return_exceptions=True)
+        for provider in self.providers.values():
+            closer = getattr(provider, "aclose", None) or getattr(provider, "close", None)
+            if closer is not None:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
 
     async def wait_pokes(self) -> None:
         await asyncio.gather(*self._pokes.values(), return_exceptions=True)

@@ -98,6 +98,8 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
             job.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await job
+        if service is not None:
+            await service.close()
         app.state.scheduler.engine.dispose()
 
     app = FastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -512,6 +513,55 @@ async def test_watch_is_not_offered(h: Harness, provider: CaldavProvider) -> Non
         h.account, calendar_id=h.calendar_id, callback_url="https://example.com/n", token="t"
     )
     assert channel is None
+
+
+# --- kept connections -------------------------------------------------------------------------
+
+
+async def test_after_the_first_login_reads_send_the_password_up_front(
+    h: Harness, provider: CaldavProvider, proxy: FaultProxy
+) -> None:
+    await busy(provider, h.account, [h.calendar_id])  # learns that the server wants Basic
+    seen = len(proxy.requests)
+    await busy(provider, h.account, [h.calendar_id])
+    assert proxy.requests[seen:] == [("REPORT", proxy.requests[-1][1])]  # no 401 first
+
+    # Reads at once need clients of their own; new ones log in up front as well.
+    seen = len(proxy.requests)
+    await asyncio.gather(*(busy(provider, h.account, [h.calendar_id]) for _ in range(3)))
+    assert [method for method, _ in proxy.requests[seen:]] == ["REPORT"] * 3
+
+
+async def test_a_kept_login_does_not_outlive_a_changed_password(
+    h: Harness, provider: CaldavProvider
+) -> None:
+    assert await busy(provider, h.account, [h.calendar_id]) == []
+    wrong = at(h.account, h.account.settings["url"], password="changed-on-the-phone-1")
+    with pytest.raises(NeedsRelink):
+        await busy(provider, wrong, [h.calendar_id])
+    assert await busy(provider, h.account, [h.calendar_id]) == []
+
+
+async def test_a_failed_read_does_not_spoil_the_next_one(
+    h: Harness, proxy: FaultProxy
+) -> None:
+    provider = CaldavProvider(timeout=0.5)
+    await busy(provider, h.account, [h.calendar_id])
+    proxy.fail_next("timeout")  # the kept client's request is answered too late
+    with pytest.raises(CalendarUnavailable, match="did not answer"):
+        await busy(provider, h.account, [h.calendar_id])
+    start, end = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
+    await h.add_event(start, end)
+    assert await busy(provider, h.account, [h.calendar_id]) == [(start, end)]
+    provider.close()
+
+
+async def test_a_closed_provider_still_answers(h: Harness, provider: CaldavProvider) -> None:
+    await busy(provider, h.account, [h.calendar_id])
+    provider.close()
+    start, end = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
+    await h.add_event(start, end)
+    assert await busy(provider, h.account, [h.calendar_id]) == [(start, end)]
 
 
 # --- links from a business file ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
+import httplib2
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -457,6 +458,45 @@ async def test_a_slow_google_times_out_without_stalling_the_event_loop(
 
     assert 0.9 < elapsed < 1.8
     assert ticks > elapsed / 0.02 * 0.5  # the loop kept running while Google was silent
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every TCP connection the provider opens to the fake."""
+    opened: list[str] = []
+    connect = httplib2.HTTPConnectionWithTimeout.connect
+
+    def counted(self: httplib2.HTTPConnectionWithTimeout) -> None:
+        opened.append(f"{self.host}:{self.port}")
+        connect(self)
+
+    monkeypatch.setattr(httplib2.HTTPConnectionWithTimeout, "connect", counted)
+    return opened
+
+
+async def test_requests_one_after_another_share_one_connection(
+        h: Harness, connects: list[str]) -> None:
+    for _ in range(4):
+        assert await busy_on(h, DAY, DAY + timedelta(days=1)) == []
+    assert len(connects) == 1
+
+
+async def test_a_timed_out_request_leaves_no_broken_connection_behind(
+        h: Harness, fake: FakeGoogleCalendar, connects: list[str]) -> None:
+    provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=0.5)
+    window = {"calendar_ids": [h.calendar_id], "tz": NY, "start": DAY,
+              "end": DAY + timedelta(days=1)}
+    assert await provider.busy(h.account, **window) == []
+    fake.timeout_delay = 1.5
+    fake.fail_next("timeout")
+    with pytest.raises(CalendarUnavailable, match="within 0.5 s"):
+        await provider.busy(h.account, **window)
+    meeting = (ny(2026, 12, 1, 9), ny(2026, 12, 1, 10))
+    await h.add_event(*meeting)
+    assert await provider.busy(h.account, **window) == [meeting]
+    assert len(connects) == 2  # the late answer's connection was not used again
+    provider.close()
+    assert await provider.busy(h.account, **window) == [meeting]  # closed, still answering
 
 
 async def test_an_expired_access_token_is_refreshed_once(

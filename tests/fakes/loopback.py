@@ -13,7 +13,10 @@ import uvicorn
 class LoopbackServer:
     def __init__(self, app: Any, *, name: str) -> None:
         self.name = name
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP: asyncio turns Nagle off only on accepted sockets of a TCP protocol, and
+        # they inherit it from the listener; with Nagle on, a kept-alive connection's every
+        # answer would wait ~40 ms.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
