@@ -29,6 +29,7 @@ from booking.clock import FixedClock  # noqa: E402
 from booking.db import session_scope  # noqa: E402
 from booking.models import Call  # noqa: E402
 from booking.scheduler import Scheduler  # noqa: E402
+from calendars.secrets import new_key  # noqa: E402
 from dashboard.users import add_user  # noqa: E402
 from dashboard.web.leads import change_status  # noqa: E402
 from frontdesk.app import build_scheduler, create_app  # noqa: E402
@@ -121,7 +122,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/demo.db",
-                            api_key=SecretStr("screenshots"))
+                            api_key=SecretStr("screenshots"), secret_key=SecretStr(new_key()),
+                            calendar_sync_seconds=0, _env_file=None)  # type: ignore[call-arg]
         scheduler = build_scheduler(settings, clock=FixedClock(NOW))
         import_business(scheduler.engine, load_business_file(ROOT / "examples" /
                                                              "demo-business.yaml"))
@@ -129,6 +131,7 @@ def main() -> int:
                  password=PASSWORD, role="owner", now=NOW)
         lead_id = asyncio.run(seed(scheduler))
         app = create_app(settings, scheduler=scheduler)
+        app.state.calendar_service = scheduler.calendars  # set by the lifespan when served
         with Server(app) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 860})
@@ -144,6 +147,10 @@ def main() -> int:
                 "appointments-week.png": "/appointments?staff=lee&day=2026-12-07",
                 "staff-hours.png": "/staff/lee?week=2026-12-07&service=checkup",
                 "settings.png": "/settings",
+                "calendars.png": "/staff/lee/calendars",
+                "integrations.png": "/integrations",
+                "tryit.png": "/try",
+                "privacy.png": "/privacy",
             }
             for name, path in shots.items():
                 page.goto(url + path)
