@@ -24,6 +24,7 @@ import openai
 from openai.types.chat import ChatCompletionChunk
 
 from agent.fallback import MessageTaking, Turn
+from agent.llm import stream_chat
 from agent.sentences import Sentences
 from agent.tools import BusinessFacts, CallState, Ending, MalformedCall, Toolbox
 from booking.clock import Clock
@@ -141,6 +142,7 @@ class Conversation:
         clock: Clock,
         llm_timeout: float = 8.0,
         filler_after: float = 0.6,
+        state: CallState | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.llm = llm
@@ -150,7 +152,8 @@ class Conversation:
         self.llm_timeout = llm_timeout
         self.filler_after = filler_after
         self.transcript: list[dict[str, Any]] = []
-        self._state = CallState()
+        self._state = state or CallState()
+        self._carried_on = False
         self._messages: list[dict[str, Any]] = []
         self._facts: BusinessFacts | None = None
         self._toolbox: Toolbox | None = None
@@ -173,17 +176,26 @@ class Conversation:
         """Appointment ids cancelled in this conversation (for confirmations)."""
         return self._state.cancelled
 
+    @property
+    def lead_recorded(self) -> bool:
+        """Whether the call already has its lead (a message was taken)."""
+        return self._state.lead is not None
+
     # ---- the interface --------------------------------------------------------------------
 
     async def greeting(self) -> str:
         """The business's greeting (or a default); it opens the history the model sees."""
         facts = await self._setup()
         text = facts.business.greeting or DEFAULT_GREETING.format(name=facts.business.name)
+        self._open_with(text)
+        return text
+
+    def _open_with(self, text: str) -> None:
+        """Start the history with what the caller heard first (the system prompt goes before)."""
         if not self._greeted:
             self._greeted = True
             self._messages.append({"role": "assistant", "content": text})
             self._note("agent", text)
-        return text
 
     async def reply(self, text: str) -> AsyncIterator[AgentEvent]:
         """One caller turn: speech as it is produced, tools run until the model has answered."""
@@ -209,6 +221,23 @@ class Conversation:
             self._cut(said, remaining)
             remaining = ""
 
+    def carry_on(self, *, said: str, unanswered: str) -> Conversation:
+        """The call's next conversation, after this one handed it to a person who did not answer.
+
+        It shares this call's state (bookings, the caller's name, the lead), so the call still
+        ends as one lead; its history opens with `said`, what the caller hears on coming back.
+        This conversation is done: finishing it only releases its hold.
+        """
+        self._carried_on = True
+        self._state.ending = None
+        self._state.unanswered_transfer = unanswered
+        after = Conversation(
+            scheduler=self.scheduler, llm=self.llm, model=self.model, context=self.context,
+            clock=self.clock, llm_timeout=self.llm_timeout, filler_after=self.filler_after,
+            state=self._state)
+        after._open_with(said)
+        return after
+
     async def finish(self) -> None:
         """Record the call's lead (once, however often this is called) and release any hold."""
         if self._finished:
@@ -218,15 +247,20 @@ class Conversation:
         toolbox = self._toolbox
         if toolbox is not None:
             await toolbox.release_hold()
-        lead = self._lead()
+        lead = None if self._carried_on else self._lead()
         if lead is None:
             return
         outcome, reason = lead
-        await self.scheduler.record_lead(
-            business_id=self.context.business_id, phone=self.context.caller_phone,
-            name=self._state.caller_name, reason=reason, outcome=outcome.value,
-            appointment_id=self._state.booked[-1] if self._state.booked else None,
-            call_id=self.context.call_id)
+        appointment = self._state.booked[-1] if self._state.booked else None
+        if toolbox is None:  # the caller hung up before the conversation began
+            row = await self.scheduler.record_lead(
+                business_id=self.context.business_id, phone=self.context.caller_phone,
+                name=self._state.caller_name, reason=reason, outcome=outcome.value,
+                call_id=self.context.call_id)
+            self._state.lead = row.id
+            return
+        await toolbox.record_lead(name=self._state.caller_name, phone=self.context.caller_phone,
+                                  reason=reason, outcome=outcome, appointment_id=appointment)
 
     # ---- the LLM conversation -------------------------------------------------------------
 
@@ -265,9 +299,8 @@ class Conversation:
         """Stream one model answer into `round_`, handing out each complete sentence."""
         try:
             async with asyncio.timeout(self.llm_timeout):
-                stream = await self.llm.chat.completions.create(
-                    model=self.model, messages=self._messages,  # type: ignore[arg-type]
-                    tools=TOOL_SPECS, stream=True)  # type: ignore[arg-type]
+                stream = await stream_chat(self.llm, model=self.model, messages=self._messages,
+                                           tools=TOOL_SPECS)
         except Exception as exc:
             raise LLMFailure("the request failed") from exc
         sentences = Sentences()
@@ -444,16 +477,19 @@ class Conversation:
         return entry
 
     def _lead(self) -> tuple[LeadOutcome, str] | None:
-        """The outcome and reason to record, or None when take_message already recorded it."""
+        """The outcome and reason to record, or None when the call already has its lead."""
         state = self._state
+        if state.lead is not None:
+            return None
         if state.booked:
             return LeadOutcome.BOOKED, f"Booked: {state.booked_summary}"
-        if state.message_lead is not None:
-            return None
         if state.cancelled:
             return LeadOutcome.NOT_INTERESTED, "Cancelled their appointment"
         if state.ending is not None and state.ending.transfer_to:
             return LeadOutcome.CALLBACK, f"Transferred to a person: {state.ending.reason}"
+        if state.unanswered_transfer is not None:
+            return (LeadOutcome.CALLBACK, "Asked for a person, but nobody answered the transfer: "
+                    f"{state.unanswered_transfer}")
         if state.ending is not None:
             return LeadOutcome.NOT_INTERESTED, "Call finished without a booking"
         said = [e["text"] for e in self.transcript if e["role"] == "caller"]

@@ -122,12 +122,10 @@ class MessageTaking:
 
     async def _save_without_number(self, heard: str) -> None:
         """Keep the lead even without a usable number; what the caller said goes in the reason."""
-        lead = await self.toolbox.scheduler.record_lead(
-            business_id=self.toolbox.business_id, phone=self.toolbox.caller_phone,
-            name=self.name, reason=f"{self.reason} (callback number heard as: {heard!r})",
-            outcome=LeadOutcome.MESSAGE.value, call_id=self.toolbox.call_id)
-        self.toolbox.state.caller_name = self.name
-        self.toolbox.state.message_lead = lead.id
+        await self.toolbox.record_lead(
+            name=self.name, phone=self.toolbox.caller_phone,
+            reason=f"{self.reason} (callback number heard as: {heard!r})",
+            outcome=LeadOutcome.MESSAGE)
 
     def _transfer_number(self) -> str | None:
         facts = self.toolbox.facts

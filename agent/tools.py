@@ -179,8 +179,9 @@ class CallState:
     booked_summary: str | None = None
     cancelled: list[str] = field(default_factory=list)
     caller_name: str | None = None
-    message_lead: str | None = None  # the lead take_message recorded
+    lead: str | None = None  # the call's one lead, once recorded (take_message records it early)
     ending: Ending | None = None
+    unanswered_transfer: str | None = None  # why the caller wanted the person who did not answer
 
     def slot_id(self, offered: Offered) -> str:
         """The id for `offered`: the same id each time the same slot comes up."""
@@ -435,11 +436,8 @@ class Toolbox:
         if number is None:
             raise ToolError("The caller's number is withheld: ask for a callback number and "
                             "pass it as `callback_number`. No message was saved yet.")
-        lead = await self.scheduler.record_lead(
-            business_id=self.business_id, phone=number, name=args.name, reason=args.reason,
-            outcome=LeadOutcome.MESSAGE.value, call_id=self.call_id)
-        self.state.caller_name = args.name
-        self.state.message_lead = lead.id
+        await self.record_lead(name=args.name, phone=number, reason=args.reason,
+                               outcome=LeadOutcome.MESSAGE)
         return {"saved": True, "callback_number": number,
                 "note": "The message is saved. Tell the caller someone will call them back."}
 
@@ -460,6 +458,23 @@ class Toolbox:
         """Hang up, once the caller has said goodbye and nothing is left to do."""
         self.state.ending = Ending(reason="the conversation is finished", transfer_to=None)
         return {"ending": True}
+
+    async def record_lead(self, *, name: str | None, phone: str | None, reason: str,
+                          outcome: LeadOutcome, appointment_id: str | None = None) -> None:
+        """Record the call's lead, unless the call already has one: one call, one lead.
+
+        A message is recorded as soon as it is taken, so it survives a crash; whatever the call
+        does later (a second message, a failed transfer) stays in its transcript.
+        """
+        self.state.caller_name = name or self.state.caller_name
+        if self.state.lead is not None:
+            log.info("call %s already has lead %s; not recording another", self.call_id,
+                     self.state.lead)
+            return
+        lead = await self.scheduler.record_lead(
+            business_id=self.business_id, phone=phone, name=name, reason=reason,
+            outcome=outcome.value, appointment_id=appointment_id, call_id=self.call_id)
+        self.state.lead = lead.id
 
     async def release_hold(self) -> None:
         """Give back a hold the caller did not book, so the time is free again at once."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from importlib import resources
@@ -13,8 +14,10 @@ from booking.models import Business, Service, Staff
 DAYS_AHEAD = 14
 
 
+@functools.cache
 def load(name: str) -> Template:
-    """A template from this package (`system.txt`), for `string.Template` substitution."""
+    """A template from this package (`system.txt`), for `string.Template` substitution; read
+    once per process, not once per call."""
     return Template(resources.files(__package__).joinpath(name).read_text(encoding="utf-8"))
 
 

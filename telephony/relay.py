@@ -10,6 +10,11 @@ streams the answer back as `text` tokens, sentence by sentence as the engine pro
 
 One turn runs at a time per socket, as a task: a new final prompt, an interrupt or a DTMF
 transfer cancels it at once. On an interrupt the engine learns what the caller actually heard.
+
+Twilio ends the session as soon as it gets `end`, whatever it is still saying, and the socket
+never says when speech has finished. So a hand-off sends the goodbye's text and `last`, then
+waits until Twilio can have spoken everything sent (`SpeechPace`), and only then sends `end`;
+the caller talking over the goodbye cuts that wait short.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -49,6 +55,19 @@ router = APIRouter()
 PATH = "/twilio/relay"
 HUMAN_DIGIT = "0"
 TROUBLE = "Sorry, I'm having trouble on my side. Could you say that again?"
+PUTTING_THROUGH = "Please hold while I put you through."
+
+
+@dataclass(frozen=True)
+class SpeechPace:
+    """How long Twilio takes to speak the text we send, erring long: a clipped goodbye is worse
+    than a second of silence before the hang-up or the transfer."""
+
+    lead: float = 1.0  # from a turn's first token to its first sound: synthesis and the network
+    words_per_second: float = 2.3  # synthetic voices speak some 150-170 words a minute
+
+    def seconds(self, text: str) -> float:
+        return len(text.split()) / self.words_per_second
 
 
 @router.websocket("/relay")
@@ -75,6 +94,8 @@ class RelayCall:
         self.session: CallSession | None = None
         self.turn: asyncio.Task[None] | None = None
         self.heard: list[str] = []  # what the running turn has sent to be spoken
+        self.spoken_by = 0.0  # loop time when Twilio will have spoken all we sent, at the latest
+        self.closing: asyncio.Event | None = None  # set: stop waiting for the goodbye, end now
         self.ended = False
 
     async def run(self) -> None:
@@ -102,6 +123,8 @@ class RelayCall:
             log.info("ignoring relay message of type %r", message.type)
         elif self.session is None:
             log.warning("relay message %r before setup; ignored", message.type)
+        elif self.closing is not None:
+            self.closing.set()  # the caller talks over the goodbye: they are not listening
         elif isinstance(message, Prompt):
             await self.prompt(message)
         elif isinstance(message, Interrupt):
@@ -131,6 +154,7 @@ class RelayCall:
 
     async def interrupt(self, message: Interrupt) -> None:
         assert self.session is not None
+        self.spoken_by = 0.0  # Twilio stopped speaking
         await self.stop_turn(tell_engine=False)
         self.session.conversation.interrupted(message.utterance_until_interrupt)
 
@@ -139,10 +163,15 @@ class RelayCall:
         number = self.session.business.transfer_number
         if message.digit == HUMAN_DIGIT and number:
             await self.stop_turn()
-            self.session.handoff = Handoff(reason="caller pressed 0", transfer_to=number)
-            await self.end(HandoffData(reason="caller pressed 0", transfer_to=number))
+            self.heard = []
+            handoff = Handoff(reason="caller pressed 0", transfer_to=number)
+            self.turn = asyncio.create_task(self.put_through(handoff), name="relay transfer")
             return
         await self.start_turn(f"(I pressed {message.digit} on my keypad.)")
+
+    async def put_through(self, handoff: Handoff) -> None:
+        await self.say(PUTTING_THROUGH)
+        await self.hand_off(handoff)
 
     # ---- turns --------------------------------------------------------------------------
 
@@ -158,7 +187,8 @@ class RelayCall:
             return
         turn.cancel()
         await asyncio.gather(turn, return_exceptions=True)
-        if tell_engine and self.session is not None:
+        # Once closing, the conversation is over: there is nothing left to correct.
+        if tell_engine and self.session is not None and self.closing is None:
             self.session.conversation.interrupted(" ".join(self.heard))
 
     async def run_turn(self, text: str) -> None:
@@ -170,10 +200,7 @@ class RelayCall:
                     if isinstance(event, Speech | Filler):
                         await self.say(event.text)
                     elif isinstance(event, Handoff):
-                        await self.send(TextToken(token="", last=True))
-                        session.handoff = event
-                        await self.end(HandoffData(reason=event.reason,
-                                                   transfer_to=event.transfer_to))
+                        await self.hand_off(event)
                         return
             await self.send(TextToken(token="", last=True))
         except (asyncio.CancelledError, WebSocketDisconnect):
@@ -192,6 +219,22 @@ class RelayCall:
         token = text if text.endswith((" ", "\n")) else text + " "
         await self.send(TextToken(token=token))
         self.heard.append(text)
+        now = asyncio.get_running_loop().time()
+        pace = self.board.speech_pace
+        # Twilio speaks what it gets in order: after what it is still saying, or after the lead.
+        self.spoken_by = max(self.spoken_by, now + pace.lead) + pace.seconds(text)
+
+    async def hand_off(self, handoff: Handoff) -> None:
+        """Close the turn, let Twilio finish speaking it, then end the session with `handoff`."""
+        assert self.session is not None
+        self.session.handoff = handoff
+        await self.send(TextToken(token="", last=True))
+        self.closing = asyncio.Event()
+        delay = self.spoken_by - asyncio.get_running_loop().time()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(delay, 0.0)):
+                await self.closing.wait()
+        await self.end(HandoffData(reason=handoff.reason, transfer_to=handoff.transfer_to))
 
     async def end(self, handoff: HandoffData) -> None:
         await self.send(EndSession(handoff_data=handoff.dump()))

@@ -17,6 +17,7 @@ from booking import errors
 from booking.calls import FINAL_STATUSES, CallLog
 from booking.models import Appointment, AppointmentStatus, Business, LeadOutcome
 from booking.scheduler import Scheduler, check_phone
+from telephony.relay import SpeechPace
 from telephony.sessions import CallSession, CallSessions
 from telephony.signature import TwilioSignature
 from telephony.sms import Change, Sms, SmsSender, confirmation_text
@@ -47,6 +48,7 @@ class Switchboard:
     tts_voice: str | None = None
     llm_timeout: float = 8.0
     sms: SmsSender | None = None
+    speech_pace: SpeechPace = field(default_factory=SpeechPace)
     sessions: CallSessions = field(default_factory=CallSessions)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -91,17 +93,16 @@ class Switchboard:
         )
 
     def reopen(self, session: CallSession, *, said: str) -> None:
-        """Carry a call on after its conversation ended in a transfer nobody answered.
+        """Carry a call on after it was handed to a person who did not answer.
 
-        The engine ends a conversation for good at a hand-off, so the call goes on with a new
-        one; the ended one is finished (its lead recorded) with the call.
+        The engine ends a conversation for good at a hand-off, so the call goes on with the
+        next one, which shares the call's state: the call still ends as one lead.
         """
+        handoff = session.handoff
+        reason = handoff.reason if handoff is not None else "the caller asked for a person"
         session.earlier_transcript.extend(session.conversation.transcript)
-        session.earlier_transcript.append(
-            {"role": "agent", "text": said, "at": self.scheduler.clock.now().isoformat()})
         session.earlier.append(session.conversation)
-        session.conversation = self._conversation(session.business, session.caller,
-                                                  session.call_id, session.channel)
+        session.conversation = session.conversation.carry_on(said=said, unanswered=reason)
         session.handoff = None
 
     async def resume(

@@ -11,6 +11,7 @@ Every request's signature is checked first; a bad one gets 403 before anything i
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -20,7 +21,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from twilio.twiml.voice_response import Connect, Gather, VoiceResponse
 
 from agent.engine import Filler, Handoff, Speech
-from agent.llm import make_llm
+from agent.llm import make_llm, warm_up
 from booking import errors
 from booking.calls import CallLog
 from frontdesk.settings import Settings
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 NOT_IN_SERVICE = "Sorry, this number is not set up to take calls yet. Goodbye."
 TRANSFER_FAILED = ("Sorry, nobody could come to the phone just now. I can take a message and "
                    "have someone call you back. What's your name, and what is it about?")
+TRANSFER_FAILED_MESSAGE_TAKEN = ("Sorry, nobody could come to the phone just now. I've passed "
+                                 "your message on, and someone will call you back. Is there "
+                                 "anything else I can help with?")
 RELAY_FAILED = "Sorry, I lost you for a moment. What can I do for you?"
 SILENCE = "Sorry, I didn't catch that. How can I help?"
 GOODBYE = "I'll let you go. Feel free to call back any time. Goodbye."
@@ -79,9 +83,15 @@ def build_switchboard(app: FastAPI) -> Switchboard:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if getattr(app.state, "switchboard", None) is None:
         app.state.switchboard = build_switchboard(app)
+    await warm_up(app.state.switchboard.llm)
+    # A full garbage collection walks every object in the process, most of them the code and
+    # models loaded at start-up, and stalls every live call for a fifth of a second. Those live
+    # as long as the process: keep them out of the collector's sight while calls are served.
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         await app.state.switchboard.aclose()
 
 
@@ -277,9 +287,11 @@ async def transfer_result(request: Request) -> Response:
                                      to_number=form.to_number, channel=board.voice_mode)
     except errors.NotFound:
         return twiml(goodbye(board, NOT_IN_SERVICE))
+    said = (TRANSFER_FAILED_MESSAGE_TAKEN if session.conversation.lead_recorded
+            else TRANSFER_FAILED)
     if session.handoff is not None:
-        board.reopen(session, said=TRANSFER_FAILED)
-    return twiml(conversation_twiml(board, session, TRANSFER_FAILED))
+        board.reopen(session, said=said)
+    return twiml(conversation_twiml(board, session, said))
 
 
 @router.post("/status")

@@ -20,6 +20,20 @@ def assistant_texts(messages: list[dict[str, Any]]) -> list[str | None]:
     return [m["content"] for m in messages if m["role"] == "assistant"]
 
 
+async def test_a_turn_is_one_streamed_chat_completion_with_the_key_and_the_tools(
+    converse: MakeConversation, llm_server: FakeLLM
+) -> None:
+    llm_server.script(Text("Hello!"))
+    await turn(converse(), "Hi")
+    [body] = llm_server.requests
+    assert (body["model"], body["stream"]) == ("fake-model", True)
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert body["messages"][-1]["content"] == "Hi"
+    assert {t["function"]["name"] for t in body["tools"]} >= {"check_availability", "end_call"}
+    assert llm_server.headers[0]["authorization"] == "Bearer test-key"
+    assert llm_server.headers[0]["content-type"] == "application/json"
+
+
 async def test_system_prompt_has_the_calendar_in_the_business_zone(
     converse: MakeConversation, llm_server: FakeLLM
 ) -> None:

@@ -8,7 +8,8 @@ answer is `text/event-stream`, one `data: {chat.completion.chunk}` event per del
 
 A script is a list of responses served in order, one per request: `Text`, `ToolCalls`, a `Fault`,
 or a function of the request's `messages` returning one of those (so a script can book the
-`slot_id` that an earlier tool result offered). Every request body is kept in `requests`.
+`slot_id` that an earlier tool result offered). Every request body is kept in `requests`, its
+headers in `headers`.
 
     server = FakeLLM().start()
     server.script(ToolCalls(Call("check_availability", {...})), Text("How about 9?"))
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -109,12 +111,14 @@ class FakeLLM:
     def __init__(self, *, model: str = "fake-model") -> None:
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, names in lower case
         self._script: list[Scripted] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         app = Starlette(routes=[Route("/v1/chat/completions", self._completions,
                                       methods=["POST"])])
         self._loop_server = LoopbackServer(app, name="fake LLM server")
+        _no_nagle(self._loop_server)
         self.port = self._loop_server.port
 
     @property
@@ -155,6 +159,7 @@ class FakeLLM:
         body = await request.json()
         with self._lock:
             self.requests.append(body)
+            self.headers.append(dict(request.headers))
             scripted = self._script.pop(0) if self._script else None
         if scripted is None:
             return _error(500, "the fake LLM's script is exhausted")
@@ -226,6 +231,17 @@ class FakeLLM:
                          "finish_reason": finish}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
+
+
+def _no_nagle(server: LoopbackServer) -> None:
+    """Send each streamed chunk at once, as an instant LLM would.
+
+    asyncio only sets TCP_NODELAY on sockets whose `proto` is IPPROTO_TCP, and the loopback
+    server's socket is made with proto 0; without it, Nagle's algorithm holds every chunk after
+    the first until the client's delayed ACK (40 ms on Linux). Accepted connections inherit the
+    option from the listening socket.
+    """
+    server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _error(status: int, message: str) -> JSONResponse:

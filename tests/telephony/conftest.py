@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from booking.scheduler import Scheduler
 from frontdesk.app import create_app
 from frontdesk.settings import Settings
+from telephony.relay import SpeechPace
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_voice import FakeTwilioVoice
@@ -32,6 +33,7 @@ PUBLIC_URL = "https://desk.example.com"
 CLINIC = "+15550100100"
 TRANSFER = "+15550100199"
 CALLER = "+15557654321"
+INSTANT_SPEECH = SpeechPace(lead=0.0, words_per_second=1e9)
 
 
 @pytest.fixture
@@ -80,7 +82,8 @@ class Desk:
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
     """Run `app` under uvicorn on a free local port until the block ends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: only then does asyncio turn Nagle's algorithm off on the connections.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -110,6 +113,7 @@ async def running_desk(
         board: Switchboard = app.state.switchboard
         assert board.sms is not None
         board.sms.backoff = 0.01  # retry at once: the fake fails on purpose
+        board.speech_pace = INSTANT_SPEECH  # tests that time the goodbye set their own
         twilio = FakeTwilioVoice(app_url=url, public_url=PUBLIC_URL, auth_token=TOKEN)
         try:
             yield Desk(app=app, url=url, twilio=twilio, llm=llm, rest=rest,

@@ -17,6 +17,7 @@ from booking.clock import FixedClock
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
 from booking.scheduler import Scheduler
+from telephony.relay import SpeechPace
 from tests.conftest import NOW, count_rows
 from tests.fakes.llm_server import Call, Fault, Text, ToolCalls
 from tests.fakes.twilio_voice import RelayClient, TwiML
@@ -241,7 +242,74 @@ async def test_a_transfer_ends_the_relay_dials_and_falls_back_to_a_message(
         answer = await relay.say("Bo Chen, it's about my bill.")
         assert "call you back" in answer.text
     await hang_up(desk)
-    assert count_rows(desk.engine, "SELECT count(*) FROM lead WHERE name = 'Bo Chen'") >= 1
+    # One call, one lead: the message, not a second one for the transfer that failed.
+    assert count_rows(desk.engine, "SELECT count(*) FROM lead") == 1
+    assert count_rows(desk.engine, "SELECT count(*) FROM lead WHERE name = 'Bo Chen' AND "
+                      "outcome = 'message' AND call_id IS NOT NULL") == 1
+
+
+async def _transfer_nobody_answers(desk: Desk, scheduler: Scheduler) -> TwiML:
+    """A call that asks for a person; the transfer rings out. Returns the TwiML that follows."""
+    assert isinstance(scheduler.clock, FixedClock)
+    scheduler.clock.at = OPEN
+    desk.llm.script(ToolCalls(Call("transfer_to_human", {"reason": "billing question"})))
+    async with call(desk) as relay:
+        turn = await relay.say("Can I talk to a person about my bill?")
+        if turn.end is None:
+            turn = await relay.turn()
+        handoff_data = turn.end["handoffData"]  # type: ignore[index]
+    await desk.twilio.post("/twilio/connect-action", **form(), SessionStatus="ended",
+                           HandoffData=handoff_data)
+    return await desk.twilio.post("/twilio/dial-status", **form(), DialCallStatus="no-answer")
+
+
+async def test_a_caller_who_hangs_up_after_a_failed_transfer_is_one_lead(
+    desk: Desk, scheduler: Scheduler
+) -> None:
+    await _transfer_nobody_answers(desk, scheduler)
+    await hang_up(desk)
+    assert count_rows(desk.engine, "SELECT count(*) FROM lead") == 1
+    assert count_rows(desk.engine, "SELECT count(*) FROM lead WHERE outcome = 'callback' AND "
+                      "reason LIKE '%billing question%'") == 1
+
+
+async def test_a_message_then_a_failed_transfer_is_one_lead(
+    desk: Desk, scheduler: Scheduler
+) -> None:
+    assert isinstance(scheduler.clock, FixedClock)
+    scheduler.clock.at = OPEN
+    desk.llm.script(*[Fault.error(500)] * 5)  # the LLM is down: the scripted fallback runs
+    async with call(desk) as relay:
+        for said in ("Hi, I have a question.", "Bo Chen", "About my bill", "Yes"):
+            turn = await relay.say(said)
+            assert turn.end is None, turn
+        assert "transfer you" in turn.text
+        turn = await relay.say("Yes please")
+        if turn.end is None:
+            turn = await relay.turn()
+        assert turn.handoff == {"reason": "caller asked for a person", "transferTo": TRANSFER}
+    nobody = await desk.twilio.post("/twilio/dial-status", **form(), DialCallStatus="busy")
+    greeting = nobody.find("Connect/ConversationRelay").attrib["welcomeGreeting"]
+    assert "passed your message on" in greeting
+    await hang_up(desk)
+    assert count_rows(desk.engine, "SELECT count(*) FROM lead") == 1
+    assert count_rows(desk.engine, "SELECT count(*) FROM lead WHERE outcome = 'message' "
+                      "AND name = 'Bo Chen'") == 1
+
+
+async def test_after_a_failed_transfer_the_agent_knows_what_it_just_asked(
+    desk: Desk, scheduler: Scheduler
+) -> None:
+    nobody = await _transfer_nobody_answers(desk, scheduler)
+    relay_again = nobody.find("Connect/ConversationRelay")
+    desk.llm.script(Text("Thanks Bo, someone will call you back."))
+    async with desk.twilio.relay(relay_again.attrib["url"], call_sid=SID, from_number=CALLER,
+                                 to_number=CLINIC) as relay:
+        await relay.say("Bo Chen, it's about my bill.")
+    history = desk.llm.requests[-1]["messages"]
+    said = [m["content"] for m in history if m["role"] == "assistant"]
+    assert relay_again.attrib["welcomeGreeting"] in said
+    assert history[-1] == {"role": "user", "content": "Bo Chen, it's about my bill."}
 
 
 async def test_hanging_up_ends_the_relay_without_a_dial(desk: Desk) -> None:
@@ -284,10 +352,55 @@ async def test_barge_in_cancels_the_answer_and_keeps_only_what_was_heard(desk: D
 async def test_pressing_zero_transfers_to_a_person(desk: Desk, scheduler: Scheduler) -> None:
     async with call(desk) as relay:
         await relay.dtmf("0")
+        turn = await relay.turn()
+        assert turn.text == "Please hold while I put you through."
         end = await relay.receive()
     assert end["type"] == "end"
     assert json.loads(end["handoffData"])["transferTo"] == TRANSFER
     assert desk.llm.requests == []
+
+
+GOODBYE = "Thanks for calling, Bo, and have a lovely day. Goodbye!"
+
+
+async def _until_end(relay: RelayClient) -> list[tuple[float, dict[str, Any]]]:
+    """Every message up to and including `end`, with when it arrived."""
+    loop = asyncio.get_running_loop()
+    received = []
+    while not received or received[-1][1]["type"] != "end":
+        message = await relay.receive()
+        received.append((loop.time(), message))
+    return received
+
+
+async def test_the_whole_goodbye_is_sent_and_given_time_to_be_spoken_before_the_end(
+    desk: Desk
+) -> None:
+    desk.board.speech_pace = SpeechPace(lead=0.2, words_per_second=40.0)
+    desk.llm.script(ToolCalls(Call("end_call"), text=GOODBYE))
+    async with call(desk) as relay:
+        await relay.prompt("That's all, thanks. Bye!")
+        received = await _until_end(relay)
+    messages = [m for _, m in received]
+    texts = messages[:-1]
+    assert [m["type"] for m in texts] == ["text"] * len(texts)
+    assert "".join(m["token"] for m in texts).strip() == GOODBYE
+    assert [m["last"] for m in texts] == [False] * (len(texts) - 1) + [True]
+    assert json.loads(messages[-1]["handoffData"])["transferTo"] is None
+    # Twilio stops speaking at `end`: it comes only once the goodbye can have been said.
+    first_text, end = received[0][0], received[-1][0]
+    assert end - first_text >= 0.2 + len(GOODBYE.split()) / 40.0 - 0.05
+
+
+async def test_a_caller_talking_over_the_goodbye_ends_the_call_at_once(desk: Desk) -> None:
+    desk.board.speech_pace = SpeechPace(lead=60.0, words_per_second=1.0)
+    desk.llm.script(ToolCalls(Call("end_call"), text=GOODBYE))
+    async with call(desk) as relay:
+        turn = await relay.say("That's all, bye!")
+        assert turn.text == GOODBYE and turn.end is None
+        await relay.interrupt("Thanks for calling")
+        end = await relay.receive(wait=5)
+    assert end["type"] == "end"
 
 
 async def test_other_keys_reach_the_conversation_as_text(desk: Desk) -> None:
