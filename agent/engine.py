@@ -480,7 +480,9 @@ class Conversation:
         """The outcome and reason to record, or None when the call already has its lead."""
         state = self._state
         if state.lead is not None:
-            return None
+            # A message taken earlier is the call's lead; a later booking upgrades it.
+            return (LeadOutcome.BOOKED, f"Booked: {state.booked_summary}") if state.booked \
+                else None
         if state.booked:
             return LeadOutcome.BOOKED, f"Booked: {state.booked_summary}"
         if state.cancelled:

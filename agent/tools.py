@@ -468,6 +468,12 @@ class Toolbox:
         """
         self.state.caller_name = name or self.state.caller_name
         if self.state.lead is not None:
+            if outcome is LeadOutcome.BOOKED and appointment_id:
+                # The call's lead (a message taken earlier) becomes a booked lead.
+                await self.scheduler.record_lead(
+                    business_id=self.business_id, phone=phone, name=name, reason=reason,
+                    outcome=outcome.value, appointment_id=appointment_id, call_id=self.call_id)
+                return
             log.info("call %s already has lead %s; not recording another", self.call_id,
                      self.state.lead)
             return

@@ -588,7 +588,9 @@ class Scheduler:
         call_id: str | None = None,
         now: datetime | None = None,
     ) -> Lead:
-        """Log a caller as a lead (a contact is created or updated from the phone number)."""
+        """Log a caller as a lead (a contact is created or updated from the phone number).
+
+        A call has one lead: recording again for the same `call_id` updates that lead."""
         now = self._now(now)
         if outcome not in {o.value for o in LeadOutcome}:
             raise errors.InvalidRequest(
@@ -598,6 +600,22 @@ class Scheduler:
         def write(s: Session) -> Lead:
             bid = _resolve_business(s, business_id)
             contact = _upsert_contact(s, bid, number, name, None) if number else None
+            existing = s.exec(select(Lead).where(Lead.business_id == bid, Lead.call_id == call_id)
+                              ).first() if call_id else None
+            if existing is not None:
+                # One call, one lead: what the call did later updates it (a booking after a
+                # message makes it a booked lead); the first reason stays, the new one follows.
+                if outcome == LeadOutcome.BOOKED or existing.outcome == LeadOutcome.NOT_INTERESTED:
+                    existing.outcome = outcome
+                if appointment_id:
+                    existing.appointment_id = appointment_id
+                if reason and reason != existing.reason:
+                    existing.reason = f"{existing.reason}; then: {reason}" if existing.reason \
+                        else reason
+                existing.name = existing.name or name
+                s.add(existing)
+                s.flush()
+                return existing
             row = Lead(business_id=bid, contact_id=contact.id if contact else None,
                        call_id=call_id, appointment_id=appointment_id, name=name, phone=number,
                        reason=reason, outcome=outcome, created_at=now)

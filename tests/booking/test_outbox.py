@@ -53,3 +53,26 @@ async def test_a_refused_booking_leaves_no_event(scheduler: Scheduler, clinic: E
         await scheduler.book(business_id="clinic", service_id="checkup", staff_id="lee",
                              start=start, name="Bob", phone="+15550142201")
     assert [e.type for e in events(clinic)] == ["booking.created"]
+
+
+async def test_a_call_has_one_lead_that_a_later_booking_upgrades(
+        scheduler: Scheduler, clinic: Engine) -> None:
+    from booking.models import Call, Lead
+
+    with session_scope(clinic, write=True) as s:
+        s.add(Call(id="call_1", business_id="clinic", call_sid="CA1"))
+    first = await scheduler.record_lead(business_id="clinic", phone="+15550142200", name="Ada",
+                                        reason="Left a message: call back", outcome="message",
+                                        call_id="call_1")
+    booked = await scheduler.book(business_id="clinic", service_id="checkup", staff_id="lee",
+                                  start=datetime(2026, 12, 1, 9, tzinfo=NY), name="Ada",
+                                  phone="+15550142200", call_id="call_1")
+    again = await scheduler.record_lead(business_id="clinic", phone="+15550142200", name="Ada",
+                                        reason="Booked: checkup", outcome="booked",
+                                        appointment_id=booked.id, call_id="call_1")
+    assert again.id == first.id
+    with session_scope(clinic) as s:
+        [lead] = list(s.exec(select(Lead)))
+    assert lead.outcome == "booked" and lead.appointment_id == booked.id
+    assert lead.reason == "Left a message: call back; then: Booked: checkup"
+    assert [e.type for e in events(clinic)].count("lead.created") == 1
