@@ -70,6 +70,7 @@ class WebChats:
         self.limit = limit
         self._monotonic = monotonic
         self._chats: dict[str, WebChat] = {}
+        self._llm: openai.AsyncOpenAI | None = None  # one client (and TLS setup) per process
 
     def __len__(self) -> int:
         return len(self._chats)
@@ -77,7 +78,9 @@ class WebChats:
     async def start(self, user: WebUser, *, caller_phone: str | None) -> tuple[WebChat, str]:
         """A new chat for `user`'s business, and the agent's greeting."""
         await self._sweep(room=1)
-        llm = make_llm(self.settings)
+        if self._llm is None:
+            self._llm = make_llm(self.settings)
+        llm = self._llm
         conversation = Conversation(
             scheduler=self.scheduler, llm=llm, model=self.settings.llm_model,
             context=CallContext(business_id=user.business_id, caller_phone=caller_phone,
@@ -126,11 +129,13 @@ class WebChats:
     async def aclose(self) -> None:
         for chat in list(self._chats.values()):
             await self._drop(chat)
+        if self._llm is not None:
+            await self._llm.close()
+            self._llm = None
 
     async def _drop(self, chat: WebChat) -> None:
         if self._chats.get(chat.id) is chat:
             del self._chats[chat.id]
-        await chat.llm.close()
 
     async def _sweep(self, *, room: int = 0) -> None:
         """Drop idle chats (their holds run out on their own), and the oldest to make `room`."""
