@@ -263,6 +263,8 @@ class CalendarEvent(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = None
     updated_at: datetime = _when(nullable=False, default=utcnow)
+    # Set while a writer talks to the provider about this event; others wait for it to lapse.
+    writing_until: datetime | None = _when(nullable=True)
 
 
 class OAuthFlow(SQLModel, table=True):

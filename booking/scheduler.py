@@ -397,6 +397,10 @@ class Scheduler:
             log.warning("calendar write for %s deferred to the retry job: %s",
                         appointment.id, exc or "timed out")
             return appointment
+        except Exception:  # the change is committed: report it, and let the retry job write
+            log.exception("calendar write for %s failed; deferred to the retry job",
+                          appointment.id)
+            return appointment
         appointment.sync_state = state
         return appointment
 

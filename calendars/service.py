@@ -24,6 +24,7 @@ live through their provider each time (providers keep their own short caches).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -71,7 +72,7 @@ from calendars.base import (
 )
 from calendars.links import link_account
 from calendars.registry import merge
-from calendars.secrets import Vault
+from calendars.secrets import SecretKeyMissing, Vault
 from calendars.tokens import OAuthTokens
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class CalendarService:
     horizon: timedelta = timedelta(days=90)
     max_age: timedelta = timedelta(minutes=15)
     timeout: float = 10.0
+    write_lease: timedelta = timedelta(seconds=90)
 
     def __post_init__(self) -> None:
         self._accounts: dict[str, tuple[str, Account]] = {}  # id -> (sealed secret, account)
@@ -148,6 +150,11 @@ class CalendarService:
                                 ) -> list[Interval]:
         if live:
             conns = await self._db(lambda s: _connections(s, conn_ids))
+            for conn in [c for c in conns if c.status == "needs_relink"]:
+                # Its grant is gone: it cannot be read, and it must not stop every booking.
+                log.warning("booking for %s without re-checking %s: it needs re-linking",
+                            calendars.staff_id, conn.id)
+            conns = [c for c in conns if c.status != "needs_relink"]
             parts = await asyncio.gather(*(
                 self._live_busy(c, calendars.tz, start, end) for c in conns))
             return [iv for part in parts for iv in part]
@@ -156,8 +163,9 @@ class CalendarService:
         stale = [c for c in conns if not self._covers(c, start, end)]
         if not stale:
             return cached
-        results = await asyncio.gather(*(self.refresh(c.id) for c in stale),
-                                       return_exceptions=True)
+        # Shielded: a search that gives up waiting must not cancel the fill for the next one.
+        results = await asyncio.gather(*(asyncio.shield(self._refresh_task(c.id))
+                                         for c in stale), return_exceptions=True)
         for conn, result in zip(stale, results, strict=True):
             if isinstance(result, BaseException):
                 if not self._has_cache(conn, start, end):
@@ -233,7 +241,11 @@ class CalendarService:
                         result = await provider.sync(account, calendar_id=cal, tz=tz,
                                                      cursor=None, start=lo, end=hi)
                     await self._db(lambda s, cal=cal, result=result, window=window: _store_sync(
-                        s, conn.id, cal, result, window, self.now(), dirty_seen), write=True)
+                        s, conn.id, cal, result, window, self.now()), write=True)
+                # Every calendar is stored: the notifications seen before we began are
+                # answered; one that came in during the sync stays pending.
+                if dirty_seen is not None:
+                    await self._db(lambda s: _clear_dirty(s, conn.id, dirty_seen), write=True)
             except NeedsRelink as exc:
                 await self._mark(conn.id, "needs_relink", str(exc))
                 raise
@@ -253,6 +265,14 @@ class CalendarService:
         await self._db(write, write=True)
         if status == "needs_relink":
             log.warning("calendar connection %s needs re-linking: %s", connection_id, error)
+
+    def _refresh_task(self, connection_id: str) -> asyncio.Future[None]:
+        key = f"fill:{connection_id}"
+        task = self._pokes.get(key)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.refresh(connection_id))
+            self._pokes[key] = task
+        return task
 
     def poke(self, connection_id: str) -> None:
         """Refresh a connection soon, in the background (after a change notification)."""
@@ -302,7 +322,10 @@ class CalendarService:
         cached = self._accounts.get(conn.id)
         if cached is not None and cached[0] == conn.secret:
             return cached[1]
-        secret = self.vault.open(conn.secret)
+        try:
+            secret = self.vault.open(conn.secret)
+        except SecretKeyMissing as exc:
+            raise errors.CalendarUnavailable(f"{conn.name}: {exc}") from None
         tokens = None
         if conn.provider in OAUTH_PROVIDERS:
             client = self.oauth.get(conn.provider)
@@ -330,7 +353,7 @@ class CalendarService:
 
         def write(s: Session) -> None:
             row = s.get(CalendarConnection, connection_id)
-            if row is not None:
+            if row is not None and row.status != "disconnected":
                 row.secret, row.updated_at = sealed, self.now()
                 s.add(row)
 
@@ -342,30 +365,50 @@ class CalendarService:
     # ---- write-back (booking's CalendarWriter port) ---------------------------------------
 
     async def sync_appointment(self, appointment_id: str) -> str:
-        for _ in range(3):
-            plan = await self._db(lambda s: _plan(s, appointment_id), write=True)
+        """Make the calendar match the appointment's reschedule chain as it stands now.
+
+        One writer at a time per chain (a lease in the database, so across processes too); a
+        writer that finds the lease taken leaves the appointment `not_synced`, and the writer
+        holding it notices the change when it finishes and writes again."""
+        target_id = appointment_id
+        for _ in range(4):
+            plan = await self._db(
+                lambda s, a=target_id: _plan(s, a, self.now(), self.write_lease), write=True)
             if plan.state is not None:
-                return plan.state
+                return plan.state if plan.appointment_id == appointment_id \
+                    else SyncState.SYNCED.value
             try:
                 event_id = await self._apply(plan)
-            except errors.CalendarUnavailable as exc:
-                await self._db(lambda s, exc=exc, p=plan: _write_failed(s, p, str(exc), self.now()),
-                               write=True)
+            except BaseException as exc:
+                message = str(exc) or type(exc).__name__
+                await asyncio.shield(self._db(
+                    lambda s, m=message, p=plan: _write_failed(s, p, m, self.now()), write=True))
                 if isinstance(exc, NeedsRelink) and plan.target is not None:
                     await self._mark(plan.target.id, "needs_relink", str(exc))
-                raise
+                if isinstance(exc, errors.CalendarUnavailable | asyncio.CancelledError):
+                    raise
+                raise errors.CalendarUnavailable(f"calendar write failed: {message}") from exc
             done = await self._db(
                 lambda s, eid=event_id, p=plan: _write_done(s, p, eid, self.now()), write=True)
             if done:
                 return SyncState.SYNCED.value
+            target_id = plan.appointment_id  # the chain's head: it changed while we wrote
         return SyncState.NOT_SYNCED.value
 
     async def _apply(self, plan: _Plan) -> str | None:
         """Carry out one write plan against the provider(s); returns the event id written."""
         if plan.remove is not None:  # the event lives where it should not (any more)
             conn, cal, event_id = plan.remove
-            await self.provider(conn.provider).delete_event(
-                await self.account(conn), calendar_id=cal, event_id=event_id)
+            provider = self.provider(conn.provider)
+            account = await self.account(conn)
+            if event_id is None:
+                # An earlier write's answer was lost: it may have landed. The idempotent create
+                # finds it (or makes it), so it can be deleted by its id.
+                assert plan.spec is not None
+                event_id = await provider.put_event(account, calendar_id=cal, event=plan.spec,
+                                                    event_id=None)
+                plan.remove = (conn, cal, event_id)
+            await provider.delete_event(account, calendar_id=cal, event_id=event_id)
         if plan.target is None or plan.spec is None:
             return None
         conn = plan.target
@@ -385,6 +428,8 @@ class CalendarService:
                     done += 1
             except errors.CalendarUnavailable as exc:
                 log.info("write-back of %s still failing: %s", appointment_id, exc)
+            except Exception:  # one bad appointment must not block the rest
+                log.exception("write-back of %s failed", appointment_id)
         return done
 
     # ---- change notifications -------------------------------------------------------------
@@ -425,6 +470,11 @@ class CalendarService:
         rows = await self._db(lambda s: list(s.exec(query)))
         renewed = 0
         for row in rows:
+            # Claim the channel first, so two processes never both replace it.
+            claimed = await self._db(lambda s, r=row: _claim_channel(s, r, self.now()),
+                                     write=True)
+            if not claimed:
+                continue
             conn = await self._db(lambda s, r=row: s.get(CalendarConnection, r.connection_id))
             if conn is None or conn.status == "disconnected":
                 continue
@@ -451,14 +501,19 @@ class CalendarService:
                 continue
 
             def swap(s: Session, old: CalendarChannel = row, new: Channel | None = channel
-                     ) -> None:
+                     ) -> bool:
                 stale = s.get(CalendarChannel, old.id)
-                if stale is not None:
-                    s.delete(stale)
+                if stale is None:
+                    return False  # unlinked meanwhile: the new channel must go too
+                s.delete(stale)
                 if new is not None:
                     s.add(_channel_row(old.connection_id, new))
+                return True
 
-            await self._db(swap, write=True)
+            if not await self._db(swap, write=True) and channel is not None:
+                with contextlib.suppress(errors.CalendarUnavailable):
+                    await provider.stop(account, channel)
+                continue
             try:
                 await provider.stop(account, _channel_of(row))
             except errors.CalendarUnavailable as exc:
@@ -509,8 +564,13 @@ class CalendarService:
                     await self.refresh(conn.id)
                 except errors.CalendarUnavailable as exc:
                     log.info("scheduled sync of %s failed: %s", conn.id, exc)
-        await self.renew_channels()
-        await self.retry_pending()
+                except Exception:  # one broken connection must not stop the others
+                    log.exception("scheduled sync of %s failed", conn.id)
+        for step in (self.renew_channels, self.retry_pending):
+            try:
+                await step()
+            except Exception:
+                log.exception("calendar background step %s failed", step.__name__)
         await self._db(lambda s: s.execute(sa.delete(OAuthFlow).where(
             OAuthFlow.expires_at < now)), write=True)
 
@@ -594,9 +654,43 @@ class CalendarService:
             raise errors.InvalidRequest(f"{provider} calendars are not configured")
         label = name or (f"{provider.title()} ({tokens.account})" if tokens.account
                          else provider.title())
+        if tokens.account:
+            revived = await self._relink(provider, business_id, staff_id, tokens)
+            if revived is not None:
+                return revived
         return await self._create(business_id, staff_id, provider, label,
                                   settings={"account": tokens.account} if tokens.account else {},
                                   secret=_token_secret(tokens))
+
+    async def _relink(self, provider: str, business_id: str, staff_id: str, tokens: TokenSet
+                      ) -> CalendarConnection | None:
+        """Linking an account again that needs re-linking revives that connection in place
+        (its calendars, cache and written events stay), rather than adding a second one."""
+        sealed = self.vault.seal(_token_secret(tokens))
+
+        def revive(s: Session) -> CalendarConnection | None:
+            for conn in s.exec(select(CalendarConnection).where(
+                    CalendarConnection.business_id == business_id,
+                    CalendarConnection.staff_id == staff_id,
+                    CalendarConnection.provider == provider,
+                    CalendarConnection.status.in_(("needs_relink", "error")))):  # type: ignore
+                if conn.settings.get("account") == tokens.account:
+                    conn.secret, conn.status, conn.last_error = sealed, "ok", None
+                    conn.sync, conn.updated_at = {}, self.now()
+                    s.add(conn)
+                    return conn
+            return None
+
+        conn = await self._db(revive, write=True)
+        if conn is None:
+            return None
+        self._accounts.pop(conn.id, None)
+        log.info("re-linked %s calendar %s", provider, conn.id)
+        try:
+            await self.refresh(conn.id, full=True)
+        except errors.CalendarUnavailable as exc:
+            log.warning("first sync of %s after re-linking failed: %s", conn.id, exc)
+        return await self.find(conn.id)
 
     async def link_caldav(self, *, business_id: str, staff_id: str, url: str, username: str,
                           password: str, name: str | None = None) -> CalendarConnection:
@@ -734,9 +828,12 @@ def _read_cache(s: Session, calendars: StaffCalendars, ids: list[str], start: da
                 end: datetime) -> tuple[list[CalendarConnection], list[Interval]]:
     conns = _connections(s, ids)
     block = CalendarBusyBlock.__table__.c  # type: ignore[attr-defined]
+    wanted = sa.or_(*(sa.and_(block.connection_id == c.id,
+                              block.calendar_id.in_(c.read_calendars)) for c in conns)) \
+        if conns else sa.false()
     rows = s.connection().execute(sa.select(block.start, block.end).where(
         block.business_id == calendars.business_id, block.staff_id == calendars.staff_id,
-        block.connection_id.in_(ids), block.start < end, block.end > start)).all()
+        wanted, block.start < end, block.end > start)).all()
     return conns, [(_aware(a), _aware(b)) for a, b in rows]
 
 
@@ -771,12 +868,18 @@ def _own_connection(s: Session, business_id: str, connection_id: str) -> Calenda
     return conn
 
 
-def _store_sync(s: Session, connection_id: str, calendar_id: str, result: SyncResult,
-                window: tuple[datetime, datetime], now: datetime,
-                dirty_seen: datetime | None) -> None:
+def _clear_dirty(s: Session, connection_id: str, seen: datetime) -> None:
     conn = s.get(CalendarConnection, connection_id)
-    if conn is None or conn.status == "disconnected":
-        return
+    if conn is not None and conn.dirty_at is not None and conn.dirty_at <= seen:
+        conn.dirty_at = None
+        s.add(conn)
+
+
+def _store_sync(s: Session, connection_id: str, calendar_id: str, result: SyncResult,
+                window: tuple[datetime, datetime], now: datetime) -> None:
+    conn = s.get(CalendarConnection, connection_id)
+    if conn is None or conn.status == "disconnected" or calendar_id not in conn.read_calendars:
+        return  # unlinked, or this calendar no longer counts, while we read it
     # Two processes may sync one connection at once: one writes at a time.
     lock_staff(s, conn.business_id, f"calendar-cache\x00{connection_id}")
     own = _own_event_ids(s, connection_id)
@@ -799,8 +902,6 @@ def _store_sync(s: Session, connection_id: str, calendar_id: str, result: SyncRe
     sync[calendar_id] = {"cursor": result.cursor, "synced_at": now.isoformat(),
                          "from": window[0].isoformat(), "to": window[1].isoformat()}
     conn.sync = sync
-    if conn.dirty_at is not None and (dirty_seen is None or conn.dirty_at <= dirty_seen):
-        conn.dirty_at = None  # a notification that came in during the sync stays pending
     conn.updated_at = now
     s.add(conn)
 
@@ -824,6 +925,15 @@ def _channel_row(connection_id: str, channel: Channel) -> CalendarChannel:
     return CalendarChannel(id=channel.id, connection_id=connection_id,
                            calendar_id=channel.calendar_id, token=channel.token,
                            resource_id=channel.resource_id, expires_at=channel.expires_at)
+
+
+def _claim_channel(s: Session, row: CalendarChannel, now: datetime) -> bool:
+    """Take the renewal of a channel: only the process whose update lands goes on."""
+    table = CalendarChannel.__table__  # type: ignore[attr-defined]
+    done = s.execute(sa.update(table).where(
+        table.c.id == row.id, table.c.expires_at == row.expires_at,
+    ).values(expires_at=max(row.expires_at, now) + timedelta(minutes=10)))
+    return bool(done.rowcount)
 
 
 def _extend(s: Session, channel_id: str, channel: Channel) -> None:
@@ -851,7 +961,7 @@ class _Plan:
     target: CalendarConnection | None = None
     spec: EventSpec | None = None
     event_id: str | None = None
-    remove: tuple[CalendarConnection, str, str] | None = None
+    remove: tuple[CalendarConnection, str, str | None] | None = None
 
 
 def _chain_root(s: Session, row: Appointment) -> str:
@@ -865,54 +975,71 @@ def _chain_root(s: Session, row: Appointment) -> str:
     return row.id
 
 
-def _plan(s: Session, appointment_id: str) -> _Plan:
-    """Decide the calendar writes that make the calendar match one appointment."""
-    apt = s.get(Appointment, appointment_id)
-    if apt is None:
+def _head(s: Session, row: Appointment) -> Appointment:
+    """The latest appointment of a reschedule chain (where the calendar event belongs now)."""
+    seen = {row.id}
+    while row.rescheduled_to is not None:
+        following = s.get(Appointment, row.rescheduled_to)
+        if following is None or following.id in seen:
+            break
+        seen.add(following.id)
+        row = following
+    return row
+
+
+def _plan(s: Session, appointment_id: str, now: datetime, lease: timedelta) -> _Plan:
+    """Decide the calendar writes that make the calendar match one appointment's chain."""
+    given = s.get(Appointment, appointment_id)
+    if given is None:
         raise errors.NotFound(f"no appointment {appointment_id}")
+    apt = _head(s, given)
+    if given.id != apt.id and given.sync_state != SyncState.SYNCED:
+        _set_state(s, given, SyncState.SYNCED)  # its successor carries the event on
     plan = _Plan(appointment_id=apt.id, status=apt.status, updated_at=apt.updated_at)
     if apt.sync_state == SyncState.SYNCED:
         plan.state = SyncState.SYNCED.value
         return plan
-    if apt.status == AppointmentStatus.RESCHEDULED:
-        # Its successor carries the calendar event on.
-        plan.state = _set_state(s, apt, SyncState.SYNCED)
-        return plan
     plan.key = _chain_root(s, apt)
     ev = s.get(CalendarEvent, plan.key)
-    live_event = ev is not None and ev.event_id is not None and not ev.deleted
+    if ev is not None and ev.writing_until is not None and ev.writing_until > now:
+        plan.state = SyncState.NOT_SYNCED.value  # another writer is at it; it will see this
+        return plan
+    # An event exists, or may exist: a write whose answer was lost may have landed.
+    maybe_there = ev is not None and not ev.deleted
     target = None
     if apt.status == AppointmentStatus.CONFIRMED:
         target = s.exec(select(CalendarConnection).where(
             CalendarConnection.business_id == apt.business_id,
             CalendarConnection.staff_id == apt.staff_id,
-            CalendarConnection.status != "disconnected",
+            CalendarConnection.status.in_(("ok", "error")),  # type: ignore[attr-defined]
             CalendarConnection.write_calendar.is_not(None),  # type: ignore[union-attr]
         ).order_by(CalendarConnection.created_at)).first()
-    if ev is not None and live_event:
-        old = s.get(CalendarConnection, ev.connection_id)
+    moved = False
+    if ev is not None and maybe_there:
         moved = target is None or (target.id, target.write_calendar) != (ev.connection_id,
                                                                           ev.calendar_id)
+        old = s.get(CalendarConnection, ev.connection_id)
         if moved and old is not None and old.status != "disconnected":
-            assert ev.event_id is not None
             plan.remove = (old, ev.calendar_id, ev.event_id)
-    if target is None:
-        if plan.remove is None:
-            cancelled = apt.status == AppointmentStatus.CANCELLED
-            state = SyncState.SYNCED if ev is not None or cancelled else SyncState.NO_CALENDAR
-            plan.state = _set_state(s, apt, state)
+    if target is None and plan.remove is None:
+        cancelled = apt.status == AppointmentStatus.CANCELLED
+        state = SyncState.SYNCED if ev is not None or cancelled else SyncState.NO_CALENDAR
+        plan.state = _set_state(s, apt, state)
         return plan
     if ev is None:
+        assert target is not None
         ev = CalendarEvent(key=plan.key, business_id=apt.business_id, connection_id=target.id,
                            calendar_id=target.write_calendar or "")
         try:
             with s.begin_nested():
                 s.add(ev)
-        except IntegrityError:  # another writer got there first: use its row
-            ev = s.get(CalendarEvent, plan.key)
-            assert ev is not None
-    elif plan.remove is None and not ev.deleted:
-        plan.event_id = ev.event_id
+        except IntegrityError:  # another writer got there first: let it finish
+            plan.state = SyncState.NOT_SYNCED.value
+            return plan
+    elif maybe_there and not moved:
+        plan.event_id = ev.event_id  # None after a lost answer: the create is idempotent
+    ev.writing_until = now + lease
+    s.add(ev)
     plan.target = target
     plan.spec = _event_spec(s, apt, plan.key)
     return plan
@@ -945,7 +1072,7 @@ def _event_spec(s: Session, apt: Appointment, key: str) -> EventSpec:
 
 
 def _write_done(s: Session, plan: _Plan, event_id: str | None, now: datetime) -> bool:
-    """Record a finished write; False when the appointment changed meanwhile (write again)."""
+    """Record a finished write; False when the chain changed meanwhile (write again)."""
     ev = s.get(CalendarEvent, plan.key)
     if ev is not None:
         if plan.target is not None:
@@ -958,11 +1085,17 @@ def _write_done(s: Session, plan: _Plan, event_id: str | None, now: datetime) ->
         if plan.remove is not None:
             _forget_event(s, plan.remove[0].id, plan.remove[2])
         ev.attempts, ev.last_error, ev.updated_at = 0, None, now
+        ev.writing_until = None
         s.add(ev)
     apt = s.get(Appointment, plan.appointment_id)
     if apt is None:
         return True
-    if apt.status != plan.status or apt.updated_at != plan.updated_at:
+    head = _head(s, apt)
+    if head.id != apt.id or apt.status != plan.status or apt.updated_at != plan.updated_at:
+        # Cancelled or moved while we wrote: what we wrote is stale. Leave the chain's head
+        # owed a write, so this writer (or the retry job) writes what stands now.
+        _set_state(s, head, SyncState.NOT_SYNCED)
+        plan.appointment_id = head.id
         return False
     apt.sync_state = SyncState.SYNCED.value
     s.add(apt)
@@ -982,6 +1115,7 @@ def _write_failed(s: Session, plan: _Plan, error: str, now: datetime) -> None:
     if ev is not None:
         ev.attempts += 1
         ev.last_error, ev.updated_at = error[:500], now
+        ev.writing_until = None
         s.add(ev)
     apt = s.get(Appointment, plan.appointment_id)
     if apt is not None and apt.sync_state != SyncState.NOT_SYNCED:

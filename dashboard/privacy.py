@@ -84,20 +84,30 @@ def load_contact(s: Session, business_id: str, contact_id: str) -> Contact:
 def records(s: Session, business_id: str, contact_id: str) -> ContactRecords:
     """Everything about the contact, read in one transaction."""
     contact = load_contact(s, business_id, contact_id)
-    calls = list(s.exec(select(Call).where(
-        Call.business_id == business_id,
-        sa.or_(Call.contact_id == contact.id, Call.from_number == contact.phone),
-    ).order_by(Call.started_at, Call.id)))
     leads = list(s.exec(select(Lead).where(
         Lead.business_id == business_id,
         sa.or_(Lead.contact_id == contact.id, Lead.phone == contact.phone),
     ).order_by(Lead.created_at, Lead.id)))
-    history = list(s.exec(select(LeadStatusChange).where(
-        LeadStatusChange.lead_id.in_([lead.id for lead in leads]),  # type: ignore[attr-defined]
-    ).order_by(LeadStatusChange.at, LeadStatusChange.id))) if leads else []
     appointments = list(s.exec(select(Appointment).where(
         Appointment.business_id == business_id, Appointment.contact_id == contact.id,
     ).order_by(Appointment.start, Appointment.id)))
+    # A call from a withheld number is theirs through the lead or booking it produced.
+    named = {x.call_id for x in [*leads, *appointments] if x.call_id}
+    calls = list(s.exec(select(Call).where(
+        Call.business_id == business_id,
+        sa.or_(Call.contact_id == contact.id, Call.from_number == contact.phone,
+               Call.id.in_(sorted(named))),  # type: ignore[attr-defined]
+    ).order_by(Call.started_at, Call.id)))
+    if calls:  # and every lead of those calls
+        known = {lead.id for lead in leads}
+        leads += [lead for lead in s.exec(select(Lead).where(
+            Lead.business_id == business_id,
+            Lead.call_id.in_([c.id for c in calls]),  # type: ignore[union-attr]
+        )) if lead.id not in known]
+        leads.sort(key=lambda lead: (lead.created_at, lead.id))
+    history = list(s.exec(select(LeadStatusChange).where(
+        LeadStatusChange.lead_id.in_([lead.id for lead in leads]),  # type: ignore[attr-defined]
+    ).order_by(LeadStatusChange.at, LeadStatusChange.id))) if leads else []
     keys = {contact.id, contact.phone, *(c.id for c in calls), *(lead.id for lead in leads),
             *(a.id for a in appointments)}
     return ContactRecords(contact, calls, leads, history, appointments,

@@ -1,4 +1,4 @@
-"""Log-in and log-out pages; log-in is rate limited per email and client address."""
+"""Log-in and log-out pages; log-in is rate limited per email, per client address, and both."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ from dashboard.web.render import render
 
 router = APIRouter(include_in_schema=False)
 
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # per email and client address
+MAX_ACCOUNT_FAILURES = 20  # per email from anywhere (guessing from many addresses)
+MAX_ADDRESS_FAILURES = 50  # per client address across emails (spraying many accounts)
 WINDOW = timedelta(minutes=15)
+KEEP = timedelta(days=1)
 
 
 def _client(request: Request) -> str:
@@ -51,24 +54,40 @@ async def login(
     ip = _client(request)
     at = db.now(request)
 
-    def attempt(s: Session) -> User | str:
-        failures = s.exec(select(sa.func.count()).select_from(LoginAttempt).where(
-            LoginAttempt.email == email, LoginAttempt.ip == ip,
-            LoginAttempt.at > at - WINDOW)).one()
-        if failures >= MAX_FAILURES:
-            return "limited"
-        user = authenticate(s, email, password)
-        if user is None:
-            s.add(LoginAttempt(email=email, ip=ip, at=at))
-            return "wrong"
+    def record(s: Session) -> bool:
+        """Count this attempt first, then decide: parallel guesses all see each other."""
+        s.execute(sa.delete(LoginAttempt).where(LoginAttempt.at < at - KEEP))
+        s.add(LoginAttempt(email=email, ip=ip, at=at))
+        s.flush()
+        recent = LoginAttempt.at > at - WINDOW
+
+        def count(*where: object) -> int:
+            return int(s.exec(select(sa.func.count()).select_from(LoginAttempt)
+                              .where(recent, *where)).one())
+
+        return (count(LoginAttempt.email == email, LoginAttempt.ip == ip) > MAX_FAILURES
+                or count(LoginAttempt.email == email) > MAX_ACCOUNT_FAILURES
+                or count(LoginAttempt.ip == ip) > MAX_ADDRESS_FAILURES)
+
+    def succeed(s: Session, user_id: str) -> User | None:
         s.execute(sa.delete(LoginAttempt).where(LoginAttempt.email == email,
                                                 LoginAttempt.ip == ip))
-        user.last_login_at = at
-        s.add(user)
+        user = s.get(User, user_id)
+        if user is not None:
+            user.last_login_at = at
+            s.add(user)
         purge_expired(s, at)
         return user
 
-    result = await db.run(request, attempt, write=True)
+    # The password check (argon2, ~0.1 s) runs outside any write transaction: on SQLite a
+    # write transaction holds the one write lock every booking needs.
+    limited = await db.run(request, record, write=True)
+    result: User | str = "limited"
+    if not limited:
+        user = await db.run(request, lambda s: authenticate(s, email, password))
+        found = await db.run(request, lambda s: succeed(s, user.id), write=True) \
+            if user is not None else None
+        result = found if found is not None else "wrong"
     if result == "limited":
         return render(request, "login.html", status_code=429, next=safe_next(next), email=email,
                       error="Too many failed attempts. Wait 15 minutes and try again.")

@@ -78,3 +78,15 @@ async def test_the_login_redirect_stays_on_this_site(anonymous: httpx.AsyncClien
     assert r.status_code == 303 and r.headers["location"] == "/"
 
 
+
+
+async def test_guessing_one_account_from_many_addresses_is_limited_too(app) -> None:  # type: ignore[no-untyped-def]
+    from dashboard.web.login import MAX_ACCOUNT_FAILURES
+
+    codes = []
+    for n in range(MAX_ACCOUNT_FAILURES + 1):
+        transport = httpx.ASGITransport(app=app, client=(f"203.0.113.{n}", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            codes.append((await log_in(c, "owner@clinic.test", "wrong")).status_code)
+    assert codes[:MAX_ACCOUNT_FAILURES] == [401] * MAX_ACCOUNT_FAILURES
+    assert codes[-1] == 429

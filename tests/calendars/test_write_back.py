@@ -1,0 +1,191 @@
+"""Write-back under the awkward timings: lost answers, races between writers, re-linking.
+
+The provider here is an in-memory stand-in for the `CalendarProvider` interface (idempotent by
+event id, like the real ones), so the tests can park a write mid-flight; the real providers'
+idempotency is tested against their servers in test_service.py and the provider tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from booking import errors
+from booking.clock import FixedClock
+from booking.db import session_scope
+from booking.models import Appointment, CalendarBusyBlock, SyncState
+from booking.scheduler import Scheduler
+from calendars.base import CalendarInfo, EventSpec, SyncResult, TokenSet
+from calendars.secrets import Vault, new_key
+from calendars.service import CalendarService
+from tests.conftest import NOW
+
+NY = ZoneInfo("America/New_York")
+DAY = date(2026, 12, 1)
+
+
+def at(hour: int, minute: int = 0) -> datetime:
+    return datetime(DAY.year, DAY.month, DAY.day, hour, minute, tzinfo=NY)
+
+
+class Memory:
+    name = "caldav"
+    writable = True
+    notifies = False
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[str, str], EventSpec] = {}
+        self.others: dict[str, dict[str, list[Any]]] = {}
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+        self.lose_answer = False
+
+    async def check(self, account: Any) -> None:
+        pass
+
+    async def list_calendars(self, account: Any) -> list[CalendarInfo]:
+        return [CalendarInfo(id="cal1", name="one", primary=True),
+                CalendarInfo(id="cal2", name="two")]
+
+    async def busy(self, account: Any, **kw: Any) -> list[Any]:
+        return []
+
+    async def sync(self, account: Any, *, calendar_id: str, tz: Any, cursor: Any, start: Any,
+                   end: Any) -> SyncResult:
+        changed = {k: list(v) for k, v in self.others.get(calendar_id, {}).items()}
+        for (cal, eid), spec in self.events.items():
+            if cal == calendar_id:
+                changed[eid] = [(spec.start.astimezone(UTC), spec.end.astimezone(UTC))]
+        return SyncResult(full=True, changed=changed)
+
+    async def put_event(self, account: Any, *, calendar_id: str, event: EventSpec,
+                        event_id: str | None) -> str:
+        eid = event_id or f"uid-{event.key}"
+        gate = self.gate
+        if gate is not None:
+            self.entered.set()
+            await gate.wait()
+        self.events[(calendar_id, eid)] = event
+        if self.lose_answer:
+            raise errors.CalendarUnavailable("timed out (the write landed)")
+        return eid
+
+    async def delete_event(self, account: Any, *, calendar_id: str, event_id: str) -> None:
+        self.events.pop((calendar_id, event_id), None)
+
+    async def watch(self, account: Any, **kw: Any) -> None:
+        return None
+
+    async def stop(self, account: Any, channel: Any) -> None:
+        pass
+
+
+async def setup(clinic: Engine) -> tuple[Memory, CalendarService, Scheduler]:
+    memory = Memory()
+    service = CalendarService(engine=clinic, vault=Vault(new_key()),
+                              providers={"caldav": memory}, now=lambda: NOW)
+    scheduler = Scheduler(engine=clinic, calendars=service, writer=service,
+                          clock=FixedClock(NOW), write_timeout=10)
+    await service.link_caldav(business_id="clinic", staff_id="lee", url="https://dav.example/",
+                              username="u", password="p")
+    return memory, service, scheduler
+
+
+async def book(scheduler: Scheduler, start: datetime) -> Appointment:
+    return await scheduler.book(business_id="clinic", name="Ada", phone="+15550100123",
+                                service_id="checkup", staff_id="lee", start=start)
+
+
+def state(clinic: Engine, appointment_id: str) -> str:
+    with session_scope(clinic) as s:
+        row = s.get(Appointment, appointment_id)
+        assert row is not None
+        return row.sync_state
+
+
+async def test_a_cancel_after_a_lost_answer_still_removes_the_event(clinic: Engine) -> None:
+    memory, service, scheduler = await setup(clinic)
+    memory.lose_answer = True
+    booked = await book(scheduler, at(10))
+    assert booked.sync_state == SyncState.NOT_SYNCED and len(memory.events) == 1
+    memory.lose_answer = False
+    cancelled = await scheduler.cancel(business_id="clinic", appointment_id=booked.id)
+    assert cancelled.sync_state == SyncState.SYNCED
+    assert memory.events == {}
+
+
+async def test_a_cancel_racing_the_booking_write_leaves_no_event(clinic: Engine) -> None:
+    memory, service, scheduler = await setup(clinic)
+    gate = asyncio.Event()
+    memory.gate = gate
+    booking = asyncio.create_task(book(scheduler, at(10)))
+    await memory.entered.wait()  # the booking's write is in flight
+    with session_scope(clinic) as s:
+        apt_id = s.exec(select(Appointment.id)).one()
+    memory.gate = None
+    await scheduler.cancel(business_id="clinic", appointment_id=apt_id)
+    gate.set()  # now the booking's create lands, after the cancel
+    await booking
+    await service.retry_pending()
+    assert memory.events == {}
+    assert state(clinic, apt_id) == SyncState.SYNCED
+
+
+async def test_a_reschedule_racing_the_first_write_ends_at_the_new_time(clinic: Engine) -> None:
+    memory, service, scheduler = await setup(clinic)
+    gate = asyncio.Event()
+    memory.gate = gate
+    booking = asyncio.create_task(book(scheduler, at(10)))
+    await memory.entered.wait()
+    with session_scope(clinic) as s:
+        apt_id = s.exec(select(Appointment.id)).one()
+    memory.gate = None
+    moved = await scheduler.reschedule(business_id="clinic", appointment_id=apt_id,
+                                       start=at(14))
+    gate.set()
+    await booking
+    await service.retry_pending()
+    assert [spec.start for spec in memory.events.values()] == [at(14)]
+    assert state(clinic, moved.id) == SyncState.SYNCED
+
+
+async def test_a_deselected_calendar_stops_blocking_time(clinic: Engine) -> None:
+    memory, service, scheduler = await setup(clinic)
+    memory.others["cal1"] = {"x1": [(at(10).astimezone(UTC), at(11).astimezone(UTC))]}
+    [conn] = await service.connections("clinic", "lee")
+    await service.refresh(conn.id, full=True)
+    await service.choose_calendars(conn.id, business_id="clinic", read=["cal2"], write="cal2")
+    with session_scope(clinic) as s:
+        assert list(s.exec(select(CalendarBusyBlock))) == []
+    found = await scheduler.search(business_id="clinic", service_id="checkup", staff_id="lee",
+                                   start=at(9), end=at(12))
+    assert at(10) in {slot.start for slot in found.slots}
+
+
+async def test_linking_an_account_again_revives_the_connection(clinic: Engine) -> None:
+    memory = Memory()
+    memory.name = "google"
+
+    class OAuth:
+        name = "google"
+
+        async def refresh(self, refresh_token: str) -> TokenSet:
+            return TokenSet(access_token="a2", expires_at=NOW + timedelta(hours=1))
+
+    service = CalendarService(engine=clinic, vault=Vault(new_key()),
+                              providers={"google": memory},  # type: ignore[dict-item]
+                              oauth={"google": OAuth()}, now=lambda: NOW)  # type: ignore[dict-item]
+    tokens = TokenSet(access_token="a", refresh_token="r", account="lee@example.com",
+                      expires_at=datetime.now(UTC) + timedelta(hours=1))
+    first = await service.link_tokens("google", business_id="clinic", staff_id="lee",
+                                      tokens=tokens)
+    await service._mark(first.id, "needs_relink", "revoked")
+    again = await service.link_tokens("google", business_id="clinic", staff_id="lee",
+                                      tokens=tokens)
+    assert again.id == first.id and again.status == "ok"
+    assert [c.id for c in await service.connections("clinic", "lee")] == [first.id]
