@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import icalendar
@@ -699,16 +699,32 @@ class CalendarService:
             raise errors.InvalidRequest("the CalDAV URL must start with https://")
         if not username or not password:
             raise errors.InvalidRequest("CalDAV needs a username and a password")
-        from urllib.parse import urlsplit
-        label = name or f"CalDAV ({username} at {urlsplit(url).hostname})"
+        label = _label(name or f"CalDAV ({username} at {urlsplit(url).hostname})")
         return await self._create(business_id, staff_id, "caldav", label,
                                   settings={"url": url, "username": username},
                                   secret={"password": password})
 
     async def link_ics(self, *, business_id: str, staff_id: str, source: str,
-                       name: str | None = None) -> CalendarConnection:
-        return await self._create(business_id, staff_id, "ics", name or "ICS feed",
-                                  settings={"source": source}, secret={})
+                       name: str | None = None, allow_files: bool = False
+                       ) -> CalendarConnection:
+        """Subscribe a staff member to a published ICS feed (read-only).
+
+        Only http(s)/webcal addresses, unless `allow_files` (the CLI, run by whoever runs the
+        server): a file path from a web form would let anyone read the server's files. What
+        went wrong reading a feed is logged, never echoed: it could quote the fetched text."""
+        scheme = urlsplit(source).scheme.lower()
+        if scheme not in ("http", "https", "webcal") and not (
+                allow_files and source.startswith("/")):
+            raise errors.InvalidRequest("an ICS feed must be an https:// (or webcal://) address")
+        label = name or f"ICS feed ({urlsplit(source).hostname or 'file'})"
+        try:
+            return await self._create(business_id, staff_id, "ics", _label(label),
+                                      settings={"source": source}, secret={})
+        except errors.CalendarUnavailable as exc:
+            log.info("ICS feed for %s/%s refused: %s", business_id, staff_id, exc)
+            raise errors.CalendarUnavailable(
+                f"no readable iCalendar feed at {urlsplit(source).hostname or 'that path'}"
+            ) from None
 
     async def _create(self, business_id: str, staff_id: str, provider_name: str, name: str, *,
                       settings: dict[str, Any], secret: dict[str, Any]) -> CalendarConnection:
@@ -804,6 +820,12 @@ class CalendarService:
 
 
 # ---- database helpers (run in worker threads) --------------------------------------------
+
+
+def _label(name: str) -> str:
+    """A connection's name as people will see it: one short line of printable text."""
+    text = "".join(ch for ch in name if ch.isprintable()).strip()
+    return (text or "Calendar")[:120]
 
 
 def _window_has(state: dict[str, Any], start: datetime, end: datetime) -> bool:

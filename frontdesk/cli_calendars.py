@@ -139,6 +139,6 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
         if not args.source:
             raise CalendarCommandError("ICS needs --source")
         conn = await service.link_ics(business_id=business_id, staff_id=args.staff,
-                                      source=args.source, name=args.name)
+                                      source=args.source, name=args.name, allow_files=True)
     print(f"{conn.id}: linked {conn.name} for {args.staff} ({conn.status})")
     return 0

@@ -67,3 +67,18 @@ async def test_linking_needs_csrf_and_the_right_person(
                                    data={**form(h), "csrf_token": csrf_of(home.text)})
     assert foreign.status_code == 404
     assert await service.connections("clinic") == []
+
+
+async def test_an_ics_feed_from_the_web_must_be_an_address_and_errors_quote_nothing(
+        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from calendars.ics import IcsProvider
+
+    _, service = radicale
+    service.providers = {**service.providers, "ics": IcsProvider()}
+    secret = tmp_path / "secret.env"
+    secret.write_text("FRONTDESK_SECRET_KEY=abc123supersecret\n")
+    local = await post_form(staff, PAGE, "/calendars/connect/ics",
+                            {"staff": "lee", "source": str(secret)})
+    assert local.status_code == 400 and "abc123" not in local.text
+    assert "https://" in local.text
+    assert await service.connections("clinic", "lee") == []
