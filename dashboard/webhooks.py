@@ -290,6 +290,7 @@ class WebhookDispatcher:
         self.batch = batch
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
                                          transport=transport)
+        self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
 
@@ -369,7 +370,9 @@ class WebhookDispatcher:
 
     async def deliver_due(self) -> int:
         now = self.clock.now()
-        lease = timedelta(seconds=self.timeout + 30)
+        # A claimed batch is sent a few at a time: the lease must outlast every wave of it.
+        waves = -(-self.batch // max(1, self.concurrency))
+        lease = timedelta(seconds=waves * self.timeout + 30)
         if not await self._db(lambda s: bool(s.exec(_due(now).limit(1)).first())):
             return 0
         due = await self._db(lambda s: _claim(s, now, lease, self.batch), write=True)
@@ -386,8 +389,10 @@ class WebhookDispatcher:
         await self._db(lambda s: _record(s, due, attempt, recorded, limit, self.retry_delays),
                        write=True)
         if not attempt.ok:
-            log.info("webhook delivery %s to %s failed: %s", due.delivery_id, due.url,
-                     attempt.error or f"HTTP {attempt.status_code}")
+            # Scheme and host only: webhook URLs often carry a token in their path or query.
+            where = urlsplit(due.url)
+            log.info("webhook delivery %s to %s://%s failed: %s", due.delivery_id, where.scheme,
+                     where.hostname, attempt.error or f"HTTP {attempt.status_code}")
         return attempt
 
     async def send_test(self, *, business_id: str, webhook_id: str) -> WebhookDelivery:

@@ -161,7 +161,9 @@ def csv_cell(value: object) -> str:
 
 def leads_csv(rows: list[Lead], tz: ZoneInfo) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
+    # Every cell quoted: a spreadsheet splitting on ";" (most of Europe) could otherwise see
+    # a formula start in the middle of a field.
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         writer.writerow([csv_cell(v) for v in (
