@@ -71,6 +71,7 @@ from calendars.base import (
     TokenSet,
 )
 from calendars.links import link_account
+from calendars.netguard import check_public_url
 from calendars.registry import merge
 from calendars.secrets import SecretKeyMissing, Vault
 from calendars.tokens import OAuthTokens
@@ -102,6 +103,7 @@ class CalendarService:
     max_age: timedelta = timedelta(minutes=15)
     timeout: float = 10.0
     write_lease: timedelta = timedelta(seconds=90)
+    allow_private_urls: bool = True  # the app passes FRONTDESK_ALLOW_PRIVATE_URLS
 
     def __post_init__(self) -> None:
         self._accounts: dict[str, tuple[str, Account]] = {}  # id -> (sealed secret, account)
@@ -699,6 +701,7 @@ class CalendarService:
             raise errors.InvalidRequest("the CalDAV URL must start with https://")
         if not username or not password:
             raise errors.InvalidRequest("CalDAV needs a username and a password")
+        await check_public_url(url, allow_private=self.allow_private_urls)
         label = _label(name or f"CalDAV ({username} at {urlsplit(url).hostname})")
         return await self._create(business_id, staff_id, "caldav", label,
                                   settings={"url": url, "username": username},
@@ -716,6 +719,8 @@ class CalendarService:
         if scheme not in ("http", "https", "webcal") and not (
                 allow_files and source.startswith("/")):
             raise errors.InvalidRequest("an ICS feed must be an https:// (or webcal://) address")
+        if scheme:
+            await check_public_url(source, allow_private=self.allow_private_urls)
         label = name or f"ICS feed ({urlsplit(source).hostname or 'file'})"
         try:
             return await self._create(business_id, staff_id, "ics", _label(label),

@@ -52,4 +52,5 @@ def build_calendar_service(settings: Settings, engine: Engine) -> CalendarServic
         horizon=timedelta(days=settings.calendar_horizon_days),
         max_age=timedelta(seconds=settings.calendar_cache_max_age_seconds),
         timeout=settings.calendar_timeout_seconds,
+        allow_private_urls=settings.allow_private_urls,
     )

@@ -52,6 +52,7 @@ from booking import errors
 from booking.clock import Clock, SystemClock
 from booking.db import session_scope
 from booking.models import OutboxEvent, new_id
+from calendars.netguard import check_public_url
 from dashboard.webhook_models import (
     EVENT_TYPES,
     TEST_EVENT_TYPE,
@@ -140,6 +141,7 @@ class Webhooks:
     """A business's endpoints and their delivery log."""
 
     engine: Engine
+    allow_private: bool = True  # the web layer passes FRONTDESK_ALLOW_PRIVATE_URLS
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
         def run() -> T:
@@ -150,6 +152,7 @@ class Webhooks:
 
     async def create(self, *, business_id: str, url: str, event_types: list[str],
                      description: str | None = None) -> Webhook:
+        await check_public_url(check_url(url), allow_private=self.allow_private)
         row = Webhook(business_id=business_id, url=check_url(url),
                       event_types=check_event_types(event_types), secret=new_secret(),
                       description=(description or "").strip()[:200] or None)
@@ -172,6 +175,9 @@ class Webhooks:
     async def update(self, *, business_id: str, webhook_id: str, url: str | None = None,
                      event_types: list[str] | None = None, active: bool | None = None,
                      description: str | None = None) -> Webhook:
+        if url is not None:
+            await check_public_url(check_url(url), allow_private=self.allow_private)
+
         def write(s: Session) -> Webhook:
             row = _own(s, business_id, webhook_id)
             if url is not None:

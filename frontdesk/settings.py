@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     voice_language: str = "en-US"
     voice_tts_voice: str | None = None
 
+    allow_private_urls: bool = Field(
+        default=False, description="let calendar links and webhooks reach loopback and "
+                                   "private-network addresses (self-hosted LAN services)")
+
     # Linked calendars.
     secret_key: SecretStr | None = Field(
         default=None, description="Fernet key(s) encrypting calendar credentials at rest; "

@@ -33,7 +33,8 @@ LOG_SIZE = 50
 
 
 def _store(request: Request) -> Webhooks:
-    return Webhooks(db.scheduler(request).engine)
+    return Webhooks(db.scheduler(request).engine,
+                    allow_private=request.app.state.settings.allow_private_urls)
 
 
 async def dispatcher(request: Request) -> AsyncIterator[WebhookDispatcher]:

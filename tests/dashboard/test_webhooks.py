@@ -337,8 +337,9 @@ async def test_the_background_task_delivers_new_events(
 async def test_the_app_runs_the_dispatcher_while_it_serves(
     scheduler: Scheduler, store: Webhooks, receiver: Receiver,
 ) -> None:
-    app = create_app(Settings(_env_file=None, api_key=SecretStr(API_KEY)),  # type: ignore[call-arg]
-                     scheduler=scheduler)
+    settings = Settings(_env_file=None, api_key=SecretStr(API_KEY),  # type: ignore[call-arg]
+                        allow_private_urls=True)
+    app = create_app(settings, scheduler=scheduler)
     await store.create(business_id="clinic", url=receiver.url, event_types=["lead.created"])
     async with app.router.lifespan_context(app):
         await scheduler.record_lead(business_id="clinic", phone="+15551230002", name="Cara")

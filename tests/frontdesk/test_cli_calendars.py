@@ -39,6 +39,7 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{db}")
     monkeypatch.setenv("FRONTDESK_LOG_LEVEL", "WARNING")
     monkeypatch.setenv("FRONTDESK_CALENDAR_TIMEOUT_SECONDS", "10")
+    monkeypatch.setenv("FRONTDESK_ALLOW_PRIVATE_URLS", "true")  # Radicale runs on loopback
     for name in ("FRONTDESK_SECRET_KEY", "FRONTDESK_GOOGLE_CLIENT_ID",
                  "FRONTDESK_GOOGLE_CLIENT_SECRET"):
         monkeypatch.delenv(name, raising=False)
@@ -113,3 +114,16 @@ def test_oauth_providers_say_when_they_are_not_configured(
     run(capsys, "import", str(DEMO))
     code, _, err = run(capsys, "calendars", "link", "google", "--staff", "lee")
     assert code == 1 and "FRONTDESK_GOOGLE_CLIENT_ID" in err
+
+
+def test_private_addresses_are_refused_unless_allowed(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      radicale: RadicaleServer) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("FRONTDESK_ALLOW_PRIVATE_URLS", "false")
+    run(capsys, "import", str(DEMO))
+    code, _, err = link_caldav(capsys, monkeypatch, radicale, PASSWORD)
+    assert code == 1 and "private or local address" in err
+    code, _, err = run(capsys, "calendars", "link", "ics", "--staff", "lee",
+                       "--source", "http://169.254.169.254/latest/meta-data/")
+    assert code == 1 and "private or local address" in err

@@ -43,7 +43,8 @@ def live(sqlite_engine: Engine) -> Iterator[dict[str, Any]]:
     scheduler = Scheduler(engine=sqlite_engine, clock=FixedClock(NOW))
     seed_salon(sqlite_engine)
     leads = asyncio.run(_seed(scheduler))
-    app = create_app(Settings(api_key=SecretStr(API_KEY)), scheduler=scheduler)
+    settings = Settings(api_key=SecretStr(API_KEY), allow_private_urls=True)
+    app = create_app(settings, scheduler=scheduler)
     server = LoopbackServer(app, name="dashboard")
     server.start()
     try:
