@@ -273,6 +273,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  Availability:  curl -H 'Authorization: Bearer {key}' "
           f"'http://{host}:{port}/api/v1/availability?service=cleaning"
           f"&from={first}&to={last}&limit=5'")
+    print(f"  Dashboard:     http://{host}:{port}/login  (make an account first: "
+          "frontdesk users add --business ID --email you@example.com --role owner)")
     if generated:
         print("  (API key generated for this run; set FRONTDESK_API_KEY to keep one)")
     sys.stdout.flush()
