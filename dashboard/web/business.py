@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from starlette.datastructures import FormData
 
 from booking.business_file import BusinessInfo, ServiceEntry
-from booking.models import Business, Service
+from booking.models import Appointment, AppointmentStatus, Business, Service, Staff
 from dashboard.models import audit
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, WebUser, verify_csrf
@@ -162,11 +162,17 @@ def _load(s: Session, user: WebUser) -> tuple[Business, list[Service]]:
     return business, services
 
 
+async def _staff(request: Request, user: WebUser) -> list[Staff]:
+    return await db.run(request, lambda s: list(s.exec(select(Staff).where(
+        Staff.business_id == user.business_id).order_by(Staff.position))))
+
+
 @router.get("/settings")
 async def settings_page(request: Request, user: OwnerUser, saved: bool = False) -> Response:
     business, services = await db.run(request, lambda s: _load(s, user))
     return render(request, "settings.html", business=business,
-                  form=SettingsForm.of(business, services), saved=saved)
+                  form=SettingsForm.of(business, services), saved=saved,
+                  staff=await _staff(request, user))
 
 
 @router.post("/settings", dependencies=[Depends(verify_csrf)])
@@ -177,4 +183,79 @@ async def save_settings(request: Request, user: OwnerUser) -> Response:
         return RedirectResponse("/settings?saved=1", status_code=303)
     business, _ = await db.run(request, lambda s: _load(s, user))
     return render(request, "settings.html", status_code=422, business=business, form=form,
-                  saved=False)
+                  saved=False, staff=await _staff(request, user))
+
+
+def _add_service(s: Session, user: WebUser, form: FormData, at: Any) -> list[str]:
+    """Create a service from the add form; the problems, or none when it was saved."""
+    business_id = user.business_id
+    staff_ids = {m.id for m in s.exec(select(Staff).where(Staff.business_id == business_id))}
+    chosen = [str(v) for v in form.getlist("staff") if str(v) in staff_ids]
+    typed = {k: str(form.get(k, "")).strip() for k in ("id", "name", "duration_minutes",
+                                                       "buffer_before_minutes",
+                                                       "buffer_after_minutes")}
+    try:
+        entry = ServiceEntry.model_validate({
+            "id": typed["id"], "name": typed["name"], "staff": chosen,
+            "duration_minutes": int(typed["duration_minutes"] or 0),
+            "buffer_before_minutes": int(typed["buffer_before_minutes"] or 0),
+            "buffer_after_minutes": int(typed["buffer_after_minutes"] or 0)})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        if isinstance(exc, ValidationError):
+            return [f"New service: the {'.'.join(str(p) for p in e['loc']) or 'value'} "
+                    f"{_reason(e)}" for e in exc.errors()]
+        return ["New service: durations and buffers are whole numbers of minutes"]
+    if not chosen:
+        return ["New service: choose who does it"]
+    if s.get(Service, (business_id, entry.id)) is not None:
+        return [f"New service: there is already a service with the id {entry.id}"]
+    last = s.exec(select(Service.position).where(Service.business_id == business_id)
+                  .order_by(Service.position.desc())).first()  # type: ignore[attr-defined]
+    values = entry.model_dump(exclude={"staff"})
+    s.add(Service(business_id=business_id, staff_ids=chosen,
+                  position=(last or 0) + 1, **values))
+    audit(s, business_id=business_id, actor=user.email, user_id=user.id,
+          action="service.add", subject=entry.id, details=values, at=at)
+    return []
+
+
+def _remove_service(s: Session, user: WebUser, service_id: str, at: Any) -> list[str]:
+    row = s.get(Service, (user.business_id, service_id))
+    if row is None:
+        return ["That service no longer exists; reload the page"]
+    upcoming = s.exec(select(Appointment.id).where(
+        Appointment.business_id == user.business_id, Appointment.service_id == service_id,
+        Appointment.status == AppointmentStatus.CONFIRMED.value, Appointment.end > at)).first()
+    if upcoming is not None:
+        return [f"{row.name} still has upcoming appointments: cancel or move them first"]
+    s.delete(row)  # past appointments keep its id; the agent stops offering it at once
+    audit(s, business_id=user.business_id, actor=user.email, user_id=user.id,
+          action="service.remove", subject=service_id, details={"name": row.name}, at=at)
+    return []
+
+
+async def _after(request: Request, user: WebUser, problems: list[str]) -> Response:
+    if not problems:
+        return RedirectResponse("/settings?saved=1", status_code=303)
+    business, services = await db.run(request, lambda s: _load(s, user))
+    form = SettingsForm.of(business, services)
+    form.problems = problems
+    return render(request, "settings.html", status_code=422, business=business, form=form,
+                  saved=False, staff=await _staff(request, user))
+
+
+@router.post("/settings/services", dependencies=[Depends(verify_csrf)])
+async def add_service(request: Request, user: OwnerUser) -> Response:
+    form = await request.form()
+    at = db.now(request)
+    return await _after(request, user,
+                        await db.run(request, lambda s: _add_service(s, user, form, at),
+                                     write=True))
+
+
+@router.post("/settings/services/{service_id}/remove", dependencies=[Depends(verify_csrf)])
+async def remove_service(request: Request, service_id: str, user: OwnerUser) -> Response:
+    at = db.now(request)
+    return await _after(request, user,
+                        await db.run(request, lambda s: _remove_service(s, user, service_id, at),
+                                     write=True))

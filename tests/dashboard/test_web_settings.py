@@ -54,3 +54,37 @@ async def test_bad_settings_are_refused_with_clear_errors(
     assert "Teeth cleaning: the duration must be a whole number of minutes" in r.text
     assert "Checkup: the buffer after" in r.text
     assert (await scheduler.business("clinic")).transfer_number == "+15550100199"
+
+
+async def test_owner_adds_a_service_the_agent_can_book_and_removes_it(
+        owner, scheduler) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    r = await post_form(owner, "/settings", "/settings/services", [
+        ("id", "whitening"), ("name", "Teeth whitening"), ("duration_minutes", "60"),
+        ("buffer_before_minutes", "0"), ("buffer_after_minutes", "15"), ("staff", "lee")])
+    assert r.status_code == 303, r.text
+    found = await scheduler.availability(business_id="clinic", service_id="whitening",
+                                         first_day=datetime(2026, 12, 1).date(),
+                                         last_day=datetime(2026, 12, 1).date())
+    assert found.slots and {s.staff_id for s in found.slots} == {"lee"}
+    again = await post_form(owner, "/settings", "/settings/services", [
+        ("id", "whitening"), ("name", "Again"), ("duration_minutes", "30"), ("staff", "lee")])
+    assert again.status_code == 422 and "already a service" in again.text
+
+    booked = await scheduler.book(business_id="clinic", service_id="whitening", staff_id="lee",
+                                  start=found.slots[0].start, name="Ada", phone="+15550142200")
+    refused = await post_form(owner, "/settings", "/settings/services/whitening/remove", {})
+    assert refused.status_code == 422 and "upcoming appointments" in refused.text
+    await scheduler.cancel(business_id="clinic", appointment_id=booked.id)
+    removed = await post_form(owner, "/settings", "/settings/services/whitening/remove", {})
+    assert removed.status_code == 303
+    assert "whitening" not in [sv.id for sv in await scheduler.services("clinic")]
+
+
+async def test_staff_cannot_change_services(staff) -> None:  # type: ignore[no-untyped-def]
+    page = await staff.get("/leads")
+    r = await staff.post("/settings/services/cleaning/remove",
+                         data={"csrf_token": page.text.split('name="csrf_token" value="')[1]
+                               .split('"')[0]})
+    assert r.status_code == 403
