@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from booking import errors
 from booking.busy import CalendarBusy, CalendarWriter, NoCalendars, NoWriter, StaffCalendars
@@ -189,13 +189,13 @@ class Scheduler:
     async def services(self, business_id: str) -> list[Service]:
         return await self._db(
             lambda s: list(s.exec(select(Service).where(Service.business_id == business_id)
-                                  .order_by(Service.position)))
+                                  .order_by(col(Service.position))))
         )
 
     async def staff(self, business_id: str) -> list[Staff]:
         return await self._db(
             lambda s: list(s.exec(select(Staff).where(Staff.business_id == business_id)
-                                  .order_by(Staff.position)))
+                                  .order_by(col(Staff.position))))
         )
 
     # ---- slot search ----------------------------------------------------------------------
@@ -571,7 +571,7 @@ class Scheduler:
                 if contact is None:
                     return []
                 q = q.where(Appointment.contact_id == contact.id)
-            return list(s.exec(q.order_by(Appointment.start)))
+            return list(s.exec(q.order_by(col(Appointment.start))))
 
         return await self._db(load)
 
@@ -637,7 +637,7 @@ class Scheduler:
             q = select(Lead).where(Lead.business_id == bid)
             if outcome:
                 q = q.where(Lead.outcome == outcome)
-            return list(s.exec(q.order_by(sa.desc(Lead.created_at)).limit(limit)))
+            return list(s.exec(q.order_by(col(Lead.created_at).desc()).limit(limit)))
 
         return await self._db(load)
 
@@ -672,10 +672,10 @@ def _load_context(
             raise errors.NotFound(f"no staff member {staff_id!r} at {business.name}")
         raise errors.InvalidRequest(f"{staff_id} does not do {service.name}")
     wanted = [staff_id] if staff_id is not None else list(service.staff_ids)
-    rows = list(s.exec(select(Staff).where(Staff.business_id == bid, Staff.id.in_(wanted))
-                       .order_by(Staff.position)))
+    rows = list(s.exec(select(Staff).where(Staff.business_id == bid, col(Staff.id).in_(wanted))
+                       .order_by(col(Staff.position))))
     connections = list(s.exec(select(CalendarConnection).where(
-        CalendarConnection.business_id == bid, CalendarConnection.staff_id.in_(wanted),
+        CalendarConnection.business_id == bid, col(CalendarConnection.staff_id).in_(wanted),
         CalendarConnection.status != "disconnected")))
     return Context(business=business, service=service_spec(service), service_row=service,
                    staff_rows=rows, staff=[staff_spec(r, business) for r in rows],
@@ -782,7 +782,8 @@ def _live_hold(s: Session, business_id: str | None, hold_id: str, now: datetime)
 
 
 def _drop_holds(s: Session, business_id: str, holder: str) -> None:
-    s.execute(sa.delete(Hold).where(Hold.business_id == business_id, Hold.holder == holder))
+    s.execute(sa.delete(Hold).where(col(Hold.business_id) == business_id,
+                                    col(Hold.holder) == holder))
 
 
 def _upsert_contact(
