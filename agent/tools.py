@@ -463,8 +463,9 @@ class Toolbox:
                           outcome: LeadOutcome, appointment_id: str | None = None) -> None:
         """Record the call's lead, unless the call already has one: one call, one lead.
 
-        A message is recorded as soon as it is taken, so it survives a crash; whatever the call
-        does later (a second message, a failed transfer) stays in its transcript.
+        A message is recorded as soon as it is taken, so it survives a crash; a booking made
+        later turns that lead into a booked one, while anything else the call does later (a
+        second message, a failed transfer) stays in its transcript.
         """
         self.state.caller_name = name or self.state.caller_name
         if self.state.lead is not None:
