@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
 from booking.clock import FixedClock
 from booking.db import make_engine, migrate, session_scope
@@ -56,7 +57,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
+    # PostgreSQL without a pool: a worker thread of a test's background task that finishes
+    # after the test closes its connection at once, instead of leaving it open in a disposed
+    # pool for the garbage collector to complain about during some later test.
+    options = {"poolclass": NullPool} if db_url.startswith("postgresql") else {}
+    eng = make_engine(db_url, **options)
     migrate(eng)
     yield eng
     eng.dispose()
