@@ -7,7 +7,6 @@ Database work runs in a worker thread, like the scheduler's, so the event loop n
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from sqlmodel import Session, select
 
 from booking import errors
 from booking.clock import Clock, SystemClock
-from booking.db import session_scope
+from booking.db import in_session
 from booking.models import Call, Contact
 
 log = logging.getLogger(__name__)
@@ -41,11 +40,7 @@ class CallLog:
         return cls(engine=engine, clock=clock or SystemClock())
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
-        def run() -> T:
-            with session_scope(self.engine, write=write) as session:
-                return fn(session)
-
-        return await asyncio.to_thread(run)
+        return await in_session(self.engine, fn, write=write)
 
     async def start_call(
         self, *, business_id: str, call_sid: str, from_number: str | None, to_number: str | None

@@ -8,11 +8,12 @@ exclusion constraint over the appointment's block range is the final guard.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -86,6 +87,20 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+T = TypeVar("T")
+
+
+async def in_session(engine: Engine, fn: Callable[[Session], T], *, write: bool = False) -> T:
+    """Run `fn` in one transaction (see `session_scope`) in a worker thread, so the event loop
+    never waits on the database."""
+
+    def run() -> T:
+        with session_scope(engine, write=write) as session:
+            return fn(session)
+
+    return await asyncio.to_thread(run)
 
 
 def lock_staff(session: Session, business_id: str, staff_id: str) -> None:

@@ -22,6 +22,17 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 
 
+def merge(intervals: list[Interval]) -> list[Interval]:
+    """Sort intervals and join those that overlap or touch."""
+    merged: list[Interval] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def _minutes(hh: str, mm: str) -> int:
     return int(hh) * 60 + int(mm)
 

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from booking import errors
 from booking.busy import CalendarBusy, CalendarWriter, NoCalendars, NoWriter, StaffCalendars
 from booking.clock import Clock, SystemClock
-from booking.db import lock_staff, session_scope
+from booking.db import in_session, lock_staff
 from booking.models import (
     Appointment,
     AppointmentStatus,
@@ -149,11 +149,7 @@ class Scheduler:
     # ---- plumbing -------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
-        def run() -> T:
-            with session_scope(self.engine, write=write) as session:
-                return fn(session)
-
-        return await asyncio.to_thread(run)
+        return await in_session(self.engine, fn, write=write)
 
     def _now(self, now: datetime | None) -> datetime:
         value = now or self.clock.now()

@@ -42,7 +42,7 @@ from sqlmodel import Session, select
 
 from booking import errors
 from booking.busy import StaffCalendars
-from booking.db import lock_staff, session_scope
+from booking.db import in_session, lock_staff
 from booking.models import (
     Appointment,
     AppointmentStatus,
@@ -57,7 +57,8 @@ from booking.models import (
     Staff,
     SyncState,
 )
-from booking.rules import Interval
+from booking.rules import Interval, merge
+from booking.scheduler import staff_zone
 from calendars.base import (
     Account,
     CalendarInfo,
@@ -72,7 +73,6 @@ from calendars.base import (
 )
 from calendars.links import link_account
 from calendars.netguard import check_public_url
-from calendars.registry import merge
 from calendars.secrets import SecretKeyMissing, Vault
 from calendars.tokens import OAuthTokens
 
@@ -111,11 +111,7 @@ class CalendarService:
         self._pokes: dict[str, asyncio.Task[None]] = {}
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
-        def run() -> T:
-            with session_scope(self.engine, write=write) as s:
-                return fn(s)
-
-        return await asyncio.to_thread(run)
+        return await in_session(self.engine, fn, write=write)
 
     def provider(self, name: str) -> CalendarProvider:
         provider = self.providers.get(name)
@@ -861,11 +857,7 @@ def _read_cache(s: Session, calendars: StaffCalendars, ids: list[str], start: da
     rows = s.connection().execute(sa.select(block.start, block.end).where(
         block.business_id == calendars.business_id, block.staff_id == calendars.staff_id,
         wanted, block.start < end, block.end > start)).all()
-    return conns, [(_aware(a), _aware(b)) for a, b in rows]
-
-
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return conns, [(a, b) for a, b in rows]  # UTCDateTime: aware UTC already
 
 
 def _own_event_ids(s: Session, connection_id: str) -> set[str]:
@@ -878,7 +870,7 @@ def _staff_zone(s: Session, conn: CalendarConnection) -> ZoneInfo:
     staff = s.get(Staff, (conn.business_id, conn.staff_id))
     business = s.get(Business, conn.business_id)
     assert business is not None
-    return ZoneInfo((staff.timezone if staff else None) or business.timezone)
+    return staff_zone(staff, business) if staff else ZoneInfo(business.timezone)
 
 
 def _staff(s: Session, business_id: str, staff_id: str) -> Staff:
@@ -991,27 +983,26 @@ class _Plan:
     remove: tuple[CalendarConnection, str, str | None] | None = None
 
 
-def _chain_root(s: Session, row: Appointment) -> str:
+def _follow(s: Session, row: Appointment, link: str) -> Appointment:
+    """The end of a reschedule chain, following `rescheduled_from` or `rescheduled_to`."""
     seen = {row.id}
-    while row.rescheduled_from is not None:
-        previous = s.get(Appointment, row.rescheduled_from)
-        if previous is None or previous.id in seen:
-            break
-        seen.add(previous.id)
-        row = previous
-    return row.id
-
-
-def _head(s: Session, row: Appointment) -> Appointment:
-    """The latest appointment of a reschedule chain (where the calendar event belongs now)."""
-    seen = {row.id}
-    while row.rescheduled_to is not None:
-        following = s.get(Appointment, row.rescheduled_to)
+    while (next_id := getattr(row, link)) is not None:
+        following = s.get(Appointment, next_id)
         if following is None or following.id in seen:
             break
         seen.add(following.id)
         row = following
     return row
+
+
+def _chain_root(s: Session, row: Appointment) -> str:
+    """The chain's first appointment id: the calendar event's key for the chain's whole life."""
+    return _follow(s, row, "rescheduled_from").id
+
+
+def _head(s: Session, row: Appointment) -> Appointment:
+    """The latest appointment of a reschedule chain (where the calendar event belongs now)."""
+    return _follow(s, row, "rescheduled_to")
 
 
 def _plan(s: Session, appointment_id: str, now: datetime, lease: timedelta) -> _Plan:

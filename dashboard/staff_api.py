@@ -7,7 +7,6 @@ business file (`booking.business_file.StaffEntry`), effective for the next slot 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -16,7 +15,7 @@ from sqlmodel import Session, select
 
 from booking import errors
 from booking.business_file import StaffEntry, staff_values
-from booking.db import session_scope
+from booking.db import in_session
 from booking.models import Staff
 from booking.scheduler import Scheduler
 from dashboard.api import get_scheduler, require_api_key
@@ -84,8 +83,4 @@ async def set_availability(staff_id: str, body: AvailabilityIn, scheduler: Sched
         s.add(row)
         return row
 
-    def run() -> Staff:
-        with session_scope(scheduler.engine, write=True) as s:
-            return write(s)
-
-    return StaffOut.of(await asyncio.to_thread(run))
+    return StaffOut.of(await in_session(scheduler.engine, write, write=True))

@@ -50,7 +50,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from booking import errors
 from booking.clock import Clock, SystemClock
-from booking.db import session_scope
+from booking.db import in_session
 from booking.models import OutboxEvent, new_id
 from calendars.netguard import check_public_url
 from dashboard.webhook_models import (
@@ -144,11 +144,7 @@ class Webhooks:
     allow_private: bool = True  # the web layer passes FRONTDESK_ALLOW_PRIVATE_URLS
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
-        def run() -> T:
-            with session_scope(self.engine, write=write) as session:
-                return fn(session)
-
-        return await asyncio.to_thread(run)
+        return await in_session(self.engine, fn, write=write)
 
     async def create(self, *, business_id: str, url: str, event_types: list[str],
                      description: str | None = None) -> Webhook:
@@ -312,11 +308,7 @@ class WebhookDispatcher:
         await self.aclose()
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
-        def run() -> T:
-            with session_scope(self.engine, write=write) as session:
-                return fn(session)
-
-        return await asyncio.to_thread(run)
+        return await in_session(self.engine, fn, write=write)
 
     # ---- the background loop --------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -10,7 +9,7 @@ from typing import TypeVar
 from fastapi import Request
 from sqlmodel import Session
 
-from booking.db import session_scope
+from booking.db import in_session
 from booking.scheduler import Scheduler
 
 T = TypeVar("T")
@@ -27,10 +26,4 @@ def now(request: Request) -> datetime:
 
 async def run(request: Request, fn: Callable[[Session], T], *, write: bool = False) -> T:
     """Run `fn` in one transaction in a worker thread, so the event loop never waits."""
-    engine = scheduler(request).engine
-
-    def work() -> T:
-        with session_scope(engine, write=write) as s:
-            return fn(s)
-
-    return await asyncio.to_thread(work)
+    return await in_session(scheduler(request).engine, fn, write=write)
