@@ -697,6 +697,7 @@ class CalendarService:
             raise errors.InvalidRequest("the CalDAV URL must start with https://")
         if not username or not password:
             raise errors.InvalidRequest("CalDAV needs a username and a password")
+        await self._db(lambda s: _staff(s, business_id, staff_id))
         await check_public_url(url, allow_private=self.allow_private_urls)
         label = _label(name or f"CalDAV ({username} at {urlsplit(url).hostname})")
         return await self._create(business_id, staff_id, "caldav", label,
@@ -715,6 +716,7 @@ class CalendarService:
         if scheme not in ("http", "https", "webcal") and not (
                 allow_files and source.startswith("/")):
             raise errors.InvalidRequest("an ICS feed must be an https:// (or webcal://) address")
+        await self._db(lambda s: _staff(s, business_id, staff_id))
         if scheme:
             await check_public_url(source, allow_private=self.allow_private_urls)
         label = name or f"ICS feed ({urlsplit(source).hostname or 'file'})"

@@ -103,13 +103,16 @@ class AppointmentOut(BaseModel):
     notes: str | None
     rescheduled_from: str | None
     rescheduled_to: str | None
+    calendar_sync: str = Field(description="synced, not_synced (the retry job will write it) "
+                                           "or no_calendar")
 
     @classmethod
     def of(cls, row: Appointment, tz: ZoneInfo) -> AppointmentOut:
         return cls(id=row.id, service=row.service_id, staff=row.staff_id,
                    start=row.start.astimezone(tz), end=row.end.astimezone(tz), status=row.status,
                    contact_id=row.contact_id, booked_by=row.booked_by, notes=row.notes,
-                   rescheduled_from=row.rescheduled_from, rescheduled_to=row.rescheduled_to)
+                   rescheduled_from=row.rescheduled_from, rescheduled_to=row.rescheduled_to,
+                   calendar_sync=row.sync_state)
 
 
 class LeadIn(BaseModel):

@@ -76,7 +76,8 @@ async def set_availability(staff_id: str, body: AvailabilityIn, scheduler: Sched
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise HTTPException(422, f"{where}: {first['msg']}") from None
+            reason = str(first["msg"]).removeprefix("Value error, ")
+            raise HTTPException(422, f"{where}: {reason}") from None
         values = staff_values(entry)
         for key in ("timezone", "weekly_hours", "overrides", "time_off"):
             setattr(row, key, values[key])

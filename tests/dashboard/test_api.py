@@ -105,3 +105,12 @@ async def test_leads_can_be_logged_and_listed(client: httpx.AsyncClient) -> None
     assert [lead["name"] for lead in r.json()] == ["Cara"]
     r = await client.post("/api/v1/leads", headers=AUTH, json={"outcome": "maybe"})
     assert r.status_code == 422
+
+
+async def test_appointments_say_whether_they_reached_the_staff_calendar(
+        client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/appointments", headers=AUTH, json={
+        "service": "checkup", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
+        "name": "Ann Smith", "phone": "+15551230001"})
+    assert r.status_code == 201, r.text
+    assert r.json()["calendar_sync"] == "no_calendar"  # Lee has no linked calendar to write to
