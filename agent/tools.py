@@ -121,7 +121,7 @@ class BookAppointment(Args):
     phone: str | None = Field(default=None,
                               description="Only if the caller wants a different contact number "
                                           "than the one they call from; E.164, e.g. "
-                                          "+15551234567.")
+                                          "+12025554567.")
 
 
 class AppointmentArgs(Args):
@@ -139,7 +139,7 @@ class TakeMessage(Args):
     reason: str = Field(min_length=1, description="What the call is about, in a sentence.")
     callback_number: str | None = Field(default=None,
                                         description="Where to call back, if not the number they "
-                                                    "call from; E.164, e.g. +15551234567.")
+                                                    "call from; E.164, e.g. +12025554567.")
 
 
 class Transfer(Args):
@@ -614,7 +614,7 @@ def _matches(wanted: str, ident: str, name: str) -> bool:
 
 
 def _e164(number: str) -> str:
-    """A spoken North American number ('555 010 0123') in E.164; others must carry their +."""
+    """A spoken North American number ('202 555 0123') in E.164; others must carry their +."""
     digits = re.sub(r"\D", "", number)
     if number.strip().startswith("+"):
         return "+" + digits

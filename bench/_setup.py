@@ -36,7 +36,7 @@ SLOT_STEP = timedelta(minutes=15)
 MAX_DAYS_AHEAD = 60
 WORKDAY = ("09:00-12:30", "13:30-17:00")
 WEEKLY_HOURS = {day: list(WORKDAY) for day in ("mon", "tue", "wed", "thu", "fri")}
-CONTACT_PHONE = "+15550100000"
+CONTACT_PHONE = "+13125550000"
 
 
 def staff_ids(count: int = 10) -> list[str]:
@@ -48,7 +48,7 @@ def seed_business(engine: Engine, business_id: str, *, staff_count: int = 10) ->
     ids = staff_ids(staff_count)
     with session_scope(engine, write=True) as s:
         s.add(Business(id=business_id, name=f"Bench {business_id}", timezone=TZ.key,
-                       phone_numbers=["+15550100100"]))
+                       phone_numbers=["+12025550100"]))
         s.flush()
         s.add(Service(business_id=business_id, id=SERVICE_ID, name="Consultation",
                       duration_minutes=int(DURATION.total_seconds() // 60),

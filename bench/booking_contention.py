@@ -93,7 +93,7 @@ async def attempt(scheduler: Scheduler, business_id: str, target: Attempt) -> Ou
     t0 = time.perf_counter()
     try:
         await scheduler.book(business_id=business_id, name=f"Caller {n}",
-                             phone=f"+1555{n:07d}", service_id=_setup.SERVICE_ID,
+                             phone=f"+1{2025550000 + n}", service_id=_setup.SERVICE_ID,
                              staff_id=staff_id, start=start, booked_by="bench")
         outcome = "booked"
     except errors.SlotTaken:

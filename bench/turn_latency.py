@@ -39,7 +39,7 @@ from _setup import Latency  # noqa: E402
 
 TARGET_P99_MS = 20.0
 TOKEN = "bench-auth-token"
-NUMBER = "+15550100100"
+NUMBER = "+12025550100"
 BUSINESS_ID = "bench-turns"
 ANSWER = "Sure, I can help with that. What day suits you?"
 
@@ -112,7 +112,7 @@ def serve(port: int, database_url: str, llm_url: str) -> None:
 async def one_call(twilio: Any, n: int, turns: int, pause: tuple[float, float],
                    rng: random.Random) -> None:
     sid = f"CA{n:032d}"
-    caller = f"+1555020{n:04d}"
+    caller = f"+1718555{n:04d}"
     twiml = await twilio.post("/twilio/voice", CallSid=sid, From=caller, To=NUMBER,
                               CallStatus="ringing")
     assert twiml.status == 200, twiml.xml

@@ -74,7 +74,7 @@ def _check_zone(value: str) -> str:
 
 
 def _phone_text(value: Any) -> Any:
-    # YAML reads an unquoted +15550100100 as the integer 15550100100, dropping the plus.
+    # YAML reads an unquoted +12025550100 as the integer 12025550100, dropping the plus.
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f'quote phone numbers in YAML: write "+{value}", not {value}')
     return value
@@ -82,7 +82,7 @@ def _phone_text(value: Any) -> Any:
 
 def _check_phone(value: str) -> str:
     if not _E164.match(value):
-        raise ValueError(f"{value!r} is not an E.164 phone number like '+15550100100'")
+        raise ValueError(f"{value!r} is not an E.164 phone number like '+12025550100'")
     return value
 
 

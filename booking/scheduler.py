@@ -62,7 +62,7 @@ def check_phone(phone: str) -> str:
     """The phone number in E.164, or `InvalidRequest`."""
     cleaned = re.sub(r"[\s().-]", "", phone or "")
     if not E164.match(cleaned):
-        raise errors.InvalidRequest(f"{phone!r} is not a phone number in E.164 form (+15551234567)")
+        raise errors.InvalidRequest(f"{phone!r} is not a phone number in E.164 form (+12025554567)")
     return cleaned
 
 

@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("chat", help="talk to the phone agent in this terminal")
     s.add_argument("--business")
-    s.add_argument("--caller", help="the caller's number in E.164, e.g. +15550142200")
+    s.add_argument("--caller", help="the caller's number in E.164, e.g. +12025552200")
     s.add_argument("--now", type=_iso, help=argparse.SUPPRESS)
 
     cli_calendars.add_parsers(sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -12,10 +13,16 @@ def _default_database_url() -> str:
     return f"sqlite:///{Path.cwd() / 'frontdesk.db'}"
 
 
+def _env_file() -> str | None:
+    """The dotenv file settings are read from: `.env` in the working directory, or the one
+    `FRONTDESK_ENV_FILE` names; an empty `FRONTDESK_ENV_FILE` reads none (the test suite)."""
+    return os.environ.get("FRONTDESK_ENV_FILE", ".env") or None
+
+
 class Settings(BaseSettings):
     # An empty value (`FRONTDESK_OPENAI_BASE_URL=` as in .env.example) means "the default".
-    model_config = SettingsConfigDict(env_prefix="FRONTDESK_", env_file=".env", extra="ignore",
-                                      env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix="FRONTDESK_", env_file=_env_file(),
+                                      extra="ignore", env_ignore_empty=True)
 
     database_url: str = Field(default_factory=_default_database_url,
                               description="SQLAlchemy URL; SQLite file by default, or PostgreSQL")

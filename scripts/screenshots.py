@@ -41,16 +41,16 @@ PASSWORD = "demo password 1"
 CHROMIUM = "/usr/bin/chromium"
 
 CALLERS = [
-    ("Ann Smith", "+15551230001", "booked", "Cleaning next Monday", "cleaning", "lee", 7, 14),
-    ("Marco Diaz", "+15551230002", "callback", "Asked about Invisalign pricing", None, None, 0, 0),
-    ("Priya Natarajan", "+15551230003", "booked", "Checkup for her son", "checkup", "patel", 7,
+    ("Ann Smith", "+12025550001", "booked", "Cleaning next Monday", "cleaning", "lee", 7, 14),
+    ("Marco Diaz", "+12025550002", "callback", "Asked about Invisalign pricing", None, None, 0, 0),
+    ("Priya Natarajan", "+12025550003", "booked", "Checkup for her son", "checkup", "patel", 7,
      15),
-    (None, "+15559990000", "spam", "Recorded sales pitch", None, None, 0, 0),
-    ("Leo Park", "+15551230005", "message", "Running late to his 3pm; asked to pass it on",
+    (None, "+12125550000", "spam", "Recorded sales pitch", None, None, 0, 0),
+    ("Leo Park", "+12025550005", "message", "Running late to his 3pm; asked to pass it on",
      None, None, 0, 0),
-    ("Grace Liu", "+15551230006", "not_interested", "Wanted weekend hours only", None, None, 0,
+    ("Grace Liu", "+12025550006", "not_interested", "Wanted weekend hours only", None, None, 0,
      0),
-    ("Tom Becker", "+15551230007", "booked", "Cleaning, prefers mornings", "cleaning", "sam", 8,
+    ("Tom Becker", "+12025550007", "booked", "Cleaning, prefers mornings", "cleaning", "sam", 8,
      13),
 ]
 
@@ -68,7 +68,7 @@ async def seed(scheduler: Scheduler) -> str:
                 business_id="bright-smile", service_id=service, staff_id=staff, start=start,
                 name=name or "Caller", phone=phone, booked_by="agent", now=at)
         call = await calls.start_call(business_id="bright-smile", call_sid=f"CA{i:032d}",
-                                      from_number=phone, to_number="+15550100100")
+                                      from_number=phone, to_number="+12025550100")
         transcript = [
             {"role": "agent", "text": "Thanks for calling Bright Smile Dental! I'm the virtual "
                                       "receptionist. How can I help?"},

@@ -19,6 +19,15 @@ from booking.db import make_engine, migrate, session_scope
 from booking.models import Business, Service, Staff
 from booking.scheduler import Scheduler
 
+# The suite runs the same whatever the developer's shell or `.env` holds: no FRONTDESK_ setting
+# leaks in (only the test switches below), and no dotenv file is read, in this process or in the
+# servers and CLIs the tests start (they inherit this environment).
+_TEST_SWITCHES = {"FRONTDESK_TEST_DATABASE_URL", "FRONTDESK_REQUIRE_POSTGRES",
+                  "FRONTDESK_REQUIRE_BROWSER"}
+for _name in [n for n in os.environ if n.startswith("FRONTDESK_") and n not in _TEST_SWITCHES]:
+    del os.environ[_name]
+os.environ["FRONTDESK_ENV_FILE"] = ""
+
 PG_URL = os.environ.get("FRONTDESK_TEST_DATABASE_URL")
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)  # Monday 07:00 in New York
 
@@ -79,7 +88,7 @@ def seed_clinic(engine: Engine) -> None:
     """A small clinic: Lee (New York, lunch break), Rivera (Chicago); cleaning and checkup."""
     with session_scope(engine, write=True) as s:
         s.add(Business(id="clinic", name="Clinic", timezone="America/New_York",
-                       phone_numbers=["+15550100100"], transfer_number="+15550100199"))
+                       phone_numbers=["+12025550100"], transfer_number="+12025550199"))
         s.flush()
         s.add(Service(business_id="clinic", id="cleaning", name="Teeth cleaning",
                       duration_minutes=45, buffer_after_minutes=15, min_notice_minutes=120,

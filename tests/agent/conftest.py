@@ -20,8 +20,8 @@ from frontdesk.settings import Settings
 from tests.conftest import NOW
 from tests.fakes.llm_server import FakeLLM
 
-CALLER = "+15550142200"
-OTHER_CALLER = "+15550142299"
+CALLER = "+12025552200"
+OTHER_CALLER = "+12025552299"
 MakeConversation = Callable[..., Conversation]
 
 

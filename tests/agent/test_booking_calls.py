@@ -88,7 +88,7 @@ async def test_first_choice_taken_by_a_racing_caller_is_not_booked_and_alternati
     conversation = converse()
     await turn(conversation, "A cleaning on Tuesday, please.")
     racer = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
-                                 start=TUESDAY_9, name="Racer", phone="+15550000001")
+                                 start=TUESDAY_9, name="Racer", phone="+12125550001")
 
     await turn(conversation, "9 AM please, Jane Doe.")
     messages = llm_server.requests[-1]["messages"]

@@ -13,7 +13,7 @@ from tests.agent.conftest import CALLER, MakeConversation, client_for, last_resu
 from tests.fakes.llm_server import Call, FakeLLM, Fault, Text, ToolCalls
 
 OPEN = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)  # Monday 10 AM in New York: Dr. Lee is in
-TRANSFER_NUMBER = "+15550100199"
+TRANSFER_NUMBER = "+12025550199"
 
 
 async def test_the_model_takes_a_message(

@@ -79,8 +79,8 @@ def problems_of(raw: Raw) -> list[tuple[str, str]]:
 def test_demo_file_loads(demo: BusinessFile) -> None:
     assert demo.business.id == "bright-smile"
     assert demo.business.timezone == "America/New_York"
-    assert demo.business.phone_numbers == ["+15550100100"]
-    assert demo.business.transfer_number == "+15550100199"
+    assert demo.business.phone_numbers == ["+12025550100"]
+    assert demo.business.transfer_number == "+12025550199"
     assert demo.business.greeting and demo.business.policies
     assert [s.id for s in demo.services] == ["cleaning", "checkup", "whitening"]
     assert [s.id for s in demo.staff] == ["lee", "patel", "sam"]
@@ -184,14 +184,14 @@ BAD_FILES = {
         "IANA time zone",
     ),
     "bad phone": (
-        _set("business", "phone_numbers", value=["+15550100100", "555-0100"]),
+        _set("business", "phone_numbers", value=["+12025550100", "555-0100"]),
         "business.phone_numbers[1]",
         "E.164",
     ),
     "unquoted phone": (
-        _set("business", "transfer_number", value=15550100199),
+        _set("business", "transfer_number", value=12025550199),
         "business.transfer_number",
-        'write "+15550100199"',
+        'write "+12025550199"',
     ),
     "range 9-5": (
         _set("staff", 0, "weekly_hours", "mon", 1, value="9-5"),
@@ -361,8 +361,8 @@ def test_import_creates_the_rows(db: Engine, demo: BusinessFile) -> None:
     with session_scope(db) as s:
         business = s.get(Business, "bright-smile")
     assert business is not None
-    assert business.phone_numbers == ["+15550100100"]
-    assert business.transfer_number == "+15550100199"
+    assert business.phone_numbers == ["+12025550100"]
+    assert business.transfer_number == "+12025550199"
 
     services = rows(db, Service)
     assert list(services) == ["cleaning", "checkup", "whitening"]
@@ -412,7 +412,7 @@ def test_importing_twice_changes_nothing(db: Engine, demo: BusinessFile) -> None
 def test_edited_file_updates_rows_in_place(db: Engine, tmp_path: Path, raw: Raw) -> None:
     import_business(db, load_business_file(write(tmp_path / "b.yaml", raw)))
     with session_scope(db, write=True) as s:
-        s.add(Contact(id="ct_1", business_id="bright-smile", phone="+15551230001"))
+        s.add(Contact(id="ct_1", business_id="bright-smile", phone="+12025550001"))
         s.flush()
         start = datetime(2026, 12, 1, 13, 0, tzinfo=UTC)
         end = start + timedelta(minutes=45)

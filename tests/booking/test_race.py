@@ -41,7 +41,7 @@ def test_racing_processes_get_exactly_one_booking(clinic: Engine, db_url: str) -
     ctx = mp.get_context("spawn")
     n = 8
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_book_after_barrier, args=(db_url, barrier, f"+1555200{i:04d}",
+    procs = [ctx.Process(target=_book_after_barrier, args=(db_url, barrier, f"+1212555{i:04d}",
                                                           results)) for i in range(n)]
     for p in procs:
         p.start()
@@ -57,7 +57,7 @@ def test_twenty_cli_bookings_started_at_once_give_one_success(clinic: Engine, db
     env = {**os.environ, "FRONTDESK_DATABASE_URL": db_url, "FRONTDESK_LOG_LEVEL": "WARNING"}
     cmd = [sys.executable, "-m", "frontdesk.cli", "book", "--service", "cleaning", "--staff",
            "lee", "--start", SLOT.isoformat(), "--name", "Racer", "--now", NOW.isoformat()]
-    procs = [subprocess.Popen([*cmd, "--phone", f"+1555300{i:04d}"], env=env,
+    procs = [subprocess.Popen([*cmd, "--phone", f"+1312555{i:04d}"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(20)]
     finished = [(p.wait(timeout=180), *p.communicate()) for p in procs]

@@ -18,7 +18,7 @@ NY = ZoneInfo("America/New_York")
 MON = datetime(2026, 12, 7, 9, 0, tzinfo=NY)  # a Monday a week after NOW
 
 
-async def book(s: Scheduler, start: datetime = MON, phone: str = "+15551230001", **kw: object):
+async def book(s: Scheduler, start: datetime = MON, phone: str = "+12025550001", **kw: object):
     kw.setdefault("service_id", "cleaning")
     kw.setdefault("staff_id", "lee")
     return await s.book(business_id=None, start=start, name="Ann Caller", phone=phone,
@@ -44,9 +44,9 @@ async def test_booking_removes_the_slot_and_its_buffer(scheduler: Scheduler) -> 
 async def test_second_booking_of_the_same_slot_is_refused(scheduler: Scheduler) -> None:
     await book(scheduler)
     with pytest.raises(errors.SlotTaken):
-        await book(scheduler, phone="+15551230002")
+        await book(scheduler, phone="+12025550002")
     with pytest.raises(errors.SlotTaken):  # overlaps the first one's buffer
-        await book(scheduler, start=MON + timedelta(minutes=45), phone="+15551230002")
+        await book(scheduler, start=MON + timedelta(minutes=45), phone="+12025550002")
 
 
 async def test_booking_refuses_times_that_are_not_slots(scheduler: Scheduler) -> None:
@@ -77,7 +77,7 @@ async def test_hold_blocks_others_but_not_its_holder(scheduler: Scheduler) -> No
         await scheduler.hold(business_id=None, service_id="cleaning", staff_id="lee",
                              start=MON, holder="call-b")
     with pytest.raises(errors.SlotTaken):
-        await book(scheduler, phone="+15551230002")
+        await book(scheduler, phone="+12025550002")
     appt = await book(scheduler, hold_id=hold.id, service_id=None, staff_id=None, start=None)
     assert appt.start == MON
     assert count_rows(scheduler.engine, "SELECT count(*) FROM hold") == 0
@@ -89,8 +89,8 @@ async def test_expired_hold_blocks_nothing_and_cannot_be_booked(scheduler: Sched
     later = Scheduler(engine=scheduler.engine, clock=FixedClock(NOW + timedelta(minutes=6)))
     assert "09:00" in await lee_starts(later)
     with pytest.raises(errors.HoldExpired):
-        await later.book(business_id=None, hold_id=hold.id, name="Ann", phone="+15551230001")
-    other = await book(later, phone="+15551230002")
+        await later.book(business_id=None, hold_id=hold.id, name="Ann", phone="+12025550001")
+    other = await book(later, phone="+12025550002")
     assert other.start == MON
 
 
@@ -107,9 +107,9 @@ async def test_one_caller_holds_one_slot_at_a_time(scheduler: Scheduler) -> None
 async def test_cancel_frees_the_time_and_is_scoped_to_the_caller(scheduler: Scheduler) -> None:
     appt = await book(scheduler)
     with pytest.raises(errors.NotYourAppointment):
-        await scheduler.cancel(business_id=None, appointment_id=appt.id, phone="+15559999999")
+        await scheduler.cancel(business_id=None, appointment_id=appt.id, phone="+12025559999")
     cancelled = await scheduler.cancel(business_id=None, appointment_id=appt.id,
-                                       phone="+15551230001")
+                                       phone="+12025550001")
     assert cancelled.status == "cancelled"
     assert "09:00" in await lee_starts(scheduler)
     with pytest.raises(errors.AppointmentNotActive):
@@ -120,7 +120,7 @@ async def test_reschedule_secures_the_new_time_before_releasing_the_old(
     scheduler: Scheduler,
 ) -> None:
     appt = await book(scheduler)
-    blocker = await book(scheduler, start=MON.replace(hour=10), phone="+15551230002")
+    blocker = await book(scheduler, start=MON.replace(hour=10), phone="+12025550002")
     with pytest.raises(errors.SlotTaken):
         await scheduler.reschedule(business_id=None, appointment_id=appt.id, start=blocker.start)
     still = await scheduler.get_appointment(business_id=None, appointment_id=appt.id)
@@ -140,10 +140,10 @@ async def test_reschedule_secures_the_new_time_before_releasing_the_old(
 
 async def test_callers_see_only_their_own_appointments(scheduler: Scheduler) -> None:
     await book(scheduler)
-    await book(scheduler, start=MON.replace(hour=14), phone="+15551230002")
-    mine = await scheduler.appointments(business_id=None, phone="+15551230001")
+    await book(scheduler, start=MON.replace(hour=14), phone="+12025550002")
+    mine = await scheduler.appointments(business_id=None, phone="+12025550001")
     assert [a.start for a in mine] == [MON]
-    assert await scheduler.appointments(business_id=None, phone="+15550000000") == []
+    assert await scheduler.appointments(business_id=None, phone="+12025550000") == []
 
 
 async def test_chicago_staff_slots_are_in_their_own_hours(scheduler: Scheduler) -> None:
@@ -156,16 +156,16 @@ async def test_chicago_staff_slots_are_in_their_own_hours(scheduler: Scheduler) 
 
 
 async def test_leads_are_kept_newest_first(scheduler: Scheduler) -> None:
-    await scheduler.record_lead(business_id=None, phone="+15551230001", name="Ann",
+    await scheduler.record_lead(business_id=None, phone="+12025550001", name="Ann",
                                 reason="toothache", outcome="message")
     later = Scheduler(engine=scheduler.engine, clock=FixedClock(NOW + timedelta(minutes=1)))
-    await later.record_lead(business_id=None, phone="+15551230002", name="Bob", reason="price")
+    await later.record_lead(business_id=None, phone="+12025550002", name="Bob", reason="price")
     leads = await scheduler.leads(business_id=None)
     assert [lead.name for lead in leads] == ["Bob", "Ann"]
     assert [lead.outcome for lead in await scheduler.leads(business_id=None,
                                                            outcome="message")] == ["message"]
     with pytest.raises(errors.InvalidRequest):
-        await scheduler.record_lead(business_id=None, phone="+15551230001", outcome="maybe")
+        await scheduler.record_lead(business_id=None, phone="+12025550001", outcome="maybe")
 
 
 class SlowCalendar:
@@ -206,7 +206,7 @@ async def test_linked_calendar_busy_time_is_respected_and_rechecked_live(clinic)
 
 async def test_concurrent_bookings_in_one_process_get_exactly_one(scheduler: Scheduler) -> None:
     results = await asyncio.gather(
-        *(book(scheduler, phone=f"+1555123{i:04d}") for i in range(10)), return_exceptions=True
+        *(book(scheduler, phone=f"+1617555{i:04d}") for i in range(10)), return_exceptions=True
     )
     wins = [r for r in results if not isinstance(r, BaseException)]
     assert len(wins) == 1

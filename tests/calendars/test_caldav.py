@@ -106,7 +106,7 @@ def spec(
     return EventSpec(
         key=key,
         summary=summary,
-        description="Phone +15551230001",
+        description="Phone +12025550001",
         start=start,
         end=end,
         timezone="America/New_York",
@@ -318,7 +318,7 @@ async def test_put_event_twice_with_one_key_leaves_one_event(
     events = await h.events()
     assert len(events) == 1 and events[0]["id"] == first
     assert events[0]["end"] == end and events[0]["summary"] == "Teeth cleaning: Ann Caller"
-    assert events[0]["description"] == "Phone +15551230001"
+    assert events[0]["description"] == "Phone +12025550001"
     assert await busy(provider, h.account, [h.calendar_id]) == [(start, end)]
 
 
@@ -655,7 +655,7 @@ async def test_event_in_the_calendar_removes_the_slot_without_a_restart(
             staff_id="lee",
             start=datetime(2026, 12, 1, 10, tzinfo=NY),
             name="Ann Caller",
-            phone="+15551230001",
+            phone="+12025550001",
         )
     after = await lee_starts()
     assert "10:00" not in after and "10:30" not in after and "11:00" in after

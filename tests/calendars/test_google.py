@@ -114,7 +114,7 @@ async def busy_on(h: Harness, start: datetime, end: datetime,
 
 def spec(start: datetime, *, key: str = "apt_01HZX", minutes: int = 60,
          summary: str = "Cleaning: Ann Smith") -> EventSpec:
-    return EventSpec(key=key, summary=summary, description="+15551230001", start=start,
+    return EventSpec(key=key, summary=summary, description="+12025550001", start=start,
                      end=start + timedelta(minutes=minutes), timezone=NY.key)
 
 
@@ -302,7 +302,7 @@ async def test_put_event_writes_a_base32hex_id_and_updates_the_same_event(h: Har
     events = await h.events()
     assert len(events) == 1
     assert (events[0]["start"], events[0]["summary"]) == (utc(2026, 12, 1, 19), "Moved")
-    assert events[0]["description"] == "+15551230001"
+    assert events[0]["description"] == "+12025550001"
 
 
 async def test_an_event_deleted_in_the_calendar_is_written_again(

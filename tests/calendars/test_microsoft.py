@@ -57,7 +57,7 @@ async def busy(h: Harness, start: datetime = START, end: datetime = END) -> list
 
 def spec(key: str = "apt_1", **changes: Any) -> EventSpec:
     values: dict[str, Any] = {
-        "key": key, "summary": "Teeth cleaning: Ann Smith", "description": "+15551230001",
+        "key": key, "summary": "Teeth cleaning: Ann Smith", "description": "+12025550001",
         "start": utc(2026, 12, 7, 14), "end": utc(2026, 12, 7, 15),
         "timezone": "America/New_York",
     }
@@ -251,7 +251,7 @@ async def test_a_create_that_timed_out_is_not_written_twice(h: Harness) -> None:
     stored = await h.events()
     assert [e["id"] for e in stored] == [event_id]
     assert stored[0]["summary"] == "Teeth cleaning: Ann Smith"
-    assert stored[0]["description"] == "+15551230001"
+    assert stored[0]["description"] == "+12025550001"
     assert (stored[0]["start"], stored[0]["end"]) == (utc(2026, 12, 7, 14), utc(2026, 12, 7, 15))
 
 

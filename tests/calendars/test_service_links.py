@@ -68,7 +68,7 @@ async def test_a_booking_for_staff_without_a_calendar_is_marked_so(clinic: Engin
     scheduler = Scheduler(engine=clinic, calendars=cal, writer=cal, clock=FixedClock(NOW))
     booked = await scheduler.book(business_id="clinic", service_id="checkup", staff_id="lee",
                                   start=datetime(2026, 12, 1, 9, tzinfo=NY), name="Ada",
-                                  phone="+15550142200")
+                                  phone="+12025552200")
     assert booked.sync_state == SyncState.NO_CALENDAR
     cancelled = await scheduler.cancel(business_id="clinic", appointment_id=booked.id)
     assert cancelled.sync_state == SyncState.NO_CALENDAR
@@ -82,7 +82,7 @@ async def test_the_local_calendar_feed_lists_bookings_and_moves_them(clinic: Eng
     scheduler = Scheduler(engine=clinic, calendars=cal, writer=cal, clock=FixedClock(NOW))
     booked = await scheduler.book(business_id="clinic", service_id="checkup", staff_id="lee",
                                   start=datetime(2026, 12, 1, 9, tzinfo=NY), name="Ada",
-                                  phone="+15550142200")
+                                  phone="+12025552200")
     moved = await scheduler.reschedule(business_id="clinic", appointment_id=booked.id,
                                        start=datetime(2026, 12, 1, 10, tzinfo=NY))
     token = cal.feed_path("clinic", "lee").rsplit("/", 1)[1].removesuffix(".ics")

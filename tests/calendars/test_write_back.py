@@ -97,7 +97,7 @@ async def setup(clinic: Engine) -> tuple[Memory, CalendarService, Scheduler]:
 
 
 async def book(scheduler: Scheduler, start: datetime) -> Appointment:
-    return await scheduler.book(business_id="clinic", name="Ada", phone="+15550100123",
+    return await scheduler.book(business_id="clinic", name="Ada", phone="+12025550123",
                                 service_id="checkup", staff_id="lee", start=start)
 
 

@@ -134,9 +134,9 @@ async def leads(scheduler: Scheduler, accounts: dict[str, str]) -> dict[str, str
 
     apt = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
                                start=NOW + timedelta(days=7, hours=2), name="Ann Smith",
-                               phone="+15551230001", booked_by="agent")
-    call = Call(business_id="clinic", call_sid="CA1", from_number="+15551230001",
-                to_number="+15550100100", status="completed", outcome="booked",
+                               phone="+12025550001", booked_by="agent")
+    call = Call(business_id="clinic", call_sid="CA1", from_number="+12025550001",
+                to_number="+12025550100", status="completed", outcome="booked",
                 started_at=NOW - timedelta(days=2), summary="Ann booked a cleaning.",
                 transcript=[{"role": "agent", "text": "Bright Smile, how can I help?"},
                             {"role": "caller", "text": "I'd like a cleaning next Monday."}])
@@ -144,15 +144,15 @@ async def leads(scheduler: Scheduler, accounts: dict[str, str]) -> dict[str, str
         s.add(call)
     made = {
         "ann": await scheduler.record_lead(
-            business_id="clinic", phone="+15551230001", name="Ann Smith",
+            business_id="clinic", phone="+12025550001", name="Ann Smith",
             reason="Cleaning", outcome="booked", appointment_id=apt.id, call_id=call.id,
             now=NOW - timedelta(days=2)),
         "bob": await scheduler.record_lead(
-            business_id="clinic", phone="+15551230002", name="Bob Jones",
+            business_id="clinic", phone="+12025550002", name="Bob Jones",
             reason="=HYPERLINK(\"http://evil\")", outcome="callback",
             now=NOW - timedelta(days=1)),
         "spam": await scheduler.record_lead(
-            business_id="clinic", phone="+15559990000", name=None, reason="Robocall",
+            business_id="clinic", phone="+12125550000", name=None, reason="Robocall",
             outcome="spam", now=NOW - timedelta(hours=1)),
         "salon": await scheduler.record_lead(
             business_id="salon", phone="+447700900123", name="Sally Salon", reason="Cut",

@@ -56,10 +56,10 @@ async def test_hold_then_book_then_cancel(client: httpx.AsyncClient) -> None:
     hold = r.json()
     r = await client.post("/api/v1/appointments", headers=AUTH, json={
         "service": "cleaning", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
-        "name": "Bob", "phone": "+15551112222"})
+        "name": "Bob", "phone": "+12025552222"})
     assert r.status_code == 409 and r.json()["error"] == "slot_taken"
     r = await client.post("/api/v1/appointments", headers=AUTH, json={
-        "hold_id": hold["id"], "name": "Ann", "phone": "+1 (555) 111-3333"})
+        "hold_id": hold["id"], "name": "Ann", "phone": "+1 (202) 555-3333"})
     assert r.status_code == 201, r.text
     appt = r.json()
     assert appt["start"] == "2026-12-07T09:00:00-05:00" and appt["status"] == "confirmed"
@@ -86,7 +86,7 @@ async def test_bad_input_gets_a_clear_reason(client: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and "surgery" in r.json()["message"]
     r = await client.post("/api/v1/appointments", headers=AUTH, json={
         "service": "cleaning", "staff": "lee", "start": "2026-12-07T09:05:00-05:00",
-        "name": "Bob", "phone": "+15551112222"})
+        "name": "Bob", "phone": "+12025552222"})
     assert r.status_code == 409 and r.json()["error"] == "outside_hours"
     r = await client.post("/api/v1/appointments", headers=AUTH, json={
         "service": "cleaning", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
@@ -98,7 +98,7 @@ async def test_bad_input_gets_a_clear_reason(client: httpx.AsyncClient) -> None:
 
 async def test_leads_can_be_logged_and_listed(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/v1/leads", headers=AUTH, json={
-        "phone": "+15551112222", "name": "Cara", "reason": "whitening price",
+        "phone": "+12025552222", "name": "Cara", "reason": "whitening price",
         "outcome": "callback"})
     assert r.status_code == 201, r.text
     r = await client.get("/api/v1/leads", headers=AUTH, params={"outcome": "callback"})
@@ -111,6 +111,6 @@ async def test_appointments_say_whether_they_reached_the_staff_calendar(
         client: httpx.AsyncClient) -> None:
     r = await client.post("/api/v1/appointments", headers=AUTH, json={
         "service": "checkup", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
-        "name": "Ann Smith", "phone": "+15551230001"})
+        "name": "Ann Smith", "phone": "+12025550001"})
     assert r.status_code == 201, r.text
     assert r.json()["calendar_sync"] == "no_calendar"  # Lee has no linked calendar to write to

@@ -22,8 +22,8 @@ from dashboard.webhooks import WebhookDispatcher, Webhooks
 from tests.conftest import count_rows
 from tests.dashboard.conftest import csrf_of
 
-ANN = "+15551230001"
-BOB = "+15551230002"
+ANN = "+12025550001"
+BOB = "+12025550002"
 START = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)  # Monday 09:00 in New York
 
 
@@ -42,7 +42,7 @@ async def _call(scheduler: Scheduler, business_id: str, sid: str, phone: str, wo
                 ) -> str:
     calls = CallLog.over(scheduler.engine, scheduler.clock)
     call = await calls.start_call(business_id=business_id, call_sid=sid, from_number=phone,
-                                  to_number="+15550100100")
+                                  to_number="+12025550100")
     await calls.save_transcript(call.id, [{"role": "caller", "text": words},
                                           {"role": "agent", "text": "Certainly."}],
                                 summary=f"summary: {words}")

@@ -104,10 +104,10 @@ async def test_the_agent_uses_the_real_tools_and_calendar(
         lambda m: Text(f"I have {_first_slot(m)}. Does that work?"),
     )
     async with browser(live_app, "owner@clinic.test") as owner:
-        _, chat_id, csrf = await start(owner, caller="+1 555 014 2200")
+        _, chat_id, csrf = await start(owner, caller="+1 202 555 2200")
         r = await say(owner, chat_id, csrf, "Any cleaning on Tuesday?")
     assert "I have Tuesday, December 1 at 9 AM with Dr. Lee." in r.text
-    assert "+15550142200" in llm.system_prompt()  # the caller's number, as on a call
+    assert "+12025552200" in llm.system_prompt()  # the caller's number, as on a call
 
 
 def _first_slot(messages: list[dict[str, Any]]) -> str:
@@ -120,7 +120,7 @@ async def test_when_the_llm_fails_the_agent_takes_a_message_and_ending_keeps_the
 ) -> None:
     llm.script(Fault.error(500))
     async with browser(live_app, "owner@clinic.test") as owner:
-        _, chat_id, csrf = await start(owner, caller="+15550142200")
+        _, chat_id, csrf = await start(owner, caller="+12025552200")
         r = await say(owner, chat_id, csrf, "Hello?")
         assert OPENING.split(",")[0].replace("'", "&#39;") in r.text
         await say(owner, chat_id, csrf, "Jane Doe")
@@ -130,7 +130,7 @@ async def test_when_the_llm_fails_the_agent_takes_a_message_and_ending_keeps_the
         r = await say(owner, chat_id, csrf, "Still there?")
         assert r.status_code == 200 and "This call is over" in r.text
     [lead] = await scheduler.leads(business_id="clinic")
-    assert lead.phone == "+15550142200"
+    assert lead.phone == "+12025552200"
 
 
 async def test_a_chat_belongs_to_the_account_that_started_it(

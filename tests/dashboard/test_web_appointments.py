@@ -51,7 +51,7 @@ async def test_staff_see_and_manage_only_their_own_appointments(
 ) -> None:
     theirs = await scheduler.book(business_id="clinic", service_id="cleaning",
                                   staff_id="rivera", start=_at("2026-12-07T09:00-06:00"),
-                                  name="Cy", phone="+15551230009")
+                                  name="Cy", phone="+12025550009")
     r = await staff.get("/appointments")
     assert r.status_code == 200 and "Dr. Lee" in r.text
     r = await staff.get("/appointments", params={"day": "2026-12-07"})

@@ -18,7 +18,7 @@ SERVICES = [("svc_id", "cleaning"), ("svc_name", "Teeth cleaning"),
 
 def form(**changes: str) -> list[tuple[str, str]]:
     values = {"name": "Clinic", "greeting": "", "policies": "",
-              "transfer_number": "+15550100199", "phone_numbers": "+15550100100"} | changes
+              "transfer_number": "+12025550199", "phone_numbers": "+12025550100"} | changes
     return [*values.items(), *SERVICES]
 
 
@@ -26,13 +26,13 @@ async def test_owner_saves_greeting_policies_numbers_and_services(
     owner: httpx.AsyncClient, scheduler: Scheduler, accounts: dict[str, str],
 ) -> None:
     fields = form(greeting="Hello from the clinic!", policies="Cancel 24h ahead.",
-                  phone_numbers="+15550100100\n+15550100101")
+                  phone_numbers="+12025550100\n+12025550101")
     fields = [(k, "60" if (k, v) == ("svc_duration_minutes", "30") else v) for k, v in fields]
     r = await post_form(owner, "/settings", "/settings", fields)
     assert r.status_code == 303, r.text
     business = await scheduler.business("clinic")
     assert business.greeting == "Hello from the clinic!"
-    assert business.phone_numbers == ["+15550100100", "+15550100101"]
+    assert business.phone_numbers == ["+12025550100", "+12025550101"]
     services = {s.id: s for s in await scheduler.services("clinic")}
     assert services["checkup"].duration_minutes == 60
     found = await scheduler.availability(business_id="clinic", service_id="checkup",
@@ -53,7 +53,7 @@ async def test_bad_settings_are_refused_with_clear_errors(
     assert "+442071234567 already answers another business" in r.text
     assert "Teeth cleaning: the duration must be a whole number of minutes" in r.text
     assert "Checkup: the buffer after" in r.text
-    assert (await scheduler.business("clinic")).transfer_number == "+15550100199"
+    assert (await scheduler.business("clinic")).transfer_number == "+12025550199"
 
 
 async def test_owner_adds_a_service_the_agent_can_book_and_removes_it(
@@ -73,7 +73,7 @@ async def test_owner_adds_a_service_the_agent_can_book_and_removes_it(
     assert again.status_code == 422 and "already a service" in again.text
 
     booked = await scheduler.book(business_id="clinic", service_id="whitening", staff_id="lee",
-                                  start=found.slots[0].start, name="Ada", phone="+15550142200")
+                                  start=found.slots[0].start, name="Ada", phone="+12025552200")
     refused = await post_form(owner, "/settings", "/settings/services/whitening/remove", {})
     assert refused.status_code == 422 and "upcoming appointments" in refused.text
     await scheduler.cancel(business_id="clinic", appointment_id=booked.id)

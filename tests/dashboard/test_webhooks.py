@@ -130,7 +130,7 @@ async def dispatcher(scheduler: Scheduler) -> AsyncIterator[WebhookDispatcher]:
         yield d
 
 
-async def book(scheduler: Scheduler, *, minutes: int = 0, phone: str = "+15551230001"
+async def book(scheduler: Scheduler, *, minutes: int = 0, phone: str = "+12025550001"
                ) -> str:
     row = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
                                start=START + timedelta(minutes=minutes), name="Ann Smith",
@@ -215,7 +215,7 @@ async def test_only_subscribed_events_of_the_own_business_are_sent(
     await store.create(business_id="salon", url=receiver.url + "?salon",
                        event_types=["booking.created", "lead.created"])
     await book(scheduler)  # booking.created: not subscribed by the clinic's endpoint
-    await scheduler.record_lead(business_id="clinic", phone="+15551230002", name="Cara",
+    await scheduler.record_lead(business_id="clinic", phone="+12025550002", name="Cara",
                                 reason="whitening price")
     await dispatcher.run_once()
     [got] = receiver.wait_for(1)
@@ -342,7 +342,7 @@ async def test_the_app_runs_the_dispatcher_while_it_serves(
     app = create_app(settings, scheduler=scheduler)
     await store.create(business_id="clinic", url=receiver.url, event_types=["lead.created"])
     async with app.router.lifespan_context(app):
-        await scheduler.record_lead(business_id="clinic", phone="+15551230002", name="Cara")
+        await scheduler.record_lead(business_id="clinic", phone="+12025550002", name="Cara")
         [got] = await asyncio.to_thread(receiver.wait_for, 1)
     assert got.json["data"]["name"] == "Cara"
     assert app.state.webhook_dispatcher is None  # stopped with the app

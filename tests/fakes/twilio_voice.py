@@ -6,7 +6,7 @@ listens on 127.0.0.1; like a TLS-terminating proxy, this fake signs the public U
 
     twilio = FakeTwilioVoice(app_url="http://127.0.0.1:8123", public_url="https://desk.example",
                              auth_token=TOKEN)
-    twiml = await twilio.post("/twilio/voice", CallSid="CA1", From="+1555...", To="+1555...")
+    twiml = await twilio.post("/twilio/voice", CallSid="CA1", From="+1202...", To="+1202...")
     async with twilio.relay(twiml.relay_url, call_sid="CA1", ...) as relay:
         reply = await relay.say("I'd like a cleaning")   # a prompt, then the tokens until last
 """

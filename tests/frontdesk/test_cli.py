@@ -62,10 +62,10 @@ def test_availability_json_book_and_cancel(capsys) -> None:  # type: ignore[no-u
 
     book = ["book", "--service", "cleaning", "--staff", "lee", "--start", first["start"],
             "--name", "Ann Smith", "--now", NOW]
-    code, out, _ = run(capsys, *book, "--phone", "+15551230001")
+    code, out, _ = run(capsys, *book, "--phone", "+12025550001")
     assert code == 0 and out.startswith("apt_")
     appointment_id = out.strip()
-    code, _, err = run(capsys, *book, "--phone", "+15551230002")
+    code, _, err = run(capsys, *book, "--phone", "+12025550002")
     assert code == 1 and "taken" in err
 
     code, out, _ = run(capsys, "availability", "--service", "cleaning", "--staff", "lee",
@@ -78,6 +78,6 @@ def test_availability_json_book_and_cancel(capsys) -> None:  # type: ignore[no-u
 def test_malformed_command_lines_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
         main(["book", "--service", "cleaning", "--staff", "lee", "--start", "tomorrow 9am",
-              "--name", "A", "--phone", "+15551230001"])
+              "--name", "A", "--phone", "+12025550001"])
     assert exc.value.code == 2
     assert "ISO" in capsys.readouterr().err

@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 ACCOUNT_SID = "AC" + "0" * 32
 TOKEN = "test-auth-token"
 PUBLIC_URL = "https://desk.example.com"
-CLINIC = "+15550100100"
-TRANSFER = "+15550100199"
-CALLER = "+15557654321"
+CLINIC = "+12025550100"
+TRANSFER = "+12025550199"
+CALLER = "+12025554321"
 INSTANT_SPEECH = SpeechPace(lead=0.0, words_per_second=1e9)
 
 

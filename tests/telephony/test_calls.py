@@ -14,9 +14,9 @@ from tests.conftest import NOW, count_rows
 async def test_the_same_call_sid_twice_is_one_call(clinic: Engine) -> None:
     calls = CallLog(engine=clinic, clock=FixedClock(NOW))
     first = await calls.start_call(business_id="clinic", call_sid="CA1",
-                                   from_number="+15557654321", to_number="+15550100100")
+                                   from_number="+12025554321", to_number="+12025550100")
     again = await calls.start_call(business_id="clinic", call_sid="CA1",
-                                   from_number="+15557654321", to_number="+15550100100")
+                                   from_number="+12025554321", to_number="+12025550100")
     assert again.id == first.id
     assert count_rows(clinic, "SELECT count(*) FROM call") == 1
 
@@ -25,7 +25,7 @@ async def test_racing_retries_of_one_webhook_make_one_call(clinic: Engine) -> No
     calls = CallLog(engine=clinic, clock=FixedClock(NOW))
     rows = await asyncio.gather(*(
         calls.start_call(business_id="clinic", call_sid="CA2", from_number=None,
-                         to_number="+15550100100") for _ in range(8)))
+                         to_number="+12025550100") for _ in range(8)))
     assert len({row.id for row in rows}) == 1
     assert count_rows(clinic, "SELECT count(*) FROM call") == 1
 

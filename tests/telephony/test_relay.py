@@ -125,7 +125,7 @@ async def test_a_racing_caller_takes_the_first_choice_so_another_is_booked(
     async with call(desk) as relay:
         await relay.say("A cleaning with Dr. Lee on Monday, please.")
         # Another caller books Monday 9 AM while this one is deciding.
-        await scheduler.book(business_id="clinic", name="Racer", phone="+15550009999",
+        await scheduler.book(business_id="clinic", name="Racer", phone="+12125559999",
                              service_id="cleaning", staff_id="lee",
                              start=datetime(2026, 12, 7, 14, 0, tzinfo=UTC))
         answer = await relay.say("Yes, book it. Ann Smith.")
@@ -430,7 +430,7 @@ async def test_when_the_llm_is_down_the_call_goes_on_and_the_lead_is_kept(desk: 
     async with call(desk) as relay:
         first = await relay.say("Hi, I'd like to book a cleaning.")
         assert first.text and first.end is None
-        for reply in ("Bo Chen", "I want a cleaning next week", "+1 555 765 4321"):
+        for reply in ("Bo Chen", "I want a cleaning next week", "+1 202 555 4321"):
             turn = await relay.say(reply)
             assert turn.text or turn.end is not None
             if turn.end is not None:
@@ -470,7 +470,7 @@ async def test_when_the_calendar_is_down_the_caller_hears_an_apology(
 async def test_a_prompt_injection_cannot_reach_another_callers_appointment(
     desk: Desk, scheduler: Scheduler
 ) -> None:
-    theirs = await _existing(scheduler, phone="+15550001111", hour=16)
+    theirs = await _existing(scheduler, phone="+12025551111", hour=16)
     desk.llm.script(
         # A model that fell for it: lists bookings, then tries to cancel someone else's.
         ToolCalls(Call("find_appointments")),

@@ -25,7 +25,7 @@ async def test_a_forged_signature_is_refused_and_touches_nothing(desk: Desk) -> 
 async def test_a_signature_over_other_parameters_is_refused(desk: Desk) -> None:
     # Signed for one caller, delivered with another: the form is part of what is signed.
     signature = desk.twilio.sign(PUBLIC_URL + "/twilio/voice", CALL)
-    tampered = {**CALL, "From": "+15550000000"}
+    tampered = {**CALL, "From": "+12025550000"}
     answer = await desk.twilio.post("/twilio/voice", signature=signature, **tampered)
     assert answer.status == 403
     assert count_rows(desk.engine, "SELECT count(*) FROM call") == 0
@@ -75,7 +75,7 @@ async def test_relay_mode_answers_with_connect_conversation_relay(desk: Desk) ->
 
 
 async def test_an_unknown_number_gets_a_polite_goodbye(desk: Desk) -> None:
-    answer = await desk.twilio.post("/twilio/voice", **{**CALL, "To": "+15559999999"})
+    answer = await desk.twilio.post("/twilio/voice", **{**CALL, "To": "+12025559999"})
     assert answer.status == 200 and answer.verbs == ["Say", "Hangup"]
     assert "not set up" in answer.said
     assert count_rows(desk.engine, "SELECT count(*) FROM call") == 0

@@ -62,10 +62,10 @@ async def _seed(scheduler: Scheduler) -> dict[str, str]:
                                ("lee@clinic.test", "staff", "lee")):
         add_user(scheduler.engine, business_id="clinic", email=email, password=PASSWORD,
                  role=role, staff_id=staff, now=NOW)
-    ann = await scheduler.record_lead(business_id="clinic", phone="+15551230001",
+    ann = await scheduler.record_lead(business_id="clinic", phone="+12025550001",
                                       name="Ann Smith", reason="Cleaning", outcome="callback",
                                       now=NOW - timedelta(days=1))
-    bob = await scheduler.record_lead(business_id="clinic", phone="+15551230002",
+    bob = await scheduler.record_lead(business_id="clinic", phone="+12025550002",
                                       name="Bob Jones", reason="Spam call", outcome="spam",
                                       now=NOW - timedelta(hours=2))
     return {"ann": ann.id, "bob": bob.id}
