@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import secrets
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, PlainValidator, WithJsonSchema
 
 from booking.models import Appointment, Hold, Lead, LeadOutcome
 from booking.scheduler import Scheduler
@@ -35,6 +36,58 @@ def require_api_key(
         )
 
 
+# Every date the API takes lies in these years: far enough for any booking, and far enough from
+# the ends of `datetime` that converting zones or adding a day can never overflow.
+FIRST_YEAR, LAST_YEAR = 1970, 2199
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _in_range(value: date) -> date:
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise ValueError(f"must lie in the years {FIRST_YEAR} to {LAST_YEAR}")
+    return value
+
+
+def _date_or_datetime(value: object) -> date | datetime:
+    """A plain date, or an ISO 8601 date and time with or without an offset."""
+    if isinstance(value, date):
+        return _in_range(value)
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if _DATE.fullmatch(text):
+            return _in_range(date.fromisoformat(text))
+        if _DATETIME.match(text):
+            return _in_range(datetime.fromisoformat(text))
+    except ValueError as exc:
+        if "years" in str(exc):
+            raise
+    raise ValueError("give a date (2026-12-01) or a date and time (2026-12-01T09:00, "
+                     "with or without an offset such as -05:00)")
+
+
+# A stored instant: must say its offset, and lie in the supported years.
+Instant = Annotated[AwareDatetime, AfterValidator(_in_range)]
+# A calendar date, in the supported years.
+Day = Annotated[date, AfterValidator(_in_range)]
+# One end of a window: a date, or a time; without an offset it is the business's local time.
+LocalBound = Annotated[
+    date | datetime,
+    PlainValidator(_date_or_datetime),
+    WithJsonSchema({"anyOf": [{"type": "string", "format": "date"},
+                              {"type": "string", "format": "date-time"}]}),
+]
+
+
+def local_instant(value: date | datetime, tz: ZoneInfo, *, end: bool = False) -> datetime:
+    """An aware instant for a window bound: a naive time is local to `tz`; a plain date is that
+    day's start, or (as the window's `end`, which is inclusive of that day) the next day's."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=tz)
+    day = value + timedelta(days=1) if end else value
+    return datetime.combine(day, time(), tz)
+
+
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
@@ -55,7 +108,7 @@ class HoldIn(BaseModel):
     business: str | None = None
     service: str
     staff: str
-    start: datetime
+    start: Instant
     holder: str = Field(min_length=1, description="who holds it: a call id or phone number")
 
 
@@ -79,7 +132,7 @@ class BookIn(BaseModel):
     hold_id: str | None = None
     service: str | None = None
     staff: str | None = None
-    start: datetime | None = None
+    start: Instant | None = None
     name: str = Field(min_length=1, max_length=200)
     phone: str
     email: str | None = None
@@ -87,7 +140,7 @@ class BookIn(BaseModel):
 
 
 class RescheduleIn(BaseModel):
-    start: datetime
+    start: Instant
     staff: str | None = None
 
 
@@ -148,14 +201,14 @@ async def _zone(scheduler: Scheduler, business: str | None) -> ZoneInfo:
 async def availability(
     scheduler: SchedulerDep,
     service: str,
-    from_: Annotated[date, Query(alias="from", description="first date, business zone")],
-    to: Annotated[date, Query(description="last date (inclusive), business zone")],
+    from_: Annotated[Day, Query(alias="from", description="first date, business zone")],
+    to: Annotated[Day, Query(description="last date (inclusive), business zone")],
     business: BusinessQ = None,
     staff: str | None = None,
     earliest: time | None = None,
     latest: time | None = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
-    now: datetime | None = None,
+    now: Annotated[Instant | None, Query(description="search as if it were this time")] = None,
 ) -> AvailabilityOut:
     result = await scheduler.availability(
         business_id=business, service_id=service, staff_id=staff, first_day=from_, last_day=to,
@@ -194,16 +247,21 @@ async def create_appointment(body: BookIn, scheduler: SchedulerDep) -> Appointme
 async def list_appointments(
     scheduler: SchedulerDep,
     business: BusinessQ = None,
-    from_: Annotated[datetime | None, Query(alias="from")] = None,
-    to: datetime | None = None,
+    from_: Annotated[LocalBound | None, Query(
+        alias="from", description="appointments ending after this date or time; without an "
+                                  "offset it is the business's local time")] = None,
+    to: Annotated[LocalBound | None, Query(
+        description="appointments starting before this time, or by the end of this date "
+                    "(inclusive); without an offset it is the business's local time")] = None,
     staff: str | None = None,
     phone: str | None = None,
     include_inactive: bool = False,
 ) -> list[AppointmentOut]:
-    rows = await scheduler.appointments(business_id=business, start=from_, end=to,
-                                        staff_id=staff, phone=phone,
-                                        include_inactive=include_inactive)
     tz = await _zone(scheduler, business)
+    rows = await scheduler.appointments(
+        business_id=business, staff_id=staff, phone=phone, include_inactive=include_inactive,
+        start=None if from_ is None else local_instant(from_, tz),
+        end=None if to is None else local_instant(to, tz, end=True))
     return [AppointmentOut.of(r, tz) for r in rows]
 
 

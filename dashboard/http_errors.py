@@ -57,7 +57,7 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")),
-             "reason": e["msg"]}
+             "reason": e["msg"].removeprefix("Value error, ")}
             for e in exc.errors()
         ]
         log.info("%s %s -> 422 invalid: %s", request.method, request.url.path, problems)

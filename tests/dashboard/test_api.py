@@ -114,3 +114,81 @@ async def test_appointments_say_whether_they_reached_the_staff_calendar(
         "name": "Ann Smith", "phone": "+12025550001"})
     assert r.status_code == 201, r.text
     assert r.json()["calendar_sync"] == "no_calendar"  # Lee has no linked calendar to write to
+
+
+async def test_appointment_windows_take_dates_and_local_times(client: httpx.AsyncClient) -> None:
+    # Regression: a plain date (the form /availability takes) was a 500 (a naive datetime).
+    r = await client.post("/api/v1/appointments", headers=AUTH, json={
+        "service": "cleaning", "staff": "lee", "start": "2026-12-10T16:00:00-05:00",
+        "name": "Ann", "phone": "+12025550123"})
+    assert r.status_code == 201, r.text
+    booked = r.json()["id"]
+
+    async def listed(**params: str) -> list[str]:
+        r = await client.get("/api/v1/appointments", headers=AUTH, params=params)
+        assert r.status_code == 200, r.text
+        return [a["id"] for a in r.json()]
+
+    # `to` is inclusive of its day, in the business's zone (16:00 New York is 21:00 UTC).
+    assert await listed(**{"from": "2026-12-01", "to": "2026-12-10"}) == [booked]
+    assert await listed(**{"from": "2026-12-01", "to": "2026-12-09"}) == []
+    assert await listed(**{"from": "2026-12-11"}) == []
+    # A naive time is local: the appointment ends 16:45 New York.
+    assert await listed(**{"from": "2026-12-10T16:44"}) == [booked]
+    assert await listed(**{"from": "2026-12-10T16:45"}) == []
+    assert await listed(**{"to": "2026-12-10T16:00:01"}) == [booked]
+    assert await listed(**{"to": "2026-12-10T16:00"}) == []
+    # An offset is honoured as given.
+    assert await listed(**{"from": "2026-12-10T21:44:00Z"}) == [booked]
+    assert await listed(**{"from": "2026-12-10T21:45:00+00:00"}) == []
+
+
+@pytest.mark.parametrize("value", ["soon", "1700000000", "2026-02-30", "2026-12-01T25:00",
+                                   "9999-12-31", "9999-12-31T23:59:59Z",
+                                   "0001-01-01T00:00:00+05:00", ""])
+async def test_appointment_windows_refuse_anything_else(client: httpx.AsyncClient,
+                                                        value: str) -> None:
+    for name in ("from", "to"):
+        r = await client.get("/api/v1/appointments", headers=AUTH, params={name: value})
+        assert r.status_code == 422, (name, value, r.text)
+        assert r.json()["problems"][0]["field"] == name
+
+
+EDGE = "9999-12-31T23:59:59Z"
+
+
+async def test_dates_at_the_edge_of_the_calendar_are_a_422(client: httpx.AsyncClient) -> None:
+    # Regression: each of these was an OverflowError 500.
+    r = await client.post("/api/v1/holds", headers=AUTH, json={
+        "service": "cleaning", "staff": "lee", "start": EDGE, "holder": "call-1"})
+    assert r.status_code == 422 and "2199" in r.json()["message"], r.text
+    r = await client.post("/api/v1/appointments", headers=AUTH, json={
+        "service": "cleaning", "staff": "lee", "start": EDGE, "name": "Ann",
+        "phone": "+12025550123"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "start", r.text
+    r = await client.post("/api/v1/appointments", headers=AUTH, json={
+        "service": "cleaning", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
+        "name": "Ann", "phone": "+12025550123"})
+    assert r.status_code == 201, r.text
+    apt = r.json()["id"]
+    for start in (EDGE, "0001-01-01T00:00:00+14:00", "2200-01-01T00:00:00Z"):
+        r = await client.post(f"/api/v1/appointments/{apt}/reschedule", headers=AUTH,
+                              json={"start": start})
+        assert r.status_code == 422, (start, r.text)
+    window = {"service": "cleaning", "from": "2026-12-07", "to": "2026-12-07"}
+    for extra in ({"now": EDGE}, {"to": "9999-12-31"}, {"from": "0001-01-01"}):
+        r = await client.get("/api/v1/availability", headers=AUTH, params=window | extra)
+        assert r.status_code == 422, (extra, r.text)
+    r = await client.get("/api/v1/availability", headers=AUTH,
+                         params=window | {"now": "2199-12-31T23:59:59-14:00"})
+    assert r.status_code == 200 and r.json()["slots"] == [], r.text
+
+
+async def test_stored_times_must_carry_an_offset(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/holds", headers=AUTH, json={
+        "service": "cleaning", "staff": "lee", "start": "2026-12-07T09:00", "holder": "c"})
+    assert r.status_code == 422 and "timezone" in r.json()["message"], r.text
+    r = await client.get("/api/v1/availability", headers=AUTH, params={
+        "service": "cleaning", "from": "2026-12-07", "to": "2026-12-07",
+        "now": "2026-12-01T09:00"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "now", r.text
