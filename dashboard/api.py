@@ -9,7 +9,16 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from booking.models import Appointment, Hold, Lead, LeadOutcome
 from booking.scheduler import Scheduler
@@ -168,12 +177,27 @@ class AppointmentOut(BaseModel):
                    calendar_sync=row.sync_state)
 
 
+def _text(value: str | None) -> str | None:
+    return (value or "").strip() or None
+
+
 class LeadIn(BaseModel):
+    """A lead says why the caller called, and who to call back: a name, a phone, or both."""
+
     business: str | None = None
-    phone: str | None = None
-    name: str | None = Field(default=None, max_length=200)
-    reason: str | None = Field(default=None, max_length=2000)
+    phone: Annotated[str | None, AfterValidator(_text)] = Field(
+        default=None, max_length=40, examples=["+12025550123"])
+    name: Annotated[str | None, AfterValidator(_text)] = Field(default=None, max_length=200)
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                             max_length=2000)] = Field(
+        description="why the caller called", examples=["whitening price"])
     outcome: LeadOutcome = LeadOutcome.CALLBACK
+
+    @model_validator(mode="after")
+    def _who(self) -> LeadIn:
+        if self.name is None and self.phone is None:
+            raise ValueError("a lead needs the caller's name or phone number (or both)")
+        return self
 
 
 class LeadOut(BaseModel):

@@ -61,7 +61,8 @@ def install(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         log.info("%s %s -> 422 invalid: %s", request.method, request.url.path, problems)
-        text = "; ".join(f"{p['field']}: {p['reason']}" for p in problems)
+        text = "; ".join(f"{p['field']}: {p['reason']}" if p["field"] else p["reason"]
+                         for p in problems)
         return JSONResponse(
             {"error": "invalid_request", "message": text, "problems": problems},
             status_code=422,

@@ -192,3 +192,34 @@ async def test_stored_times_must_carry_an_offset(client: httpx.AsyncClient) -> N
         "service": "cleaning", "from": "2026-12-07", "to": "2026-12-07",
         "now": "2026-12-01T09:00"})
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "now", r.text
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "reason"),
+    ({"outcome": "callback"}, "reason"),
+    ({"name": "Cara", "reason": "   "}, "reason"),
+    ({"reason": "whitening price"}, ""),
+    ({"reason": "whitening price", "name": " ", "phone": ""}, ""),
+])
+async def test_a_lead_needs_a_reason_and_someone_to_call_back(
+        client: httpx.AsyncClient, body: dict[str, str], field: str) -> None:
+    # Regression: `{}` made an "Unknown caller" lead with nothing to act on.
+    r = await client.post("/api/v1/leads", headers=AUTH, json=body)
+    assert r.status_code == 422, r.text
+    problem = r.json()["problems"][0]
+    assert problem["field"] == field
+    if not field:
+        assert r.json()["message"] == "a lead needs the caller's name or phone number (or both)"
+    r = await client.get("/api/v1/leads", headers=AUTH)
+    assert r.json() == []
+
+
+async def test_a_lead_with_a_name_or_a_phone_is_logged(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/v1/leads", headers=AUTH, json={
+        "name": " Cara ", "reason": " whitening price "})
+    assert r.status_code == 201, r.text
+    assert (r.json()["name"], r.json()["phone"], r.json()["reason"]) == (
+        "Cara", None, "whitening price")
+    r = await client.post("/api/v1/leads", headers=AUTH, json={
+        "phone": "+12025550123", "reason": "call back"})
+    assert r.status_code == 201 and r.json()["phone"] == "+12025550123", r.text
