@@ -36,6 +36,9 @@ from frontdesk.settings import Settings
 
 log = logging.getLogger("frontdesk")
 
+# The demo business ships inside the package (`examples/` in the source tree links here).
+DEMO_BUSINESS = Path(__file__).resolve().parent / "demo" / "demo-business.yaml"
+
 
 class CommandError(Exception):
     """A refusal to report on stderr with a non-zero exit."""
@@ -67,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--demo", action="store_true",
-                   help="import examples/demo-business.yaml first")
+                   help="import the demo business (examples/demo-business.yaml) first")
 
     sub.add_parser("migrate", help="apply database migrations")
 
@@ -254,7 +257,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from frontdesk.app import create_app
 
     if args.demo:
-        demo = Path(__file__).resolve().parent.parent / "examples" / "demo-business.yaml"
+        demo = DEMO_BUSINESS
         if not demo.exists():
             raise CommandError(f"demo business file not found at {demo}")
         cmd_import(argparse.Namespace(file=demo), settings)
