@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -34,6 +35,7 @@ from telephony.signature import HEADER, SignatureInvalid
 from telephony.wire import (
     Dtmf,
     EndSession,
+    Inbound,
     Interrupt,
     Prompt,
     RelayError,
@@ -54,6 +56,7 @@ router = APIRouter()
 
 PATH = "/twilio/relay"
 HUMAN_DIGIT = "0"
+MAX_FRAME = 64 * 1024  # Twilio's messages are well under a kilobyte
 TROUBLE = "Sorry, I'm having trouble on my side. Could you say that again?"
 PUTTING_THROUGH = "Please hold while I put you through."
 
@@ -85,6 +88,25 @@ async def relay(websocket: WebSocket) -> None:
     await RelayCall(websocket, board).run()
 
 
+def inbound(frame: Mapping[str, Any]) -> Inbound | None:
+    """The message in one websocket frame, or None (logged) for anything Twilio would not send:
+    binary or oversized frames, JSON that is not an object of a known shape."""
+    raw = frame.get("text")
+    if not isinstance(raw, str):
+        log.warning("ignoring a binary relay frame")
+        return None
+    if len(raw) > MAX_FRAME:
+        log.warning("ignoring a relay frame of %d characters", len(raw))
+        return None
+    try:
+        return parse_inbound(raw)
+    except ValidationError as exc:
+        # The error's type only: its input is what the sender chose to put in the log.
+        first = exc.errors(include_input=False, include_url=False)[:1]
+        log.warning("malformed relay message: %s", [(e["type"], e["loc"]) for e in first])
+        return None
+
+
 class RelayCall:
     """One relay session: reads Twilio's messages and runs the caller's turns."""
 
@@ -101,20 +123,18 @@ class RelayCall:
     async def run(self) -> None:
         try:
             while not self.ended:
-                raw = await self.ws.receive_text()
-                try:
-                    message = parse_inbound(raw)
-                except ValidationError as exc:
-                    log.warning("malformed relay message: %s", exc.errors()[:1])
-                    continue
-                await self.handle(message)
+                frame = await self.ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                message = inbound(frame)
+                if message is not None:
+                    await self.handle(message)
         except WebSocketDisconnect:
             pass
         finally:
             await self.stop_turn()
 
-    async def handle(self, message: Setup | Prompt | Interrupt | Dtmf | RelayError | Unknown
-                     ) -> None:
+    async def handle(self, message: Inbound) -> None:
         if isinstance(message, Setup):
             await self.setup(message)
         elif isinstance(message, RelayError):

@@ -6,7 +6,9 @@
     POST /twilio/dial-status     the transfer's outcome; nobody answered → back to taking a message
     POST /twilio/status          the call ended: close the Call and finalise the lead
 
-Every request's signature is checked first; a bad one gets 403 before anything is read or written.
+Every request's body is capped (413) and must be a UTF-8 form (400); then its signature is checked
+(403), and a signed form that lacks a field or has a malformed one is a 400. None of these reads or
+writes anything.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from pydantic import ValidationError
 from twilio.twiml.voice_response import Connect, Gather, VoiceResponse
 
 from agent.engine import Filler, Handoff, Speech
@@ -34,11 +38,13 @@ from telephony.wire import (
     CallStatusUpdate,
     ConnectAction,
     DialAction,
+    Form,
     GatherResult,
     IncomingCall,
 )
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Form)
 
 NOT_IN_SERVICE = "Sorry, this number is not set up to take calls yet. Goodbye."
 TRANSFER_FAILED = ("Sorry, nobody could come to the phone just now. I can take a message and "
@@ -52,6 +58,8 @@ GOODBYE = "I'll let you go. Feel free to call back any time. Goodbye."
 TROUBLE = "Sorry, I'm having trouble right now. Please call back in a little while. Goodbye."
 MAX_SILENCES = 3
 DIAL_TIMEOUT_SECONDS = 20
+MAX_BODY = 64 * 1024  # Twilio's forms are a few hundred bytes; a long SpeechResult a few KB
+MAX_FIELDS = 200
 
 
 def build_switchboard(app: FastAPI) -> Switchboard:
@@ -107,11 +115,41 @@ def switchboard(request: Request) -> Switchboard:
     return board
 
 
-async def signed_form(request: Request) -> dict[str, str]:
-    """The request's form, once its Twilio signature checks out (403 otherwise)."""
+async def capped_body(request: Request) -> bytes:
+    """The request body, refused with 413 past `MAX_BODY` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise HTTPException(status_code=413, detail=f"the body is over {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY:
+            raise HTTPException(status_code=413, detail=f"the body is over {MAX_BODY} bytes")
+    return bytes(body)
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """A urlencoded form whose bytes and percent-escapes are all UTF-8 (400 otherwise)."""
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, encoding="utf-8",
+                          errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise HTTPException(status_code=400, detail="the form is not UTF-8") from None
+    except ValueError:
+        raise HTTPException(status_code=400, detail="the form has too many fields") from None
+    return dict(pairs)
+
+
+async def signed(request: Request, model: type[F]) -> F:
+    """The request's form as `model`, once its Twilio signature checks out.
+
+    Oversized bodies get 413 and bytes that are not UTF-8 get 400 before the signature is
+    checked (403); a signed form that does not fit `model` gets 400. None of them touches
+    anything.
+    """
     # Twilio posts application/x-www-form-urlencoded; parsed here, every field kept for the
     # signature, without a multipart parser.
-    form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+    form = parse_form(await capped_body(request))
     route_path = request.scope["route"].path
     query = request.scope.get("query_string", b"").decode("latin-1")
     try:
@@ -119,7 +157,16 @@ async def signed_form(request: Request) -> dict[str, str]:
             path=route_path, query=query, form=form, signature=request.headers.get(HEADER))
     except SignatureInvalid:
         raise HTTPException(status_code=403, detail="invalid Twilio signature") from None
-    return form
+    try:
+        return model.parse(form)
+    except ValidationError as exc:
+        raise HTTPException(status_code=400, detail=form_problem(exc)) from None
+
+
+def form_problem(exc: ValidationError) -> str:
+    """One line naming the fields that are missing or malformed (never their values)."""
+    fields = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+    return "missing or malformed Twilio field(s): " + ", ".join(fields or ["(form)"])
 
 
 def twiml(response: VoiceResponse) -> Response:
@@ -184,7 +231,7 @@ def dial(board: Switchboard, number: str, before: str = "") -> VoiceResponse:
 
 @router.post("/voice")
 async def incoming_call(request: Request) -> Response:
-    form = IncomingCall.parse(await signed_form(request))
+    form = await signed(request, IncomingCall)
     board = switchboard(request)
     try:
         business = await board.business_for(form.to_number)
@@ -202,7 +249,7 @@ async def incoming_call(request: Request) -> Response:
 
 @router.post("/gather")
 async def gather_turn(request: Request) -> Response:
-    form = GatherResult.parse(await signed_form(request))
+    form = await signed(request, GatherResult)
     board = switchboard(request)
     try:
         session = await board.resume(call_sid=form.call_sid, from_number=form.from_number,
@@ -254,7 +301,7 @@ async def _answer(board: Switchboard, session: CallSession, heard: str) -> Voice
 
 @router.post("/connect-action")
 async def relay_ended(request: Request) -> Response:
-    form = ConnectAction.parse(await signed_form(request))
+    form = await signed(request, ConnectAction)
     board = switchboard(request)
     handoff = form.handoff()
     session = board.sessions.get(form.call_sid)
@@ -274,7 +321,7 @@ async def relay_ended(request: Request) -> Response:
 
 @router.post("/dial-status")
 async def transfer_result(request: Request) -> Response:
-    form = DialAction.parse(await signed_form(request))
+    form = await signed(request, DialAction)
     board = switchboard(request)
     if form.connected:
         response = VoiceResponse()
@@ -296,6 +343,6 @@ async def transfer_result(request: Request) -> Response:
 
 @router.post("/status")
 async def call_status(request: Request) -> Response:
-    form = CallStatusUpdate.parse(await signed_form(request))
+    form = await signed(request, CallStatusUpdate)
     await switchboard(request).close(form)
     return Response(status_code=204)

@@ -7,10 +7,23 @@ websocket, PascalCase in webhook forms) through aliases.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+# Control characters (NUL above all, which PostgreSQL refuses in text) never come from Twilio.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+Sid = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{2,64}$")]
+Address = Annotated[str, Field(max_length=256)]  # E.164, "client:alice", "sip:a@b", "anonymous"
+
+
+def _no_control_characters(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    for name, value in values.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise ValueError(f"{name} holds control characters")
+    return values
 
 
 class _Message(BaseModel):
@@ -20,24 +33,31 @@ class _Message(BaseModel):
 # ---- ConversationRelay: Twilio to us -----------------------------------------------------
 
 
-class Setup(_Message):
+class _Inbound(_Message):
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, values: Any) -> Any:
+        return _no_control_characters(values) if isinstance(values, Mapping) else values
+
+
+class Setup(_Inbound):
     type: Literal["setup"]
-    session_id: str = Field(default="", alias="sessionId")
-    call_sid: str = Field(alias="callSid")
-    from_number: str | None = Field(default=None, alias="from")
-    to_number: str | None = Field(default=None, alias="to")
+    session_id: str = Field(default="", alias="sessionId", max_length=64)
+    call_sid: Sid = Field(alias="callSid")
+    from_number: Address | None = Field(default=None, alias="from")
+    to_number: Address | None = Field(default=None, alias="to")
     direction: str | None = None
     custom_parameters: dict[str, str] = Field(default_factory=dict, alias="customParameters")
 
 
-class Prompt(_Message):
+class Prompt(_Inbound):
     type: Literal["prompt"]
     voice_prompt: str = Field(default="", alias="voicePrompt")
     lang: str | None = None
     last: bool = True
 
 
-class Interrupt(_Message):
+class Interrupt(_Inbound):
     type: Literal["interrupt"]
     utterance_until_interrupt: str = Field(default="", alias="utteranceUntilInterrupt")
     # Documented both as a number and as a string of digits.
@@ -45,20 +65,20 @@ class Interrupt(_Message):
                                                     alias="durationUntilInterruptMs")
 
 
-class Dtmf(_Message):
+class Dtmf(_Inbound):
     type: Literal["dtmf"]
     digit: str
 
 
-class RelayError(_Message):
+class RelayError(_Inbound):
     type: Literal["error"]
     description: str = ""
 
 
-class Unknown(_Message):
+class Unknown(_Inbound):
     """A message type this code does not know (Twilio adds types); logged and ignored."""
 
-    type: str
+    type: str = Field(max_length=64)
 
 
 InboundMessage = Annotated[Setup | Prompt | Interrupt | Dtmf | RelayError,
@@ -69,7 +89,10 @@ _inbound: TypeAdapter[Setup | Prompt | Interrupt | Dtmf | RelayError] = TypeAdap
 KNOWN_TYPES = frozenset({"setup", "prompt", "interrupt", "dtmf", "error"})
 
 
-def parse_inbound(raw: str | bytes) -> Setup | Prompt | Interrupt | Dtmf | RelayError | Unknown:
+Inbound = Setup | Prompt | Interrupt | Dtmf | RelayError | Unknown
+
+
+def parse_inbound(raw: str | bytes) -> Inbound:
     """One websocket frame as a typed message; raises `pydantic.ValidationError` if malformed."""
     probe = Unknown.model_validate_json(raw)
     if probe.type not in KNOWN_TYPES:
@@ -114,17 +137,25 @@ class Handoff(BaseModel):
 # ---- Voice webhooks (application/x-www-form-urlencoded) ------------------------------------
 
 
-class _Form(BaseModel):
+class Form(BaseModel):
+    """A voice webhook's form: what every callback carries."""
+
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
-    call_sid: str = Field(alias="CallSid", min_length=1)
-    from_number: str | None = Field(default=None, alias="From")
-    to_number: str | None = Field(default=None, alias="To")
-    call_status: str | None = Field(default=None, alias="CallStatus")
+    call_sid: Sid = Field(alias="CallSid")
+    from_number: Address | None = Field(default=None, alias="From")
+    to_number: Address | None = Field(default=None, alias="To")
+    call_status: str | None = Field(default=None, alias="CallStatus", max_length=32)
 
     @classmethod
-    def parse(cls, form: Mapping[str, Any]) -> Any:
+    def parse(cls, form: Mapping[str, Any]) -> Self:
+        """The model of `form`; raises `pydantic.ValidationError` naming the bad fields."""
         return cls.model_validate({k: v for k, v in form.items() if isinstance(v, str)})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, values: Any) -> Any:
+        return _no_control_characters(values) if isinstance(values, Mapping) else values
 
     @field_validator("from_number", "to_number", mode="before")
     @classmethod
@@ -132,18 +163,23 @@ class _Form(BaseModel):
         return value or None
 
 
-class IncomingCall(_Form):
+class IncomingCall(Form):
     """`POST /twilio/voice`: a call rings the business's number."""
 
 
-class GatherResult(_Form):
+class GatherResult(Form):
     """The `<Gather input="speech">` action: what the caller said (empty on silence)."""
 
     speech_result: str = Field(default="", alias="SpeechResult")
     confidence: float | None = Field(default=None, alias="Confidence")
 
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _blank_confidence(cls, value: Any) -> Any:
+        return value or None
 
-class ConnectAction(_Form):
+
+class ConnectAction(Form):
     """The `<Connect action>` callback when a ConversationRelay session ends."""
 
     session_status: str | None = Field(default=None, alias="SessionStatus")
@@ -160,7 +196,7 @@ class ConnectAction(_Form):
             return None
 
 
-class DialAction(_Form):
+class DialAction(Form):
     """The `<Dial action>` callback: how the transfer went."""
 
     dial_call_status: str | None = Field(default=None, alias="DialCallStatus")
@@ -170,10 +206,11 @@ class DialAction(_Form):
         return self.dial_call_status in {"completed", "answered"}
 
 
-class CallStatusUpdate(_Form):
+class CallStatusUpdate(Form):
     """The status callback: the call's state, with its duration once it is over."""
 
-    call_duration: int | None = Field(default=None, alias="CallDuration")
+    # Twilio ends a call after 24 hours; anything past a week is not a duration it sent.
+    call_duration: int | None = Field(default=None, alias="CallDuration", ge=0, le=7 * 86400)
 
     @field_validator("call_duration", mode="before")
     @classmethod
