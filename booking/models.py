@@ -173,6 +173,10 @@ class Appointment(SQLModel, table=True):
 
 
 class Lead(SQLModel, table=True):
+    """What a caller wanted. A call has at most one lead: the unique index makes that a database
+    guarantee, so a retried or doubled end-of-call handler updates the lead instead."""
+
+    __table_args__ = (sa.Index("uq_lead_call", "call_id", unique=True),)
     id: str = Field(default_factory=lambda: new_id("lead"), primary_key=True)
     business_id: str = Field(foreign_key="business.id", index=True)
     contact_id: str | None = Field(default=None, foreign_key="contact.id")

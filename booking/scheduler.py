@@ -28,6 +28,7 @@ from booking import errors
 from booking.busy import CalendarBusy, CalendarWriter, NoCalendars, NoWriter, StaffCalendars
 from booking.clock import Clock, SystemClock
 from booking.db import in_session, lock_staff
+from booking.idempotency import insert_once
 from booking.models import (
     Appointment,
     AppointmentStatus,
@@ -600,29 +601,33 @@ class Scheduler:
         def write(s: Session) -> Lead:
             bid = _resolve_business(s, business_id)
             contact = _upsert_contact(s, bid, number, name, None) if number else None
-            existing = s.exec(select(Lead).where(Lead.business_id == bid, Lead.call_id == call_id)
-                              ).first() if call_id else None
-            if existing is not None:
-                # One call, one lead: what the call did later updates it (a booking after a
-                # message makes it a booked lead); the first reason stays, the new one follows.
-                if outcome == LeadOutcome.BOOKED or existing.outcome == LeadOutcome.NOT_INTERESTED:
-                    existing.outcome = outcome
-                if appointment_id:
-                    existing.appointment_id = appointment_id
-                if reason and reason != existing.reason:
-                    existing.reason = f"{existing.reason}; then: {reason}" if existing.reason \
-                        else reason
-                existing.name = existing.name or name
-                s.add(existing)
-                s.flush()
-                return existing
             row = Lead(business_id=bid, contact_id=contact.id if contact else None,
                        call_id=call_id, appointment_id=appointment_id, name=name, phone=number,
                        reason=reason, outcome=outcome, created_at=now)
-            s.add(row)
+            # One call, one lead, decided by the unique index on the call: of two processes
+            # finishing the same call only one inserts (and announces it); the other updates.
+            if insert_once(s, row, "call_id"):
+                stored = s.get(Lead, row.id)
+                assert stored is not None
+                _emit(s, "lead.created", lead_payload(stored))
+                return stored
+            existing = s.exec(select(Lead).where(Lead.call_id == call_id).with_for_update()
+                              .execution_options(populate_existing=True)).one()
+            if existing.business_id != bid:
+                raise errors.InvalidRequest(f"call {call_id} belongs to another business")
+            # What the call did later updates its lead (a booking after a message makes it a
+            # booked lead); the first reason stays, the new one follows.
+            if outcome == LeadOutcome.BOOKED or existing.outcome == LeadOutcome.NOT_INTERESTED:
+                existing.outcome = outcome
+            if appointment_id:
+                existing.appointment_id = appointment_id
+            if reason and reason != existing.reason:
+                existing.reason = f"{existing.reason}; then: {reason}" if existing.reason \
+                    else reason
+            existing.name = existing.name or name
+            s.add(existing)
             s.flush()
-            _emit(s, "lead.created", lead_payload(row))
-            return row
+            return existing
 
         return await self._db(write, write=True)
 
@@ -785,16 +790,19 @@ def _drop_holds(s: Session, business_id: str, holder: str) -> None:
 def _upsert_contact(
     s: Session, business_id: str, phone: str, name: str | None, email: str | None
 ) -> Contact:
+    """The business's contact for `phone`, created if new (one per number, decided by the
+    unique index, so two processes never race to two contacts), else updated under a lock."""
+    created = insert_once(s, Contact(business_id=business_id, phone=phone, name=name,
+                                     email=email), "business_id", "phone")
     row = s.exec(
         select(Contact).where(Contact.business_id == business_id, Contact.phone == phone)
-    ).first()
-    if row is None:
-        row = Contact(business_id=business_id, phone=phone, name=name, email=email)
-    else:
+        .with_for_update().execution_options(populate_existing=True)
+    ).one()
+    if not created:
         row.name = name or row.name
         row.email = email or row.email
-    s.add(row)
-    s.flush()
+        s.add(row)
+        s.flush()
     return row
 
 

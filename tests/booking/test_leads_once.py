@@ -1,0 +1,144 @@
+"""One lead (and one `lead.created` event) per call, whatever races: two processes handling the
+same calls, each also retried (Twilio retries its status callback), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from booking.clock import FixedClock
+from booking.db import make_engine, migrate, session_scope
+from booking.models import Call
+from booking.scheduler import Scheduler
+from tests.conftest import NOW, count_rows
+
+CALLS = 40
+
+
+def _phone(i: int) -> str:
+    return f"+1202555{100 + i:04d}"
+
+
+def _finish_calls(url: str, barrier, calls: list[str], results) -> None:  # type: ignore[no-untyped-def]
+    """One server process: finish every call, then take the retried status callback too."""
+    engine = make_engine(url)
+    scheduler = Scheduler(engine=engine, clock=FixedClock(NOW))
+
+    async def run() -> None:
+        for i, call_id in enumerate(calls):
+            barrier.wait(timeout=60)  # both processes hit the same call at the same moment
+            for attempt in ("left a message", "status callback retried"):
+                await scheduler.record_lead(business_id="clinic", phone=_phone(i),
+                                            name=f"Caller {i}", reason=attempt,
+                                            outcome="message", call_id=call_id)
+
+    try:
+        asyncio.run(run())
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which fails on anything unexpected
+        results.put(f"error: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+
+
+def _calls(engine: Engine) -> list[str]:
+    rows = [Call(business_id="clinic", call_sid=f"CA{i:032d}", from_number=_phone(i),
+                 to_number="+12025550100", status="completed") for i in range(CALLS)]
+    with session_scope(engine, write=True) as s:
+        s.add_all(rows)
+    return [r.id for r in rows]
+
+
+def test_two_processes_finishing_the_same_calls_log_one_lead_each(clinic: Engine,
+                                                                   db_url: str) -> None:
+    calls = _calls(clinic)
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_finish_calls, args=(db_url, barrier, calls, results))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes == ["ok", "ok"]
+    assert count_rows(clinic, "SELECT count(*) FROM lead") == CALLS
+    assert count_rows(clinic, "SELECT count(DISTINCT call_id) FROM lead") == CALLS
+    assert count_rows(clinic, "SELECT count(*) FROM contact") == CALLS
+    assert count_rows(clinic, "SELECT count(*) FROM outboxevent WHERE type = 'lead.created'") \
+        == CALLS
+    # The retry took the existing lead: its first reason stays, the later ones follow it.
+    with clinic.connect() as conn:
+        reasons = conn.execute(sa.text("SELECT reason FROM lead")).scalars().all()
+    assert all(r.startswith("left a message; then: status callback retried") for r in reasons)
+
+
+async def test_a_second_record_for_a_call_updates_its_lead(scheduler: Scheduler,
+                                                          clinic: Engine) -> None:
+    [call_id] = _calls(clinic)[:1]
+    first = await scheduler.record_lead(business_id="clinic", phone=_phone(0), name=None,
+                                        reason="price of whitening", outcome="message",
+                                        call_id=call_id)
+    again = await scheduler.record_lead(business_id="clinic", phone=_phone(0), name="Ann",
+                                        reason="booked a cleaning", outcome="booked",
+                                        call_id=call_id, now=NOW + timedelta(minutes=3))
+    assert again.id == first.id
+    assert (again.name, again.outcome, again.reason, again.created_at) == (
+        "Ann", "booked", "price of whitening; then: booked a cleaning", NOW)
+    assert count_rows(clinic, "SELECT count(*) FROM outboxevent WHERE type = 'lead.created'") == 1
+    other = await scheduler.record_lead(business_id="clinic", phone=_phone(0), name="Ann",
+                                        reason="no call", outcome="callback")
+    assert other.id != first.id  # leads without a call are never merged
+    assert count_rows(clinic, "SELECT count(*) FROM contact") == 1
+
+
+@pytest.fixture
+def unmigrated(db_url: str) -> Engine:
+    return make_engine(db_url)
+
+
+def test_the_migration_keeps_the_earliest_lead_of_each_call(unmigrated: Engine) -> None:
+    """Databases that already hold duplicate leads (logged by the race) are cleaned on upgrade."""
+    from alembic import command
+    from alembic.config import Config
+
+    from booking.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with unmigrated.execution_options(frontdesk_write=True).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+    with unmigrated.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO business (id, name, timezone, phone_numbers) "
+            "VALUES ('clinic', 'Clinic', 'America/New_York', '[]')"))
+        conn.execute(sa.text("INSERT INTO call (id, business_id, status, started_at, transcript) "
+                             "VALUES ('call_1', 'clinic', 'completed', :t, '[]'), "
+                             "('call_2', 'clinic', 'completed', :t, '[]')"), {"t": NOW})
+        for lead_id, call_id, minutes in [("lead_b", "call_1", 1), ("lead_a", "call_1", 0),
+                                          ("lead_c", "call_1", 2), ("lead_d", "call_2", 0),
+                                          ("lead_e", None, 0), ("lead_f", None, 0)]:
+            conn.execute(sa.text(
+                "INSERT INTO lead (id, business_id, call_id, reason, outcome, status, created_at) "
+                "VALUES (:id, 'clinic', :call, 'why', 'message', 'new', :t)"),
+                {"id": lead_id, "call": call_id, "t": NOW + timedelta(minutes=minutes)})
+        conn.execute(sa.text(
+            "INSERT INTO lead_status_change (business_id, lead_id, from_status, to_status, actor, "
+            "at) VALUES ('clinic', 'lead_c', 'new', 'contacted', 'owner', :t)"), {"t": NOW})
+    migrate(unmigrated)
+    with unmigrated.connect() as conn:
+        kept = conn.execute(sa.text("SELECT id FROM lead ORDER BY id")).scalars().all()
+        moved = conn.execute(sa.text("SELECT lead_id FROM lead_status_change")).scalars().all()
+    assert kept == ["lead_a", "lead_d", "lead_e", "lead_f"]
+    assert moved == ["lead_a"]  # the history of a dropped duplicate moves to the kept lead
+    with pytest.raises(sa.exc.IntegrityError), unmigrated.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO lead (id, business_id, call_id, outcome, status, created_at) "
+            "VALUES ('lead_z', 'clinic', 'call_2', 'message', 'new', :t)"), {"t": NOW})
+    unmigrated.dispose()
