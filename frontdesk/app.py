@@ -21,6 +21,7 @@ from calendars.service import CalendarService
 from calendars.setup import build_calendar_service
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
+from frontdesk import web_security
 from frontdesk.settings import Settings
 from telephony import voice
 
@@ -102,7 +103,10 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
             await service.close()
         app.state.scheduler.engine.dispose()
 
-    app = FastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan)
+    # The docs pages are added by web_security, each with the policy its CDN scripts need.
+    app = web_security.SecureFastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan,
+                                     docs_url=None, redoc_url=None)
+    web_security.add_docs(app)
     app.state.scheduler = scheduler
     app.state.settings = settings
     key = settings.api_key.get_secret_value() if settings.api_key else None

@@ -82,12 +82,42 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
+# Injected by Playwright (outside the page's policy): every violation is also logged as an error.
+_REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => console.error(
+  "Content Security Policy violation: " + e.violatedDirective + " blocked " + e.blockedURI +
+  " at " + e.sourceFile + ":" + e.lineNumber));
+"""
+
+
+def is_violation(text: str) -> bool:
+    return "Content Security Policy" in text or "Content-Security-Policy" in text
+
+
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def browser_problems() -> list[str]:
+    """Content-Security-Policy violations and uncaught script errors seen by `page`."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, browser_problems: list[str]) -> Iterator[Any]:
+    """A fresh page; the test fails if any page it opened broke the Content-Security-Policy
+    (a refused inline script, handler, style or foreign resource) or threw a script error."""
     context = browser.new_context(accept_downloads=True)
     context.set_default_timeout(10_000)
-    yield context.new_page()
+    context.add_init_script(_REPORT_VIOLATIONS)
+    opened = context.new_page()
+
+    def console(message: Any) -> None:
+        if message.type == "error" and is_violation(message.text):
+            browser_problems.append(f"{opened.url}: {message.text}")
+
+    opened.on("console", console)
+    opened.on("pageerror", lambda error: browser_problems.append(f"{opened.url}: {error}"))
+    yield opened
     context.close()
+    assert not browser_problems, "\n".join(browser_problems)
 
 
 def log_in(page: Any, url: str, email: str) -> None:
