@@ -10,38 +10,40 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import SecretStr, ValidationError
-
-from booking import errors
-from booking.business_file import (
-    BusinessFileError,
-    dump_business,
-    export_business,
-    import_business,
-    load_business_file,
-)
-from booking.clock import FixedClock
-from booking.scheduler import Scheduler
-from dashboard import users
 from frontdesk import cli_calendars
-from frontdesk.settings import Settings
+from frontdesk.cli_errors import CommandError, UsageError, report
+
+# Only the standard library and argument-parsing code load before a command runs: the domain,
+# the web app, Twilio and the LLM client are imported by the commands that use them, so
+# `frontdesk --help` and `frontdesk <command> --help` start in a fraction of a second.
+if TYPE_CHECKING:
+    from booking.scheduler import Scheduler
+    from frontdesk.settings import Settings
+
+__all__ = ["CommandError", "main", "parser"]
 
 log = logging.getLogger("frontdesk")
 
 # The demo business ships inside the package (`examples/` in the source tree links here).
 DEMO_BUSINESS = Path(__file__).resolve().parent / "demo" / "demo-business.yaml"
+# dashboard.models.Role's values (a test keeps them in step), so `--help` needs no database code.
+ROLES = ("owner", "staff")
 
 
-class CommandError(Exception):
-    """A refusal to report on stderr with a non-zero exit."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a malformed command reported in one line (exit 2), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _iso(value: str) -> datetime:
@@ -62,8 +64,16 @@ def _date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date like 2026-12-01") from None
 
 
+def _text(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value.strip()
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="frontdesk", description="AI phone receptionist")
+    p = _Parser(prog="frontdesk", description="AI phone receptionist")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log INFO lines to stderr too (otherwise warnings and errors only)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the web server (API under /api/v1)")
@@ -80,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a business back as YAML or JSON")
     s.add_argument("--business")
     s.add_argument("--format", choices=["yaml", "json"], default="yaml")
-    s.add_argument("-o", "--output", type=Path)
+    s.add_argument("-o", "--output", type=Path,
+                   help="the file to write (calendar paths are made relative to its folder)")
 
     s = sub.add_parser("availability", help="list every bookable slot in a date range")
     s.add_argument("--business")
@@ -96,8 +107,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--service", required=True)
     s.add_argument("--staff", required=True)
     s.add_argument("--start", type=_iso, required=True)
-    s.add_argument("--name", required=True)
-    s.add_argument("--phone", required=True)
+    s.add_argument("--name", type=_text, required=True)
+    s.add_argument("--phone", type=_text, required=True)
     s.add_argument("--email")
     s.add_argument("--notes")
     s.add_argument("--now", type=_iso, help=argparse.SUPPRESS)
@@ -110,43 +121,105 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("chat", help="talk to the phone agent in this terminal")
     s.add_argument("--business")
-    s.add_argument("--caller", help="the caller's number in E.164, e.g. +12025552200")
+    s.add_argument("--caller", type=_text,
+                   help="the caller's number in E.164, e.g. +12025552200")
     s.add_argument("--now", type=_iso, help=argparse.SUPPRESS)
 
     cli_calendars.add_parsers(sub)
-    users.add_parsers(sub)
+
+    # `frontdesk users add`: the password is asked for, or read from stdin, never an argument.
+    u = sub.add_parser("users", help="dashboard accounts")
+    us = u.add_subparsers(dest="users_command", required=True)
+    s = us.add_parser("add", help="create a dashboard account (owner or staff)")
+    s.add_argument("--business", help="business id; optional while there is one")
+    s.add_argument("--email", type=_text, required=True)
+    s.add_argument("--role", required=True, choices=ROLES)
+    s.add_argument("--staff", help="the staff member a staff account belongs to")
+    s.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin instead of asking")
+
+    for command in sub.choices.values():  # `--verbose` after the command works too
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return p
+
+
+COMMANDS: dict[str, str] = {
+    "serve": "cmd_serve", "migrate": "cmd_migrate", "import": "cmd_import",
+    "export": "cmd_export", "availability": "cmd_availability", "book": "cmd_book",
+    "cancel": "cmd_cancel", "chat": "cmd_chat", "users": "cmd_users",
+    "calendars": "frontdesk.cli_calendars:cmd_calendars",
+    "keygen": "frontdesk.cli_calendars:cmd_keygen",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    from frontdesk.settings import Settings
+
     try:
         settings = Settings()
     except ValidationError as exc:
-        _err(f"configuration error: {exc}")
+        problems = "; ".join(f"FRONTDESK_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        _err(f"configuration error: {problems}")
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-        "serve": cmd_serve, "migrate": cmd_migrate, "import": cmd_import,
-        "export": cmd_export, "availability": cmd_availability, "book": cmd_book,
-        "cancel": cmd_cancel, "chat": cmd_chat,
-        "calendars": cli_calendars.cmd_calendars, "keygen": cli_calendars.cmd_keygen,
-        "users": cmd_users,
-    }
+    _configure_logging(settings.log_level, verbose=args.verbose,
+                       serving=args.command == "serve")
+    name = COMMANDS[args.command]
+    command: Callable[[argparse.Namespace, Settings], int] = (
+        getattr(cli_calendars, name.split(":")[1]) if ":" in name else globals()[name])
     try:
-        return commands[args.command](args, settings)
-    except BusinessFileError as exc:
-        _err(f"error: {exc}")
-        return 1
-    except errors.BookingError as exc:
-        log.info("refused: %s", exc.message)
-        _err(f"error: {exc.message}")
-        return 1
-    except (CommandError, cli_calendars.CalendarCommandError) as exc:
-        _err(f"error: {exc}")
-        return 1
+        code = command(args, settings)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`frontdesk availability ... | head`): stop quietly, as a
+        # command killed by SIGPIPE does, and keep Python from complaining at exit.
+        _silence_stdout()
+        return 128 + 13
+    except Exception as exc:
+        known = report(exc)
+        if known is None:
+            raise
+        code, line = known
+        log.info("refused: %s", line)
+        _err(line)
+        return code
+
+
+def _configure_logging(level: str, *, verbose: bool, serving: bool) -> None:
+    """Log lines in UTC on stderr: INFO while serving or with `--verbose` (or what
+    FRONTDESK_LOG_LEVEL asks for), otherwise warnings and errors only."""
+    configured = logging.getLevelName(level.upper())
+    if not isinstance(configured, int):
+        raise UsageError(f"FRONTDESK_LOG_LEVEL={level!r} is not a logging level")
+    if not (serving or verbose):
+        configured = max(configured, logging.WARNING)
+    elif verbose:
+        configured = min(configured, logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                  datefmt="%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_frontdesk", False)]:
+        root.removeHandler(old)
+    handler._frontdesk = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(configured)
+    logging.getLogger("alembic").setLevel(max(configured, logging.WARNING))
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file (a test's capture): nothing will flush into a closed pipe
 
 
 def _err(text: str) -> None:
@@ -154,23 +227,41 @@ def _err(text: str) -> None:
 
 
 def _scheduler(args: argparse.Namespace, settings: Settings) -> Scheduler:
-    from frontdesk.app import build_scheduler
+    from booking.clock import FixedClock
+    from frontdesk.wiring import build_scheduler
 
     now = getattr(args, "now", None)
     return build_scheduler(settings, clock=FixedClock(now) if now else None)
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
+def _run(scheduler: Scheduler, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run one scheduler call, then close whatever calendar connections it opened."""
+    from frontdesk.wiring import close_calendars
+
+    async def once() -> Any:
+        try:
+            return await coro
+        finally:
+            await close_calendars(scheduler)
+
+    return asyncio.run(once())
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from booking import errors
+    from dashboard import users
+
     scheduler = _scheduler(args, settings)
-    business = _run(scheduler.resolve_business(args.business))
+    business = _run(scheduler, scheduler.resolve_business(args.business))
     password = users.read_password(from_stdin=args.password_stdin)
-    user = users.add_user(scheduler.engine, business_id=business, email=args.email,
-                          password=password, role=args.role, staff_id=args.staff,
-                          now=scheduler.clock.now())
+    try:
+        user = users.add_user(scheduler.engine, business_id=business, email=args.email,
+                              password=password, role=args.role, staff_id=args.staff,
+                              now=scheduler.clock.now())
+    except errors.InvalidRequest as exc:
+        if "already an account" in exc.message:  # a well-formed request, refused: exit 1
+            raise CommandError(exc.message) from None
+        raise
     print(f"{user.id}: {user.email} ({user.role}) at {business}")
     return 0
 
@@ -182,6 +273,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from booking.business_file import import_business, load_business_file
+
     data = load_business_file(args.file)
     scheduler = _scheduler(args, settings)
     result = import_business(scheduler.engine, data)
@@ -191,19 +284,38 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from booking.business_file import dump_business, export_business
+
     scheduler = _scheduler(args, settings)
-    business_id = _run(scheduler.resolve_business(args.business))
-    text = dump_business(export_business(scheduler.engine, business_id), args.format)
+    business_id = _run(scheduler, scheduler.resolve_business(args.business))
+    exported = export_business(scheduler.engine, business_id)
+    # Calendar files are written relative to the folder the file is read from again: the
+    # output file's, or (printed) the working directory, as `frontdesk import` resolves them.
+    folder = args.output.resolve().parent if args.output else Path.cwd()
+    text = dump_business(relative_calendar_paths(exported, folder), args.format)
     if args.output:
-        args.output.write_text(text)
+        args.output.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0
 
 
+def relative_calendar_paths(exported: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The exported business with each file calendar's absolute `source` made relative to
+    `folder` (URLs and relative paths stay as they are)."""
+    for staff in exported.get("staff", []):
+        for calendar in staff.get("calendars", []):
+            source = calendar.get("source")
+            if isinstance(source, str) and os.path.isabs(source):
+                calendar["source"] = Path(os.path.relpath(source, folder)).as_posix()
+    return exported
+
+
 def cmd_availability(args: argparse.Namespace, settings: Settings) -> int:
+    from zoneinfo import ZoneInfo
+
     scheduler = _scheduler(args, settings)
-    result = _run(scheduler.availability(
+    result = _run(scheduler, scheduler.availability(
         business_id=args.business, service_id=args.service, staff_id=args.staff,
         first_day=args.first, last_day=args.last, now=args.now,
     ))
@@ -222,7 +334,7 @@ def cmd_availability(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_book(args: argparse.Namespace, settings: Settings) -> int:
     scheduler = _scheduler(args, settings)
-    row = _run(scheduler.book(
+    row = _run(scheduler, scheduler.book(
         business_id=args.business, service_id=args.service, staff_id=args.staff,
         start=args.start, name=args.name, phone=args.phone, email=args.email, notes=args.notes,
         booked_by="cli", now=args.now,
@@ -238,7 +350,7 @@ def cmd_book(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     scheduler = _scheduler(args, settings)
-    row = _run(scheduler.cancel(business_id=args.business, appointment_id=args.id))
+    row = _run(scheduler, scheduler.cancel(business_id=args.business, appointment_id=args.id))
     print(json.dumps({"id": row.id, "status": row.status}) if args.json else f"{row.id} cancelled")
     return 0
 
@@ -246,25 +358,26 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     from agent.chat import run_chat
 
-    _run(run_chat(settings=settings, scheduler=_scheduler(args, settings),
-                  business_id=args.business, caller=args.caller, lines=sys.stdin, out=sys.stdout))
+    scheduler = _scheduler(args, settings)
+    _run(scheduler, run_chat(settings=settings, scheduler=scheduler, business_id=args.business,
+                             caller=args.caller, lines=sys.stdin, out=sys.stdout))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
+    from pydantic import SecretStr
 
-    from frontdesk.app import create_app
+    from frontdesk.app import build_scheduler, create_app
 
     if args.demo:
-        demo = DEMO_BUSINESS
-        if not demo.exists():
-            raise CommandError(f"demo business file not found at {demo}")
-        cmd_import(argparse.Namespace(file=demo), settings)
+        if not DEMO_BUSINESS.exists():
+            raise CommandError(f"demo business file not found at {DEMO_BUSINESS}")
+        cmd_import(argparse.Namespace(file=DEMO_BUSINESS), settings)
     generated = settings.api_key is None
     if generated:
         settings = settings.model_copy(update={"api_key": SecretStr(secrets.token_urlsafe(24))})
-    scheduler = _scheduler(args, settings)
+    scheduler = build_scheduler(settings)
     host, port = args.host or settings.host, args.port or settings.port
     # Show a generated key once so the newcomer can try the API; never echo a configured one.
     key = "$FRONTDESK_API_KEY"

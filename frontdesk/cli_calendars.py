@@ -12,12 +12,12 @@ import asyncio
 import getpass
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from calendars.secrets import new_key
-from calendars.service import CalendarService
-from calendars.web import describe
-from frontdesk.settings import Settings
+# The calendar code (and its providers' SDKs) is imported when a command runs, not for --help.
+if TYPE_CHECKING:
+    from calendars.service import CalendarService
+    from frontdesk.settings import Settings
 
 
 class CalendarCommandError(Exception):
@@ -67,20 +67,38 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    from calendars.secrets import new_key
+
     print(new_key())
     return 0
 
 
 def cmd_calendars(args: argparse.Namespace, settings: Settings) -> int:
-    from frontdesk.app import build_scheduler, calendar_service
+    from frontdesk.wiring import build_scheduler, calendar_service
 
     scheduler = build_scheduler(settings)
     service = calendar_service(scheduler)
     assert service is not None
-    return asyncio.run(_calendars(args, service, scheduler))
+    return asyncio.run(_closing(service, _calendars(args, service, scheduler)))
+
+
+async def _closing(service: CalendarService, command: Any) -> int:
+    """Run the command, then close the service; a link the service refuses (a provider not
+    configured, a server that rejects the account) is a refusal (exit 1), not a bad command."""
+    from booking.errors import InvalidRequest
+
+    try:
+        code: int = await command
+        return code
+    except InvalidRequest as exc:
+        raise CalendarCommandError(exc.message) from None
+    finally:
+        await service.close()
 
 
 async def _calendars(args: argparse.Namespace, service: CalendarService, scheduler: Any) -> int:
+    from calendars.web import describe
+
     command = args.calendars_command
     if command == "sync":
         await service.tick()
