@@ -40,10 +40,10 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlencode, urljoin
 from zoneinfo import ZoneInfo
 
@@ -51,6 +51,7 @@ import httplib2
 import httpx
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from booking.errors import CalendarUnavailable, InvalidRequest
 from booking.rules import Interval
@@ -98,6 +99,40 @@ def event_id_for(key: str) -> str:
     if len(encoded) > 1024:
         raise ValueError("event key too long for a Google event id")
     return encoded
+
+
+# ---- push notifications, as Google sends them ------------------------------------------------
+
+_Printable = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,256}$")]
+MAX_HEADER = 2048  # X-Goog-Resource-URI is the longest: a calendar's events URL
+
+
+class PushHeaders(BaseModel):
+    """A watch channel's push: everything is in the X-Goog-* headers, the body is empty."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    channel_id: _Printable = Field(alias="x-goog-channel-id")
+    token: _Printable | None = Field(default=None, alias="x-goog-channel-token")
+    resource_state: str = Field(alias="x-goog-resource-state", pattern=r"^[a-z_]{1,32}$")
+    resource_id: _Printable | None = Field(default=None, alias="x-goog-resource-id")
+    message_number: str | None = Field(default=None, alias="x-goog-message-number",
+                                       pattern=r"^[0-9]{1,20}$")
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> Self:
+        """The push's headers; raises `pydantic.ValidationError` if any is missing or odd."""
+        return cls.model_validate({k.lower(): v for k, v in headers.items()
+                                   if k.lower().startswith("x-goog-")})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, values: Any) -> Any:
+        # The ones not read above (expiration, resource URI) are still Google's: plain ASCII.
+        for name, value in values.items():
+            if len(value) > MAX_HEADER or not value.isascii() or not value.isprintable():
+                raise ValueError(f"{name} is not a header Google sends")
+        return values
 
 
 # ---- the service object, built once per endpoint ------------------------------------------------

@@ -44,12 +44,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import msal
+from pydantic import BaseModel, ConfigDict, Field
 
 from booking.errors import CalendarUnavailable, InvalidRequest
 from booking.rules import Interval
@@ -75,6 +76,33 @@ _BUSY_FIELDS = "id,type,seriesMasterId,start,end,isAllDay,showAs,isCancelled,res
 _FREE_SHOW_AS = {"free", "workingElsewhere"}
 _RESYNC_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid"}
 _TX_NAMESPACE = uuid.UUID("5b0d8f3e-6a61-4f57-9f0c-2b4e8f5f6a10")
+
+
+# ---- change notifications, as Graph posts them ------------------------------------------------
+
+# Subscription ids are GUIDs and our clientState is URL-safe base64: printable ASCII, short.
+GraphId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,256}$")]
+MAX_NOTIFICATION_BODY = 256 * 1024
+MAX_NOTIFICATIONS = 100  # Graph batches a few; a hundred is far past what it sends
+
+
+class GraphNotification(BaseModel):
+    """One item of a changeNotificationCollection: a change or a lifecycle event."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    subscription_id: GraphId = Field(alias="subscriptionId")
+    client_state: GraphId | None = Field(default=None, alias="clientState")
+    # reauthorizationRequired, subscriptionRemoved, missed; absent on a change notification.
+    lifecycle_event: str | None = Field(default=None, alias="lifecycleEvent", max_length=64)
+
+
+class GraphNotifications(BaseModel):
+    """The body of a POST to the notification URL."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    value: list[GraphNotification] = Field(max_length=MAX_NOTIFICATIONS)
 
 
 class MicrosoftProvider:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -89,6 +89,17 @@ RENEW_BEFORE = timedelta(hours=12)
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A provider's "this channel changed", and once checked, what it is worth."""
+
+    channel_id: str
+    token: str | None
+    resync: bool = False  # the provider lost changes (Graph's `missed`): read everything again
+    verdict: str = "unchecked"  # then "ok", "unknown" or "forged"
+    connection_id: str | None = None
 
 
 @dataclass
@@ -525,23 +536,55 @@ class CalendarService:
 
         The change is recorded (`dirty_at`) before this returns, so nothing is lost if the
         process stops; the refresh itself runs in the background."""
-        row = await self._db(lambda s: s.get(CalendarChannel, channel_id))
-        if row is None:
-            return "unknown"
-        if token is None or not secrets.compare_digest(token.encode(), row.token.encode()):
-            return "forged"
+        [notice] = await self.check_notices([Notice(channel_id, token, resync=resync)])
+        if notice.verdict == "ok":
+            await self.changed([notice])
+        return notice.verdict
+
+    async def check_notices(self, notices: Sequence[Notice]) -> list[Notice]:
+        """Each notice with its verdict ("ok", "unknown", "forged") and connection, from one
+        read of all their channels."""
+        ids = list({n.channel_id for n in notices})
+
+        def read(s: Session) -> dict[str, tuple[str, str]]:
+            rows = s.exec(select(CalendarChannel).where(
+                CalendarChannel.id.in_(ids)))  # type: ignore[attr-defined]
+            return {row.id: (row.connection_id, row.token) for row in rows}
+
+        channels = await self._db(read) if ids else {}
+        checked = []
+        for notice in notices:
+            found = channels.get(notice.channel_id)
+            if found is None:
+                verdict, connection_id = "unknown", None
+            elif notice.token is None or not secrets.compare_digest(
+                    notice.token.encode(), found[1].encode()):
+                verdict, connection_id = "forged", None
+            else:
+                verdict, connection_id = "ok", found[0]
+            checked.append(replace(notice, verdict=verdict, connection_id=connection_id))
+        return checked
+
+    async def changed(self, notices: Sequence[Notice]) -> None:
+        """Record the changes the checked `notices` announce (one write for all), then refresh
+        their connections in the background; a `resync` notice starts its calendars afresh."""
+        dirty = {n.connection_id for n in notices if n.verdict == "ok" and n.connection_id}
+        resync = {n.connection_id for n in notices if n.verdict == "ok" and n.resync}
+        if not dirty:
+            return
 
         def mark(s: Session) -> None:
-            conn = s.get(CalendarConnection, row.connection_id)
-            if conn is not None:
+            conns = s.exec(select(CalendarConnection).where(
+                CalendarConnection.id.in_(dirty)))  # type: ignore[attr-defined]
+            for conn in conns:
                 conn.dirty_at = self.now()
-                if resync:
+                if conn.id in resync:
                     conn.sync = {}
                 s.add(conn)
 
         await self._db(mark, write=True)
-        self.poke(row.connection_id)
-        return "ok"
+        for connection_id in sorted(dirty):
+            self.poke(connection_id)
 
     # ---- the scheduled pass -----------------------------------------------------------------
 

@@ -13,24 +13,27 @@ Who may link is decided by the application (`app.state.calendar_guard`, see `Cal
 this package knows nothing of dashboard log-ins.
 
 Notifications (the providers calling us):
-- `POST /calendars/notify/google`: a watch channel's push (X-Goog-* headers); the channel token
-  is checked, the change recorded, the cache refreshed in the background.
+- `POST /calendars/notify/google`: a watch channel's push (X-Goog-* headers, each checked for
+  shape: a missing or odd one is a 400); the channel token is checked, the change recorded, the
+  cache refreshed in the background.
 - `POST /calendars/notify/microsoft`: Graph's validation handshake (`validationToken`, echoed
   as text/plain), change notifications (each `clientState` checked) and lifecycle events
-  (`reauthorizationRequired`, `missed`, `subscriptionRemoved`). Answered with 202 at once.
+  (`reauthorizationRequired`, `missed`, `subscriptionRemoved`). The body is capped (256 KB,
+  100 items: Graph sends small batches) and validated as a model (400 otherwise); all its
+  subscriptions are read at once, and the batch is answered 202 before the changes are
+  recorded, as Graph asks (a 2xx within 3 seconds, or it retries and then throttles).
 """
 
 from __future__ import annotations
 
 import html
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -38,10 +41,13 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
+from pydantic import ValidationError
 
 from booking import errors
 from booking.models import CalendarConnection
-from calendars.service import OAUTH_PROVIDERS, CalendarService
+from calendars.google import PushHeaders
+from calendars.microsoft import MAX_NOTIFICATION_BODY, GraphNotifications
+from calendars.service import OAUTH_PROVIDERS, CalendarService, Notice
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -246,44 +252,65 @@ async def feed(business_id: str, staff_id: str, token: str, request: Request) ->
 
 @router.post("/calendars/notify/google")
 async def notify_google(request: Request) -> Response:
-    channel = request.headers.get("x-goog-channel-id")
-    state = request.headers.get("x-goog-resource-state")
-    if not channel:
+    try:
+        push = PushHeaders.parse(request.headers)
+    except ValidationError:
         return PlainTextResponse("not a Google Calendar notification", status_code=400)
-    if state == "sync":  # the channel's first message: nothing changed yet
+    if push.resource_state == "sync":  # the channel's first message: nothing changed yet
         return Response(status_code=200)
-    result = await _service(request).notified(
-        channel, request.headers.get("x-goog-channel-token"))
-    return _answer(result, "google", channel)
+    result = await _service(request).notified(push.channel_id, push.token)
+    return _answer(result, "google", push.channel_id)
 
 
 @router.post("/calendars/notify/microsoft")
-async def notify_microsoft(request: Request) -> Response:
+async def notify_microsoft(request: Request, background: BackgroundTasks) -> Response:
+    """Graph's validation handshake, or a batch of notifications: checked against their
+    channels in one read, answered 202 at once, recorded after the answer is sent."""
     token = request.query_params.get("validationToken")
     if token is not None:
         # Graph's handshake: echo the token, decoded, as plain text within 10 seconds.
         return PlainTextResponse(token, status_code=200)
+    body = await capped_body(request, MAX_NOTIFICATION_BODY)
     try:
-        body = json.loads(await request.body())
-        items = body["value"]
-        assert isinstance(items, list)
-    except (ValueError, KeyError, TypeError, AssertionError):
+        batch = GraphNotifications.model_validate_json(body)
+    except ValidationError:
         return PlainTextResponse("not a Graph change notification", status_code=400)
     service = _service(request)
-    results = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("subscriptionId"), str):
-            results.append("unknown")
-            continue
-        lifecycle = item.get("lifecycleEvent")
-        result = await service.notified(item["subscriptionId"], item.get("clientState"),
-                                        resync=lifecycle == "missed")
-        if result == "ok" and lifecycle in ("reauthorizationRequired", "subscriptionRemoved"):
-            service.renew_soon(item["subscriptionId"])
-        results.append(result)
-    if results and all(r == "forged" for r in results):
-        return _answer("forged", "microsoft", "")
+    notices = await service.check_notices([
+        Notice(n.subscription_id, n.client_state, resync=n.lifecycle_event == "missed")
+        for n in batch.value])
+    if notices and all(n.verdict == "forged" for n in notices):
+        return _answer("forged", "microsoft", notices[0].channel_id)
+    renew = sorted({n.channel_id for n, item in zip(notices, batch.value, strict=True)
+                    if n.verdict == "ok" and item.lifecycle_event in RENEW_EVENTS})
+    background.add_task(_record_graph_changes, service, notices, renew)
     return Response(status_code=202)
+
+
+RENEW_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved"})
+
+
+async def _record_graph_changes(service: CalendarService, notices: list[Notice],
+                                renew: list[str]) -> None:
+    try:
+        await service.changed(notices)
+    except Exception:  # the answer is sent; the scheduled sync catches up
+        log.exception("recording %d Graph notification(s) failed", len(notices))
+    for channel_id in renew:
+        service.renew_soon(channel_id)
+
+
+async def capped_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise HTTPException(413, f"the body is over {limit} bytes")
+    return bytes(body)
 
 
 def _answer(result: str, provider: str, channel: str) -> Response:

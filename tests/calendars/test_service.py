@@ -248,7 +248,7 @@ async def test_a_stale_cache_cannot_cause_a_double_booking(kind: str, clinic: En
         async def lost(*args: Any, **kwargs: Any) -> str:
             return "ok"
 
-        link.service.notified = lost  # type: ignore[method-assign]
+        link.service.changed = lost  # type: ignore[method-assign,assignment]
         await link.harness.add_event(start=at(10).astimezone(UTC), end=at(11).astimezone(UTC))
         await asyncio.sleep(0.2)
         assert at(10) in await link.starts()  # the stale cache still offers it...
