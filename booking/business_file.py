@@ -117,7 +117,7 @@ class ServiceEntry(BaseModel):
     buffer_before_minutes: NonNegativeMinutes = 0
     buffer_after_minutes: NonNegativeMinutes = 0
     min_notice_minutes: NonNegativeMinutes = 0
-    max_days_ahead: Annotated[int, Field(strict=True, ge=1)] = 60
+    max_days_ahead: Annotated[int, Field(strict=True, ge=1, le=3660)] = 60  # ten years
     slot_step_minutes: Minutes = 15
     staff: Annotated[list[Slug], Field(min_length=1)]
 

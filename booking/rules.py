@@ -7,16 +7,30 @@ to the first instant after the gap; ambiguous ones (fall-back) take the first oc
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from dateutil.rrule import rrulestr
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from booking.recurrence import RuleRefused, check_year, compile_rule
+
+log = logging.getLogger(__name__)
 Interval = tuple[datetime, datetime]
+STORED = {"stored": True}  # validation context for rules read back from the database
+# Recurring time off may last at most this long per instance.
+MAX_RECURRING_LENGTH = timedelta(days=366)
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
@@ -78,8 +92,17 @@ class Override(BaseModel):
     hours: DayHours = Field(default_factory=list)
 
 
+def _stored(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get("stored"))
+
+
 class TimeOff(BaseModel):
-    """Busy time: one range, or a recurring one when `rrule` is given (start/end: the first)."""
+    """Busy time: one range, or a recurring one when `rrule` is given (start/end: the first).
+
+    New rules must pass `booking.recurrence` (at most daily, 1970-2199). Rules read back from
+    the database (validation context `STORED`) are taken as stored: one saved before those
+    limits existed is not expanded but makes every window busy (see `time_off_intervals`).
+    """
 
     model_config = ConfigDict(extra="forbid")
     start: datetime
@@ -87,17 +110,37 @@ class TimeOff(BaseModel):
     rrule: str | None = None
     reason: str | None = None
 
+    @field_validator("start", "end")
+    @classmethod
+    def _in_range(cls, value: datetime, info: ValidationInfo) -> datetime:
+        if not _stored(info):
+            try:
+                check_year(value, "the date")
+            except RuleRefused as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("rrule")
+    @classmethod
+    def _check_rule(cls, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get("start")
+        if value is None or _stored(info) or not isinstance(start, datetime):
+            return value
+        try:
+            compile_rule(value, start)
+        except RuleRefused as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
-    def _check(self) -> TimeOff:
+    def _check(self, info: ValidationInfo) -> TimeOff:
         if (self.start.tzinfo is None) != (self.end.tzinfo is None):
             raise ValueError("start and end must both have an offset or both have none")
         if self.end <= self.start:
             raise ValueError("end must be after start")
-        if self.rrule is not None:
-            try:
-                rrulestr(self.rrule, dtstart=self.start.replace(tzinfo=None))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"rrule {self.rrule!r} is not valid: {exc}") from None
+        if self.rrule is not None and not _stored(info) and (
+                self.end - self.start > MAX_RECURRING_LENGTH):
+            raise ValueError("recurring time off may last at most 366 days each time")
         return self
 
 
@@ -179,12 +222,20 @@ def time_off_intervals(
     out: list[Interval] = []
     for off in rules.time_off:
         if off.rrule is None:
-            s, e = _aware(off.start, tz).astimezone(UTC), _aware(off.end, tz).astimezone(UTC)
+            s, e = _utc(off.start, tz), _utc(off.end, tz)
             if s < end and e > start:
                 out.append((s, e))
             continue
         out.extend(_recurring_time_off(off, tz, start=start, end=end))
     return out
+
+
+def _utc(value: datetime, tz: ZoneInfo) -> datetime:
+    """`value` (wall time in `tz` when naive) in UTC, clamped at the ends of the calendar."""
+    try:
+        return _aware(value, tz).astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year < 5000 else datetime.max).replace(tzinfo=UTC)
 
 
 def _recurring_time_off(
@@ -194,13 +245,29 @@ def _recurring_time_off(
     zone = off.start.tzinfo if off.start.tzinfo is not None else tz
     first = off.start.replace(tzinfo=None)
     length = off.end.replace(tzinfo=None) - first
-    rule = rrulestr(off.rrule or "", dtstart=first)
-    lo = start.astimezone(zone).replace(tzinfo=None) - length - timedelta(days=1)
-    hi = end.astimezone(zone).replace(tzinfo=None) + timedelta(days=1)
+    try:
+        if length > MAX_RECURRING_LENGTH:
+            raise RuleRefused("an instance lasts more than 366 days")
+        check_year(off.end.replace(tzinfo=None), "the end")
+        rule = compile_rule(off.rrule or "", first)
+        lo = start.astimezone(zone).replace(tzinfo=None) - length - timedelta(days=1)
+        hi = end.astimezone(zone).replace(tzinfo=None) + timedelta(days=1)
+        occurrences = rule.between(lo, hi)
+    except (RuleRefused, OverflowError) as exc:
+        # Saved before the limits existed, or a window no rule can fill: busy, never bookable.
+        _refused(off.rrule or "", first.isoformat(), str(exc))
+        return [(start, end)]
     out = []
-    for occurrence in rule.between(lo, hi, inc=True):
+    for occurrence in occurrences:
         s = occurrence.replace(tzinfo=zone).astimezone(UTC)
         e = (occurrence + length).replace(tzinfo=zone).astimezone(UTC)
         if s < end and e > start:
             out.append((s, e))
     return out
+
+
+@lru_cache(maxsize=256)
+def _refused(rrule: str, start: str, reason: str) -> None:
+    # Cached: one warning per stored rule and process, not one per slot search.
+    log.warning("recurring time off %r from %s is not expanded (%s): the staff member is shown "
+                "busy until it is corrected", rrule, start, reason)

@@ -21,6 +21,10 @@ from booking.rules import Availability, Interval, time_off_intervals, working_ra
 
 # The longest a booking's buffered block may be; lets busy queries bound their index scan.
 MAX_BLOCK = timedelta(days=1)
+# Slot search works inside these instants (the years 1970-2199), so no arithmetic on a window
+# or on `now` can overflow, whatever a caller passes in.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,8 @@ def find_slots(
     for value in (start, end, now):
         if value.tzinfo is None:
             raise ValueError("find_slots needs aware datetimes")
-    lo = max(start, now + service.min_notice)
-    hi = min(end, now + timedelta(days=service.max_days_ahead))
+    lo = clamp(max(start, earliest_start(service, now)))
+    hi = clamp(min(end, horizon(service, now)))
     if lo >= hi:
         return []
     slots: list[Slot] = []
@@ -101,6 +105,24 @@ def find_slots(
         slots.extend(_staff_slots(service, member, lo, hi, (busy or {}).get(member.id, ())))
     slots.sort(key=_slot_order)
     return slots
+
+
+def clamp(value: datetime) -> datetime:
+    """An aware instant moved into the years slot search works in (1970-2199)."""
+    return min(max(value, EARLIEST), LATEST)
+
+
+def earliest_start(service: ServiceSpec, now: datetime) -> datetime:
+    """The first start the minimum notice allows (clamped: never an OverflowError)."""
+    now = clamp(now)
+    return now + min(service.min_notice, LATEST - now)
+
+
+def horizon(service: ServiceSpec, now: datetime) -> datetime:
+    """The first start past the booking horizon (clamped: never an OverflowError)."""
+    now = clamp(now)
+    days = timedelta(days=min(max(service.max_days_ahead, 0), (LATEST - EARLIEST).days))
+    return now + min(days, LATEST - now)
 
 
 def _slot_order(slot: Slot) -> tuple[datetime, str]:

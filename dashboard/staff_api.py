@@ -75,7 +75,9 @@ async def set_availability(staff_id: str, body: AvailabilityIn, scheduler: Sched
                 "time_off": body.time_off, "calendars": row.calendars})
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            # The field as the body names it: time_off[0].rrule
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            where = where.removeprefix(".")
             reason = str(first["msg"]).removeprefix("Value error, ")
             raise HTTPException(422, f"{where}: {reason}") from None
         values = staff_values(entry)

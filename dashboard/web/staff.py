@@ -5,6 +5,7 @@ saved change is what the very next caller's search sees."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from starlette.datastructures import FormData
 from booking import errors
 from booking.business_file import StaffEntry, staff_values
 from booking.models import Appointment, Business, Contact, Service, Staff
-from booking.rules import DAYS, Availability, working_ranges
+from booking.rules import DAYS, STORED, Availability, working_ranges
 from booking.scheduler import staff_zone
 from booking.slots import Slot
 from dashboard.models import audit
@@ -33,6 +34,7 @@ add_nav("Staff", "/staff", position=30)
 DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
                             "Saturday", "Sunday"), strict=True))
 BLANK_ROWS = 2  # empty override and time-off rows offered for adding
+TIME_OFF_COLUMNS = {"start": "From", "end": "To", "rrule": "Repeat", "reason": "Reason"}
 
 
 @dataclass
@@ -88,7 +90,9 @@ def _wall(value: str, tz: ZoneInfo) -> str:
     """A stored time-off instant as the staff member's wall time for a datetime-local input."""
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(tz).replace(tzinfo=None)
+        with suppress(OverflowError):  # saved before dates were limited to 1970-2199: as stored
+            parsed = parsed.astimezone(tz)
+        parsed = parsed.replace(tzinfo=None)
     return parsed.isoformat(timespec="minutes")
 
 
@@ -99,7 +103,10 @@ def _where(loc: tuple[int | str, ...]) -> str:
     if loc and loc[0] == "overrides":
         return f"Date override {int(loc[1]) + 1}" if len(loc) > 1 else "Date overrides"
     if loc and loc[0] == "time_off":
-        return f"Time off {int(loc[1]) + 1}" if len(loc) > 1 else "Time off"
+        if len(loc) < 2:
+            return "Time off"
+        column = TIME_OFF_COLUMNS.get(str(loc[2])) if len(loc) > 2 else None
+        return f"Time off {int(loc[1]) + 1}" + (f", {column}" if column else "")
     return ".".join(str(p) for p in loc)
 
 
@@ -174,7 +181,7 @@ async def week_grid(request: Request, member: Member, service_id: str | None,
     days = [first + timedelta(days=i) for i in range(7)]
     rules = Availability.model_validate({"weekly_hours": member.staff.weekly_hours,
                                          "overrides": member.staff.overrides,
-                                         "time_off": member.staff.time_off})
+                                         "time_off": member.staff.time_off}, context=STORED)
     hours = {d: [f"{a.astimezone(tz):%H:%M}–{b.astimezone(tz):%H:%M}"
                  for a, b in working_ranges(rules, tz, d)] for d in days}
     service = next((sv for sv in member.services if sv.id == service_id), None)

@@ -215,8 +215,54 @@ BAD_FILES = {
     ),
     "invalid rrule": (
         _set("staff", 0, "time_off", 1, "rrule", value="FREQ=FORTNIGHTLY;BYDAY=FR"),
-        "staff[0].time_off[1]",
-        "rrule",
+        "staff[0].time_off[1].rrule",
+        "FREQ=FORTNIGHTLY is not one of DAILY, WEEKLY, MONTHLY, YEARLY",
+    ),
+    # Recurring time off that would make every slot search expand millions of instances.
+    "minutely time off": (
+        _set("staff", 0, "time_off", 1, "rrule", value="FREQ=MINUTELY"),
+        "staff[0].time_off[1].rrule",
+        "FREQ=MINUTELY repeats more often than daily",
+    ),
+    "secondly time off": (
+        _set("staff", 0, "time_off", 1, "rrule", value="FREQ=SECONDLY;INTERVAL=1"),
+        "staff[0].time_off[1].rrule",
+        "FREQ=SECONDLY repeats more often than daily",
+    ),
+    "hourly time off": (
+        _set("staff", 0, "time_off", 1, "rrule", value="FREQ=HOURLY"),
+        "staff[0].time_off[1].rrule",
+        "FREQ=HOURLY repeats more often than daily",
+    ),
+    "daily time off every minute": (
+        _set("staff", 0, "time_off", 1, "rrule", value="FREQ=DAILY;BYMINUTE=0,15,30,45"),
+        "staff[0].time_off[1].rrule",
+        "BYMINUTE=0,15,30,45 repeats more often than daily",
+    ),
+    "time off count too large": (
+        _set("staff", 0, "time_off", 1, "rrule", value="FREQ=DAILY;COUNT=10001"),
+        "staff[0].time_off[1].rrule",
+        "COUNT=10001 is more than 10000",
+    ),
+    "time off until the year 2300": (
+        _set("staff", 0, "time_off", 1, "rrule", value="FREQ=WEEKLY;UNTIL=23000101"),
+        "staff[0].time_off[1].rrule",
+        "outside the years 1970-2199",
+    ),
+    "time off from the year 1900": (
+        _set("staff", 0, "time_off", 1, "start", value="1900-01-05T13:00"),
+        "staff[0].time_off[1].start",
+        "outside the years 1970-2199",
+    ),
+    "time off in the year 9999": (
+        _set("staff", 0, "time_off", 0, "end", value="9999-12-31T23:59:59"),
+        "staff[0].time_off[0].end",
+        "outside the years 1970-2199",
+    ),
+    "horizon past the calendar": (
+        _set("services", 0, "max_days_ahead", value=10**9),
+        "services[0].max_days_ahead",
+        "less than or equal to 3660",
     ),
     "two overrides for one date": (
         _append("staff", 0, "overrides", value={"date": date(2026, 12, 24), "hours": []}),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time as _time
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -279,3 +281,60 @@ def _inside_a_range_on_the_grid(slot: Slot, member: StaffSpec, service: ServiceS
             if rs <= slot.start and slot.end <= re_ and offset == int(offset):
                 return True
     return False
+
+
+# ---- hostile input: stored rules past today's limits, and the edges of the calendar ---------
+
+
+def stored_staff(**rules: object) -> StaffSpec:
+    """A staff member whose rules come back from the database, validated as stored."""
+    from booking.rules import STORED
+
+    rules.setdefault("weekly_hours", EVERY_DAY)
+    return StaffSpec(id="lee", tz=NY, availability=Availability.model_validate(rules,
+                                                                                 context=STORED))
+
+
+def test_a_stored_minutely_rule_is_busy_time_not_millions_of_instances(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Saved before the limits existed: expanding it would walk every minute since 2000.
+    member = stored_staff(time_off=[{"rrule": "FREQ=MINUTELY", "start": "2000-01-01T00:00",
+                                     "end": "2000-01-01T00:01"}])
+    t0 = _time.perf_counter()
+    assert search(svc(), [member], date(2026, 12, 7), date(2026, 12, 20)) == []
+    assert _time.perf_counter() - t0 < 0.5
+    assert "is not expanded" in caplog.text
+    clean = search(svc(), [staff()], date(2026, 12, 7), date(2026, 12, 20))
+    assert len(clean) == 14 * 30
+
+
+def test_a_stored_rule_from_the_year_one_is_busy_time() -> None:
+    member = stored_staff(time_off=[{"rrule": "FREQ=DAILY", "start": "0001-01-01T00:00+09:00",
+                                     "end": "0001-01-01T01:00+09:00"},
+                                    {"start": "0001-01-01T00:00+09:00",
+                                     "end": "9999-12-31T23:00-05:00"}])
+    assert search(svc(), [member], date(2026, 12, 7), date(2026, 12, 8)) == []
+
+
+def test_a_rule_that_never_matches_costs_nothing() -> None:
+    member = staff(time_off=[{"rrule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
+                              "start": "1970-01-01T09:00", "end": "1970-01-01T10:00"}])
+    t0 = _time.perf_counter()
+    assert len(search(svc(), [member], date(2026, 12, 7), date(2026, 12, 7))) == 30
+    assert _time.perf_counter() - t0 < 0.5  # dateutil: about 8 s
+
+
+def test_the_edges_of_the_calendar_give_no_slots_and_no_overflow() -> None:
+    end_of_time = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    start_of_time = datetime(1, 1, 1, tzinfo=UTC)
+    members = [staff(), staff(tz=ZoneInfo("Pacific/Kiritimati"), sid="kiri")]
+    assert find_slots(service=svc(), staff=members, start=start_of_time, end=end_of_time,
+                      now=end_of_time) == []
+    huge = svc(ahead=10**9, min_notice=timedelta(days=10**6))
+    assert find_slots(service=huge, staff=members, start=start_of_time, end=end_of_time,
+                      now=start_of_time) == []
+    far = svc(ahead=10**9)
+    found = find_slots(service=far, staff=members, start=datetime(2199, 12, 30, tzinfo=UTC),
+                       end=end_of_time, now=LONG_AGO)
+    assert found and found[-1].start < datetime(2200, 1, 1, tzinfo=UTC)

@@ -50,3 +50,33 @@ async def test_bad_hours_are_refused_with_the_reason(client: httpx.AsyncClient) 
     r = await client.put("/api/v1/staff/nobody/availability", headers=AUTH, json={})
     assert r.status_code == 404
     assert (await starts(client))[0] == "2026-12-07T09:00:00-05:00"  # nothing changed
+
+
+@pytest.mark.parametrize(("time_off", "reason"), [
+    ({"rrule": "FREQ=MINUTELY"}, "time_off[0].rrule: FREQ=MINUTELY repeats more often than daily"),
+    ({"rrule": "FREQ=SECONDLY"}, "time_off[0].rrule: FREQ=SECONDLY repeats more often than daily"),
+    ({"rrule": "FREQ=HOURLY", "start": "2000-01-01T00:00", "end": "2000-01-01T00:05"},
+     "time_off[0].rrule: FREQ=HOURLY repeats more often than daily"),
+    ({"rrule": "FREQ=DAILY;BYHOUR=0,1,2,3"}, "time_off[0].rrule: BYHOUR=0,1,2,3 repeats more"),
+    ({"rrule": "FREQ=DAILY;COUNT=50000"}, "time_off[0].rrule: COUNT=50000 is more than 10000"),
+    ({"rrule": "FREQ=WEEKLY;UNTIL=99991231"}, "time_off[0].rrule: UNTIL 9999-12-31T00:00:00 is"),
+    ({"start": "1900-01-01T00:00"}, "time_off[0].start: the date 1900-01-01T00:00:00 is outside"),
+], ids=["minutely", "secondly", "hourly-2000", "byhour", "count", "until", "start"])
+async def test_time_off_that_would_stall_every_search_is_refused(
+    client: httpx.AsyncClient, time_off: dict[str, str], reason: str,
+) -> None:
+    entry = {"start": "2026-12-07T15:00", "end": "2026-12-07T16:00", **time_off}
+    r = await client.put("/api/v1/staff/lee/availability", headers=AUTH,
+                         json={"weekly_hours": {"mon": ["09:00-17:00"]}, "time_off": [entry]})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith(reason), r.json()
+    assert (await starts(client))[0] == "2026-12-07T09:00:00-05:00"  # nothing changed
+
+
+async def test_a_daily_rule_is_accepted(client: httpx.AsyncClient) -> None:
+    r = await client.put("/api/v1/staff/lee/availability", headers=AUTH, json={
+        "weekly_hours": {"mon": ["09:00-11:00"]},
+        "time_off": [{"start": "2026-12-01T09:00", "end": "2026-12-01T10:00",
+                      "rrule": "FREQ=DAILY"}]})
+    assert r.status_code == 200, r.text
+    assert await starts(client) == ["2026-12-07T10:00:00-05:00", "2026-12-07T10:30:00-05:00"]

@@ -68,7 +68,7 @@ async def test_invalid_hours_are_refused_with_the_business_file_rules(
     assert "Tuesday: &#39;9 to 5&#39; is not a range like" in r.text
     assert "Wednesday:" in r.text and "overlap" in r.text
     assert "more than one override for 2026-12-08" in r.text
-    assert "Time off 1:" in r.text
+    assert "Time off 1, Repeat: FREQ=SOMETIMES is not one of DAILY" in r.text
     assert 'value="9 to 5"' in r.text  # the form comes back as typed
     assert (await _starts(scheduler, "2026-12-07"))[0] == "09:00"  # nothing saved
 
@@ -91,3 +91,34 @@ async def test_owner_sees_every_staff_member_and_their_calendars(
     assert 'href="/calendars/connect/google?staff=rivera"' in r.text
     assert 'href="/calendars/connect/microsoft?staff=rivera"' in r.text
     assert 'action="/calendars/connect/caldav"' in r.text
+
+
+async def test_time_off_repeating_more_often_than_daily_is_refused(
+    staff: httpx.AsyncClient, scheduler: Scheduler,
+) -> None:
+    form = [*hours(mon="09:00-17:00").items(),
+            ("off_start", "2000-01-01T00:00"), ("off_end", "2000-01-01T00:01"),
+            ("off_rrule", "FREQ=MINUTELY"), ("off_reason", "")]
+    r = await post_form(staff, "/staff/lee", "/staff/lee/hours", form)
+    assert r.status_code == 422
+    assert "Time off 1, Repeat: FREQ=MINUTELY repeats more often than daily" in r.text
+    assert 'value="FREQ=MINUTELY"' in r.text  # the form comes back as typed
+    assert (await _starts(scheduler, "2026-12-07"))[0] == "09:00"  # nothing saved
+
+
+async def test_a_page_with_a_hostile_stored_rule_still_opens(
+    staff: httpx.AsyncClient, scheduler: Scheduler,
+) -> None:
+    from booking.db import session_scope
+    from booking.models import Staff
+
+    with session_scope(scheduler.engine, write=True) as s:
+        row = s.get(Staff, ("clinic", "lee"))
+        assert row is not None
+        row.time_off = [{"start": "0001-01-01T00:00:00+09:00", "end": "0001-01-01T00:01+09:00",
+                         "rrule": "FREQ=MINUTELY"}]
+        s.add(row)
+    r = await staff.get("/staff/lee", params={"week": "2026-12-07", "service": "checkup"})
+    assert r.status_code == 200
+    assert 'value="FREQ=MINUTELY"' in r.text
+    assert await _starts(scheduler, "2026-12-07") == []  # busy, never offered
