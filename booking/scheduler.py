@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -43,14 +43,17 @@ from booking.models import (
     Staff,
     SyncState,
 )
-from booking.rules import Availability, Interval
+from booking.recurrence import MAX_YEAR, MIN_YEAR
+from booking.rules import STORED, Availability, Interval
 from booking.slots import (
     MAX_BLOCK,
     ServiceSpec,
     Slot,
     StaffSpec,
+    earliest_start,
     filter_time_of_day,
     find_slots,
+    horizon,
     spread,
 )
 
@@ -93,9 +96,33 @@ def staff_spec(row: Staff, business: Business) -> StaffSpec:
 def _rules(key: str) -> Availability:
     # Keyed on the stored rules themselves, so an edit is seen by the very next search.
     weekly_hours, overrides, time_off = json.loads(key)
+    # As stored: a rule saved before today's limits is kept, and expands as busy time.
     return Availability.model_validate(
-        {"weekly_hours": weekly_hours, "overrides": overrides, "time_off": time_off}
+        {"weekly_hours": weekly_hours, "overrides": overrides, "time_off": time_off},
+        context=STORED,
     )
+
+
+def check_when(value: datetime, name: str) -> datetime:
+    """`value` if it is aware and in the years bookings may use (1970-2199); else InvalidRequest."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise errors.InvalidRequest(f"{name} must carry a UTC offset")
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or not MIN_YEAR <= in_utc.year <= MAX_YEAR:
+        raise errors.InvalidRequest(
+            f"{name} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+    return value
+
+
+def check_day(value: date, name: str) -> date:
+    """`value` if it lies in the years bookings may use (1970-2199); else InvalidRequest."""
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise errors.InvalidRequest(
+            f"{name} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+    return value
 
 
 @dataclass
@@ -153,10 +180,7 @@ class Scheduler:
         return await in_session(self.engine, fn, write=write)
 
     def _now(self, now: datetime | None) -> datetime:
-        value = now or self.clock.now()
-        if value.tzinfo is None:
-            raise errors.InvalidRequest("now must carry a UTC offset")
-        return value.astimezone(UTC)
+        return check_when(now or self.clock.now(), "now").astimezone(UTC)
 
     # ---- businesses -----------------------------------------------------------------------
 
@@ -210,8 +234,8 @@ class Scheduler:
     ) -> SlotSearch:
         """Every bookable slot starting in `[start, end)`; `holder`'s own hold does not block."""
         now = self._now(now)
-        if start.tzinfo is None or end.tzinfo is None:
-            raise errors.InvalidRequest("start and end must carry a UTC offset")
+        check_when(start, "the start")
+        check_when(end, "the end")
         if end <= start:
             raise errors.InvalidRequest("the end of the window must be after its start")
 
@@ -228,9 +252,11 @@ class Scheduler:
         linked = await self._linked_busy(ctx, [m.id for m in ctx.staff], lo, hi, live=False)
         for staff_id_, intervals in linked.items():
             busy.setdefault(staff_id_, []).extend(intervals)
-        slots = find_slots(
-            service=ctx.service, staff=ctx.staff, start=start, end=end, now=now, busy=busy
-        )
+        # CPU-bound (rules expanded, every candidate checked): off the event loop, which every
+        # live call shares.
+        slots = await asyncio.to_thread(
+            partial(find_slots, service=ctx.service, staff=ctx.staff, start=start, end=end,
+                    now=now, busy=busy))
         return SlotSearch(timezone=ctx.business.timezone, slots=slots)
 
     async def availability(
@@ -252,6 +278,8 @@ class Scheduler:
         `earliest`/`latest` keep slots starting within those local times; `limit` returns that
         many well-spread options instead of every slot.
         """
+        check_day(first_day, "the first date")
+        check_day(last_day, "the last date")
         if last_day < first_day:
             raise errors.InvalidRequest("the last date is before the first")
         if (last_day - first_day).days > 366:
@@ -356,8 +384,7 @@ class Scheduler:
         ignore_appointment: str | None = None,
     ) -> tuple[Context, list[Interval]]:
         """Load the context and read the staff member's calendars live for the slot's block."""
-        if start.tzinfo is None:
-            raise errors.InvalidRequest("the start time must carry a UTC offset")
+        check_when(start, "the start time")
         ctx = await self._db(lambda s: _load_context(s, business_id, service_id, staff_id))
         lo, hi = ctx.service.block(start)
         linked = (await self._linked_busy(ctx, [staff_id], lo, hi, live=True)).get(staff_id, [])
@@ -550,6 +577,10 @@ class Scheduler:
         include_inactive: bool = False,
     ) -> list[Appointment]:
         """Appointments of a business, optionally in a window, of one staff member or caller."""
+
+        for value, name in ((start, "the start"), (end, "the end")):
+            if value is not None:
+                check_when(value, name)
 
         def load(s: Session) -> list[Appointment]:
             bid = _resolve_business(s, business_id)
@@ -752,9 +783,9 @@ def _check_slot(
     """Raise the precise `SlotUnavailable` unless `start` is a bookable slot right now."""
     member = next(m for m in ctx.staff if m.id == staff_id)
     svc = ctx.service
-    if start < now + svc.min_notice:
+    if start < earliest_start(svc, now):
         raise errors.TooSoon(f"{svc.id} needs {_minutes(svc.min_notice)} minutes' notice")
-    if start >= now + timedelta(days=svc.max_days_ahead):
+    if start >= horizon(svc, now):
         raise errors.TooFarAhead(f"{svc.id} can be booked at most {svc.max_days_ahead} days ahead")
     window = {"service": svc, "staff": [member], "start": start,
               "end": start + timedelta(microseconds=1), "now": now}
