@@ -45,6 +45,15 @@ from calendars.base import Account, CalendarInfo, Channel, EventSpec, SyncResult
 # window; a day of margin either side keeps every candidate, and we filter exactly afterwards.
 _MARGIN = timedelta(days=1)
 _PARSE_ERRORS = (ValueError, KeyError)
+# Expansion is bounded: a window may hold at most this many events and recurring instances,
+# and no recurring event may need more than this many repetitions from its start to the end of
+# the window (the expansion walks them all: FREQ=MINUTELY since 2000 is 14 million).
+MAX_INSTANCES = 50_000
+_PERIOD = {"SECONDLY": 1.0, "MINUTELY": 60.0, "HOURLY": 3600.0, "DAILY": 86400.0,
+           "WEEKLY": 7 * 86400.0, "MONTHLY": 28 * 86400.0, "YEARLY": 365 * 86400.0}
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+_UTC = ZoneInfo("UTC")
 _T = TypeVar("_T")
 
 FEED_ID = "feed"  # the one calendar of an ICS account
@@ -63,6 +72,9 @@ class ParsedCalendar:
     query: CalendarQuery
     series: frozenset[str]  # UIDs of recurring events: their instances are keyed one by one
     name: str | None = None  # X-WR-CALNAME, when the feed names itself
+    # (uid, first start and UNTIL in UTC, seconds per repetition) of each RRULE without a
+    # small COUNT, to bound expansion
+    rules: tuple[tuple[str, datetime, float, datetime | None], ...] = ()
 
 
 def busy_from_ics(data: bytes, *, tz: ZoneInfo, start: datetime, end: datetime) -> list[Interval]:
@@ -90,9 +102,42 @@ def parse_ics(data: bytes, *, source: str = "ICS data") -> ParsedCalendar:
             query=recurring_ical_events.of(calendar),
             series=series,
             name=str(name) if name else None,
+            rules=tuple(_rules(calendar)),
         )
     except _PARSE_ERRORS as exc:
         raise CalendarUnavailable(f"{source} is not a valid iCalendar: {_short(exc)}") from exc
+
+
+def _rules(calendar: icalendar.Calendar) -> list[tuple[str, datetime, float, datetime | None]]:
+    out = []
+    for event in calendar.walk("VEVENT"):
+        rules = event.get("RRULE")
+        if rules is None or "DTSTART" not in event:
+            continue
+        for rule in rules if isinstance(rules, list) else [rules]:
+            freq = str((rule.get("FREQ") or ["DAILY"])[0]).upper()
+            interval = rule.get("INTERVAL") or [1]
+            try:
+                step = _PERIOD.get(freq, _PERIOD["DAILY"]) * max(1, int(interval[0]))
+            except (TypeError, ValueError):
+                step = _PERIOD.get(freq, _PERIOD["DAILY"])
+            count, until = rule.get("COUNT"), rule.get("UNTIL")
+            if count and str(count[0]).isdigit() and int(count[0]) <= MAX_INSTANCES:
+                continue  # the walk ends after COUNT instances
+            first = _to_utc(event["DTSTART"].dt, _UTC)
+            last = _to_utc(until[0], _UTC) if until and isinstance(until[0], date) else None
+            out.append((str(event.get("UID", "")), first, step, last))
+    return out
+
+
+def _check_bounded(parsed: ParsedCalendar, end: datetime, source: str) -> None:
+    """Refuse a window whose expansion would walk more than `MAX_INSTANCES` repetitions."""
+    for uid, first, step, last in parsed.rules:
+        repetitions = (min(end, last or end) - first).total_seconds() / step
+        if repetitions > MAX_INSTANCES:
+            raise CalendarUnavailable(
+                f"{source} has a recurring event ({uid or 'no UID'}) with more than "
+                f"{MAX_INSTANCES:,} repetitions since {first:%Y-%m-%d} to expand")
 
 
 def busy_between(
@@ -120,10 +165,21 @@ def events_between(
     its busy intervals (aware UTC); an empty list for free time (transparent, cancelled)."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be aware datetimes")
+    # Clamped to the years 1970-2199, so no arithmetic on the window can overflow.
+    start, end = min(max(start, _EARLIEST), _LATEST), min(max(end, _EARLIEST), _LATEST)
+    if start >= end:
+        return {}
+    _check_bounded(parsed, end, source)
     window_start, window_end = start.astimezone(tz) - _MARGIN, end.astimezone(tz) + _MARGIN
     found: dict[str, list[Interval]] = {}
+    seen = 0
     try:
         for event in parsed.query.between(window_start, window_end):
+            seen += 1
+            if seen > MAX_INSTANCES:
+                raise CalendarUnavailable(
+                    f"{source} has more than {MAX_INSTANCES:,} events in {start:%Y-%m-%d} .. "
+                    f"{end:%Y-%m-%d}")
             event_start, event_end = _span(event, tz)
             if event_start < event_end:
                 overlaps = event_start < end and start < event_end
@@ -172,7 +228,10 @@ def _to_utc(value: date | datetime, tz: ZoneInfo) -> datetime:
         value = datetime(value.year, value.month, value.day)
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # the year 1 or 9999 with an offset: the edge of the calendar
+        return (datetime.min if value.year < 5000 else datetime.max).replace(tzinfo=UTC)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
@@ -319,6 +378,9 @@ class IcsProvider:
         if not path.is_absolute():
             raise CalendarUnavailable(f"calendar file {source} is not an absolute path")
         stat = await self._read_file(source, path.stat)
+        if stat.st_size > self._max_bytes:
+            raise CalendarUnavailable(
+                f"calendar file {source} is larger than {self._max_bytes} bytes")
         key = (stat.st_mtime_ns, stat.st_size)
         cached = self._files.get(source)
         if cached is not None and cached[0] == key:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -512,3 +513,60 @@ async def test_demo_calendar_of_lee_reads_as_intended() -> None:
 async def test_demo_calendar_of_patel_is_readable() -> None:
     spans = await demo_spans("patel.ics")
     assert (utc(2027, 1, 14, 5), utc(2027, 1, 16, 5)) in spans  # two conference days
+
+
+# --- hostile feeds: expansion is bounded, the edges of the calendar do not overflow ----------
+
+
+@pytest.mark.parametrize(("rule", "since"), [
+    ("FREQ=MINUTELY", "20000101T000000Z"),
+    ("FREQ=SECONDLY;INTERVAL=10", "20260101T000000Z"),
+    ("FREQ=HOURLY", "20000101T000000Z"),
+])
+def test_a_series_with_millions_of_repetitions_is_refused_quickly(rule: str, since: str) -> None:
+    data = ics(f"DTSTART:{since}\nDURATION:PT1S\nRRULE:{rule}")
+    t0 = time.perf_counter()
+    with pytest.raises(CalendarUnavailable, match="more than 50,000 repetitions"):
+        busy(data)
+    assert time.perf_counter() - t0 < 1.0  # was 14 million instances walked on every read
+
+
+def test_small_counts_and_past_untils_of_fine_series_are_read() -> None:
+    data = ics("DTSTART:20000101T000000Z\nDTEND:20000101T000100Z\nRRULE:FREQ=MINUTELY;COUNT=5",
+               "DTSTART:20261201T090000Z\nDTEND:20261201T091500Z\nRRULE:FREQ=HOURLY;COUNT=3",
+               "DTSTART:20000101T000000Z\nDTEND:20000101T000100Z\n"
+               "RRULE:FREQ=MINUTELY;UNTIL=20000102T000000Z")
+    assert busy(data) == [(utc(2026, 12, 1, h), utc(2026, 12, 1, h, 15)) for h in (9, 10, 11)]
+
+
+def test_an_old_daily_series_is_expanded_for_the_window_only() -> None:
+    data = ics("DTSTART:19900101T120000Z\nDTEND:19900101T130000Z\nRRULE:FREQ=DAILY")
+    assert len(busy(data)) == 32
+
+
+def test_more_than_50000_events_in_the_window_is_refused() -> None:
+    data = ics("DTSTART:20261201T000000Z\nDURATION:PT1S\nRRULE:FREQ=SECONDLY;COUNT=50000",
+               "DTSTART:20261201T120000Z\nDTEND:20261201T130000Z")
+    with pytest.raises(CalendarUnavailable, match="more than 50,000 events"):
+        busy(data, start=utc(2026, 12, 1), end=utc(2026, 12, 2))
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
+    (datetime.min.replace(tzinfo=UTC), datetime(1, 1, 2, tzinfo=UTC)),
+    (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
+])
+def test_windows_at_the_edge_of_the_calendar_do_not_overflow(start: datetime,
+                                                             end: datetime) -> None:
+    data = ics("DTSTART;VALUE=DATE:99991231\nDTEND;VALUE=DATE:99991231",
+               "DTSTART;TZID=Asia/Tokyo:00010101T000000\nDTEND;TZID=Asia/Tokyo:00010101T010000",
+               "DTSTART:20261201T090000Z\nDTEND:20261201T100000Z")
+    found = busy(data, start=start, end=end)
+    assert all(a.tzinfo is not None for a, _ in found)
+
+
+async def test_a_file_larger_than_the_cap_is_not_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.ics"
+    big.write_bytes(ics("DTSTART:20261201T090000Z\nDTEND:20261201T100000Z") + b" " * 2048)
+    with pytest.raises(CalendarUnavailable, match="larger than 1024 bytes"):
+        await read(IcsProvider(max_bytes=1024), str(big))
