@@ -28,11 +28,11 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from booking import errors
+from booking import errors, phones
 from booking.clock import Clock
 from booking.models import Appointment, Business, LeadOutcome, Service, Staff
 from booking.rules import working_ranges
-from booking.scheduler import Scheduler, check_phone, staff_spec
+from booking.scheduler import Scheduler, staff_spec
 from booking.slots import Slot
 from prompts import spoken_clock
 
@@ -120,8 +120,9 @@ class BookAppointment(Args):
                               description="Anything the business should know, briefly.")
     phone: str | None = Field(default=None,
                               description="Only if the caller wants a different contact number "
-                                          "than the one they call from; E.164, e.g. "
-                                          "+12025554567.")
+                                          "than the one they call from: the digits as they "
+                                          "said them, e.g. '202 555 0123', or with a country "
+                                          "code, '+44 20 7946 0018'.")
 
 
 class AppointmentArgs(Args):
@@ -139,7 +140,8 @@ class TakeMessage(Args):
     reason: str = Field(min_length=1, description="What the call is about, in a sentence.")
     callback_number: str | None = Field(default=None,
                                         description="Where to call back, if not the number they "
-                                                    "call from; E.164, e.g. +12025554567.")
+                                                    "call from: the digits as they said them, "
+                                                    "e.g. '202 555 0123'.")
 
 
 class Transfer(Args):
@@ -380,9 +382,15 @@ class Toolbox:
         self.state.booked.append(row.id)
         self.state.caller_name = args.name
         self.state.booked_summary = f"{self.facts.service_name(row.service_id)}, {spoken}"
-        return {"booked": True, "appointment_id": row.id, "service":
-                self.facts.service_name(row.service_id), "spoken": spoken, "name": args.name,
-                "note": "Booked. Confirm it to the caller in one sentence."}
+        answer = {"booked": True, "appointment_id": row.id, "service":
+                  self.facts.service_name(row.service_id), "spoken": spoken, "name": args.name,
+                  "note": "Booked. Confirm it to the caller in one sentence."}
+        if args.phone:
+            answer["contact_number"] = phone
+            answer["read_back"] = phones.spoken(phone, self.region)
+            answer["note"] = ("Booked. Confirm it in one sentence, and read the contact number "
+                              "back exactly as in read_back, digit by digit.")
+        return answer
 
     @tool(NoArgs)
     async def find_appointments(self, args: NoArgs) -> dict[str, Any]:
@@ -438,8 +446,14 @@ class Toolbox:
                             "pass it as `callback_number`. No message was saved yet.")
         await self.record_lead(name=args.name, phone=number, reason=args.reason,
                                outcome=LeadOutcome.MESSAGE)
-        return {"saved": True, "callback_number": number,
-                "note": "The message is saved. Tell the caller someone will call them back."}
+        answer = {"saved": True, "callback_number": number,
+                  "note": "The message is saved. Tell the caller someone will call them back."}
+        if args.callback_number:
+            answer["read_back"] = phones.spoken(number, self.region)
+            answer["note"] = ("The message is saved. Tell the caller someone will call them "
+                              "back, and read the number back exactly as in read_back, digit "
+                              "by digit.")
+        return answer
 
     @tool(Transfer)
     async def transfer_to_human(self, args: Transfer) -> dict[str, Any]:
@@ -519,11 +533,16 @@ class Toolbox:
                             "check_availability returned in this call; search again if needed.")
         return offered
 
+    @property
+    def region(self) -> str:
+        """The country the caller's national numbers are read in: the business's."""
+        return phones.region_for(self.facts.business.phone_numbers)
+
     def _phone(self, number: str) -> str:
         try:
-            return check_phone(_e164(number))
+            return phones.to_e164(number, self.region)
         except errors.InvalidRequest:
-            raise ToolError(f"{number!r} is not a full phone number. Ask the caller for it "
+            raise ToolError(f"{number!r} is not a valid phone number. Ask the caller for it "
                             "again, with the area code.") from None
 
     async def _search(
@@ -611,15 +630,3 @@ def _matches(wanted: str, ident: str, name: str) -> bool:
     words = _words(wanted)
     return wanted.lower() in (ident.lower(), name.lower()) or bool(words) and (
         words <= _words(name) or words <= _words(ident))
-
-
-def _e164(number: str) -> str:
-    """A spoken North American number ('202 555 0123') in E.164; others must carry their +."""
-    digits = re.sub(r"\D", "", number)
-    if number.strip().startswith("+"):
-        return "+" + digits
-    if len(digits) == 10:
-        return "+1" + digits
-    if len(digits) == 11 and digits.startswith("1"):
-        return "+" + digits
-    return number

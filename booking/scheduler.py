@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -24,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from booking import errors
+from booking import errors, phones
 from booking.busy import CalendarBusy, CalendarWriter, NoCalendars, NoWriter, StaffCalendars
 from booking.clock import Clock, SystemClock
 from booking.db import in_session, lock_staff
@@ -59,15 +58,11 @@ from booking.slots import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 
 
-def check_phone(phone: str) -> str:
-    """The phone number in E.164, or `InvalidRequest`."""
-    cleaned = re.sub(r"[\s().-]", "", phone or "")
-    if not E164.match(cleaned):
-        raise errors.InvalidRequest(f"{phone!r} is not a phone number in E.164 form (+12025554567)")
-    return cleaned
+def check_phone(phone: str, region: str = phones.DEFAULT_REGION) -> str:
+    """The phone number in E.164 (a national one read in `region`), or `InvalidRequest`."""
+    return phones.to_e164(phone, region)
 
 
 def service_spec(row: Service) -> ServiceSpec:
@@ -449,7 +444,6 @@ class Scheduler:
     ) -> Appointment:
         """Book a slot, from a hold (`hold_id`) or straight (`service_id`, `staff_id`, `start`)."""
         now = self._now(now)
-        phone = check_phone(phone)
         name = (name or "").strip()
         if not name:
             raise errors.InvalidRequest("a booking needs the caller's name")
@@ -461,6 +455,7 @@ class Scheduler:
             raise errors.InvalidRequest("give a hold, or a service, staff member and start time")
         ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start,
                                                 now=now, holder=holder)
+        phone = check_phone(phone, phones.region_for(ctx.business.phone_numbers))
         slot_start = start
 
         def write(s: Session) -> Appointment:

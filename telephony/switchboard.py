@@ -13,10 +13,10 @@ from typing import Any
 import openai
 
 from agent.engine import CallContext, Conversation
-from booking import errors
+from booking import errors, phones
 from booking.calls import FINAL_STATUSES, CallLog
 from booking.models import Appointment, AppointmentStatus, Business, LeadOutcome
-from booking.scheduler import Scheduler, check_phone
+from booking.scheduler import Scheduler
 from telephony.relay import SpeechPace
 from telephony.sessions import CallSession, CallSessions
 from telephony.signature import TwilioSignature
@@ -24,16 +24,6 @@ from telephony.sms import Change, Sms, SmsSender, confirmation_text
 from telephony.wire import CallStatusUpdate
 
 log = logging.getLogger(__name__)
-
-
-def caller_number(raw: str | None) -> str | None:
-    """The caller's number in E.164, or None for withheld and non-phone callers."""
-    if not raw:
-        return None
-    try:
-        return check_phone(raw)
-    except errors.InvalidRequest:
-        return None
 
 
 @dataclass
@@ -74,7 +64,8 @@ class Switchboard:
             return live
         call = await self.calls.start_call(business_id=business.id, call_sid=call_sid,
                                            from_number=from_number, to_number=to_number)
-        caller = caller_number(from_number)
+        # Withheld, anonymous and SIP callers have no number: the agent asks for one.
+        caller = phones.caller_number(from_number, phones.region_for(business.phone_numbers))
         session = CallSession(call_sid=call_sid, call_id=call.id, business=business,
                               caller=caller, channel=channel,
                               conversation=self._conversation(business, caller, call.id, channel))

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, select
 from starlette.datastructures import FormData
 
+from booking import errors, phones
 from booking.business_file import BusinessInfo, ServiceEntry
 from booking.models import Appointment, AppointmentStatus, Business, Service, Staff
 from dashboard.models import audit
@@ -52,9 +53,11 @@ class SettingsForm:
                       for sv in services],
         )
 
-    def phone_numbers(self) -> list[str]:
+    def phone_numbers(self, region: str = phones.DEFAULT_REGION) -> list[str]:
+        """The numbers typed, one a line, in E.164 where they are real numbers (national ones
+        read in `region`); the others as typed, for the schema to refuse by name."""
         text = self.business["phone_numbers"].replace(",", "\n")
-        return [n.strip() for n in text.splitlines() if n.strip()]
+        return [_in_e164(n.strip(), region) for n in text.splitlines() if n.strip()]
 
     @classmethod
     def read(cls, form: FormData) -> SettingsForm:
@@ -75,13 +78,22 @@ def _reason(error: Any) -> str:
     return message
 
 
+def _in_e164(typed: str, region: str) -> str:
+    try:
+        return phones.to_e164(typed, region)
+    except errors.InvalidRequest:
+        return typed
+
+
 def _check_business(row: Business, form: SettingsForm) -> dict[str, Any] | None:
     values = form.business
-    numbers = form.phone_numbers()
+    region = phones.region_for(row.phone_numbers)
+    numbers = form.phone_numbers(region)
+    transfer = _in_e164(values["transfer_number"], region) if values["transfer_number"] else None
     try:
         info = BusinessInfo.model_validate({
             "id": row.id, "name": values["name"], "timezone": row.timezone,
-            "phone_numbers": numbers, "transfer_number": values["transfer_number"] or None,
+            "phone_numbers": numbers, "transfer_number": transfer,
             "greeting": values["greeting"] or None, "policies": values["policies"] or None})
     except ValidationError as exc:
         for e in exc.errors():
@@ -128,7 +140,8 @@ def _save(s: Session, user: WebUser, form: SettingsForm, at: Any) -> bool:
     services = {sv.id: sv for sv in s.exec(select(Service).where(
         Service.business_id == business.id))}
     info = _check_business(business, form)
-    for number in _numbers_taken(s, business.id, form.phone_numbers()):
+    region = phones.region_for(business.phone_numbers)
+    for number in _numbers_taken(s, business.id, form.phone_numbers(region)):
         form.problems.append(f"Phone numbers: {number} already answers another business")
     changes: list[tuple[Service, dict[str, Any]]] = []
     for typed in form.services:

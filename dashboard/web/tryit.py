@@ -23,8 +23,8 @@ from fastapi.responses import Response
 
 from agent.engine import AgentEvent, CallContext, Conversation, Filler, Handoff, Speech
 from agent.llm import make_llm
-from booking import errors
-from booking.scheduler import Scheduler, check_phone
+from booking import errors, phones
+from booking.scheduler import Scheduler
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, WebUser, verify_csrf
 from dashboard.web.render import add_nav, render
@@ -207,7 +207,9 @@ async def tryit_page(request: Request, user: OwnerUser) -> Response:
 async def start_chat(request: Request, user: OwnerUser, registry: Chats,
                      caller: Annotated[str, Form()] = "") -> Response:
     try:
-        phone = check_phone(caller) if caller.strip() else None
+        business = await registry.scheduler.business(user.business_id)
+        region = phones.region_for(business.phone_numbers)
+        phone = phones.to_e164(caller, region) if caller.strip() else None
     except errors.InvalidRequest as exc:
         return _page(request, status_code=422, error=exc.message, caller=caller)
     chat, greeting = await registry.start(user, caller_phone=phone)

@@ -70,9 +70,40 @@ async def test_a_spoken_callback_number_is_understood(
     result = await call(tools, "take_message", name="Jane", reason="billing",
                         callback_number="(202) 555-7788")
     assert result["callback_number"] == "+12025557788"
+    assert result["read_back"] == "2 0 2, 5 5 5, 7 7 8 8"
     bad = await call(tools, "take_message", name="Jane", reason="billing", callback_number="12")
-    assert "not a full phone number" in bad["error"]
+    assert "not a valid phone number" in bad["error"]
+    # The right shape, but no such number exists: 555 is not an area code in use.
+    fake = await call(tools, "take_message", name="Jane", reason="billing",
+                      callback_number="555 123 4567")
+    assert "not a valid phone number" in fake["error"]
     assert len(await scheduler.leads(business_id="clinic")) == 1
+
+
+async def test_a_number_said_in_words_or_typed_any_way_is_stored_in_e164(
+    tools: Toolbox, scheduler: Scheduler
+) -> None:
+    for said in ("202 555 0123", "(202) 555-0123", "1-202-555-0123",
+                 "two oh two, five five five, oh one two three"):
+        result = await call(tools, "take_message", name="Jane", reason="billing",
+                            callback_number=said)
+        assert result.get("callback_number") == "+12025550123", (said, result)
+    [lead] = await scheduler.leads(business_id="clinic")
+    assert lead.phone == "+12025550123"
+
+
+async def test_national_numbers_are_read_in_the_business_country(scheduler: Scheduler) -> None:
+    facts = await BusinessFacts.load(scheduler, "clinic")
+    facts.business.phone_numbers = ["+442079460000"]  # a London clinic
+    tools = Toolbox(scheduler=scheduler, facts=facts, caller_phone=None, call_id=None,
+                    holder="conv:uk", clock=FixedClock(NOW))
+    result = await call(tools, "take_message", name="Jane", reason="billing",
+                        callback_number="020 7946 0018")
+    assert result["callback_number"] == "+442079460018"
+    assert result["read_back"] == "0 2 0, 7 9 4 6, 0 0 1 8"
+    abroad = await call(tools, "take_message", name="Jane", reason="billing",
+                        callback_number="+1 202 555 0123")
+    assert abroad["read_back"] == "plus 1, 2 0 2, 5 5 5, 0 1 2 3"
 
 
 async def test_booking_for_a_withheld_number_asks_for_one(scheduler: Scheduler) -> None:

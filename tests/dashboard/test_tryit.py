@@ -104,7 +104,7 @@ async def test_the_agent_uses_the_real_tools_and_calendar(
         lambda m: Text(f"I have {_first_slot(m)}. Does that work?"),
     )
     async with browser(live_app, "owner@clinic.test") as owner:
-        _, chat_id, csrf = await start(owner, caller="+1 202 555 2200")
+        _, chat_id, csrf = await start(owner, caller="(202) 555-2200")  # typed nationally
         r = await say(owner, chat_id, csrf, "Any cleaning on Tuesday?")
     assert "I have Tuesday, December 1 at 9 AM with Dr. Lee." in r.text
     assert "+12025552200" in llm.system_prompt()  # the caller's number, as on a call
@@ -157,7 +157,10 @@ async def test_try_it_is_for_owners_and_checks_the_form(
         page = await owner.get("/try")
         r = await owner.post("/try/start", data={"caller": "call me",
                                                  "csrf_token": csrf_of(page.text)})
-        assert r.status_code == 422 and "E.164" in r.text
+        assert r.status_code == 422 and "is not a phone number" in r.text
+        r = await owner.post("/try/start", data={"caller": "555 123 4567",
+                                                 "csrf_token": csrf_of(page.text)})
+        assert r.status_code == 422 and "is not a valid phone number" in r.text
 
 
 async def test_without_an_llm_the_page_says_so(owner: httpx.AsyncClient) -> None:

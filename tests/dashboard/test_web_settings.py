@@ -49,11 +49,36 @@ async def test_bad_settings_are_refused_with_clear_errors(
     r = await post_form(owner, "/settings", "/settings", fields)
     assert r.status_code == 422
     assert "Business name:" in r.text
-    assert "Transfer number: &#39;555-0199&#39; is not an E.164 phone number" in r.text
+    assert "Transfer number: &#39;555-0199&#39; is not a valid phone number" in r.text
     assert "+442071234567 already answers another business" in r.text
     assert "Teeth cleaning: the duration must be a whole number of minutes" in r.text
     assert "Checkup: the buffer after" in r.text
     assert (await scheduler.business("clinic")).transfer_number == "+12025550199"
+
+
+async def test_numbers_typed_the_national_way_are_saved_in_e164(
+    owner: httpx.AsyncClient, scheduler: Scheduler, accounts: dict[str, str],
+) -> None:
+    fields = form(transfer_number="(202) 555-0198", phone_numbers="202 555 0100, 202-555-0102")
+    r = await post_form(owner, "/settings", "/settings", fields)
+    assert r.status_code == 303, r.text
+    business = await scheduler.business("clinic")
+    assert business.phone_numbers == ["+12025550100", "+12025550102"]
+    assert business.transfer_number == "+12025550198"
+
+
+async def test_numbers_that_do_not_exist_are_refused(
+    owner: httpx.AsyncClient, scheduler: Scheduler, accounts: dict[str, str],
+) -> None:
+    # The shape of E.164, but no such number: 555 is no area code in use.
+    r = await post_form(owner, "/settings", "/settings",
+                        form(transfer_number="+15551234567", phone_numbers="(555) 123-4567"))
+    assert r.status_code == 422
+    assert "Transfer number: &#39;+15551234567&#39; is not a valid phone number" in r.text
+    assert "Phone numbers: &#39;(555) 123-4567&#39; is not a valid phone number" in r.text
+    business = await scheduler.business("clinic")
+    assert business.transfer_number == "+12025550199"
+    assert business.phone_numbers == ["+12025550100"]
 
 
 async def test_owner_adds_a_service_the_agent_can_book_and_removes_it(

@@ -144,3 +144,25 @@ async def test_hostile_relay_frames_are_ignored_and_the_call_goes_on(
     assert len(user_turns) == 1 and "When are you open?" in user_turns[0]
     assert "aaaa" not in user_turns[0]
     assert count_rows(desk.engine, "SELECT count(*) FROM call") == 1
+
+
+# ---- caller IDs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("caller_id", ["anonymous", "Anonymous", "restricted", "unknown",
+                                       "unavailable", "blocked", "+266696687", "+7378742833",
+                                       "+86282452253", "+2562533", "client:alice",
+                                       "sip:alice@example.com", ""])
+async def test_a_withheld_caller_id_is_a_call_without_a_number(desk: Desk, caller_id: str
+                                                                ) -> None:
+    answer = await desk.twilio.post("/twilio/voice", **{**CALL, "From": caller_id})
+    assert answer.status == 200 and answer.verbs == ["Connect"], answer.xml
+    session = desk.board.sessions.get(SID)
+    assert session is not None and session.caller is None
+    assert count_rows(desk.engine, "SELECT count(*) FROM call") == 1
+
+
+async def test_a_real_caller_id_is_kept_in_e164(desk: Desk) -> None:
+    await desk.twilio.post("/twilio/voice", **CALL)
+    session = desk.board.sessions.get(SID)
+    assert session is not None and session.caller == CALLER
