@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import TextIO
 
-from agent.engine import CallContext, Conversation, Filler, Handoff, Speech
-from agent.llm import make_llm
+from agent.engine import DEFAULT_GREETING, CallContext, Conversation, Filler, Handoff, Speech
+from agent.fallback import NO_MODEL_OPENING, MessageTaking
+from agent.tools import BusinessFacts, Toolbox
 from booking.scheduler import Scheduler, check_phone
 from frontdesk.settings import Settings
 
 QUIT = {"quit", "exit", "bye!"}
+NO_MODEL = ("[No language model is configured. Set FRONTDESK_OPENAI_API_KEY to use OpenAI, or "
+            "FRONTDESK_OPENAI_BASE_URL to use another OpenAI-compatible server (e.g. "
+            "http://localhost:11434/v1 for Ollama). Until then the agent can only take a message.]")
+
+
+def model_configured(settings: Settings) -> bool:
+    """Whether an LLM is set up: an OpenAI key, or the address of another compatible server."""
+    return bool(settings.openai_api_key or settings.openai_base_url)
 
 
 async def chat(conversation: Conversation, *, lines: TextIO, out: TextIO) -> None:
@@ -55,6 +65,12 @@ async def run_chat(
     """Build a conversation from settings and chat until the caller is done."""
     phone = check_phone(caller) if caller else None
     business = await scheduler.resolve_business(business_id)
+    if not model_configured(settings):
+        await take_message(scheduler=scheduler, business_id=business, caller=phone, lines=lines,
+                           out=out)
+        return
+    from agent.llm import make_llm
+
     llm = make_llm(settings)
     try:
         conversation = Conversation(
@@ -65,3 +81,32 @@ async def run_chat(
         await chat(conversation, lines=lines, out=out)
     finally:
         await llm.close()
+
+
+async def take_message(
+    *, scheduler: Scheduler, business_id: str, caller: str | None, lines: TextIO, out: TextIO,
+) -> None:
+    """Without a model: say so plainly, then run the scripted message-taking a call falls back
+    to (name, reason, callback number; the message is saved as a lead)."""
+    facts = await BusinessFacts.load(scheduler, business_id)
+    toolbox = Toolbox(scheduler=scheduler, facts=facts, caller_phone=caller, call_id=None,
+                      holder=f"conv:{uuid.uuid4()}", clock=scheduler.clock)
+    script = MessageTaking(toolbox, apology=NO_MODEL_OPENING)
+    out.write(f"{NO_MODEL}\n")
+    greeting = facts.business.greeting or DEFAULT_GREETING.format(name=facts.business.name)
+    out.write(f"agent> {greeting}\nagent> {script.opening()}\n")
+    while True:
+        out.write("you> ")
+        out.flush()
+        line = await asyncio.to_thread(lines.readline)
+        if not line or line.strip().lower() in QUIT:
+            out.write("\n")
+            return
+        if not line.strip():
+            continue
+        turn = await script.answer(line.strip())
+        out.write(f"agent> {turn.say}\n")
+        if turn.ending is not None:
+            out.write(_show(Handoff(reason=turn.ending.reason,
+                                    transfer_to=turn.ending.transfer_to)))
+            return

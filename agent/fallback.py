@@ -18,6 +18,10 @@ from booking.models import LeadOutcome
 
 OPENING = ("I'm sorry, I can't reach our booking system right now, but I can take a message and "
            "have someone call you back.")
+# When no model is configured at all (`frontdesk chat` without FRONTDESK_OPENAI_*): nothing is
+# down, so say what is true.
+NO_MODEL_OPENING = ("I can't book or answer questions here until a language model is "
+                    "configured, but I can take a message and have someone call you back.")
 YES = re.compile(r"\b(yes|yeah|yep|sure|ok|okay|correct|right|fine|please|that's it|it is)\b",
                  re.IGNORECASE)
 NO = re.compile(r"\b(no|nope|not|don't|different|another|other)\b", re.IGNORECASE)
@@ -45,8 +49,9 @@ class Turn:
 class MessageTaking:
     """The script's state over the turns of one call."""
 
-    def __init__(self, toolbox: Toolbox) -> None:
+    def __init__(self, toolbox: Toolbox, *, apology: str = OPENING) -> None:
         self.toolbox = toolbox
+        self.apology = apology
         self.step = Step.NAME
         self.name: str | None = toolbox.state.caller_name
         self.reason: str | None = None
@@ -56,7 +61,7 @@ class MessageTaking:
 
     def opening(self) -> str:
         """The first words after the switch: the apology and the first question."""
-        return f"{OPENING} {self._question()}"
+        return f"{self.apology} {self._question()}"
 
     async def answer(self, text: str) -> Turn:
         """Take the caller's answer to the last question and say the next thing."""
