@@ -35,15 +35,15 @@ from pydantic import (
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from booking import phones
 from booking.db import session_scope
-from booking.errors import NotFound
+from booking.errors import InvalidRequest, NotFound
 from booking.models import Business, Service, Staff
 from booking.rules import DAYS, Availability, Override, TimeOff, WeeklyHours
 from booking.slots import MAX_BLOCK
 
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _Row = TypeVar("_Row", Service, Staff)
 
@@ -81,9 +81,11 @@ def _phone_text(value: Any) -> Any:
 
 
 def _check_phone(value: str) -> str:
-    if not _E164.match(value):
-        raise ValueError(f"{value!r} is not an E.164 phone number like '+12025550100'")
-    return value
+    # Stored in E.164; a number written without its country code is read as a US one.
+    try:
+        return phones.to_e164(value)
+    except InvalidRequest as exc:
+        raise ValueError(f"{exc}; write it in E.164, like '+12025550100'") from None
 
 
 Slug = Annotated[str, AfterValidator(_check_slug)]
