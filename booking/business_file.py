@@ -40,6 +40,7 @@ from booking.db import session_scope
 from booking.errors import InvalidRequest, NotFound
 from booking.models import Business, Service, Staff
 from booking.rules import DAYS, Availability, Override, TimeOff, WeeklyHours
+from booking.safe_load import MAX_BYTES, DocumentError, load_document
 from booking.slots import MAX_BLOCK
 
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
@@ -139,13 +140,39 @@ class CalendarLink(BaseModel):
 
     @model_validator(mode="after")
     def _resolve_source(self, info: ValidationInfo) -> CalendarLink:
-        # A relative path means "next to the business file", wherever the loader runs from.
-        base = (info.context or {}).get("base_dir")
         extra = self.__pydantic_extra__ or {}
         source = extra.get("source")
-        if base is not None and isinstance(source, str) and not _URL.match(source):
-            extra["source"] = os.path.normpath(os.path.join(base, os.path.expanduser(source)))
+        if isinstance(source, str):
+            extra["source"] = _calendar_source(source, (info.context or {}).get("base_dir"))
         return self
+
+
+def _calendar_source(source: str, base: str | None) -> str:
+    """An http(s)/webcal address as given, or an .ics file inside the business file's folder.
+
+    A relative path means "next to the business file", wherever the loader runs from; the file
+    (symlinks and `..` resolved) must stay inside that folder, so a business file cannot point
+    the calendar reader at /etc/passwd or a key file.
+    """
+    if _URL.match(source):
+        if source.split(":", 1)[0].lower() not in ("http", "https", "webcal"):
+            raise ValueError(f"source {source!r}: use an http(s) or webcal address, or an .ics "
+                             "file in the business file's folder")
+        return source
+    if base is None:  # no file to be next to: a relative path that stays relative, as given
+        path = os.path.normpath(source)
+        if os.path.isabs(path) or path == ".." or path.startswith(f"..{os.sep}"):
+            raise ValueError(f"source {source!r} is outside the business file's folder")
+        real = path
+    else:
+        path = os.path.normpath(os.path.join(base, source))
+        folder = os.path.realpath(base)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, folder]) != folder:
+            raise ValueError(f"source {source!r} is outside the business file's folder {base}")
+    if not (path.lower().endswith(".ics") and real.lower().endswith(".ics")):
+        raise ValueError(f"source {source!r} is not an .ics file")
+    return source if base is None else path
 
 
 class StaffEntry(BaseModel):
@@ -232,28 +259,21 @@ def load_business_file(path: str | Path) -> BusinessFile:
             [(str(path), f"unknown extension {path.suffix!r}: use .yaml, .yml or .json")]
         )
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise BusinessFileError([(str(path), f"larger than {MAX_BYTES:,} bytes")])
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BusinessFileError([(str(path), f"cannot read the file: {_os_reason(exc)}")]) from None
-    raw = _parse_text(text, fmt, str(path))
+    raw = _parse_text(text, "json" if fmt == "json" else "yaml", str(path))
     return parse_business(raw, base_dir=path.parent)
 
 
-def _parse_text(text: str, fmt: str, source: str) -> Any:
-    if fmt == "json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BusinessFileError(
-                [(f"{source}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})")]
-            ) from None
+def _parse_text(text: str, fmt: Literal["yaml", "json"], source: str) -> Any:
+    # Bounded: size, nesting and values (aliases counted at every use); see booking.safe_load.
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise BusinessFileError([(where, f"invalid YAML: {problem}")]) from None
+        return load_document(text, fmt, source)
+    except DocumentError as exc:
+        raise BusinessFileError([(exc.where, exc.reason)]) from None
 
 
 def _os_reason(exc: OSError | UnicodeDecodeError) -> str:

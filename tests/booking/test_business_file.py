@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -537,7 +539,12 @@ def test_failed_first_import_creates_no_business(db: Engine, demo: BusinessFile)
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
-def test_export_round_trips(db: Engine, demo: BusinessFile, tmp_path: Path, fmt: str) -> None:
+def test_export_round_trips(db: Engine, tmp_path: Path, fmt: str) -> None:
+    # A calendar file must lie in the business file's folder: the demo and its calendars are
+    # copied, and the export is written next to them.
+    shutil.copytree(DEMO.parent / "calendars", tmp_path / "calendars")
+    shutil.copy(DEMO, tmp_path / DEMO.name)
+    demo = load_business_file(tmp_path / DEMO.name)
     import_business(db, demo)
     exported = export_business(db, "bright-smile")
     path = tmp_path / f"exported.{fmt}"
@@ -573,3 +580,135 @@ def test_exported_yaml_is_readable(db: Engine, demo: BusinessFile) -> None:
 def test_exporting_an_unknown_business_is_not_found(db: Engine) -> None:
     with pytest.raises(NotFound):
         export_business(db, "nobody")
+
+
+# ---- hostile files: bombs, deep nesting, size, and calendar files outside the folder -------
+
+BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def merge_bomb() -> str:
+    # Merge keys: PyYAML copies every merged pair while it builds, 10 times more each level.
+    lines = ["k0: &k0 {" + ", ".join(f"x{i}: {i}" for i in range(10)) + "}"]
+    for level in range(1, 9):
+        merged = ", ".join([f"*k{level - 1}"] * 10)
+        lines.append(f"k{level}: &k{level} {{<<: [{merged}], y{level}: 1}}")
+    return "\n".join(lines) + "\n"
+
+
+def one_problem(path: Path) -> tuple[str, str]:
+    with pytest.raises(BusinessFileError) as caught:
+        load_business_file(path)
+    assert len(caught.value.problems) == 1 and "\n" not in str(caught.value)
+    return caught.value.problems[0]
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(raw: Raw, tmp_path: Path) -> None:
+    # The bomb inside a calendar entry, whose unknown keys are kept as given.
+    raw["staff"][0]["calendars"] = [{"provider": "ics", "source": "https://x.example/a.ics",
+                                     "extra": "BOMB_HERE"}]
+    text = write(tmp_path / "b.yaml", raw).read_text(encoding="utf-8")
+    bomb = BOMB + text.replace("BOMB_HERE", "*i")
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb, encoding="utf-8")
+    assert len(bomb.encode()) < 10_000
+    t0 = time.perf_counter()
+    where, reason = one_problem(path)
+    assert time.perf_counter() - t0 < 2.0  # ran until 6 GB of memory were gone
+    assert where == str(path) and "more than 100,000 values" in reason and "alias" in reason
+    assert "Traceback" not in reason
+
+
+def test_a_merge_key_bomb_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text(merge_bomb(), encoding="utf-8")
+    assert "more than 100,000 values" in one_problem(path)[1]
+
+
+@pytest.mark.parametrize(("suffix", "text"), [
+    (".yaml", "[" * 20_000 + "]" * 20_000),
+    (".yaml", "a:\n" + "".join(" " * i + "- \n" for i in range(1, 200))),
+    (".json", "[" * 20_000 + "]" * 20_000),
+    (".json", "[" * 500 + "]" * 500),
+])
+def test_deep_nesting_is_one_line_not_a_recursion_error(suffix: str, text: str,
+                                                        tmp_path: Path) -> None:
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(text, encoding="utf-8")
+    assert "nested more than 50 levels deep" in one_problem(path)[1]
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_file_over_a_megabyte_is_refused(suffix: str, tmp_path: Path) -> None:
+    path = tmp_path / f"big{suffix}"
+    path.write_text('{"business": "' + "x" * 1_000_001 + '"}', encoding="utf-8")
+    assert one_problem(path) == (str(path), "larger than 1,000,000 bytes")
+
+
+def test_the_cli_import_reports_a_bomb_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from frontdesk.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB, encoding="utf-8")
+    code = main(["import", str(path)])
+    err = capsys.readouterr().err
+    assert code != 0 and "more than 100,000 values" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def with_source(raw: Raw, source: str) -> Raw:
+    raw["staff"][0]["calendars"] = [{"provider": "ics", "source": source}]
+    return raw
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    ("/etc/passwd", "is outside the business file's folder"),
+    ("../outside.ics", "is outside the business file's folder"),
+    ("~/.ssh/id_ed25519", "is not an .ics file"),
+    ("notes.txt", "is not an .ics file"),
+    ("file:///etc/passwd", "use an http(s) or webcal address"),
+    ("ftp://example.com/a.ics", "use an http(s) or webcal address"),
+])
+def test_a_calendar_file_must_be_an_ics_file_in_the_folder(raw: Raw, tmp_path: Path,
+                                                           source: str, reason: str) -> None:
+    folder = tmp_path / "biz"
+    folder.mkdir()
+    (tmp_path / "outside.ics").write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
+    path = write(folder / "b.yaml", with_source(raw, source))
+    where, why = one_problem(path)
+    assert where == "staff[0].calendars[0]" and reason in why
+
+
+def test_a_symlink_out_of_the_folder_is_refused(raw: Raw, tmp_path: Path) -> None:
+    folder = tmp_path / "biz"
+    folder.mkdir()
+    (folder / "lee.ics").symlink_to("/etc/passwd")
+    path = write(folder / "b.yaml", with_source(raw, "lee.ics"))
+    assert "is outside the business file's folder" in one_problem(path)[1]
+
+
+@pytest.mark.parametrize("source", ["cal/lee.ics", "./cal/../cal/lee.ics",
+                                    "https://calendar.example/lee.ics",
+                                    "webcal://calendar.example/lee.ics"])
+def test_files_in_the_folder_and_feeds_are_accepted(raw: Raw, tmp_path: Path,
+                                                    source: str) -> None:
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "lee.ics").write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
+    data = load_business_file(write(tmp_path / "b.yaml", with_source(raw, source)))
+    stored = data.staff[0].calendars[0].model_extra or {}
+    expected = source if "://" in source else str(tmp_path / "cal" / "lee.ics")
+    assert stored["source"] == expected
