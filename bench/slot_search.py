@@ -3,7 +3,10 @@
 (a) `find_slots` alone with the busy intervals passed in (the whole year, and only the window's);
 (b) `Scheduler.search` end to end on a SQLite file, the busy time stored as appointments;
 (c) the same on PostgreSQL when FRONTDESK_TEST_DATABASE_URL is set (in its own database,
-    `frontdesk_bench`, created if missing; only the bench business's rows are touched).
+    `frontdesk_bench`, created if missing; only the bench business's rows are touched);
+(d) on each database, hostile recurring time off stored for every staff member against the
+    clean figure: the costliest rules time off accepts, and a FREQ=MINUTELY row saved before
+    rules were limited (it must read as busy, not expand 14 million minutes). Target: <= 2x.
 
     .venv/bin/python bench/slot_search.py [--quick]
 """
@@ -21,13 +24,31 @@ from datetime import datetime, timedelta
 import _setup
 from _setup import NOW, TZ, Latency
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from booking.clock import FixedClock
+from booking.db import session_scope
+from booking.models import Staff
+from booking.recurrence import compile_rule
 from booking.rules import Availability, Interval
 from booking.scheduler import Scheduler
 from booking.slots import ServiceSpec, Slot, StaffSpec, find_slots
 
 TARGET_P95_MS = 10.0
+TARGET_RATIO = 2.0
+# Accepted, and the costliest to expand: a COUNT walked from 1970 when first compiled, a rule that
+# never matches (dateutil walks it day by day to the year 9999), a daily rule from 1970.
+WORST_ACCEPTED = [
+    {"rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000",
+     "start": "1970-01-05T12:00", "end": "1970-01-05T13:00"},
+    {"rrule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30", "start": "1970-01-01T08:00",
+     "end": "1970-01-01T09:00"},
+    {"rrule": "FREQ=DAILY", "start": "1970-01-01T12:30", "end": "1970-01-01T13:30"},
+]
+# Refused today; a row saved before the limits must not be expanded.
+STORED_MINUTELY = [{"rrule": "FREQ=MINUTELY", "start": "2000-01-01T00:00",
+                    "end": "2000-01-01T00:01"}]
+HOSTILE = {"worst accepted rules": WORST_ACCEPTED, "stored FREQ=MINUTELY row": STORED_MINUTELY}
 BUSINESS_ID = "bench-slot-search"
 PG_DATABASE = "frontdesk_bench"
 
@@ -84,8 +105,35 @@ async def bench_scheduler(engine: Engine, runs: int, warmup: int) -> tuple[list[
     return slots, Latency(samples)
 
 
+def set_time_off(engine: Engine, time_off: list[dict[str, str]]) -> None:
+    """Store `time_off` for every bench staff member, as a save before any check could."""
+    with session_scope(engine, write=True) as s:
+        for row in s.exec(select(Staff).where(Staff.business_id == BUSINESS_ID)):
+            row.time_off = time_off
+            s.add(row)
+
+
+def run_hostile(label: str, engine: Engine, clean: Latency, runs: int,
+                warmup: int) -> dict[str, tuple[Latency, float]]:
+    """Scheduler.search with each hostile set of rules stored, against the clean figure."""
+    for rule in WORST_ACCEPTED:
+        compile_rule(rule["rrule"], datetime.fromisoformat(rule["start"]))  # accepted today
+    out = {}
+    try:
+        for name, time_off in HOSTILE.items():
+            set_time_off(engine, time_off)
+            slots, latency = asyncio.run(bench_scheduler(engine, runs, warmup))
+            ratio = latency.pct(50) / clean.pct(50)
+            print(f"  {label} with {name}: {len(slots)} slots; {latency.line()}")
+            out[name] = (latency, ratio)
+    finally:
+        set_time_off(engine, [])
+    return out
+
+
 def run_database(label: str, engine: Engine, busy: Mapping[str, Sequence[Interval]],
-                 expected: list[Slot], runs: int, warmup: int) -> Latency:
+                 expected: list[Slot], runs: int, warmup: int
+                 ) -> tuple[Latency, dict[str, tuple[Latency, float]]]:
     postgres = engine.dialect.name == "postgresql"
     if postgres:
         _setup.delete_business(engine, BUSINESS_ID)
@@ -97,13 +145,20 @@ def run_database(label: str, engine: Engine, busy: Mapping[str, Sequence[Interva
     print(f"  seeded {rows:,} confirmed appointments{merged} in {seeded:.1f} s")
     try:
         slots, latency = asyncio.run(bench_scheduler(engine, runs, warmup))
+        same = "yes" if slots == expected else "NO"
+        print(f"  {label}: {len(slots)} slots (same as find_slots: {same})")
+        print(f"  {label}: {latency.line()}")
+        hostile = run_hostile(label, engine, latency, runs, warmup)
     finally:
         if postgres:
             _setup.delete_business(engine, BUSINESS_ID)
-    same = "yes" if slots == expected else "NO"
-    print(f"  {label}: {len(slots)} slots (same as find_slots: {same})")
-    print(f"  {label}: {latency.line()}")
-    return latency
+    return latency, hostile
+
+
+def ratio_verdict(ratio: float) -> str:
+    met = ratio <= TARGET_RATIO
+    return (f"p50 {ratio:.2f}x the clean search {'<=' if met else '>'} {TARGET_RATIO:.0f}x "
+            + ("(meets target)" if met else "(MISSES target)"))
 
 
 def verdict(latency: Latency) -> str:
@@ -140,22 +195,27 @@ def main() -> int:
           f"{len(slots)} slots; {pure_window.line()}")
 
     results = {"find_slots (year of busy)": pure_year, "find_slots (window's busy)": pure_window}
-    print("(b) Scheduler.search, SQLite file database")
+    ratios: dict[str, float] = {}
+    print("(b) Scheduler.search, SQLite file database; (d) with hostile time off")
     with _setup.sqlite_engine() as engine:
-        results["Scheduler.search SQLite"] = run_database(
+        results["Scheduler.search SQLite"], hostile = run_database(
             "SQLite", engine, busy, expected, full_runs, warmup)
+        ratios.update({f"SQLite, {name}": ratio for name, (_, ratio) in hostile.items()})
     pg_url = os.environ.get("FRONTDESK_TEST_DATABASE_URL")
     if pg_url:
-        print(f"(c) Scheduler.search, PostgreSQL (database {PG_DATABASE})")
+        print(f"(c) Scheduler.search, PostgreSQL (database {PG_DATABASE}); (d) hostile time off")
         with _setup.postgres_engine(pg_url, PG_DATABASE) as engine:
-            results["Scheduler.search PostgreSQL"] = run_database(
+            results["Scheduler.search PostgreSQL"], hostile = run_database(
                 "PostgreSQL", engine, busy, expected, full_runs, warmup)
+            ratios.update({f"PostgreSQL, {name}": ratio for name, (_, ratio) in hostile.items()})
     else:
         print("(c) PostgreSQL skipped: FRONTDESK_TEST_DATABASE_URL is not set")
 
     print("summary:")
     for name, latency in results.items():
         print(f"  {name:30s} {verdict(latency)}")
+    for name, ratio in ratios.items():
+        print(f"  hostile: {name:38s} {ratio_verdict(ratio)}")
     return 0
 
 
