@@ -150,6 +150,13 @@ class DayRule:
             return bool(((day.year - first.year) * 12 + day.month - first.month) % self.interval)
         return self.freq == "YEARLY" and bool((day.year - first.year) % self.interval)
 
+    def happens_within(self, days: int) -> bool:
+        """Whether the rule (COUNT and UNTIL aside) has an instance in `days` days from DTSTART."""
+        first = self.dtstart.date()
+        stop = date.fromordinal(min(first.toordinal() + days, date(9999, 11, 30).toordinal()))
+        return any(datetime.combine(day, self.at) >= self.dtstart
+                   for day in self._days(first, stop))
+
     def _counted_until(self, count: int) -> datetime | None:
         """The `count`-th instance, or None when the rule ends (2199) before it."""
         seen = 0
@@ -167,17 +174,28 @@ def compile_rule(text: str, dtstart: datetime) -> DayRule:
     return _compile(text, dtstart.replace(tzinfo=None, microsecond=0))
 
 
+def pattern_of(text: str, dtstart: datetime) -> DayRule:
+    """The days a rule of someone else's calendar can fall on, without time off's limits: any
+    year, any INTERVAL, COUNT and UNTIL ignored. `RuleRefused` for what `DayRule` cannot
+    express (finer than daily, BYSETPOS and the like)."""
+    return _compile(text, dtstart.replace(tzinfo=None, microsecond=0), limits=False)
+
+
 @lru_cache(maxsize=4096)
-def _compile(text: str, dtstart: datetime) -> DayRule:
-    check_year(dtstart, "the start")
+def _compile(text: str, dtstart: datetime, *, limits: bool = True) -> DayRule:
+    if limits:
+        check_year(dtstart, "the start")
     parts = _parts(text)
+    if not limits:
+        parts.pop("COUNT", None)
+        parts.pop("UNTIL", None)
     freq = parts["FREQ"]
     if freq in _FINER:
         raise RuleRefused(f"FREQ={freq} repeats more often than daily: time off repeats at most "
                           "daily (DAILY, WEEKLY, MONTHLY or YEARLY)")
     if freq not in FREQS:
         raise RuleRefused(f"FREQ={freq} is not one of {', '.join(FREQS)}")
-    interval = _one_int(parts, "INTERVAL", 1, MAX_INTERVAL) or 1
+    interval = _one_int(parts, "INTERVAL", 1, MAX_INTERVAL if limits else 10**6) or 1
     count = _one_int(parts, "COUNT", 1, MAX_COUNT)
     until = _until(parts["UNTIL"]) if "UNTIL" in parts else None
     if count is not None and until is not None:
@@ -203,7 +221,8 @@ def _compile(text: str, dtstart: datetime) -> DayRule:
     at = time(dtstart.hour if hour is None else hour, dtstart.minute if minute is None else minute,
               dtstart.second if second is None else second)
     try:  # the whole ecosystem (dateutil, calendar exports) must read what we store
-        rrulestr(text, dtstart=dtstart)
+        if limits:
+            rrulestr(text, dtstart=dtstart)
     except (ValueError, TypeError, OverflowError) as exc:
         raise RuleRefused(f"not a valid RRULE: {exc}") from None
     rule = DayRule(freq=freq, interval=interval, dtstart=dtstart, until=until, months=months,

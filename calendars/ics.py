@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ import recurring_ical_events
 from recurring_ical_events import CalendarQuery
 
 from booking.errors import CalendarUnavailable
+from booking.recurrence import RuleRefused, pattern_of
 from booking.rules import Interval
 from calendars.base import Account, CalendarInfo, Channel, EventSpec, SyncResult
 
@@ -98,6 +100,7 @@ def parse_ics(data: bytes, *, source: str = "ICS data") -> ParsedCalendar:
             if any(prop in event for prop in ("RRULE", "RDATE", "RECURRENCE-ID"))
         )
         name = calendar.get("X-WR-CALNAME")
+        _drop_rules_that_never_happen(calendar, source)
         return ParsedCalendar(
             query=recurring_ical_events.of(calendar),
             series=series,
@@ -106,6 +109,46 @@ def parse_ics(data: bytes, *, source: str = "ICS data") -> ParsedCalendar:
         )
     except _PARSE_ERRORS as exc:
         raise CalendarUnavailable(f"{source} is not a valid iCalendar: {_short(exc)}") from exc
+
+
+def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> None:
+    """Remove each RRULE with no instance in 400 years (the calendar's whole cycle) from DTSTART.
+
+    dateutil looks for the next instance period by period up to the year 9999, on every read:
+    FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30 costs 8 s of CPU each time. Without the rule the event
+    is what the expansion would have made of it anyway: its DTSTART alone. A rule finer than
+    daily may only pick hours, minutes and seconds, so it matches every day.
+    """
+    for event in calendar.walk("VEVENT"):
+        rules = event.get("RRULE")
+        if rules is None or "DTSTART" not in event:
+            continue
+        listed = rules if isinstance(rules, list) else [rules]
+        kept = []
+        for rule in listed:
+            text = rule.to_ical().decode()
+            freq = str((rule.get("FREQ") or [""])[0]).upper()
+            if freq in ("SECONDLY", "MINUTELY", "HOURLY"):
+                if set(rule) - {"FREQ", "INTERVAL", "COUNT", "UNTIL", "WKST", "BYHOUR",
+                                "BYMINUTE", "BYSECOND"}:
+                    raise CalendarUnavailable(
+                        f"{source} has an event repeating more often than daily on chosen days "
+                        f"({text}), which cannot be read in bounded time")
+                kept.append(rule)
+                continue
+            start = event["DTSTART"].dt
+            wall = start if isinstance(start, datetime) else datetime.combine(start, time_of_day())
+            try:
+                pattern = pattern_of(text, wall)
+            except RuleRefused:  # BYSETPOS and the like: expanded by the library as it is
+                kept.append(rule)
+                continue
+            if pattern.happens_within(400 * 366):
+                kept.append(rule)
+        if len(kept) != len(listed):
+            del event["RRULE"]
+            for rule in kept:
+                event.add("RRULE", rule)
 
 
 def _rules(calendar: icalendar.Calendar) -> list[tuple[str, datetime, float, datetime | None]]:

@@ -570,3 +570,28 @@ async def test_a_file_larger_than_the_cap_is_not_read(tmp_path: Path) -> None:
     big.write_bytes(ics("DTSTART:20261201T090000Z\nDTEND:20261201T100000Z") + b" " * 2048)
     with pytest.raises(CalendarUnavailable, match="larger than 1024 bytes"):
         await read(IcsProvider(max_bytes=1024), str(big))
+
+
+def test_a_series_that_never_happens_is_read_quickly() -> None:
+    # dateutil looks for its next instance day by day up to the year 9999: 8 s on every read.
+    data = ics("DTSTART:20261201T090000Z\nDTEND:20261201T100000Z\n"
+               "RRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
+               "DTSTART;TZID=America/New_York:19700105T090000\n"
+               "DTEND;TZID=America/New_York:19700105T100000\n"
+               "RRULE:FREQ=DAILY;INTERVAL=7;BYDAY=TU")
+    t0 = time.perf_counter()
+    assert busy(data) == [(utc(2026, 12, 1, 9), utc(2026, 12, 1, 10))]  # DTSTART alone
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_rare_series_is_still_expanded() -> None:
+    data = ics("DTSTART;VALUE=DATE:19960229\nRRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29")
+    found = busy(data, start=utc(2028, 2, 1), end=utc(2028, 3, 1))
+    assert found == [(datetime(2028, 2, 29, tzinfo=NY).astimezone(UTC),
+                      datetime(2028, 3, 1, tzinfo=NY).astimezone(UTC))]
+
+
+def test_a_sub_daily_series_on_chosen_days_is_refused() -> None:
+    data = ics("DTSTART:20261201T090000Z\nDURATION:PT1M\nRRULE:FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=30")
+    with pytest.raises(CalendarUnavailable, match="more often than daily on chosen days"):
+        busy(data)
