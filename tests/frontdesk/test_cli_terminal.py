@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,15 +148,23 @@ def sources(text: str) -> list[str]:
     return [c["source"] for s in data["staff"] for c in s.get("calendars", [])]
 
 
+def clinic_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
+    """A copy of the demo folder, imported: calendar files may only come from the business
+    file's own folder, so an export that is to be read again is written there."""
+    folder = tmp_path / "clinic"
+    shutil.copytree(DEMO_BUSINESS.parent, folder)
+    assert run(capsys, "import", str(folder / DEMO_BUSINESS.name))[0] == 0
+    return folder
+
+
 def test_export_writes_calendar_paths_relative_to_the_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out = tmp_path / "backup" / "business.yaml"
-    out.parent.mkdir()
+    folder = clinic_folder(capsys, tmp_path)
+    out = folder / "backup.yaml"
     assert run(capsys, "export", "-o", str(out))[0] == 0
     paths = sources(out.read_text())
-    assert paths and not any(os.path.isabs(p) for p in paths), paths
-    assert all((out.parent / p).resolve().is_file() for p in paths)
+    assert paths == ["calendars/lee.ics", "calendars/patel.ics"], paths
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -165,11 +174,12 @@ def test_export_writes_calendar_paths_relative_to_the_file(
 def test_export_to_stdout_is_relative_to_the_working_directory(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    here = tmp_path / "here"
-    here.mkdir()
-    monkeypatch.chdir(here)
+    folder = clinic_folder(capsys, tmp_path)
+    monkeypatch.chdir(folder / "calendars")
     code, text, _ = run(capsys, "export")
-    paths = sources(text)
-    assert code == 0 and paths and not any(os.path.isabs(p) for p in paths)
-    (here / "printed.yaml").write_text(text)
+    assert code == 0 and sources(text) == ["lee.ics", "patel.ics"]
+    monkeypatch.chdir(folder)
+    code, text, _ = run(capsys, "export")
+    assert code == 0 and sources(text) == ["calendars/lee.ics", "calendars/patel.ics"]
+    (folder / "printed.yaml").write_text(text)
     assert run(capsys, "import", "printed.yaml")[:2] == (0, "bright-smile: unchanged\n")
