@@ -56,6 +56,7 @@ _PERIOD = {"SECONDLY": 1.0, "MINUTELY": 60.0, "HOURLY": 3600.0, "DAILY": 86400.0
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _UTC = ZoneInfo("UTC")
+_MAX_NEVER = 10
 _T = TypeVar("_T")
 
 FEED_ID = "feed"  # the one calendar of an ICS account
@@ -117,8 +118,10 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
     dateutil looks for the next instance period by period up to the year 9999, on every read:
     FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30 costs 8 s of CPU each time. Without the rule the event
     is what the expansion would have made of it anyway: its DTSTART alone. A rule finer than
-    daily may only pick hours, minutes and seconds, so it matches every day.
+    daily may only pick hours, minutes and seconds, so it matches every day. Telling costs up
+    to 0.3 s a rule, so a feed with more than `_MAX_NEVER` such rules is refused.
     """
+    never = 0
     for event in calendar.walk("VEVENT"):
         rules = event.get("RRULE")
         if rules is None or "DTSTART" not in event:
@@ -145,6 +148,11 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
                 continue
             if pattern.happens_within(400 * 366):
                 kept.append(rule)
+                continue
+            never += 1
+            if never > _MAX_NEVER:
+                raise CalendarUnavailable(
+                    f"{source} has more than {_MAX_NEVER} recurring events that never happen")
         if len(kept) != len(listed):
             del event["RRULE"]
             for rule in kept:

@@ -595,3 +595,10 @@ def test_a_sub_daily_series_on_chosen_days_is_refused() -> None:
     data = ics("DTSTART:20261201T090000Z\nDURATION:PT1M\nRRULE:FREQ=HOURLY;BYMONTH=2;BYMONTHDAY=30")
     with pytest.raises(CalendarUnavailable, match="more often than daily on chosen days"):
         busy(data)
+
+
+def test_a_feed_of_many_series_that_never_happen_is_refused() -> None:
+    never = ("DTSTART:20261201T090000Z\nDTEND:20261201T100000Z\n"
+             "RRULE:FREQ=MONTHLY;BYMONTHDAY=30;BYMONTH=2")
+    with pytest.raises(CalendarUnavailable, match="more than 10 recurring events that never"):
+        busy(ics(*[never] * 11))
