@@ -190,6 +190,23 @@ class Lead(SQLModel, table=True):
     created_at: datetime = _when(nullable=False, default=utcnow)
 
 
+class IdempotentRequest(SQLModel, table=True):
+    """A client's `Idempotency-Key` for one business: the request it named (a hash of its body),
+    and once answered, the answer, replayed for a retry with the same key (see
+    `booking.idempotency`). A row is kept for a day; an expired one is purged by the next claim.
+    """
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (sa.Index("ix_idempotency_key_created_at", "created_at"),)
+    business_id: str = Field(foreign_key="business.id", primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    status: str = "in_progress"  # in_progress | done
+    response_status: int | None = None
+    response_body: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = _when(nullable=False)
+
+
 class SyncState(StrEnum):
     """Where an appointment stands with its staff member's calendar."""
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import secrets
-from datetime import date, datetime, time, timedelta
-from typing import Annotated
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -20,8 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from booking import errors
+from booking.idempotency import IdempotencyStore, fingerprint
 from booking.models import Appointment, Hold, Lead, LeadOutcome
 from booking.scheduler import Scheduler
+from dashboard import http_errors
+
+log = logging.getLogger(__name__)
 
 
 def get_scheduler(request: Request) -> Scheduler:
@@ -55,6 +63,9 @@ _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 def _in_range(value: date) -> date:
     if not FIRST_YEAR <= value.year <= LAST_YEAR:
         raise ValueError(f"must lie in the years {FIRST_YEAR} to {LAST_YEAR}")
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        # Its local year is in range, so the conversion cannot overflow; UTC is what is stored.
+        _in_range(value.astimezone(UTC).replace(tzinfo=None))
     return value
 
 
@@ -97,7 +108,34 @@ def local_instant(value: date | datetime, tz: ZoneInfo, *, end: bool = False) ->
     return datetime.combine(day, time(), tz)
 
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)])
+class ProblemOut(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: a stable `error` code and a reason a person can read."""
+
+    error: str = Field(examples=["slot_taken"])
+    message: str = Field(examples=["that time was just taken"])
+    retryable: bool | None = Field(default=None, description="whether trying again may help")
+    problems: list[ProblemOut] | None = Field(default=None,
+                                              description="each invalid field (422 only)")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text} for code, text in [
+        (400, "the request names no business while there are several"),
+        (401, "missing or wrong API key"),
+        (403, "not allowed"),
+        (404, "no such business, service, staff member, appointment, hold or lead"),
+        (409, "the time is not bookable, or the appointment is no longer active"),
+        (410, "the hold expired"),
+        (422, "invalid input: each problem names its field"),
+        (503, "a linked calendar or the database is busy; retry"),
+    ]
+}
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
 
@@ -257,8 +295,57 @@ async def delete_hold(hold_id: str, scheduler: SchedulerDep, business: BusinessQ
     await scheduler.release_hold(business_id=business, hold_id=hold_id)
 
 
-@router.post("/appointments", response_model=AppointmentOut, status_code=201)
-async def create_appointment(body: BookIn, scheduler: SchedulerDep) -> AppointmentOut:
+REPLAYED = "Idempotent-Replayed"
+IdempotencyKey = Annotated[str | None, Header(
+    min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+    description="Any unique string (a UUID, say; up to 255 printable ASCII characters). A "
+                "retry with the same key and body gets the first answer again, with the header "
+                f"`{REPLAYED}: true`, instead of booking twice; the same key with another body "
+                "is a 422 `idempotency_key_reused`, and a retry while the first request is "
+                "still running a 409 `request_in_progress`. Keys are kept for 24 hours; an "
+                "answer the server could not give (5xx) is not kept.")]
+
+
+@router.post("/appointments", response_model=AppointmentOut, status_code=201, responses={
+    201: {"headers": {REPLAYED: {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+                       "same Idempotency-Key", "schema": {"type": "string", "enum": ["true"]}}}},
+})
+async def create_appointment(body: BookIn, scheduler: SchedulerDep,
+                             idempotency_key: IdempotencyKey = None) -> Any:
+    """Book a slot, from a hold or straight; send an `Idempotency-Key` to retry safely."""
+    if idempotency_key is None:
+        return await _book(body, scheduler)
+    business_id = await scheduler.resolve_business(body.business)
+    store = IdempotencyStore(engine=scheduler.engine, clock=scheduler.clock)
+    claim = {"business_id": business_id, "key": idempotency_key}
+    replay = await store.claim(**claim, request_hash=fingerprint(
+        "POST /api/v1/appointments", body.model_dump(mode="json") | {"business": business_id}))
+    if replay is not None:
+        return JSONResponse(json.loads(replay.body), status_code=replay.status,
+                            headers={REPLAYED: "true"})
+    try:
+        out = await _book(body, scheduler)
+    except errors.BookingError as exc:
+        code = http_errors.status_for(exc)
+        if code >= 500:
+            await store.release(**claim)
+        else:  # a refusal is an answer too: a retry is refused the same way
+            await store.finish(**claim, status=code, body=json.dumps(http_errors.body_for(exc)))
+        raise
+    except Exception:
+        await store.release(**claim)
+        raise
+    content = out.model_dump(mode="json")
+    try:
+        await store.finish(**claim, status=201, body=json.dumps(content))
+    except Exception:  # the booking stands: answer it; a retry finds the slot taken by it
+        log.exception("booked %s but could not keep the answer for its Idempotency-Key",
+                      out.id)
+    return JSONResponse(content, status_code=201)
+
+
+async def _book(body: BookIn, scheduler: Scheduler) -> AppointmentOut:
     row = await scheduler.book(
         business_id=body.business, hold_id=body.hold_id, service_id=body.service,
         staff_id=body.staff, start=body.start, name=body.name, phone=body.phone,

@@ -10,10 +10,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from booking import errors
+from booking.idempotency import RequestInProgress
 
 log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[errors.BookingError], int]] = [
+    (RequestInProgress, 409),
     (errors.AmbiguousBusiness, 400),
     (errors.NotFound, 404),
     (errors.InvalidRequest, 422),
@@ -33,16 +35,17 @@ def status_for(exc: errors.BookingError) -> int:
     return 400
 
 
+def body_for(exc: errors.BookingError) -> dict[str, object]:
+    return {"error": exc.code, "message": exc.message, "retryable": exc.retryable}
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.BookingError)
     async def _domain(request: Request, exc: errors.BookingError) -> JSONResponse:
         status = status_for(exc)
         log.info("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code,
                  exc.message)
-        return JSONResponse(
-            {"error": exc.code, "message": exc.message, "retryable": exc.retryable},
-            status_code=status,
-        )
+        return JSONResponse(body_for(exc), status_code=status)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -20,7 +20,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 async def client(scheduler: Scheduler) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(api_key=SecretStr(KEY)), scheduler=scheduler)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
         yield c
 
 
@@ -91,7 +91,7 @@ async def test_bad_input_gets_a_clear_reason(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/v1/appointments", headers=AUTH, json={
         "service": "cleaning", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
         "name": "Bob", "phone": "call me"})
-    assert r.status_code == 422 and "E.164" in r.json()["message"]
+    assert r.status_code == 422 and "phone number" in r.json()["message"]
     r = await client.get("/api/v1/appointments/apt_nope", headers=AUTH)
     assert r.status_code == 404
 
@@ -179,8 +179,12 @@ async def test_dates_at_the_edge_of_the_calendar_are_a_422(client: httpx.AsyncCl
     for extra in ({"now": EDGE}, {"to": "9999-12-31"}, {"from": "0001-01-01"}):
         r = await client.get("/api/v1/availability", headers=AUTH, params=window | extra)
         assert r.status_code == 422, (extra, r.text)
+    # The years are those of the instant in UTC (2200-01-01T13:59:59Z here).
     r = await client.get("/api/v1/availability", headers=AUTH,
                          params=window | {"now": "2199-12-31T23:59:59-14:00"})
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "now", r.text
+    r = await client.get("/api/v1/availability", headers=AUTH,
+                         params=window | {"now": "2199-12-31T09:59:59-14:00"})
     assert r.status_code == 200 and r.json()["slots"] == [], r.text
 
 
