@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def _default_database_url() -> str:
@@ -17,6 +23,25 @@ def _env_file() -> str | None:
     """The dotenv file settings are read from: `.env` in the working directory, or the one
     `FRONTDESK_ENV_FILE` names; an empty `FRONTDESK_ENV_FILE` reads none (the test suite)."""
     return os.environ.get("FRONTDESK_ENV_FILE", ".env") or None
+
+
+def address_url(host: str, port: int) -> str:
+    """`http://host:port`, the address a server bound there answers at (`0.0.0.0`: localhost)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _split(value: Any) -> Any:
+    """A list setting from the environment: comma-separated (`a, b`) or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -46,8 +71,16 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str | None = Field(default=None,
                                             description="override Twilio's REST base (tests)")
-    public_base_url: str = Field(default="http://localhost:8000",
-                                 description="the https URL Twilio reaches us at")
+    public_base_url: str = Field(
+        default="", description="the address Twilio, calendar providers and browsers reach us "
+                                "at; every absolute URL shown is built from it. "
+                                "Unset: http://HOST:PORT")
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, description="Host header values answered; others get 400. Unset: the "
+                                  "public base URL's host, localhost, 127.0.0.1, ::1 and HOST")
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list, description="addresses (IPs or CIDRs) of the reverse proxies whose "
+                                          "X-Forwarded-For / -Proto headers are believed")
     voice_mode: str = Field(default="relay", pattern="^(relay|gather)$")
     voice_language: str = "en-US"
     voice_tts_voice: str | None = None
@@ -74,3 +107,63 @@ class Settings(BaseSettings):
     microsoft_client_secret: SecretStr | None = None
     microsoft_authority: str = "https://login.microsoftonline.com/common"
     microsoft_graph_base_url: str = "https://graph.microsoft.com/v1.0"
+
+    # True when `public_base_url` was not set but derived from `host` and `port`.
+    _derived_base_url: bool = PrivateAttr(default=False)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// address, "
+                                 "e.g. https://desk.example.com")
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _allowed_hosts(cls, value: Any) -> Any:
+        value = _split(value)
+        if isinstance(value, list):
+            value = [str(host).strip().lower() for host in value if str(host).strip()]
+            return value or None
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: Any) -> Any:
+        value = _split(value)
+        if isinstance(value, list):
+            try:
+                return [ip_network(str(item).strip(), strict=False) for item in value]
+            except ValueError as exc:
+                raise ValueError(f"{exc}: use IP addresses or CIDRs such as 10.0.0.0/8") \
+                    from None
+        return value
+
+    @model_validator(mode="after")
+    def _derive_base_url(self) -> Settings:
+        if not self.public_base_url:
+            self.public_base_url = address_url(self.host, self.port)
+            self._derived_base_url = True
+        return self
+
+    def bound_to(self, host: str, port: int) -> Settings:
+        """These settings for a server listening on `host:port` (`serve --host/--port`): a
+        public base URL that was derived from the address follows it."""
+        update: dict[str, Any] = {"host": host, "port": port}
+        if self._derived_base_url:
+            update["public_base_url"] = address_url(host, port)
+        copy = self.model_copy(update=update)
+        copy._derived_base_url = self._derived_base_url
+        return copy
+
+    def hosts_answered(self) -> list[str]:
+        """The Host header values the web app answers (`allowed_hosts`, or its default)."""
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        public = urlsplit(self.public_base_url).hostname or ""
+        found = [public, *LOCAL_HOSTS, self.host.strip("[]").lower()]
+        return [host for i, host in enumerate(found) if host and host not in found[:i]]

@@ -1,9 +1,15 @@
-"""The web surface's outermost layer: security headers on every response.
+"""The web surface's outermost layer: security headers on every response, and the Host header
+checked against the hosts this server answers for.
 
 `SecureFastAPI` wraps its whole middleware stack, Starlette's `ServerErrorMiddleware` included,
 in `WebSecurity`, so pages, the JSON API, static files and the 404/500 answers all carry the
 same headers. The policy allows scripts and styles from this server only: no inline script, no
 inline event handler, no `style=` attribute (the dashboard's behaviour is in static/app.js).
+
+Pages link to this server by relative paths only; absolute URLs (calendar feeds, OAuth redirects,
+notification addresses) come from `FRONTDESK_PUBLIC_BASE_URL`. A request whose Host header names
+another host (`FRONTDESK_ALLOWED_HOSTS`) is answered 400 before it reaches the app, so nothing
+the app builds from `request.url` can point elsewhere.
 
 The API docs (/docs, /redoc) load Swagger UI and ReDoc from a CDN; they are served here with
 their own, wider policy (`docs_policy`), which the middleware leaves in place.
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,6 +50,9 @@ _SET = {_CSP, *(name for name, _ in HEADERS)}
 DOCS_CDN = "https://cdn.jsdelivr.net"
 DOCS_ICON = "https://fastapi.tiangolo.com"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+_HOST_NAME = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")
+
+log = logging.getLogger(__name__)
 
 
 def with_headers(message: Message) -> Message:
@@ -54,14 +65,60 @@ def with_headers(message: Message) -> Message:
     return {**message, "headers": headers}
 
 
-class WebSecurity:
-    """Pure ASGI middleware: adds the security headers to every HTTP response."""
+def host_name(header: str) -> str | None:
+    """The host of a Host header value (`Example.com:8000` -> `example.com`, `[::1]:80` ->
+    `::1`); None when it is not a host name or address with an optional port."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+    else:
+        host, _, port = value.partition(":")
+        if port and not port.isdigit():
+            return None
+        host = host.rstrip(".")
+    return host if host and _HOST_NAME.fullmatch(host) else None
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class AllowedHosts:
+    """Host names answered: exact names, `*.example.com` for its subdomains, or `*` for any."""
+
+    def __init__(self, hosts: Iterable[str]) -> None:
+        names = {h.strip().lower().strip("[]").rstrip(".") for h in hosts if h.strip()}
+        self.any = "*" in names
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+        self.names = frozenset(n for n in names if not n.startswith("*"))
+
+    def __contains__(self, host: str) -> bool:
+        return self.any or host in self.names or host.endswith(self.suffixes)
+
+
+class WebSecurity:
+    """Pure ASGI middleware: refuses requests for other hosts (400), adds the security headers
+    to every HTTP response."""
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = ("*",)) -> None:
         self.app = app
+        self.allowed = AllowedHosts(allowed_hosts)
+
+    def _host_allowed(self, scope: Scope) -> bool:
+        values = [v for k, v in scope.get("headers", ()) if k.lower() == b"host"]
+        if not values:
+            return True  # HTTP/1.0 without Host: URLs come from the bound address
+        if len(values) > 1:
+            return False
+        host = host_name(values[0].decode("latin-1"))
+        return host is not None and host in self.allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if not self._host_allowed(scope):
+            await self._refuse_host(scope, send)
+            return
+        if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
 
@@ -72,12 +129,31 @@ class WebSecurity:
 
         await self.app(scope, receive, send_secured)
 
+    async def _refuse_host(self, scope: Scope, send: Send) -> None:
+        host = next((v for k, v in scope.get("headers", ()) if k.lower() == b"host"), b"")
+        log.warning("refused a request for host %r: not in FRONTDESK_ALLOWED_HOSTS",
+                    host.decode("latin-1")[:100])
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = b"Bad Request: this server does not answer for that host name.\n"
+        await send(with_headers({"type": "http.response.start", "status": 400, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]}))
+        await send({"type": "http.response.body", "body": body})
+
 
 class SecureFastAPI(FastAPI):
-    """FastAPI with `WebSecurity` outside everything, so even a 500 answer carries the headers."""
+    """FastAPI with `WebSecurity` outside everything, so even a 500 answer carries the headers.
+
+    `allowed_hosts`: the Host names answered (`Settings.hosts_answered()`); `*` for any."""
+
+    def __init__(self, *, allowed_hosts: Iterable[str] = ("*",), **options: Any) -> None:
+        super().__init__(**options)
+        self.allowed_hosts = list(allowed_hosts)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return WebSecurity(super().build_middleware_stack())
+        return WebSecurity(super().build_middleware_stack(), allowed_hosts=self.allowed_hosts)
 
 
 # ---- the API docs -----------------------------------------------------------------------------

@@ -25,6 +25,16 @@ API_KEY = "test-key-123"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+TEST_HOSTS = "test, localhost, 127.0.0.1"
+
+
+@pytest.fixture(autouse=True)
+def _answered_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The apps these tests build answer the test clients' Host (`base_url="http://test"`);
+    any other host is refused as in production (tests/dashboard/test_web_security.py)."""
+    monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS", TEST_HOSTS)
+
+
 def seed_salon(engine: Engine) -> None:
     """A second business, to prove one business never sees another's data."""
     with session_scope(engine, write=True) as s:

@@ -6,13 +6,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
+from booking.scheduler import Scheduler
 from frontdesk import web_security
-from tests.dashboard.conftest import API_KEY
+from frontdesk.app import create_app
+from frontdesk.settings import Settings
+from tests.dashboard.conftest import API_KEY, log_in
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TEMPLATES = web_security.__file__.replace("frontdesk/web_security.py", "dashboard/templates")
@@ -39,15 +44,18 @@ def assert_secured(response: httpx.Response) -> None:
 # ---- headers ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/login", "/leads", "/static/app.css", "/static/htmx.min.js",
-                                  "/static/app.js", "/static/missing.css", "/no-such-page",
-                                  "/api/v1/availability?service=cleaning", "/healthz",
-                                  "/openapi.json"])
-async def test_every_answer_carries_the_security_headers(app: FastAPI, path: str) -> None:
+PATHS = ["/login", "/leads", "/static/app.css", "/static/htmx.min.js", "/static/app.js",
+         "/static/missing.css", "/no-such-page", "/api/v1/availability?service=cleaning",
+         "/api/v1/appointments", "/healthz", "/openapi.json"]
+
+
+async def test_every_answer_carries_the_security_headers(app: FastAPI) -> None:
     async with client(app) as c:
-        response = await c.get(path, headers=AUTH if path.startswith("/api") else {})
-    assert response.status_code < 500
-    assert_secured(response)
+        for path in PATHS:
+            response = await c.get(path, headers=AUTH if path.startswith("/api") else {})
+            assert response.status_code < 500, path
+            assert_secured(response)
+        assert_secured(await c.post("/api/v1/leads", headers=AUTH, content=b"{"))  # a 422
 
 
 async def test_an_unhandled_error_answer_carries_them_too(app: FastAPI) -> None:
@@ -97,3 +105,115 @@ def test_templates_have_no_inline_script_handler_or_style() -> None:
     found = [f"{path.name}: {m.group(0)}" for path in sorted(Path(TEMPLATES).glob("*.html"))
              for m in inline.finditer(path.read_text())]
     assert not found
+
+
+# ---- the Host header --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def any_host_app(scheduler: Scheduler, accounts: dict[str, str]) -> FastAPI:
+    """The app answering every Host, to show no page builds a URL from the Host header."""
+    settings = Settings(api_key=SecretStr(API_KEY), allowed_hosts=["*"])
+    return create_app(settings, scheduler=scheduler)
+
+
+FOREIGN_HOSTS = ["evil.example", "evil.example:8000", "localhost.evil.example",
+                 "127.0.0.1.evil.example", "localhost@evil.example", "localhost:80@evil.example",
+                 "[::1", "", "evil.example.", "localhost, evil.example"]
+
+
+async def test_a_request_for_another_host_is_refused(app: FastAPI) -> None:
+    async with client(app) as c:
+        for path in ["/login", "/api/v1/availability?service=cleaning", "/static/htmx.min.js",
+                     "/docs", "/no-such-page"]:
+            for host in FOREIGN_HOSTS:
+                response = await c.get(path, headers={"Host": host, **AUTH})
+                assert response.status_code == 400, (path, host)
+                assert "does not answer for that host" in response.text
+                assert "evil" not in response.text
+                assert_secured(response)
+
+
+async def test_the_answered_hosts_are_served(app: FastAPI) -> None:
+    async with client(app) as c:
+        for host in ["test", "localhost", "localhost:8000", "LOCALHOST", "127.0.0.1:9",
+                     "localhost."]:
+            assert (await c.get("/login", headers={"Host": host})).status_code == 200, host
+
+
+def test_the_default_hosts_are_the_public_one_and_this_machine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FRONTDESK_ALLOWED_HOSTS")
+    assert Settings().hosts_answered() == ["127.0.0.1", "localhost", "::1"]
+    hosts = Settings(public_base_url="https://Desk.Example.com/", host="10.0.0.5",
+                     port=9000).hosts_answered()
+    assert hosts == ["desk.example.com", "localhost", "127.0.0.1", "::1", "10.0.0.5"]
+    monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS", "desk.example.com, *.desk.example.com")
+    assert Settings().hosts_answered() == ["desk.example.com", "*.desk.example.com"]
+    monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS", '["one.example"]')
+    assert Settings().hosts_answered() == ["one.example"]
+
+
+@pytest.mark.parametrize(("allowed", "host", "answered"), [
+    (["*.desk.example.com"], "a.desk.example.com", True),
+    (["*.desk.example.com"], "desk.example.com", False),
+    (["*.desk.example.com"], "evildesk.example.com", False),
+    (["::1"], "[::1]:8000", True),
+    (["*"], "anything.example", True),
+])
+async def test_host_patterns(allowed: list[str], host: str, answered: bool) -> None:
+    seen: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guarded = web_security.WebSecurity(inner, allowed_hosts=allowed)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded),
+                                 base_url="http://x") as c:
+        response = await c.get("/", headers={"Host": host})
+    assert (response.status_code == 204) is answered and bool(seen) is answered
+
+
+async def test_a_websocket_for_another_host_is_closed_unopened() -> None:
+    opened: list[bool] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        opened.append(True)
+
+    guarded = web_security.WebSecurity(inner, allowed_hosts=["desk.example.com"])
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    scope = {"type": "websocket", "path": "/voice/relay", "headers": [(b"host", b"evil.example")]}
+    await guarded(scope, receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}] and not opened
+    await guarded({**scope, "headers": [(b"host", b"desk.example.com")]}, receive, send)
+    assert opened == [True]
+
+
+OWNER_PAGES = ["/login", "/", "/leads", "/leads?outcome=spam", "/appointments", "/staff",
+               "/staff/lee", "/staff/lee/calendars", "/settings", "/integrations", "/privacy",
+               "/try", "/leads/lead_nope"]
+
+
+async def test_no_page_links_to_the_host_it_was_asked_for(any_host_app: FastAPI) -> None:
+    """Before: `Host: evil.example` got `<script src="http://evil.example/static/...">`."""
+    async with client(any_host_app, base_url="http://evil.example") as c:
+        login = await c.get("/login")
+        assert 'src="/static/htmx.min.js"' in login.text
+        signed_in = await log_in(c, "owner@clinic.test")
+        assert signed_in.status_code == 303 and "evil" not in signed_in.headers["location"]
+        for path in OWNER_PAGES:
+            response = await c.get(path)
+            assert response.status_code < 500, path
+            assert "evil.example" not in response.text, path
+            assert "evil.example" not in response.headers.get("location", ""), path
+    async with client(any_host_app, base_url="http://evil.example") as c:
+        assert "evil" not in (await c.get("/leads")).headers["location"]
