@@ -60,7 +60,8 @@ def test_users_add_refuses_bad_accounts(
     password: str, args: list[str], message: str,
 ) -> None:
     capsys.readouterr()
-    assert add(monkeypatch, password, *args) == 1
+    # Malformed values exit 2, an unknown staff member (a refusal) 1.
+    assert add(monkeypatch, password, *args) == (1 if "no staff" in message else 2)
     assert message in capsys.readouterr().err
 
 
