@@ -20,3 +20,7 @@ def test_the_example_file_loads_as_is() -> None:
     settings = Settings(_env_file=EXAMPLE)  # type: ignore[call-arg]
     assert settings.openai_base_url is None and settings.api_key is None
     assert settings.secret_key is None and settings.twilio_api_base_url is None
+    # The web surface's settings: derived public address, default hosts, no trusted proxy.
+    assert settings.public_base_url == "http://127.0.0.1:8000"
+    assert settings.allowed_hosts is None and settings.trusted_proxies == []
+    assert settings.hosts_answered() == ["127.0.0.1", "localhost", "::1"]
