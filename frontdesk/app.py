@@ -106,7 +106,8 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     # The docs pages are added by web_security, each with the policy its CDN scripts need.
     app = web_security.SecureFastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan,
                                      docs_url=None, redoc_url=None,
-                                     allowed_hosts=settings.hosts_answered())
+                                     allowed_hosts=settings.hosts_answered(),
+                                     trusted_proxies=settings.trusted_proxies)
     web_security.add_docs(app)
     app.state.scheduler = scheduler
     app.state.settings = settings

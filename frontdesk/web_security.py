@@ -1,5 +1,6 @@
-"""The web surface's outermost layer: security headers on every response, and the Host header
-checked against the hosts this server answers for.
+"""The web surface's outermost layer: security headers on every response, the Host header
+checked against the hosts this server answers for, and forwarded headers believed only from
+the configured proxies.
 
 `SecureFastAPI` wraps its whole middleware stack, Starlette's `ServerErrorMiddleware` included,
 in `WebSecurity`, so pages, the JSON API, static files and the 404/500 answers all carry the
@@ -11,6 +12,12 @@ notification addresses) come from `FRONTDESK_PUBLIC_BASE_URL`. A request whose H
 another host (`FRONTDESK_ALLOWED_HOSTS`) is answered 400 before it reaches the app, so nothing
 the app builds from `request.url` can point elsewhere.
 
+`X-Forwarded-For` and `X-Forwarded-Proto` are used only when the direct peer is one of
+`FRONTDESK_TRUSTED_PROXIES`; the client is then the right-most address in X-Forwarded-For that
+is not a trusted proxy (what the nearest proxy saw: the addresses left of it are whatever the
+client chose to send). uvicorn's own handling of them is off (`SERVER_OPTIONS`): it believes any
+local peer, so per-address limits such as the log-in one could be dodged by a header.
+
 The API docs (/docs, /redoc) load Swagger UI and ReDoc from a CDN; they are served here with
 their own, wider policy (`docs_policy`), which the middleware leaves in place.
 """
@@ -21,7 +28,8 @@ import base64
 import hashlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from fastapi import FastAPI
@@ -44,6 +52,9 @@ HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
 )
+# How `frontdesk serve` runs uvicorn: forwarded headers are this module's business alone.
+SERVER_OPTIONS: dict[str, Any] = {"proxy_headers": False, "server_header": False}
+
 _CSP = b"content-security-policy"
 _SET = {_CSP, *(name for name, _ in HEADERS)}
 
@@ -94,13 +105,89 @@ class AllowedHosts:
         return self.any or host in self.names or host.endswith(self.suffixes)
 
 
-class WebSecurity:
-    """Pure ASGI middleware: refuses requests for other hosts (400), adds the security headers
-    to every HTTP response."""
+Network = IPv4Network | IPv6Network
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = ("*",)) -> None:
+
+def _address(text: str) -> IPv4Address | IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        return ip_address(text)
+    except ValueError:
+        return None
+
+
+class TrustedProxies:
+    def __init__(self, networks: Iterable[Network | str]) -> None:
+        self.networks: list[Network] = [
+            n if isinstance(n, IPv4Network | IPv6Network) else _network(n) for n in networks]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, address: IPv4Address | IPv6Address | None) -> bool:
+        if address is None:
+            return False
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+    def client(self, peer: str, forwarded_for: Sequence[str]) -> str:
+        """The client address of a request from `peer` with these X-Forwarded-For values."""
+        if _address(peer) not in self:
+            return peer
+        hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+        client = peer
+        for hop in reversed([h for h in hops if h]):
+            address = _address(hop)
+            if address is None:
+                break  # not an address: the chain can no longer be believed
+            client = str(address)
+            if address not in self:
+                break
+        return client
+
+
+def _network(text: str) -> Network:
+    return ip_network(text.strip(), strict=False)
+
+
+def _headers(scope: Scope, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == name]
+
+
+class WebSecurity:
+    """Pure ASGI middleware: refuses requests for other hosts (400), takes the client address
+    and scheme from a trusted proxy's forwarded headers, adds the security headers to every
+    HTTP response."""
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = ("*",),
+                 trusted_proxies: Iterable[Network | str] = ()) -> None:
         self.app = app
         self.allowed = AllowedHosts(allowed_hosts)
+        self.proxies = TrustedProxies(trusted_proxies)
+
+    def _forwarded(self, scope: Scope) -> Scope:
+        """`scope` with the client and scheme a trusted proxy forwarded (else unchanged)."""
+        peer = scope.get("client")
+        if not self.proxies or not peer or _address(str(peer[0])) not in self.proxies:
+            return scope
+        scope = dict(scope)
+        client = self.proxies.client(str(peer[0]), _headers(scope, b"x-forwarded-for"))
+        if client != peer[0]:
+            scope["client"] = (client, 0)
+        protos = [p.strip().lower() for v in _headers(scope, b"x-forwarded-proto")
+                  for p in v.split(",") if p.strip()]
+        if protos and protos[-1] in ("http", "https"):
+            secure = protos[-1] == "https"
+            if scope["type"] == "websocket":
+                scope["scheme"] = "wss" if secure else "ws"
+            else:
+                scope["scheme"] = "https" if secure else "http"
+        return scope
 
     def _host_allowed(self, scope: Scope) -> bool:
         values = [v for k, v in scope.get("headers", ()) if k.lower() == b"host"]
@@ -118,6 +205,7 @@ class WebSecurity:
         if not self._host_allowed(scope):
             await self._refuse_host(scope, send)
             return
+        scope = self._forwarded(scope)
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
@@ -146,14 +234,18 @@ class WebSecurity:
 class SecureFastAPI(FastAPI):
     """FastAPI with `WebSecurity` outside everything, so even a 500 answer carries the headers.
 
-    `allowed_hosts`: the Host names answered (`Settings.hosts_answered()`); `*` for any."""
+    `allowed_hosts`: the Host names answered (`Settings.hosts_answered()`); `*` for any.
+    `trusted_proxies`: the proxies whose forwarded headers are believed (default: none)."""
 
-    def __init__(self, *, allowed_hosts: Iterable[str] = ("*",), **options: Any) -> None:
+    def __init__(self, *, allowed_hosts: Iterable[str] = ("*",),
+                 trusted_proxies: Iterable[Network | str] = (), **options: Any) -> None:
         super().__init__(**options)
         self.allowed_hosts = list(allowed_hosts)
+        self.trusted_proxies = list(trusted_proxies)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return WebSecurity(super().build_middleware_stack(), allowed_hosts=self.allowed_hosts)
+        return WebSecurity(super().build_middleware_stack(), allowed_hosts=self.allowed_hosts,
+                           trusted_proxies=self.trusted_proxies)
 
 
 # ---- the API docs -----------------------------------------------------------------------------

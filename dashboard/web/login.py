@@ -33,6 +33,8 @@ KEEP = timedelta(days=1)
 
 
 def _client(request: Request) -> str:
+    """The client's address: the peer's, or behind a configured proxy the one it forwarded
+    (frontdesk.web_security decides; a client's own X-Forwarded-For is never believed)."""
     return request.client.host if request.client else "unknown"
 
 

@@ -217,3 +217,133 @@ async def test_no_page_links_to_the_host_it_was_asked_for(any_host_app: FastAPI)
             assert "evil.example" not in response.headers.get("location", ""), path
     async with client(any_host_app, base_url="http://evil.example") as c:
         assert "evil" not in (await c.get("/leads")).headers["location"]
+
+
+# ---- forwarded headers ------------------------------------------------------------------------
+
+
+async def seen_by_app(*, peer: str, headers: dict[str, str],
+                      trusted: list[str]) -> tuple[str, str]:
+    """The client address and scheme the app sees for a request from `peer`."""
+    seen: list[tuple[str, str]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["client"][0], scope["scheme"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guarded = web_security.WebSecurity(inner, trusted_proxies=trusted)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded, client=(peer, 5000)),
+                                 base_url="http://localhost") as c:
+        await c.get("/", headers=headers)
+    return seen[0]
+
+
+FORWARDED = {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "203.0.113.9", "::1", "10.0.0.2"])
+async def test_forwarded_headers_are_ignored_without_trusted_proxies(peer: str) -> None:
+    assert await seen_by_app(peer=peer, headers=FORWARDED, trusted=[]) == (peer, "http")
+
+
+async def test_forwarded_headers_are_ignored_from_a_peer_that_is_not_a_proxy() -> None:
+    seen = await seen_by_app(peer="203.0.113.9", headers=FORWARDED, trusted=["10.0.0.0/8"])
+    assert seen == ("203.0.113.9", "http")
+
+
+@pytest.mark.parametrize(("forwarded_for", "client"), [
+    ("198.51.100.7", "198.51.100.7"),
+    # What the client sent itself (left) is not believed: the nearest untrusted hop is.
+    ("1.2.3.4, 198.51.100.7", "198.51.100.7"),
+    ("1.2.3.4, 198.51.100.7, 10.0.0.3", "198.51.100.7"),
+    ("198.51.100.7:4711", "198.51.100.7"),
+    ("2001:db8::1", "2001:db8::1"),
+    ("10.0.0.5, 10.0.0.3", "10.0.0.5"),  # only proxies: the farthest one
+    ("1.2.3.4, not-an-address", "10.0.0.2"),  # a broken chain: the peer itself
+    ("", "10.0.0.2"),
+])
+async def test_a_trusted_proxy_forwards_the_client(forwarded_for: str, client: str) -> None:
+    seen = await seen_by_app(peer="10.0.0.2", trusted=["10.0.0.0/8"], headers={
+        "X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"})
+    assert seen == (client, "https")
+
+
+async def test_a_trusted_proxy_given_by_address_and_ipv6() -> None:
+    assert await seen_by_app(peer="::1", headers=FORWARDED, trusted=["::1"]) == (
+        "198.51.100.7", "https")
+    assert await seen_by_app(peer="192.0.2.1", headers={
+        **FORWARDED, "X-Forwarded-Proto": "gopher"}, trusted=["192.0.2.1"]) == (
+        "198.51.100.7", "http")
+
+
+async def login_codes(app: FastAPI, *, peer: str, forwarded: list[str],
+                      email: str = "owner@clinic.test") -> list[int]:
+    """Wrong-password attempts from `peer`, one per X-Forwarded-For value."""
+    codes = []
+    transport = httpx.ASGITransport(app=app, client=(peer, 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
+        for value in forwarded:
+            c.headers["X-Forwarded-For"] = value
+            codes.append((await log_in(c, email, "wrong guess")).status_code)
+    return codes
+
+
+async def test_the_login_limit_is_not_dodged_by_forwarded_for(app: FastAPI) -> None:
+    """Before: a new X-Forwarded-For per guess (from a local peer) was a new address each."""
+    from dashboard.web.login import MAX_FAILURES
+
+    rotating = [f"198.51.100.{n}" for n in range(MAX_FAILURES + 1)]
+    codes = await login_codes(app, peer="127.0.0.1", forwarded=rotating)
+    assert codes == [401] * MAX_FAILURES + [429]
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_limit(
+        scheduler: Scheduler, accounts: dict[str, str]) -> None:
+    from dashboard.web.login import MAX_FAILURES
+
+    app = create_app(Settings(api_key=SecretStr(API_KEY), trusted_proxies=["10.0.0.0/8"]),
+                     scheduler=scheduler)
+    # The attacker rotates what it sends; the proxy appends the address it really came from.
+    spoofed = [f"1.2.3.{n}, 198.51.100.7" for n in range(MAX_FAILURES + 1)]
+    assert await login_codes(app, peer="10.0.0.2", forwarded=spoofed) == \
+        [401] * MAX_FAILURES + [429]
+    # Another client behind the same proxy is not locked out by it.
+    assert await login_codes(app, peer="10.0.0.2", forwarded=["198.51.100.8"]) == [401]
+    async with client(app, peer="10.0.0.2") as c:
+        c.headers["X-Forwarded-For"] = "198.51.100.8"
+        assert (await log_in(c, "owner@clinic.test")).status_code == 303
+
+
+async def test_served_by_uvicorn_forwarded_for_is_not_believed(app: FastAPI) -> None:
+    """uvicorn's own default believes X-Forwarded-For from any local peer; `frontdesk serve`
+    runs it with `SERVER_OPTIONS`, which leave forwarded headers to the middleware."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from dashboard.web.login import MAX_FAILURES
+
+    assert web_security.SERVER_OPTIONS["proxy_headers"] is False
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           **web_security.SERVER_OPTIONS))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+                await asyncio.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        codes = []
+        async with httpx.AsyncClient(base_url=url) as c:
+            for n in range(MAX_FAILURES + 1):
+                c.headers["X-Forwarded-For"] = f"198.51.100.{n}"
+                codes.append((await log_in(c, "owner@clinic.test", "wrong guess")).status_code)
+            assert "server" not in (await c.get("/healthz")).headers
+        assert codes == [401] * MAX_FAILURES + [429]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
