@@ -347,3 +347,42 @@ async def test_served_by_uvicorn_forwarded_for_is_not_believed(app: FastAPI) -> 
         server.should_exit = True
         await task
         sock.close()
+
+
+# ---- absolute URLs come from the public base URL ----------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "base"), [
+    ({"public_base_url": "https://desk.example.com/"}, "https://desk.example.com"),
+    ({"host": "192.0.2.10", "port": 8123}, "http://192.0.2.10:8123"),  # derived from the address
+])
+async def test_the_subscribe_address_uses_the_public_base_url(
+        scheduler: Scheduler, accounts: dict[str, str], options: dict[str, Any],
+        base: str) -> None:
+    """Before: `http://localhost:8000/...` whatever address the server had."""
+    from calendars.secrets import new_key
+    from calendars.setup import build_calendar_service
+
+    settings = Settings(api_key=SecretStr(API_KEY), secret_key=SecretStr(new_key()),
+                        allowed_hosts=["*"], **options)
+    app = create_app(settings, scheduler=scheduler)
+    app.state.calendar_service = build_calendar_service(settings, scheduler.engine)
+    async with client(app, base_url="https://other.example:9999") as c:  # Secure cookies
+        assert (await log_in(c, "lee@clinic.test")).status_code == 303
+        page = await c.get("/staff/lee/calendars")
+    [feed] = re.findall(r'<input readonly value="([^"]+)"', page.text)
+    assert feed.startswith(f"{base}/calendars/feed/clinic/lee/") and feed.endswith(".ics")
+    assert "other.example" not in page.text and "localhost:8000" not in page.text
+    service = app.state.calendar_service
+    assert service.redirect_uri("google") == f"{base}/calendars/callback/google"
+    assert service.callback_url("microsoft") == f"{base}/calendars/notify/microsoft"
+
+
+def test_a_derived_public_base_url_follows_the_serve_address() -> None:
+    assert Settings().public_base_url == "http://127.0.0.1:8000"
+    assert Settings().bound_to("0.0.0.0", 9000).public_base_url == "http://localhost:9000"
+    assert Settings().bound_to("::1", 9000).public_base_url == "http://[::1]:9000"
+    explicit = Settings(public_base_url="https://desk.example.com")
+    assert explicit.bound_to("0.0.0.0", 9000).public_base_url == "https://desk.example.com"
+    with pytest.raises(ValueError, match="http:// or https://"):
+        Settings(public_base_url="desk.example.com")
