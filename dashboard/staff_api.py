@@ -18,9 +18,10 @@ from booking.business_file import StaffEntry, staff_values
 from booking.db import in_session
 from booking.models import Staff
 from booking.scheduler import Scheduler
-from dashboard.api import get_scheduler, require_api_key
+from dashboard.api import ERRORS, get_scheduler, require_api_key
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["staff"])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["staff"],
+                   responses=ERRORS)
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
 

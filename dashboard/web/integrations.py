@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from booking import errors
 from booking.scheduler import Scheduler
-from dashboard.api import get_scheduler, require_api_key
+from dashboard.api import ERRORS, get_scheduler, require_api_key
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, PageError, verify_csrf
 from dashboard.web.render import add_nav, render
@@ -25,7 +25,7 @@ from dashboard.webhook_models import EVENT_TYPES, Webhook, WebhookDelivery
 from dashboard.webhooks import WebhookDispatcher, Webhooks
 
 router = APIRouter(include_in_schema=False)
-api_router = APIRouter(prefix="/api/v1", tags=["webhooks"],
+api_router = APIRouter(prefix="/api/v1", tags=["webhooks"], responses=ERRORS,
                        dependencies=[Depends(require_api_key)])
 add_nav("Integrations", "/integrations")
 

@@ -11,13 +11,14 @@ from sqlmodel import Session, select
 
 from booking import errors
 from booking.models import Lead
-from dashboard.api import LeadOut, require_api_key
+from dashboard.api import ERRORS, LeadOut, require_api_key
 from dashboard.models import LeadStatus, LeadStatusChange
 from dashboard.web import db
 from dashboard.web.auth import PageError
 from dashboard.web.leads import NOTE_MAX, LeadStatusError, change_status, load_lead
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["leads"])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["leads"],
+                   responses=ERRORS)
 BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
 
 
