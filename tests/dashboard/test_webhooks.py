@@ -404,7 +404,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 @pytest.fixture
 async def api(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://test") as c:
+                                 base_url="http://localhost") as c:
         yield c
 
 
