@@ -165,7 +165,7 @@ async def leads(scheduler: Scheduler, accounts: dict[str, str]) -> dict[str, str
             business_id="clinic", phone="+12125550000", name=None, reason="Robocall",
             outcome="spam", now=NOW - timedelta(hours=1)),
         "salon": await scheduler.record_lead(
-            business_id="salon", phone="+447700900123", name="Sally Salon", reason="Cut",
+            business_id="salon", phone="+447911123456", name="Sally Salon", reason="Cut",
             outcome="callback", now=NOW - timedelta(hours=2)),
     }
     return {key: row.id for key, row in made.items()} | {"appointment": apt.id}
