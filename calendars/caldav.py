@@ -1,9 +1,16 @@
 """CalDAV calendars (Apple iCloud, Fastmail, Nextcloud, Radicale) through the `caldav` library.
 
 Account settings: `url` and `username`; secret: `password` (an app-specific one for iCloud).
-The URL is a calendar collection, or an account's principal. A calendar's id is its collection
-URL (`list_calendars` names them); `busy` with no calendar ids reads the account URL itself,
-which for a principal means every calendar of the account.
+The URL is the address the user knows: the server's (https://caldav.icloud.com/), the account's
+principal, its calendar home, or one calendar. The account's calendars are found the way CalDAV
+clients find them (`_discover`): the URL's own properties first (a calendar is itself; a
+`current-user-principal`, RFC 5397, leads to the principal; a principal's `calendar-home-set`,
+RFC 4791 section 6.2.1, to the collection holding its calendars), then, when the URL answers
+none of that, the server's `/.well-known/caldav` (RFC 6764), redirects followed one by one.
+The principal and the home may be on other paths or hosts (iCloud keeps both on a host of
+the account's own, `p07-caldav.icloud.com`); a step to another host may not lead from a public
+address into a private one, nor from https to http. A calendar's id is its collection URL
+(`list_calendars` names them); `busy` with no calendar ids reads every calendar found.
 
 Busy time comes from the events themselves, read with a calendar-query over the window and
 expanded by `calendars.ics`, so a CalDAV calendar and an ICS feed agree on what TRANSPARENT,
@@ -36,7 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
+import socket
 import threading
 import time
 import weakref
@@ -64,7 +73,18 @@ from calendars.ics import events_between, parse_ics, redact
 
 _T = TypeVar("_T")
 _CALENDAR = "{urn:ietf:params:xml:ns:caldav}calendar"
-_PRINCIPAL = "{DAV:}principal"
+_RESOURCETYPE = "{DAV:}resourcetype"
+_DISPLAYNAME = "{DAV:}displayname"
+_CURRENT_USER_PRINCIPAL = "{DAV:}current-user-principal"
+_HOME_SET = "{urn:ietf:params:xml:ns:caldav}calendar-home-set"
+_COMPONENTS = "{urn:ietf:params:xml:ns:caldav}supported-calendar-component-set"
+_DISCOVERY_PROPS = [_RESOURCETYPE, _DISPLAYNAME, _CURRENT_USER_PRINCIPAL, _HOME_SET, _COMPONENTS]
+# Steps one discovery may take: redirects of the well-known address, principal, home.
+_HOPS = 6
+_WHAT_TO_GIVE = (
+    "give the address of the account's calendar home or of one calendar "
+    "(for iCloud https://caldav.icloud.com/)"
+)
 # The query asks for a day more on each side: all-day dates and floating times match in the
 # staff member's zone, which the server does not know. `events_between` cuts to the window.
 _QUERY_MARGIN = timedelta(days=1)
@@ -434,29 +454,183 @@ def _status(exc: caldav_error.DAVError) -> str:
     return reason.split(" at ", 1)[0][:80] or type(exc).__name__
 
 
-def _collections(client: caldav.DAVClient, link: _Link) -> list[caldav.Calendar]:
-    """The calendars the account URL names: itself, or every calendar of a principal."""
-    kinds = _resource_types(client, link.url)
-    if _CALENDAR in kinds:
-        return [client.calendar(url=link.url)]
-    if _PRINCIPAL in kinds:
-        return list(caldav.Principal(client=client, url=link.url).get_calendars())
-    raise CalendarUnavailable(f"{link.name} is neither a calendar nor a CalDAV account")
+@dataclass(frozen=True)
+class _Found:
+    """A calendar found by discovery: its collection URL and display name."""
+
+    url: str
+    name: str
+
+
+def _collections(client: caldav.DAVClient, link: _Link) -> list[_Found]:
+    """The calendars of the account the URL leads to (the URL itself, if it is a calendar)."""
+    found = _walk(client, link, link.url)
+    if found is None:
+        start = _well_known(client, link)
+        found = _walk(client, link, start) if start is not None else None
+    if found is None:
+        raise CalendarUnavailable(
+            f"no CalDAV account or calendar found at {redact(link.url)}: {_WHAT_TO_GIVE}"
+        )
+    return found
+
+
+def _walk(client: caldav.DAVClient, link: _Link, url: str) -> list[_Found] | None:
+    """Calendars reached from `url` by its own properties; None when it names no account."""
+    seen: set[str] = set()
+    while url not in seen and len(seen) < _HOPS:
+        seen.add(url)
+        # A mistyped address 404s; only a server's root goes on to its well-known address.
+        props = _properties(client, url, missing_ok=urlsplit(url).path in ("", "/"))
+        if props is None:
+            return None
+        if _CALENDAR in _kinds(props):
+            return [_Found(url=url, name=_name(props, url))]
+        homes = _hrefs(props.get(_HOME_SET))
+        if homes:  # a principal
+            found: list[_Found] = []
+            for home in homes:
+                found += _calendars_in(client, _hop(link, url, home))
+            return found
+        principal = _hrefs(props.get(_CURRENT_USER_PRINCIPAL))
+        if not principal:
+            break
+        url = _hop(link, url, principal[0])
+    # Names no principal nor home: a calendar home itself lists its calendars (the principal
+    # of a server without calendar-home-set is its home too).
+    return _calendars_in(client, url) or None
+
+
+def _properties(
+    client: caldav.DAVClient, url: str, *, missing_ok: bool
+) -> dict[str, Any] | None:
+    """The discovery properties of the resource at `url`; None when it answers no WebDAV."""
+    response = client.propfind(url, props=_DISCOVERY_PROPS, depth=0)
+    if response.status in (404, 410) and not missing_ok:
+        raise caldav_error.error_from_response(caldav_error.NotFoundError, response)
+    if response.status >= 500:
+        raise caldav_error.error_from_response(caldav_error.PropfindError, response)
+    merged: dict[str, Any] = {}
+    for result in getattr(response, "results", None) or []:
+        merged.update(result.properties)
+    return merged or None
+
+
+def _calendars_in(client: caldav.DAVClient, home: str) -> list[_Found]:
+    """The event calendars directly inside the collection `home` (task lists left out)."""
+    response = client.propfind(home, props=_DISCOVERY_PROPS, depth=1)
+    if response.status >= 500:
+        raise caldav_error.error_from_response(caldav_error.PropfindError, response)
+    found = []
+    for result in getattr(response, "results", None) or []:
+        props = result.properties
+        components = props.get(_COMPONENTS)
+        events = not components or "VEVENT" in _hrefs(components)
+        if _CALENDAR in _kinds(props) and events:
+            url = _clean_url(urljoin(home, result.href))
+            found.append(_Found(url=url, name=_name(props, url)))
+    return found
+
+
+def _well_known(client: caldav.DAVClient, link: _Link) -> str | None:
+    """Where the server's `/.well-known/caldav` leads (RFC 6764 section 5), redirects followed
+    one by one, so each step's host is checked and later hrefs resolve against the right one.
+    None when the server has no such address."""
+    parts = urlsplit(link.url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/.well-known/caldav", "", ""))
+    for _ in range(_HOPS):
+        # No credentials: a redirect needs none, and they go only where the walk leads.
+        answer = client.session.request(
+            "PROPFIND",
+            url,
+            headers={"Depth": "0"},
+            allow_redirects=False,
+            timeout=client.timeout,
+        )
+        location = answer.headers.get("Location")
+        status = answer.status_code
+        answer.close()
+        if status in (301, 302, 303, 307, 308) and location:
+            url = _hop(link, url, location)
+            continue
+        return url if status in (200, 207, 401) else None
+    return None
+
+
+def _hop(link: _Link, base: str, href: str) -> str:
+    """`href` resolved against `base`, where discovery may go next from there."""
+    target = _clean_url(urljoin(base, href))
+    was, to = urlsplit(base), urlsplit(target)
+    if was.scheme == "https" and to.scheme != "https":
+        raise CalendarUnavailable(
+            f"{redact(base)} sent the CalDAV account to an unencrypted address: {_WHAT_TO_GIVE}"
+        )
+    if to.hostname != was.hostname and _private_host(to.hostname) and not _private_host(
+        urlsplit(link.url).hostname
+    ):
+        raise CalendarUnavailable(
+            f"{redact(base)} sent the CalDAV account to a private address: {_WHAT_TO_GIVE}"
+        )
+    return target
+
+
+def _private_host(host: str | None) -> bool:
+    """Whether `host` is, or resolves to, a non-public address (one it cannot resolve counts:
+    nothing is sent there anyway). The server's own rule for typed addresses lives in
+    `calendars.netguard`; discovery only keeps a public account from leading inward."""
+    if not host:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return True
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            return True
+    return False
+
+
+def _kinds(props: dict[str, Any]) -> list[str]:
+    kinds = props.get(_RESOURCETYPE) or []
+    return [kinds] if isinstance(kinds, str) else [k for k in kinds if isinstance(k, str)]
+
+
+def _hrefs(value: Any) -> list[str]:
+    """A parsed property's text values (the library gives one as a string, several as a list)."""
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, list):
+        return [v.strip() for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
+def _name(props: dict[str, Any], url: str) -> str:
+    name = props.get(_DISPLAYNAME)
+    return name.strip() if isinstance(name, str) and name.strip() else _last_segment(url)
+
+
+def _calendar(client: caldav.DAVClient, url: str) -> caldav.Calendar:
+    """The calendar at the absolute `url`. One on another host than the client's root (iCloud
+    keeps an account's calendars on a host of its own) moves the root there first, as the
+    library does itself on finding such a calendar home: the library joins the hrefs of a
+    calendar's events onto the root, and refuses another host's."""
+    root, there = urlsplit(str(client.url)), urlsplit(url)
+    if (root.scheme, root.netloc) != (there.scheme, there.netloc):
+        client.url = client.url.relocate(url)
+    return client.calendar(url=url)
 
 
 def _resource_types(client: caldav.DAVClient, url: str) -> list[str]:
-    props = client.calendar(url=url).get_properties([dav.ResourceType()])
+    props = _calendar(client, url).get_properties([dav.ResourceType()])
     kinds = props.get(dav.ResourceType.tag) or []
     return [kinds] if isinstance(kinds, str) else list(kinds)
 
 
 def _list_calendars(client: caldav.DAVClient, link: _Link) -> list[CalendarInfo]:
-    found = []
-    for calendar in _collections(client, link):
-        url = str(calendar.url)
-        name = calendar.get_display_name()
-        found.append(CalendarInfo(id=url, name=str(name or _last_segment(url))))
-    return found
+    return [CalendarInfo(id=found.url, name=found.name) for found in _collections(client, link)]
 
 
 def _last_segment(url: str) -> str:
@@ -472,7 +646,9 @@ def _read_events(
     end: datetime,
 ) -> dict[str, list[Interval]]:
     """Events overlapping `[start, end)` in the given calendars (none: the account URL's)."""
-    calendars = [client.calendar(url=u) for u in urls] if urls else _collections(client, link)
+    if not urls:
+        urls = [found.url for found in _collections(client, link)]
+    calendars = [_calendar(client, url) for url in urls]
     found: dict[str, list[Interval]] = {}
     for calendar in calendars:
         _query(calendar, link, tz, start, end, into=found)
@@ -514,7 +690,7 @@ def _sync(
     start: datetime,
     end: datetime,
 ) -> SyncResult:
-    calendar = client.calendar(url=url)
+    calendar = _calendar(client, url)
     # The tag is read before the events, so a change made in between is seen next time.
     tag = _collection_tag(calendar)
     if tag is not None and _unchanged(cursor, tag=tag, tz=tz, start=start, end=end):

@@ -1,0 +1,259 @@
+"""CalDAV accounts linked from the address a user knows: the server's, the principal's, the
+calendar home's or one calendar's. Discovery (RFC 6764 well-known, RFC 5397
+current-user-principal, RFC 4791 calendar-home-set) against a real Radicale and against a
+loopback server laid out like iCloud (principal on another path, calendar home on another host).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import caldav
+import pytest
+from cryptography.fernet import Fernet
+
+from booking.errors import CalendarUnavailable
+from calendars import caldav as caldav_module
+from calendars.base import Account, EventSpec, NeedsRelink
+from calendars.caldav import CaldavProvider
+from frontdesk.cli import main
+from tests.calendars.caldav_harness import vevent
+from tests.calendars.radicale_server import PASSWORD, USERNAME, RadicaleServer, start_radicale
+from tests.fakes import icloud_like_caldav as icloud
+from tests.fakes.icloud_like_caldav import IcloudLikeCaldav, NotCaldav
+
+NY = ZoneInfo("America/New_York")
+START = datetime(2026, 11, 30, tzinfo=UTC)
+END = datetime(2027, 1, 1, tzinfo=UTC)
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-business.yaml"
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+def account(url: str, username: str = icloud.USERNAME, password: str = icloud.PASSWORD) -> Account:
+    return Account(
+        id="caldav-discovery",
+        provider="caldav",
+        settings={"url": url, "username": username},
+        secret={"password": password},
+        name="Dr. Lee's calendar",
+    )
+
+
+def spec(key: str, start: datetime, end: datetime) -> EventSpec:
+    return EventSpec(
+        key=key,
+        summary="Teeth cleaning: Ann Caller",
+        description="Phone +12025550123",
+        start=start,
+        end=end,
+        timezone="America/New_York",
+    )
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[CaldavProvider]:
+    made = CaldavProvider(timeout=5.0)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["/", "/remote.php/dav/"], ids=["icloud-root", "nextcloud-web-root"])
+def server(request: pytest.FixtureRequest) -> Iterator[IcloudLikeCaldav]:
+    made = IcloudLikeCaldav(dav_root=request.param)
+    made.start()
+    yield made
+    made.stop()
+
+
+# --- a server laid out like iCloud --------------------------------------------------------------
+
+
+async def test_the_server_address_finds_the_accounts_event_calendars_on_their_own_host(
+    server: IcloudLikeCaldav, provider: CaldavProvider
+) -> None:
+    root = account(server.front_url)
+    await provider.check(root)
+    listed = {info.name: info.id for info in await provider.list_calendars(root)}
+    # Work and Family, on the account's host; the task list and the inbox are no calendars.
+    assert listed == {"Work": server.calendar_url("work"), "Family": server.calendar_url("family")}
+    paths = [(host, method, path) for host, method, path in server.requests if method != "GET"]
+    assert ("front", "PROPFIND", icloud.PRINCIPAL) in paths
+    assert ("home", "PROPFIND", icloud.HOME) in paths
+    if server.dav_root != "/":  # the web site's root sent discovery to the well-known address
+        assert ("front", "PROPFIND", "/.well-known/caldav") in paths
+        assert ("front", "PROPFIND", server.dav_root) in paths
+
+
+async def test_busy_time_is_read_from_the_calendars_found_from_the_server_address(
+    server: IcloudLikeCaldav, provider: CaldavProvider
+) -> None:
+    server.add_event("work", "w1", vevent("w1", "DTSTART:20261201T150000Z",
+                                          "DTEND:20261201T160000Z", "SUMMARY:Patient"))
+    server.add_event("family", "f1", vevent("f1", "DTSTART:20261202T170000Z",
+                                            "DTEND:20261202T180000Z", "SUMMARY:School run"))
+    server.add_event("family", "f2", vevent("f2", "DTSTART:20261203T170000Z",
+                                            "DTEND:20261203T180000Z", "TRANSP:TRANSPARENT"))
+    root = account(server.front_url)
+    ids = {info.name: info.id for info in await provider.list_calendars(root)}
+
+    every = await provider.busy(root, calendar_ids=[], tz=NY, start=START, end=END)
+    assert every == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)),
+                     (utc(2026, 12, 2, 17), utc(2026, 12, 2, 18))]
+    work = await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START, end=END)
+    assert work == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))]
+
+    first = await provider.sync(root, calendar_id=ids["Family"], tz=NY, cursor=None,
+                                start=START, end=END)
+    assert first.full and first.changed["f1"] == [(utc(2026, 12, 2, 17), utc(2026, 12, 2, 18))]
+    assert first.changed.get("f2", []) == []  # transparent: seen, and free
+    again = await provider.sync(root, calendar_id=ids["Family"], tz=NY, cursor=first.cursor,
+                                start=START, end=END)
+    assert not again.full  # getctag unchanged: one PROPFIND, no read
+
+
+async def test_a_booking_is_written_once_into_a_calendar_on_the_accounts_host(
+    server: IcloudLikeCaldav, provider: CaldavProvider
+) -> None:
+    root = account(server.front_url)
+    ids = {info.name: info.id for info in await provider.list_calendars(root)}
+    times = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
+    uid = await provider.put_event(root, calendar_id=ids["Work"], event=spec("apt_1", *times),
+                                   event_id=None)
+    # A retry after a lost answer finds it there (412) and updates it: still one event.
+    again = await provider.put_event(root, calendar_id=ids["Work"],
+                                     event=spec("apt_1", *times), event_id=None)
+    assert again == uid and list(server.events("work")) == [f"{uid}.ics"]
+    assert ("home", "PUT", f"{icloud.HOME}work/{uid}.ics") in server.requests
+    assert await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START,
+                               end=END) == [times]
+    await provider.delete_event(root, calendar_id=ids["Work"], event_id=uid)
+    assert server.events("work") == {}
+
+
+async def test_the_principal_the_home_or_one_calendar_works_as_the_address_too(
+    provider: CaldavProvider,
+) -> None:
+    server = IcloudLikeCaldav()
+    server.start()
+    try:
+        both = {server.calendar_url("work"), server.calendar_url("family")}
+        principal = server.front_url.rstrip("/") + icloud.PRINCIPAL
+        for url in (principal, server.home_url):
+            assert {c.id for c in await provider.list_calendars(account(url))} == both
+        one = await provider.list_calendars(account(server.calendar_url("family")))
+        assert [(c.id, c.name) for c in one] == [(server.calendar_url("family"), "Family")]
+    finally:
+        server.stop()
+
+
+async def test_a_wrong_password_at_the_server_address_needs_relinking(
+    provider: CaldavProvider,
+) -> None:
+    server = IcloudLikeCaldav()
+    server.start()
+    try:
+        with pytest.raises(NeedsRelink, match="refused the username or password"):
+            await provider.check(account(server.front_url, password="wrong-password"))
+    finally:
+        server.stop()
+
+
+async def test_a_server_that_is_no_caldav_server_says_which_address_to_give(
+    provider: CaldavProvider,
+) -> None:
+    site = NotCaldav()
+    site.start()
+    try:
+        with pytest.raises(CalendarUnavailable) as caught:
+            await provider.check(account(site.url))
+    finally:
+        site.stop()
+    message = str(caught.value)
+    assert "\n" not in message and "127.0.0.1" in message
+    assert "calendar home" in message and "https://caldav.icloud.com/" in message
+
+
+def test_discovery_does_not_go_from_a_public_address_inward_nor_to_http() -> None:
+    public = caldav_module._Link(url="https://17.253.144.10/", username="u", password="p")
+    with pytest.raises(CalendarUnavailable, match="private address"):
+        caldav_module._hop(public, public.url, "https://127.0.0.1/123456/calendars/")
+    with pytest.raises(CalendarUnavailable, match="private address"):
+        caldav_module._hop(public, public.url, "https://169.254.169.254/latest/")
+    with pytest.raises(CalendarUnavailable, match="unencrypted"):
+        caldav_module._hop(public, public.url, "http://17.253.144.11/123456/calendars/")
+    moved = caldav_module._hop(public, public.url, "https://17.253.144.11:443/123456/calendars/")
+    assert moved == "https://17.253.144.11:443/123456/calendars/"
+    # A server on the LAN (linked where private addresses are allowed) may use the LAN.
+    local = caldav_module._Link(url="http://127.0.0.1:5232/", username="u", password="p")
+    assert caldav_module._hop(local, local.url, "http://127.0.0.2:5232/lee/") == (
+        "http://127.0.0.2:5232/lee/"
+    )
+
+
+# --- a real Radicale ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
+    server = start_radicale(tmp_path_factory.mktemp("radicale-discovery"))
+    client = caldav.DAVClient(url=server.principal_url, username=USERNAME, password=PASSWORD,
+                              enable_rfc6764=False)
+    work = client.principal().make_calendar(name="Work", cal_id="work")
+    soon = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=2)
+    work.save_event(dtstart=soon, dtend=soon + timedelta(hours=1), summary="Dentist",
+                    uid="busy-1")
+    client.close()
+    yield server
+    server.stop()
+
+
+async def test_radicale_linked_from_its_server_address_reads_busy_time_and_takes_bookings(
+    radicale: RadicaleServer, provider: CaldavProvider
+) -> None:
+    root = account(radicale.base_url + "/", username=USERNAME, password=PASSWORD)
+    await provider.check(root)
+    [work] = await provider.list_calendars(root)
+    assert (work.id, work.name) == (f"{radicale.principal_url}work/", "Work")
+
+    start = datetime.now(UTC).replace(microsecond=0, second=0)
+    spans = await provider.busy(root, calendar_ids=[], tz=NY, start=start,
+                                end=start + timedelta(days=7))
+    assert [end - begin for begin, end in spans] == [timedelta(hours=1)]  # the Dentist
+
+    times = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
+    uid = await provider.put_event(root, calendar_id=work.id, event=spec("apt_root", *times),
+                                   event_id=None)
+    try:
+        assert times in await provider.busy(root, calendar_ids=[work.id], tz=NY, start=START,
+                                            end=END)
+    finally:
+        await provider.delete_event(root, calendar_id=work.id, event_id=uid)
+
+
+def test_the_cli_links_radicale_from_its_server_address(
+    radicale: RadicaleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("FRONTDESK_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("FRONTDESK_CALENDAR_TIMEOUT_SECONDS", "10")
+    monkeypatch.setenv("FRONTDESK_ALLOW_PRIVATE_URLS", "true")  # Radicale runs on loopback
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    assert main(["import", str(DEMO)]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    code = main(["calendars", "link", "caldav", "--staff", "lee", "--url",
+                 radicale.base_url + "/", "--username", USERNAME, "--password-stdin"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert main(["calendars", "list", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["status"] == "ok" and row["write_calendar"] == f"{radicale.principal_url}work/"
+
