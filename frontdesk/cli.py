@@ -369,6 +369,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import SecretStr
 
     from frontdesk.app import build_scheduler, create_app
+    from frontdesk.web_security import SERVER_OPTIONS
 
     if args.demo:
         if not DEMO_BUSINESS.exists():
@@ -377,25 +378,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     generated = settings.api_key is None
     if generated:
         settings = settings.model_copy(update={"api_key": SecretStr(secrets.token_urlsafe(24))})
+    # A public base URL derived from the address follows --host/--port; every URL shown is it.
+    settings = settings.bound_to(args.host or settings.host, args.port or settings.port)
     scheduler = build_scheduler(settings)
-    host, port = args.host or settings.host, args.port or settings.port
+    host, port, url = settings.host, settings.port, settings.public_base_url
     # Show a generated key once so the newcomer can try the API; never echo a configured one.
     key = "$FRONTDESK_API_KEY"
     if generated and settings.api_key:
         key = settings.api_key.get_secret_value()
-    print(f"Frontdesk is running on http://{host}:{port}")
-    print(f"  API docs:      http://{host}:{port}/docs")
+    print(f"Frontdesk is running on {url} (listening on {host}:{port})")
+    print(f"  API docs:      {url}/docs")
     first, last = date.today() + timedelta(days=1), date.today() + timedelta(days=7)
     print(f"  Availability:  curl -H 'Authorization: Bearer {key}' "
-          f"'http://{host}:{port}/api/v1/availability?service=cleaning"
+          f"'{url}/api/v1/availability?service=cleaning"
           f"&from={first}&to={last}&limit=5'")
-    print(f"  Dashboard:     http://{host}:{port}/login  (make an account first: "
+    print(f"  Dashboard:     {url}/login  (make an account first: "
           "frontdesk users add --business ID --email you@example.com --role owner)")
     if generated:
         print("  (API key generated for this run; set FRONTDESK_API_KEY to keep one)")
     sys.stdout.flush()
     uvicorn.run(create_app(settings, scheduler=scheduler), host=host, port=port,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), **SERVER_OPTIONS)
     return 0
 
 

@@ -386,3 +386,37 @@ def test_a_derived_public_base_url_follows_the_serve_address() -> None:
     assert explicit.bound_to("0.0.0.0", 9000).public_base_url == "https://desk.example.com"
     with pytest.raises(ValueError, match="http:// or https://"):
         Settings(public_base_url="desk.example.com")
+
+
+@pytest.mark.parametrize(("env", "argv", "base"), [
+    ({}, ["--host", "0.0.0.0", "--port", "9001"], "http://localhost:9001"),
+    ({"FRONTDESK_PUBLIC_BASE_URL": "https://desk.example.com"}, ["--port", "9001"],
+     "https://desk.example.com"),
+])
+def test_serve_prints_the_public_urls_and_leaves_proxy_headers_to_us(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        env: dict[str, str], argv: list[str], base: str) -> None:
+    import logging
+
+    import uvicorn
+
+    from frontdesk import cli
+
+    ran: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append(
+        {"app": app, **options}))
+    monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert cli.main(["serve", *argv]) == 0
+    finally:
+        root.handlers[:], root.level = handlers, level
+    out = capsys.readouterr().out
+    assert f"Frontdesk is running on {base} " in out and f"{base}/docs" in out
+    assert f"'{base}/api/v1/availability?" in out and f"{base}/login" in out
+    [options] = ran
+    assert options["proxy_headers"] is False and options["port"] == 9001
+    assert options["app"].state.settings.public_base_url == base
