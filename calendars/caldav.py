@@ -478,12 +478,17 @@ def _collections(client: caldav.DAVClient, link: _Link) -> list[_Found]:
 def _walk(client: caldav.DAVClient, link: _Link, url: str) -> list[_Found] | None:
     """Calendars reached from `url` by its own properties; None when it names no account."""
     seen: set[str] = set()
+    previous: str | None = None  # the URL whose current-user-principal led here
     while url not in seen and len(seen) < _HOPS:
         seen.add(url)
         # A mistyped address 404s; only a server's root goes on to its well-known address.
-        props = _properties(client, url, missing_ok=urlsplit(url).path in ("", "/"))
+        root = urlsplit(url).path in ("", "/")
+        props = _properties(client, url, missing_ok=root or previous is not None)
         if props is None:
-            return None
+            if previous is None:
+                return None
+            url = previous  # the principal it names does not answer there: maybe it is a home
+            break
         if _CALENDAR in _kinds(props):
             return [_Found(url=url, name=_name(props, url))]
         homes = _hrefs(props.get(_HOME_SET))
@@ -495,7 +500,7 @@ def _walk(client: caldav.DAVClient, link: _Link, url: str) -> list[_Found] | Non
         principal = _hrefs(props.get(_CURRENT_USER_PRINCIPAL))
         if not principal:
             break
-        url = _hop(link, url, principal[0])
+        previous, url = url, _hop(link, url, principal[0])
     # Names no principal nor home: a calendar home itself lists its calendars (the principal
     # of a server without calendar-home-set is its home too).
     return _calendars_in(client, url) or None

@@ -154,6 +154,20 @@ async def test_the_principal_the_home_or_one_calendar_works_as_the_address_too(
         server.stop()
 
 
+async def test_a_home_whose_principal_is_served_elsewhere_still_lists_its_calendars(
+    provider: CaldavProvider,
+) -> None:
+    server = IcloudLikeCaldav(principal_on_home_host=False)
+    server.start()
+    try:
+        found = {c.id for c in await provider.list_calendars(account(server.home_url))}
+        assert found == {server.calendar_url("work"), server.calendar_url("family")}
+        with pytest.raises(CalendarUnavailable, match="not found"):  # a mistyped address
+            await provider.list_calendars(account(server.home_url + "no-such/"))
+    finally:
+        server.stop()
+
+
 async def test_a_wrong_password_at_the_server_address_needs_relinking(
     provider: CaldavProvider,
 ) -> None:

@@ -19,8 +19,10 @@ Two listeners share one store, as iCloud's front door and the account's own host
   gone), GET.
 
 Requested properties the resource lacks come back in a 404 propstat, as servers answer.
-`dav_root` moves the front's DAV service off `/` (Nextcloud's `/remote.php/dav/`, Baikal's
-`/dav.php/`): `/` is then the web site's HTML page and `/.well-known/caldav` redirects there.
+`principal_on_home_host=False` leaves the principal to the front only (the home host then
+names a principal it does not serve). `dav_root` moves the front's DAV service off `/`
+(Nextcloud's `/remote.php/dav/`, Baikal's `/dav.php/`): `/` is then the web site's HTML page
+and `/.well-known/caldav` redirects there.
 `requests` records `(host, method, path)` of every request.
 """
 
@@ -58,8 +60,9 @@ class _Collection:
 class IcloudLikeCaldav:
     """Start with `start()`, stop with `stop()`; `front_url` is what a user types."""
 
-    def __init__(self, *, dav_root: str = "/") -> None:
+    def __init__(self, *, dav_root: str = "/", principal_on_home_host: bool = True) -> None:
         self.dav_root = dav_root
+        self.principal_on_home_host = principal_on_home_host
         self.requests: list[tuple[str, str, str]] = []
         self.collections: dict[str, _Collection] = {
             HOME + "work/": _Collection("Work"),
@@ -124,7 +127,7 @@ class IcloudLikeCaldav:
                 (_DAV, "resourcetype"): "<D:collection/>",
                 (_DAV, "current-user-principal"): f"<D:href>{PRINCIPAL}</D:href>",
             }
-        if path == PRINCIPAL:  # on either host, as iCloud answers it
+        if path == PRINCIPAL and (front or self.principal_on_home_host):
             return {
                 (_DAV, "resourcetype"): "<D:principal/>",
                 (_DAV, "displayname"): "Dr. Lee",
