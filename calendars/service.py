@@ -108,7 +108,7 @@ class CalendarService:
     vault: Vault
     providers: Mapping[str, CalendarProvider]
     oauth: Mapping[str, OAuthClient] = field(default_factory=dict)
-    public_base_url: str = "http://localhost:8000"
+    public_base_url: str = "http://127.0.0.1:8000"  # Settings: http://HOST:PORT by default
     now: Callable[[], datetime] = _now
     horizon: timedelta = timedelta(days=90)
     max_age: timedelta = timedelta(minutes=15)
