@@ -1,4 +1,4 @@
-"""Builds the running product from settings: engine, migrations, scheduler, web app."""
+"""Builds the web app from settings; the scheduler and calendar service come from `wiring`."""
 
 from __future__ import annotations
 
@@ -10,53 +10,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
-from sqlalchemy.engine import Engine
 
-from booking.busy import CalendarBusy
-from booking.clock import Clock, SystemClock
-from booking.db import make_engine, migrate
 from booking.scheduler import Scheduler
 from calendars import web as calendar_web
-from calendars.service import CalendarService
-from calendars.setup import build_calendar_service
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
 from frontdesk import web_security
 from frontdesk.settings import Settings
+from frontdesk.wiring import build_scheduler, calendar_service
 from telephony import voice
 
 log = logging.getLogger(__name__)
 
-
-def build_scheduler(
-    settings: Settings,
-    *,
-    engine: Engine | None = None,
-    calendars: CalendarBusy | None = None,
-    clock: Clock | None = None,
-) -> Scheduler:
-    """The scheduler over a migrated database; every entry point (web, CLI) builds it here.
-
-    Linked calendars are read (and bookings written back) through a `CalendarService` built from
-    the same settings, unless `calendars` replaces it (tests)."""
-    engine = engine or make_engine(settings.database_url)
-    migrate(engine)
-    service = build_calendar_service(settings, engine) if calendars is None else None
-    scheduler = Scheduler(
-        engine=engine,
-        calendars=calendars or service,  # type: ignore[arg-type]
-        clock=clock or SystemClock(),
-        hold_minutes=settings.hold_minutes,
-        calendar_timeout=settings.calendar_timeout_seconds,
-        write_timeout=settings.calendar_write_timeout_seconds,
-    )
-    if service is not None:
-        scheduler.writer = service
-    return scheduler
-
-
-def calendar_service(scheduler: Scheduler) -> CalendarService | None:
-    return scheduler.calendars if isinstance(scheduler.calendars, CalendarService) else None
+__all__ = ["build_scheduler", "calendar_service", "create_app"]
 
 
 async def _authorize_linking(request: Request, staff_id: str) -> str:

@@ -368,8 +368,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
     from pydantic import SecretStr
 
-    from frontdesk.app import build_scheduler, create_app
+    from frontdesk.app import create_app
     from frontdesk.web_security import SERVER_OPTIONS
+    from frontdesk.wiring import build_scheduler
 
     if args.demo:
         if not DEMO_BUSINESS.exists():

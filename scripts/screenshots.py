@@ -32,7 +32,7 @@ from booking.scheduler import Scheduler  # noqa: E402
 from calendars.secrets import new_key  # noqa: E402
 from dashboard.users import add_user  # noqa: E402
 from dashboard.web.leads import change_status  # noqa: E402
-from frontdesk.app import build_scheduler, create_app  # noqa: E402
+from frontdesk.app import build_scheduler, calendar_service, create_app  # noqa: E402
 from frontdesk.settings import Settings  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
@@ -131,7 +131,7 @@ def main() -> int:
                  password=PASSWORD, role="owner", now=NOW)
         lead_id = asyncio.run(seed(scheduler))
         app = create_app(settings, scheduler=scheduler)
-        app.state.calendar_service = scheduler.calendars  # set by the lifespan when served
+        app.state.calendar_service = calendar_service(scheduler)  # set by the lifespan when served
         with Server(app) as url, sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 860})

@@ -59,3 +59,24 @@ async def test_a_search_without_linked_calendars_builds_no_calendar_service(tmp_
     assert scheduler.calendars.built  # Dr. Lee's ICS file is read through the service
     await scheduler.calendars.close()
     scheduler.engine.dispose()
+
+
+def test_the_web_app_and_the_cli_build_the_scheduler_from_one_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """frontdesk.app has no scheduler builder of its own: it is wiring's, and the served app's
+    calendar service is the one behind wiring's lazy calendars, built when the app starts."""
+    from fastapi.testclient import TestClient
+
+    from calendars.service import CalendarService
+    from frontdesk import app as web_app
+    from frontdesk import wiring
+
+    assert web_app.build_scheduler is wiring.build_scheduler
+    assert web_app.calendar_service is wiring.calendar_service
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'web.db'}", calendar_sync_seconds=0)
+    app = web_app.create_app(settings)
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        scheduler = app.state.scheduler
+        assert isinstance(scheduler.calendars, LazyCalendars)
+        assert isinstance(app.state.calendar_service, CalendarService)
+        assert app.state.calendar_service is scheduler.calendars.service
