@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -100,6 +101,42 @@ class Notice:
     resync: bool = False  # the provider lost changes (Graph's `missed`): read everything again
     verdict: str = "unchecked"  # then "ok", "unknown" or "forged"
     connection_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What an explicit sync did to one connection's busy cache."""
+
+    connection_id: str
+    business_id: str
+    staff_id: str
+    name: str
+    provider: str
+    added: int = 0  # busy intervals now cached that were not before
+    removed: int = 0  # busy intervals cached before that are gone
+    busy: int = 0  # busy intervals cached now
+    error: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """In words: "unchanged", "2 busy intervals added, 1 removed", or "failed: ..."."""
+        if self.error is not None:
+            return f"failed: {self.error}"
+        if not self.added and not self.removed:
+            return "unchanged"
+        parts = []
+        if self.added:
+            parts.append(f"{self.added} busy interval{'s' * (self.added != 1)} added")
+        if self.removed:
+            noun = "" if parts else f" busy interval{'s' * (self.removed != 1)}"
+            parts.append(f"{self.removed}{noun} removed")
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.connection_id, "business": self.business_id,
+                "staff": self.staff_id, "name": self.name, "provider": self.provider,
+                "added": self.added, "removed": self.removed, "busy": self.busy,
+                "error": self.error, "outcome": self.outcome}
 
 
 @dataclass
@@ -586,42 +623,125 @@ class CalendarService:
         for connection_id in sorted(dirty):
             self.poke(connection_id)
 
+    # ---- explicit sync ----------------------------------------------------------------------
+
+    async def sync_now(self, *, business_id: str | None = None, staff_id: str | None = None,
+                       connection_id: str | None = None) -> list[SyncReport]:
+        """Refresh every connection (of a business, a staff member, or the one given) now,
+        however recently it was refreshed, and say what that changed in each busy cache.
+
+        A connection that fails is reported with its error; the others go on."""
+        def load(s: Session) -> list[CalendarConnection]:
+            query = select(CalendarConnection).where(
+                CalendarConnection.status != "disconnected")
+            if business_id is not None:
+                query = query.where(CalendarConnection.business_id == business_id)
+            if staff_id is not None:
+                query = query.where(CalendarConnection.staff_id == staff_id)
+            if connection_id is not None:
+                query = query.where(CalendarConnection.id == connection_id)
+            return list(s.exec(query.order_by(CalendarConnection.created_at)))
+
+        conns = await self._db(load)
+        if connection_id is not None and not conns:
+            raise errors.NotFound(f"no calendar connection {connection_id}")
+        reports = []
+        for conn in conns:
+            before = await self._db(lambda s, c=conn.id: _busy_rows(s, c))
+            error = None
+            try:
+                await self.refresh(conn.id)
+            except errors.CalendarUnavailable as exc:
+                error = str(exc) or type(exc).__name__
+            except Exception:  # one broken connection must not stop the others
+                log.exception("sync of %s failed", conn.id)
+                error = "unexpected error (see the server log)"
+            after = await self._db(lambda s, c=conn.id: _busy_rows(s, c))
+            reports.append(SyncReport(
+                connection_id=conn.id, business_id=conn.business_id, staff_id=conn.staff_id,
+                name=conn.name, provider=conn.provider,
+                added=sum((after - before).values()), removed=sum((before - after).values()),
+                busy=sum(after.values()), error=error))
+        return reports
+
     # ---- the scheduled pass -----------------------------------------------------------------
 
-    async def tick(self) -> None:
-        """One pass of the background job: refresh due caches, renew channels, retry writes."""
+    async def tick(self, *, poll: timedelta | None = None) -> None:
+        """One pass of the background job: refresh due caches, renew channels, retry writes.
+
+        `poll` is how old the cache of a connection without push notifications may grow
+        (CalDAV, ICS, or one whose channel is missing); None: as old as the others."""
         now = self.now()
-        conns = await self._db(lambda s: list(s.exec(select(CalendarConnection).where(
-            CalendarConnection.status != "disconnected"))))
+        await self.refresh_due(poll=poll)
+        await self.upkeep()
+        await self._db(lambda s: s.execute(sa.delete(OAuthFlow).where(
+            OAuthFlow.expires_at < now)), write=True)
+
+    async def refresh_due(self, *, poll: timedelta | None = None) -> int:
+        """Refresh the connections that are due: changed (a notification came), or read longer
+        ago than `max_age / 3`, or than `poll` for connections without push. Cheap when
+        nothing changed: CalDAV compares the collection's sync-token / ctag first, Google and
+        Graph ask for changes since their cursor. Returns how many were refreshed."""
+        now = self.now()
+
+        def load(s: Session) -> tuple[list[CalendarConnection], set[str]]:
+            conns = list(s.exec(select(CalendarConnection).where(
+                CalendarConnection.status != "disconnected")))
+            pushed = set(s.exec(select(CalendarChannel.connection_id).where(
+                CalendarChannel.expires_at > now)))
+            return conns, pushed
+
+        conns, pushed = await self._db(load)
+        refreshed = 0
         for conn in conns:
-            if conn.provider in ("ics",) and not conn.read_calendars:
+            if conn.status == "needs_relink" or not conn.read_calendars:
                 continue
+            provider = self.providers.get(conn.provider)
+            push = provider is not None and provider.notifies and conn.id in pushed
+            limit = self.max_age / 3 if push or poll is None else min(poll, self.max_age / 3)
+            # A little slack: a pass every `poll` finds the last read just about `poll` old.
             due = conn.dirty_at is not None or any(
                 now - datetime.fromisoformat((conn.sync.get(c) or {}).get(
-                    "synced_at", "1970-01-01T00:00:00+00:00")) > self.max_age / 3
+                    "synced_at", "1970-01-01T00:00:00+00:00")) >= limit * 0.9
                 for c in conn.read_calendars)
-            if due and conn.status != "needs_relink":
-                try:
-                    await self.refresh(conn.id)
-                except errors.CalendarUnavailable as exc:
-                    log.info("scheduled sync of %s failed: %s", conn.id, exc)
-                except Exception:  # one broken connection must not stop the others
-                    log.exception("scheduled sync of %s failed", conn.id)
+            if not due:
+                continue
+            refreshed += 1
+            try:
+                await self.refresh(conn.id)
+            except errors.CalendarUnavailable as exc:
+                log.info("scheduled sync of %s failed: %s", conn.id, exc)
+            except Exception:  # one broken connection must not stop the others
+                log.exception("scheduled sync of %s failed", conn.id)
+        return refreshed
+
+    async def upkeep(self) -> None:
+        """Renew expiring notification channels and retry calendar writes that failed."""
         for step in (self.renew_channels, self.retry_pending):
             try:
                 await step()
             except Exception:
                 log.exception("calendar background step %s failed", step.__name__)
-        await self._db(lambda s: s.execute(sa.delete(OAuthFlow).where(
-            OAuthFlow.expires_at < now)), write=True)
 
-    async def run_forever(self, every: float) -> None:
+    async def run_forever(self, every: float, *, poll: float | None = None) -> None:
+        """The background job: a full pass (`tick`) every `every` seconds and, when `poll` is
+        shorter, a pass over the connections due (`refresh_due`) every `poll` seconds, so
+        calendars without push notifications are about `poll` seconds fresh."""
+        poll = poll if poll and poll < every else None
+        age = timedelta(seconds=poll) if poll else None
+        loop = asyncio.get_running_loop()
+        last_full: float | None = None
         while True:
+            started = loop.time()
             try:
-                await self.tick()
+                if last_full is None or started - last_full >= every * 0.99:
+                    last_full = started
+                    await self.tick(poll=age)
+                else:
+                    await self.refresh_due(poll=age)
             except Exception:
                 log.exception("calendar background pass failed")
-            await asyncio.sleep(every)
+            await asyncio.sleep(poll or every)
 
     # ---- the local calendar: a staff member's bookings as a subscribable ICS feed ----------
 
@@ -903,6 +1023,15 @@ def _read_cache(s: Session, calendars: StaffCalendars, ids: list[str], start: da
         block.business_id == calendars.business_id, block.staff_id == calendars.staff_id,
         wanted, block.start < end, block.end > start)).all()
     return conns, [(a, b) for a, b in rows]  # UTCDateTime: aware UTC already
+
+
+def _busy_rows(s: Session, connection_id: str) -> Counter[tuple[str, str, str, str]]:
+    """The busy cache of one connection, each interval once per time it is cached."""
+    block = CalendarBusyBlock.__table__  # type: ignore[attr-defined]
+    rows = s.connection().execute(sa.select(
+        block.c.calendar_id, block.c.event_key, block.c.start, block.c.end).where(
+        block.c.connection_id == connection_id)).all()
+    return Counter((cal, key, a.isoformat(), b.isoformat()) for cal, key, a, b in rows)
 
 
 def _own_event_ids(s: Session, connection_id: str) -> set[str]:

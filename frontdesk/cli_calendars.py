@@ -59,7 +59,12 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("id")
     s.add_argument("--business")
 
-    cs.add_parser("sync", help="refresh caches, renew subscriptions, retry calendar writes")
+    s = cs.add_parser("sync", help="refresh every linked calendar now (or the one given), "
+                                   "renew subscriptions, retry calendar writes")
+    s.add_argument("id", nargs="?", help="only this connection")
+    s.add_argument("--business")
+    s.add_argument("--staff")
+    s.add_argument("--json", action="store_true")
 
     s = cs.add_parser("feed", help="the ICS address of a staff member's bookings")
     s.add_argument("--business")
@@ -101,10 +106,7 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
 
     command = args.calendars_command
     if command == "sync":
-        await service.tick()
-        await service.wait_pokes()
-        print("calendars synced")
-        return 0
+        return await _sync(args, service, scheduler)
     if command == "show":
         for cal in await service.list_calendars(args.id):
             flags = [f for f, on in (("primary", cal.primary), ("read-only", not cal.writable))
@@ -160,3 +162,27 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
                                       source=args.source, name=args.name, allow_files=True)
     print(f"{conn.id}: linked {conn.name} for {args.staff} ({conn.status})")
     return 0
+
+
+async def _sync(args: argparse.Namespace, service: CalendarService, scheduler: Any) -> int:
+    """Refresh now, whatever the last refresh; one line per connection saying what changed.
+    Exit 1 when a connection could not be read (the others are refreshed all the same)."""
+    from booking.errors import NotFound
+
+    business_id = None
+    if args.business or args.staff:
+        business_id = await scheduler.resolve_business(args.business)
+    try:
+        reports = await service.sync_now(business_id=business_id, staff_id=args.staff,
+                                         connection_id=args.id)
+    except NotFound as exc:
+        raise CalendarCommandError(exc.message) from None
+    await service.upkeep()
+    await service.wait_pokes()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    elif not reports:
+        print("no linked calendars to sync")
+    for r in [] if args.json else reports:
+        print(f"{r.connection_id}  {r.staff_id}  {r.provider}  {r.name}: {r.outcome}")
+    return 1 if any(r.error is not None for r in reports) else 0

@@ -82,3 +82,43 @@ async def test_an_ics_feed_from_the_web_must_be_an_address_and_errors_quote_noth
     assert local.status_code == 400 and "abc123" not in local.text
     assert "https://" in local.text
     assert await service.connections("clinic", "lee") == []
+
+
+async def test_sync_now_reads_the_calendar_again_and_says_what_changed(
+        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]) -> None:
+    from datetime import timedelta
+
+    from booking.busy import StaffCalendars
+    from tests.calendars.test_service import NY
+
+    h, service = radicale
+    assert (await post_form(staff, PAGE, "/calendars/connect/caldav", form(h))).status_code == 303
+    [conn] = await service.connections("clinic", "lee")
+    page = await staff.get(PAGE)
+    assert "Sync now" in page.text and "<script" not in page.text.split("<main", 1)[-1]
+
+    start = NOW + timedelta(days=1)
+    await h.add_event(start, start + timedelta(hours=1), summary="School run")
+    lee = StaffCalendars(business_id="clinic", staff_id="lee", tz=NY,
+                         links=[{"connection_id": conn.id}])
+    assert await service.busy(lee, start=NOW, end=NOW + timedelta(days=2)) == []  # cached
+
+    synced = await post_form(staff, PAGE, "/staff/lee/calendars/sync", {})
+    assert synced.status_code == 200
+    assert f"{conn.name}: 1 busy interval added" in synced.text
+    assert await service.busy(lee, start=NOW, end=NOW + timedelta(days=2)) == [
+        (start, start + timedelta(hours=1))]
+
+    again = await post_form(staff, PAGE, "/staff/lee/calendars/sync", {"connection": conn.id})
+    assert again.status_code == 200 and f"{conn.name}: unchanged" in again.text
+
+
+async def test_sync_now_needs_csrf_and_the_right_person(
+        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]) -> None:
+    h, service = radicale
+    assert (await post_form(staff, PAGE, "/calendars/connect/caldav", form(h))).status_code == 303
+    assert (await staff.post("/staff/lee/calendars/sync")).status_code == 403
+    # Lee may not sync Rivera's calendars, nor a connection that is not there.
+    assert (await post_form(staff, PAGE, "/staff/rivera/calendars/sync", {})).status_code == 404
+    gone = await post_form(staff, PAGE, "/staff/lee/calendars/sync", {"connection": "cal_x"})
+    assert gone.status_code == 404 and "no such linked calendar" in gone.text

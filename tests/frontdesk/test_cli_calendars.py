@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -127,3 +128,65 @@ def test_private_addresses_are_refused_unless_allowed(capsys: pytest.CaptureFixt
     code, _, err = run(capsys, "calendars", "link", "ics", "--staff", "lee",
                        "--source", "http://169.254.169.254/latest/meta-data/")
     assert code == 1 and "private or local address" in err
+
+
+def test_sync_refreshes_at_once_and_says_what_changed(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      radicale: RadicaleServer,
+                                                      database: Path) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    run(capsys, "import", str(DEMO))
+    assert link_caldav(capsys, monkeypatch, radicale, PASSWORD)[0] == 0
+    [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
+
+    # The staff member adds an event on their phone, seconds after the link read the calendar.
+    client = caldav.DAVClient(url=radicale.principal_url, username=USERNAME, password=PASSWORD,
+                              enable_rfc6764=False)
+    work = client.calendar(url=f"{radicale.principal_url}work/")
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    work.save_event(dtstart=start, dtend=start + timedelta(hours=2), summary="Gym", uid="gym-1")
+    try:
+        code, out, err = run(capsys, "calendars", "sync")
+        assert code == 0, err
+        assert out == f"{row['id']}  lee  caldav  {row['name']}: 1 busy interval added\n"
+        engine = sa.create_engine(f"sqlite:///{database}")
+        with engine.connect() as conn:
+            spans = conn.execute(sa.text('SELECT start, "end" FROM calendar_busy')).all()
+        engine.dispose()
+        assert len(spans) == 2
+        assert any(sa_start.startswith(start.strftime("%Y-%m-%d %H:%M"))
+                   for sa_start, _ in spans), spans
+
+        code, out, _ = run(capsys, "calendars", "sync", row["id"], "--json")
+        [report] = json.loads(out)
+        assert code == 0 and report["outcome"] == "unchanged" and report["busy"] == 2
+
+        work.event_by_uid("gym-1").delete()
+        code, out, _ = run(capsys, "calendars", "sync", "--staff", "lee")
+        assert code == 0 and out.endswith(": 1 busy interval removed\n")
+    finally:
+        with contextlib.suppress(Exception):
+            work.event_by_uid("gym-1").delete()
+        client.close()
+
+    code, _, err = run(capsys, "calendars", "sync", "cal_nope")
+    assert code == 1 and "no calendar connection cal_nope" in err
+
+
+def test_sync_reports_a_calendar_that_cannot_be_read(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     radicale: RadicaleServer,
+                                                     database: Path) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    run(capsys, "import", str(DEMO))
+    assert link_caldav(capsys, monkeypatch, radicale, PASSWORD)[0] == 0
+    [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with engine.begin() as conn:  # the server moved: the stored address answers nothing
+        conn.execute(sa.text("UPDATE calendarconnection SET read_calendars = :cals"),
+                     {"cals": json.dumps([f"{radicale.principal_url}gone/"])})
+    engine.dispose()
+    code, out, _ = run(capsys, "calendars", "sync")
+    assert code == 1
+    assert out.startswith(f"{row['id']}  lee  caldav  {row['name']}: failed: ")
+    assert "was not found" in out and PASSWORD not in out
