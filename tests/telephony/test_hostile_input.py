@@ -61,6 +61,25 @@ async def test_a_body_over_64_kb_is_a_413(desk: Desk, path: str) -> None:
     assert rows(desk) == 0
 
 
+def test_the_body_caps_are_fastapis_route_limits_not_hand_written_readers() -> None:
+    """One body cap, FastAPI's own (`max_body_size`), declared on every Twilio webhook and on
+    Graph's notification route; no module keeps a copy of a capped reader."""
+    from fastapi.routing import APIRoute
+
+    from calendars import microsoft
+    from calendars import web as calendar_web
+    from telephony import voice
+
+    def limits(routes: list[object]) -> dict[str, int | None]:
+        return {route.path: route.max_body_size for route in routes
+                if isinstance(route, APIRoute) and "POST" in route.methods}
+
+    assert limits(voice.router.routes) == dict.fromkeys(ENDPOINTS, 64 * 1024)
+    assert limits(calendar_web.router.routes)["/calendars/notify/microsoft"] == (
+        microsoft.MAX_NOTIFICATION_BODY)
+    assert not hasattr(voice, "capped_body") and not hasattr(calendar_web, "capped_body")
+
+
 @pytest.mark.parametrize("path", ENDPOINTS)
 async def test_a_signed_form_without_a_call_sid_is_a_400(desk: Desk, path: str) -> None:
     params = {"From": CALLER, "To": CLINIC, "CallStatus": "completed"}
