@@ -29,6 +29,13 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not a real password")
 
 
+class AccountExists(errors.BookingError):
+    """An account already has this email: a well-formed request that conflicts with what is
+    stored (the command line exits 1), not a malformed one (`errors.InvalidRequest`)."""
+
+    code = "account_exists"
+
+
 def normalise_email(email: str) -> str:
     return (email or "").strip().lower()
 
@@ -71,7 +78,7 @@ def add_user(
         if staff_id and s.get(Staff, (business_id, staff_id)) is None:
             raise errors.NotFound(f"no staff member {staff_id!r} at {business_id}")
         if s.exec(select(User).where(User.email == email)).first() is not None:
-            raise errors.InvalidRequest(f"there is already an account for {email}")
+            raise AccountExists(f"there is already an account for {email}")
         user = User(business_id=business_id, email=email, password_hash=password_hash,
                     role=role, staff_id=staff_id, created_at=now)
         s.add(user)

@@ -248,7 +248,6 @@ def _run(scheduler: Scheduler, coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
-    from booking import errors
     from dashboard import users
 
     scheduler = _scheduler(args, settings)
@@ -258,10 +257,8 @@ def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
         user = users.add_user(scheduler.engine, business_id=business, email=args.email,
                               password=password, role=args.role, staff_id=args.staff,
                               now=scheduler.clock.now())
-    except errors.InvalidRequest as exc:
-        if "already an account" in exc.message:  # a well-formed request, refused: exit 1
-            raise CommandError(exc.message) from None
-        raise
+    except users.AccountExists as exc:  # a well-formed request, refused: exit 1
+        raise CommandError(exc.message) from None
     print(f"{user.id}: {user.email} ({user.role}) at {business}")
     return 0
 

@@ -73,6 +73,30 @@ def test_users_add_refuses_a_second_account_for_one_email(
     assert "already an account" in capsys.readouterr().err
 
 
+def test_a_second_account_for_one_email_is_a_conflict_not_a_malformed_value(
+    database: str,
+) -> None:
+    """The clash is its own error type (a refusal, exit 1), not `InvalidRequest` (malformed,
+    exit 2): the command line maps the type, not the message's words."""
+    from datetime import UTC, datetime
+
+    from booking import errors
+    from dashboard.users import AccountExists, add_user
+    from frontdesk.cli_errors import REFUSED, report
+
+    engine = make_engine(database)
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    add_user(engine, business_id="bright-smile", email="o@b.co", password="a long secret",
+             role="owner", now=now)
+    with pytest.raises(AccountExists) as clash:
+        add_user(engine, business_id="bright-smile", email="O@B.co ", password="a long secret",
+                 role="owner", now=now)
+    engine.dispose()
+    assert not isinstance(clash.value, errors.InvalidRequest)
+    assert clash.value.code == "account_exists"
+    assert report(clash.value) == (REFUSED, "error: there is already an account for o@b.co")
+
+
 def test_there_is_no_password_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["users", "add", "--email", "a@b.co", "--role", "owner", "--password", "x"])
