@@ -57,7 +57,8 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
         app.state.calendar_service = service
         job = None
         if service is not None and settings.calendar_sync_seconds:
-            job = asyncio.create_task(service.run_forever(settings.calendar_sync_seconds))
+            job = asyncio.create_task(service.run_forever(
+                settings.calendar_sync_seconds, poll=settings.calendar_poll_seconds))
         webhooks.start_dispatcher(app)
         yield
         await webhooks.stop_dispatcher(app)

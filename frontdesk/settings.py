@@ -95,6 +95,9 @@ class Settings(BaseSettings):
                                   "comma-separated to rotate (first encrypts)")
     calendar_sync_seconds: float = Field(default=300, ge=0,
                                          description="how often the background sync runs; 0: never")
+    calendar_poll_seconds: float = Field(
+        default=60, ge=0, description="how often calendars without push notifications (CalDAV, "
+                                      "ICS) are checked for changes; 0: only at each sync")
     calendar_horizon_days: int = Field(default=90, ge=7, le=400)
     calendar_cache_max_age_seconds: float = Field(default=900, gt=0)
     calendar_write_timeout_seconds: float = Field(default=4.0, gt=0)
