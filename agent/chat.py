@@ -9,6 +9,7 @@ from typing import TextIO
 from agent.engine import DEFAULT_GREETING, CallContext, Conversation, Filler, Handoff, Speech
 from agent.fallback import NO_MODEL_OPENING, MessageTaking
 from agent.tools import BusinessFacts, Toolbox
+from booking import phones
 from booking.scheduler import Scheduler, check_phone
 from frontdesk.settings import Settings
 
@@ -63,8 +64,11 @@ async def run_chat(
     lines: TextIO, out: TextIO,
 ) -> None:
     """Build a conversation from settings and chat until the caller is done."""
-    phone = check_phone(caller) if caller else None
     business = await scheduler.resolve_business(business_id)
+    phone = None
+    if caller:  # a national number is read in the business's country
+        own = (await scheduler.business(business)).phone_numbers
+        phone = check_phone(caller, phones.region_for(own))
     if not model_configured(settings):
         await take_message(scheduler=scheduler, business_id=business, caller=phone, lines=lines,
                            out=out)

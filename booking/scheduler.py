@@ -312,8 +312,26 @@ class Scheduler:
                     "a linked calendar did not answer in time"
                 ) from None
 
-        results = await asyncio.gather(*(one(sid) for sid in ids))
-        return dict(zip(ids, results, strict=True))
+        if live:
+            results = await asyncio.gather(*(one(sid) for sid in ids))
+            return dict(zip(ids, results, strict=True))
+        # Slot search: a calendar that cannot be read keeps only its own staff member from
+        # being offered; the search fails only when no one it asked about is left.
+        answers = await asyncio.gather(*(one(sid) for sid in ids), return_exceptions=True)
+        busy: dict[str, list[Interval]] = {}
+        failed: list[errors.CalendarUnavailable] = []
+        for sid, answer in zip(ids, answers, strict=True):
+            if isinstance(answer, errors.CalendarUnavailable):
+                log.warning("staff %s offers no times: %s", sid, answer)
+                failed.append(answer)
+                busy[sid] = [(lo, hi)]
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                busy[sid] = answer
+        if failed and len(failed) == len(staff_ids):
+            raise failed[0]
+        return busy
 
     # ---- holds ----------------------------------------------------------------------------
 
@@ -622,10 +640,14 @@ class Scheduler:
         if outcome not in {o.value for o in LeadOutcome}:
             raise errors.InvalidRequest(
                 f"outcome must be one of {', '.join(o.value for o in LeadOutcome)}")
-        number = check_phone(phone) if phone else None
 
         def write(s: Session) -> Lead:
             bid = _resolve_business(s, business_id)
+            number = None
+            if phone:  # a national number is read in the business's country, as `book` does
+                business = s.get(Business, bid)
+                assert business is not None
+                number = check_phone(phone, phones.region_for(business.phone_numbers))
             contact = _upsert_contact(s, bid, number, name, None) if number else None
             row = Lead(business_id=bid, contact_id=contact.id if contact else None,
                        call_id=call_id, appointment_id=appointment_id, name=name, phone=number,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from agent.chat import chat, run_chat
+from booking import errors
+from booking.db import session_scope
+from booking.models import Business
 from booking.scheduler import Scheduler
 from frontdesk.settings import Settings
 from tests.agent.conftest import CALLER, MakeConversation
@@ -34,3 +39,41 @@ async def test_run_chat_builds_the_client_from_settings(
                    lines=io.StringIO("hi\n"), out=out)  # EOF ends the chat
     assert "agent> Hello from the model." in out.getvalue()
     assert llm_server.requests[0]["model"] == "fake-model"
+
+
+LONDON_NATIONAL = "020 7946 0018"  # a London number as a caller in the UK writes it
+LONDON_E164 = "+442079460018"
+
+
+def add_salon(scheduler: Scheduler) -> None:
+    """A London salon next to the seeded (US) clinic: its national numbers are UK ones."""
+    with session_scope(scheduler.engine, write=True) as s:
+        s.add(Business(id="salon", name="Salon", timezone="Europe/London",
+                       phone_numbers=["+442079460000"]))
+
+
+async def test_a_lead_reads_a_national_number_in_its_business_country(
+    scheduler: Scheduler,
+) -> None:
+    add_salon(scheduler)
+    lead = await scheduler.record_lead(business_id="salon", phone=LONDON_NATIONAL, name="Jane",
+                                       reason="a colour appointment")
+    assert lead.phone == LONDON_E164
+    us = await scheduler.record_lead(business_id="clinic", phone="(202) 555-0123", name="Sam",
+                                     reason="billing")
+    assert us.phone == "+12025550123"  # the clinic's own country is still the US
+    with pytest.raises(errors.InvalidRequest):  # a UK national number means nothing in the US
+        await scheduler.record_lead(business_id="clinic", phone=LONDON_NATIONAL, name="Jo")
+
+
+async def test_chat_reads_the_callers_national_number_in_the_business_country(
+    scheduler: Scheduler,
+) -> None:
+    add_salon(scheduler)
+    out = io.StringIO()
+    await run_chat(settings=Settings(_env_file=None),  # type: ignore[call-arg]
+                   scheduler=scheduler, business_id="salon", caller=LONDON_NATIONAL,
+                   lines=io.StringIO("Jane Smith\na colour appointment\nyes\n"), out=out)
+    assert "[the agent hung up: message taken]" in out.getvalue()
+    [lead] = await scheduler.leads(business_id="salon")
+    assert (lead.phone, lead.name) == (LONDON_E164, "Jane Smith")
