@@ -206,6 +206,13 @@ class CalendarService:
             return [iv for part in parts for iv in part]
         conns, cached = await self._db(
             lambda s: _read_cache(s, calendars, conn_ids, start, end))
+        for conn in conns:
+            if conn.status == "needs_relink" and not self._has_cache(conn, start, end):
+                # Not read again on every search: a refused password, tried over and over,
+                # can lock the account. Only this staff member's times are affected.
+                raise errors.CalendarUnavailable(
+                    f"{conn.name} of {calendars.staff_id} needs re-linking: "
+                    f"{conn.last_error or 'its grant no longer works'}")
         stale = [c for c in conns if not self._covers(c, start, end)]
         if not stale:
             return cached
@@ -216,7 +223,8 @@ class CalendarService:
             if isinstance(result, BaseException):
                 if not self._has_cache(conn, start, end):
                     raise errors.CalendarUnavailable(
-                        f"{conn.name} cannot be read right now") from result
+                        f"{conn.name} of {calendars.staff_id} cannot be read right now: "
+                        f"{result}") from result
                 # An old picture beats none: the booking re-checks live anyway.
                 log.warning("using the cached busy time of %s: %s", conn.id, result)
         _, cached = await self._db(lambda s: _read_cache(s, calendars, conn_ids, start, end))
