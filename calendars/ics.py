@@ -322,7 +322,9 @@ class IcsProvider:
     """Busy time from ICS files and feeds, parsed once and cached per source.
 
     A file is re-read when its mtime or size changes. A feed is fetched again once the last
-    fetch is `ttl` seconds old, by `busy` too: business-file links are read through `busy` on
+    fetch is `ttl` seconds old, by `busy` too, and conditionally (If-None-Match /
+    If-Modified-Since with the last answer's ETag / Last-Modified), so the poll of a feed that
+    did not change costs a 304 and no parse. Business-file links are read through `busy` on
     every slot search, and a published feed lags its calendar by far more than `ttl` anyway
     (Google refreshes its secret address every few hours), so a fetch per booking would buy
     nothing. `check` always fetches. Callers arriving while a fetch runs share its answer.
@@ -349,7 +351,8 @@ class IcsProvider:
         self._transport = transport
         self._monotonic = monotonic
         self._files: dict[str, tuple[tuple[int, int], ParsedCalendar]] = {}  # (mtime_ns, size)
-        self._feeds: dict[str, tuple[float, ParsedCalendar]] = {}  # monotonic time fetched
+        # monotonic time fetched, the parsed feed, and its validators (ETag, Last-Modified)
+        self._feeds: dict[str, tuple[float, ParsedCalendar, dict[str, str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ---- the provider interface -----------------------------------------------------------
@@ -459,18 +462,27 @@ class IcsProvider:
         if cached is not None and cached[0] >= fresh_since:
             return cached[1]
         name = redact(source)
-        data = await self._fetch(source, name)
-        parsed = await asyncio.to_thread(parse_ics, data, source=f"calendar feed {name}")
-        self._feeds[source] = (self._monotonic(), parsed)
+        # A conditional GET: a feed that has not changed answers 304 with no body.
+        known = cached[2] if cached is not None else {}
+        data, validators = await self._fetch(source, name, known)
+        if data is None and cached is not None:
+            parsed = cached[1]
+        else:
+            parsed = await asyncio.to_thread(
+                parse_ics, data or b"", source=f"calendar feed {name}"
+            )
+        self._feeds[source] = (self._monotonic(), parsed, validators)
         return parsed
 
-    async def _fetch(self, source: str, name: str) -> bytes:
+    async def _fetch(
+        self, source: str, name: str, known: dict[str, str]
+    ) -> tuple[bytes | None, dict[str, str]]:
         url = "https" + source[6:] if source.lower().startswith("webcal:") else source
         # The errors name the exception type, never its text: httpx puts the full URL there.
         # `from None` keeps it out of logged tracebacks too.
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._download(url, name)
+                return await self._download(url, name, known)
         except (TimeoutError, httpx.TimeoutException):
             raise CalendarUnavailable(
                 f"calendar feed {name} did not answer within {self._timeout:g} s"
@@ -480,13 +492,24 @@ class IcsProvider:
                 f"calendar feed {name} cannot be fetched: {type(exc).__name__}"
             ) from None
 
-    async def _download(self, url: str, name: str) -> bytes:
+    async def _download(
+        self, url: str, name: str, known: dict[str, str]
+    ) -> tuple[bytes | None, dict[str, str]]:
+        """The feed's body and validators; None for the body when it answered 304 Not
+        Modified to the validators `known` from the last fetch."""
+        headers = {"Accept": "text/calendar"}
+        if "etag" in known:
+            headers["If-None-Match"] = known["etag"]
+        if "last-modified" in known:
+            headers["If-Modified-Since"] = known["last-modified"]
         async with (
             httpx.AsyncClient(
                 transport=self._transport, timeout=self._timeout, follow_redirects=True
             ) as client,
-            client.stream("GET", url, headers={"Accept": "text/calendar"}) as response,
+            client.stream("GET", url, headers=headers) as response,
         ):
+            if response.status_code == 304 and known:
+                return None, known
             if not response.is_success:
                 raise CalendarUnavailable(
                     f"calendar feed {name} answered HTTP {response.status_code}"
@@ -498,7 +521,12 @@ class IcsProvider:
                     raise CalendarUnavailable(
                         f"calendar feed {name} is larger than {self._max_bytes} bytes"
                     )
-            return bytes(body)
+            validators = {
+                key: response.headers[key]
+                for key in ("etag", "last-modified")
+                if response.headers.get(key)
+            }
+            return bytes(body), validators
 
 
 def _source(account: Account) -> str:

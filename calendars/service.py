@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
@@ -39,7 +40,7 @@ import icalendar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from booking import errors
 from booking.busy import StaffCalendars
@@ -648,14 +649,14 @@ class CalendarService:
                 query = query.where(CalendarConnection.staff_id == staff_id)
             if connection_id is not None:
                 query = query.where(CalendarConnection.id == connection_id)
-            return list(s.exec(query.order_by(CalendarConnection.created_at)))
+            return list(s.exec(query.order_by(col(CalendarConnection.created_at))))
 
         conns = await self._db(load)
         if connection_id is not None and not conns:
             raise errors.NotFound(f"no calendar connection {connection_id}")
         reports = []
         for conn in conns:
-            before = await self._db(lambda s, c=conn.id: _busy_rows(s, c))
+            before = await self._db(partial(_busy_rows, connection_id=conn.id))
             error = None
             try:
                 await self.refresh(conn.id)
@@ -664,7 +665,7 @@ class CalendarService:
             except Exception:  # one broken connection must not stop the others
                 log.exception("sync of %s failed", conn.id)
                 error = "unexpected error (see the server log)"
-            after = await self._db(lambda s, c=conn.id: _busy_rows(s, c))
+            after = await self._db(partial(_busy_rows, connection_id=conn.id))
             reports.append(SyncReport(
                 connection_id=conn.id, business_id=conn.business_id, staff_id=conn.staff_id,
                 name=conn.name, provider=conn.provider,
