@@ -5,8 +5,13 @@
 - Slot search (`busy(..., live=False)`) reads the per-connection busy cache in the database
   (table `calendar_busy`), filled when a connection is linked and kept fresh by change
   notifications (Google watch channels, Graph subscriptions), by incremental sync (Google
-  syncToken, Graph delta) on a schedule, and on demand when the cache does not cover a window
-  or is older than `max_age`. A provider that is down leaves the last cache in use.
+  syncToken, Graph delta) on a schedule, by polling every minute or so where there is no push
+  (CalDAV compares the collection's sync-token / ctag first, ICS feeds answer a conditional
+  GET), and on demand when the cache does not cover a window or is older than `max_age`. A
+  provider that is down leaves the last cache in use; a connection that needs re-linking and
+  has no cache fails the read of its own staff member only (slot search goes on without them).
+- An explicit sync (`sync_now`: the CLI's `calendars sync`, the dashboard's "Sync now")
+  refreshes at once, however recent the last refresh, and reports what changed.
 - The booking re-check (`live=True`) reads the provider itself, so a stale cache can never
   cause a double booking.
 - `sync_appointment` writes a booking, cancellation or reschedule into the staff member's
@@ -736,8 +741,8 @@ class CalendarService:
         """The background job: a full pass (`tick`) every `every` seconds and, when `poll` is
         shorter, a pass over the connections due (`refresh_due`) every `poll` seconds, so
         calendars without push notifications are about `poll` seconds fresh."""
-        poll = poll if poll and poll < every else None
         age = timedelta(seconds=poll) if poll else None
+        wake = min(every, poll) if poll else every
         loop = asyncio.get_running_loop()
         last_full: float | None = None
         while True:
@@ -750,7 +755,7 @@ class CalendarService:
                     await self.refresh_due(poll=age)
             except Exception:
                 log.exception("calendar background pass failed")
-            await asyncio.sleep(poll or every)
+            await asyncio.sleep(wake)
 
     # ---- the local calendar: a staff member's bookings as a subscribable ICS feed ----------
 

@@ -113,3 +113,34 @@ async def test_without_polling_only_the_full_pass_reads_the_calendar(clinic: Eng
         assert await read(now, now + timedelta(days=3)) == []
         assert await service.refresh_due(poll=timedelta(seconds=POLL)) == 1
         assert await read(now, now + timedelta(days=3)) == [(start, start + timedelta(hours=1))]
+
+
+@pytest.mark.parametrize(("every", "poll", "ticks", "polls"), [
+    (0.6, 0.1, (1, 2), (3, 6)),  # polls between full passes
+    (0.1, 0.6, (3, 7), (0, 0)),  # a poll interval longer than the sync: every pass is full
+])
+async def test_the_job_polls_between_full_passes(
+        clinic: Engine, every: float, poll: float, ticks: tuple[int, int],
+        polls: tuple[int, int]) -> None:
+    service = CalendarService(engine=clinic, vault=Vault(new_key()), providers={})
+    seen: list[tuple[str, timedelta | None]] = []
+
+    async def tick(*, poll: timedelta | None = None) -> None:
+        seen.append(("tick", poll))
+
+    async def refresh_due(*, poll: timedelta | None = None) -> int:
+        seen.append(("poll", poll))
+        return 0
+
+    service.tick = tick  # type: ignore[method-assign]
+    service.refresh_due = refresh_due  # type: ignore[method-assign]
+    job = asyncio.create_task(service.run_forever(every, poll=poll))
+    await asyncio.sleep(0.65)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert seen[0][0] == "tick"
+    assert ticks[0] <= sum(kind == "tick" for kind, _ in seen) <= ticks[1], seen
+    assert polls[0] <= sum(kind == "poll" for kind, _ in seen) <= polls[1], seen
+    # Either way, connections without push may be `poll` old, not max_age / 3.
+    assert {age for _, age in seen} == {timedelta(seconds=poll)}
