@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,30 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+HOST_NAME = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # a host name, IPv4 or IPv6 address
+
+
+def host_entry(text: str) -> str:
+    """An allowed-hosts entry as a Host header's host is compared with it: lower case, without
+    a port, IPv6 brackets or a trailing dot (`Desk.Example.com:8443` -> `desk.example.com`,
+    `[::1]:8000` -> `::1`, `*.example.com:443` -> `*.example.com`). ValueError when the entry
+    is not a host name, an address, `*.name` or `*`."""
+    value = text.strip().lower()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        bad_port = not sep or bool(rest and not (rest[:1] == ":" and rest[1:].isdigit()))
+    elif value.count(":") == 1:  # name:port or v4:port (a bare IPv6 address has more colons)
+        host, _, port = value.partition(":")
+        bad_port = not port.isdigit()
+    else:
+        host, bad_port = value, False
+    wildcard = host.startswith("*.")
+    name = (host[2:] if wildcard else host).rstrip(".")
+    host = f"*.{name}" if wildcard else name
+    if bad_port or not (host == "*" or (name and HOST_NAME.fullmatch(name))):
+        raise ValueError(f"{text.strip()!r} is not a host name (like desk.example.com, "
+                         "desk.example.com:8443, *.example.com or [::1]:8000)")
+    return host
 
 
 def _default_database_url() -> str:
@@ -130,8 +155,8 @@ class Settings(BaseSettings):
     def _allowed_hosts(cls, value: Any) -> Any:
         value = _split(value)
         if isinstance(value, list):
-            value = [str(host).strip().lower() for host in value if str(host).strip()]
-            return value or None
+            hosts = [host_entry(str(host)) for host in value if str(host).strip()]
+            return list(dict.fromkeys(hosts)) or None
         return value
 
     @field_validator("trusted_proxies", mode="before")

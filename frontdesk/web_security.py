@@ -37,6 +37,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from frontdesk.settings import HOST_NAME, host_entry
+
 CSP = "; ".join([
     "default-src 'self'",
     "script-src 'self'",
@@ -61,7 +63,6 @@ _SET = {_CSP, *(name for name, _ in HEADERS)}
 DOCS_CDN = "https://cdn.jsdelivr.net"
 DOCS_ICON = "https://fastapi.tiangolo.com"
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
-_HOST_NAME = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,14 @@ def host_name(header: str) -> str | None:
         if port and not port.isdigit():
             return None
         host = host.rstrip(".")
-    return host if host and _HOST_NAME.fullmatch(host) else None
+    return host if host and HOST_NAME.fullmatch(host) else None
 
 
 class AllowedHosts:
     """Host names answered: exact names, `*.example.com` for its subdomains, or `*` for any."""
 
     def __init__(self, hosts: Iterable[str]) -> None:
-        names = {h.strip().lower().strip("[]").rstrip(".") for h in hosts if h.strip()}
+        names = {host_entry(h) for h in hosts if h.strip()}
         self.any = "*" in names
         self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
         self.names = frozenset(n for n in names if not n.startswith("*"))

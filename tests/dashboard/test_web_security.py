@@ -154,6 +154,39 @@ def test_the_default_hosts_are_the_public_one_and_this_machine(
     assert Settings().hosts_answered() == ["one.example"]
 
 
+async def test_allowed_hosts_given_with_a_port_are_answered(
+        monkeypatch: pytest.MonkeyPatch, scheduler: Scheduler,
+        accounts: dict[str, str]) -> None:
+    # The Host header's port is dropped before the comparison, so a listed port must be too.
+    monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS",
+                       "Desk.Example.com:8443, [::1]:8000, [fd00::5], *.Example.org:443, "
+                       "desk.example.com")
+    settings = Settings(api_key=SecretStr(API_KEY))
+    assert settings.hosts_answered() == ["desk.example.com", "::1", "fd00::5", "*.example.org"]
+    async with client(create_app(settings, scheduler=scheduler)) as c:
+        for host in ["desk.example.com:8443", "desk.example.com", "[::1]:8000", "[fd00::5]",
+                     "a.example.org:443"]:
+            assert (await c.get("/login", headers={"Host": host})).status_code == 200, host
+        for host in ["evil.example:8443", "example.org", "localhost"]:
+            assert (await c.get("/login", headers={"Host": host})).status_code == 400, host
+
+
+@pytest.mark.parametrize("entry", ["desk.example.com:https", "[::1", "https://desk.example.com",
+                                   ":8443", "*.", "desk example"])
+def test_an_allowed_host_that_is_no_host_name_is_a_clear_error(
+        monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS", f"desk.example.com, {entry}")
+    with pytest.raises(ValueError, match="is not a host name") as caught:
+        Settings()
+    assert entry in str(caught.value)
+
+
+def test_the_middleware_compares_listed_hosts_without_their_port() -> None:
+    allowed = web_security.AllowedHosts(["desk.example.com:8443", "[::1]:80", "*.a.example:1"])
+    assert "desk.example.com" in allowed and "::1" in allowed and "b.a.example" in allowed
+    assert "evil.example" not in allowed
+
+
 @pytest.mark.parametrize(("allowed", "host", "answered"), [
     (["*.desk.example.com"], "a.desk.example.com", True),
     (["*.desk.example.com"], "desk.example.com", False),
