@@ -120,8 +120,9 @@ def unmigrated(db_url: str) -> Engine:
     return make_engine(db_url)
 
 
-def test_the_migration_keeps_the_earliest_lead_of_each_call(unmigrated: Engine) -> None:
-    """Databases that already hold duplicate leads (logged by the race) are cleaned on upgrade."""
+def test_the_migration_merges_the_duplicate_leads_of_each_call(unmigrated: Engine) -> None:
+    """Databases that already hold duplicate leads (logged by the race) are cleaned on upgrade:
+    the earliest lead stays and takes in what the later ones knew, as `record_lead` does."""
     from alembic import command
     from alembic.config import Config
 
@@ -132,29 +133,64 @@ def test_the_migration_keeps_the_earliest_lead_of_each_call(unmigrated: Engine) 
     with unmigrated.execution_options(frontdesk_write=True).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0006")
+    t = {"t": NOW}
     with unmigrated.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO business (id, name, timezone, phone_numbers) "
             "VALUES ('clinic', 'Clinic', 'America/New_York', '[]')"))
+        conn.execute(sa.text("INSERT INTO contact (id, business_id, phone, created_at) "
+                             "VALUES ('contact_1', 'clinic', '+12025550123', :t)"), t)
+        conn.execute(sa.text(
+            "INSERT INTO appointment (id, business_id, service_id, staff_id, contact_id, status, "
+            "start, \"end\", block_start, block_end, booked_by, sync_state, created_at, "
+            "updated_at) VALUES ('appt_1', 'clinic', 'cleaning', 'lee', 'contact_1', 'booked', "
+            ":t, :t, :t, :t, 'voice', 'no_calendar', :t, :t)"), t)
         conn.execute(sa.text("INSERT INTO call (id, business_id, status, started_at, transcript) "
                              "VALUES ('call_1', 'clinic', 'completed', :t, '[]'), "
-                             "('call_2', 'clinic', 'completed', :t, '[]')"), {"t": NOW})
-        for lead_id, call_id, minutes in [("lead_b", "call_1", 1), ("lead_a", "call_1", 0),
-                                          ("lead_c", "call_1", 2), ("lead_d", "call_2", 0),
-                                          ("lead_e", None, 0), ("lead_f", None, 0)]:
+                             "('call_2', 'clinic', 'completed', :t, '[]'), "
+                             "('call_3', 'clinic', 'completed', :t, '[]')"), t)
+        leads = [  # id, call, minutes, reason, outcome, appointment, status, name, contact
+            ("lead_b", "call_1", 1, "booked a cleaning", "booked", "appt_1", "contacted", None,
+             "contact_1"),
+            ("lead_a", "call_1", 0, "price of whitening", "message", None, "new", None, None),
+            ("lead_c", "call_1", 2, "price of whitening", "message", None, "won", "Ann", None),
+            ("lead_d", "call_2", 0, "why", "message", None, "new", None, None),
+            ("lead_e", None, 0, "why", "message", None, "new", None, None),
+            ("lead_f", None, 0, "why", "message", None, "new", None, None),
+            # Of won and lost the one an owner set last stands; not_interested gives way.
+            ("lead_g", "call_3", 0, None, "not_interested", None, "lost", None, None),
+            ("lead_h", "call_3", 1, "call me back", "callback", None, "won", None, None),
+        ]
+        for lead_id, call_id, minutes, reason, outcome, appt, status, name, contact in leads:
             conn.execute(sa.text(
-                "INSERT INTO lead (id, business_id, call_id, reason, outcome, status, created_at) "
-                "VALUES (:id, 'clinic', :call, 'why', 'message', 'new', :t)"),
-                {"id": lead_id, "call": call_id, "t": NOW + timedelta(minutes=minutes)})
-        conn.execute(sa.text(
-            "INSERT INTO lead_status_change (business_id, lead_id, from_status, to_status, actor, "
-            "at) VALUES ('clinic', 'lead_c', 'new', 'contacted', 'owner', :t)"), {"t": NOW})
+                "INSERT INTO lead (id, business_id, call_id, reason, outcome, appointment_id, "
+                "status, name, contact_id, created_at) VALUES (:id, 'clinic', :call, :reason, "
+                ":outcome, :appt, :status, :name, :contact, :t)"),
+                {"id": lead_id, "call": call_id, "reason": reason, "outcome": outcome,
+                 "appt": appt, "status": status, "name": name, "contact": contact,
+                 "t": NOW + timedelta(minutes=minutes)})
+        for lead_id, to_status, minutes in [("lead_b", "contacted", 5), ("lead_c", "won", 6),
+                                            ("lead_h", "won", 4), ("lead_g", "lost", 7)]:
+            conn.execute(sa.text(
+                "INSERT INTO lead_status_change (business_id, lead_id, from_status, to_status, "
+                "actor, at) VALUES ('clinic', :lead, 'new', :to, 'owner', :t)"),
+                {"lead": lead_id, "to": to_status, "t": NOW + timedelta(minutes=minutes)})
     migrate(unmigrated)
     with unmigrated.connect() as conn:
-        kept = conn.execute(sa.text("SELECT id FROM lead ORDER BY id")).scalars().all()
-        moved = conn.execute(sa.text("SELECT lead_id FROM lead_status_change")).scalars().all()
-    assert kept == ["lead_a", "lead_d", "lead_e", "lead_f"]
-    assert moved == ["lead_a"]  # the history of a dropped duplicate moves to the kept lead
+        kept = {r.id: r for r in conn.execute(sa.text(
+            "SELECT id, reason, outcome, appointment_id, status, name, contact_id FROM lead"))}
+        moved = conn.execute(sa.text(
+            "SELECT lead_id FROM lead_status_change ORDER BY at")).scalars().all()
+    assert sorted(kept) == ["lead_a", "lead_d", "lead_e", "lead_f", "lead_g"]
+    merged = kept["lead_a"]
+    assert (merged.outcome, merged.appointment_id, merged.reason, merged.status, merged.name,
+            merged.contact_id) == ("booked", "appt_1", "price of whitening; then: booked a "
+                                   "cleaning", "won", "Ann", "contact_1")
+    assert tuple(kept["lead_d"])[1:] == ("why", "message", None, "new", None, None)
+    assert (kept["lead_g"].outcome, kept["lead_g"].reason, kept["lead_g"].status) == (
+        "callback", "call me back", "lost")
+    # The history of a dropped duplicate moves to the kept lead.
+    assert moved == ["lead_g", "lead_a", "lead_a", "lead_g"]
     with pytest.raises(sa.exc.IntegrityError), unmigrated.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO lead (id, business_id, call_id, outcome, status, created_at) "
