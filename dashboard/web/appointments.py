@@ -19,7 +19,7 @@ from booking.slots import Slot
 from dashboard.models import audit
 from dashboard.web import db
 from dashboard.web.auth import CurrentUser, PageError, WebUser, verify_csrf
-from dashboard.web.render import add_nav, render
+from dashboard.web.render import add_nav, bookable, query_day, render
 
 router = APIRouter(include_in_schema=False)
 add_nav("Appointments", "/appointments", owner_only=False, position=20)
@@ -67,8 +67,9 @@ def window(view: str, day: date, tz: ZoneInfo) -> tuple[list[date], datetime, da
     """The days shown and their `[start, end)` in `tz`: one day, or the Monday-started week."""
     first = day if view == "day" else day - timedelta(days=day.weekday())
     days = [first + timedelta(days=i) for i in range(1 if view == "day" else 7)]
-    start = datetime.combine(days[0], time(), tz)
-    return days, start, datetime.combine(days[-1] + timedelta(days=1), time(), tz)
+    start, end = bookable(datetime.combine(days[0], time(), tz),
+                          datetime.combine(days[-1] + timedelta(days=1), time(), tz))
+    return days, start, end
 
 
 def _contacts(s: Session, rows: list[Appointment]) -> dict[str, Contact]:
@@ -87,10 +88,7 @@ async def appointments_page(
     team = await db.run(request, lambda s: load_team(s, user))
     member = team.member(staff or user.staff_id)
     tz = team.zone(member)
-    try:
-        shown = date.fromisoformat(day) if day else db.now(request).astimezone(tz).date()
-    except ValueError:
-        raise PageError(404, "That is not a date.") from None
+    shown = query_day(day, "day") or db.now(request).astimezone(tz).date()
     days, start, end = window(view, shown, tz)
     rows = await db.scheduler(request).appointments(
         business_id=team.business.id, start=start, end=end, staff_id=member.id)
@@ -141,10 +139,11 @@ async def _render_detail(request: Request, user: WebUser, appointment_id: str, *
     if apt.status == "confirmed":
         # The times it can move to: the slot search the agent uses, ignoring this booking.
         try:
+            start, end = bookable(datetime.combine(move_day, time(), tz),
+                                  datetime.combine(move_day + timedelta(days=1), time(), tz))
             found = await db.scheduler(request).search(
                 business_id=apt.business_id, service_id=apt.service_id, staff_id=apt.staff_id,
-                start=datetime.combine(move_day, time(), tz),
-                end=datetime.combine(move_day + timedelta(days=1), time(), tz))
+                start=start, end=end)
             slots = found.slots
         except errors.BookingError as exc:
             error = error or exc.message
@@ -155,10 +154,7 @@ async def _render_detail(request: Request, user: WebUser, appointment_id: str, *
 @router.get("/appointments/{appointment_id}")
 async def appointment_page(request: Request, appointment_id: str, user: CurrentUser,
                            day: str | None = None) -> Response:
-    try:
-        move_day = date.fromisoformat(day) if day else None
-    except ValueError:
-        move_day = None
+    move_day = query_day(day, "day")
     return await _render_detail(request, user, appointment_id, move_day=move_day)
 
 
@@ -185,8 +181,11 @@ async def move(request: Request, appointment_id: str, user: CurrentUser,
         row = await db.scheduler(request).reschedule(
             business_id=user.business_id, appointment_id=appointment_id, start=when)
     except errors.BookingError as exc:
+        # A time that cannot be read or lies outside 1970-2199 is the form's fault (422); a
+        # time that is taken or not offered is a conflict with the calendar (409).
+        code = 422 if isinstance(exc, errors.InvalidRequest) else 409
         return await _render_detail(request, user, appointment_id, error=exc.message,
-                                    status_code=409)
+                                    status_code=code)
     await _audit(request, user, "appointment.move", appointment_id,
                  {"to": row.id, "start": row.start.isoformat()})
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)

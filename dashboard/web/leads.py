@@ -21,7 +21,7 @@ from booking.models import Appointment, Business, Call, Lead, LeadOutcome, Servi
 from dashboard.models import LeadStatus, LeadStatusChange, audit
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, PageError, WebUser, verify_csrf
-from dashboard.web.render import add_nav, render
+from dashboard.web.render import add_nav, parse_day, render
 
 router = APIRouter(include_in_schema=False)
 add_nav("Leads", "/leads", position=10)
@@ -75,9 +75,9 @@ def _day(value: str | None, name: str, problems: list[str]) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        problems.append(f"the '{name}' date must look like 2026-12-31")
+        return parse_day(value, f"'{name}' date")
+    except ValueError as exc:
+        problems.append(str(exc))
         return None
 
 

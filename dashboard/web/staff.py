@@ -26,7 +26,14 @@ from booking.slots import Slot
 from dashboard.models import audit
 from dashboard.web import db
 from dashboard.web.auth import CurrentUser, OwnerUser, PageError, WebUser, verify_csrf
-from dashboard.web.render import add_nav, render
+from dashboard.web.render import (
+    DayOutOfRange,
+    add_nav,
+    bookable,
+    parse_day,
+    query_day,
+    render,
+)
 
 router = APIRouter(include_in_schema=False)
 add_nav("Staff", "/staff", position=30)
@@ -117,13 +124,29 @@ def _reason(error: Any) -> str:
     return message
 
 
+def _override_years(form: HoursForm) -> list[str]:
+    """Override dates outside 1970-2199, which no slot search can reach (time off is checked
+    by the file's rules; a date that is no date at all is reported by them too)."""
+    problems = []
+    for number, (text, _) in enumerate(form.overrides, 1):
+        try:
+            parse_day(text)
+        except DayOutOfRange as exc:
+            problems.append(f"Date override {number}: {exc}")
+        except ValueError:
+            continue
+    return problems
+
+
 def validate(row: Staff, form: HoursForm) -> dict[str, Any] | None:
     """The new stored rules, or None with `form.problems` filled in (same rules as the file)."""
+    form.problems = _override_years(form)
     try:
         entry = StaffEntry.model_validate({"id": row.id, "name": row.name,
                                            "timezone": row.timezone, **form.rules()})
     except ValidationError as exc:
-        form.problems = [f"{_where(e['loc'])}: {_reason(e)}" for e in exc.errors()]
+        form.problems += [f"{_where(e['loc'])}: {_reason(e)}" for e in exc.errors()]
+    if form.problems:
         return None
     values = staff_values(entry)
     return {k: values[k] for k in ("weekly_hours", "overrides", "time_off")}
@@ -190,10 +213,11 @@ async def week_grid(request: Request, member: Member, service_id: str | None,
     if service is None:
         return grid
     try:
+        start, end = bookable(datetime.combine(days[0], time(), tz),
+                              datetime.combine(days[-1] + timedelta(days=1), time(), tz))
         found = await db.scheduler(request).search(
             business_id=member.business.id, service_id=service.id, staff_id=member.staff.id,
-            start=datetime.combine(days[0], time(), tz),
-            end=datetime.combine(days[-1] + timedelta(days=1), time(), tz))
+            start=start, end=end)
     except errors.BookingError as exc:
         grid.error = exc.message
         return grid
@@ -226,10 +250,7 @@ async def _render_member(request: Request, user: WebUser, staff_id: str, *,
                          status_code: int = 200) -> Response:
     member = await db.run(request, lambda s: load_member(s, user, staff_id))
     tz = member.tz
-    try:
-        shown = date.fromisoformat(week) if week else db.now(request).astimezone(tz).date()
-    except ValueError:
-        shown = db.now(request).astimezone(tz).date()
+    shown = query_day(week, "week") or db.now(request).astimezone(tz).date()
     first = shown - timedelta(days=shown.weekday())
     form = form or HoursForm.of(member.staff, tz)
     overrides, time_off = form.rows()

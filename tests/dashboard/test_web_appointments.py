@@ -70,3 +70,51 @@ def _at(text: str):  # type: ignore[no-untyped-def]
     from datetime import datetime
 
     return datetime.fromisoformat(text)
+
+
+EDGE_DAYS = ["9999-12-31", "0001-01-01", "2026-13-45", "yesterday"]
+
+
+async def test_a_day_outside_1970_2199_or_no_date_is_a_400_page(
+    owner: httpx.AsyncClient, leads: dict[str, str],
+) -> None:
+    apt = leads["appointment"]
+    for day in EDGE_DAYS:
+        for view in ("week", "day"):
+            r = await owner.get("/appointments", params={"staff": "lee", "view": view,
+                                                         "day": day})
+            assert r.status_code == 400, (day, view)
+            assert ("outside the years 1970-2199" in r.text
+                    or "must look like 2026-12-31" in r.text), day
+        r = await owner.get(f"/appointments/{apt}", params={"day": day})
+        assert r.status_code == 400, day
+        assert "The day" in r.text
+
+
+async def test_the_first_and_last_allowed_days_open(
+    owner: httpx.AsyncClient, leads: dict[str, str],
+) -> None:
+    # Their week (or, east of UTC, the day itself) reaches past 1970-2199: the search is cut.
+    for day in ("1970-01-01", "2199-12-31"):
+        for view in ("week", "day"):
+            r = await owner.get("/appointments", params={"staff": "lee", "view": view,
+                                                         "day": day})
+            assert r.status_code == 200, (day, view)
+        r = await owner.get(f"/appointments/{leads['appointment']}", params={"day": day})
+        assert r.status_code == 200, day
+
+
+async def test_moving_to_a_time_outside_1970_2199_is_refused_on_the_form(
+    owner: httpx.AsyncClient, leads: dict[str, str], scheduler: Scheduler,
+) -> None:
+    apt = leads["appointment"]
+    for start in ("9999-12-31T23:59", "0001-01-01T00:00", "9999-12-31T23:59:59+14:00"):
+        r = await post_form(owner, f"/appointments/{apt}", f"/appointments/{apt}/move",
+                            {"start": start})
+        assert r.status_code == 422, start
+        assert "outside the years 1970-2199" in r.text, start
+    r = await post_form(owner, f"/appointments/{apt}", f"/appointments/{apt}/move",
+                        {"start": "soon"})
+    assert r.status_code == 422 and "choose a date and time like" in r.text
+    row = await scheduler.get_appointment(business_id="clinic", appointment_id=apt)
+    assert row.status == "confirmed" and row.rescheduled_from is None

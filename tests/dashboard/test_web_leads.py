@@ -92,3 +92,22 @@ async def test_staff_accounts_cannot_see_leads(
     assert (await staff.get("/leads")).status_code == 403
     assert (await staff.get(f"/leads/{leads['ann']}")).status_code == 403
     assert (await staff.get("/leads.csv")).status_code == 403
+
+
+async def test_a_filter_date_outside_1970_2199_is_a_problem_not_a_crash(
+    owner: httpx.AsyncClient, leads: dict[str, str],
+) -> None:
+    for name in ("from", "to"):
+        for value, said in [("9999-12-31", "9999-12-31 is outside the years 1970-2199"),
+                            ("0001-01-01", "0001-01-01 is outside the years 1970-2199"),
+                            ("31/12/2026", "must look like 2026-12-31")]:
+            r = await owner.get("/leads", params={name: value})
+            assert r.status_code == 200, (name, value)
+            assert f"the &#39;{name}&#39; date {said}" in r.text, (name, value)
+            assert leads["ann"] in r.text  # the bad date is dropped, not applied
+            r = await owner.get("/leads.csv", params={name: value})
+            assert r.status_code == 200, (name, value)
+            assert leads["ann"] in r.text
+    r = await owner.get("/leads", params={"from": "1970-01-01", "to": "2199-12-31"})
+    assert r.status_code == 200 and "outside the years" not in r.text
+    assert leads["ann"] in r.text and leads["bob"] in r.text

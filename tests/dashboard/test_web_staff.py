@@ -122,3 +122,39 @@ async def test_a_page_with_a_hostile_stored_rule_still_opens(
     assert r.status_code == 200
     assert 'value="FREQ=MINUTELY"' in r.text
     assert await _starts(scheduler, "2026-12-07") == []  # busy, never offered
+
+
+async def test_a_week_outside_1970_2199_or_no_date_is_a_400_page(
+    staff: httpx.AsyncClient, owner: httpx.AsyncClient,
+) -> None:
+    for week, said in [("9999-12-31", "The week 9999-12-31 is outside the years 1970-2199"),
+                       ("0001-01-01", "The week 0001-01-01 is outside the years 1970-2199"),
+                       ("2026-02-30", "The week must look like 2026-12-31"),
+                       ("next", "The week must look like 2026-12-31")]:
+        for client in (staff, owner):
+            r = await client.get("/staff/lee", params={"week": week, "service": "checkup"})
+            assert r.status_code == 400, week
+            assert said in r.text, week
+
+
+async def test_the_first_and_last_allowed_weeks_open(staff: httpx.AsyncClient) -> None:
+    # 1970-01-01 is a Thursday: its week starts in 1969; 2199-12-31's ends in 2200.
+    for week in ("1970-01-01", "2199-12-31"):
+        r = await staff.get("/staff/lee", params={"week": week, "service": "checkup"})
+        assert r.status_code == 200, week
+        assert "outside the years" not in r.text, week
+
+
+async def test_hours_with_dates_outside_1970_2199_are_form_problems(
+    staff: httpx.AsyncClient, scheduler: Scheduler,
+) -> None:
+    for day in ("9999-12-31", "0001-01-01"):
+        form = [*hours(mon="09:00-17:00").items(),
+                ("ov_date", day), ("ov_hours", "10:00-11:00"),
+                ("off_start", f"{day}T00:00"), ("off_end", f"{day}T23:59"),
+                ("off_rrule", ""), ("off_reason", "")]
+        r = await post_form(staff, "/staff/lee", "/staff/lee/hours", form)
+        assert r.status_code == 422, day
+        assert "Date override 1:" in r.text and "Time off 1" in r.text, day
+        assert f'value="{day}"' in r.text, day  # the form comes back as typed
+    assert (await _starts(scheduler, "2026-12-07"))[0] == "09:00"  # nothing saved
