@@ -39,7 +39,7 @@ from booking import phones
 from booking.db import session_scope
 from booking.errors import InvalidRequest, NotFound
 from booking.models import Business, Service, Staff
-from booking.rules import DAYS, Availability, Override, TimeOff, WeeklyHours
+from booking.rules import DAYS, MAX_TIME_OFF, Availability, Override, TimeOff, WeeklyHours
 from booking.safe_load import MAX_BYTES, DocumentError, load_document
 from booking.slots import MAX_BLOCK
 
@@ -172,7 +172,16 @@ def _calendar_source(source: str, base: str | None) -> str:
             raise ValueError(f"source {source!r} is outside the business file's folder {base}")
     if not (path.lower().endswith(".ics") and real.lower().endswith(".ics")):
         raise ValueError(f"source {source!r} is not an .ics file")
-    return source if base is None else path
+    # The resolved file, so the calendar reader later opens what was checked here, not whatever
+    # a symlink on the way points at by then.
+    return source if base is None else real
+
+
+def _few_time_off(value: Any) -> Any:
+    # Before the entries are validated: each recurring one costs a rule compile.
+    if isinstance(value, list) and len(value) > MAX_TIME_OFF:
+        raise ValueError(f"at most {MAX_TIME_OFF} time off entries, not {len(value)}")
+    return value
 
 
 class StaffEntry(BaseModel):
@@ -182,7 +191,8 @@ class StaffEntry(BaseModel):
     timezone: Zone | None = None
     weekly_hours: WeeklyHours = Field(default_factory=WeeklyHours)
     overrides: list[Override] = Field(default_factory=list)
-    time_off: list[TimeOff] = Field(default_factory=list)
+    time_off: Annotated[list[TimeOff], BeforeValidator(_few_time_off)] = Field(
+        default_factory=list)
     calendars: list[CalendarLink] = Field(default_factory=list)
 
     @field_validator("overrides")

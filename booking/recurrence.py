@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 from calendar import isleap, monthrange
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time, timedelta
-from functools import lru_cache
+from datetime import date, datetime, time
+from functools import cached_property, lru_cache
 
 from dateutil.rrule import rrulestr
 
@@ -38,6 +38,7 @@ _SUPPORTED = {"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "BYMONTHDAY", "BYMO
 _UNSUPPORTED = {"BYSETPOS", "BYYEARDAY", "BYWEEKNO", "BYEASTER"}
 _INT = re.compile(r"^[+-]?\d{1,6}$")
 _BYDAY = re.compile(r"^([+-]?\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)$")
+_LENGTHS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _UNTIL = re.compile(r"^(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2}))?$")
 
 
@@ -132,23 +133,94 @@ class DayRule:
         return out
 
     def _days(self, day: date, stop: date) -> Iterator[date]:
-        """The days from `day` through `stop` with an instance, skipping months that have none."""
-        one_day = timedelta(days=1)
-        while day <= stop:
-            if self._month_closed(day):
-                day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
-                continue
-            if self.occurs_on(day):
-                yield day
-            day += one_day
+        """The days from `day` through `stop` with an instance."""
+        for month in self._months(day, stop):
+            yield from map(date.fromordinal, month)
 
-    def _month_closed(self, day: date) -> bool:
-        if self.months and day.month not in self.months:
+    def _months(self, day: date, stop: date) -> Iterator[list[int]]:
+        """The days (ordinals) from `day` through `stop` with an instance, a month at a time.
+
+        Only the days the BY parts allow are made (the listed days of the month, the numbered
+        weekdays, the weekdays), so the cost is the instances plus a few steps a month; months,
+        and DAILY days and WEEKLY weeks, that INTERVAL or BYMONTH leave out are jumped over.
+        """
+        current, end = max(day.toordinal(), self._first), stop.toordinal()
+        while current <= end:
+            day = date.fromordinal(current)
+            year, month, first = day.year, day.month, current - day.day + 1
+            while current <= end:  # month by month, until INTERVAL jumps past a month
+                length = _month_length(year, month)
+                following = first + length
+                if not self._month_closed(year, month):
+                    current = self._aligned(current)
+                    if current >= following:
+                        break
+                    found = self._candidates(year, month, first, current, min(following - 1, end))
+                    if found:
+                        yield found
+                current, first = following, following
+                year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+    @cached_property
+    def _first(self) -> int:
+        return self.dtstart.date().toordinal()
+
+    @cached_property
+    def _stepped(self) -> bool:
+        """Whether INTERVAL leaves days out that `_month_closed` does not (DAILY and WEEKLY)."""
+        return self.interval > 1 and self.freq in ("DAILY", "WEEKLY")
+
+    def _aligned(self, ordinal: int) -> int:
+        """The first day from `ordinal` on that DAILY's or WEEKLY's INTERVAL allows."""
+        first = self._first
+        ordinal = max(ordinal, first)
+        if not self._stepped:
+            return ordinal
+        if self.freq == "DAILY":
+            return first + -(-(ordinal - first) // self.interval) * self.interval
+        period = 7 * self.interval
+        week0 = first - ((first - 1) % 7 - self.wkst) % 7  # ordinal 1 is a Monday
+        week = ordinal - ((ordinal - 1) % 7 - self.wkst) % 7
+        return max(ordinal, week0 + -(-(week - week0) // period) * period)
+
+    def _candidates(self, year: int, month: int, first: int, lo: int, last: int) -> list[int]:
+        """The instances (ordinals) from `lo` through `last`, in the month starting at `first`."""
+        length = _month_length(year, month)
+        if self.monthdays or self.neg_monthdays:
+            numbers = {d for d in self.monthdays if d <= length}
+            numbers |= {length + 1 + d for d in self.neg_monthdays if -d <= length}
+            found: Iterable[int] = (first + d - 1 for d in numbers)
+            if self.weekdays or self.nth:
+                found = [o for o in found if self._weekday_matches(date.fromordinal(o))]
+        elif self.nth:
+            if self.freq == "MONTHLY" or self.months:
+                found = _nth_days(self.nth, first, length)
+            else:
+                found = _nth_days(self.nth, date(year, 1, 1).toordinal(), 365 + isleap(year))
+        elif self.weekdays:
+            weekday = (lo - 1) % 7  # ordinal 1, 0001-01-01, is a Monday
+            found = (o for w in self.weekdays for o in range(lo + (w - weekday) % 7, last + 1, 7))
+        else:
+            step = self.interval if self.freq == "DAILY" else 1
+            return list(range(self._aligned(lo), last + 1, step))
+        if self._stepped:
+            return sorted(o for o in found if lo <= o <= last and self._aligned(o) == o)
+        return sorted(o for o in found if lo <= o <= last)
+
+    def _weekday_matches(self, day: date) -> bool:
+        if self.weekdays and day.weekday() not in self.weekdays:
+            return False
+        return not self.nth or self._nth_matches(day)
+
+    def _month_closed(self, year: int, month: int) -> bool:
+        if self.months and month not in self.months:
             return True
-        first = self.dtstart.date()
+        if self.interval == 1:
+            return False
+        first = self.dtstart
         if self.freq == "MONTHLY":
-            return bool(((day.year - first.year) * 12 + day.month - first.month) % self.interval)
-        return self.freq == "YEARLY" and bool((day.year - first.year) % self.interval)
+            return bool(((year - first.year) * 12 + month - first.month) % self.interval)
+        return self.freq == "YEARLY" and bool((year - first.year) % self.interval)
 
     def happens_within(self, days: int) -> bool:
         """Whether the rule (COUNT and UNTIL aside) has an instance in `days` days from DTSTART."""
@@ -159,14 +231,36 @@ class DayRule:
 
     def _counted_until(self, count: int) -> datetime | None:
         """The `count`-th instance, or None when the rule ends (2199) before it."""
-        seen = 0
-        for day in self._days(self.dtstart.date(), LATEST.date()):
-            instance = datetime.combine(day, self.at)
-            if instance >= self.dtstart:
-                seen += 1
-                if seen == count:
-                    return instance
+        # DTSTART's own day is not an instance when the rule's time of day is before DTSTART's.
+        early = datetime.combine(self.dtstart.date(), self.at) < self.dtstart
+        for month in self._months(self.dtstart.date(), LATEST.date()):
+            if early and month[0] == self.dtstart.toordinal():
+                month = month[1:]
+            early = False
+            if count <= len(month):
+                return datetime.combine(date.fromordinal(month[count - 1]), self.at)
+            count -= len(month)
         return None
+
+
+def _month_length(year: int, month: int) -> int:
+    return _LENGTHS[month] + (month == 2 and isleap(year))
+
+
+@lru_cache(maxsize=1024)
+def _nth_days(nth: tuple[tuple[int, int], ...], start: int, days: int) -> frozenset[int]:
+    """The numbered weekdays (BYDAY=2MO, -1FR) in the `days` days from ordinal `start` (a month
+    or a year; cached, as a year is asked for once a month)."""
+    weekday, out = (start - 1) % 7, set()  # ordinal 1, 0001-01-01, is a Monday
+    for wanted, n in nth:
+        if n > 0:
+            offset = (wanted - weekday) % 7 + 7 * (n - 1)
+        else:
+            last_weekday = (weekday + days - 1) % 7
+            offset = days - 1 - (last_weekday - wanted) % 7 - 7 * (-n - 1)
+        if 0 <= offset < days:
+            out.add(start + offset)
+    return frozenset(out)
 
 
 def compile_rule(text: str, dtstart: datetime) -> DayRule:

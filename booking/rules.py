@@ -31,6 +31,8 @@ Interval = tuple[datetime, datetime]
 STORED = {"stored": True}  # validation context for rules read back from the database
 # Recurring time off may last at most this long per instance.
 MAX_RECURRING_LENGTH = timedelta(days=366)
+# Time off entries one staff member may save (each recurring one is compiled when saved).
+MAX_TIME_OFF = 100
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")

@@ -23,6 +23,7 @@ we could not read is worse than offering no slots for a while.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -428,9 +429,13 @@ class IcsProvider:
             return await self._file(source)
 
     async def _file(self, source: str) -> ParsedCalendar:
-        path = Path(source)
-        if not path.is_absolute():
+        if not Path(source).is_absolute():
             raise CalendarUnavailable(f"calendar file {source} is not an absolute path")
+        # The file as it is now, symlinks resolved: a link swapped since the import checked the
+        # source must not make this read some other (non-calendar) file.
+        path = Path(await self._read_file(source, lambda: os.path.realpath(source)))
+        if path.suffix.lower() != ".ics":
+            raise CalendarUnavailable(f"calendar file {source} is not an .ics file")
         stat = await self._read_file(source, path.stat)
         if stat.st_size > self._max_bytes:
             raise CalendarUnavailable(

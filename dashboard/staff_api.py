@@ -7,6 +7,7 @@ business file (`booking.business_file.StaffEntry`), effective for the next slot 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -63,28 +64,46 @@ async def set_availability(staff_id: str, body: AvailabilityIn, scheduler: Sched
                            business: BusinessQ = None) -> StaffOut:
     business_id = await scheduler.resolve_business(business)
 
-    def write(s: Session) -> Staff:
+    def find(s: Session) -> Staff:
         row = s.exec(select(Staff).where(Staff.business_id == business_id,
                                          Staff.id == staff_id)).first()
         if row is None:
             raise errors.NotFound(f"no staff member {staff_id!r}")
-        try:
-            entry = StaffEntry.model_validate({
-                "id": row.id, "name": row.name,
-                "timezone": body.timezone if body.timezone is not None else row.timezone,
-                "weekly_hours": body.weekly_hours, "overrides": body.overrides,
-                "time_off": body.time_off, "calendars": row.calendars})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            # The field as the body names it: time_off[0].rrule
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-            where = where.removeprefix(".")
-            reason = str(first["msg"]).removeprefix("Value error, ")
-            raise HTTPException(422, f"{where}: {reason}") from None
-        values = staff_values(entry)
-        for key in ("timezone", "weekly_hours", "overrides", "time_off"):
+        return row
+
+    # Validated (recurring rules compiled) in a worker thread before the write transaction, so
+    # neither the event loop nor the database's write lock waits on it.
+    current = await in_session(scheduler.engine, find)
+    values = await asyncio.to_thread(_validated, current, body)
+
+    def write(s: Session) -> Staff:
+        row = find(s)
+        keys = ("weekly_hours", "overrides", "time_off")
+        for key in keys + (("timezone",) if body.timezone is not None else ()):
             setattr(row, key, values[key])
         s.add(row)
         return row
 
     return StaffOut.of(await in_session(scheduler.engine, write, write=True))
+
+
+def _validated(row: Staff, body: AvailabilityIn) -> dict[str, Any]:
+    """The stored form of the new rules, or a 422 naming the field (`time_off[0].rrule`).
+
+    Only the fields the body replaces are validated: the staff member's linked calendars were
+    checked when they were imported (a file source against its business file's folder, which
+    is not known here) and are left as they are.
+    """
+    try:
+        entry = StaffEntry.model_validate({
+            "id": row.id, "name": row.name,
+            "timezone": body.timezone if body.timezone is not None else row.timezone,
+            "weekly_hours": body.weekly_hours, "overrides": body.overrides,
+            "time_off": body.time_off})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        where = where.removeprefix(".")
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        raise HTTPException(422, f"{where}: {reason}") from None
+    return staff_values(entry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -98,7 +99,8 @@ def test_demo_file_loads(demo: BusinessFile) -> None:
 def test_relative_calendar_sources_resolve_next_to_the_file(demo: BusinessFile) -> None:
     link = demo.staff[0].calendars[0]
     assert link.provider == "ics"
-    assert link.model_extra == {"source": str(DEMO.parent / "calendars" / "lee.ics")}
+    # Stored resolved: examples/ is a symlink to frontdesk/demo/.
+    assert link.model_extra == {"source": os.path.realpath(DEMO.parent / "calendars/lee.ics")}
 
 
 def test_urls_and_other_calendar_keys_are_kept_as_given(tmp_path: Path, raw: Raw) -> None:
@@ -327,6 +329,14 @@ BAD_FILES = {
         "required",
     ),
     "missing name": (lambda raw: raw["staff"][1].pop("name"), "staff[1].name", "required"),
+    "too much time off": (
+        _set("staff", 0, "time_off", value=[
+            {"start": "2026-12-25T00:00", "end": "2026-12-26T00:00",
+             "rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000"}
+        ] * 101),
+        "staff[0].time_off",
+        "at most 100 time off entries, not 101",
+    ),
 }
 
 
@@ -426,7 +436,8 @@ def test_import_creates_the_rows(db: Engine, demo: BusinessFile) -> None:
     assert "sat" not in lee.weekly_hours
     assert lee.overrides == [{"date": "2026-12-24", "hours": []}]
     assert lee.time_off[1]["rrule"] == "FREQ=WEEKLY;INTERVAL=2;BYDAY=FR"
-    assert lee.calendars == [{"provider": "ics", "source": str(DEMO.parent / "calendars/lee.ics")}]
+    lee_ics = os.path.realpath(DEMO.parent / "calendars/lee.ics")
+    assert lee.calendars == [{"provider": "ics", "source": lee_ics}]
     assert staff["patel"].timezone is None and staff["sam"].timezone == "America/Chicago"
 
 
@@ -710,5 +721,15 @@ def test_files_in_the_folder_and_feeds_are_accepted(raw: Raw, tmp_path: Path,
     (tmp_path / "cal" / "lee.ics").write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
     data = load_business_file(write(tmp_path / "b.yaml", with_source(raw, source)))
     stored = data.staff[0].calendars[0].model_extra or {}
-    expected = source if "://" in source else str(tmp_path / "cal" / "lee.ics")
+    expected = source if "://" in source else os.path.realpath(tmp_path / "cal" / "lee.ics")
     assert stored["source"] == expected
+
+
+def test_a_file_source_is_stored_resolved(raw: Raw, tmp_path: Path) -> None:
+    # The reader later opens the checked file, not whatever the link points at by then.
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "2026.ics").write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
+    (tmp_path / "lee.ics").symlink_to(tmp_path / "cal" / "2026.ics")
+    data = load_business_file(write(tmp_path / "b.yaml", with_source(raw, "lee.ics")))
+    stored = data.staff[0].calendars[0].model_extra or {}
+    assert stored["source"] == os.path.realpath(tmp_path / "cal" / "2026.ics")

@@ -10,7 +10,13 @@ from dateutil.rrule import rrulestr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from booking.recurrence import MAX_INSTANCES, RuleRefused, TooManyInstances, compile_rule
+from booking.recurrence import (
+    MAX_INSTANCES,
+    RuleRefused,
+    TooManyInstances,
+    _compile,
+    compile_rule,
+)
 
 START = datetime(2026, 12, 4, 13, 0)
 
@@ -130,3 +136,32 @@ def test_expansion_matches_dateutil(rule: str, offset: int, start_hour: int, spa
     theirs = rrulestr(rule, dtstart=start.replace(year=start.year + shift)).between(
         lo.replace(year=lo.year + shift), hi.replace(year=hi.year + shift), inc=True)
     assert ours == [d.replace(year=d.year - shift) for d in theirs], rule
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=WEEKLY;COUNT=10000",
+    "FREQ=DAILY;BYMONTHDAY=1,-1;COUNT=2500",
+    "FREQ=DAILY;INTERVAL=3;BYDAY=MO,FR;COUNT=4000",
+    "FREQ=WEEKLY;INTERVAL=5;BYDAY=TU,SU;WKST=SU;COUNT=3000",
+    "FREQ=MONTHLY;BYDAY=1MO,2MO,3MO,4MO,5MO,-1MO;COUNT=10000",
+    "FREQ=MONTHLY;INTERVAL=7;BYMONTHDAY=31;COUNT=200",
+    "FREQ=YEARLY;BYDAY=20TH,-3SA;COUNT=400",
+    "FREQ=YEARLY;BYMONTH=2,8;BYDAY=-1FR;BYHOUR=9;COUNT=300",
+    "FREQ=DAILY;BYHOUR=8;COUNT=10000",  # before DTSTART's time: DTSTART's day is not one
+])
+def test_a_large_count_ends_where_dateutil_ends_it(rule: str) -> None:
+    start = datetime(1971, 3, 5, 13, 0)
+    assert compile_rule(rule, start).until == list(rrulestr(rule, dtstart=start))[-1]
+
+
+def test_a_count_rule_that_never_reaches_its_count_compiles_quickly() -> None:
+    # Was 0.5 s: the COUNT was found by testing every day from 1970 to the end of 2199.
+    rule = "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000"
+    _compile.cache_clear()
+    t0 = time.perf_counter()
+    compiled = compile_rule(rule, datetime(1970, 1, 5, 12))
+    assert time.perf_counter() - t0 < 0.1
+    got = compiled.between(datetime(2026, 12, 1), datetime(2027, 1, 31))
+    expected = rrulestr(rule, dtstart=datetime(1970, 1, 5, 12)).between(
+        datetime(2026, 12, 1), datetime(2027, 1, 31), inc=True)
+    assert got == expected

@@ -311,6 +311,21 @@ async def test_relative_file_path_is_unavailable() -> None:
         await read(IcsProvider(), "calendars/lee.ics")
 
 
+async def test_a_link_swapped_to_a_file_that_is_not_ics_is_not_read(tmp_path: Path) -> None:
+    # Checked at import, then the link is pointed at a key file: the reader refuses it.
+    (tmp_path / "real.ics").write_bytes(ONE_PM)
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(ONE_PM)  # readable as a calendar: only the name can tell
+    link = tmp_path / "lee.ics"
+    link.symlink_to(tmp_path / "real.ics")
+    provider = IcsProvider()
+    assert await read(provider, str(link)) == [(utc(2026, 12, 1, 18), utc(2026, 12, 1, 19))]
+    link.unlink()
+    link.symlink_to(secret)
+    with pytest.raises(CalendarUnavailable, match=r"lee\.ics is not an \.ics file"):
+        await read(IcsProvider(), str(link))
+
+
 async def test_unparseable_file_is_unavailable_and_named(tmp_path: Path) -> None:
     path = tmp_path / "broken.ics"
     path.write_bytes(b"this is not a calendar")

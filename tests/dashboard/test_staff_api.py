@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
 
+from booking.business_file import import_business, load_business_file
+from booking.clock import FixedClock
+from booking.db import session_scope
+from booking.models import Staff
+from booking.recurrence import _compile
 from booking.scheduler import Scheduler
 from frontdesk.app import create_app
 from frontdesk.settings import Settings
+from tests.conftest import NOW
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+DEMO = Path(__file__).resolve().parents[2] / "frontdesk" / "demo" / "demo-business.yaml"
 DAY = {"service": "checkup", "staff": "lee", "from": "2026-12-07", "to": "2026-12-07"}
 
 
@@ -80,3 +90,60 @@ async def test_a_daily_rule_is_accepted(client: httpx.AsyncClient) -> None:
                       "rrule": "FREQ=DAILY"}]})
     assert r.status_code == 200, r.text
     assert await starts(client) == ["2026-12-07T10:00:00-05:00", "2026-12-07T10:30:00-05:00"]
+
+
+# The costliest rule time off accepts: its COUNT is never reached, so it runs to the year 2199.
+WORST = {"start": "1970-01-05T12:00", "end": "1970-01-05T13:00",
+         "rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000"}
+
+
+async def save_and_search(client: httpx.AsyncClient, time_off: list[dict[str, str]]) -> float:
+    _compile.cache_clear()
+    t0 = time.perf_counter()
+    r = await client.put("/api/v1/staff/lee/availability", headers=AUTH, json={
+        "weekly_hours": {"mon": ["09:00-11:00"]}, "time_off": time_off})
+    assert r.status_code == 200, r.text
+    _compile.cache_clear()  # the search compiles it again, as another process would
+    assert (await starts(client))[0] == "2026-12-07T09:00:00-05:00"
+    return time.perf_counter() - t0
+
+
+async def test_a_count_rule_is_saved_and_searched_quickly(client: httpx.AsyncClient) -> None:
+    plain = min([await save_and_search(client, []) for _ in range(3)])
+    worst = min([await save_and_search(client, [WORST]) for _ in range(3)])
+    # Was 1.1 s more: the COUNT walked every day to 2199, once to validate, once to search.
+    assert worst - plain < 0.1, f"{worst - plain:.3f} s"
+
+
+async def test_more_than_100_time_off_entries_are_refused(client: httpx.AsyncClient) -> None:
+    many = [{**WORST, "start": f"{1970 + i}-01-05T12:00", "end": f"{1970 + i}-01-05T13:00"}
+            for i in range(101)]
+    t0 = time.perf_counter()
+    r = await client.put("/api/v1/staff/lee/availability", headers=AUTH,
+                         json={"weekly_hours": {"mon": ["09:00-11:00"]}, "time_off": many})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"] == "time_off: at most 100 time off entries, not 101"
+    assert time.perf_counter() - t0 < 0.5  # refused before any rule is compiled
+    assert (await starts(client))[0] == "2026-12-07T09:00:00-05:00"  # nothing changed
+    r = await client.put("/api/v1/staff/lee/availability", headers=AUTH,
+                         json={"weekly_hours": {"mon": ["09:00-11:00"]}, "time_off": many[:100]})
+    assert r.status_code == 200, r.text
+
+
+async def test_staff_with_a_calendar_file_can_change_their_hours(engine: Engine) -> None:
+    # The demo business links lee and patel to .ics files next to its file; the stored
+    # (absolute) source used to be re-checked without that folder and refused: 422.
+    import_business(engine, load_business_file(DEMO))
+    scheduler = Scheduler(engine=engine, clock=FixedClock(NOW))
+    app = create_app(Settings(api_key=SecretStr(KEY)), scheduler=scheduler)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as c:
+        for staff_id in ("lee", "patel"):
+            r = await c.put(f"/api/v1/staff/{staff_id}/availability", headers=AUTH,
+                            json={"weekly_hours": {"tue": ["10:00-12:00"]}})
+            assert r.status_code == 200, r.text
+            assert r.json()["weekly_hours"] == {"tue": ["10:00-12:00"]}
+    with session_scope(engine) as s:
+        lee = s.get(Staff, ("bright-smile", "lee"))
+        assert lee is not None and lee.calendars == [
+            {"provider": "ics", "source": str(DEMO.parent.resolve() / "calendars" / "lee.ics")}]
