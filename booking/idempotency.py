@@ -11,6 +11,13 @@ request with a key claims it; a retry with the same key and body gets the first 
 with another body is refused (`KeyReused`), one while the first is still running is told so
 (`RequestInProgress`). Answers the server could not give (5xx) are not kept, so a retry runs
 again. A key lives for `KEEP`.
+
+A claim whose request never answered is taken over after `LEASE` by a retry. The claim's time is
+its token: a takeover stamps the key anew, so the request that lost it can no longer `finish` or
+`release` it (its answer would overwrite, or its release drop, the new holder's claim). The one
+taking over is told when the abandoned request began (`Claim.abandoned_at`): that request may
+have done its work and died before keeping the answer, and the caller should look for that work
+before doing it again.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -87,19 +94,29 @@ class Replay:
     body: str
 
 
+@dataclass(frozen=True)
+class Claim:
+    """This request holds the key: go ahead, then `finish` or `release` it with this claim."""
+
+    business_id: str
+    key: str
+    token: datetime  # when this request claimed the key (the row's `created_at`)
+    abandoned_at: datetime | None = None  # set on a takeover: when the abandoned request began
+
+
 @dataclass
 class IdempotencyStore:
     engine: Engine
     clock: Clock
 
-    async def claim(self, *, business_id: str, key: str, request_hash: str) -> Replay | None:
-        """Claim `key` for this request (None: go ahead, then `finish` or `release` it), or the
+    async def claim(self, *, business_id: str, key: str, request_hash: str) -> Replay | Claim:
+        """Claim `key` for this request (go ahead, then `finish` or `release` the claim), or the
         stored answer of the request that claimed it first."""
         return await in_session(self.engine, lambda s: self._claim(s, business_id, key,
                                                                    request_hash), write=True)
 
     def _claim(self, s: Session, business_id: str, key: str, request_hash: str
-               ) -> Replay | None:
+               ) -> Replay | Claim:
         now = self.clock.now()
         s.execute(sa.delete(IdempotentRequest).where(
             col(IdempotentRequest.created_at) <= now - KEEP))
@@ -107,7 +124,7 @@ class IdempotencyStore:
             row = IdempotentRequest(business_id=business_id, key=key, request_hash=request_hash,
                                     status=IN_PROGRESS, created_at=now)
             if insert_once(s, row, "business_id", "key"):
-                return None
+                return Claim(business_id=business_id, key=key, token=now)
             held = s.exec(select(IdempotentRequest).where(
                 IdempotentRequest.business_id == business_id, IdempotentRequest.key == key)
                 .with_for_update().execution_options(populate_existing=True)).first()
@@ -122,25 +139,33 @@ class IdempotencyStore:
             if held.created_at > now - LEASE:
                 raise RequestInProgress("a request with this Idempotency-Key is still being "
                                         "processed; try again in a moment")
-            held.created_at = now  # abandoned by a process that died: this request takes it
+            # Abandoned by a process that died: this request takes it, under a new token.
+            abandoned_at, held.created_at = held.created_at, now
             s.add(held)
-            return None
+            return Claim(business_id=business_id, key=key, token=now, abandoned_at=abandoned_at)
         raise RequestInProgress("this Idempotency-Key is changing hands; try again in a moment")
 
-    async def finish(self, *, business_id: str, key: str, status: int, body: str) -> None:
-        """Keep the answer to the claimed request, for its retries."""
-        await in_session(self.engine, lambda s: s.execute(
-            sa.update(IdempotentRequest).where(
-                col(IdempotentRequest.business_id) == business_id,
-                col(IdempotentRequest.key) == key,
-                col(IdempotentRequest.status) == IN_PROGRESS,
-            ).values(status=DONE, response_status=status, response_body=body)), write=True)
+    async def finish(self, claim: Claim, *, status: int, body: str) -> bool:
+        """Keep the answer to the claimed request, for its retries. False if the claim was lost
+        (taken over by a retry after `LEASE`): the answer is not kept."""
+        return await in_session(self.engine, lambda s: self._mine(s, claim, sa.update(
+            IdempotentRequest).values(status=DONE, response_status=status, response_body=body)),
+            write=True)
 
-    async def release(self, *, business_id: str, key: str) -> None:
-        """Give the key back unanswered (the request failed on our side): a retry runs again."""
-        await in_session(self.engine, lambda s: s.execute(
-            sa.delete(IdempotentRequest).where(
-                col(IdempotentRequest.business_id) == business_id,
-                col(IdempotentRequest.key) == key,
-                col(IdempotentRequest.status) == IN_PROGRESS,
-            )), write=True)
+    async def release(self, claim: Claim) -> bool:
+        """Give the key back unanswered (the request failed on our side): a retry runs again.
+        False if the claim was lost already."""
+        return await in_session(self.engine, lambda s: self._mine(
+            s, claim, sa.delete(IdempotentRequest)), write=True)
+
+    @staticmethod
+    def _mine(s: Session, claim: Claim, stmt: Any) -> bool:
+        """Run an update or delete on the key's row while it is still this claim's."""
+        table = IdempotentRequest.__table__  # type: ignore[attr-defined]
+        result = s.execute(stmt.where(
+            table.c.business_id == claim.business_id,
+            table.c.key == claim.key,
+            table.c.status == IN_PROGRESS,
+            table.c.created_at == claim.token,
+        ).returning(table.c.key))
+        return result.first() is not None

@@ -22,11 +22,13 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from sqlmodel import Session, col, select
 
-from booking import errors
-from booking.idempotency import IdempotencyStore, fingerprint
-from booking.models import Appointment, Hold, Lead, LeadOutcome
-from booking.scheduler import Scheduler
+from booking import errors, phones
+from booking.db import in_session
+from booking.idempotency import Claim, IdempotencyStore, Replay, fingerprint
+from booking.models import Appointment, Business, Contact, Hold, Lead, LeadOutcome
+from booking.scheduler import Scheduler, check_phone
 from dashboard import http_errors
 
 log = logging.getLogger(__name__)
@@ -318,31 +320,72 @@ async def create_appointment(body: BookIn, scheduler: SchedulerDep,
         return await _book(body, scheduler)
     business_id = await scheduler.resolve_business(body.business)
     store = IdempotencyStore(engine=scheduler.engine, clock=scheduler.clock)
-    claim = {"business_id": business_id, "key": idempotency_key}
-    replay = await store.claim(**claim, request_hash=fingerprint(
-        "POST /api/v1/appointments", body.model_dump(mode="json") | {"business": business_id}))
-    if replay is not None:
-        return JSONResponse(json.loads(replay.body), status_code=replay.status,
+    claim = await store.claim(business_id=business_id, key=idempotency_key, request_hash=(
+        fingerprint("POST /api/v1/appointments",
+                    body.model_dump(mode="json") | {"business": business_id})))
+    if isinstance(claim, Replay):
+        return JSONResponse(json.loads(claim.body), status_code=claim.status,
                             headers={REPLAYED: "true"})
     try:
-        out = await _book(body, scheduler)
+        # Taken over from a request that died: it may have booked before it could keep its
+        # answer. Then that booking is the answer; booking again would only find it in the way.
+        earlier = await _booked_by(claim, body, scheduler) if claim.abandoned_at else None
+        out = earlier or await _book(body, scheduler)
     except errors.BookingError as exc:
         code = http_errors.status_for(exc)
         if code >= 500:
-            await store.release(**claim)
+            await store.release(claim)
         else:  # a refusal is an answer too: a retry is refused the same way
-            await store.finish(**claim, status=code, body=json.dumps(http_errors.body_for(exc)))
+            await store.finish(claim, status=code, body=json.dumps(http_errors.body_for(exc)))
         raise
     except Exception:
-        await store.release(**claim)
+        await store.release(claim)
         raise
     content = out.model_dump(mode="json")
     try:
-        await store.finish(**claim, status=201, body=json.dumps(content))
-    except Exception:  # the booking stands: answer it; a retry finds the slot taken by it
+        kept = await store.finish(claim, status=201, body=json.dumps(content))
+    except Exception:  # the booking stands: answer it; a retry after the lease finds it
         log.exception("booked %s but could not keep the answer for its Idempotency-Key",
                       out.id)
-    return JSONResponse(content, status_code=201)
+    else:
+        if not kept:
+            log.warning("booked %s after its Idempotency-Key was taken over by a retry", out.id)
+    return JSONResponse(content, status_code=201,
+                        headers={REPLAYED: "true"} if earlier else None)
+
+
+async def _booked_by(claim: Claim, body: BookIn, scheduler: Scheduler) -> AppointmentOut | None:
+    """The appointment the abandoned request of `claim` made, if it got that far: booked through
+    the API for the request's caller (and slot, when it named one) since that request began."""
+    assert claim.abandoned_at is not None
+    since, until = claim.abandoned_at, claim.token
+
+    def find(s: Session) -> Appointment | None:
+        business = s.get(Business, claim.business_id)
+        assert business is not None
+        try:
+            phone = check_phone(body.phone, phones.region_for(business.phone_numbers))
+        except errors.InvalidRequest:
+            return None  # it cannot have booked; booking again gives the refusal
+        contact = s.exec(select(Contact).where(Contact.business_id == claim.business_id,
+                                               Contact.phone == phone)).first()
+        if contact is None:
+            return None
+        q = select(Appointment).where(
+            Appointment.business_id == claim.business_id, Appointment.contact_id == contact.id,
+            Appointment.booked_by == "api", col(Appointment.created_at) >= since,
+            col(Appointment.created_at) <= until)
+        if body.hold_id is None:  # a hold is gone once booked: its caller and time say enough
+            q = q.where(Appointment.service_id == body.service,
+                        Appointment.staff_id == body.staff, Appointment.start == body.start)
+        return s.exec(q.order_by(col(Appointment.created_at))).first()
+
+    row = await in_session(scheduler.engine, find)
+    if row is None:
+        return None
+    log.info("an Idempotency-Key taken over after its lease answers with %s, booked under it",
+             row.id)
+    return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 
 
 async def _book(body: BookIn, scheduler: Scheduler) -> AppointmentOut:

@@ -16,6 +16,7 @@ from sqlmodel import select
 from booking import errors
 from booking.clock import FixedClock
 from booking.db import session_scope
+from booking.idempotency import Claim, IdempotencyStore, Replay, RequestInProgress
 from booking.models import IdempotentRequest
 from booking.scheduler import Scheduler
 from frontdesk.app import create_app
@@ -171,8 +172,115 @@ async def test_a_claim_abandoned_by_a_dead_process_is_taken_over(
             business_id="clinic", key="order-1", status="in_progress",
             request_hash=fingerprint("POST /api/v1/appointments", body | {"business": "clinic"}),
             created_at=NOW - timedelta(minutes=6)))
+    # The same caller's booking of another time under another key is not this key's work.
+    assert (await book(client, "order-0", BOOK | {"start": "2026-12-07T10:00:00-05:00"})
+            ).status_code == 201
     r = await book(client, "order-1")
     assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers, r.text
+    assert r.json()["start"] == "2026-12-07T09:00:00-05:00"
+    assert appointments(scheduler) == 2
+
+
+def _answer_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first booked answer cannot be kept (the database went away just then)."""
+    real = IdempotencyStore.finish
+    failures = [RuntimeError("the database went away")]
+
+    async def flaky(self: IdempotencyStore, claim: Claim, *, status: int, body: str) -> bool:
+        if status == 201 and failures:
+            raise failures.pop()
+        return await real(self, claim, status=status, body=body)
+
+    monkeypatch.setattr(IdempotencyStore, "finish", flaky)
+
+
+@pytest.mark.parametrize("by_hold", [False, True], ids=["straight", "from-a-hold"])
+async def test_a_booking_whose_answer_was_not_kept_is_the_answer_after_the_lease(
+        client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch,
+        by_hold: bool) -> None:
+    assert isinstance(scheduler.clock, FixedClock)
+    body = BOOK
+    if by_hold:
+        hold = await client.post("/api/v1/holds", headers=AUTH, json={
+            "service": "cleaning", "staff": "lee", "start": BOOK["start"], "holder": "web-1"})
+        assert hold.status_code == 201, hold.text
+        body = {"hold_id": hold.json()["id"], "name": "Ann Smith", "phone": "(202) 555-0123"}
+    _answer_not_kept(monkeypatch)
+    first = await book(client, "order-1", body)
+    assert first.status_code == 201, first.text  # booked, though the key still says "running"
+    r = await book(client, "order-1", body)
+    assert r.status_code == 409 and r.json()["error"] == "request_in_progress"
+    # After the lease the retry takes the key over, and finds what its first attempt booked
+    # instead of booking again (which would say slot_taken, or that the hold is gone).
+    scheduler.clock.at = NOW + timedelta(minutes=6)
+    r = await book(client, "order-1", body)
+    assert r.status_code == 201, r.text
+    assert r.headers["Idempotent-Replayed"] == "true"
+    assert r.json() == first.json()
+    r = await book(client, "order-1", body)  # and that answer is kept now
+    assert (r.status_code, r.json(), r.headers["Idempotent-Replayed"]) == (
+        201, first.json(), "true")
+    assert appointments(scheduler) == 1
+    assert count_rows(scheduler.engine,
+                      "SELECT count(*) FROM outboxevent WHERE type = 'booking.created'") == 1
+
+
+async def test_a_claim_taken_over_is_no_longer_the_first_requests(
+        scheduler: Scheduler) -> None:
+    assert isinstance(scheduler.clock, FixedClock)
+    store = IdempotencyStore(engine=scheduler.engine, clock=scheduler.clock)
+    key = {"business_id": "clinic", "key": "order-1", "request_hash": "h"}
+    first = await store.claim(**key)
+    assert isinstance(first, Claim) and first.abandoned_at is None
+    scheduler.clock.at = NOW + timedelta(minutes=6)  # the first looks dead: a retry takes over
+    second = await store.claim(**key)
+    assert isinstance(second, Claim) and second.abandoned_at == NOW
+    # The first request, alive after all, can neither answer for the key nor give it back.
+    assert await store.release(first) is False
+    assert await store.finish(first, status=409, body='{"error": "slot_taken"}') is False
+    with pytest.raises(RequestInProgress):
+        await store.claim(**key)  # still the second request's
+    assert await store.finish(second, status=201, body='{"id": "apt_1"}') is True
+    assert await store.claim(**key) == Replay(status=201, body='{"id": "apt_1"}')
+    assert await store.release(second) is False  # answered: nothing left to give back
+
+
+async def test_a_request_that_lost_its_claim_cannot_give_it_away(
+        client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request stalled past the lease, whose key a retry took over, fails at last: its
+    release must not drop the retry's claim (a third attempt would then book as well)."""
+    assert isinstance(scheduler.clock, FixedClock)
+    real = scheduler.book
+    inside = [asyncio.Event(), asyncio.Event()]
+    go_on = [asyncio.Event(), asyncio.Event()]
+    calls: list[int] = []
+
+    async def stalling(**kw: Any) -> Any:
+        n = len(calls)
+        calls.append(n)
+        if n < 2:
+            inside[n].set()
+            await go_on[n].wait()
+            if n == 0:
+                raise errors.Busy("the booking system is busy")
+        return await real(**kw)
+
+    monkeypatch.setattr(scheduler, "book", stalling)
+    stalled = asyncio.create_task(book(client, "order-1"))
+    await asyncio.wait_for(inside[0].wait(), 10)
+    scheduler.clock.at = NOW + timedelta(minutes=6)
+    retry = asyncio.create_task(book(client, "order-1"))
+    await asyncio.wait_for(inside[1].wait(), 10)
+    go_on[0].set()
+    assert (await stalled).status_code == 503
+    r = await book(client, "order-1")
+    assert r.status_code == 409 and r.json()["error"] == "request_in_progress", r.text
+    go_on[1].set()
+    assert (await retry).status_code == 201
+    r = await book(client, "order-1")
+    assert r.status_code == 201 and r.headers["Idempotent-Replayed"] == "true"
+    assert appointments(scheduler) == 1 and len(calls) == 2
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "clé", "tab\there"])
