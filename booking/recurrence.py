@@ -6,10 +6,12 @@ BYSECOND value; DTSTART and UNTIL lie in the years 1970-2199. Anything else is `
 with a one-line reason naming the part.
 
 Expansion gives dateutil's instances (the tests compare the two) without walking from DTSTART:
-each day of the window is tested on its own, so the cost is the window's length in days however
+the window is gone through month by month, and in each month only the days the BY parts name
+are made (arithmetic on day numbers), so the cost is the window's months and instances however
 old the rule is and however rarely it matches. dateutil walks a rule that never matches, such as
 FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30, period by period to the year 9999 (seconds, every search).
-A COUNT becomes the rule's last instance once, when the rule is compiled (and cached).
+A COUNT becomes the rule's last instance once, when the rule is compiled (and cached), counted
+the same way: at most the 2,760 months to 2199 plus the instances (about 10 ms at worst).
 """
 
 from __future__ import annotations
