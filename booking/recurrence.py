@@ -52,7 +52,7 @@ class TooManyInstances(RuleRefused):
     """An expansion that would look at more than `MAX_INSTANCES` days."""
 
 
-def check_year(value: datetime, what: str) -> None:
+def check_year(value: date, what: str) -> None:
     """Refuse a date outside the years time off and bookings may use (1970-2199)."""
     if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise RuleRefused(f"{what} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")

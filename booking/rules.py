@@ -93,6 +93,16 @@ class Override(BaseModel):
     date: date
     hours: DayHours = Field(default_factory=list)
 
+    @field_validator("date")
+    @classmethod
+    def _in_range(cls, value: date, info: ValidationInfo) -> date:
+        if not _stored(info):
+            try:
+                check_year(value, "date")
+            except RuleRefused as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
 
 def _stored(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get("stored"))

@@ -278,12 +278,17 @@ async def save_hours(request: Request, staff_id: str, user: CurrentUser) -> Resp
     form = HoursForm.read(await request.form())
     at = db.now(request)
 
-    def write(s: Session) -> bool:
-        member = load_member(s, user, staff_id)
-        values = validate(member.staff, form)
-        if values is None:
-            return False
-        row = member.staff
+    # Rules are checked (recurring ones compiled) in a read transaction, so the write below
+    # holds the database's write lock only for the update itself.
+    def check(s: Session) -> dict[str, Any] | None:
+        return validate(load_member(s, user, staff_id).staff, form)
+
+    values = await db.run(request, check)
+    if values is None:
+        return await _render_member(request, user, staff_id, form=form, status_code=422)
+
+    def write(s: Session) -> None:
+        row = load_member(s, user, staff_id).staff
         before = {"weekly_hours": row.weekly_hours, "overrides": row.overrides,
                   "time_off": row.time_off}
         row.weekly_hours = values["weekly_hours"]
@@ -293,8 +298,6 @@ async def save_hours(request: Request, staff_id: str, user: CurrentUser) -> Resp
         audit(s, business_id=user.business_id, actor=user.email, user_id=user.id,
               action="staff.hours", subject=staff_id,
               details={"before": before, "after": values}, at=at)
-        return True
 
-    if not await db.run(request, write, write=True):
-        return await _render_member(request, user, staff_id, form=form, status_code=422)
+    await db.run(request, write, write=True)
     return RedirectResponse(f"/staff/{staff_id}?saved=1", status_code=303)

@@ -83,6 +83,18 @@ async def test_time_off_that_would_stall_every_search_is_refused(
     assert (await starts(client))[0] == "2026-12-07T09:00:00-05:00"  # nothing changed
 
 
+@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "1969-12-31", "2200-01-01"])
+async def test_an_override_outside_the_calendars_years_is_refused(
+    client: httpx.AsyncClient, day: str,
+) -> None:
+    r = await client.put("/api/v1/staff/lee/availability", headers=AUTH,
+                         json={"weekly_hours": {"mon": ["09:00-17:00"]},
+                               "overrides": [{"date": day, "hours": []}]})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith("overrides[0].date: date "), r.json()
+    assert "outside the years 1970-2199" in r.json()["message"]
+
+
 async def test_a_daily_rule_is_accepted(client: httpx.AsyncClient) -> None:
     r = await client.put("/api/v1/staff/lee/availability", headers=AUTH, json={
         "weekly_hours": {"mon": ["09:00-11:00"]},
