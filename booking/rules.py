@@ -86,6 +86,9 @@ def _no_overlap(ranges: list[str]) -> list[str]:
 DayHours = Annotated[list[TimeRange], AfterValidator(_no_overlap)]
 
 
+_Day = date  # the field `date` below hides the type inside the class
+
+
 class Override(BaseModel):
     """Other hours on one date; an empty list closes the date."""
 
@@ -95,7 +98,7 @@ class Override(BaseModel):
 
     @field_validator("date")
     @classmethod
-    def _in_range(cls, value: date, info: ValidationInfo) -> date:
+    def _in_range(cls, value: _Day, info: ValidationInfo) -> _Day:
         if not _stored(info):
             try:
                 check_year(value, "date")
