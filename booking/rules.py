@@ -11,7 +11,7 @@ import logging
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property, lru_cache
-from typing import Annotated
+from typing import Annotated, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -87,6 +87,7 @@ DayHours = Annotated[list[TimeRange], AfterValidator(_no_overlap)]
 
 
 _Day = date  # the field `date` below hides the type inside the class
+_D = TypeVar("_D", bound=date)
 
 
 class Override(BaseModel):
@@ -99,16 +100,21 @@ class Override(BaseModel):
     @field_validator("date")
     @classmethod
     def _in_range(cls, value: _Day, info: ValidationInfo) -> _Day:
-        if not _stored(info):
-            try:
-                check_year(value, "date")
-            except RuleRefused as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return _in_years(value, "date", info)
 
 
 def _stored(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get("stored"))
+
+
+def _in_years(value: _D, what: str, info: ValidationInfo) -> _D:
+    """`value` if it lies in 1970-2199 or was read back as stored; else a validation error."""
+    if not _stored(info):
+        try:
+            check_year(value, what)
+        except RuleRefused as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 class TimeOff(BaseModel):
@@ -128,12 +134,7 @@ class TimeOff(BaseModel):
     @field_validator("start", "end")
     @classmethod
     def _in_range(cls, value: datetime, info: ValidationInfo) -> datetime:
-        if not _stored(info):
-            try:
-                check_year(value, "the date")
-            except RuleRefused as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return _in_years(value, "the date", info)
 
     @field_validator("rrule")
     @classmethod
