@@ -14,9 +14,11 @@ from booking.scheduler import Scheduler, check_phone
 from frontdesk.settings import Settings
 
 QUIT = {"quit", "exit", "bye!"}
-NO_MODEL = ("[No language model is configured. Set FRONTDESK_OPENAI_API_KEY to use OpenAI, or "
-            "FRONTDESK_OPENAI_BASE_URL to use another OpenAI-compatible server (e.g. "
-            "http://localhost:11434/v1 for Ollama). Until then the agent can only take a message.]")
+NO_MODEL = (
+    "[No language model is configured. Set FRONTDESK_OPENAI_API_KEY to use OpenAI, or "
+    "FRONTDESK_OPENAI_BASE_URL to use another OpenAI-compatible server (e.g. "
+    "http://localhost:11434/v1 for Ollama). Until then the agent can only take a message.]"
+)
 
 
 def model_configured(settings: Settings) -> bool:
@@ -31,7 +33,7 @@ async def chat(conversation: Conversation, *, lines: TextIO, out: TextIO) -> Non
         while True:
             out.write("you> ")
             out.flush()
-            line = (await asyncio.to_thread(lines.readline))
+            line = await asyncio.to_thread(lines.readline)
             if not line or line.strip().lower() in QUIT:
                 out.write("\n")
                 return
@@ -60,8 +62,13 @@ def _show(event: Speech | Filler | Handoff) -> str:
 
 
 async def run_chat(
-    *, settings: Settings, scheduler: Scheduler, business_id: str | None, caller: str | None,
-    lines: TextIO, out: TextIO,
+    *,
+    settings: Settings,
+    scheduler: Scheduler,
+    business_id: str | None,
+    caller: str | None,
+    lines: TextIO,
+    out: TextIO,
 ) -> None:
     """Build a conversation from settings and chat until the caller is done."""
     business = await scheduler.resolve_business(business_id)
@@ -70,31 +77,48 @@ async def run_chat(
         own = (await scheduler.business(business)).phone_numbers
         phone = check_phone(caller, phones.region_for(own))
     if not model_configured(settings):
-        await take_message(scheduler=scheduler, business_id=business, caller=phone, lines=lines,
-                           out=out)
+        await take_message(
+            scheduler=scheduler, business_id=business, caller=phone, lines=lines, out=out
+        )
         return
     from agent.llm import make_llm
 
     llm = make_llm(settings)
     try:
         conversation = Conversation(
-            scheduler=scheduler, llm=llm, model=settings.llm_model,
-            context=CallContext(business_id=business, caller_phone=phone, call_id=None,
-                                channel="terminal"),
-            clock=scheduler.clock, llm_timeout=settings.llm_timeout_seconds)
+            scheduler=scheduler,
+            llm=llm,
+            model=settings.llm_model,
+            context=CallContext(
+                business_id=business, caller_phone=phone, call_id=None, channel="terminal"
+            ),
+            clock=scheduler.clock,
+            llm_timeout=settings.llm_timeout_seconds,
+        )
         await chat(conversation, lines=lines, out=out)
     finally:
         await llm.close()
 
 
 async def take_message(
-    *, scheduler: Scheduler, business_id: str, caller: str | None, lines: TextIO, out: TextIO,
+    *,
+    scheduler: Scheduler,
+    business_id: str,
+    caller: str | None,
+    lines: TextIO,
+    out: TextIO,
 ) -> None:
     """Without a model: say so plainly, then run the scripted message-taking a call falls back
     to (name, reason, callback number; the message is saved as a lead)."""
     facts = await BusinessFacts.load(scheduler, business_id)
-    toolbox = Toolbox(scheduler=scheduler, facts=facts, caller_phone=caller, call_id=None,
-                      holder=f"conv:{uuid.uuid4()}", clock=scheduler.clock)
+    toolbox = Toolbox(
+        scheduler=scheduler,
+        facts=facts,
+        caller_phone=caller,
+        call_id=None,
+        holder=f"conv:{uuid.uuid4()}",
+        clock=scheduler.clock,
+    )
     script = MessageTaking(toolbox, apology=NO_MODEL_OPENING)
     out.write(f"{NO_MODEL}\n")
     greeting = facts.business.greeting or DEFAULT_GREETING.format(name=facts.business.name)
@@ -111,6 +135,7 @@ async def take_message(
         turn = await script.answer(line.strip())
         out.write(f"agent> {turn.say}\n")
         if turn.ending is not None:
-            out.write(_show(Handoff(reason=turn.ending.reason,
-                                    transfer_to=turn.ending.transfer_to)))
+            out.write(
+                _show(Handoff(reason=turn.ending.reason, transfer_to=turn.ending.transfer_to))
+            )
             return

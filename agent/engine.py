@@ -45,8 +45,7 @@ FILLERS = {
     "reschedule_appointment": "One moment while I move that.",
 }
 CLOSING = {True: "Please hold while I put you through.", False: "Thank you for calling. Goodbye!"}
-SORRY = ("I'm sorry, something went wrong on our end. Please call back a little later. "
-         "Goodbye.")
+SORRY = "I'm sorry, something went wrong on our end. Please call back a little later. Goodbye."
 TOOL_SPECS = Toolbox.specs()
 
 
@@ -216,7 +215,7 @@ class Conversation:
         remaining = " ".join(heard.split())
         for said in self._turn:
             if len(remaining) >= len(said.text):
-                remaining = remaining[len(said.text):].lstrip()
+                remaining = remaining[len(said.text) :].lstrip()
                 continue
             self._cut(said, remaining)
             remaining = ""
@@ -232,9 +231,15 @@ class Conversation:
         self._state.ending = None
         self._state.unanswered_transfer = unanswered
         after = Conversation(
-            scheduler=self.scheduler, llm=self.llm, model=self.model, context=self.context,
-            clock=self.clock, llm_timeout=self.llm_timeout, filler_after=self.filler_after,
-            state=self._state)
+            scheduler=self.scheduler,
+            llm=self.llm,
+            model=self.model,
+            context=self.context,
+            clock=self.clock,
+            llm_timeout=self.llm_timeout,
+            filler_after=self.filler_after,
+            state=self._state,
+        )
         after._open_with(said)
         return after
 
@@ -254,13 +259,22 @@ class Conversation:
         appointment = self._state.booked[-1] if self._state.booked else None
         if toolbox is None:  # the caller hung up before the conversation began
             row = await self.scheduler.record_lead(
-                business_id=self.context.business_id, phone=self.context.caller_phone,
-                name=self._state.caller_name, reason=reason, outcome=outcome.value,
-                call_id=self.context.call_id)
+                business_id=self.context.business_id,
+                phone=self.context.caller_phone,
+                name=self._state.caller_name,
+                reason=reason,
+                outcome=outcome.value,
+                call_id=self.context.call_id,
+            )
             self._state.lead = row.id
             return
-        await toolbox.record_lead(name=self._state.caller_name, phone=self.context.caller_phone,
-                                  reason=reason, outcome=outcome, appointment_id=appointment)
+        await toolbox.record_lead(
+            name=self._state.caller_name,
+            phone=self.context.caller_phone,
+            reason=reason,
+            outcome=outcome,
+            appointment_id=appointment,
+        )
 
     # ---- the LLM conversation -------------------------------------------------------------
 
@@ -299,8 +313,9 @@ class Conversation:
         """Stream one model answer into `round_`, handing out each complete sentence."""
         try:
             async with asyncio.timeout(self.llm_timeout):
-                stream = await stream_chat(self.llm, model=self.model, messages=self._messages,
-                                           tools=TOOL_SPECS)
+                stream = await stream_chat(
+                    self.llm, model=self.model, messages=self._messages, tools=TOOL_SPECS
+                )
         except Exception as exc:
             raise LLMFailure("the request failed") from exc
         sentences = Sentences()
@@ -351,8 +366,17 @@ class Conversation:
                 results.append((await toolbox.call(call.name, call.arguments), False))
             except MalformedCall as exc:
                 log.warning("malformed tool call %s(%r): %s", call.name, call.arguments, exc)
-                results.append((json.dumps({"error": f"{exc}. Call only the tools you were "
-                                            "given, with a JSON object of arguments."}), True))
+                results.append(
+                    (
+                        json.dumps(
+                            {
+                                "error": f"{exc}. Call only the tools you were "
+                                "given, with a JSON object of arguments."
+                            }
+                        ),
+                        True,
+                    )
+                )
         return results
 
     def _commit(self, pending: _Pending) -> None:
@@ -382,8 +406,11 @@ class Conversation:
             return
         done, _ = await asyncio.wait({pending.task}, timeout=SETTLE_TIMEOUT)
         if not done:
-            log.error("tools %s still running after %ss; dropping their results",
-                      [c.name for c in pending.calls], SETTLE_TIMEOUT)
+            log.error(
+                "tools %s still running after %ss; dropping their results",
+                [c.name for c in pending.calls],
+                SETTLE_TIMEOUT,
+            )
             pending.task.cancel()
             self._pending = None
             return
@@ -432,12 +459,21 @@ class Conversation:
             if self._facts is None:  # another turn may have loaded it meanwhile
                 self._facts = facts
                 self._toolbox = Toolbox(
-                    scheduler=self.scheduler, facts=facts, caller_phone=self.context.caller_phone,
-                    call_id=self.context.call_id, holder=self._holder(), clock=self.clock,
-                    state=self._state)
-                prompt = system_prompt(business=facts.business, services=facts.services,
-                                       staff=facts.staff, now=self.clock.now(),
-                                       caller_phone=self.context.caller_phone)
+                    scheduler=self.scheduler,
+                    facts=facts,
+                    caller_phone=self.context.caller_phone,
+                    call_id=self.context.call_id,
+                    holder=self._holder(),
+                    clock=self.clock,
+                    state=self._state,
+                )
+                prompt = system_prompt(
+                    business=facts.business,
+                    services=facts.services,
+                    staff=facts.staff,
+                    now=self.clock.now(),
+                    caller_phone=self.context.caller_phone,
+                )
                 self._messages.insert(0, {"role": "system", "content": prompt})
         return self._facts
 
@@ -481,8 +517,7 @@ class Conversation:
         state = self._state
         if state.lead is not None:
             # A message taken earlier is the call's lead; a later booking upgrades it.
-            return (LeadOutcome.BOOKED, f"Booked: {state.booked_summary}") if state.booked \
-                else None
+            return (LeadOutcome.BOOKED, f"Booked: {state.booked_summary}") if state.booked else None
         if state.booked:
             return LeadOutcome.BOOKED, f"Booked: {state.booked_summary}"
         if state.cancelled:
@@ -490,8 +525,11 @@ class Conversation:
         if state.ending is not None and state.ending.transfer_to:
             return LeadOutcome.CALLBACK, f"Transferred to a person: {state.ending.reason}"
         if state.unanswered_transfer is not None:
-            return (LeadOutcome.CALLBACK, "Asked for a person, but nobody answered the transfer: "
-                    f"{state.unanswered_transfer}")
+            return (
+                LeadOutcome.CALLBACK,
+                "Asked for a person, but nobody answered the transfer: "
+                f"{state.unanswered_transfer}",
+            )
         if state.ending is not None:
             return LeadOutcome.NOT_INTERESTED, "Call finished without a booking"
         said = [e["text"] for e in self.transcript if e["role"] == "caller"]

@@ -16,18 +16,25 @@ from dataclasses import dataclass
 from agent.tools import Ending, Toolbox
 from booking.models import LeadOutcome
 
-OPENING = ("I'm sorry, I can't reach our booking system right now, but I can take a message and "
-           "have someone call you back.")
+OPENING = (
+    "I'm sorry, I can't reach our booking system right now, but I can take a message and "
+    "have someone call you back."
+)
 # When no model is configured at all (`frontdesk chat` without FRONTDESK_OPENAI_*): nothing is
 # down, so say what is true.
-NO_MODEL_OPENING = ("I can't book or answer questions here until a language model is "
-                    "configured, but I can take a message and have someone call you back.")
-YES = re.compile(r"\b(yes|yeah|yep|sure|ok|okay|correct|right|fine|please|that's it|it is)\b",
-                 re.IGNORECASE)
+NO_MODEL_OPENING = (
+    "I can't book or answer questions here until a language model is "
+    "configured, but I can take a message and have someone call you back."
+)
+YES = re.compile(
+    r"\b(yes|yeah|yep|sure|ok|okay|correct|right|fine|please|that's it|it is)\b", re.IGNORECASE
+)
 NO = re.compile(r"\b(no|nope|not|don't|different|another|other)\b", re.IGNORECASE)
-NAME_PREFIX = re.compile(r"^(hi|hello|yes|yeah|sure|ok|okay)?[,.\s]*"
-                         r"(my name is|my name's|this is|it's|it is|i'm|i am|name is)?\s*",
-                         re.IGNORECASE)
+NAME_PREFIX = re.compile(
+    r"^(hi|hello|yes|yeah|sure|ok|okay)?[,.\s]*"
+    r"(my name is|my name's|this is|it's|it is|i'm|i am|name is)?\s*",
+    re.IGNORECASE,
+)
 
 
 class Step(enum.Enum):
@@ -79,8 +86,10 @@ class MessageTaking:
         if self.step is Step.TRANSFER:
             self.step = Step.DONE
             if YES.search(text) and not NO.search(text):
-                return Turn("Please hold while I put you through.",
-                            Ending("caller asked for a person", self._transfer_number()))
+                return Turn(
+                    "Please hold while I put you through.",
+                    Ending("caller asked for a person", self._transfer_number()),
+                )
             return Turn("Thank you for calling. Goodbye!", Ending("message taken", None))
         return Turn("Thank you for calling. Goodbye!", Ending("message taken", None))
 
@@ -108,8 +117,9 @@ class MessageTaking:
         if number is None or not await self._save(number):
             if not self._asked_number_twice:
                 self._asked_number_twice = True
-                return Turn("Sorry, I didn't catch that number. Could you say it again, with "
-                            "the area code?")
+                return Turn(
+                    "Sorry, I didn't catch that number. Could you say it again, with the area code?"
+                )
             await self._save_without_number(text)
         thanks = "Thank you. I've passed your message on, and someone will call you back soon."
         if self._transfer_number():
@@ -120,17 +130,22 @@ class MessageTaking:
 
     async def _save(self, number: str) -> bool:
         """Save the message through the take_message tool; False if the number was unusable."""
-        arguments = {"name": self.name or "unknown caller", "reason": self.reason or "",
-                     "callback_number": number}
+        arguments = {
+            "name": self.name or "unknown caller",
+            "reason": self.reason or "",
+            "callback_number": number,
+        }
         result = json.loads(await self.toolbox.call("take_message", json.dumps(arguments)))
         return bool(result.get("saved"))
 
     async def _save_without_number(self, heard: str) -> None:
         """Keep the lead even without a usable number; what the caller said goes in the reason."""
         await self.toolbox.record_lead(
-            name=self.name, phone=self.toolbox.caller_phone,
+            name=self.name,
+            phone=self.toolbox.caller_phone,
             reason=f"{self.reason} (callback number heard as: {heard!r})",
-            outcome=LeadOutcome.MESSAGE)
+            outcome=LeadOutcome.MESSAGE,
+        )
 
     def _transfer_number(self) -> str | None:
         facts = self.toolbox.facts

@@ -40,7 +40,10 @@ def make_llm(settings: Settings) -> openai.AsyncOpenAI:
 
 
 async def stream_chat(
-    llm: openai.AsyncOpenAI, *, model: str, messages: list[dict[str, Any]],
+    llm: openai.AsyncOpenAI,
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
 ) -> openai.AsyncStream[ChatCompletionChunk]:
     """Start a streamed Chat Completion: the request `chat.completions.create(stream=True)` sends.
@@ -52,8 +55,13 @@ async def stream_chat(
     the call: it was the largest cost between a caller's words and our first token.
     """
     body = {"model": model, "messages": messages, "tools": tools, "stream": True}
-    return await llm.post("/chat/completions", body=body, cast_to=ChatCompletion, stream=True,
-                          stream_cls=openai.AsyncStream[ChatCompletionChunk])
+    return await llm.post(
+        "/chat/completions",
+        body=body,
+        cast_to=ChatCompletion,
+        stream=True,
+        stream_cls=openai.AsyncStream[ChatCompletionChunk],
+    )
 
 
 async def warm_up(llm: openai.AsyncOpenAI) -> None:
@@ -64,5 +72,6 @@ async def warm_up(llm: openai.AsyncOpenAI) -> None:
     del resources
     anyio.Event()
     ChatCompletionChunk.model_rebuild()
-    ChatCompletionChunk.construct(id="warm-up", choices=[], created=0, model="",
-                                  object="chat.completion.chunk")
+    ChatCompletionChunk.construct(
+        id="warm-up", choices=[], created=0, model="", object="chat.completion.chunk"
+    )

@@ -31,7 +31,7 @@ class Sentences:
 
     def _boundary(self) -> int | None:
         for match in BOUNDARY.finditer(self._buffer):
-            words = self._buffer[:match.end()].split()
+            words = self._buffer[: match.end()].split()
             if words and words[-1].lower().lstrip("(\"'") in ABBREVIATIONS:
                 continue
             return match.end()

@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 
 OPTIONS = 3  # slots offered per search: enough to choose from, few enough to say aloud
 LOOKAHEAD_DAYS = 14  # how far past an empty window to look for the next free times
-APOLOGY = ("Something went wrong on our side with that request. Apologize briefly, and offer to "
-           "take a message or transfer the caller.")
+APOLOGY = (
+    "Something went wrong on our side with that request. Apologize briefly, and offer to "
+    "take a message or transfer the caller."
+)
 
 
 class ToolError(Exception):
@@ -72,14 +74,18 @@ def model_message(exc: errors.BookingError) -> str:
         case errors.AppointmentNotActive():
             return "That appointment is already cancelled or moved; nothing was changed."
         case errors.CalendarUnavailable():
-            return ("The calendar cannot be read right now. Apologize, and offer to take a "
-                    "message so someone calls back.")
+            return (
+                "The calendar cannot be read right now. Apologize, and offer to take a "
+                "message so someone calls back."
+            )
         case _:
             return exc.message
 
 
-NOT_THEIRS = ("No appointment with that id belongs to this caller. You can only see and change "
-              "the caller's own appointments: use find_appointments. Nothing was changed.")
+NOT_THEIRS = (
+    "No appointment with that id belongs to this caller. You can only see and change "
+    "the caller's own appointments: use find_appointments. Nothing was changed."
+)
 
 
 # ---- arguments ------------------------------------------------------------------------------
@@ -94,18 +100,28 @@ Day = date  # the field below is called `date`, which would shadow the type in i
 
 class CheckAvailability(Args):
     service: str = Field(description="The service id from the system prompt, e.g. 'cleaning'.")
-    date: Day = Field(description="The first day to search, YYYY-MM-DD, in the business's "
-                                   "calendar (see the dates in the system prompt).")
-    days: int = Field(default=1, ge=1, le=14,
-                      description="How many days to search from `date` (1 = that day only).")
-    staff: str | None = Field(default=None,
-                              description="A staff id, only if the caller asked for someone.")
-    earliest_time: time | None = Field(default=None,
-                                       description="Only times starting at or after this, "
-                                                   "HH:MM 24-hour local time, e.g. '13:00'.")
-    latest_time: time | None = Field(default=None,
-                                     description="Only times starting at or before this, "
-                                                 "HH:MM 24-hour local time, e.g. '11:30'.")
+    date: Day = Field(
+        description="The first day to search, YYYY-MM-DD, in the business's "
+        "calendar (see the dates in the system prompt)."
+    )
+    days: int = Field(
+        default=1,
+        ge=1,
+        le=14,
+        description="How many days to search from `date` (1 = that day only).",
+    )
+    staff: str | None = Field(
+        default=None, description="A staff id, only if the caller asked for someone."
+    )
+    earliest_time: time | None = Field(
+        default=None,
+        description="Only times starting at or after this, HH:MM 24-hour local time, e.g. '13:00'.",
+    )
+    latest_time: time | None = Field(
+        default=None,
+        description="Only times starting at or before this, "
+        "HH:MM 24-hour local time, e.g. '11:30'.",
+    )
 
 
 class SlotArgs(Args):
@@ -113,16 +129,21 @@ class SlotArgs(Args):
 
 
 class BookAppointment(Args):
-    slot_id: str = Field(description="The slot_id of the time the caller chose, from "
-                                     "check_availability in this call.")
+    slot_id: str = Field(
+        description="The slot_id of the time the caller chose, from "
+        "check_availability in this call."
+    )
     name: str = Field(min_length=1, description="The caller's full name, as they said it.")
-    notes: str | None = Field(default=None,
-                              description="Anything the business should know, briefly.")
-    phone: str | None = Field(default=None,
-                              description="Only if the caller wants a different contact number "
-                                          "than the one they call from: the digits as they "
-                                          "said them, e.g. '202 555 0123', or with a country "
-                                          "code, '+44 20 7946 0018'.")
+    notes: str | None = Field(
+        default=None, description="Anything the business should know, briefly."
+    )
+    phone: str | None = Field(
+        default=None,
+        description="Only if the caller wants a different contact number "
+        "than the one they call from: the digits as they "
+        "said them, e.g. '202 555 0123', or with a country "
+        "code, '+44 20 7946 0018'.",
+    )
 
 
 class AppointmentArgs(Args):
@@ -130,18 +151,19 @@ class AppointmentArgs(Args):
 
 
 class Reschedule(Args):
-    appointment_id: str = Field(description="The appointment_id to move, from "
-                                            "find_appointments.")
+    appointment_id: str = Field(description="The appointment_id to move, from find_appointments.")
     slot_id: str = Field(description="The new time's slot_id, from check_availability.")
 
 
 class TakeMessage(Args):
     name: str = Field(min_length=1, description="The caller's name.")
     reason: str = Field(min_length=1, description="What the call is about, in a sentence.")
-    callback_number: str | None = Field(default=None,
-                                        description="Where to call back, if not the number they "
-                                                    "call from: the digits as they said them, "
-                                                    "e.g. '202 555 0123'.")
+    callback_number: str | None = Field(
+        default=None,
+        description="Where to call back, if not the number they "
+        "call from: the digits as they said them, "
+        "e.g. '202 555 0123'.",
+    )
 
 
 class Transfer(Args):
@@ -206,8 +228,11 @@ class BusinessFacts:
     @classmethod
     async def load(cls, scheduler: Scheduler, business_id: str) -> BusinessFacts:
         business = await scheduler.business(business_id)
-        return cls(business=business, services=await scheduler.services(business.id),
-                   staff=await scheduler.staff(business.id))
+        return cls(
+            business=business,
+            services=await scheduler.services(business.id),
+            staff=await scheduler.staff(business.id),
+        )
 
     @property
     def tz(self) -> ZoneInfo:
@@ -277,11 +302,14 @@ class Toolbox:
     def specs() -> list[dict[str, Any]]:
         """The tools in Chat Completions' `tools` format."""
         return [
-            {"type": "function", "function": {
-                "name": name,
-                "description": _describe(method),
-                "parameters": _schema(args),
-            }}
+            {
+                "type": "function",
+                "function": {
+                    "name": name,
+                    "description": _describe(method),
+                    "parameters": _schema(args),
+                },
+            }
             for name, (args, method) in _TOOLS.items()
         ]
 
@@ -327,19 +355,31 @@ class Toolbox:
         if args.date < today:
             raise ToolError(f"{args.date} has passed; today is {today:%A, %B} {today.day}.")
         last = args.date + timedelta(days=args.days - 1)
-        slots = await self._search(service.id, args.date, last, staff_id=staff_id,
-                                   earliest=args.earliest_time, latest=args.latest_time)
-        result: dict[str, Any] = {"service": service.name,
-                                  "slots": self._offer(service.id, slots)}
+        slots = await self._search(
+            service.id,
+            args.date,
+            last,
+            staff_id=staff_id,
+            earliest=args.earliest_time,
+            latest=args.latest_time,
+        )
+        result: dict[str, Any] = {"service": service.name, "slots": self._offer(service.id, slots)}
         if slots:
             return result
-        later = await self._search(service.id, last + timedelta(days=1),
-                                   last + timedelta(days=LOOKAHEAD_DAYS), staff_id=staff_id,
-                                   earliest=args.earliest_time, latest=args.latest_time)
+        later = await self._search(
+            service.id,
+            last + timedelta(days=1),
+            last + timedelta(days=LOOKAHEAD_DAYS),
+            staff_id=staff_id,
+            earliest=args.earliest_time,
+            latest=args.latest_time,
+        )
         result["slots"] = self._offer(service.id, later)
-        result["note"] = ("Nothing is free in the window asked for. "
-                          + ("These are the next free times after it." if later else
-                             f"Nothing is free in the {LOOKAHEAD_DAYS} days after it either."))
+        result["note"] = "Nothing is free in the window asked for. " + (
+            "These are the next free times after it."
+            if later
+            else f"Nothing is free in the {LOOKAHEAD_DAYS} days after it either."
+        )
         return result
 
     @tool(SlotArgs)
@@ -349,14 +389,22 @@ class Toolbox:
         offered = self._offered(args.slot_id)
         try:
             hold = await self.scheduler.hold(
-                business_id=self.business_id, service_id=offered.service_id,
-                staff_id=offered.staff_id, start=offered.start, holder=self.holder)
+                business_id=self.business_id,
+                service_id=offered.service_id,
+                staff_id=offered.staff_id,
+                start=offered.start,
+                holder=self.holder,
+            )
         except errors.SlotUnavailable as exc:
             raise ToolError(await self._with_alternatives(exc, offered)) from None
         self._hold_id = hold.id
-        return {"held": True, "slot_id": args.slot_id, "spoken": self._spoken(offered),
-                "minutes": self.scheduler.hold_minutes,
-                "note": "Held, not booked yet. Confirm the details, then call book_appointment."}
+        return {
+            "held": True,
+            "slot_id": args.slot_id,
+            "spoken": self._spoken(offered),
+            "minutes": self.scheduler.hold_minutes,
+            "note": "Held, not booked yet. Confirm the details, then call book_appointment.",
+        }
 
     # ---- booking --------------------------------------------------------------------------
 
@@ -368,13 +416,23 @@ class Toolbox:
         offered = self._offered(args.slot_id)
         phone = self._phone(args.phone) if args.phone else self.caller_phone
         if phone is None:
-            raise ToolError("The caller's number is withheld: ask for a phone number and pass "
-                            "it as `phone`. Nothing is booked yet.")
+            raise ToolError(
+                "The caller's number is withheld: ask for a phone number and pass "
+                "it as `phone`. Nothing is booked yet."
+            )
         try:
             row = await self.scheduler.book(
-                business_id=self.business_id, name=args.name, phone=phone,
-                service_id=offered.service_id, staff_id=offered.staff_id, start=offered.start,
-                holder=self.holder, notes=args.notes, booked_by="agent", call_id=self.call_id)
+                business_id=self.business_id,
+                name=args.name,
+                phone=phone,
+                service_id=offered.service_id,
+                staff_id=offered.staff_id,
+                start=offered.start,
+                holder=self.holder,
+                notes=args.notes,
+                booked_by="agent",
+                call_id=self.call_id,
+            )
         except errors.SlotUnavailable as exc:
             raise ToolError(await self._with_alternatives(exc, offered)) from None
         self._hold_id = None
@@ -382,14 +440,21 @@ class Toolbox:
         self.state.booked.append(row.id)
         self.state.caller_name = args.name
         self.state.booked_summary = f"{self.facts.service_name(row.service_id)}, {spoken}"
-        answer = {"booked": True, "appointment_id": row.id, "service":
-                  self.facts.service_name(row.service_id), "spoken": spoken, "name": args.name,
-                  "note": "Booked. Confirm it to the caller in one sentence."}
+        answer = {
+            "booked": True,
+            "appointment_id": row.id,
+            "service": self.facts.service_name(row.service_id),
+            "spoken": spoken,
+            "name": args.name,
+            "note": "Booked. Confirm it to the caller in one sentence.",
+        }
         if args.phone:
             answer["contact_number"] = phone
             answer["read_back"] = phones.spoken(phone, self.region)
-            answer["note"] = ("Booked. Confirm it in one sentence, and read the contact number "
-                              "back exactly as in read_back, digit by digit.")
+            answer["note"] = (
+                "Booked. Confirm it in one sentence, and read the contact number "
+                "back exactly as in read_back, digit by digit."
+            )
         return answer
 
     @tool(NoArgs)
@@ -406,32 +471,47 @@ class Toolbox:
         current = await self._own_appointment(args.appointment_id)
         offered = self._offered(args.slot_id)
         if offered.service_id != current.service_id:
-            raise ToolError(f"That slot is for {self.facts.service_name(offered.service_id)}, "
-                            f"but the appointment is for "
-                            f"{self.facts.service_name(current.service_id)}. Search again with "
-                            f"service '{current.service_id}'.")
+            raise ToolError(
+                f"That slot is for {self.facts.service_name(offered.service_id)}, "
+                f"but the appointment is for "
+                f"{self.facts.service_name(current.service_id)}. Search again with "
+                f"service '{current.service_id}'."
+            )
         try:
             row = await self.scheduler.reschedule(
-                business_id=self.business_id, appointment_id=current.id, start=offered.start,
-                staff_id=offered.staff_id, phone=self.caller_phone, holder=self.holder)
+                business_id=self.business_id,
+                appointment_id=current.id,
+                start=offered.start,
+                staff_id=offered.staff_id,
+                phone=self.caller_phone,
+                holder=self.holder,
+            )
         except errors.SlotUnavailable as exc:
             raise ToolError(await self._with_alternatives(exc, offered)) from None
         self._hold_id = None
         spoken = self._spoken(offered)
         self.state.booked.append(row.id)
         self.state.booked_summary = f"moved to {self.facts.service_name(row.service_id)}, {spoken}"
-        return {"rescheduled": True, "appointment_id": row.id, "spoken": spoken,
-                "note": "Moved. The old time is released. Confirm the new time to the caller."}
+        return {
+            "rescheduled": True,
+            "appointment_id": row.id,
+            "spoken": spoken,
+            "note": "Moved. The old time is released. Confirm the new time to the caller.",
+        }
 
     @tool(AppointmentArgs)
     async def cancel_appointment(self, args: AppointmentArgs) -> dict[str, Any]:
         """Cancel one of the caller's appointments, after they confirmed which one."""
         current = await self._own_appointment(args.appointment_id)
-        row = await self.scheduler.cancel(business_id=self.business_id,
-                                          appointment_id=current.id, phone=self.caller_phone)
+        row = await self.scheduler.cancel(
+            business_id=self.business_id, appointment_id=current.id, phone=self.caller_phone
+        )
         self.state.cancelled.append(row.id)
-        return {"cancelled": True, "appointment_id": row.id,
-                "spoken": self._describe_appointment(row)["spoken"]}
+        return {
+            "cancelled": True,
+            "appointment_id": row.id,
+            "spoken": self._describe_appointment(row)["spoken"],
+        }
 
     # ---- people ---------------------------------------------------------------------------
 
@@ -442,17 +522,25 @@ class Toolbox:
         number = self._phone(args.callback_number) if args.callback_number else None
         number = number or self.caller_phone
         if number is None:
-            raise ToolError("The caller's number is withheld: ask for a callback number and "
-                            "pass it as `callback_number`. No message was saved yet.")
-        await self.record_lead(name=args.name, phone=number, reason=args.reason,
-                               outcome=LeadOutcome.MESSAGE)
-        answer = {"saved": True, "callback_number": number,
-                  "note": "The message is saved. Tell the caller someone will call them back."}
+            raise ToolError(
+                "The caller's number is withheld: ask for a callback number and "
+                "pass it as `callback_number`. No message was saved yet."
+            )
+        await self.record_lead(
+            name=args.name, phone=number, reason=args.reason, outcome=LeadOutcome.MESSAGE
+        )
+        answer = {
+            "saved": True,
+            "callback_number": number,
+            "note": "The message is saved. Tell the caller someone will call them back.",
+        }
         if args.callback_number:
             answer["read_back"] = phones.spoken(number, self.region)
-            answer["note"] = ("The message is saved. Tell the caller someone will call them "
-                              "back, and read the number back exactly as in read_back, digit "
-                              "by digit.")
+            answer["note"] = (
+                "The message is saved. Tell the caller someone will call them "
+                "back, and read the number back exactly as in read_back, digit "
+                "by digit."
+            )
         return answer
 
     @tool(Transfer)
@@ -461,9 +549,11 @@ class Toolbox:
         cannot help. If no one is available, this says so; then take a message instead."""
         number = self.facts.business.transfer_number
         if not number or not self.facts.is_open(self.clock.now()):
-            raise ToolError("No one is available to take the call right now. Say so, and offer "
-                            "to take a message: ask name, reason and callback number, then call "
-                            "take_message.")
+            raise ToolError(
+                "No one is available to take the call right now. Say so, and offer "
+                "to take a message: ask name, reason and callback number, then call "
+                "take_message."
+            )
         self.state.ending = Ending(reason=args.reason, transfer_to=number)
         return {"transferring": True, "note": "Tell the caller you are putting them through."}
 
@@ -473,8 +563,15 @@ class Toolbox:
         self.state.ending = Ending(reason="the conversation is finished", transfer_to=None)
         return {"ending": True}
 
-    async def record_lead(self, *, name: str | None, phone: str | None, reason: str,
-                          outcome: LeadOutcome, appointment_id: str | None = None) -> None:
+    async def record_lead(
+        self,
+        *,
+        name: str | None,
+        phone: str | None,
+        reason: str,
+        outcome: LeadOutcome,
+        appointment_id: str | None = None,
+    ) -> None:
         """Record the call's lead, unless the call already has one: one call, one lead.
 
         A message is recorded as soon as it is taken, so it survives a crash; a booking made
@@ -486,15 +583,28 @@ class Toolbox:
             if outcome is LeadOutcome.BOOKED and appointment_id:
                 # The call's lead (a message taken earlier) becomes a booked lead.
                 await self.scheduler.record_lead(
-                    business_id=self.business_id, phone=phone, name=name, reason=reason,
-                    outcome=outcome.value, appointment_id=appointment_id, call_id=self.call_id)
+                    business_id=self.business_id,
+                    phone=phone,
+                    name=name,
+                    reason=reason,
+                    outcome=outcome.value,
+                    appointment_id=appointment_id,
+                    call_id=self.call_id,
+                )
                 return
-            log.info("call %s already has lead %s; not recording another", self.call_id,
-                     self.state.lead)
+            log.info(
+                "call %s already has lead %s; not recording another", self.call_id, self.state.lead
+            )
             return
         lead = await self.scheduler.record_lead(
-            business_id=self.business_id, phone=phone, name=name, reason=reason,
-            outcome=outcome.value, appointment_id=appointment_id, call_id=self.call_id)
+            business_id=self.business_id,
+            phone=phone,
+            name=name,
+            reason=reason,
+            outcome=outcome.value,
+            appointment_id=appointment_id,
+            call_id=self.call_id,
+        )
         self.state.lead = lead.id
 
     async def release_hold(self) -> None:
@@ -521,16 +631,20 @@ class Toolbox:
                 if member.id not in service.staff_ids:
                     raise ToolError(f"{member.name} does not do {service.name}.")
                 return member.id
-        names = ", ".join(f"{m.name} (id: {m.id})" for m in self.facts.staff
-                          if m.id in service.staff_ids)
-        raise ToolError(f"There is no staff member {wanted!r} for {service.name}. "
-                        f"Those who do it: {names}.")
+        names = ", ".join(
+            f"{m.name} (id: {m.id})" for m in self.facts.staff if m.id in service.staff_ids
+        )
+        raise ToolError(
+            f"There is no staff member {wanted!r} for {service.name}. Those who do it: {names}."
+        )
 
     def _offered(self, slot_id: str) -> Offered:
         offered = self.state.offered.get(slot_id)
         if offered is None:
-            raise ToolError(f"Unknown slot_id {slot_id!r}. Use only a slot_id that "
-                            "check_availability returned in this call; search again if needed.")
+            raise ToolError(
+                f"Unknown slot_id {slot_id!r}. Use only a slot_id that "
+                "check_availability returned in this call; search again if needed."
+            )
         return offered
 
     @property
@@ -542,41 +656,67 @@ class Toolbox:
         try:
             return phones.to_e164(number, self.region)
         except errors.InvalidRequest:
-            raise ToolError(f"{number!r} is not a valid phone number. Ask the caller for it "
-                            "again, with the area code.") from None
+            raise ToolError(
+                f"{number!r} is not a valid phone number. Ask the caller for it "
+                "again, with the area code."
+            ) from None
 
     async def _search(
-        self, service_id: str, first: date, last: date, *, staff_id: str | None,
-        earliest: time | None, latest: time | None,
+        self,
+        service_id: str,
+        first: date,
+        last: date,
+        *,
+        staff_id: str | None,
+        earliest: time | None,
+        latest: time | None,
     ) -> list[Slot]:
         result = await self.scheduler.availability(
-            business_id=self.business_id, service_id=service_id, first_day=first,
-            last_day=last, staff_id=staff_id, earliest=earliest, latest=latest,
-            holder=self.holder, limit=OPTIONS, now=self.clock.now())
+            business_id=self.business_id,
+            service_id=service_id,
+            first_day=first,
+            last_day=last,
+            staff_id=staff_id,
+            earliest=earliest,
+            latest=latest,
+            holder=self.holder,
+            limit=OPTIONS,
+            now=self.clock.now(),
+        )
         return result.slots
 
     def _offer(self, service_id: str, slots: list[Slot]) -> list[dict[str, str]]:
         return [self._slot_entry(Offered(service_id, s.staff_id, s.start)) for s in slots]
 
     def _slot_entry(self, offered: Offered) -> dict[str, str]:
-        return {"slot_id": self.state.slot_id(offered),
-                "start": offered.start.astimezone(self.facts.tz).isoformat(),
-                "spoken": self._spoken(offered)}
+        return {
+            "slot_id": self.state.slot_id(offered),
+            "start": offered.start.astimezone(self.facts.tz).isoformat(),
+            "spoken": self._spoken(offered),
+        }
 
     def _spoken(self, offered: Offered) -> str:
         local = offered.start.astimezone(self.facts.tz)
-        return (f"{local:%A}, {local:%B} {local.day} at {spoken_clock(local)} "
-                f"with {self.facts.staff_name(offered.staff_id)}")
+        return (
+            f"{local:%A}, {local:%B} {local.day} at {spoken_clock(local)} "
+            f"with {self.facts.staff_name(offered.staff_id)}"
+        )
 
     async def _with_alternatives(self, exc: errors.SlotUnavailable, offered: Offered) -> str:
         """The refusal for a time that is gone, with the next free times to offer instead."""
         day = offered.start.astimezone(self.facts.tz).date()
-        slots = await self._search(offered.service_id, day, day, staff_id=None, earliest=None,
-                                   latest=None)
+        slots = await self._search(
+            offered.service_id, day, day, staff_id=None, earliest=None, latest=None
+        )
         if not slots:  # nothing else that day: the next free times after it
-            slots = await self._search(offered.service_id, day + timedelta(days=1),
-                                       day + timedelta(days=LOOKAHEAD_DAYS), staff_id=None,
-                                       earliest=None, latest=None)
+            slots = await self._search(
+                offered.service_id,
+                day + timedelta(days=1),
+                day + timedelta(days=LOOKAHEAD_DAYS),
+                staff_id=None,
+                earliest=None,
+                latest=None,
+            )
         options = self._offer(offered.service_id, slots)
         if not options:
             return model_message(exc) + " There are no other free times soon; offer a message."
@@ -585,10 +725,13 @@ class Toolbox:
 
     async def _own_appointments(self) -> list[Appointment]:
         if self.caller_phone is None:
-            raise ToolError("The caller's number is withheld, so their appointments cannot be "
-                            "looked up. Offer to take a message or transfer them.")
+            raise ToolError(
+                "The caller's number is withheld, so their appointments cannot be "
+                "looked up. Offer to take a message or transfer them."
+            )
         return await self.scheduler.appointments(
-            business_id=self.business_id, phone=self.caller_phone, start=self.clock.now())
+            business_id=self.business_id, phone=self.caller_phone, start=self.clock.now()
+        )
 
     async def _own_appointment(self, appointment_id: str) -> Appointment:
         for row in await self._own_appointments():
@@ -598,9 +741,12 @@ class Toolbox:
 
     def _describe_appointment(self, row: Appointment) -> dict[str, str]:
         offered = Offered(row.service_id, row.staff_id, row.start)
-        return {"appointment_id": row.id, "service": self.facts.service_name(row.service_id),
-                "start": row.start.astimezone(self.facts.tz).isoformat(),
-                "spoken": self._spoken(offered)}
+        return {
+            "appointment_id": row.id,
+            "service": self.facts.service_name(row.service_id),
+            "start": row.start.astimezone(self.facts.tz).isoformat(),
+            "spoken": self._spoken(offered),
+        }
 
 
 def _describe(method: Callable[..., Any]) -> str:
@@ -617,8 +763,9 @@ def _schema(args: type[Args]) -> dict[str, Any]:
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                     for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def _words(text: str) -> set[str]:
@@ -628,5 +775,8 @@ def _words(text: str) -> set[str]:
 def _matches(wanted: str, ident: str, name: str) -> bool:
     """Whether the model's `wanted` names this id or name ('lee', 'Dr. Lee', 'cleaning')."""
     words = _words(wanted)
-    return wanted.lower() in (ident.lower(), name.lower()) or bool(words) and (
-        words <= _words(name) or words <= _words(ident))
+    return (
+        wanted.lower() in (ident.lower(), name.lower())
+        or bool(words)
+        and (words <= _words(name) or words <= _words(ident))
+    )

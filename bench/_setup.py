@@ -47,18 +47,38 @@ def seed_business(engine: Engine, business_id: str, *, staff_count: int = 10) ->
     """Business, service, staff and one contact; returns the contact's id."""
     ids = staff_ids(staff_count)
     with session_scope(engine, write=True) as s:
-        s.add(Business(id=business_id, name=f"Bench {business_id}", timezone=TZ.key,
-                       phone_numbers=["+12025550100"]))
+        s.add(
+            Business(
+                id=business_id,
+                name=f"Bench {business_id}",
+                timezone=TZ.key,
+                phone_numbers=["+12025550100"],
+            )
+        )
         s.flush()
-        s.add(Service(business_id=business_id, id=SERVICE_ID, name="Consultation",
-                      duration_minutes=int(DURATION.total_seconds() // 60),
-                      buffer_after_minutes=int(BUFFER_AFTER.total_seconds() // 60),
-                      min_notice_minutes=int(MIN_NOTICE.total_seconds() // 60),
-                      slot_step_minutes=int(SLOT_STEP.total_seconds() // 60),
-                      max_days_ahead=MAX_DAYS_AHEAD, staff_ids=ids))
+        s.add(
+            Service(
+                business_id=business_id,
+                id=SERVICE_ID,
+                name="Consultation",
+                duration_minutes=int(DURATION.total_seconds() // 60),
+                buffer_after_minutes=int(BUFFER_AFTER.total_seconds() // 60),
+                min_notice_minutes=int(MIN_NOTICE.total_seconds() // 60),
+                slot_step_minutes=int(SLOT_STEP.total_seconds() // 60),
+                max_days_ahead=MAX_DAYS_AHEAD,
+                staff_ids=ids,
+            )
+        )
         for position, sid in enumerate(ids):
-            s.add(Staff(business_id=business_id, id=sid, name=f"Staff {position + 1}",
-                        weekly_hours=WEEKLY_HOURS, position=position))
+            s.add(
+                Staff(
+                    business_id=business_id,
+                    id=sid,
+                    name=f"Staff {position + 1}",
+                    weekly_hours=WEEKLY_HOURS,
+                    position=position,
+                )
+            )
         contact = Contact(business_id=business_id, phone=CONTACT_PHONE, name="Bench Caller")
         s.add(contact)
         s.flush()
@@ -95,8 +115,12 @@ def _local(day: date, minutes: int) -> datetime:
 
 
 def store_busy(
-    engine: Engine, business_id: str, contact_id: str, busy: Mapping[str, Sequence[Interval]],
-    *, merge_overlaps: bool,
+    engine: Engine,
+    business_id: str,
+    contact_id: str,
+    busy: Mapping[str, Sequence[Interval]],
+    *,
+    merge_overlaps: bool,
 ) -> int:
     """Write busy intervals as confirmed appointment blocks, in bulk; returns the row count.
 
@@ -108,14 +132,27 @@ def store_busy(
     for sid, intervals in busy.items():
         blocks = _merged(intervals) if merge_overlaps else sorted(intervals)
         for n, (a, b) in enumerate(blocks):
-            rows.append({"id": f"apt_{sid}_{n}", "business_id": business_id,
-                         "service_id": SERVICE_ID, "staff_id": sid, "contact_id": contact_id,
-                         "status": "confirmed", "start": a, "end": b, "block_start": a,
-                         "block_end": b, "booked_by": "bench", "sync_state": "not_synced",
-                         "created_at": NOW, "updated_at": NOW})
+            rows.append(
+                {
+                    "id": f"apt_{sid}_{n}",
+                    "business_id": business_id,
+                    "service_id": SERVICE_ID,
+                    "staff_id": sid,
+                    "contact_id": contact_id,
+                    "status": "confirmed",
+                    "start": a,
+                    "end": b,
+                    "block_start": a,
+                    "block_end": b,
+                    "booked_by": "bench",
+                    "sync_state": "not_synced",
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+            )
     with engine.execution_options(frontdesk_write=True).begin() as conn:
         for chunk in range(0, len(rows), 5000):
-            conn.execute(sa.insert(Appointment.__table__), rows[chunk:chunk + 5000])
+            conn.execute(sa.insert(Appointment.__table__), rows[chunk : chunk + 5000])
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("ANALYZE appointment")  # as autovacuum soon would
     return len(rows)
@@ -134,16 +171,32 @@ def _merged(intervals: Sequence[Interval]) -> list[Interval]:
 def delete_business(engine: Engine, business_id: str) -> None:
     """Remove one business and every row of it (only ever a bench business)."""
     with engine.execution_options(frontdesk_write=True).begin() as conn:
-        conn.execute(sa.text(
-            "DELETE FROM calendar_busy WHERE business_id = :b"), {"b": business_id})
+        conn.execute(
+            sa.text("DELETE FROM calendar_busy WHERE business_id = :b"), {"b": business_id}
+        )
         for table in ("calendarchannel", "calendarevent"):
-            conn.execute(sa.text(
-                f'DELETE FROM "{table}" WHERE connection_id IN '
-                "(SELECT id FROM calendarconnection WHERE business_id = :b)"), {"b": business_id})
-        for table in ("lead_status_change", "lead", "outboxevent", "calendarconnection",
-                      "appointment", "hold", "call", "contact", "staff", "service"):
-            conn.execute(sa.text(f'DELETE FROM "{table}" WHERE business_id = :b'),
-                         {"b": business_id})
+            conn.execute(
+                sa.text(
+                    f'DELETE FROM "{table}" WHERE connection_id IN '
+                    "(SELECT id FROM calendarconnection WHERE business_id = :b)"
+                ),
+                {"b": business_id},
+            )
+        for table in (
+            "lead_status_change",
+            "lead",
+            "outboxevent",
+            "calendarconnection",
+            "appointment",
+            "hold",
+            "call",
+            "contact",
+            "staff",
+            "service",
+        ):
+            conn.execute(
+                sa.text(f'DELETE FROM "{table}" WHERE business_id = :b'), {"b": business_id}
+            )
         conn.execute(sa.text("DELETE FROM business WHERE id = :b"), {"b": business_id})
 
 
@@ -168,8 +221,9 @@ def postgres_url(base_url: str, database: str) -> str:
     url = admin.url.set(database=database).render_as_string(hide_password=False)
     try:
         with admin.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
-                                  {"d": database}).first()
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}
+            ).first()
             if exists is None:
                 try:
                     conn.exec_driver_sql(f'CREATE DATABASE "{database}"')
@@ -204,6 +258,8 @@ class Latency:
 
     def line(self) -> str:
         mean = statistics.fmean(self.samples) * 1000
-        return (f"p50 {self.pct(50):7.2f} ms  p95 {self.pct(95):7.2f} ms  "
-                f"p99 {self.pct(99):7.2f} ms  max {max(self.samples) * 1000:7.2f} ms  "
-                f"mean {mean:7.2f} ms  (n={len(self.samples)})")
+        return (
+            f"p50 {self.pct(50):7.2f} ms  p95 {self.pct(95):7.2f} ms  "
+            f"p99 {self.pct(99):7.2f} ms  max {max(self.samples) * 1000:7.2f} ms  "
+            f"mean {mean:7.2f} ms  (n={len(self.samples)})"
+        )

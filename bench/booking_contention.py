@@ -68,8 +68,9 @@ def make_plan(*, rounds: int, slots: int, callers: int, staff: Sequence[str], se
         attempts = []
         for i in range(slots):
             hh, mm = SLOT_TIMES[i // len(staff)].split(":")
-            start = datetime.combine(day, datetime.min.time(), TZ).replace(hour=int(hh),
-                                                                           minute=int(mm))
+            start = datetime.combine(day, datetime.min.time(), TZ).replace(
+                hour=int(hh), minute=int(mm)
+            )
             for _ in range(callers):
                 attempts.append((staff[i % len(staff)], start, caller))
                 caller += 1
@@ -92,9 +93,15 @@ async def attempt(scheduler: Scheduler, business_id: str, target: Attempt) -> Ou
     staff_id, start, n = target
     t0 = time.perf_counter()
     try:
-        await scheduler.book(business_id=business_id, name=f"Caller {n}",
-                             phone=f"+1{2025550000 + n}", service_id=_setup.SERVICE_ID,
-                             staff_id=staff_id, start=start, booked_by="bench")
+        await scheduler.book(
+            business_id=business_id,
+            name=f"Caller {n}",
+            phone=f"+1{2025550000 + n}",
+            service_id=_setup.SERVICE_ID,
+            staff_id=staff_id,
+            start=start,
+            booked_by="bench",
+        )
         outcome = "booked"
     except errors.SlotTaken:
         outcome = "taken"
@@ -105,8 +112,9 @@ async def attempt(scheduler: Scheduler, business_id: str, target: Attempt) -> Ou
     return outcome, time.perf_counter() - t0
 
 
-async def release(scheduler: Scheduler, business_id: str,
-                  attempts: Sequence[Attempt]) -> list[Outcome]:
+async def release(
+    scheduler: Scheduler, business_id: str, attempts: Sequence[Attempt]
+) -> list[Outcome]:
     """Start every attempt as its own task, then let them all go at once."""
     go = asyncio.Event()
 
@@ -142,8 +150,9 @@ def run_tasks(engine: Engine, url: str, business_id: str, plan: Plan, processes:
     return asyncio.run(_run_tasks(engine, business_id, plan))
 
 
-def process_main(url: str, business_id: str, rounds: list[list[Attempt]], barrier: Any,
-                 results: Any) -> None:
+def process_main(
+    url: str, business_id: str, rounds: list[list[Attempt]], barrier: Any, results: Any
+) -> None:
     """A spawned process: its own engine and loop; each round starts on the shared barrier."""
     engine = make_engine(url)
 
@@ -160,14 +169,15 @@ def process_main(url: str, business_id: str, rounds: list[list[Attempt]], barrie
         engine.dispose()
 
 
-def run_processes(engine: Engine, url: str, business_id: str, plan: Plan,
-                  processes: int) -> Result:
+def run_processes(engine: Engine, url: str, business_id: str, plan: Plan, processes: int) -> Result:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes + 1)
     results = ctx.Queue()
     shares = [[attempts[p::processes] for attempts in plan.rounds] for p in range(processes)]
-    workers = [ctx.Process(target=process_main, args=(url, business_id, share, barrier, results))
-               for share in shares]
+    workers = [
+        ctx.Process(target=process_main, args=(url, business_id, share, barrier, results))
+        for share in shares
+    ]
     for w in workers:
         w.start()
     outcomes: list[Outcome] = []
@@ -192,8 +202,10 @@ def bookings_per_slot(engine: Engine, business_id: str) -> Counter[Target]:
     with session_scope(engine) as s:
         rows = s.exec(
             select(Appointment.staff_id, Appointment.start, sa.func.count())
-            .where(Appointment.business_id == business_id,
-                   Appointment.status == AppointmentStatus.CONFIRMED.value)
+            .where(
+                Appointment.business_id == business_id,
+                Appointment.status == AppointmentStatus.CONFIRMED.value,
+            )
             .group_by(Appointment.staff_id, Appointment.start)
         )
         return Counter({(sid, start): n for sid, start, n in rows})
@@ -202,8 +214,9 @@ def bookings_per_slot(engine: Engine, business_id: str) -> Counter[Target]:
 Runner = Callable[[Engine, str, str, Plan, int], Result]
 
 
-def scenario(label: str, engine: Engine, url: str, business_id: str, plan: Plan,
-             run: Runner, processes: int) -> bool:
+def scenario(
+    label: str, engine: Engine, url: str, business_id: str, plan: Plan, run: Runner, processes: int
+) -> bool:
     """Seed a business, race the plan through `run`, check one booking per slot, print figures."""
     _setup.delete_business(engine, business_id)
     _setup.seed_business(engine, business_id)
@@ -220,14 +233,21 @@ def scenario(label: str, engine: Engine, url: str, business_id: str, plan: Plan,
     ok = not wrong and not missing and outcomes["booked"] == len(targets)
     attempts = len(result.outcomes)
     latency = Latency([s for _, s in result.outcomes])
-    print(f"  {label}: {len(targets)} slots, {attempts} attempts in {len(plan.rounds)} rounds, "
-          f"wall {result.wall:.2f} s")
+    print(
+        f"  {label}: {len(targets)} slots, {attempts} attempts in {len(plan.rounds)} rounds, "
+        f"wall {result.wall:.2f} s"
+    )
     print("    outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-    print(f"    one booking per slot: {'yes' if ok else 'NO'} "
-          f"({sum(counts.values())} confirmed appointments for {len(targets)} slots"
-          + (f"; wrong {len(wrong)}, missing {len(missing)}" if wrong or missing else "") + ")")
-    print(f"    {outcomes['booked'] / result.wall:7.1f} bookings/s  "
-          f"{attempts / result.wall:7.1f} attempts/s")
+    print(
+        f"    one booking per slot: {'yes' if ok else 'NO'} "
+        f"({sum(counts.values())} confirmed appointments for {len(targets)} slots"
+        + (f"; wrong {len(wrong)}, missing {len(missing)}" if wrong or missing else "")
+        + ")"
+    )
+    print(
+        f"    {outcomes['booked'] / result.wall:7.1f} bookings/s  "
+        f"{attempts / result.wall:7.1f} attempts/s"
+    )
     print(f"    attempt latency: {latency.line()}")
     return ok
 
@@ -237,11 +257,24 @@ def backend(name: str, make: Callable[[], Any], plan: Plan, processes: int) -> b
     with make() as engine:
         url = engine.url.render_as_string(hide_password=False)
         print(f"{name}:")
-        ok &= scenario(f"{len(plan.rounds[0])} asyncio tasks per round, 1 process", engine, url,
-                       "bench-contention-tasks", plan, run_tasks, processes)
-        ok &= scenario(f"{processes} spawned processes, {len(plan.rounds[0])} callers per round",
-                       engine, url, "bench-contention-processes", plan, run_processes,
-                       processes)
+        ok &= scenario(
+            f"{len(plan.rounds[0])} asyncio tasks per round, 1 process",
+            engine,
+            url,
+            "bench-contention-tasks",
+            plan,
+            run_tasks,
+            processes,
+        )
+        ok &= scenario(
+            f"{processes} spawned processes, {len(plan.rounds[0])} callers per round",
+            engine,
+            url,
+            "bench-contention-processes",
+            plan,
+            run_processes,
+            processes,
+        )
     return ok
 
 
@@ -259,16 +292,23 @@ def main() -> int:
     slots = min(args.slots, 4) if args.quick else args.slots
     callers = min(args.callers_per_slot, 10) if args.quick else args.callers_per_slot
 
-    plan = make_plan(rounds=rounds, slots=slots, callers=callers, staff=_setup.staff_ids(),
-                     seed=args.seed)
-    print(f"booking contention: {slots} slots x {callers} callers per round, {rounds} rounds; "
-          f"{os.cpu_count()} cores; Python {sys.version.split()[0]}"
-          + ("; --quick" if args.quick else ""))
+    plan = make_plan(
+        rounds=rounds, slots=slots, callers=callers, staff=_setup.staff_ids(), seed=args.seed
+    )
+    print(
+        f"booking contention: {slots} slots x {callers} callers per round, {rounds} rounds; "
+        f"{os.cpu_count()} cores; Python {sys.version.split()[0]}"
+        + ("; --quick" if args.quick else "")
+    )
     ok = backend("SQLite file database", _setup.sqlite_engine, plan, processes)
     pg_url = os.environ.get("FRONTDESK_TEST_DATABASE_URL")
     if pg_url:
-        ok &= backend(f"PostgreSQL (database {PG_DATABASE})",
-                      lambda: _setup.postgres_engine(pg_url, PG_DATABASE), plan, processes)
+        ok &= backend(
+            f"PostgreSQL (database {PG_DATABASE})",
+            lambda: _setup.postgres_engine(pg_url, PG_DATABASE),
+            plan,
+            processes,
+        )
     else:
         print("PostgreSQL skipped: FRONTDESK_TEST_DATABASE_URL is not set")
     print("result: every slot booked exactly once" if ok else "result: DOUBLE OR MISSED BOOKINGS")

@@ -57,9 +57,14 @@ def events(seed: int, count: int) -> list[tuple[datetime, datetime]]:
         if day.weekday() >= 5:
             continue
         start = datetime(day.year, day.month, day.day, 9, tzinfo=TZ) + timedelta(
-            minutes=15 * rng.randrange(0, 30))
-        out.append((start.astimezone(UTC),
-                    (start + timedelta(minutes=rng.choice([30, 45, 60, 90]))).astimezone(UTC)))
+            minutes=15 * rng.randrange(0, 30)
+        )
+        out.append(
+            (
+                start.astimezone(UTC),
+                (start + timedelta(minutes=rng.choice([30, 45, 60, 90]))).astimezone(UTC),
+            )
+        )
     return out
 
 
@@ -75,41 +80,53 @@ async def main(quick: bool) -> None:
             harnesses = {
                 "caldav": await stack.enter_async_context(caldav_harness.harness()),
                 "google": await stack.enter_async_context(
-                    google_harness.harness(provider_timeout=10.0)),
+                    google_harness.harness(provider_timeout=10.0)
+                ),
                 "microsoft": await stack.enter_async_context(
-                    microsoft_harness.harness(timeout=10.0)),
+                    microsoft_harness.harness(timeout=10.0)
+                ),
             }
             print(f"filling three calendars with {per_calendar} events each ...", flush=True)
             for n, kind in enumerate(KINDS):
                 for start, end in events(n, per_calendar):
                     await harnesses[kind].add_event(start=start, end=end)
             service = CalendarService(
-                engine=engine, vault=Vault(new_key()),
+                engine=engine,
+                vault=Vault(new_key()),
                 providers={k: h.provider for k, h in harnesses.items()},
                 oauth={k: harnesses[k].extra["oauth"] for k in ("google", "microsoft")},
-                now=lambda: NOW, public_base_url="http://127.0.0.1:9")
-            scheduler = Scheduler(engine=engine, calendars=service, writer=service,
-                                  clock=FixedClock(NOW))
+                now=lambda: NOW,
+                public_base_url="http://127.0.0.1:9",
+            )
+            scheduler = Scheduler(
+                engine=engine, calendars=service, writer=service, clock=FixedClock(NOW)
+            )
             for sid, kind in zip(ids, KINDS, strict=True):
                 h = harnesses[kind]
                 if kind == "caldav":
                     conn = await service.link_caldav(
-                        business_id=BUSINESS_ID, staff_id=sid, url=h.account.settings["url"],
+                        business_id=BUSINESS_ID,
+                        staff_id=sid,
+                        url=h.account.settings["url"],
                         username=h.account.settings["username"],
-                        password=h.account.secret["password"])
+                        password=h.account.secret["password"],
+                    )
                 else:
-                    conn = await service.link_tokens(kind, business_id=BUSINESS_ID,
-                                                     staff_id=sid, tokens=h.extra["token_set"])
-                await service.choose_calendars(conn.id, business_id=BUSINESS_ID,
-                                               read=[h.calendar_id], write=h.calendar_id)
+                    conn = await service.link_tokens(
+                        kind, business_id=BUSINESS_ID, staff_id=sid, tokens=h.extra["token_set"]
+                    )
+                await service.choose_calendars(
+                    conn.id, business_id=BUSINESS_ID, read=[h.calendar_id], write=h.calendar_id
+                )
 
             start = datetime.combine(NOW.astimezone(TZ).date(), datetime.min.time(), TZ)
             end = start + timedelta(days=14)
 
             async def search() -> float:
                 t0 = time.perf_counter()
-                await scheduler.search(business_id=BUSINESS_ID, service_id=_setup.SERVICE_ID,
-                                       start=start, end=end)
+                await scheduler.search(
+                    business_id=BUSINESS_ID, service_id=_setup.SERVICE_ID, start=start, end=end
+                )
                 return time.perf_counter() - t0
 
             def empty_cache() -> None:
@@ -128,18 +145,29 @@ async def main(quick: bool) -> None:
                 ctx_calendars = []
                 conns = await service.connections(BUSINESS_ID)
                 for conn in conns:
-                    ctx_calendars.append(StaffCalendars(
-                        business_id=BUSINESS_ID, staff_id=conn.staff_id, tz=TZ,
-                        links=({"provider": conn.provider, "connection_id": conn.id},)))
+                    ctx_calendars.append(
+                        StaffCalendars(
+                            business_id=BUSINESS_ID,
+                            staff_id=conn.staff_id,
+                            tz=TZ,
+                            links=({"provider": conn.provider, "connection_id": conn.id},),
+                        )
+                    )
                 slot = start + timedelta(days=2, hours=10)
                 t0 = time.perf_counter()
-                await asyncio.gather(*(service.busy(c, start=slot, end=slot + timedelta(hours=1),
-                                                    live=True) for c in ctx_calendars))
+                await asyncio.gather(
+                    *(
+                        service.busy(c, start=slot, end=slot + timedelta(hours=1), live=True)
+                        for c in ctx_calendars
+                    )
+                )
                 return time.perf_counter() - t0
 
             live = [await live_check() for _ in range(live_runs)]
-    print("Slot search, 14 days, 3 staff, each with one linked calendar "
-          f"(CalDAV/Radicale, Google fake, Graph fake; {per_calendar} events each):")
+    print(
+        "Slot search, 14 days, 3 staff, each with one linked calendar "
+        f"(CalDAV/Radicale, Google fake, Graph fake; {per_calendar} events each):"
+    )
     print(f"  warm cache           {Latency(warm).line()}")
     print(f"  cold cache (sync)    {Latency(cold).line()}")
     print(f"  live re-check (3 providers at once, 1 h) {Latency(live).line()}")

@@ -52,21 +52,40 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="frontdesk-cli-bench-") as tmp:
         folder = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")}
-        env.update({"FRONTDESK_ENV_FILE": "",
-                    "FRONTDESK_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}"})
-        subprocess.run([FRONTDESK, "import", str(ROOT / "frontdesk" / "demo" /
-                                                 "demo-business.yaml")],
-                       env=env, cwd=folder, check=True, capture_output=True)
+        env.update(
+            {"FRONTDESK_ENV_FILE": "", "FRONTDESK_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}"}
+        )
+        subprocess.run(
+            [FRONTDESK, "import", str(ROOT / "frontdesk" / "demo" / "demo-business.yaml")],
+            env=env,
+            cwd=folder,
+            check=True,
+            capture_output=True,
+        )
         monday = date.today() + timedelta(days=7 - date.today().weekday())
         commands = {
-            'python -c "import frontdesk.cli"': ([sys.executable, "-c", "import frontdesk.cli"],
-                                                 True),
+            'python -c "import frontdesk.cli"': (
+                [sys.executable, "-c", "import frontdesk.cli"],
+                True,
+            ),
             "frontdesk --help": ([FRONTDESK, "--help"], True),
             "frontdesk availability --help": ([FRONTDESK, "availability", "--help"], True),
             "frontdesk keygen": ([FRONTDESK, "keygen"], True),
             "frontdesk availability (SQLite, demo)": (
-                [FRONTDESK, "availability", "--service", "cleaning", "--staff", "sam",
-                 "--from", monday.isoformat(), "--to", monday.isoformat()], False),
+                [
+                    FRONTDESK,
+                    "availability",
+                    "--service",
+                    "cleaning",
+                    "--staff",
+                    "sam",
+                    "--from",
+                    monday.isoformat(),
+                    "--to",
+                    monday.isoformat(),
+                ],
+                False,
+            ),
         }
         print(f"CLI start time, median of {runs} runs (target < {TARGET_S:.1f} s)")
         failed = []
@@ -77,8 +96,10 @@ def main() -> int:
             verdict = ("ok" if median < TARGET_S else "SLOW") if targeted else "(figure)"
             if targeted and median >= TARGET_S:
                 failed.append(name)
-            print(f"  {name:<40} {median:6.3f} s   min {min(times):.3f} s   "
-                  f"target < {TARGET_S:.1f} s  {verdict}")
+            print(
+                f"  {name:<40} {median:6.3f} s   min {min(times):.3f} s   "
+                f"target < {TARGET_S:.1f} s  {verdict}"
+            )
     if failed:
         print(f"over the target: {', '.join(failed)}")
     # The figures are reported, not enforced: a loaded CI machine must not fail the build.

@@ -39,15 +39,22 @@ TARGET_RATIO = 2.0
 # Accepted, and the costliest to expand: a COUNT walked from 1970 when first compiled, a rule that
 # never matches (dateutil walks it day by day to the year 9999), a daily rule from 1970.
 WORST_ACCEPTED = [
-    {"rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000",
-     "start": "1970-01-05T12:00", "end": "1970-01-05T13:00"},
-    {"rrule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30", "start": "1970-01-01T08:00",
-     "end": "1970-01-01T09:00"},
+    {
+        "rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000",
+        "start": "1970-01-05T12:00",
+        "end": "1970-01-05T13:00",
+    },
+    {
+        "rrule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
+        "start": "1970-01-01T08:00",
+        "end": "1970-01-01T09:00",
+    },
     {"rrule": "FREQ=DAILY", "start": "1970-01-01T12:30", "end": "1970-01-01T13:30"},
 ]
 # Refused today; a row saved before the limits must not be expanded.
-STORED_MINUTELY = [{"rrule": "FREQ=MINUTELY", "start": "2000-01-01T00:00",
-                    "end": "2000-01-01T00:01"}]
+STORED_MINUTELY = [
+    {"rrule": "FREQ=MINUTELY", "start": "2000-01-01T00:00", "end": "2000-01-01T00:01"}
+]
 HOSTILE = {"worst accepted rules": WORST_ACCEPTED, "stored FREQ=MINUTELY row": STORED_MINUTELY}
 BUSINESS_ID = "bench-slot-search"
 PG_DATABASE = "frontdesk_bench"
@@ -60,24 +67,29 @@ def window() -> tuple[datetime, datetime]:
 
 
 def specs(ids: Sequence[str]) -> tuple[ServiceSpec, list[StaffSpec]]:
-    service = ServiceSpec(id=_setup.SERVICE_ID, duration=_setup.DURATION,
-                          slot_step=_setup.SLOT_STEP, buffer_after=_setup.BUFFER_AFTER,
-                          min_notice=_setup.MIN_NOTICE, max_days_ahead=_setup.MAX_DAYS_AHEAD,
-                          staff_ids=tuple(ids))
+    service = ServiceSpec(
+        id=_setup.SERVICE_ID,
+        duration=_setup.DURATION,
+        slot_step=_setup.SLOT_STEP,
+        buffer_after=_setup.BUFFER_AFTER,
+        min_notice=_setup.MIN_NOTICE,
+        max_days_ahead=_setup.MAX_DAYS_AHEAD,
+        staff_ids=tuple(ids),
+    )
     rules = Availability.model_validate({"weekly_hours": _setup.WEEKLY_HOURS})
     return service, [StaffSpec(id=sid, tz=TZ, availability=rules) for sid in ids]
 
 
-def bench_pure(busy: Mapping[str, Sequence[Interval]], ids: Sequence[str], runs: int,
-               warmup: int) -> tuple[list[Slot], Latency]:
+def bench_pure(
+    busy: Mapping[str, Sequence[Interval]], ids: Sequence[str], runs: int, warmup: int
+) -> tuple[list[Slot], Latency]:
     service, staff = specs(ids)
     start, end = window()
     samples = []
     slots: list[Slot] = []
     for n in range(warmup + runs):
         t0 = time.perf_counter()
-        slots = find_slots(service=service, staff=staff, start=start, end=end, now=NOW,
-                           busy=busy)
+        slots = find_slots(service=service, staff=staff, start=start, end=end, now=NOW, busy=busy)
         if n >= warmup:
             samples.append(time.perf_counter() - t0)
     return slots, Latency(samples)
@@ -97,8 +109,9 @@ async def bench_scheduler(engine: Engine, runs: int, warmup: int) -> tuple[list[
     slots: list[Slot] = []
     for n in range(warmup + runs):
         t0 = time.perf_counter()
-        result = await scheduler.search(business_id=BUSINESS_ID, service_id=_setup.SERVICE_ID,
-                                        start=start, end=end)
+        result = await scheduler.search(
+            business_id=BUSINESS_ID, service_id=_setup.SERVICE_ID, start=start, end=end
+        )
         if n >= warmup:
             samples.append(time.perf_counter() - t0)
         slots = result.slots
@@ -113,8 +126,9 @@ def set_time_off(engine: Engine, time_off: list[dict[str, str]]) -> None:
             s.add(row)
 
 
-def run_hostile(label: str, engine: Engine, clean: Latency, runs: int,
-                warmup: int) -> dict[str, tuple[Latency, float]]:
+def run_hostile(
+    label: str, engine: Engine, clean: Latency, runs: int, warmup: int
+) -> dict[str, tuple[Latency, float]]:
     """Scheduler.search with each hostile set of rules stored, against the clean figure."""
     for rule in WORST_ACCEPTED:
         compile_rule(rule["rrule"], datetime.fromisoformat(rule["start"]))  # accepted today
@@ -131,9 +145,14 @@ def run_hostile(label: str, engine: Engine, clean: Latency, runs: int,
     return out
 
 
-def run_database(label: str, engine: Engine, busy: Mapping[str, Sequence[Interval]],
-                 expected: list[Slot], runs: int, warmup: int
-                 ) -> tuple[Latency, dict[str, tuple[Latency, float]]]:
+def run_database(
+    label: str,
+    engine: Engine,
+    busy: Mapping[str, Sequence[Interval]],
+    expected: list[Slot],
+    runs: int,
+    warmup: int,
+) -> tuple[Latency, dict[str, tuple[Latency, float]]]:
     postgres = engine.dialect.name == "postgresql"
     if postgres:
         _setup.delete_business(engine, BUSINESS_ID)
@@ -157,14 +176,16 @@ def run_database(label: str, engine: Engine, busy: Mapping[str, Sequence[Interva
 
 def ratio_verdict(ratio: float) -> str:
     met = ratio <= TARGET_RATIO
-    return (f"p50 {ratio:.2f}x the clean search {'<=' if met else '>'} {TARGET_RATIO:.0f}x "
-            + ("(meets target)" if met else "(MISSES target)"))
+    return f"p50 {ratio:.2f}x the clean search {'<=' if met else '>'} {TARGET_RATIO:.0f}x " + (
+        "(meets target)" if met else "(MISSES target)"
+    )
 
 
 def verdict(latency: Latency) -> str:
     p95 = latency.pct(95)
     return f"p95 {p95:.2f} ms {'<' if p95 < TARGET_P95_MS else '>='} {TARGET_P95_MS:.0f} ms " + (
-        "(meets target)" if p95 < TARGET_P95_MS else "(MISSES target)")
+        "(meets target)" if p95 < TARGET_P95_MS else "(MISSES target)"
+    )
 
 
 def main() -> int:
@@ -179,11 +200,13 @@ def main() -> int:
     ids = _setup.staff_ids(args.staff)
     busy = _setup.busy_year(args.seed, ids, args.busy_per_staff)
     start, end = window()
-    print(f"slot search: {len(ids)} staff x {args.busy_per_staff:,} busy intervals over a year "
-          f"({sum(map(len, busy.values())):,} in all); window {start:%Y-%m-%d} .. {end:%Y-%m-%d} "
-          f"({TZ.key}), {int(_setup.DURATION.total_seconds() // 60)}-min service, "
-          f"{int(_setup.SLOT_STEP.total_seconds() // 60)}-min step; {os.cpu_count()} cores; "
-          f"Python {sys.version.split()[0]}" + ("; --quick" if args.quick else ""))
+    print(
+        f"slot search: {len(ids)} staff x {args.busy_per_staff:,} busy intervals over a year "
+        f"({sum(map(len, busy.values())):,} in all); window {start:%Y-%m-%d} .. {end:%Y-%m-%d} "
+        f"({TZ.key}), {int(_setup.DURATION.total_seconds() // 60)}-min service, "
+        f"{int(_setup.SLOT_STEP.total_seconds() // 60)}-min step; {os.cpu_count()} cores; "
+        f"Python {sys.version.split()[0]}" + ("; --quick" if args.quick else "")
+    )
 
     print("(a) find_slots, busy passed in")
     expected, pure_year = bench_pure(busy, ids, pure_runs, warmup)
@@ -191,22 +214,26 @@ def main() -> int:
     windowed = in_window(busy)
     slots, pure_window = bench_pure(windowed, ids, pure_runs, warmup)
     assert slots == expected, "window-filtered busy gave different slots"
-    print(f"  window's busy only ({sum(map(len, windowed.values()))} intervals): "
-          f"{len(slots)} slots; {pure_window.line()}")
+    print(
+        f"  window's busy only ({sum(map(len, windowed.values()))} intervals): "
+        f"{len(slots)} slots; {pure_window.line()}"
+    )
 
     results = {"find_slots (year of busy)": pure_year, "find_slots (window's busy)": pure_window}
     ratios: dict[str, float] = {}
     print("(b) Scheduler.search, SQLite file database; (d) with hostile time off")
     with _setup.sqlite_engine() as engine:
         results["Scheduler.search SQLite"], hostile = run_database(
-            "SQLite", engine, busy, expected, full_runs, warmup)
+            "SQLite", engine, busy, expected, full_runs, warmup
+        )
         ratios.update({f"SQLite, {name}": ratio for name, (_, ratio) in hostile.items()})
     pg_url = os.environ.get("FRONTDESK_TEST_DATABASE_URL")
     if pg_url:
         print(f"(c) Scheduler.search, PostgreSQL (database {PG_DATABASE}); (d) hostile time off")
         with _setup.postgres_engine(pg_url, PG_DATABASE) as engine:
             results["Scheduler.search PostgreSQL"], hostile = run_database(
-                "PostgreSQL", engine, busy, expected, full_runs, warmup)
+                "PostgreSQL", engine, busy, expected, full_runs, warmup
+            )
             ratios.update({f"PostgreSQL, {name}": ratio for name, (_, ratio) in hostile.items()})
     else:
         print("(c) PostgreSQL skipped: FRONTDESK_TEST_DATABASE_URL is not set")

@@ -81,8 +81,13 @@ class TurnTimer:
         body = json.dumps(self.samples).encode()
         if scope["method"] == "DELETE":
             self.samples = []
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -97,42 +102,58 @@ def serve(port: int, database_url: str, llm_url: str) -> None:
     from frontdesk.settings import Settings
 
     logging.disable(logging.WARNING)
-    settings = Settings(database_url=database_url, api_key=SecretStr("bench"),
-                        openai_base_url=llm_url, openai_api_key=SecretStr("bench"),
-                        llm_model="fake-model", twilio_auth_token=SecretStr(TOKEN),
-                        public_base_url=f"http://127.0.0.1:{port}", voice_mode="relay")
+    settings = Settings(
+        database_url=database_url,
+        api_key=SecretStr("bench"),
+        openai_base_url=llm_url,
+        openai_api_key=SecretStr("bench"),
+        llm_model="fake-model",
+        twilio_auth_token=SecretStr(TOKEN),
+        public_base_url=f"http://127.0.0.1:{port}",
+        voice_mode="relay",
+    )
     app = TurnTimer(create_app(settings))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", ws="websockets-sansio",
-                lifespan="on")
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="error", ws="websockets-sansio", lifespan="on"
+    )
 
 
 # ---- this process: callers ----------------------------------------------------------------
 
 
-async def one_call(twilio: Any, n: int, turns: int, pause: tuple[float, float],
-                   rng: random.Random) -> None:
+async def one_call(
+    twilio: Any, n: int, turns: int, pause: tuple[float, float], rng: random.Random
+) -> None:
     sid = f"CA{n:032d}"
     caller = f"+1718555{n:04d}"
-    twiml = await twilio.post("/twilio/voice", CallSid=sid, From=caller, To=NUMBER,
-                              CallStatus="ringing")
+    twiml = await twilio.post(
+        "/twilio/voice", CallSid=sid, From=caller, To=NUMBER, CallStatus="ringing"
+    )
     assert twiml.status == 200, twiml.xml
     await asyncio.sleep(rng.uniform(*pause))
-    async with twilio.relay(twiml.relay_url, call_sid=sid, from_number=caller,
-                            to_number=NUMBER) as relay:
+    async with twilio.relay(
+        twiml.relay_url, call_sid=sid, from_number=caller, to_number=NUMBER
+    ) as relay:
         for _ in range(turns):
             turn = await relay.say("I'd like to book a consultation.", wait=30)
             assert turn.text, "no answer"
             await asyncio.sleep(rng.uniform(*pause))
-    await twilio.post("/twilio/status", CallSid=sid, From=caller, To=NUMBER,
-                      CallStatus="completed", CallDuration="30")
+    await twilio.post(
+        "/twilio/status",
+        CallSid=sid,
+        From=caller,
+        To=NUMBER,
+        CallStatus="completed",
+        CallDuration="30",
+    )
 
 
-async def run_level(twilio: Any, calls: int, turns: int, pause: tuple[float, float],
-                    first: int) -> list[float]:
+async def run_level(
+    twilio: Any, calls: int, turns: int, pause: tuple[float, float], first: int
+) -> list[float]:
     await twilio.http.delete("/_bench")
     rng = random.Random(calls)
-    await asyncio.gather(*(one_call(twilio, first + i, turns, pause, rng)
-                           for i in range(calls)))
+    await asyncio.gather(*(one_call(twilio, first + i, turns, pause, rng) for i in range(calls)))
     response = await twilio.http.delete("/_bench")
     samples: list[float] = response.json()
     return samples
@@ -154,8 +175,10 @@ async def drive(port: int, levels: list[int], turns: int, pause: tuple[float, fl
             met = latency.pct(99) < TARGET_P99_MS
             ok = ok and (met or calls != max(levels))
             rate = calls / statistics.fmean(pause)
-            print(f"{calls:4d} calls (~{rate:3.0f} turns/s)  {latency.line()}"
-                  + ("" if calls != max(levels) else ("  ok" if met else "  ABOVE TARGET")))
+            print(
+                f"{calls:4d} calls (~{rate:3.0f} turns/s)  {latency.line()}"
+                + ("" if calls != max(levels) else ("  ok" if met else "  ABOVE TARGET"))
+            )
     finally:
         await twilio.aclose()
     return ok
@@ -195,8 +218,13 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
-    parser.add_argument("--pause", nargs=2, type=float, metavar=("LO", "HI"),
-                        help="seconds between a caller's turns (default 3 6; 0.5 1 with --quick)")
+    parser.add_argument(
+        "--pause",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="seconds between a caller's turns (default 3 6; 0.5 1 with --quick)",
+    )
     args = parser.parse_args()
     levels = [1, 50, 200]
     turns, pause = (2, (0.5, 1.0)) if args.quick else (4, (3.0, 6.0))
@@ -214,17 +242,18 @@ def main() -> int:
         engine.dispose()
         # The fake LLM in a process of its own, so its work does not count as the server's.
         llm_end, child_end = spawn.Pipe()
-        llm = spawn.Process(target=fake_llm, args=(child_end, sum(levels) * turns * 2),
-                            daemon=True)
+        llm = spawn.Process(target=fake_llm, args=(child_end, sum(levels) * turns * 2), daemon=True)
         llm.start()
         llm_url = llm_end.recv()
         port = free_port()
         server = spawn.Process(target=serve, args=(port, database_url, llm_url), daemon=True)
         server.start()
         try:
-            print(f"turn latency, final prompt → first text token, measured in the server; "
-                  f"{turns} turns per call, {pause[0]:g}-{pause[1]:g} s apart; "
-                  f"target p99 < {TARGET_P99_MS:.0f} ms at 200 calls")
+            print(
+                f"turn latency, final prompt → first text token, measured in the server; "
+                f"{turns} turns per call, {pause[0]:g}-{pause[1]:g} s apart; "
+                f"target p99 < {TARGET_P99_MS:.0f} ms at 200 calls"
+            )
             ok = asyncio.run(drive(port, levels, turns, pause))
         finally:
             server.terminate()

@@ -156,8 +156,10 @@ def _calendar_source(source: str, base: str | None) -> str:
     """
     if _URL.match(source):
         if source.split(":", 1)[0].lower() not in ("http", "https", "webcal"):
-            raise ValueError(f"source {source!r}: use an http(s) or webcal address, or an .ics "
-                             "file in the business file's folder")
+            raise ValueError(
+                f"source {source!r}: use an http(s) or webcal address, or an .ics "
+                "file in the business file's folder"
+            )
         return source
     if base is None:  # no file to be next to: a relative path that stays relative, as given
         path = os.path.normpath(source)
@@ -191,8 +193,7 @@ class StaffEntry(BaseModel):
     timezone: Zone | None = None
     weekly_hours: WeeklyHours = Field(default_factory=WeeklyHours)
     overrides: list[Override] = Field(default_factory=list)
-    time_off: Annotated[list[TimeOff], BeforeValidator(_few_time_off)] = Field(
-        default_factory=list)
+    time_off: Annotated[list[TimeOff], BeforeValidator(_few_time_off)] = Field(default_factory=list)
     calendars: list[CalendarLink] = Field(default_factory=list)
 
     @field_validator("overrides")

@@ -55,9 +55,14 @@ class CallLog:
             if existing is not None:
                 return existing
             contact = _contact(s, business_id, from_number)
-            row = Call(business_id=business_id, call_sid=call_sid, from_number=from_number,
-                       to_number=to_number, contact_id=contact.id if contact else None,
-                       started_at=now)
+            row = Call(
+                business_id=business_id,
+                call_sid=call_sid,
+                from_number=from_number,
+                to_number=to_number,
+                contact_id=contact.id if contact else None,
+                started_at=now,
+            )
             s.add(row)
             s.flush()
             return row

@@ -57,7 +57,7 @@ def _normalise(url: str) -> str:
     # Accept plain postgresql:// URLs and use psycopg 3, the driver we install.
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

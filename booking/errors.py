@@ -1,19 +1,19 @@
 """Domain errors, in the business's words. The edges (HTTP, voice, CLI) translate them.
 
-    BookingError                      base; `retryable` says whether trying again may help
-    ├── NotFound                      no such business/service/staff/appointment/hold
-    │   └── AmbiguousBusiness         no business id given and there is not exactly one
-    ├── InvalidRequest                arguments that can never work (bad window, bad phone)
-    ├── SlotUnavailable               the time is not bookable (any reason below)
-    │   ├── SlotTaken                 another booking or hold has it (retryable: pick another)
-    │   ├── OutsideHours              not a slot of this staff member's hours for this service
-    │   ├── TooSoon                   inside the minimum notice
-    │   └── TooFarAhead               past the booking horizon
-    ├── HoldExpired                   the hold ran out or was replaced
-    ├── NotYourAppointment            the appointment belongs to another caller
-    ├── AppointmentNotActive          cancelled or already moved
-    ├── CalendarUnavailable           a linked calendar could not be read (retryable)
-    └── Busy                          the database stayed locked too long (retryable)
+BookingError                      base; `retryable` says whether trying again may help
+├── NotFound                      no such business/service/staff/appointment/hold
+│   └── AmbiguousBusiness         no business id given and there is not exactly one
+├── InvalidRequest                arguments that can never work (bad window, bad phone)
+├── SlotUnavailable               the time is not bookable (any reason below)
+│   ├── SlotTaken                 another booking or hold has it (retryable: pick another)
+│   ├── OutsideHours              not a slot of this staff member's hours for this service
+│   ├── TooSoon                   inside the minimum notice
+│   └── TooFarAhead               past the booking horizon
+├── HoldExpired                   the hold ran out or was replaced
+├── NotYourAppointment            the appointment belongs to another caller
+├── AppointmentNotActive          cancelled or already moved
+├── CalendarUnavailable           a linked calendar could not be read (retryable)
+└── Busy                          the database stayed locked too long (retryable)
 """
 
 from __future__ import annotations

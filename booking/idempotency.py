@@ -75,7 +75,8 @@ def insert_once(session: Session, row: SQLModel, *key: str) -> bool:
         raise NotImplementedError(f"insert_once does not support {dialect}")
     # RETURNING says whether a row went in (psycopg reports no rowcount for ON CONFLICT).
     stmt = stmt.on_conflict_do_nothing(index_elements=list(key)).returning(
-        *table.primary_key.columns)
+        *table.primary_key.columns
+    )
     return session.execute(stmt).first() is not None
 
 
@@ -112,33 +113,46 @@ class IdempotencyStore:
     async def claim(self, *, business_id: str, key: str, request_hash: str) -> Replay | Claim:
         """Claim `key` for this request (go ahead, then `finish` or `release` the claim), or the
         stored answer of the request that claimed it first."""
-        return await in_session(self.engine, lambda s: self._claim(s, business_id, key,
-                                                                   request_hash), write=True)
+        return await in_session(
+            self.engine, lambda s: self._claim(s, business_id, key, request_hash), write=True
+        )
 
-    def _claim(self, s: Session, business_id: str, key: str, request_hash: str
-               ) -> Replay | Claim:
+    def _claim(self, s: Session, business_id: str, key: str, request_hash: str) -> Replay | Claim:
         now = self.clock.now()
-        s.execute(sa.delete(IdempotentRequest).where(
-            col(IdempotentRequest.created_at) <= now - KEEP))
+        s.execute(
+            sa.delete(IdempotentRequest).where(col(IdempotentRequest.created_at) <= now - KEEP)
+        )
         for _ in range(3):  # the holder may release the key between our insert and our read
-            row = IdempotentRequest(business_id=business_id, key=key, request_hash=request_hash,
-                                    status=IN_PROGRESS, created_at=now)
+            row = IdempotentRequest(
+                business_id=business_id,
+                key=key,
+                request_hash=request_hash,
+                status=IN_PROGRESS,
+                created_at=now,
+            )
             if insert_once(s, row, "business_id", "key"):
                 return Claim(business_id=business_id, key=key, token=now)
-            held = s.exec(select(IdempotentRequest).where(
-                IdempotentRequest.business_id == business_id, IdempotentRequest.key == key)
-                .with_for_update().execution_options(populate_existing=True)).first()
+            held = s.exec(
+                select(IdempotentRequest)
+                .where(IdempotentRequest.business_id == business_id, IdempotentRequest.key == key)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).first()
             if held is None:
                 continue
             if held.request_hash != request_hash:
-                raise KeyReused("this Idempotency-Key was already used for a different request; "
-                                "send a new key for a new request")
+                raise KeyReused(
+                    "this Idempotency-Key was already used for a different request; "
+                    "send a new key for a new request"
+                )
             if held.status == DONE:
                 assert held.response_status is not None and held.response_body is not None
                 return Replay(status=held.response_status, body=held.response_body)
             if held.created_at > now - LEASE:
-                raise RequestInProgress("a request with this Idempotency-Key is still being "
-                                        "processed; try again in a moment")
+                raise RequestInProgress(
+                    "a request with this Idempotency-Key is still being "
+                    "processed; try again in a moment"
+                )
             # Abandoned by a process that died: this request takes it, under a new token.
             abandoned_at, held.created_at = held.created_at, now
             s.add(held)
@@ -148,24 +162,35 @@ class IdempotencyStore:
     async def finish(self, claim: Claim, *, status: int, body: str) -> bool:
         """Keep the answer to the claimed request, for its retries. False if the claim was lost
         (taken over by a retry after `LEASE`): the answer is not kept."""
-        return await in_session(self.engine, lambda s: self._mine(s, claim, sa.update(
-            IdempotentRequest).values(status=DONE, response_status=status, response_body=body)),
-            write=True)
+        return await in_session(
+            self.engine,
+            lambda s: self._mine(
+                s,
+                claim,
+                sa.update(IdempotentRequest).values(
+                    status=DONE, response_status=status, response_body=body
+                ),
+            ),
+            write=True,
+        )
 
     async def release(self, claim: Claim) -> bool:
         """Give the key back unanswered (the request failed on our side): a retry runs again.
         False if the claim was lost already."""
-        return await in_session(self.engine, lambda s: self._mine(
-            s, claim, sa.delete(IdempotentRequest)), write=True)
+        return await in_session(
+            self.engine, lambda s: self._mine(s, claim, sa.delete(IdempotentRequest)), write=True
+        )
 
     @staticmethod
     def _mine(s: Session, claim: Claim, stmt: Any) -> bool:
         """Run an update or delete on the key's row while it is still this claim's."""
         table = IdempotentRequest.__table__  # type: ignore[attr-defined]
-        result = s.execute(stmt.where(
-            table.c.business_id == claim.business_id,
-            table.c.key == claim.key,
-            table.c.status == IN_PROGRESS,
-            table.c.created_at == claim.token,
-        ).returning(table.c.key))
+        result = s.execute(
+            stmt.where(
+                table.c.business_id == claim.business_id,
+                table.c.key == claim.key,
+                table.c.status == IN_PROGRESS,
+                table.c.created_at == claim.token,
+            ).returning(table.c.key)
+        )
         return result.first() is not None

@@ -149,8 +149,9 @@ class Hold(SQLModel, table=True):
 class Appointment(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_appointment_staff_block", "business_id", "staff_id", "block_start"),
-        sa.Index("ix_appointment_busy", "business_id", "staff_id", "block_start", "block_end",
-                 "status"),
+        sa.Index(
+            "ix_appointment_busy", "business_id", "staff_id", "block_start", "block_end", "status"
+        ),
     )
     id: str = Field(default_factory=lambda: new_id("apt"), primary_key=True)
     business_id: str = Field(foreign_key="business.id")

@@ -26,16 +26,28 @@ from booking import errors
 DEFAULT_REGION = "US"
 MAX_INPUT = 64  # the longest way of writing a number, with spaces, dashes and an extension
 
-WITHHELD_WORDS = frozenset({"anonymous", "restricted", "unknown", "unavailable", "blocked",
-                            "private", "withheld"})
+WITHHELD_WORDS = frozenset(
+    {"anonymous", "restricted", "unknown", "unavailable", "blocked", "private", "withheld"}
+)
 # Keypad spellings carriers put in place of a withheld number (with or without the +, and
 # with a North American 1 before them).
 WITHHELD_DIGITS = frozenset({"266696687", "7378742833", "86282452253", "2562533", "8656696"})
 _NOT_A_PHONE = ("client:", "sip:")
 
-_SPOKEN_DIGITS = {"zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "three": "3",
-                  "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
-                  "nine": "9"}
+_SPOKEN_DIGITS = {
+    "zero": "0",
+    "oh": "0",
+    "o": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+}
 _WORD = re.compile(r"[a-z]+", re.IGNORECASE)
 
 
@@ -66,7 +78,8 @@ def _parse(text: str, region: str) -> PhoneNumber:
     if not phonenumbers.is_valid_number(number):
         raise errors.InvalidRequest(
             f"{raw!r} is not a valid phone number: give the full number with its area code, "
-            f"or with its country code (+1 202 555 0123)")
+            f"or with its country code (+1 202 555 0123)"
+        )
     return number
 
 
@@ -92,8 +105,7 @@ def is_withheld(raw: str | None) -> bool:
     if not value or value in WITHHELD_WORDS or value.startswith(_NOT_A_PHONE):
         return True
     digits = value.removeprefix("+")
-    return digits in WITHHELD_DIGITS or (digits.startswith("1") and
-                                         digits[1:] in WITHHELD_DIGITS)
+    return digits in WITHHELD_DIGITS or (digits.startswith("1") and digits[1:] in WITHHELD_DIGITS)
 
 
 def caller_number(raw: str | None, region: str = DEFAULT_REGION) -> str | None:

@@ -35,8 +35,19 @@ MAX_INTERVAL = 1_000
 FREQS = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
 _FINER = ("SECONDLY", "MINUTELY", "HOURLY")
 _WEEKDAYS = {"MO": 0, "TU": 1, "WE": 2, "TH": 3, "FR": 4, "SA": 5, "SU": 6}
-_SUPPORTED = {"FREQ", "INTERVAL", "COUNT", "UNTIL", "BYDAY", "BYMONTHDAY", "BYMONTH", "BYHOUR",
-              "BYMINUTE", "BYSECOND", "WKST"}
+_SUPPORTED = {
+    "FREQ",
+    "INTERVAL",
+    "COUNT",
+    "UNTIL",
+    "BYDAY",
+    "BYMONTHDAY",
+    "BYMONTH",
+    "BYHOUR",
+    "BYMINUTE",
+    "BYSECOND",
+    "WKST",
+}
 _UNSUPPORTED = {"BYSETPOS", "BYYEARDAY", "BYWEEKNO", "BYEASTER"}
 _INT = re.compile(r"^[+-]?\d{1,6}$")
 _BYDAY = re.compile(r"^([+-]?\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)$")
@@ -228,8 +239,9 @@ class DayRule:
         """Whether the rule (COUNT and UNTIL aside) has an instance in `days` days from DTSTART."""
         first = self.dtstart.date()
         stop = date.fromordinal(min(first.toordinal() + days, date(9999, 11, 30).toordinal()))
-        return any(datetime.combine(day, self.at) >= self.dtstart
-                   for day in self._days(first, stop))
+        return any(
+            datetime.combine(day, self.at) >= self.dtstart for day in self._days(first, stop)
+        )
 
     def _counted_until(self, count: int) -> datetime | None:
         """The `count`-th instance, or None when the rule ends (2199) before it."""
@@ -287,8 +299,10 @@ def _compile(text: str, dtstart: datetime, *, limits: bool = True) -> DayRule:
         parts.pop("UNTIL", None)
     freq = parts["FREQ"]
     if freq in _FINER:
-        raise RuleRefused(f"FREQ={freq} repeats more often than daily: time off repeats at most "
-                          "daily (DAILY, WEEKLY, MONTHLY or YEARLY)")
+        raise RuleRefused(
+            f"FREQ={freq} repeats more often than daily: time off repeats at most "
+            "daily (DAILY, WEEKLY, MONTHLY or YEARLY)"
+        )
     if freq not in FREQS:
         raise RuleRefused(f"FREQ={freq} is not one of {', '.join(FREQS)}")
     interval = _one_int(parts, "INTERVAL", 1, MAX_INTERVAL if limits else 10**6) or 1
@@ -296,8 +310,10 @@ def _compile(text: str, dtstart: datetime, *, limits: bool = True) -> DayRule:
     until = _until(parts["UNTIL"]) if "UNTIL" in parts else None
     if count is not None and until is not None:
         raise RuleRefused("COUNT and UNTIL cannot both be given")
-    hour, minute, second = (_time_part(parts, name, top) for name, top in
-                            (("BYHOUR", 23), ("BYMINUTE", 59), ("BYSECOND", 59)))
+    hour, minute, second = (
+        _time_part(parts, name, top)
+        for name, top in (("BYHOUR", 23), ("BYMINUTE", 59), ("BYSECOND", 59))
+    )
     months = frozenset(_ints(parts, "BYMONTH", 1, 12))
     days = _ints(parts, "BYMONTHDAY", -31, 31)
     if 0 in days:
@@ -314,17 +330,29 @@ def _compile(text: str, dtstart: datetime, *, limits: bool = True) -> DayRule:
             days = [dtstart.day]
         elif freq == "WEEKLY":
             weekdays = frozenset({dtstart.weekday()})
-    at = time(dtstart.hour if hour is None else hour, dtstart.minute if minute is None else minute,
-              dtstart.second if second is None else second)
+    at = time(
+        dtstart.hour if hour is None else hour,
+        dtstart.minute if minute is None else minute,
+        dtstart.second if second is None else second,
+    )
     try:  # the whole ecosystem (dateutil, calendar exports) must read what we store
         if limits:
             rrulestr(text, dtstart=dtstart)
     except (ValueError, TypeError, OverflowError) as exc:
         raise RuleRefused(f"not a valid RRULE: {exc}") from None
-    rule = DayRule(freq=freq, interval=interval, dtstart=dtstart, until=until, months=months,
-                   monthdays=frozenset(d for d in days if d > 0),
-                   neg_monthdays=frozenset(d for d in days if d < 0), weekdays=weekdays,
-                   nth=nth, wkst=wkst, at=at)
+    rule = DayRule(
+        freq=freq,
+        interval=interval,
+        dtstart=dtstart,
+        until=until,
+        months=months,
+        monthdays=frozenset(d for d in days if d > 0),
+        neg_monthdays=frozenset(d for d in days if d < 0),
+        weekdays=weekdays,
+        nth=nth,
+        wkst=wkst,
+        at=at,
+    )
     if count is not None:
         rule = replace(rule, until=rule._counted_until(count) or LATEST)
     return rule
@@ -398,8 +426,9 @@ def _until(value: str) -> datetime:
     return until
 
 
-def _byday(parts: dict[str, str], freq: str, monthly_years: bool
-           ) -> tuple[frozenset[int], tuple[tuple[int, int], ...]]:
+def _byday(
+    parts: dict[str, str], freq: str, monthly_years: bool
+) -> tuple[frozenset[int], tuple[tuple[int, int], ...]]:
     if "BYDAY" not in parts:
         return frozenset(), ()
     plain: set[int] = set()

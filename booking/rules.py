@@ -154,8 +154,11 @@ class TimeOff(BaseModel):
             raise ValueError("start and end must both have an offset or both have none")
         if self.end <= self.start:
             raise ValueError("end must be after start")
-        if self.rrule is not None and not _stored(info) and (
-                self.end - self.start > MAX_RECURRING_LENGTH):
+        if (
+            self.rrule is not None
+            and not _stored(info)
+            and (self.end - self.start > MAX_RECURRING_LENGTH)
+        ):
             raise ValueError("recurring time off may last at most 366 days each time")
         return self
 
@@ -285,5 +288,10 @@ def _recurring_time_off(
 @lru_cache(maxsize=256)
 def _refused(rrule: str, start: str, reason: str) -> None:
     # Cached: one warning per stored rule and process, not one per slot search.
-    log.warning("recurring time off %r from %s is not expanded (%s): the staff member is shown "
-                "busy until it is corrected", rrule, start, reason)
+    log.warning(
+        "recurring time off %r from %s is not expanded (%s): the staff member is shown "
+        "busy until it is corrected",
+        rrule,
+        start,
+        reason,
+    )

@@ -43,8 +43,9 @@ def _json(text: str, source: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DocumentError(f"{source}:{exc.lineno}",
-                            f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        raise DocumentError(
+            f"{source}:{exc.lineno}", f"invalid JSON: {exc.msg} (column {exc.colno})"
+        ) from None
     except RecursionError:
         raise DocumentError(source, f"nested more than {MAX_DEPTH} levels deep") from None
 
@@ -106,11 +107,14 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
         node, depth = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise DocumentError(source, f"more than {MAX_VALUES:,} values once aliases are "
-                                        "expanded (an alias bomb?)")
+            raise DocumentError(
+                source,
+                f"more than {MAX_VALUES:,} values once aliases are expanded (an alias bomb?)",
+            )
         if depth > MAX_DEPTH:
-            raise DocumentError(source, f"nested more than {MAX_DEPTH} levels deep (aliases "
-                                        "included)")
+            raise DocumentError(
+                source, f"nested more than {MAX_DEPTH} levels deep (aliases included)"
+            )
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):

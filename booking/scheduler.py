@@ -108,7 +108,8 @@ def check_when(value: datetime, name: str) -> datetime:
         in_utc = None
     if in_utc is None or not MIN_YEAR <= in_utc.year <= MAX_YEAR:
         raise errors.InvalidRequest(
-            f"{name} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+            f"{name} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}"
+        )
     return value
 
 
@@ -116,7 +117,8 @@ def check_day(value: date, name: str) -> date:
     """`value` if it lies in the years bookings may use (1970-2199); else InvalidRequest."""
     if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise errors.InvalidRequest(
-            f"{name} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}")
+            f"{name} {value.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}"
+        )
     return value
 
 
@@ -144,9 +146,11 @@ class Context:
             business_id=self.business.id,
             staff_id=row.id,
             tz=staff_zone(row, self.business),
-            links=tuple(row.calendars) + tuple(
+            links=tuple(row.calendars)
+            + tuple(
                 {"provider": c.provider, "connection_id": c.id}
-                for c in self.connections if c.staff_id == staff_id
+                for c in self.connections
+                if c.staff_id == staff_id
             ),
         )
 
@@ -204,14 +208,24 @@ class Scheduler:
 
     async def services(self, business_id: str) -> list[Service]:
         return await self._db(
-            lambda s: list(s.exec(select(Service).where(Service.business_id == business_id)
-                                  .order_by(col(Service.position))))
+            lambda s: list(
+                s.exec(
+                    select(Service)
+                    .where(Service.business_id == business_id)
+                    .order_by(col(Service.position))
+                )
+            )
         )
 
     async def staff(self, business_id: str) -> list[Staff]:
         return await self._db(
-            lambda s: list(s.exec(select(Staff).where(Staff.business_id == business_id)
-                                  .order_by(col(Staff.position))))
+            lambda s: list(
+                s.exec(
+                    select(Staff)
+                    .where(Staff.business_id == business_id)
+                    .order_by(col(Staff.position))
+                )
+            )
         )
 
     # ---- slot search ----------------------------------------------------------------------
@@ -250,8 +264,16 @@ class Scheduler:
         # CPU-bound (rules expanded, every candidate checked): off the event loop, which every
         # live call shares.
         slots = await asyncio.to_thread(
-            partial(find_slots, service=ctx.service, staff=ctx.staff, start=start, end=end,
-                    now=now, busy=busy))
+            partial(
+                find_slots,
+                service=ctx.service,
+                staff=ctx.staff,
+                start=start,
+                end=end,
+                now=now,
+                busy=busy,
+            )
+        )
         return SlotSearch(timezone=ctx.business.timezone, slots=slots)
 
     async def availability(
@@ -284,8 +306,13 @@ class Scheduler:
         start = datetime.combine(first_day, time(), tz)
         end = datetime.combine(last_day + timedelta(days=1), time(), tz)
         result = await self.search(
-            business_id=business.id, service_id=service_id, start=start, end=end,
-            staff_id=staff_id, now=now, holder=holder,
+            business_id=business.id,
+            service_id=service_id,
+            start=start,
+            end=end,
+            staff_id=staff_id,
+            now=now,
+            holder=holder,
         )
         slots = result.slots
         if earliest is not None or latest is not None:
@@ -349,8 +376,9 @@ class Scheduler:
         now = self._now(now)
         if not holder:
             raise errors.InvalidRequest("a hold needs a holder (the caller)")
-        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start,
-                                                now=now, holder=holder)
+        ctx, linked = await self._prepare_claim(
+            business_id, service_id, staff_id, start, now=now, holder=holder
+        )
 
         def write(s: Session) -> Hold:
             lock_staff(s, ctx.business.id, staff_id)
@@ -363,11 +391,16 @@ class Scheduler:
                 s.flush()
             block = ctx.service.block(start)
             row = Hold(
-                business_id=ctx.business.id, service_id=service_id, staff_id=staff_id,
-                holder=holder, start=start.astimezone(UTC),
+                business_id=ctx.business.id,
+                service_id=service_id,
+                staff_id=staff_id,
+                holder=holder,
+                start=start.astimezone(UTC),
                 end=(start + ctx.service.duration).astimezone(UTC),
-                block_start=block[0].astimezone(UTC), block_end=block[1].astimezone(UTC),
-                expires_at=now + timedelta(minutes=self.hold_minutes), created_at=now,
+                block_start=block[0].astimezone(UTC),
+                block_end=block[1].astimezone(UTC),
+                expires_at=now + timedelta(minutes=self.hold_minutes),
+                created_at=now,
             )
             s.add(row)
             s.flush()
@@ -403,8 +436,18 @@ class Scheduler:
         linked = (await self._linked_busy(ctx, [staff_id], lo, hi, live=True)).get(staff_id, [])
         # A read-only check first: a caller who already lost need not queue for the write lock.
         # The same check runs again under the lock; that one is the guarantee.
-        await self._db(lambda s: _check_slot(s, ctx, staff_id, start, now, linked, holder=holder,
-                                             ignore_appointment=ignore_appointment))
+        await self._db(
+            lambda s: _check_slot(
+                s,
+                ctx,
+                staff_id,
+                start,
+                now,
+                linked,
+                holder=holder,
+                ignore_appointment=ignore_appointment,
+            )
+        )
         return ctx, linked
 
     async def _write(self, fn: Callable[[Session], T]) -> T:
@@ -429,14 +472,17 @@ class Scheduler:
             return appointment
         try:
             state = await asyncio.wait_for(
-                self.writer.sync_appointment(appointment.id), self.write_timeout)
+                self.writer.sync_appointment(appointment.id), self.write_timeout
+            )
         except (TimeoutError, errors.CalendarUnavailable) as exc:
-            log.warning("calendar write for %s deferred to the retry job: %s",
-                        appointment.id, exc or "timed out")
+            log.warning(
+                "calendar write for %s deferred to the retry job: %s",
+                appointment.id,
+                exc or "timed out",
+            )
             return appointment
         except Exception:  # the change is committed: report it, and let the retry job write
-            log.exception("calendar write for %s failed; deferred to the retry job",
-                          appointment.id)
+            log.exception("calendar write for %s failed; deferred to the retry job", appointment.id)
             return appointment
         appointment.sync_state = state
         return appointment
@@ -471,8 +517,9 @@ class Scheduler:
             holder = held.holder
         if service_id is None or staff_id is None or start is None:
             raise errors.InvalidRequest("give a hold, or a service, staff member and start time")
-        ctx, linked = await self._prepare_claim(business_id, service_id, staff_id, start,
-                                                now=now, holder=holder)
+        ctx, linked = await self._prepare_claim(
+            business_id, service_id, staff_id, start, now=now, holder=holder
+        )
         phone = check_phone(phone, phones.region_for(ctx.business.phone_numbers))
         slot_start = start
 
@@ -482,8 +529,16 @@ class Scheduler:
                 _live_hold(s, ctx.business.id, hold_id, now)  # still ours after the wait?
             _check_slot(s, ctx, staff_id, slot_start, now, linked, holder=holder)
             contact = _upsert_contact(s, ctx.business.id, phone, name, email)
-            row = _new_appointment(ctx, staff_id, slot_start, contact.id, now,
-                                   booked_by=booked_by, call_id=call_id, notes=notes)
+            row = _new_appointment(
+                ctx,
+                staff_id,
+                slot_start,
+                contact.id,
+                now,
+                booked_by=booked_by,
+                call_id=call_id,
+                notes=notes,
+            )
             s.add(row)
             if holder:
                 _drop_holds(s, ctx.business.id, holder)
@@ -492,12 +547,21 @@ class Scheduler:
             return row
 
         appointment = await self._write(write)
-        log.info("booked %s for %s with %s at %s", appointment.id, service_id, staff_id,
-                 appointment.start.isoformat())
+        log.info(
+            "booked %s for %s with %s at %s",
+            appointment.id,
+            service_id,
+            staff_id,
+            appointment.start.isoformat(),
+        )
         return await self._write_back(appointment)
 
     async def cancel(
-        self, *, business_id: str | None, appointment_id: str, phone: str | None = None,
+        self,
+        *,
+        business_id: str | None,
+        appointment_id: str,
+        phone: str | None = None,
         now: datetime | None = None,
     ) -> Appointment:
         """Cancel an appointment; `phone` scopes it to that caller's own appointments."""
@@ -537,9 +601,15 @@ class Scheduler:
         if old.status != AppointmentStatus.CONFIRMED:
             raise errors.AppointmentNotActive(f"appointment {old.id} is already {old.status}")
         new_staff = staff_id or old.staff_id
-        ctx, linked = await self._prepare_claim(old.business_id, old.service_id, new_staff, start,
-                                                now=now, holder=holder,
-                                                ignore_appointment=old.id)
+        ctx, linked = await self._prepare_claim(
+            old.business_id,
+            old.service_id,
+            new_staff,
+            start,
+            now=now,
+            holder=holder,
+            ignore_appointment=old.id,
+        )
 
         def write(s: Session) -> Appointment:
             for sid in sorted({old.staff_id, new_staff}):  # fixed order: no deadlock
@@ -548,17 +618,25 @@ class Scheduler:
             assert current is not None
             if current.status != AppointmentStatus.CONFIRMED:
                 raise errors.AppointmentNotActive(f"appointment {old.id} is already moved")
-            _check_slot(s, ctx, new_staff, start, now, linked, holder=holder,
-                        ignore_appointment=old.id)
+            _check_slot(
+                s, ctx, new_staff, start, now, linked, holder=holder, ignore_appointment=old.id
+            )
             # Release the old block first inside this transaction, so the exclusion constraint
             # allows an overlapping move; the commit makes both changes visible at once.
             current.status = AppointmentStatus.RESCHEDULED.value
             current.updated_at = now
             s.add(current)
             s.flush()
-            row = _new_appointment(ctx, new_staff, start, current.contact_id, now,
-                                   booked_by=current.booked_by, call_id=current.call_id,
-                                   notes=current.notes)
+            row = _new_appointment(
+                ctx,
+                new_staff,
+                start,
+                current.contact_id,
+                now,
+                booked_by=current.booked_by,
+                call_id=current.call_id,
+                notes=current.notes,
+            )
             row.rescheduled_from = current.id
             if current.sync_state != SyncState.NO_CALENDAR:
                 row.sync_state = SyncState.NOT_SYNCED.value  # the calendar event must move
@@ -569,14 +647,20 @@ class Scheduler:
             if holder:
                 _drop_holds(s, ctx.business.id, holder)
             payload = appointment_payload(row, s.get(Contact, row.contact_id))
-            _emit(s, "booking.rescheduled", {**payload, "previous_start": current.start.isoformat(),
-                                             "previous_staff_id": current.staff_id})
+            _emit(
+                s,
+                "booking.rescheduled",
+                {
+                    **payload,
+                    "previous_start": current.start.isoformat(),
+                    "previous_staff_id": current.staff_id,
+                },
+            )
             return row
 
         return await self._write_back(await self._write(write))
 
-    async def get_appointment(self, *, business_id: str | None, appointment_id: str
-                              ) -> Appointment:
+    async def get_appointment(self, *, business_id: str | None, appointment_id: str) -> Appointment:
         return await self._db(lambda s: _own_appointment(s, business_id, appointment_id, None))
 
     async def appointments(
@@ -607,8 +691,11 @@ class Scheduler:
             if staff_id is not None:
                 q = q.where(Appointment.staff_id == staff_id)
             if phone is not None:
-                contact = s.exec(select(Contact).where(
-                    Contact.business_id == bid, Contact.phone == check_phone(phone))).first()
+                contact = s.exec(
+                    select(Contact).where(
+                        Contact.business_id == bid, Contact.phone == check_phone(phone)
+                    )
+                ).first()
                 if contact is None:
                     return []
                 q = q.where(Appointment.contact_id == contact.id)
@@ -639,7 +726,8 @@ class Scheduler:
         now = self._now(now)
         if outcome not in {o.value for o in LeadOutcome}:
             raise errors.InvalidRequest(
-                f"outcome must be one of {', '.join(o.value for o in LeadOutcome)}")
+                f"outcome must be one of {', '.join(o.value for o in LeadOutcome)}"
+            )
 
         def write(s: Session) -> Lead:
             bid = _resolve_business(s, business_id)
@@ -649,9 +737,17 @@ class Scheduler:
                 assert business is not None
                 number = check_phone(phone, phones.region_for(business.phone_numbers))
             contact = _upsert_contact(s, bid, number, name, None) if number else None
-            row = Lead(business_id=bid, contact_id=contact.id if contact else None,
-                       call_id=call_id, appointment_id=appointment_id, name=name, phone=number,
-                       reason=reason, outcome=outcome, created_at=now)
+            row = Lead(
+                business_id=bid,
+                contact_id=contact.id if contact else None,
+                call_id=call_id,
+                appointment_id=appointment_id,
+                name=name,
+                phone=number,
+                reason=reason,
+                outcome=outcome,
+                created_at=now,
+            )
             # One call, one lead, decided by the unique index on the call: of two processes
             # finishing the same call only one inserts (and announces it); the other updates.
             if insert_once(s, row, "call_id"):
@@ -659,8 +755,12 @@ class Scheduler:
                 assert stored is not None
                 _emit(s, "lead.created", lead_payload(stored))
                 return stored
-            existing = s.exec(select(Lead).where(Lead.call_id == call_id).with_for_update()
-                              .execution_options(populate_existing=True)).one()
+            existing = s.exec(
+                select(Lead)
+                .where(Lead.call_id == call_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).one()
             if existing.business_id != bid:
                 raise errors.InvalidRequest(f"call {call_id} belongs to another business")
             # What the call did later updates its lead (a booking after a message makes it a
@@ -670,8 +770,9 @@ class Scheduler:
             if appointment_id:
                 existing.appointment_id = appointment_id
             if reason and reason != existing.reason:
-                existing.reason = f"{existing.reason}; then: {reason}" if existing.reason \
-                    else reason
+                existing.reason = (
+                    f"{existing.reason}; then: {reason}" if existing.reason else reason
+                )
             existing.name = existing.name or name
             s.add(existing)
             s.flush()
@@ -679,8 +780,9 @@ class Scheduler:
 
         return await self._db(write, write=True)
 
-    async def leads(self, *, business_id: str | None, outcome: str | None = None,
-                    limit: int = 100) -> list[Lead]:
+    async def leads(
+        self, *, business_id: str | None, outcome: str | None = None, limit: int = 100
+    ) -> list[Lead]:
         def load(s: Session) -> list[Lead]:
             bid = _resolve_business(s, business_id)
             q = select(Lead).where(Lead.business_id == bid)
@@ -721,14 +823,30 @@ def _load_context(
             raise errors.NotFound(f"no staff member {staff_id!r} at {business.name}")
         raise errors.InvalidRequest(f"{staff_id} does not do {service.name}")
     wanted = [staff_id] if staff_id is not None else list(service.staff_ids)
-    rows = list(s.exec(select(Staff).where(Staff.business_id == bid, col(Staff.id).in_(wanted))
-                       .order_by(col(Staff.position))))
-    connections = list(s.exec(select(CalendarConnection).where(
-        CalendarConnection.business_id == bid, col(CalendarConnection.staff_id).in_(wanted),
-        CalendarConnection.status != "disconnected")))
-    return Context(business=business, service=service_spec(service), service_row=service,
-                   staff_rows=rows, staff=[staff_spec(r, business) for r in rows],
-                   connections=connections)
+    rows = list(
+        s.exec(
+            select(Staff)
+            .where(Staff.business_id == bid, col(Staff.id).in_(wanted))
+            .order_by(col(Staff.position))
+        )
+    )
+    connections = list(
+        s.exec(
+            select(CalendarConnection).where(
+                CalendarConnection.business_id == bid,
+                col(CalendarConnection.staff_id).in_(wanted),
+                CalendarConnection.status != "disconnected",
+            )
+        )
+    )
+    return Context(
+        business=business,
+        service=service_spec(service),
+        service_row=service,
+        staff_rows=rows,
+        staff=[staff_spec(r, business) for r in rows],
+        connections=connections,
+    )
 
 
 def _stored_busy(
@@ -804,13 +922,19 @@ def _check_slot(
         raise errors.TooSoon(f"{svc.id} needs {_minutes(svc.min_notice)} minutes' notice")
     if start >= horizon(svc, now):
         raise errors.TooFarAhead(f"{svc.id} can be booked at most {svc.max_days_ahead} days ahead")
-    window = {"service": svc, "staff": [member], "start": start,
-              "end": start + timedelta(microseconds=1), "now": now}
+    window = {
+        "service": svc,
+        "staff": [member],
+        "start": start,
+        "end": start + timedelta(microseconds=1),
+        "now": now,
+    }
     if not find_slots(**window):  # type: ignore[arg-type]
         raise errors.OutsideHours("that is not a time this staff member offers for this service")
     lo, hi = svc.block(start)
-    stored = _stored_busy(s, ctx, [staff_id], lo, hi, now, holder=holder,
-                          ignore_appointment=ignore_appointment)
+    stored = _stored_busy(
+        s, ctx, [staff_id], lo, hi, now, holder=holder, ignore_appointment=ignore_appointment
+    )
     busy = {staff_id: [*stored[staff_id], *linked]}
     if not find_slots(**window, busy=busy):  # type: ignore[arg-type]
         raise errors.SlotTaken("that time was just taken")
@@ -831,8 +955,9 @@ def _live_hold(s: Session, business_id: str | None, hold_id: str, now: datetime)
 
 
 def _drop_holds(s: Session, business_id: str, holder: str) -> None:
-    s.execute(sa.delete(Hold).where(col(Hold.business_id) == business_id,
-                                    col(Hold.holder) == holder))
+    s.execute(
+        sa.delete(Hold).where(col(Hold.business_id) == business_id, col(Hold.holder) == holder)
+    )
 
 
 def _upsert_contact(
@@ -840,11 +965,17 @@ def _upsert_contact(
 ) -> Contact:
     """The business's contact for `phone`, created if new (one per number, decided by the
     unique index, so two processes never race to two contacts), else updated under a lock."""
-    created = insert_once(s, Contact(business_id=business_id, phone=phone, name=name,
-                                     email=email), "business_id", "phone")
+    created = insert_once(
+        s,
+        Contact(business_id=business_id, phone=phone, name=name, email=email),
+        "business_id",
+        "phone",
+    )
     row = s.exec(
-        select(Contact).where(Contact.business_id == business_id, Contact.phone == phone)
-        .with_for_update().execution_options(populate_existing=True)
+        select(Contact)
+        .where(Contact.business_id == business_id, Contact.phone == phone)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).one()
     if not created:
         row.name = name or row.name
@@ -868,11 +999,19 @@ def _new_appointment(
     block = ctx.service.block(start)
     synced = SyncState.NOT_SYNCED if ctx.writes_calendar(staff_id) else SyncState.NO_CALENDAR
     return Appointment(
-        business_id=ctx.business.id, service_id=ctx.service.id, staff_id=staff_id,
-        contact_id=contact_id, start=start.astimezone(UTC),
+        business_id=ctx.business.id,
+        service_id=ctx.service.id,
+        staff_id=staff_id,
+        contact_id=contact_id,
+        start=start.astimezone(UTC),
         end=(start + ctx.service.duration).astimezone(UTC),
-        block_start=block[0].astimezone(UTC), block_end=block[1].astimezone(UTC),
-        booked_by=booked_by, call_id=call_id, notes=notes, created_at=now, updated_at=now,
+        block_start=block[0].astimezone(UTC),
+        block_end=block[1].astimezone(UTC),
+        booked_by=booked_by,
+        call_id=call_id,
+        notes=notes,
+        created_at=now,
+        updated_at=now,
         sync_state=synced.value,
     )
 
@@ -900,19 +1039,33 @@ def _emit(s: Session, type_: str, payload: dict[str, object]) -> None:
 
 def appointment_payload(row: Appointment, contact: Contact | None) -> dict[str, object]:
     return {
-        "id": row.id, "business_id": row.business_id, "service_id": row.service_id,
-        "staff_id": row.staff_id, "status": row.status, "start": row.start.isoformat(),
-        "end": row.end.isoformat(), "notes": row.notes, "booked_by": row.booked_by,
-        "call_id": row.call_id, "rescheduled_from": row.rescheduled_from,
+        "id": row.id,
+        "business_id": row.business_id,
+        "service_id": row.service_id,
+        "staff_id": row.staff_id,
+        "status": row.status,
+        "start": row.start.isoformat(),
+        "end": row.end.isoformat(),
+        "notes": row.notes,
+        "booked_by": row.booked_by,
+        "call_id": row.call_id,
+        "rescheduled_from": row.rescheduled_from,
         "contact": {"id": contact.id, "name": contact.name, "phone": contact.phone}
-        if contact is not None else None,
+        if contact is not None
+        else None,
     }
 
 
 def lead_payload(row: Lead) -> dict[str, object]:
     return {
-        "id": row.id, "business_id": row.business_id, "name": row.name, "phone": row.phone,
-        "reason": row.reason, "outcome": row.outcome, "status": row.status,
-        "call_id": row.call_id, "appointment_id": row.appointment_id,
+        "id": row.id,
+        "business_id": row.business_id,
+        "name": row.name,
+        "phone": row.phone,
+        "reason": row.reason,
+        "outcome": row.outcome,
+        "status": row.status,
+        "call_id": row.call_id,
+        "appointment_id": row.appointment_id,
         "created_at": row.created_at.isoformat(),
     }

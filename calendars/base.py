@@ -141,8 +141,7 @@ class CalendarProvider(Protocol):
         """Verify that the account can be reached with its credentials (on save / link)."""
         ...
 
-    async def list_calendars(self, account: Account) -> list[CalendarInfo]:
-        ...
+    async def list_calendars(self, account: Account) -> list[CalendarInfo]: ...
 
     async def busy(
         self,
@@ -209,8 +208,9 @@ class OAuthClient(Protocol):
 
     name: str
 
-    def start(self, *, redirect_uri: str, state: str, login_hint: str | None = None
-              ) -> tuple[str, dict[str, Any]]:
+    def start(
+        self, *, redirect_uri: str, state: str, login_hint: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """The URL to send the person's browser to, and the flow data to keep server-side
         (it holds the PKCE verifier and `state`; never sent to the browser)."""
         ...

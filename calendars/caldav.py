@@ -506,9 +506,7 @@ def _walk(client: caldav.DAVClient, link: _Link, url: str) -> list[_Found] | Non
     return _calendars_in(client, url) or None
 
 
-def _properties(
-    client: caldav.DAVClient, url: str, *, missing_ok: bool
-) -> dict[str, Any] | None:
+def _properties(client: caldav.DAVClient, url: str, *, missing_ok: bool) -> dict[str, Any] | None:
     """The discovery properties of the resource at `url`; None when it answers no WebDAV."""
     response = client.propfind(url, props=_DISCOVERY_PROPS, depth=0)
     if response.status in (404, 410) and not missing_ok:
@@ -570,8 +568,10 @@ def _hop(link: _Link, base: str, href: str) -> str:
         raise CalendarUnavailable(
             f"{redact(base)} sent the CalDAV account to an unencrypted address: {_WHAT_TO_GIVE}"
         )
-    if to.hostname != was.hostname and _private_host(to.hostname) and not _private_host(
-        urlsplit(link.url).hostname
+    if (
+        to.hostname != was.hostname
+        and _private_host(to.hostname)
+        and not _private_host(urlsplit(link.url).hostname)
     ):
         raise CalendarUnavailable(
             f"{redact(base)} sent the CalDAV account to a private address: {_WHAT_TO_GIVE}"

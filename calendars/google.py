@@ -116,14 +116,16 @@ class PushHeaders(BaseModel):
     token: _Printable | None = Field(default=None, alias="x-goog-channel-token")
     resource_state: str = Field(alias="x-goog-resource-state", pattern=r"^[a-z_]{1,32}$")
     resource_id: _Printable | None = Field(default=None, alias="x-goog-resource-id")
-    message_number: str | None = Field(default=None, alias="x-goog-message-number",
-                                       pattern=r"^[0-9]{1,20}$")
+    message_number: str | None = Field(
+        default=None, alias="x-goog-message-number", pattern=r"^[0-9]{1,20}$"
+    )
 
     @classmethod
     def parse(cls, headers: Mapping[str, str]) -> Self:
         """The push's headers; raises `pydantic.ValidationError` if any is missing or odd."""
-        return cls.model_validate({k.lower(): v for k, v in headers.items()
-                                   if k.lower().startswith("x-goog-")})
+        return cls.model_validate(
+            {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-goog-")}
+        )
 
     @model_validator(mode="before")
     @classmethod
@@ -177,8 +179,7 @@ class _Https:
         self._idle: list[tuple[float, httplib2.Http]] = []
         self._closed = False
 
-    def execute(self, endpoint: str, make: Callable[[Any], Any], token: str,
-                timeout: float) -> Any:
+    def execute(self, endpoint: str, make: Callable[[Any], Any], token: str, timeout: float) -> Any:
         """Build one request and send it (blocking)."""
         request = make(_service(endpoint))
         request.headers["authorization"] = f"Bearer {token}"
@@ -306,8 +307,9 @@ class GoogleProvider:
 
     async def check(self, account: Account) -> None:
         deadline = _Deadline(self._timeout)
-        await self._call(account, deadline, "check",
-                         lambda s: s.calendars().get(calendarId="primary"))
+        await self._call(
+            account, deadline, "check", lambda s: s.calendars().get(calendarId="primary")
+        )
 
     async def list_calendars(self, account: Account) -> list[CalendarInfo]:
         deadline = _Deadline(self._timeout)
@@ -315,18 +317,22 @@ class GoogleProvider:
         page_token: str | None = None
         while True:
             page = await self._call(
-                account, deadline, "calendar list",
+                account,
+                deadline,
+                "calendar list",
                 lambda s, t=page_token: s.calendarList().list(pageToken=t, maxResults=250),
             )
             for entry in page.get("items", []):
                 if entry.get("deleted"):
                     continue
-                found.append(CalendarInfo(
-                    id=entry["id"],
-                    name=entry.get("summaryOverride") or entry.get("summary") or entry["id"],
-                    primary=bool(entry.get("primary")),
-                    writable=entry.get("accessRole") in _WRITE_ROLES,
-                ))
+                found.append(
+                    CalendarInfo(
+                        id=entry["id"],
+                        name=entry.get("summaryOverride") or entry.get("summary") or entry["id"],
+                        primary=bool(entry.get("primary")),
+                        writable=entry.get("accessRole") in _WRITE_ROLES,
+                    )
+                )
             page_token = page.get("nextPageToken")
             if not page_token:
                 return found
@@ -346,30 +352,47 @@ class GoogleProvider:
         if not calendar_ids or end <= start:
             return []
         deadline = _Deadline(self._timeout)
-        batches = [calendar_ids[i:i + _MAX_CALENDARS_PER_QUERY]
-                   for i in range(0, len(calendar_ids), _MAX_CALENDARS_PER_QUERY)]
+        batches = [
+            calendar_ids[i : i + _MAX_CALENDARS_PER_QUERY]
+            for i in range(0, len(calendar_ids), _MAX_CALENDARS_PER_QUERY)
+        ]
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._freebusy(account, deadline, batch, s, e))
-                         for batch in batches for s, e in _windows(start, end)]
+                tasks = [
+                    group.create_task(self._freebusy(account, deadline, batch, s, e))
+                    for batch in batches
+                    for s, e in _windows(start, end)
+                ]
         except ExceptionGroup as failed:
             # The first failure says it all; the other queries were cancelled.
             raise _first(failed) from None
         return _merge([interval for task in tasks for interval in task.result()])
 
-    async def _freebusy(self, account: Account, deadline: _Deadline, calendar_ids: list[str],
-                        start: datetime, end: datetime) -> list[Interval]:
-        body = {"timeMin": _rfc3339(start), "timeMax": _rfc3339(end), "timeZone": "UTC",
-                "items": [{"id": c} for c in calendar_ids]}
-        answer = await self._call(account, deadline, "busy read",
-                                  lambda s: s.freebusy().query(body=body))
+    async def _freebusy(
+        self,
+        account: Account,
+        deadline: _Deadline,
+        calendar_ids: list[str],
+        start: datetime,
+        end: datetime,
+    ) -> list[Interval]:
+        body = {
+            "timeMin": _rfc3339(start),
+            "timeMax": _rfc3339(end),
+            "timeZone": "UTC",
+            "items": [{"id": c} for c in calendar_ids],
+        }
+        answer = await self._call(
+            account, deadline, "busy read", lambda s: s.freebusy().query(body=body)
+        )
         calendars = answer.get("calendars") or {}
         intervals: list[Interval] = []
         for calendar_id in calendar_ids:
             found = calendars.get(calendar_id)
             if found is None:
                 raise CalendarUnavailable(
-                    f"Google answered no free/busy time for calendar {calendar_id}")
+                    f"Google answered no free/busy time for calendar {calendar_id}"
+                )
             if found.get("errors"):
                 raise CalendarUnavailable(_freebusy_error(calendar_id, found["errors"]))
             for period in found.get("busy") or []:
@@ -390,18 +413,28 @@ class GoogleProvider:
         deadline = _Deadline(self._timeout)
         if cursor is not None:
             try:
-                return await self._read_events(account, deadline, calendar_id, tz, start, end,
-                                               sync_token=cursor)
+                return await self._read_events(
+                    account, deadline, calendar_id, tz, start, end, sync_token=cursor
+                )
             except GoogleApiError as exc:
                 # 410: the token expired; Google's answer is to wipe and read everything again.
                 if exc.status != 410:
                     raise
-        return await self._read_events(account, deadline, calendar_id, tz, start, end,
-                                       sync_token=None)
+        return await self._read_events(
+            account, deadline, calendar_id, tz, start, end, sync_token=None
+        )
 
-    async def _read_events(self, account: Account, deadline: _Deadline, calendar_id: str,
-                           tz: ZoneInfo, start: datetime, end: datetime, *,
-                           sync_token: str | None) -> SyncResult:
+    async def _read_events(
+        self,
+        account: Account,
+        deadline: _Deadline,
+        calendar_id: str,
+        tz: ZoneInfo,
+        start: datetime,
+        end: datetime,
+        *,
+        sync_token: str | None,
+    ) -> SyncResult:
         if sync_token is None:
             # timeMin/timeMax only on a full read: Google refuses them with a syncToken.
             query: dict[str, Any] = {"timeMin": _rfc3339(start), "timeMax": _rfc3339(end)}
@@ -411,10 +444,16 @@ class GoogleProvider:
         page_token: str | None = None
         while True:
             page = await self._call(
-                account, deadline, "event read",
+                account,
+                deadline,
+                "event read",
                 lambda s, t=page_token: s.events().list(
-                    calendarId=calendar_id, singleEvents=True, maxResults=_PAGE_SIZE,
-                    pageToken=t, **query),
+                    calendarId=calendar_id,
+                    singleEvents=True,
+                    maxResults=_PAGE_SIZE,
+                    pageToken=t,
+                    **query,
+                ),
             )
             for event in page.get("items", []):
                 key = event["id"]
@@ -459,21 +498,51 @@ class GoogleProvider:
         await self._insert(account, deadline, calendar_id, event_id, body)
         return event_id
 
-    async def _insert(self, account: Account, deadline: _Deadline, calendar_id: str,
-                      event_id: str, body: dict[str, Any]) -> None:
-        await self._call(account, deadline, "event write", lambda s: s.events().insert(
-            calendarId=calendar_id, body={**body, "id": event_id}, sendUpdates="none"))
+    async def _insert(
+        self,
+        account: Account,
+        deadline: _Deadline,
+        calendar_id: str,
+        event_id: str,
+        body: dict[str, Any],
+    ) -> None:
+        await self._call(
+            account,
+            deadline,
+            "event write",
+            lambda s: s.events().insert(
+                calendarId=calendar_id, body={**body, "id": event_id}, sendUpdates="none"
+            ),
+        )
 
-    async def _patch(self, account: Account, deadline: _Deadline, calendar_id: str,
-                     event_id: str, body: dict[str, Any]) -> None:
-        await self._call(account, deadline, "event write", lambda s: s.events().patch(
-            calendarId=calendar_id, eventId=event_id, body=body, sendUpdates="none"))
+    async def _patch(
+        self,
+        account: Account,
+        deadline: _Deadline,
+        calendar_id: str,
+        event_id: str,
+        body: dict[str, Any],
+    ) -> None:
+        await self._call(
+            account,
+            deadline,
+            "event write",
+            lambda s: s.events().patch(
+                calendarId=calendar_id, eventId=event_id, body=body, sendUpdates="none"
+            ),
+        )
 
     async def delete_event(self, account: Account, *, calendar_id: str, event_id: str) -> None:
         deadline = _Deadline(self._timeout)
         try:
-            await self._call(account, deadline, "event delete", lambda s: s.events().delete(
-                calendarId=calendar_id, eventId=event_id, sendUpdates="none"))
+            await self._call(
+                account,
+                deadline,
+                "event delete",
+                lambda s: s.events().delete(
+                    calendarId=calendar_id, eventId=event_id, sendUpdates="none"
+                ),
+            )
         except GoogleApiError as exc:
             # 410: deleted before; 404: never there (or purged). Either way it is gone.
             if exc.status not in (404, 410):
@@ -485,13 +554,22 @@ class GoogleProvider:
         self, account: Account, *, calendar_id: str, callback_url: str, token: str
     ) -> Channel | None:
         deadline = _Deadline(self._timeout)
-        body = {"id": secrets.token_hex(16), "type": "web_hook", "address": callback_url,
-                "token": token}
-        answer = await self._call(account, deadline, "watch", lambda s: s.events().watch(
-            calendarId=calendar_id, body=body))
+        body = {
+            "id": secrets.token_hex(16),
+            "type": "web_hook",
+            "address": callback_url,
+            "token": token,
+        }
+        answer = await self._call(
+            account,
+            deadline,
+            "watch",
+            lambda s: s.events().watch(calendarId=calendar_id, body=body),
+        )
         if not str(answer.get("expiration") or "").isdigit():
-            raise CalendarUnavailable(f"Google answered the watch of {calendar_id} without an "
-                                      "expiration")
+            raise CalendarUnavailable(
+                f"Google answered the watch of {calendar_id} without an expiration"
+            )
         return Channel(
             id=answer.get("id", body["id"]),
             calendar_id=calendar_id,
@@ -506,16 +584,18 @@ class GoogleProvider:
         deadline = _Deadline(self._timeout)
         body = {"id": channel.id, "resourceId": channel.resource_id}
         try:
-            await self._call(account, deadline, "channel stop",
-                             lambda s: s.channels().stop(body=body))
+            await self._call(
+                account, deadline, "channel stop", lambda s: s.channels().stop(body=body)
+            )
         except GoogleApiError as exc:
             if exc.status != 404:
                 raise
 
     # ---- sending requests -------------------------------------------------------------------
 
-    async def _call(self, account: Account, deadline: _Deadline, action: str,
-                    make: Callable[[Any], Any]) -> Any:
+    async def _call(
+        self, account: Account, deadline: _Deadline, action: str, make: Callable[[Any], Any]
+    ) -> Any:
         """Send one API request with retries, token refresh and the operation's time limit."""
         where = f"Google Calendar ({account.name})"
         token = await self._access_token(account, force_refresh=False)
@@ -525,38 +605,48 @@ class GoogleProvider:
             left = deadline.left()
             if left <= 0:
                 raise CalendarUnavailable(
-                    f"{where} did not answer the {action} within {self._timeout:g} s")
+                    f"{where} did not answer the {action} within {self._timeout:g} s"
+                )
             try:
                 async with asyncio.timeout(left):
                     answer = await asyncio.to_thread(
-                        self._https.execute, self._endpoint, make, token, left)
+                        self._https.execute, self._endpoint, make, token, left
+                    )
                 return answer if answer is not None else {}
             except TimeoutError:
                 raise CalendarUnavailable(
-                    f"{where} did not answer the {action} within {self._timeout:g} s") from None
+                    f"{where} did not answer the {action} within {self._timeout:g} s"
+                ) from None
             except HttpError as exc:
                 status, reason = exc.status_code, _reason(exc)
                 if status == 401:
                     if refreshed:
-                        raise NeedsRelink(f"{where} refused a freshly refreshed access token; "
-                                          "link the account again") from None
+                        raise NeedsRelink(
+                            f"{where} refused a freshly refreshed access token; "
+                            "link the account again"
+                        ) from None
                     token = await self._access_token(account, force_refresh=True)
                     refreshed = True
                     continue
-                retryable = status == 429 or status >= 500 or (
-                    status == 403 and reason in _RATE_LIMIT_REASONS)
+                retryable = (
+                    status == 429
+                    or status >= 500
+                    or (status == 403 and reason in _RATE_LIMIT_REASONS)
+                )
                 if not retryable or attempt >= self._retries:
                     raise _api_error(where, action, status, reason) from None
                 delay = self._backoff(exc, attempt)
             except (OSError, httplib2.HttpLib2Error) as exc:
                 if attempt >= self._retries:
                     raise CalendarUnavailable(
-                        f"{where} cannot be reached ({type(exc).__name__})") from None
+                        f"{where} cannot be reached ({type(exc).__name__})"
+                    ) from None
                 delay = self._backoff(None, attempt)
             if delay >= deadline.left():
                 raise CalendarUnavailable(
                     f"{where} is busy or failing; the {action} was not retried within "
-                    f"{self._timeout:g} s")
+                    f"{self._timeout:g} s"
+                )
             await self._sleep(delay)
             attempt += 1
 
@@ -621,21 +711,27 @@ def _retry_after(exc: HttpError, now: datetime) -> float | None:
 def _freebusy_error(calendar_id: str, errors: list[dict[str, Any]]) -> str:
     reasons = sorted({str(e.get("reason") or "unknown") for e in errors})
     if "notFound" in reasons:
-        return (f"Google calendar {calendar_id} was not found, or is not shared with this "
-                f"account ({', '.join(reasons)})")
+        return (
+            f"Google calendar {calendar_id} was not found, or is not shared with this "
+            f"account ({', '.join(reasons)})"
+        )
     if "forbidden" in reasons:
         return f"Google calendar {calendar_id} is forbidden to this account"
-    return f"Google could not read the free/busy time of calendar {calendar_id} " \
-           f"({', '.join(reasons)})"
+    return (
+        f"Google could not read the free/busy time of calendar {calendar_id} ({', '.join(reasons)})"
+    )
 
 
-def _event_busy(event: dict[str, Any], tz: ZoneInfo, start: datetime, end: datetime
-                ) -> list[Interval]:
+def _event_busy(
+    event: dict[str, Any], tz: ZoneInfo, start: datetime, end: datetime
+) -> list[Interval]:
     """An event's busy interval inside [start, end): none when it is free time."""
     if event.get("transparency") == "transparent":
         return []
-    if any(a.get("self") and a.get("responseStatus") == "declined"
-           for a in event.get("attendees") or []):
+    if any(
+        a.get("self") and a.get("responseStatus") == "declined"
+        for a in event.get("attendees") or []
+    ):
         return []
     begins, ends = _when(event.get("start") or {}, tz), _when(event.get("end") or {}, tz)
     if begins is None or ends is None or ends <= begins:
@@ -743,8 +839,9 @@ class GoogleOAuth:
         self._timeout = timeout
         self._now = now
 
-    def start(self, *, redirect_uri: str, state: str, login_hint: str | None = None
-              ) -> tuple[str, dict[str, Any]]:
+    def start(
+        self, *, redirect_uri: str, state: str, login_hint: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         verifier = secrets.token_urlsafe(64)  # 86 characters of [A-Za-z0-9_-]: RFC 7636 allows
         params = {
             "client_id": self._client_id,
@@ -773,36 +870,44 @@ class GoogleOAuth:
         code = params.get("code")
         if not code:
             raise InvalidRequest("the Google sign-in answer has no authorization code")
-        answer = await self._post_token({
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": str(flow["redirect_uri"]),
-            "code_verifier": str(flow["code_verifier"]),
-        }, refused=InvalidRequest)
+        answer = await self._post_token(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": str(flow["redirect_uri"]),
+                "code_verifier": str(flow["code_verifier"]),
+            },
+            refused=InvalidRequest,
+        )
         tokens = self._token_set(answer, refresh_token=None)
         account = await self._account_email(tokens.access_token)
-        return TokenSet(tokens.access_token, tokens.expires_at, tokens.refresh_token,
-                        account, tokens.scope)
+        return TokenSet(
+            tokens.access_token, tokens.expires_at, tokens.refresh_token, account, tokens.scope
+        )
 
     async def refresh(self, refresh_token: str) -> TokenSet:
         answer = await self._post_token(
-            {"grant_type": "refresh_token", "refresh_token": refresh_token}, refused=NeedsRelink)
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, refused=NeedsRelink
+        )
         # Google usually keeps the refresh token; a new one replaces it when sent.
         return self._token_set(answer, refresh_token=refresh_token)
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=self._transport, timeout=self._timeout)
 
-    async def _post_token(self, form: dict[str, str], *,
-                          refused: type[InvalidRequest] | type[NeedsRelink]) -> dict[str, Any]:
+    async def _post_token(
+        self, form: dict[str, str], *, refused: type[InvalidRequest] | type[NeedsRelink]
+    ) -> dict[str, Any]:
         form = {**form, "client_id": self._client_id, "client_secret": self._client_secret}
         try:
             async with self._client() as client:
-                response = await client.post(self._token_url, data=form,
-                                             headers={"Accept": "application/json"})
+                response = await client.post(
+                    self._token_url, data=form, headers={"Accept": "application/json"}
+                )
         except httpx.HTTPError as exc:
             raise CalendarUnavailable(
-                f"Google's token endpoint cannot be reached ({type(exc).__name__})") from None
+                f"Google's token endpoint cannot be reached ({type(exc).__name__})"
+            ) from None
         try:
             answer = response.json()
         except ValueError:
@@ -811,7 +916,8 @@ class GoogleOAuth:
             answer = {}
         if response.status_code >= 500:
             raise CalendarUnavailable(
-                f"Google's token endpoint failed (HTTP {response.status_code})")
+                f"Google's token endpoint failed (HTTP {response.status_code})"
+            )
         if response.status_code != 200:
             error = "".join(c for c in str(answer.get("error") or "") if c.isalnum() or c == "_")
             if error == "invalid_grant":
@@ -836,7 +942,8 @@ class GoogleOAuth:
         try:
             async with self._client() as client:
                 response = await client.get(
-                    self._primary_url, headers={"Authorization": f"Bearer {access_token}"})
+                    self._primary_url, headers={"Authorization": f"Bearer {access_token}"}
+                )
             if response.status_code != 200:
                 return None
             found = response.json().get("id")

@@ -52,8 +52,15 @@ _PARSE_ERRORS = (ValueError, KeyError)
 # and no recurring event may need more than this many repetitions from its start to the end of
 # the window (the expansion walks them all: FREQ=MINUTELY since 2000 is 14 million).
 MAX_INSTANCES = 50_000
-_PERIOD = {"SECONDLY": 1.0, "MINUTELY": 60.0, "HOURLY": 3600.0, "DAILY": 86400.0,
-           "WEEKLY": 7 * 86400.0, "MONTHLY": 28 * 86400.0, "YEARLY": 365 * 86400.0}
+_PERIOD = {
+    "SECONDLY": 1.0,
+    "MINUTELY": 60.0,
+    "HOURLY": 3600.0,
+    "DAILY": 86400.0,
+    "WEEKLY": 7 * 86400.0,
+    "MONTHLY": 28 * 86400.0,
+    "YEARLY": 365 * 86400.0,
+}
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _UTC = ZoneInfo("UTC")
@@ -133,11 +140,20 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
             text = rule.to_ical().decode()
             freq = str((rule.get("FREQ") or [""])[0]).upper()
             if freq in ("SECONDLY", "MINUTELY", "HOURLY"):
-                if set(rule) - {"FREQ", "INTERVAL", "COUNT", "UNTIL", "WKST", "BYHOUR",
-                                "BYMINUTE", "BYSECOND"}:
+                if set(rule) - {
+                    "FREQ",
+                    "INTERVAL",
+                    "COUNT",
+                    "UNTIL",
+                    "WKST",
+                    "BYHOUR",
+                    "BYMINUTE",
+                    "BYSECOND",
+                }:
                     raise CalendarUnavailable(
                         f"{source} has an event repeating more often than daily on chosen days "
-                        f"({text}), which cannot be read in bounded time")
+                        f"({text}), which cannot be read in bounded time"
+                    )
                 kept.append(rule)
                 continue
             start = event["DTSTART"].dt
@@ -153,7 +169,8 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
             never += 1
             if never > _MAX_NEVER:
                 raise CalendarUnavailable(
-                    f"{source} has more than {_MAX_NEVER} recurring events that never happen")
+                    f"{source} has more than {_MAX_NEVER} recurring events that never happen"
+                )
         if len(kept) != len(listed):
             del event["RRULE"]
             for rule in kept:
@@ -189,7 +206,8 @@ def _check_bounded(parsed: ParsedCalendar, end: datetime, source: str) -> None:
         if repetitions > MAX_INSTANCES:
             raise CalendarUnavailable(
                 f"{source} has a recurring event ({uid or 'no UID'}) with more than "
-                f"{MAX_INSTANCES:,} repetitions since {first:%Y-%m-%d} to expand")
+                f"{MAX_INSTANCES:,} repetitions since {first:%Y-%m-%d} to expand"
+            )
 
 
 def busy_between(
@@ -231,7 +249,8 @@ def events_between(
             if seen > MAX_INSTANCES:
                 raise CalendarUnavailable(
                     f"{source} has more than {MAX_INSTANCES:,} events in {start:%Y-%m-%d} .. "
-                    f"{end:%Y-%m-%d}")
+                    f"{end:%Y-%m-%d}"
+                )
             event_start, event_end = _span(event, tz)
             if event_start < event_end:
                 overlaps = event_start < end and start < event_end
@@ -439,7 +458,8 @@ class IcsProvider:
         stat = await self._read_file(source, path.stat)
         if stat.st_size > self._max_bytes:
             raise CalendarUnavailable(
-                f"calendar file {source} is larger than {self._max_bytes} bytes")
+                f"calendar file {source} is larger than {self._max_bytes} bytes"
+            )
         key = (stat.st_mtime_ns, stat.st_size)
         cached = self._files.get(source)
         if cached is not None and cached[0] == key:
@@ -473,9 +493,7 @@ class IcsProvider:
         if data is None and cached is not None:
             parsed = cached[1]
         else:
-            parsed = await asyncio.to_thread(
-                parse_ics, data or b"", source=f"calendar feed {name}"
-            )
+            parsed = await asyncio.to_thread(parse_ics, data or b"", source=f"calendar feed {name}")
         self._feeds[source] = (self._monotonic(), parsed, validators)
         return parsed
 

@@ -193,8 +193,10 @@ class MicrosoftProvider:
         while cursor < last:
             chunk_end = min(cursor + _CHUNK, last)
             params = {
-                "startDateTime": _iso(cursor), "endDateTime": _iso(chunk_end),
-                "$select": _BUSY_FIELDS, "$top": "100",
+                "startDateTime": _iso(cursor),
+                "endDateTime": _iso(chunk_end),
+                "$select": _BUSY_FIELDS,
+                "$top": "100",
             }
             for row in await self._pages(account, url, params):
                 # An event spanning two chunks comes back in both.
@@ -218,8 +220,9 @@ class MicrosoftProvider:
             if cursor is not None:
                 if not cursor.startswith(self._base + "/"):
                     # A cursor is only ever our own delta link; never send a token elsewhere.
-                    raise CalendarUnavailable(f"{_who(account)} has a sync cursor of another "
-                                              "service; syncing in full")
+                    raise CalendarUnavailable(
+                        f"{_who(account)} has a sync cursor of another service; syncing in full"
+                    )
                 try:
                     return await self._delta(account, cursor, None, tz, start, end, full=False)
                 except _Resync:
@@ -249,8 +252,9 @@ class MicrosoftProvider:
         headers = {"Prefer": f"{_UTC_PREFER}, odata.maxpagesize=100"}
         next_url: str | None = url
         while next_url is not None:
-            page = await self._json(account, "GET", next_url, params=params, headers=headers,
-                                    resync_ok=True)
+            page = await self._json(
+                account, "GET", next_url, params=params, headers=headers, resync_ok=True
+            )
             params = None  # later links carry the query in their state token
             for row in page.get("value") or []:
                 event_id = str(row.get("id"))
@@ -278,15 +282,23 @@ class MicrosoftProvider:
         source_id = str(master_id or row.get("id"))
         if source_id not in masters:
             masters[source_id] = await self._json(
-                account, "GET", f"{self._base}/me/events/{_seg(source_id)}",
-                params={"$select": _BUSY_FIELDS}, headers={"Prefer": _UTC_PREFER},
+                account,
+                "GET",
+                f"{self._base}/me/events/{_seg(source_id)}",
+                params={"$select": _BUSY_FIELDS},
+                headers={"Prefer": _UTC_PREFER},
             )
         source = masters[source_id]
         if master_id:
             # An occurrence keeps its own times; the rest is the series'.
-            return {**source, "start": row.get("start"), "end": row.get("end"), **row,
-                    "showAs": row.get("showAs", source.get("showAs")),
-                    "isAllDay": row.get("isAllDay", source.get("isAllDay"))}
+            return {
+                **source,
+                "start": row.get("start"),
+                "end": row.get("end"),
+                **row,
+                "showAs": row.get("showAs", source.get("showAs")),
+                "isAllDay": row.get("isAllDay", source.get("isAllDay")),
+            }
         return {**source, **row}
 
     # ---- writing ------------------------------------------------------------------------------
@@ -301,12 +313,15 @@ class MicrosoftProvider:
         async def write() -> str:
             if event_id is not None:
                 url = f"{self._base}/me/events/{_seg(event_id)}"
-                updated = await self._json(account, "PATCH", url, json=_event_body(event),
-                                           missing_ok=True)
+                updated = await self._json(
+                    account, "PATCH", url, json=_event_body(event), missing_ok=True
+                )
                 if updated is not None:
                     return str(updated["id"])
             created = await self._json(
-                account, "POST", f"{self._base}/me/calendars/{_seg(calendar_id)}/events",
+                account,
+                "POST",
+                f"{self._base}/me/calendars/{_seg(calendar_id)}/events",
                 json={**_event_body(event), "transactionId": _transaction_id(event.key, event_id)},
                 idempotent=True,
             )
@@ -316,8 +331,9 @@ class MicrosoftProvider:
 
     async def delete_event(self, account: Account, *, calendar_id: str, event_id: str) -> None:
         url = f"{self._base}/me/events/{_seg(event_id)}"
-        await self._call(account, "event delete",
-                         self._json(account, "DELETE", url, missing_ok=True))
+        await self._call(
+            account, "event delete", self._json(account, "DELETE", url, missing_ok=True)
+        )
 
     # ---- change notifications -----------------------------------------------------------------
 
@@ -337,8 +353,13 @@ class MicrosoftProvider:
         }
 
         async def subscribe() -> Channel:
-            sub = await self._json(account, "POST", f"{self._base}/subscriptions", json=body,
-                                   request_timeout=self._subscribe_timeout)
+            sub = await self._json(
+                account,
+                "POST",
+                f"{self._base}/subscriptions",
+                json=body,
+                request_timeout=self._subscribe_timeout,
+            )
             return Channel(
                 id=str(sub["id"]),
                 calendar_id=calendar_id,
@@ -346,8 +367,9 @@ class MicrosoftProvider:
                 token=token,
             )
 
-        return await self._call(account, "subscription", subscribe(),
-                                limit=self._time_limit + self._subscribe_timeout)
+        return await self._call(
+            account, "subscription", subscribe(), limit=self._time_limit + self._subscribe_timeout
+        )
 
     async def renew(
         self, account: Account, channel: Channel, expires_at: datetime | None = None
@@ -359,25 +381,33 @@ class MicrosoftProvider:
         url = f"{self._base}/subscriptions/{_seg(channel.id)}"
 
         async def patch() -> Channel | None:
-            sub = await self._json(account, "PATCH", url, missing_ok=True,
-                                   json={"expirationDateTime": _iso(until)})
+            sub = await self._json(
+                account, "PATCH", url, missing_ok=True, json={"expirationDateTime": _iso(until)}
+            )
             if sub is None:
                 return None
             expiry = _parse_instant(str(sub.get("expirationDateTime") or _iso(until)))
-            return Channel(id=channel.id, calendar_id=channel.calendar_id, expires_at=expiry,
-                           token=channel.token, resource_id=channel.resource_id)
+            return Channel(
+                id=channel.id,
+                calendar_id=channel.calendar_id,
+                expires_at=expiry,
+                token=channel.token,
+                resource_id=channel.resource_id,
+            )
 
         return await self._call(account, "subscription renewal", patch())
 
     async def stop(self, account: Account, channel: Channel) -> None:
         url = f"{self._base}/subscriptions/{_seg(channel.id)}"
-        await self._call(account, "subscription stop",
-                         self._json(account, "DELETE", url, missing_ok=True))
+        await self._call(
+            account, "subscription stop", self._json(account, "DELETE", url, missing_ok=True)
+        )
 
     # ---- HTTP ---------------------------------------------------------------------------------
 
-    async def _call(self, account: Account, action: str, work: Awaitable[Any],
-                    *, limit: float | None = None) -> Any:
+    async def _call(
+        self, account: Account, action: str, work: Awaitable[Any], *, limit: float | None = None
+    ) -> Any:
         """Run one operation under the time limit; a late answer is CalendarUnavailable."""
         limit = self._time_limit if limit is None else limit
         try:
@@ -391,14 +421,16 @@ class MicrosoftProvider:
     async def _get(self, account: Account, url: str) -> dict[str, Any]:
         return await self._json(account, "GET", url)
 
-    async def _pages(self, account: Account, url: str,
-                     params: dict[str, str]) -> list[dict[str, Any]]:
+    async def _pages(
+        self, account: Account, url: str, params: dict[str, str]
+    ) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         next_url: str | None = url
         query: dict[str, str] | None = params
         while next_url is not None:
-            page = await self._json(account, "GET", next_url, params=query,
-                                    headers={"Prefer": _UTC_PREFER})
+            page = await self._json(
+                account, "GET", next_url, params=query, headers={"Prefer": _UTC_PREFER}
+            )
             rows += page.get("value") or []
             next_url, query = page.get("@odata.nextLink"), None
             if next_url is not None and not next_url.startswith(self._base + "/"):
@@ -431,7 +463,10 @@ class MicrosoftProvider:
             token = await tokens.access_token(force_refresh=refreshed)
             try:
                 response = await self._client.request(
-                    method, url, params=params, json=json,
+                    method,
+                    url,
+                    params=params,
+                    json=json,
                     headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                     timeout=request_timeout or self._timeout,
                 )
@@ -530,7 +565,7 @@ def _parse_local(value: str) -> datetime:
     """Graph's dateTime ("2026-12-01T14:00:00.0000000"): seven fraction digits, no zone."""
     head, _, fraction = value.partition(".")
     digits = fraction[: len(fraction) - len(fraction.lstrip("0123456789"))]
-    suffix = fraction[len(digits):]
+    suffix = fraction[len(digits) :]
     parsed = datetime.fromisoformat(head + suffix.replace("Z", "+00:00"))
     if digits:
         parsed = parsed.replace(microsecond=int((digits + "000000")[:6]))
@@ -548,8 +583,9 @@ def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise CalendarUnavailable(f"Microsoft calendar sent an unknown time zone {name[:40]!r}")\
-            from None
+        raise CalendarUnavailable(
+            f"Microsoft calendar sent an unknown time zone {name[:40]!r}"
+        ) from None
 
 
 def _moment(value: Any) -> datetime:
@@ -665,11 +701,16 @@ class MicrosoftOAuth:
         """Build the MSAL application (one OpenID configuration fetch) off the event loop."""
         await self._run("set-up", self._build)
 
-    def start(self, *, redirect_uri: str, state: str, login_hint: str | None = None
-              ) -> tuple[str, dict[str, Any]]:
+    def start(
+        self, *, redirect_uri: str, state: str, login_hint: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
         flow = self._build().initiate_auth_code_flow(
-            self._scopes, redirect_uri=redirect_uri, state=state, login_hint=login_hint,
-            prompt="select_account", response_mode=self._response_mode,
+            self._scopes,
+            redirect_uri=redirect_uri,
+            state=state,
+            login_hint=login_hint,
+            prompt="select_account",
+            response_mode=self._response_mode,
         )
         return str(flow["auth_uri"]), dict(flow)
 
@@ -682,8 +723,9 @@ class MicrosoftOAuth:
 
         def exchange() -> dict[str, Any]:
             try:
-                return app.acquire_token_by_auth_code_flow(dict(flow), dict(params),
-                                                           scopes=self._scopes)
+                return app.acquire_token_by_auth_code_flow(
+                    dict(flow), dict(params), scopes=self._scopes
+                )
             except ValueError:
                 # MSAL's own state and nonce checks; its message quotes the values.
                 raise InvalidRequest(
@@ -732,8 +774,9 @@ class MicrosoftOAuth:
                 f"Microsoft sign-in service did not answer the {action} in time"
             ) from None
 
-    def _token_set(self, result: dict[str, Any], *, fallback_refresh: str | None = None
-                   ) -> TokenSet:
+    def _token_set(
+        self, result: dict[str, Any], *, fallback_refresh: str | None = None
+    ) -> TokenSet:
         claims = result.get("id_token_claims") or {}
         scope = result.get("scope")
         return TokenSet(
@@ -767,4 +810,3 @@ def _oauth_code(result: dict[str, Any]) -> str:
     aadsts = description.split(":", 1)[0] if description.startswith("AADSTS") else ""
     safe = code if code.replace("_", "").isalnum() else "error"
     return f"{safe} {aadsts}".strip()
-

@@ -37,4 +37,5 @@ async def check_public_url(url: str, *, allow_private: bool) -> None:
     if any(_private(str(info[4][0])) for info in infos):
         raise InvalidRequest(
             f"{host} is a private or local address; this server only connects to public ones "
-            "(set FRONTDESK_ALLOW_PRIVATE_URLS=true on a self-hosted install to allow it)")
+            "(set FRONTDESK_ALLOW_PRIVATE_URLS=true on a self-hosted install to allow it)"
+        )

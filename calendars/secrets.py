@@ -34,12 +34,13 @@ class Vault:
         self._raw = keys or ""
         if keys:
             try:
-                self._fernet = MultiFernet([Fernet(k.strip()) for k in keys.split(",")
-                                            if k.strip()])
+                self._fernet = MultiFernet(
+                    [Fernet(k.strip()) for k in keys.split(",") if k.strip()]
+                )
             except ValueError:
                 raise SecretKeyMissing(
-                    "FRONTDESK_SECRET_KEY is not a valid key: make one with "
-                    "`frontdesk keygen`") from None
+                    "FRONTDESK_SECRET_KEY is not a valid key: make one with `frontdesk keygen`"
+                ) from None
 
     @property
     def ready(self) -> bool:
@@ -48,7 +49,8 @@ class Vault:
     def _f(self) -> MultiFernet:
         if self._fernet is None:
             raise SecretKeyMissing(
-                "set FRONTDESK_SECRET_KEY to link calendars (make one with `frontdesk keygen`)")
+                "set FRONTDESK_SECRET_KEY to link calendars (make one with `frontdesk keygen`)"
+            )
         return self._fernet
 
     def seal(self, data: dict[str, Any]) -> str:
@@ -62,7 +64,8 @@ class Vault:
         except InvalidToken:
             raise SecretKeyMissing(
                 "stored calendar credentials cannot be decrypted with FRONTDESK_SECRET_KEY "
-                "(was the key changed without keeping the old one?)") from None
+                "(was the key changed without keeping the old one?)"
+            ) from None
         assert isinstance(result, dict)
         return result
 

@@ -139,10 +139,18 @@ class SyncReport:
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.connection_id, "business": self.business_id,
-                "staff": self.staff_id, "name": self.name, "provider": self.provider,
-                "added": self.added, "removed": self.removed, "busy": self.busy,
-                "error": self.error, "outcome": self.outcome}
+        return {
+            "id": self.connection_id,
+            "business": self.business_id,
+            "staff": self.staff_id,
+            "name": self.name,
+            "provider": self.provider,
+            "added": self.added,
+            "removed": self.removed,
+            "busy": self.busy,
+            "error": self.error,
+            "outcome": self.outcome,
+        }
 
 
 @dataclass
@@ -178,10 +186,14 @@ class CalendarService:
     async def busy(
         self, calendars: StaffCalendars, *, start: datetime, end: datetime, live: bool = False
     ) -> list[Interval]:
-        conn_ids = [str(link["connection_id"]) for link in calendars.links
-                    if "connection_id" in link]
-        reads = [self._link_busy(calendars, i, link, start, end)
-                 for i, link in enumerate(calendars.links) if "connection_id" not in link]
+        conn_ids = [
+            str(link["connection_id"]) for link in calendars.links if "connection_id" in link
+        ]
+        reads = [
+            self._link_busy(calendars, i, link, start, end)
+            for i, link in enumerate(calendars.links)
+            if "connection_id" not in link
+        ]
         if conn_ids:
             reads.append(self._connections_busy(calendars, conn_ids, start, end, live=live))
         results = await asyncio.gather(*reads, return_exceptions=True)
@@ -190,47 +202,63 @@ class CalendarService:
                 raise result
         return merge([iv for result in results for iv in result])  # type: ignore[union-attr]
 
-    async def _link_busy(self, calendars: StaffCalendars, index: int, link: dict[str, Any],
-                         start: datetime, end: datetime) -> list[Interval]:
+    async def _link_busy(
+        self,
+        calendars: StaffCalendars,
+        index: int,
+        link: dict[str, Any],
+        start: datetime,
+        end: datetime,
+    ) -> list[Interval]:
         account = link_account(link, staff_id=calendars.staff_id, index=index)
         provider = self.provider(account.provider)
-        return await provider.busy(account, calendar_ids=[], tz=calendars.tz,
-                                   start=start, end=end)
+        return await provider.busy(account, calendar_ids=[], tz=calendars.tz, start=start, end=end)
 
-    async def _connections_busy(self, calendars: StaffCalendars, conn_ids: list[str],
-                                start: datetime, end: datetime, *, live: bool
-                                ) -> list[Interval]:
+    async def _connections_busy(
+        self,
+        calendars: StaffCalendars,
+        conn_ids: list[str],
+        start: datetime,
+        end: datetime,
+        *,
+        live: bool,
+    ) -> list[Interval]:
         if live:
             conns = await self._db(lambda s: _connections(s, conn_ids))
             for conn in [c for c in conns if c.status == "needs_relink"]:
                 # Its grant is gone: it cannot be read, and it must not stop every booking.
-                log.warning("booking for %s without re-checking %s: it needs re-linking",
-                            calendars.staff_id, conn.id)
+                log.warning(
+                    "booking for %s without re-checking %s: it needs re-linking",
+                    calendars.staff_id,
+                    conn.id,
+                )
             conns = [c for c in conns if c.status != "needs_relink"]
-            parts = await asyncio.gather(*(
-                self._live_busy(c, calendars.tz, start, end) for c in conns))
+            parts = await asyncio.gather(
+                *(self._live_busy(c, calendars.tz, start, end) for c in conns)
+            )
             return [iv for part in parts for iv in part]
-        conns, cached = await self._db(
-            lambda s: _read_cache(s, calendars, conn_ids, start, end))
+        conns, cached = await self._db(lambda s: _read_cache(s, calendars, conn_ids, start, end))
         for conn in conns:
             if conn.status == "needs_relink" and not self._has_cache(conn, start, end):
                 # Not read again on every search: a refused password, tried over and over,
                 # can lock the account. Only this staff member's times are affected.
                 raise errors.CalendarUnavailable(
                     f"{conn.name} of {calendars.staff_id} needs re-linking: "
-                    f"{conn.last_error or 'its grant no longer works'}")
+                    f"{conn.last_error or 'its grant no longer works'}"
+                )
         stale = [c for c in conns if not self._covers(c, start, end)]
         if not stale:
             return cached
         # Shielded: a search that gives up waiting must not cancel the fill for the next one.
-        results = await asyncio.gather(*(asyncio.shield(self._refresh_task(c.id))
-                                         for c in stale), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.shield(self._refresh_task(c.id)) for c in stale), return_exceptions=True
+        )
         for conn, result in zip(stale, results, strict=True):
             if isinstance(result, BaseException):
                 if not self._has_cache(conn, start, end):
                     raise errors.CalendarUnavailable(
-                        f"{conn.name} of {calendars.staff_id} cannot be read right now: "
-                        f"{result}") from result
+                        f"{conn.name} of {calendars.staff_id} cannot be read right now: {result}"
+                    ) from result
                 # An old picture beats none: the booking re-checks live anyway.
                 log.warning("using the cached busy time of %s: %s", conn.id, result)
         _, cached = await self._db(lambda s: _read_cache(s, calendars, conn_ids, start, end))
@@ -248,18 +276,26 @@ class CalendarService:
         return True
 
     def _has_cache(self, conn: CalendarConnection, start: datetime, end: datetime) -> bool:
-        return all(conn.sync.get(cal) and _window_has(conn.sync[cal], start, end)
-                   for cal in conn.read_calendars)
+        return all(
+            conn.sync.get(cal) and _window_has(conn.sync[cal], start, end)
+            for cal in conn.read_calendars
+        )
 
-    async def _live_busy(self, conn: CalendarConnection, tz: ZoneInfo, start: datetime,
-                         end: datetime) -> list[Interval]:
+    async def _live_busy(
+        self, conn: CalendarConnection, tz: ZoneInfo, start: datetime, end: datetime
+    ) -> list[Interval]:
         account = await self.account(conn)
         provider = self.provider(conn.provider)
         own_ids = asyncio.ensure_future(self._db(lambda s: _own_event_ids(s, conn.id)))
         try:
-            results = await asyncio.gather(*(
-                provider.sync(account, calendar_id=cal, tz=tz, cursor=None, start=start, end=end)
-                for cal in conn.read_calendars))
+            results = await asyncio.gather(
+                *(
+                    provider.sync(
+                        account, calendar_id=cal, tz=tz, cursor=None, start=start, end=end
+                    )
+                    for cal in conn.read_calendars
+                )
+            )
             own = await own_ids
         except NeedsRelink as exc:
             await asyncio.gather(own_ids, return_exceptions=True)
@@ -268,8 +304,9 @@ class CalendarService:
         except BaseException:
             await asyncio.gather(own_ids, return_exceptions=True)
             raise
-        return [iv for r in results for key, ivs in r.changed.items() if key not in own
-                for iv in ivs]
+        return [
+            iv for r in results for key, ivs in r.changed.items() if key not in own for iv in ivs
+        ]
 
     # ---- the busy cache -----------------------------------------------------------------
 
@@ -289,19 +326,37 @@ class CalendarService:
             try:
                 for cal in conn.read_calendars:
                     state = conn.sync.get(cal) or {}
-                    cursor = None if full or _drifted(state, now, self.horizon) \
-                        else state.get("cursor")
-                    window = (lo, hi) if cursor is None else (
-                        datetime.fromisoformat(state["from"]), datetime.fromisoformat(state["to"]))
+                    cursor = (
+                        None if full or _drifted(state, now, self.horizon) else state.get("cursor")
+                    )
+                    window = (
+                        (lo, hi)
+                        if cursor is None
+                        else (
+                            datetime.fromisoformat(state["from"]),
+                            datetime.fromisoformat(state["to"]),
+                        )
+                    )
                     try:
-                        result = await provider.sync(account, calendar_id=cal, tz=tz,
-                                                     cursor=cursor, start=window[0], end=window[1])
+                        result = await provider.sync(
+                            account,
+                            calendar_id=cal,
+                            tz=tz,
+                            cursor=cursor,
+                            start=window[0],
+                            end=window[1],
+                        )
                     except SyncReset:
                         window = (lo, hi)
-                        result = await provider.sync(account, calendar_id=cal, tz=tz,
-                                                     cursor=None, start=lo, end=hi)
-                    await self._db(lambda s, cal=cal, result=result, window=window: _store_sync(
-                        s, conn.id, cal, result, window, self.now()), write=True)
+                        result = await provider.sync(
+                            account, calendar_id=cal, tz=tz, cursor=None, start=lo, end=hi
+                        )
+                    await self._db(
+                        lambda s, cal=cal, result=result, window=window: _store_sync(
+                            s, conn.id, cal, result, window, self.now()
+                        ),
+                        write=True,
+                    )
                 # Every calendar is stored: the notifications seen before we began are
                 # answered; one that came in during the sync stays pending.
                 if dirty_seen is not None:
@@ -391,20 +446,29 @@ class CalendarService:
             client = self.oauth.get(conn.provider)
             if client is None:
                 raise errors.CalendarUnavailable(
-                    f"{conn.provider} is not configured (FRONTDESK_{conn.provider.upper()}_*)")
-            stored = TokenSet(access_token=secret.get("access_token", ""),
-                              refresh_token=secret.get("refresh_token"),
-                              expires_at=datetime.fromisoformat(
-                                  secret.get("expires_at", "1970-01-01T00:00:00+00:00")),
-                              account=secret.get("account"))
+                    f"{conn.provider} is not configured (FRONTDESK_{conn.provider.upper()}_*)"
+                )
+            stored = TokenSet(
+                access_token=secret.get("access_token", ""),
+                refresh_token=secret.get("refresh_token"),
+                expires_at=datetime.fromisoformat(
+                    secret.get("expires_at", "1970-01-01T00:00:00+00:00")
+                ),
+                account=secret.get("account"),
+            )
 
             async def save(new: TokenSet, conn_id: str = conn.id) -> None:
                 await self._save_tokens(conn_id, new)
 
             tokens = OAuthTokens(client, stored, save)  # token expiry is real time
-        account = Account(id=conn.id, provider=conn.provider, settings=dict(conn.settings),
-                          secret={k: v for k, v in secret.items() if k == "password"},
-                          tokens=tokens, name=conn.name)
+        account = Account(
+            id=conn.id,
+            provider=conn.provider,
+            settings=dict(conn.settings),
+            secret={k: v for k, v in secret.items() if k == "password"},
+            tokens=tokens,
+            name=conn.name,
+        )
         self._accounts[conn.id] = (conn.secret, account)
         return account
 
@@ -433,23 +497,29 @@ class CalendarService:
         target_id = appointment_id
         for _ in range(4):
             plan = await self._db(
-                lambda s, a=target_id: _plan(s, a, self.now(), self.write_lease), write=True)
+                lambda s, a=target_id: _plan(s, a, self.now(), self.write_lease), write=True
+            )
             if plan.state is not None:
-                return plan.state if plan.appointment_id == appointment_id \
-                    else SyncState.SYNCED.value
+                return (
+                    plan.state if plan.appointment_id == appointment_id else SyncState.SYNCED.value
+                )
             try:
                 event_id = await self._apply(plan)
             except BaseException as exc:
                 message = str(exc) or type(exc).__name__
-                await asyncio.shield(self._db(
-                    lambda s, m=message, p=plan: _write_failed(s, p, m, self.now()), write=True))
+                await asyncio.shield(
+                    self._db(
+                        lambda s, m=message, p=plan: _write_failed(s, p, m, self.now()), write=True
+                    )
+                )
                 if isinstance(exc, NeedsRelink) and plan.target is not None:
                     await self._mark(plan.target.id, "needs_relink", str(exc))
                 if isinstance(exc, errors.CalendarUnavailable | asyncio.CancelledError):
                     raise
                 raise errors.CalendarUnavailable(f"calendar write failed: {message}") from exc
             done = await self._db(
-                lambda s, eid=event_id, p=plan: _write_done(s, p, eid, self.now()), write=True)
+                lambda s, eid=event_id, p=plan: _write_done(s, p, eid, self.now()), write=True
+            )
             if done:
                 return SyncState.SYNCED.value
             target_id = plan.appointment_id  # the chain's head: it changed while we wrote
@@ -465,8 +535,9 @@ class CalendarService:
                 # An earlier write's answer was lost: it may have landed. The idempotent create
                 # finds it (or makes it), so it can be deleted by its id.
                 assert plan.spec is not None
-                event_id = await provider.put_event(account, calendar_id=cal, event=plan.spec,
-                                                    event_id=None)
+                event_id = await provider.put_event(
+                    account, calendar_id=cal, event=plan.spec, event_id=None
+                )
                 plan.remove = (conn, cal, event_id)
             await provider.delete_event(account, calendar_id=cal, event_id=event_id)
         if plan.target is None or plan.spec is None:
@@ -474,8 +545,11 @@ class CalendarService:
         conn = plan.target
         assert conn.write_calendar is not None
         return await self.provider(conn.provider).put_event(
-            await self.account(conn), calendar_id=conn.write_calendar, event=plan.spec,
-            event_id=plan.event_id)
+            await self.account(conn),
+            calendar_id=conn.write_calendar,
+            event=plan.spec,
+            event_id=plan.event_id,
+        )
 
     async def retry_pending(self, *, limit: int = 50) -> int:
         """Finish write-backs that failed or never ran; returns how many now synced."""
@@ -505,19 +579,27 @@ class CalendarService:
         provider = self.provider(conn.provider)
         if not provider.notifies:
             return []
-        existing = await self._db(lambda s: {c.calendar_id for c in s.exec(
-            select(CalendarChannel).where(CalendarChannel.connection_id == connection_id))})
+        existing = await self._db(
+            lambda s: {
+                c.calendar_id
+                for c in s.exec(
+                    select(CalendarChannel).where(CalendarChannel.connection_id == connection_id)
+                )
+            }
+        )
         account = await self.account(conn)
         made: list[Channel] = []
         for cal in conn.read_calendars:
             if cal in existing:
                 continue
-            channel = await provider.watch(account, calendar_id=cal,
-                                           callback_url=self.callback_url(conn.provider),
-                                           token=secrets.token_urlsafe(24))
+            channel = await provider.watch(
+                account,
+                calendar_id=cal,
+                callback_url=self.callback_url(conn.provider),
+                token=secrets.token_urlsafe(24),
+            )
             if channel is not None:
-                await self._db(lambda s, ch=channel: s.add(_channel_row(conn.id, ch)),
-                               write=True)
+                await self._db(lambda s, ch=channel: s.add(_channel_row(conn.id, ch)), write=True)
                 made.append(channel)
         return made
 
@@ -525,14 +607,16 @@ class CalendarService:
         """Replace subscriptions that expire soon (Google never renews a channel for you),
         or just the channel `only` (Graph asked for reauthorization, or removed it)."""
         soon = self.now() + RENEW_BEFORE
-        query = select(CalendarChannel).where(CalendarChannel.expires_at < soon) if only is None \
+        query = (
+            select(CalendarChannel).where(CalendarChannel.expires_at < soon)
+            if only is None
             else select(CalendarChannel).where(CalendarChannel.id == only)
+        )
         rows = await self._db(lambda s: list(s.exec(query)))
         renewed = 0
         for row in rows:
             # Claim the channel first, so two processes never both replace it.
-            claimed = await self._db(lambda s, r=row: _claim_channel(s, r, self.now()),
-                                     write=True)
+            claimed = await self._db(lambda s, r=row: _claim_channel(s, r, self.now()), write=True)
             if not claimed:
                 continue
             conn = await self._db(lambda s, r=row: s.get(CalendarConnection, r.connection_id))
@@ -548,20 +632,21 @@ class CalendarService:
                     log.warning("could not renew channel %s: %s", row.id, exc)
                     continue
                 if extended is not None:
-                    await self._db(lambda s, ch=extended, r=row: _extend(s, r.id, ch),
-                                   write=True)
+                    await self._db(lambda s, ch=extended, r=row: _extend(s, r.id, ch), write=True)
                     renewed += 1
                     continue
             try:
-                channel = await provider.watch(account, calendar_id=row.calendar_id,
-                                               callback_url=self.callback_url(conn.provider),
-                                               token=secrets.token_urlsafe(24))
+                channel = await provider.watch(
+                    account,
+                    calendar_id=row.calendar_id,
+                    callback_url=self.callback_url(conn.provider),
+                    token=secrets.token_urlsafe(24),
+                )
             except errors.CalendarUnavailable as exc:
                 log.warning("could not renew channel %s: %s", row.id, exc)
                 continue
 
-            def swap(s: Session, old: CalendarChannel = row, new: Channel | None = channel
-                     ) -> bool:
+            def swap(s: Session, old: CalendarChannel = row, new: Channel | None = channel) -> bool:
                 stale = s.get(CalendarChannel, old.id)
                 if stale is None:
                     return False  # unlinked meanwhile: the new channel must go too
@@ -581,8 +666,7 @@ class CalendarService:
             renewed += 1
         return renewed
 
-    async def notified(self, channel_id: str, token: str | None, *, resync: bool = False
-                       ) -> str:
+    async def notified(self, channel_id: str, token: str | None, *, resync: bool = False) -> str:
         """A provider says a calendar changed. Returns "ok", "unknown" or "forged".
 
         The change is recorded (`dirty_at`) before this returns, so nothing is lost if the
@@ -598,8 +682,7 @@ class CalendarService:
         ids = list({n.channel_id for n in notices})
 
         def read(s: Session) -> dict[str, tuple[str, str]]:
-            rows = s.exec(select(CalendarChannel).where(
-                CalendarChannel.id.in_(ids)))  # type: ignore[attr-defined]
+            rows = s.exec(select(CalendarChannel).where(CalendarChannel.id.in_(ids)))  # type: ignore[attr-defined]
             return {row.id: (row.connection_id, row.token) for row in rows}
 
         channels = await self._db(read) if ids else {}
@@ -609,7 +692,8 @@ class CalendarService:
             if found is None:
                 verdict, connection_id = "unknown", None
             elif notice.token is None or not secrets.compare_digest(
-                    notice.token.encode(), found[1].encode()):
+                notice.token.encode(), found[1].encode()
+            ):
                 verdict, connection_id = "forged", None
             else:
                 verdict, connection_id = "ok", found[0]
@@ -625,8 +709,7 @@ class CalendarService:
             return
 
         def mark(s: Session) -> None:
-            conns = s.exec(select(CalendarConnection).where(
-                CalendarConnection.id.in_(dirty)))  # type: ignore[attr-defined]
+            conns = s.exec(select(CalendarConnection).where(CalendarConnection.id.in_(dirty)))  # type: ignore[attr-defined]
             for conn in conns:
                 conn.dirty_at = self.now()
                 if conn.id in resync:
@@ -639,15 +722,20 @@ class CalendarService:
 
     # ---- explicit sync ----------------------------------------------------------------------
 
-    async def sync_now(self, *, business_id: str | None = None, staff_id: str | None = None,
-                       connection_id: str | None = None) -> list[SyncReport]:
+    async def sync_now(
+        self,
+        *,
+        business_id: str | None = None,
+        staff_id: str | None = None,
+        connection_id: str | None = None,
+    ) -> list[SyncReport]:
         """Refresh every connection (of a business, a staff member, or the one given) now,
         however recently it was refreshed, and say what that changed in each busy cache.
 
         A connection that fails is reported with its error; the others go on."""
+
         def load(s: Session) -> list[CalendarConnection]:
-            query = select(CalendarConnection).where(
-                CalendarConnection.status != "disconnected")
+            query = select(CalendarConnection).where(CalendarConnection.status != "disconnected")
             if business_id is not None:
                 query = query.where(CalendarConnection.business_id == business_id)
             if staff_id is not None:
@@ -671,11 +759,19 @@ class CalendarService:
                 log.exception("sync of %s failed", conn.id)
                 error = "unexpected error (see the server log)"
             after = await self._db(partial(_busy_rows, connection_id=conn.id))
-            reports.append(SyncReport(
-                connection_id=conn.id, business_id=conn.business_id, staff_id=conn.staff_id,
-                name=conn.name, provider=conn.provider,
-                added=sum((after - before).values()), removed=sum((before - after).values()),
-                busy=sum(after.values()), error=error))
+            reports.append(
+                SyncReport(
+                    connection_id=conn.id,
+                    business_id=conn.business_id,
+                    staff_id=conn.staff_id,
+                    name=conn.name,
+                    provider=conn.provider,
+                    added=sum((after - before).values()),
+                    removed=sum((before - after).values()),
+                    busy=sum(after.values()),
+                    error=error,
+                )
+            )
         return reports
 
     # ---- the scheduled pass -----------------------------------------------------------------
@@ -688,8 +784,9 @@ class CalendarService:
         now = self.now()
         await self.refresh_due(poll=poll)
         await self.upkeep()
-        await self._db(lambda s: s.execute(sa.delete(OAuthFlow).where(
-            OAuthFlow.expires_at < now)), write=True)
+        await self._db(
+            lambda s: s.execute(sa.delete(OAuthFlow).where(OAuthFlow.expires_at < now)), write=True
+        )
 
     async def refresh_due(self, *, poll: timedelta | None = None) -> int:
         """Refresh the connections that are due: changed (a notification came), or read longer
@@ -699,10 +796,16 @@ class CalendarService:
         now = self.now()
 
         def load(s: Session) -> tuple[list[CalendarConnection], set[str]]:
-            conns = list(s.exec(select(CalendarConnection).where(
-                CalendarConnection.status != "disconnected")))
-            pushed = set(s.exec(select(CalendarChannel.connection_id).where(
-                CalendarChannel.expires_at > now)))
+            conns = list(
+                s.exec(
+                    select(CalendarConnection).where(CalendarConnection.status != "disconnected")
+                )
+            )
+            pushed = set(
+                s.exec(
+                    select(CalendarChannel.connection_id).where(CalendarChannel.expires_at > now)
+                )
+            )
             return conns, pushed
 
         conns, pushed = await self._db(load)
@@ -715,9 +818,13 @@ class CalendarService:
             limit = self.max_age / 3 if push or poll is None else min(poll, self.max_age / 3)
             # A little slack: a pass every `poll` finds the last read just about `poll` old.
             due = conn.dirty_at is not None or any(
-                now - datetime.fromisoformat((conn.sync.get(c) or {}).get(
-                    "synced_at", "1970-01-01T00:00:00+00:00")) >= limit * 0.9
-                for c in conn.read_calendars)
+                now
+                - datetime.fromisoformat(
+                    (conn.sync.get(c) or {}).get("synced_at", "1970-01-01T00:00:00+00:00")
+                )
+                >= limit * 0.9
+                for c in conn.read_calendars
+            )
             if not due:
                 continue
             refreshed += 1
@@ -780,36 +887,47 @@ class CalendarService:
     def redirect_uri(self, provider: str) -> str:
         return f"{self.public_base_url.rstrip('/')}/calendars/callback/{provider}"
 
-    async def start_oauth(self, provider: str, *, business_id: str, staff_id: str,
-                          return_to: str | None = None) -> str:
+    async def start_oauth(
+        self, provider: str, *, business_id: str, staff_id: str, return_to: str | None = None
+    ) -> str:
         """Begin linking a Google or Microsoft account; returns the URL to send the browser to."""
         client = self.oauth.get(provider)
         if client is None:
             raise errors.InvalidRequest(
                 f"{provider} calendars are not configured on this server "
-                f"(set FRONTDESK_{provider.upper()}_CLIENT_ID and _CLIENT_SECRET)")
+                f"(set FRONTDESK_{provider.upper()}_CLIENT_ID and _CLIENT_SECRET)"
+            )
         await self._db(lambda s: _staff(s, business_id, staff_id))
         state = secrets.token_urlsafe(24)
         # MSAL reads the authority's OpenID configuration on first use: not on the event loop.
         url, flow = await asyncio.to_thread(
-            client.start, redirect_uri=self.redirect_uri(provider), state=state)
+            client.start, redirect_uri=self.redirect_uri(provider), state=state
+        )
         sealed = self.vault.seal(flow)
-        row = OAuthFlow(state=state, provider=provider, business_id=business_id,
-                        staff_id=staff_id, flow=sealed, return_to=return_to,
-                        expires_at=self.now() + FLOW_TTL)
+        row = OAuthFlow(
+            state=state,
+            provider=provider,
+            business_id=business_id,
+            staff_id=staff_id,
+            flow=sealed,
+            return_to=return_to,
+            expires_at=self.now() + FLOW_TTL,
+        )
         await self._db(lambda s: s.add(row), write=True)
         return url
 
-    async def finish_oauth(self, provider: str, params: dict[str, str]
-                           ) -> tuple[CalendarConnection, str | None]:
+    async def finish_oauth(
+        self, provider: str, params: dict[str, str]
+    ) -> tuple[CalendarConnection, str | None]:
         """The callback: exchange the code, store the connection, fill its cache."""
         state = params.get("state") or ""
 
         def take(s: Session) -> OAuthFlow:
             row = s.get(OAuthFlow, state)
             if row is None or row.provider != provider:
-                raise errors.InvalidRequest("this link has expired or was already used; "
-                                            "start linking the calendar again")
+                raise errors.InvalidRequest(
+                    "this link has expired or was already used; start linking the calendar again"
+                )
             s.delete(row)  # a state is good for one callback only
             return row
 
@@ -818,37 +936,55 @@ class CalendarService:
             raise errors.InvalidRequest("this link has expired; start linking the calendar again")
         client = self.oauth[provider]
         tokens = await client.finish(self.vault.open(flow_row.flow), params)
-        conn = await self.link_tokens(provider, business_id=flow_row.business_id,
-                                      staff_id=flow_row.staff_id, tokens=tokens)
+        conn = await self.link_tokens(
+            provider, business_id=flow_row.business_id, staff_id=flow_row.staff_id, tokens=tokens
+        )
         return conn, flow_row.return_to
 
-    async def link_tokens(self, provider: str, *, business_id: str, staff_id: str,
-                          tokens: TokenSet, name: str | None = None) -> CalendarConnection:
+    async def link_tokens(
+        self,
+        provider: str,
+        *,
+        business_id: str,
+        staff_id: str,
+        tokens: TokenSet,
+        name: str | None = None,
+    ) -> CalendarConnection:
         """Store a Google or Microsoft account whose tokens the OAuth flow produced."""
         if provider not in self.oauth:
             raise errors.InvalidRequest(f"{provider} calendars are not configured")
-        label = name or (f"{provider.title()} ({tokens.account})" if tokens.account
-                         else provider.title())
+        label = name or (
+            f"{provider.title()} ({tokens.account})" if tokens.account else provider.title()
+        )
         if tokens.account:
             revived = await self._relink(provider, business_id, staff_id, tokens)
             if revived is not None:
                 return revived
-        return await self._create(business_id, staff_id, provider, label,
-                                  settings={"account": tokens.account} if tokens.account else {},
-                                  secret=_token_secret(tokens))
+        return await self._create(
+            business_id,
+            staff_id,
+            provider,
+            label,
+            settings={"account": tokens.account} if tokens.account else {},
+            secret=_token_secret(tokens),
+        )
 
-    async def _relink(self, provider: str, business_id: str, staff_id: str, tokens: TokenSet
-                      ) -> CalendarConnection | None:
+    async def _relink(
+        self, provider: str, business_id: str, staff_id: str, tokens: TokenSet
+    ) -> CalendarConnection | None:
         """Linking an account again that needs re-linking revives that connection in place
         (its calendars, cache and written events stay), rather than adding a second one."""
         sealed = self.vault.seal(_token_secret(tokens))
 
         def revive(s: Session) -> CalendarConnection | None:
-            for conn in s.exec(select(CalendarConnection).where(
+            for conn in s.exec(
+                select(CalendarConnection).where(
                     CalendarConnection.business_id == business_id,
                     CalendarConnection.staff_id == staff_id,
                     CalendarConnection.provider == provider,
-                    CalendarConnection.status.in_(("needs_relink", "error")))):  # type: ignore
+                    CalendarConnection.status.in_(("needs_relink", "error")),
+                )
+            ):  # type: ignore
                 if conn.settings.get("account") == tokens.account:
                     conn.secret, conn.status, conn.last_error = sealed, "ok", None
                     conn.sync, conn.updated_at = {}, self.now()
@@ -867,8 +1003,16 @@ class CalendarService:
             log.warning("first sync of %s after re-linking failed: %s", conn.id, exc)
         return await self.find(conn.id)
 
-    async def link_caldav(self, *, business_id: str, staff_id: str, url: str, username: str,
-                          password: str, name: str | None = None) -> CalendarConnection:
+    async def link_caldav(
+        self,
+        *,
+        business_id: str,
+        staff_id: str,
+        url: str,
+        username: str,
+        password: str,
+        name: str | None = None,
+    ) -> CalendarConnection:
         """Link a CalDAV account (iCloud with an app-specific password, Fastmail, Nextcloud)."""
         if not url.startswith(("https://", "http://")):
             raise errors.InvalidRequest("the CalDAV URL must start with https://")
@@ -877,13 +1021,24 @@ class CalendarService:
         await self._db(lambda s: _staff(s, business_id, staff_id))
         await check_public_url(url, allow_private=self.allow_private_urls)
         label = _label(name or f"CalDAV ({username} at {urlsplit(url).hostname})")
-        return await self._create(business_id, staff_id, "caldav", label,
-                                  settings={"url": url, "username": username},
-                                  secret={"password": password})
+        return await self._create(
+            business_id,
+            staff_id,
+            "caldav",
+            label,
+            settings={"url": url, "username": username},
+            secret={"password": password},
+        )
 
-    async def link_ics(self, *, business_id: str, staff_id: str, source: str,
-                       name: str | None = None, allow_files: bool = False
-                       ) -> CalendarConnection:
+    async def link_ics(
+        self,
+        *,
+        business_id: str,
+        staff_id: str,
+        source: str,
+        name: str | None = None,
+        allow_files: bool = False,
+    ) -> CalendarConnection:
         """Subscribe a staff member to a published ICS feed (read-only).
 
         Only http(s)/webcal addresses, unless `allow_files` (the CLI, run by whoever runs the
@@ -891,28 +1046,43 @@ class CalendarService:
         went wrong reading a feed is logged, never echoed: it could quote the fetched text."""
         scheme = urlsplit(source).scheme.lower()
         if scheme not in ("http", "https", "webcal") and not (
-                allow_files and source.startswith("/")):
+            allow_files and source.startswith("/")
+        ):
             raise errors.InvalidRequest("an ICS feed must be an https:// (or webcal://) address")
         await self._db(lambda s: _staff(s, business_id, staff_id))
         if scheme:
             await check_public_url(source, allow_private=self.allow_private_urls)
         label = name or f"ICS feed ({urlsplit(source).hostname or 'file'})"
         try:
-            return await self._create(business_id, staff_id, "ics", _label(label),
-                                      settings={"source": source}, secret={})
+            return await self._create(
+                business_id, staff_id, "ics", _label(label), settings={"source": source}, secret={}
+            )
         except errors.CalendarUnavailable as exc:
             log.info("ICS feed for %s/%s refused: %s", business_id, staff_id, exc)
             raise errors.CalendarUnavailable(
                 f"no readable iCalendar feed at {urlsplit(source).hostname or 'that path'}"
             ) from None
 
-    async def _create(self, business_id: str, staff_id: str, provider_name: str, name: str, *,
-                      settings: dict[str, Any], secret: dict[str, Any]) -> CalendarConnection:
+    async def _create(
+        self,
+        business_id: str,
+        staff_id: str,
+        provider_name: str,
+        name: str,
+        *,
+        settings: dict[str, Any],
+        secret: dict[str, Any],
+    ) -> CalendarConnection:
         provider = self.provider(provider_name)
         await self._db(lambda s: _staff(s, business_id, staff_id))
-        conn = CalendarConnection(business_id=business_id, staff_id=staff_id,
-                                  provider=provider_name, name=name, settings=settings,
-                                  secret=self.vault.seal(secret) if secret else "")
+        conn = CalendarConnection(
+            business_id=business_id,
+            staff_id=staff_id,
+            provider=provider_name,
+            name=name,
+            settings=settings,
+            secret=self.vault.seal(secret) if secret else "",
+        )
         account = await self.account(conn)
         await provider.check(account)  # a wrong password is refused here, on save
         calendars = await provider.list_calendars(account)
@@ -921,8 +1091,7 @@ class CalendarService:
         writable = [c for c in chosen if c.writable] if provider.writable else []
         conn.write_calendar = writable[0].id if writable else None
         await self._db(lambda s: s.add(conn), write=True)
-        log.info("linked %s calendar %s for %s/%s", provider_name, conn.id, business_id,
-                 staff_id)
+        log.info("linked %s calendar %s for %s/%s", provider_name, conn.id, business_id, staff_id)
         try:
             await self.refresh(conn.id, full=True)
         except errors.CalendarUnavailable as exc:
@@ -939,8 +1108,9 @@ class CalendarService:
             raise errors.NotFound(f"no calendar connection {connection_id}")
         return await self.provider(conn.provider).list_calendars(await self.account(conn))
 
-    async def choose_calendars(self, connection_id: str, *, business_id: str,
-                               read: Sequence[str], write: str | None) -> CalendarConnection:
+    async def choose_calendars(
+        self, connection_id: str, *, business_id: str, read: Sequence[str], write: str | None
+    ) -> CalendarConnection:
         known = {c.id: c for c in await self.list_calendars(connection_id)}
         unknown = [c for c in [*read, *([write] if write else [])] if c not in known]
         if unknown:
@@ -952,8 +1122,9 @@ class CalendarService:
             conn = _own_connection(s, business_id, connection_id)
             conn.read_calendars, conn.write_calendar = list(read), write
             conn.sync, conn.updated_at = {}, self.now()
-            s.execute(sa.delete(CalendarBusyBlock).where(
-                CalendarBusyBlock.connection_id == connection_id))
+            s.execute(
+                sa.delete(CalendarBusyBlock).where(CalendarBusyBlock.connection_id == connection_id)
+            )
             s.add(conn)
             return conn
 
@@ -961,11 +1132,14 @@ class CalendarService:
         await self.refresh(connection_id, full=True)
         return conn
 
-    async def connections(self, business_id: str, staff_id: str | None = None
-                          ) -> list[CalendarConnection]:
+    async def connections(
+        self, business_id: str, staff_id: str | None = None
+    ) -> list[CalendarConnection]:
         def load(s: Session) -> list[CalendarConnection]:
-            q = select(CalendarConnection).where(CalendarConnection.business_id == business_id,
-                                                 CalendarConnection.status != "disconnected")
+            q = select(CalendarConnection).where(
+                CalendarConnection.business_id == business_id,
+                CalendarConnection.status != "disconnected",
+            )
             if staff_id is not None:
                 q = q.where(CalendarConnection.staff_id == staff_id)
             return list(s.exec(q.order_by(CalendarConnection.created_at)))
@@ -975,8 +1149,13 @@ class CalendarService:
     async def disconnect(self, connection_id: str, *, business_id: str) -> None:
         """Unlink: stop notifications, forget the cache and the credentials."""
         conn = await self._db(lambda s: _own_connection(s, business_id, connection_id))
-        channels = await self._db(lambda s: list(s.exec(select(CalendarChannel).where(
-            CalendarChannel.connection_id == connection_id))))
+        channels = await self._db(
+            lambda s: list(
+                s.exec(
+                    select(CalendarChannel).where(CalendarChannel.connection_id == connection_id)
+                )
+            )
+        )
         if channels:
             try:
                 account = await self.account(conn)
@@ -987,10 +1166,12 @@ class CalendarService:
 
         def write(s: Session) -> None:
             row = _own_connection(s, business_id, connection_id)
-            s.execute(sa.delete(CalendarChannel).where(
-                CalendarChannel.connection_id == connection_id))
-            s.execute(sa.delete(CalendarBusyBlock).where(
-                CalendarBusyBlock.connection_id == connection_id))
+            s.execute(
+                sa.delete(CalendarChannel).where(CalendarChannel.connection_id == connection_id)
+            )
+            s.execute(
+                sa.delete(CalendarBusyBlock).where(CalendarBusyBlock.connection_id == connection_id)
+            )
             row.status, row.secret, row.sync = "disconnected", "", {}
             row.write_calendar, row.updated_at = None, self.now()
             s.add(row)
@@ -1009,8 +1190,9 @@ def _label(name: str) -> str:
 
 
 def _window_has(state: dict[str, Any], start: datetime, end: datetime) -> bool:
-    return (datetime.fromisoformat(state["from"]) <= start
-            and end <= datetime.fromisoformat(state["to"]))
+    return datetime.fromisoformat(state["from"]) <= start and end <= datetime.fromisoformat(
+        state["to"]
+    )
 
 
 def _drifted(state: dict[str, Any], now: datetime, horizon: timedelta) -> bool:
@@ -1021,37 +1203,69 @@ def _drifted(state: dict[str, Any], now: datetime, horizon: timedelta) -> bool:
 
 
 def _connections(s: Session, ids: list[str]) -> list[CalendarConnection]:
-    return list(s.exec(select(CalendarConnection).where(CalendarConnection.id.in_(ids),
-                                                        CalendarConnection.status
-                                                        != "disconnected")))
+    return list(
+        s.exec(
+            select(CalendarConnection).where(
+                CalendarConnection.id.in_(ids), CalendarConnection.status != "disconnected"
+            )
+        )
+    )
 
 
-def _read_cache(s: Session, calendars: StaffCalendars, ids: list[str], start: datetime,
-                end: datetime) -> tuple[list[CalendarConnection], list[Interval]]:
+def _read_cache(
+    s: Session, calendars: StaffCalendars, ids: list[str], start: datetime, end: datetime
+) -> tuple[list[CalendarConnection], list[Interval]]:
     conns = _connections(s, ids)
     block = CalendarBusyBlock.__table__.c  # type: ignore[attr-defined]
-    wanted = sa.or_(*(sa.and_(block.connection_id == c.id,
-                              block.calendar_id.in_(c.read_calendars)) for c in conns)) \
-        if conns else sa.false()
-    rows = s.connection().execute(sa.select(block.start, block.end).where(
-        block.business_id == calendars.business_id, block.staff_id == calendars.staff_id,
-        wanted, block.start < end, block.end > start)).all()
+    wanted = (
+        sa.or_(
+            *(
+                sa.and_(block.connection_id == c.id, block.calendar_id.in_(c.read_calendars))
+                for c in conns
+            )
+        )
+        if conns
+        else sa.false()
+    )
+    rows = (
+        s.connection()
+        .execute(
+            sa.select(block.start, block.end).where(
+                block.business_id == calendars.business_id,
+                block.staff_id == calendars.staff_id,
+                wanted,
+                block.start < end,
+                block.end > start,
+            )
+        )
+        .all()
+    )
     return conns, [(a, b) for a, b in rows]  # UTCDateTime: aware UTC already
 
 
 def _busy_rows(s: Session, connection_id: str) -> Counter[tuple[str, str, str, str]]:
     """The busy cache of one connection, each interval once per time it is cached."""
     block = CalendarBusyBlock.__table__  # type: ignore[attr-defined]
-    rows = s.connection().execute(sa.select(
-        block.c.calendar_id, block.c.event_key, block.c.start, block.c.end).where(
-        block.c.connection_id == connection_id)).all()
+    rows = (
+        s.connection()
+        .execute(
+            sa.select(block.c.calendar_id, block.c.event_key, block.c.start, block.c.end).where(
+                block.c.connection_id == connection_id
+            )
+        )
+        .all()
+    )
     return Counter((cal, key, a.isoformat(), b.isoformat()) for cal, key, a, b in rows)
 
 
 def _own_event_ids(s: Session, connection_id: str) -> set[str]:
-    return set(s.exec(select(CalendarEvent.event_id).where(
-        CalendarEvent.connection_id == connection_id,
-        CalendarEvent.event_id.is_not(None))))  # type: ignore[union-attr]
+    return set(
+        s.exec(
+            select(CalendarEvent.event_id).where(
+                CalendarEvent.connection_id == connection_id, CalendarEvent.event_id.is_not(None)
+            )
+        )
+    )  # type: ignore[union-attr]
 
 
 def _staff_zone(s: Session, conn: CalendarConnection) -> ZoneInfo:
@@ -1082,8 +1296,14 @@ def _clear_dirty(s: Session, connection_id: str, seen: datetime) -> None:
         s.add(conn)
 
 
-def _store_sync(s: Session, connection_id: str, calendar_id: str, result: SyncResult,
-                window: tuple[datetime, datetime], now: datetime) -> None:
+def _store_sync(
+    s: Session,
+    connection_id: str,
+    calendar_id: str,
+    result: SyncResult,
+    window: tuple[datetime, datetime],
+    now: datetime,
+) -> None:
     conn = s.get(CalendarConnection, connection_id)
     if conn is None or conn.status == "disconnected" or calendar_id not in conn.read_calendars:
         return  # unlinked, or this calendar no longer counts, while we read it
@@ -1098,28 +1318,45 @@ def _store_sync(s: Session, connection_id: str, calendar_id: str, result: SyncRe
         gone = set(result.removed) | set(result.changed)
         for chunk in _chunks(sorted(gone), 500):
             s.execute(sa.delete(table).where(mine, table.c.event_key.in_(chunk)))
-    rows = [dict(connection_id=connection_id, business_id=conn.business_id,
-                 staff_id=conn.staff_id, calendar_id=calendar_id, event_key=key,
-                 start=a, end=b)
-            for key, intervals in result.changed.items() if key not in own
-            for a, b in intervals]
+    rows = [
+        dict(
+            connection_id=connection_id,
+            business_id=conn.business_id,
+            staff_id=conn.staff_id,
+            calendar_id=calendar_id,
+            event_key=key,
+            start=a,
+            end=b,
+        )
+        for key, intervals in result.changed.items()
+        if key not in own
+        for a, b in intervals
+    ]
     if rows:
         s.execute(sa.insert(table), rows)
     sync = dict(conn.sync)
-    sync[calendar_id] = {"cursor": result.cursor, "synced_at": now.isoformat(),
-                         "from": window[0].isoformat(), "to": window[1].isoformat()}
+    sync[calendar_id] = {
+        "cursor": result.cursor,
+        "synced_at": now.isoformat(),
+        "from": window[0].isoformat(),
+        "to": window[1].isoformat(),
+    }
     conn.sync = sync
     conn.updated_at = now
     s.add(conn)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _token_secret(tokens: TokenSet) -> dict[str, Any]:
-    return {"access_token": tokens.access_token, "refresh_token": tokens.refresh_token,
-            "expires_at": tokens.expires_at.isoformat(), "account": tokens.account}
+    return {
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token,
+        "expires_at": tokens.expires_at.isoformat(),
+        "account": tokens.account,
+    }
 
 
 def _default_calendars(calendars: list[CalendarInfo]) -> list[CalendarInfo]:
@@ -1129,17 +1366,27 @@ def _default_calendars(calendars: list[CalendarInfo]) -> list[CalendarInfo]:
 
 
 def _channel_row(connection_id: str, channel: Channel) -> CalendarChannel:
-    return CalendarChannel(id=channel.id, connection_id=connection_id,
-                           calendar_id=channel.calendar_id, token=channel.token,
-                           resource_id=channel.resource_id, expires_at=channel.expires_at)
+    return CalendarChannel(
+        id=channel.id,
+        connection_id=connection_id,
+        calendar_id=channel.calendar_id,
+        token=channel.token,
+        resource_id=channel.resource_id,
+        expires_at=channel.expires_at,
+    )
 
 
 def _claim_channel(s: Session, row: CalendarChannel, now: datetime) -> bool:
     """Take the renewal of a channel: only the process whose update lands goes on."""
     table = CalendarChannel.__table__  # type: ignore[attr-defined]
-    done = s.execute(sa.update(table).where(
-        table.c.id == row.id, table.c.expires_at == row.expires_at,
-    ).values(expires_at=max(row.expires_at, now) + timedelta(minutes=10)))
+    done = s.execute(
+        sa.update(table)
+        .where(
+            table.c.id == row.id,
+            table.c.expires_at == row.expires_at,
+        )
+        .values(expires_at=max(row.expires_at, now) + timedelta(minutes=10))
+    )
     return bool(done.rowcount)
 
 
@@ -1151,8 +1398,13 @@ def _extend(s: Session, channel_id: str, channel: Channel) -> None:
 
 
 def _channel_of(row: CalendarChannel) -> Channel:
-    return Channel(id=row.id, calendar_id=row.calendar_id, expires_at=row.expires_at,
-                   token=row.token, resource_id=row.resource_id)
+    return Channel(
+        id=row.id,
+        calendar_id=row.calendar_id,
+        expires_at=row.expires_at,
+        token=row.token,
+        resource_id=row.resource_id,
+    )
 
 
 # ---- write-back plans --------------------------------------------------------------------
@@ -1214,16 +1466,22 @@ def _plan(s: Session, appointment_id: str, now: datetime, lease: timedelta) -> _
     maybe_there = ev is not None and not ev.deleted
     target = None
     if apt.status == AppointmentStatus.CONFIRMED:
-        target = s.exec(select(CalendarConnection).where(
-            CalendarConnection.business_id == apt.business_id,
-            CalendarConnection.staff_id == apt.staff_id,
-            CalendarConnection.status.in_(("ok", "error")),  # type: ignore[attr-defined]
-            CalendarConnection.write_calendar.is_not(None),  # type: ignore[union-attr]
-        ).order_by(CalendarConnection.created_at)).first()
+        target = s.exec(
+            select(CalendarConnection)
+            .where(
+                CalendarConnection.business_id == apt.business_id,
+                CalendarConnection.staff_id == apt.staff_id,
+                CalendarConnection.status.in_(("ok", "error")),  # type: ignore[attr-defined]
+                CalendarConnection.write_calendar.is_not(None),  # type: ignore[union-attr]
+            )
+            .order_by(CalendarConnection.created_at)
+        ).first()
     moved = False
     if ev is not None and maybe_there:
-        moved = target is None or (target.id, target.write_calendar) != (ev.connection_id,
-                                                                          ev.calendar_id)
+        moved = target is None or (target.id, target.write_calendar) != (
+            ev.connection_id,
+            ev.calendar_id,
+        )
         old = s.get(CalendarConnection, ev.connection_id)
         if moved and old is not None and old.status != "disconnected":
             plan.remove = (old, ev.calendar_id, ev.event_id)
@@ -1234,8 +1492,12 @@ def _plan(s: Session, appointment_id: str, now: datetime, lease: timedelta) -> _
         return plan
     if ev is None:
         assert target is not None
-        ev = CalendarEvent(key=plan.key, business_id=apt.business_id, connection_id=target.id,
-                           calendar_id=target.write_calendar or "")
+        ev = CalendarEvent(
+            key=plan.key,
+            business_id=apt.business_id,
+            connection_id=target.id,
+            calendar_id=target.write_calendar or "",
+        )
         try:
             with s.begin_nested():
                 s.add(ev)
@@ -1272,9 +1534,14 @@ def _event_spec(s: Session, apt: Appointment, key: str) -> EventSpec:
     if apt.notes:
         lines.append(f"Notes: {apt.notes}")
     lines.append(f"Booked by Frontdesk for {business.name} (appointment {apt.id})")
-    return EventSpec(key=key, summary=f"{service_name}: {who}", description="\n".join(lines),
-                     start=apt.start, end=apt.end,
-                     timezone=(staff.timezone if staff else None) or business.timezone)
+    return EventSpec(
+        key=key,
+        summary=f"{service_name}: {who}",
+        description="\n".join(lines),
+        start=apt.start,
+        end=apt.end,
+        timezone=(staff.timezone if staff else None) or business.timezone,
+    )
 
 
 def _write_done(s: Session, plan: _Plan, event_id: str | None, now: datetime) -> bool:
@@ -1311,9 +1578,12 @@ def _write_done(s: Session, plan: _Plan, event_id: str | None, now: datetime) ->
 def _forget_event(s: Session, connection_id: str, event_id: str | None) -> None:
     # Our own event in the busy cache would block the time of the very appointment it shows.
     if event_id is not None:
-        s.execute(sa.delete(CalendarBusyBlock).where(
-            CalendarBusyBlock.connection_id == connection_id,
-            CalendarBusyBlock.event_key == event_id))
+        s.execute(
+            sa.delete(CalendarBusyBlock).where(
+                CalendarBusyBlock.connection_id == connection_id,
+                CalendarBusyBlock.event_key == event_id,
+            )
+        )
 
 
 def _write_failed(s: Session, plan: _Plan, error: str, now: datetime) -> None:
@@ -1330,10 +1600,15 @@ def _write_failed(s: Session, plan: _Plan, error: str, now: datetime) -> None:
 
 
 def _pending(s: Session, now: datetime, limit: int) -> list[str]:
-    rows = s.exec(select(Appointment).where(
-        Appointment.sync_state == SyncState.NOT_SYNCED.value,
-        Appointment.status != AppointmentStatus.RESCHEDULED.value,
-    ).order_by(Appointment.updated_at).limit(limit * 4))
+    rows = s.exec(
+        select(Appointment)
+        .where(
+            Appointment.sync_state == SyncState.NOT_SYNCED.value,
+            Appointment.status != AppointmentStatus.RESCHEDULED.value,
+        )
+        .order_by(Appointment.updated_at)
+        .limit(limit * 4)
+    )
     due: list[str] = []
     for apt in rows:
         ev = s.get(CalendarEvent, _chain_root(s, apt))
@@ -1347,15 +1622,23 @@ def _pending(s: Session, now: datetime, limit: int) -> list[str]:
     return due
 
 
-def _feed(s: Session, business_id: str, staff_id: str, lo: datetime, hi: datetime,
-          now: datetime) -> bytes:
+def _feed(
+    s: Session, business_id: str, staff_id: str, lo: datetime, hi: datetime, now: datetime
+) -> bytes:
     staff = _staff(s, business_id, staff_id)
     business = s.get(Business, business_id)
     assert business is not None
-    rows = s.exec(select(Appointment).where(
-        Appointment.business_id == business_id, Appointment.staff_id == staff_id,
-        Appointment.status == AppointmentStatus.CONFIRMED.value,
-        Appointment.end > lo, Appointment.start < hi).order_by(Appointment.start))
+    rows = s.exec(
+        select(Appointment)
+        .where(
+            Appointment.business_id == business_id,
+            Appointment.staff_id == staff_id,
+            Appointment.status == AppointmentStatus.CONFIRMED.value,
+            Appointment.end > lo,
+            Appointment.start < hi,
+        )
+        .order_by(Appointment.start)
+    )
     calendar = icalendar.Calendar()
     calendar.add("prodid", "-//Frontdesk//Bookings//EN")
     calendar.add("version", "2.0")

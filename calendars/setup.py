@@ -22,8 +22,11 @@ def build_providers(settings: Settings) -> dict[str, CalendarProvider]:
         "ics": IcsProvider(timeout=timeout),
         "caldav": CaldavProvider(timeout=timeout),
         "google": GoogleProvider(api_base_url=settings.google_api_base_url, timeout=timeout),
-        "microsoft": MicrosoftProvider(graph_base_url=settings.microsoft_graph_base_url,
-                                       timeout=timeout, time_limit=max(timeout, 10.0)),
+        "microsoft": MicrosoftProvider(
+            graph_base_url=settings.microsoft_graph_base_url,
+            timeout=timeout,
+            time_limit=max(timeout, 10.0),
+        ),
     }
 
 
@@ -31,13 +34,18 @@ def build_oauth(settings: Settings) -> dict[str, OAuthClient]:
     clients: dict[str, OAuthClient] = {}
     if settings.google_client_id and settings.google_client_secret:
         clients["google"] = GoogleOAuth(
-            settings.google_client_id, settings.google_client_secret.get_secret_value(),
-            auth_url=settings.google_auth_url, token_url=settings.google_token_url,
-            api_base_url=settings.google_api_base_url)
+            settings.google_client_id,
+            settings.google_client_secret.get_secret_value(),
+            auth_url=settings.google_auth_url,
+            token_url=settings.google_token_url,
+            api_base_url=settings.google_api_base_url,
+        )
     if settings.microsoft_client_id and settings.microsoft_client_secret:
         clients["microsoft"] = MicrosoftOAuth(
-            settings.microsoft_client_id, settings.microsoft_client_secret.get_secret_value(),
-            authority=settings.microsoft_authority)
+            settings.microsoft_client_id,
+            settings.microsoft_client_secret.get_secret_value(),
+            authority=settings.microsoft_authority,
+        )
     return clients
 
 

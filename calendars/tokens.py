@@ -46,9 +46,13 @@ class OAuthTokens:
                 raise NeedsRelink(f"the {self._client.name} link has no refresh token")
             new = await self._client.refresh(current.refresh_token)
             if new.refresh_token is None:  # Google keeps the old refresh token valid
-                new = TokenSet(access_token=new.access_token, expires_at=new.expires_at,
-                               refresh_token=current.refresh_token,
-                               account=new.account or current.account, scope=new.scope)
+                new = TokenSet(
+                    access_token=new.access_token,
+                    expires_at=new.expires_at,
+                    refresh_token=current.refresh_token,
+                    account=new.account or current.account,
+                    scope=new.scope,
+                )
             self._tokens = new
             await self._save(new)
             return new.access_token

@@ -83,16 +83,18 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
 
-def _back(request: Request, connection: CalendarConnection | None, target: str | None,
-          message: str) -> Response:
+def _back(
+    request: Request, connection: CalendarConnection | None, target: str | None, message: str
+) -> Response:
     if _wants_json(request) or target is None:
         if _wants_json(request):
             body: dict[str, Any] = {"message": message}
             if connection is not None:
                 body["connection"] = describe(connection)
             return JSONResponse(body)
-        return HTMLResponse(f"<!doctype html><title>Calendar linked</title>"
-                            f"<p>{html.escape(message)}</p>")
+        return HTMLResponse(
+            f"<!doctype html><title>Calendar linked</title><p>{html.escape(message)}</p>"
+        )
     return RedirectResponse(target, status_code=303)
 
 
@@ -112,13 +114,17 @@ class LinkFailed(Exception):
 def failed(request: Request, exc: LinkFailed) -> Response:
     log.info("calendar linking refused (%s): %s", exc.status, exc.message)
     if _wants_json(request) or request.headers.get("authorization"):
-        return JSONResponse({"error": "calendar_link_failed", "message": exc.message},
-                            status_code=exc.status)
+        return JSONResponse(
+            {"error": "calendar_link_failed", "message": exc.message}, status_code=exc.status
+        )
     back = html.escape(request.headers.get("referer") or "/")
-    return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>Calendar not linked</title>"
-                        f"<link rel=stylesheet href=/static/app.css><main class=card>"
-                        f"<h1>The calendar was not linked</h1><p>{html.escape(exc.message)}</p>"
-                        f"<p><a href=\"{back}\">Go back</a></p></main>", status_code=exc.status)
+    return HTMLResponse(
+        f"<!doctype html><meta charset=utf-8><title>Calendar not linked</title>"
+        f"<link rel=stylesheet href=/static/app.css><main class=card>"
+        f"<h1>The calendar was not linked</h1><p>{html.escape(exc.message)}</p>"
+        f'<p><a href="{back}">Go back</a></p></main>',
+        status_code=exc.status,
+    )
 
 
 def _return_to(value: str | None) -> str | None:
@@ -131,9 +137,14 @@ def _return_to(value: str | None) -> str | None:
 def describe(conn: CalendarConnection) -> dict[str, Any]:
     """A connection as shown to people: never its credentials."""
     return {
-        "id": conn.id, "provider": conn.provider, "name": conn.name, "staff": conn.staff_id,
-        "status": conn.status, "last_error": conn.last_error,
-        "read_calendars": conn.read_calendars, "write_calendar": conn.write_calendar,
+        "id": conn.id,
+        "provider": conn.provider,
+        "name": conn.name,
+        "staff": conn.staff_id,
+        "status": conn.status,
+        "last_error": conn.last_error,
+        "read_calendars": conn.read_calendars,
+        "write_calendar": conn.write_calendar,
         "synced_at": max((v.get("synced_at", "") for v in conn.sync.values()), default=None),
     }
 
@@ -144,20 +155,27 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 @router.get("/calendars/connect/{provider}")
-async def connect(provider: str, request: Request, staff: str,
-                  return_to: str | None = None) -> Response:
+async def connect(
+    provider: str, request: Request, staff: str, return_to: str | None = None
+) -> Response:
     if provider not in OAUTH_PROVIDERS:
-        raise HTTPException(404, f"no OAuth linking for {provider!r}; CalDAV and ICS are "
-                                 "linked with a form post to /calendars/connect/{kind}")
+        raise HTTPException(
+            404,
+            f"no OAuth linking for {provider!r}; CalDAV and ICS are "
+            "linked with a form post to /calendars/connect/{kind}",
+        )
     business_id = await _guard(request).authorize(request, staff)
-    target = _return_to(return_to) or (None if request.headers.get("authorization")
-                                       else _staff_page(staff))
+    target = _return_to(return_to) or (
+        None if request.headers.get("authorization") else _staff_page(staff)
+    )
     try:
         url = await _service(request).start_oauth(
-            provider, business_id=business_id, staff_id=staff, return_to=target)
+            provider, business_id=business_id, staff_id=staff, return_to=target
+        )
     except errors.BookingError as exc:
-        return failed(request, LinkFailed(404 if isinstance(exc, errors.NotFound) else 400,
-                                          str(exc)))
+        return failed(
+            request, LinkFailed(404 if isinstance(exc, errors.NotFound) else 400, str(exc))
+        )
     return RedirectResponse(url, status_code=303)
 
 
@@ -175,8 +193,9 @@ async def callback(provider: str, request: Request) -> Response:
     except errors.InvalidRequest as exc:
         return failed(request, LinkFailed(400, str(exc)))
     except errors.CalendarUnavailable as exc:
-        return failed(request, LinkFailed(
-            502, f"{provider.title()} could not complete the link: {exc}"))
+        return failed(
+            request, LinkFailed(502, f"{provider.title()} could not complete the link: {exc}")
+        )
     return _back(request, conn, target, f"Linked {conn.name}.")
 
 
@@ -190,18 +209,26 @@ async def connect_form(kind: str, request: Request) -> Response:
     staff = form.get("staff", "")
     business_id = await guard.authorize(request, staff)
     service = _service(request)
-    target = _return_to(form.get("return_to")) or (None if request.headers.get("authorization")
-                                                   else _staff_page(staff))
+    target = _return_to(form.get("return_to")) or (
+        None if request.headers.get("authorization") else _staff_page(staff)
+    )
     try:
         if kind == "caldav":
             conn = await service.link_caldav(
-                business_id=business_id, staff_id=staff, url=form.get("url", "").strip(),
-                username=form.get("username", "").strip(), password=form.get("password", ""),
-                name=form.get("name") or None)
+                business_id=business_id,
+                staff_id=staff,
+                url=form.get("url", "").strip(),
+                username=form.get("username", "").strip(),
+                password=form.get("password", ""),
+                name=form.get("name") or None,
+            )
         else:
-            conn = await service.link_ics(business_id=business_id, staff_id=staff,
-                                          source=form.get("source", "").strip(),
-                                          name=form.get("name") or None)
+            conn = await service.link_ics(
+                business_id=business_id,
+                staff_id=staff,
+                source=form.get("source", "").strip(),
+                name=form.get("name") or None,
+            )
     except errors.InvalidRequest as exc:
         return failed(request, LinkFailed(400, str(exc)))
     except errors.NotFound as exc:
@@ -227,8 +254,9 @@ async def disconnect(connection_id: str, request: Request) -> Response:
         await service.disconnect(connection_id, business_id=business_id)
     except errors.NotFound as exc:
         return failed(request, LinkFailed(404, str(exc)))
-    target = _return_to(form.get("return_to")) or (None if request.headers.get("authorization")
-                                                   else _staff_page(conn.staff_id))
+    target = _return_to(form.get("return_to")) or (
+        None if request.headers.get("authorization") else _staff_page(conn.staff_id)
+    )
     return _back(request, None, target, f"Unlinked {conn.name}.")
 
 
@@ -243,8 +271,11 @@ async def feed(business_id: str, staff_id: str, token: str, request: Request) ->
         return PlainTextResponse("no such calendar feed", status_code=404)
     except errors.BookingError as exc:  # no secret key configured
         return PlainTextResponse(str(exc), status_code=503)
-    return Response(body, media_type="text/calendar; charset=utf-8",
-                    headers={"Cache-Control": "private, max-age=300"})
+    return Response(
+        body,
+        media_type="text/calendar; charset=utf-8",
+        headers={"Cache-Control": "private, max-age=300"},
+    )
 
 
 # ---- notifications ------------------------------------------------------------------------
@@ -276,13 +307,21 @@ async def notify_microsoft(request: Request, background: BackgroundTasks) -> Res
     except ValidationError:
         return PlainTextResponse("not a Graph change notification", status_code=400)
     service = _service(request)
-    notices = await service.check_notices([
-        Notice(n.subscription_id, n.client_state, resync=n.lifecycle_event == "missed")
-        for n in batch.value])
+    notices = await service.check_notices(
+        [
+            Notice(n.subscription_id, n.client_state, resync=n.lifecycle_event == "missed")
+            for n in batch.value
+        ]
+    )
     if notices and all(n.verdict == "forged" for n in notices):
         return _answer("forged", "microsoft", notices[0].channel_id)
-    renew = sorted({n.channel_id for n, item in zip(notices, batch.value, strict=True)
-                    if n.verdict == "ok" and item.lifecycle_event in RENEW_EVENTS})
+    renew = sorted(
+        {
+            n.channel_id
+            for n, item in zip(notices, batch.value, strict=True)
+            if n.verdict == "ok" and item.lifecycle_event in RENEW_EVENTS
+        }
+    )
     background.add_task(_record_graph_changes, service, notices, renew)
     return Response(status_code=202)
 
@@ -290,8 +329,9 @@ async def notify_microsoft(request: Request, background: BackgroundTasks) -> Res
 RENEW_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved"})
 
 
-async def _record_graph_changes(service: CalendarService, notices: list[Notice],
-                                renew: list[str]) -> None:
+async def _record_graph_changes(
+    service: CalendarService, notices: list[Notice], renew: list[str]
+) -> None:
     try:
         await service.changed(notices)
     except Exception:  # the answer is sent; the scheduled sync catches up
@@ -302,8 +342,7 @@ async def _record_graph_changes(service: CalendarService, notices: list[Notice],
 
 def _answer(result: str, provider: str, channel: str) -> Response:
     if result == "forged":
-        log.warning("rejected a %s notification with a wrong token (channel %s)", provider,
-                    channel)
+        log.warning("rejected a %s notification with a wrong token (channel %s)", provider, channel)
         return PlainTextResponse("wrong channel token", status_code=403)
     if result == "unknown":
         log.info("%s notification for unknown channel %s ignored", provider, channel)

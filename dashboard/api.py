@@ -84,8 +84,10 @@ def _date_or_datetime(value: object) -> date | datetime:
     except ValueError as exc:
         if "years" in str(exc):
             raise
-    raise ValueError("give a date (2026-12-01) or a date and time (2026-12-01T09:00, "
-                     "with or without an offset such as -05:00)")
+    raise ValueError(
+        "give a date (2026-12-01) or a date and time (2026-12-01T09:00, "
+        "with or without an offset such as -05:00)"
+    )
 
 
 # A stored instant: must say its offset, and lie in the supported years.
@@ -96,8 +98,9 @@ Day = Annotated[date, AfterValidator(_in_range)]
 LocalBound = Annotated[
     date | datetime,
     PlainValidator(_date_or_datetime),
-    WithJsonSchema({"anyOf": [{"type": "string", "format": "date"},
-                              {"type": "string", "format": "date-time"}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
+    ),
 ]
 
 
@@ -121,12 +124,14 @@ class ErrorOut(BaseModel):
     error: str = Field(examples=["slot_taken"])
     message: str = Field(examples=["that time was just taken"])
     retryable: bool | None = Field(default=None, description="whether trying again may help")
-    problems: list[ProblemOut] | None = Field(default=None,
-                                              description="each invalid field (422 only)")
+    problems: list[ProblemOut] | None = Field(
+        default=None, description="each invalid field (422 only)"
+    )
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut, "description": text} for code, text in [
+    code: {"model": ErrorOut, "description": text}
+    for code, text in [
         (400, "the request names no business while there are several"),
         (401, "missing or wrong API key"),
         (403, "not allowed"),
@@ -171,9 +176,14 @@ class HoldOut(BaseModel):
 
     @classmethod
     def of(cls, row: Hold, tz: ZoneInfo) -> HoldOut:
-        return cls(id=row.id, service=row.service_id, staff=row.staff_id,
-                   start=row.start.astimezone(tz), end=row.end.astimezone(tz),
-                   expires_at=row.expires_at)
+        return cls(
+            id=row.id,
+            service=row.service_id,
+            staff=row.staff_id,
+            start=row.start.astimezone(tz),
+            end=row.end.astimezone(tz),
+            expires_at=row.expires_at,
+        )
 
 
 class BookIn(BaseModel):
@@ -205,16 +215,26 @@ class AppointmentOut(BaseModel):
     notes: str | None
     rescheduled_from: str | None
     rescheduled_to: str | None
-    calendar_sync: str = Field(description="synced, not_synced (the retry job will write it) "
-                                           "or no_calendar")
+    calendar_sync: str = Field(
+        description="synced, not_synced (the retry job will write it) or no_calendar"
+    )
 
     @classmethod
     def of(cls, row: Appointment, tz: ZoneInfo) -> AppointmentOut:
-        return cls(id=row.id, service=row.service_id, staff=row.staff_id,
-                   start=row.start.astimezone(tz), end=row.end.astimezone(tz), status=row.status,
-                   contact_id=row.contact_id, booked_by=row.booked_by, notes=row.notes,
-                   rescheduled_from=row.rescheduled_from, rescheduled_to=row.rescheduled_to,
-                   calendar_sync=row.sync_state)
+        return cls(
+            id=row.id,
+            service=row.service_id,
+            staff=row.staff_id,
+            start=row.start.astimezone(tz),
+            end=row.end.astimezone(tz),
+            status=row.status,
+            contact_id=row.contact_id,
+            booked_by=row.booked_by,
+            notes=row.notes,
+            rescheduled_from=row.rescheduled_from,
+            rescheduled_to=row.rescheduled_to,
+            calendar_sync=row.sync_state,
+        )
 
 
 def _text(value: str | None) -> str | None:
@@ -226,11 +246,12 @@ class LeadIn(BaseModel):
 
     business: str | None = None
     phone: Annotated[str | None, AfterValidator(_text)] = Field(
-        default=None, max_length=40, examples=["+12025550123"])
+        default=None, max_length=40, examples=["+12025550123"]
+    )
     name: Annotated[str | None, AfterValidator(_text)] = Field(default=None, max_length=200)
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                             max_length=2000)] = Field(
-        description="why the caller called", examples=["whitening price"])
+    reason: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
+    ] = Field(description="why the caller called", examples=["whitening price"])
     outcome: LeadOutcome = LeadOutcome.CALLBACK
 
     @model_validator(mode="after")
@@ -252,9 +273,16 @@ class LeadOut(BaseModel):
 
     @classmethod
     def of(cls, row: Lead) -> LeadOut:
-        return cls(id=row.id, name=row.name, phone=row.phone, reason=row.reason,
-                   outcome=row.outcome, status=row.status, appointment_id=row.appointment_id,
-                   created_at=row.created_at)
+        return cls(
+            id=row.id,
+            name=row.name,
+            phone=row.phone,
+            reason=row.reason,
+            outcome=row.outcome,
+            status=row.status,
+            appointment_id=row.appointment_id,
+            created_at=row.created_at,
+        )
 
 
 async def _zone(scheduler: Scheduler, business: str | None) -> ZoneInfo:
@@ -275,20 +303,35 @@ async def availability(
     now: Annotated[Instant | None, Query(description="search as if it were this time")] = None,
 ) -> AvailabilityOut:
     result = await scheduler.availability(
-        business_id=business, service_id=service, staff_id=staff, first_day=from_, last_day=to,
-        now=now, earliest=earliest, latest=latest, limit=limit,
+        business_id=business,
+        service_id=service,
+        staff_id=staff,
+        first_day=from_,
+        last_day=to,
+        now=now,
+        earliest=earliest,
+        latest=latest,
+        limit=limit,
     )
     tz = ZoneInfo(result.timezone)
-    return AvailabilityOut(timezone=result.timezone, slots=[
-        SlotOut(start=s.start.astimezone(tz), end=s.end.astimezone(tz), staff=s.staff_id)
-        for s in result.slots
-    ])
+    return AvailabilityOut(
+        timezone=result.timezone,
+        slots=[
+            SlotOut(start=s.start.astimezone(tz), end=s.end.astimezone(tz), staff=s.staff_id)
+            for s in result.slots
+        ],
+    )
 
 
 @router.post("/holds", response_model=HoldOut, status_code=201)
 async def create_hold(body: HoldIn, scheduler: SchedulerDep) -> HoldOut:
-    row = await scheduler.hold(business_id=body.business, service_id=body.service,
-                               staff_id=body.staff, start=body.start, holder=body.holder)
+    row = await scheduler.hold(
+        business_id=body.business,
+        service_id=body.service,
+        staff_id=body.staff,
+        start=body.start,
+        holder=body.holder,
+    )
     return HoldOut.of(row, await _zone(scheduler, row.business_id))
 
 
@@ -298,34 +341,60 @@ async def delete_hold(hold_id: str, scheduler: SchedulerDep, business: BusinessQ
 
 
 REPLAYED = "Idempotent-Replayed"
-IdempotencyKey = Annotated[str | None, Header(
-    min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
-    description="Any unique string (a UUID, say; up to 255 printable ASCII characters). A "
-                "retry with the same key and body gets the first answer again, with the header "
-                f"`{REPLAYED}: true`, instead of booking twice; the same key with another body "
-                "is a 422 `idempotency_key_reused`, and a retry while the first request is "
-                "still running a 409 `request_in_progress`. Keys are kept for 24 hours; an "
-                "answer the server could not give (5xx) is not kept.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Any unique string (a UUID, say; up to 255 printable ASCII characters). A "
+        "retry with the same key and body gets the first answer again, with the header "
+        f"`{REPLAYED}: true`, instead of booking twice; the same key with another body "
+        "is a 422 `idempotency_key_reused`, and a retry while the first request is "
+        "still running a 409 `request_in_progress`. Keys are kept for 24 hours; an "
+        "answer the server could not give (5xx) is not kept.",
+    ),
+]
 
 
-@router.post("/appointments", response_model=AppointmentOut, status_code=201, responses={
-    201: {"headers": {REPLAYED: {
-        "description": "`true` when this is the stored answer to an earlier request with the "
-                       "same Idempotency-Key", "schema": {"type": "string", "enum": ["true"]}}}},
-})
-async def create_appointment(body: BookIn, scheduler: SchedulerDep,
-                             idempotency_key: IdempotencyKey = None) -> Any:
+@router.post(
+    "/appointments",
+    response_model=AppointmentOut,
+    status_code=201,
+    responses={
+        201: {
+            "headers": {
+                REPLAYED: {
+                    "description": "`true` when this is the stored answer to an earlier "
+                    "request with the same Idempotency-Key",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            }
+        },
+    },
+)
+async def create_appointment(
+    body: BookIn, scheduler: SchedulerDep, idempotency_key: IdempotencyKey = None
+) -> Any:
     """Book a slot, from a hold or straight; send an `Idempotency-Key` to retry safely."""
     if idempotency_key is None:
         return await _book(body, scheduler)
     business_id = await scheduler.resolve_business(body.business)
     store = IdempotencyStore(engine=scheduler.engine, clock=scheduler.clock)
-    claim = await store.claim(business_id=business_id, key=idempotency_key, request_hash=(
-        fingerprint("POST /api/v1/appointments",
-                    body.model_dump(mode="json") | {"business": business_id})))
+    claim = await store.claim(
+        business_id=business_id,
+        key=idempotency_key,
+        request_hash=(
+            fingerprint(
+                "POST /api/v1/appointments",
+                body.model_dump(mode="json") | {"business": business_id},
+            )
+        ),
+    )
     if isinstance(claim, Replay):
-        return JSONResponse(json.loads(claim.body), status_code=claim.status,
-                            headers={REPLAYED: "true"})
+        return JSONResponse(
+            json.loads(claim.body), status_code=claim.status, headers={REPLAYED: "true"}
+        )
     try:
         # Taken over from a request that died: it may have booked before it could keep its
         # answer. Then that booking is the answer; booking again would only find it in the way.
@@ -345,13 +414,11 @@ async def create_appointment(body: BookIn, scheduler: SchedulerDep,
     try:
         kept = await store.finish(claim, status=201, body=json.dumps(content))
     except Exception:  # the booking stands: answer it; a retry after the lease finds it
-        log.exception("booked %s but could not keep the answer for its Idempotency-Key",
-                      out.id)
+        log.exception("booked %s but could not keep the answer for its Idempotency-Key", out.id)
     else:
         if not kept:
             log.warning("booked %s after its Idempotency-Key was taken over by a retry", out.id)
-    return JSONResponse(content, status_code=201,
-                        headers={REPLAYED: "true"} if earlier else None)
+    return JSONResponse(content, status_code=201, headers={REPLAYED: "true"} if earlier else None)
 
 
 async def _booked_by(claim: Claim, body: BookIn, scheduler: Scheduler) -> AppointmentOut | None:
@@ -367,32 +434,47 @@ async def _booked_by(claim: Claim, body: BookIn, scheduler: Scheduler) -> Appoin
             phone = check_phone(body.phone, phones.region_for(business.phone_numbers))
         except errors.InvalidRequest:
             return None  # it cannot have booked; booking again gives the refusal
-        contact = s.exec(select(Contact).where(Contact.business_id == claim.business_id,
-                                               Contact.phone == phone)).first()
+        contact = s.exec(
+            select(Contact).where(Contact.business_id == claim.business_id, Contact.phone == phone)
+        ).first()
         if contact is None:
             return None
         q = select(Appointment).where(
-            Appointment.business_id == claim.business_id, Appointment.contact_id == contact.id,
-            Appointment.booked_by == "api", col(Appointment.created_at) >= since,
-            col(Appointment.created_at) <= until)
+            Appointment.business_id == claim.business_id,
+            Appointment.contact_id == contact.id,
+            Appointment.booked_by == "api",
+            col(Appointment.created_at) >= since,
+            col(Appointment.created_at) <= until,
+        )
         if body.hold_id is None:  # a hold is gone once booked: its caller and time say enough
-            q = q.where(Appointment.service_id == body.service,
-                        Appointment.staff_id == body.staff, Appointment.start == body.start)
+            q = q.where(
+                Appointment.service_id == body.service,
+                Appointment.staff_id == body.staff,
+                Appointment.start == body.start,
+            )
         return s.exec(q.order_by(col(Appointment.created_at))).first()
 
     row = await in_session(scheduler.engine, find)
     if row is None:
         return None
-    log.info("an Idempotency-Key taken over after its lease answers with %s, booked under it",
-             row.id)
+    log.info(
+        "an Idempotency-Key taken over after its lease answers with %s, booked under it", row.id
+    )
     return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 
 
 async def _book(body: BookIn, scheduler: Scheduler) -> AppointmentOut:
     row = await scheduler.book(
-        business_id=body.business, hold_id=body.hold_id, service_id=body.service,
-        staff_id=body.staff, start=body.start, name=body.name, phone=body.phone,
-        email=body.email, notes=body.notes, booked_by="api",
+        business_id=body.business,
+        hold_id=body.hold_id,
+        service_id=body.service,
+        staff_id=body.staff,
+        start=body.start,
+        name=body.name,
+        phone=body.phone,
+        email=body.email,
+        notes=body.notes,
+        booked_by="api",
     )
     return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 
@@ -401,59 +483,83 @@ async def _book(body: BookIn, scheduler: Scheduler) -> AppointmentOut:
 async def list_appointments(
     scheduler: SchedulerDep,
     business: BusinessQ = None,
-    from_: Annotated[LocalBound | None, Query(
-        alias="from", description="appointments ending after this date or time; without an "
-                                  "offset it is the business's local time")] = None,
-    to: Annotated[LocalBound | None, Query(
-        description="appointments starting before this time, or by the end of this date "
-                    "(inclusive); without an offset it is the business's local time")] = None,
+    from_: Annotated[
+        LocalBound | None,
+        Query(
+            alias="from",
+            description="appointments ending after this date or time; without an "
+            "offset it is the business's local time",
+        ),
+    ] = None,
+    to: Annotated[
+        LocalBound | None,
+        Query(
+            description="appointments starting before this time, or by the end of this date "
+            "(inclusive); without an offset it is the business's local time"
+        ),
+    ] = None,
     staff: str | None = None,
     phone: str | None = None,
     include_inactive: bool = False,
 ) -> list[AppointmentOut]:
     tz = await _zone(scheduler, business)
     rows = await scheduler.appointments(
-        business_id=business, staff_id=staff, phone=phone, include_inactive=include_inactive,
+        business_id=business,
+        staff_id=staff,
+        phone=phone,
+        include_inactive=include_inactive,
         start=None if from_ is None else local_instant(from_, tz),
-        end=None if to is None else local_instant(to, tz, end=True))
+        end=None if to is None else local_instant(to, tz, end=True),
+    )
     return [AppointmentOut.of(r, tz) for r in rows]
 
 
 @router.get("/appointments/{appointment_id}", response_model=AppointmentOut)
-async def get_appointment(appointment_id: str, scheduler: SchedulerDep,
-                          business: BusinessQ = None) -> AppointmentOut:
+async def get_appointment(
+    appointment_id: str, scheduler: SchedulerDep, business: BusinessQ = None
+) -> AppointmentOut:
     row = await scheduler.get_appointment(business_id=business, appointment_id=appointment_id)
     return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 
 
 @router.post("/appointments/{appointment_id}/cancel", response_model=AppointmentOut)
-async def cancel_appointment(appointment_id: str, scheduler: SchedulerDep,
-                             business: BusinessQ = None) -> AppointmentOut:
+async def cancel_appointment(
+    appointment_id: str, scheduler: SchedulerDep, business: BusinessQ = None
+) -> AppointmentOut:
     row = await scheduler.cancel(business_id=business, appointment_id=appointment_id)
     return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 
 
 @router.post("/appointments/{appointment_id}/reschedule", response_model=AppointmentOut)
-async def reschedule_appointment(appointment_id: str, body: RescheduleIn,
-                                 scheduler: SchedulerDep,
-                                 business: BusinessQ = None) -> AppointmentOut:
-    row = await scheduler.reschedule(business_id=business, appointment_id=appointment_id,
-                                     start=body.start, staff_id=body.staff)
+async def reschedule_appointment(
+    appointment_id: str, body: RescheduleIn, scheduler: SchedulerDep, business: BusinessQ = None
+) -> AppointmentOut:
+    row = await scheduler.reschedule(
+        business_id=business, appointment_id=appointment_id, start=body.start, staff_id=body.staff
+    )
     return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 
 
 @router.get("/leads", response_model=list[LeadOut])
-async def list_leads(scheduler: SchedulerDep, business: BusinessQ = None,
-                     outcome: LeadOutcome | None = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[LeadOut]:
-    rows = await scheduler.leads(business_id=business,
-                                 outcome=outcome.value if outcome else None, limit=limit)
+async def list_leads(
+    scheduler: SchedulerDep,
+    business: BusinessQ = None,
+    outcome: LeadOutcome | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[LeadOut]:
+    rows = await scheduler.leads(
+        business_id=business, outcome=outcome.value if outcome else None, limit=limit
+    )
     return [LeadOut.of(r) for r in rows]
 
 
 @router.post("/leads", response_model=LeadOut, status_code=201)
 async def create_lead(body: LeadIn, scheduler: SchedulerDep) -> LeadOut:
-    row = await scheduler.record_lead(business_id=body.business, phone=body.phone,
-                                      name=body.name, reason=body.reason,
-                                      outcome=body.outcome.value)
+    row = await scheduler.record_lead(
+        business_id=body.business,
+        phone=body.phone,
+        name=body.name,
+        reason=body.reason,
+        outcome=body.outcome.value,
+    )
     return LeadOut.of(row)

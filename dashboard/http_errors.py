@@ -43,29 +43,33 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.BookingError)
     async def _domain(request: Request, exc: errors.BookingError) -> JSONResponse:
         status = status_for(exc)
-        log.info("%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code,
-                 exc.message)
+        log.info(
+            "%s %s -> %s %s: %s", request.method, request.url.path, status, exc.code, exc.message
+        )
         return JSONResponse(body_for(exc), status_code=status)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        log.info("%s %s -> %s: %s", request.method, request.url.path, exc.status_code,
-                 exc.detail)
+        log.info("%s %s -> %s: %s", request.method, request.url.path, exc.status_code, exc.detail)
         return JSONResponse(
             {"error": f"http_{exc.status_code}", "message": str(exc.detail)},
-            status_code=exc.status_code, headers=exc.headers,
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")),
-             "reason": e["msg"].removeprefix("Value error, ")}
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")),
+                "reason": e["msg"].removeprefix("Value error, "),
+            }
             for e in exc.errors()
         ]
         log.info("%s %s -> 422 invalid: %s", request.method, request.url.path, problems)
-        text = "; ".join(f"{p['field']}: {p['reason']}" if p["field"] else p["reason"]
-                         for p in problems)
+        text = "; ".join(
+            f"{p['field']}: {p['reason']}" if p["field"] else p["reason"] for p in problems
+        )
         return JSONResponse(
             {"error": "invalid_request", "message": text, "problems": problems},
             status_code=422,

@@ -79,8 +79,9 @@ class AuditLog(SQLModel, table=True):
     actor: str  # the user's email, or "cli" / "system"
     action: str  # e.g. "lead.status", "appointment.cancel", "contact.delete"
     subject: str  # the record's id
-    details: dict[str, Any] = Field(default_factory=dict,
-                                    sa_column=sa.Column(sa.JSON, nullable=False))
+    details: dict[str, Any] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
     at: datetime = _when(nullable=False, default=utcnow)
 
 
@@ -111,7 +112,14 @@ def audit(
     details: dict[str, Any] | None = None,
 ) -> AuditLog:
     """Add an audit entry in the caller's transaction, so it lands with the change or not at all."""
-    row = AuditLog(business_id=business_id, user_id=user_id, actor=actor, action=action,
-                   subject=subject, details=details or {}, at=at)
+    row = AuditLog(
+        business_id=business_id,
+        user_id=user_id,
+        actor=actor,
+        action=action,
+        subject=subject,
+        details=details or {},
+        at=at,
+    )
     session.add(row)
     return row

@@ -30,8 +30,20 @@ from dashboard.webhooks import message_body
 
 # The placeholder's phone: not a number, so no caller's lookup can ever match it.
 ANONYMOUS_PHONE = ""
-PERSONAL_KEYS = frozenset({"name", "phone", "email", "from_number", "caller_phone", "notes",
-                           "note", "reason", "summary", "transcript"})
+PERSONAL_KEYS = frozenset(
+    {
+        "name",
+        "phone",
+        "email",
+        "from_number",
+        "caller_phone",
+        "notes",
+        "note",
+        "reason",
+        "summary",
+        "transcript",
+    }
+)
 EXPORT_VERSION = 1
 
 
@@ -61,13 +73,13 @@ class Erasure:
 
 def find_contacts(s: Session, business_id: str, text: str, *, limit: int = 50) -> list[Contact]:
     """The business's contacts whose name contains `text` or whose number contains its digits."""
-    q = select(Contact).where(Contact.business_id == business_id,
-                              Contact.phone != ANONYMOUS_PHONE)
+    q = select(Contact).where(Contact.business_id == business_id, Contact.phone != ANONYMOUS_PHONE)
     text = text.strip()
     if text:
         digits = "".join(ch for ch in text if ch.isdigit())
-        match = sa.func.lower(sa.func.coalesce(Contact.name, "")).contains(text.lower(),
-                                                                          autoescape=True)
+        match = sa.func.lower(sa.func.coalesce(Contact.name, "")).contains(
+            text.lower(), autoescape=True
+        )
         if len(digits) >= 3:
             match = sa.or_(match, Contact.phone.contains(digits, autoescape=True))  # type: ignore[attr-defined]
         q = q.where(match)
@@ -84,44 +96,92 @@ def load_contact(s: Session, business_id: str, contact_id: str) -> Contact:
 def records(s: Session, business_id: str, contact_id: str) -> ContactRecords:
     """Everything about the contact, read in one transaction."""
     contact = load_contact(s, business_id, contact_id)
-    leads = list(s.exec(select(Lead).where(
-        Lead.business_id == business_id,
-        sa.or_(Lead.contact_id == contact.id, Lead.phone == contact.phone),
-    ).order_by(Lead.created_at, Lead.id)))
-    appointments = list(s.exec(select(Appointment).where(
-        Appointment.business_id == business_id, Appointment.contact_id == contact.id,
-    ).order_by(Appointment.start, Appointment.id)))
+    leads = list(
+        s.exec(
+            select(Lead)
+            .where(
+                Lead.business_id == business_id,
+                sa.or_(Lead.contact_id == contact.id, Lead.phone == contact.phone),
+            )
+            .order_by(Lead.created_at, Lead.id)
+        )
+    )
+    appointments = list(
+        s.exec(
+            select(Appointment)
+            .where(
+                Appointment.business_id == business_id,
+                Appointment.contact_id == contact.id,
+            )
+            .order_by(Appointment.start, Appointment.id)
+        )
+    )
     # A call from a withheld number is theirs through the lead or booking it produced.
     named = {x.call_id for x in [*leads, *appointments] if x.call_id}
-    calls = list(s.exec(select(Call).where(
-        Call.business_id == business_id,
-        sa.or_(Call.contact_id == contact.id, Call.from_number == contact.phone,
-               Call.id.in_(sorted(named))),  # type: ignore[attr-defined]
-    ).order_by(Call.started_at, Call.id)))
+    calls = list(
+        s.exec(
+            select(Call)
+            .where(
+                Call.business_id == business_id,
+                sa.or_(
+                    Call.contact_id == contact.id,
+                    Call.from_number == contact.phone,
+                    Call.id.in_(sorted(named)),
+                ),  # type: ignore[attr-defined]
+            )
+            .order_by(Call.started_at, Call.id)
+        )
+    )
     if calls:  # and every lead of those calls
         known = {lead.id for lead in leads}
-        leads += [lead for lead in s.exec(select(Lead).where(
-            Lead.business_id == business_id,
-            Lead.call_id.in_([c.id for c in calls]),  # type: ignore[union-attr]
-        )) if lead.id not in known]
+        leads += [
+            lead
+            for lead in s.exec(
+                select(Lead).where(
+                    Lead.business_id == business_id,
+                    Lead.call_id.in_([c.id for c in calls]),  # type: ignore[union-attr]
+                )
+            )
+            if lead.id not in known
+        ]
         leads.sort(key=lambda lead: (lead.created_at, lead.id))
-    history = list(s.exec(select(LeadStatusChange).where(
-        LeadStatusChange.lead_id.in_([lead.id for lead in leads]),  # type: ignore[attr-defined]
-    ).order_by(LeadStatusChange.at, LeadStatusChange.id))) if leads else []
-    keys = {contact.id, contact.phone, *(c.id for c in calls), *(lead.id for lead in leads),
-            *(a.id for a in appointments)}
-    return ContactRecords(contact, calls, leads, history, appointments,
-                          _events_naming(s, business_id, keys))
+    history = (
+        list(
+            s.exec(
+                select(LeadStatusChange)
+                .where(
+                    LeadStatusChange.lead_id.in_([lead.id for lead in leads]),  # type: ignore[attr-defined]
+                )
+                .order_by(LeadStatusChange.at, LeadStatusChange.id)
+            )
+        )
+        if leads
+        else []
+    )
+    keys = {
+        contact.id,
+        contact.phone,
+        *(c.id for c in calls),
+        *(lead.id for lead in leads),
+        *(a.id for a in appointments),
+    }
+    return ContactRecords(
+        contact, calls, leads, history, appointments, _events_naming(s, business_id, keys)
+    )
 
 
 def _events_naming(s: Session, business_id: str, keys: set[str]) -> list[OutboxEvent]:
     """The business's outbox events whose payload holds one of `keys` as a value."""
     text = sa.cast(OutboxEvent.payload, sa.Text)
     # A quick textual filter in SQL, then an exact check of the payload's values.
-    candidates = s.exec(select(OutboxEvent).where(
-        OutboxEvent.business_id == business_id,
-        sa.or_(*(text.contains(k, autoescape=True) for k in sorted(keys))),
-    ).order_by(OutboxEvent.created_at, OutboxEvent.id))
+    candidates = s.exec(
+        select(OutboxEvent)
+        .where(
+            OutboxEvent.business_id == business_id,
+            sa.or_(*(text.contains(k, autoescape=True) for k in sorted(keys))),
+        )
+        .order_by(OutboxEvent.created_at, OutboxEvent.id)
+    )
     return [e for e in candidates if keys & set(_values(e.payload))]
 
 
@@ -152,8 +212,9 @@ def export(found: ContactRecords, *, at: datetime) -> dict[str, Any]:
         "business_id": found.contact.business_id,
         "contact": _row(found.contact),
         "calls": [_row(c) for c in found.calls],
-        "leads": [{**_row(lead), "status_history": history.get(lead.id, [])}
-                  for lead in found.leads],
+        "leads": [
+            {**_row(lead), "status_history": history.get(lead.id, [])} for lead in found.leads
+        ],
         "appointments": [_row(a) for a in found.appointments],
         "outbox_events": [_row(e) for e in found.events],
     }
@@ -164,8 +225,9 @@ def export(found: ContactRecords, *, at: datetime) -> dict[str, Any]:
 
 def placeholder(s: Session, business_id: str) -> Contact:
     """The business's anonymous contact, which erased contacts' appointments are moved to."""
-    row = s.exec(select(Contact).where(Contact.business_id == business_id,
-                                       Contact.phone == ANONYMOUS_PHONE)).first()
+    row = s.exec(
+        select(Contact).where(Contact.business_id == business_id, Contact.phone == ANONYMOUS_PHONE)
+    ).first()
     if row is None:
         row = Contact(business_id=business_id, phone=ANONYMOUS_PHONE, name=None, email=None)
         s.add(row)
@@ -182,8 +244,9 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def erase(s: Session, *, business_id: str, contact_id: str, actor: str, user_id: str | None,
-          at: datetime) -> Erasure:
+def erase(
+    s: Session, *, business_id: str, contact_id: str, actor: str, user_id: str | None, at: datetime
+) -> Erasure:
     """Delete the contact with its calls and leads; anonymise its appointments; audit it."""
     found = records(s, business_id, contact_id)
     call_ids = [c.id for c in found.calls]
@@ -201,36 +264,63 @@ def erase(s: Session, *, business_id: str, contact_id: str, actor: str, user_id:
     deliveries = _scrub_events(s, found.events)
     # Earlier audit entries about these records may quote them (a status note): keep the
     # entries, empty the quotes.
-    for entry in s.exec(select(AuditLog).where(
+    for entry in s.exec(
+        select(AuditLog).where(
             AuditLog.business_id == business_id,
-            AuditLog.subject.in_([found.contact.id, *lead_ids, *call_ids]))):  # type: ignore[attr-defined]
+            AuditLog.subject.in_([found.contact.id, *lead_ids, *call_ids]),
+        )
+    ):  # type: ignore[attr-defined]
         entry.details = scrub(entry.details)
         s.add(entry)
     # A hold may name its holder by number or by call, until it is cleaned up.
-    s.execute(sa.delete(Hold).where(Hold.business_id == business_id, Hold.holder.in_(  # type: ignore[attr-defined]
-        [found.contact.phone, *(f"call:{c}" for c in call_ids)])))
+    s.execute(
+        sa.delete(Hold).where(
+            Hold.business_id == business_id,
+            Hold.holder.in_(  # type: ignore[attr-defined]
+                [found.contact.phone, *(f"call:{c}" for c in call_ids)]
+            ),
+        )
+    )
     if lead_ids:
-        s.execute(sa.delete(LeadStatusChange).where(
-            LeadStatusChange.lead_id.in_(lead_ids)))  # type: ignore[attr-defined]
+        s.execute(sa.delete(LeadStatusChange).where(LeadStatusChange.lead_id.in_(lead_ids)))  # type: ignore[attr-defined]
         s.execute(sa.delete(Lead).where(Lead.id.in_(lead_ids)))  # type: ignore[attr-defined]
     if call_ids:
         # Another contact's records may point at these calls (a call about someone else).
-        s.execute(sa.update(Lead).where(Lead.call_id.in_(call_ids))  # type: ignore[union-attr]
-                  .values(call_id=None))
-        s.execute(sa.update(Appointment).where(
-            Appointment.call_id.in_(call_ids)).values(call_id=None))  # type: ignore[union-attr]
+        s.execute(
+            sa.update(Lead)
+            .where(Lead.call_id.in_(call_ids))  # type: ignore[union-attr]
+            .values(call_id=None)
+        )
+        s.execute(
+            sa.update(Appointment).where(Appointment.call_id.in_(call_ids)).values(call_id=None)
+        )  # type: ignore[union-attr]
         s.execute(sa.delete(Call).where(Call.id.in_(call_ids)))  # type: ignore[attr-defined]
     s.flush()
     s.delete(found.contact)
-    result = Erasure(contact_id=found.contact.id, calls=call_ids, leads=lead_ids,
-                     appointments=[a.id for a in found.appointments], events=len(found.events),
-                     deliveries=deliveries)
-    audit(s, business_id=business_id, actor=actor, user_id=user_id, action="contact.delete",
-          subject=found.contact.id, at=at, details={
-              "calls_deleted": result.calls, "leads_deleted": result.leads,
-              "appointments_anonymised": result.appointments,
-              "outbox_events_scrubbed": result.events,
-              "webhook_deliveries_scrubbed": result.deliveries})
+    result = Erasure(
+        contact_id=found.contact.id,
+        calls=call_ids,
+        leads=lead_ids,
+        appointments=[a.id for a in found.appointments],
+        events=len(found.events),
+        deliveries=deliveries,
+    )
+    audit(
+        s,
+        business_id=business_id,
+        actor=actor,
+        user_id=user_id,
+        action="contact.delete",
+        subject=found.contact.id,
+        at=at,
+        details={
+            "calls_deleted": result.calls,
+            "leads_deleted": result.leads,
+            "appointments_anonymised": result.appointments,
+            "outbox_events_scrubbed": result.events,
+            "webhook_deliveries_scrubbed": result.deliveries,
+        },
+    )
     s.flush()
     return result
 
@@ -242,8 +332,7 @@ def _scrub_events(s: Session, events: list[OutboxEvent]) -> int:
         event.payload = scrub(event.payload)
         s.add(event)
         body = message_body(event.type, event.created_at, event.payload)
-        for delivery in s.exec(select(WebhookDelivery).where(
-                WebhookDelivery.event_id == event.id)):
+        for delivery in s.exec(select(WebhookDelivery).where(WebhookDelivery.event_id == event.id)):
             delivery.body = body
             s.add(delivery)
             scrubbed += 1

@@ -21,8 +21,9 @@ from booking.models import Staff
 from booking.scheduler import Scheduler
 from dashboard.api import ERRORS, get_scheduler, require_api_key
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["staff"],
-                   responses=ERRORS)
+router = APIRouter(
+    prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["staff"], responses=ERRORS
+)
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
 
@@ -37,19 +38,27 @@ class StaffOut(BaseModel):
 
     @classmethod
     def of(cls, row: Staff) -> StaffOut:
-        return cls(id=row.id, name=row.name, timezone=row.timezone,
-                   weekly_hours=row.weekly_hours, overrides=row.overrides,
-                   time_off=row.time_off)
+        return cls(
+            id=row.id,
+            name=row.name,
+            timezone=row.timezone,
+            weekly_hours=row.weekly_hours,
+            overrides=row.overrides,
+            time_off=row.time_off,
+        )
 
 
 class AvailabilityIn(BaseModel):
     weekly_hours: dict[str, list[str]] = Field(
-        default_factory=dict, examples=[{"mon": ["09:00-12:00", "13:00-17:00"]}])
+        default_factory=dict, examples=[{"mon": ["09:00-12:00", "13:00-17:00"]}]
+    )
     overrides: list[dict[str, Any]] = Field(
-        default_factory=list, examples=[[{"date": "2026-12-24", "hours": []}]])
+        default_factory=list, examples=[[{"date": "2026-12-24", "hours": []}]]
+    )
     time_off: list[dict[str, Any]] = Field(
         default_factory=list,
-        examples=[[{"start": "2026-12-25T00:00", "end": "2026-12-26T00:00", "reason": "Holiday"}]])
+        examples=[[{"start": "2026-12-25T00:00", "end": "2026-12-26T00:00", "reason": "Holiday"}]],
+    )
     timezone: str | None = None
 
 
@@ -60,13 +69,15 @@ async def list_staff(scheduler: SchedulerDep, business: BusinessQ = None) -> lis
 
 
 @router.put("/staff/{staff_id}/availability", response_model=StaffOut)
-async def set_availability(staff_id: str, body: AvailabilityIn, scheduler: SchedulerDep,
-                           business: BusinessQ = None) -> StaffOut:
+async def set_availability(
+    staff_id: str, body: AvailabilityIn, scheduler: SchedulerDep, business: BusinessQ = None
+) -> StaffOut:
     business_id = await scheduler.resolve_business(business)
 
     def find(s: Session) -> Staff:
-        row = s.exec(select(Staff).where(Staff.business_id == business_id,
-                                         Staff.id == staff_id)).first()
+        row = s.exec(
+            select(Staff).where(Staff.business_id == business_id, Staff.id == staff_id)
+        ).first()
         if row is None:
             raise errors.NotFound(f"no staff member {staff_id!r}")
         return row
@@ -95,11 +106,16 @@ def _validated(row: Staff, body: AvailabilityIn) -> dict[str, Any]:
     is not known here) and are left as they are.
     """
     try:
-        entry = StaffEntry.model_validate({
-            "id": row.id, "name": row.name,
-            "timezone": body.timezone if body.timezone is not None else row.timezone,
-            "weekly_hours": body.weekly_hours, "overrides": body.overrides,
-            "time_off": body.time_off})
+        entry = StaffEntry.model_validate(
+            {
+                "id": row.id,
+                "name": row.name,
+                "timezone": body.timezone if body.timezone is not None else row.timezone,
+                "weekly_hours": body.weekly_hours,
+                "overrides": body.overrides,
+                "time_off": body.time_off,
+            }
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])

@@ -79,12 +79,25 @@ def add_user(
             raise errors.NotFound(f"no staff member {staff_id!r} at {business_id}")
         if s.exec(select(User).where(User.email == email)).first() is not None:
             raise AccountExists(f"there is already an account for {email}")
-        user = User(business_id=business_id, email=email, password_hash=password_hash,
-                    role=role, staff_id=staff_id, created_at=now)
+        user = User(
+            business_id=business_id,
+            email=email,
+            password_hash=password_hash,
+            role=role,
+            staff_id=staff_id,
+            created_at=now,
+        )
         s.add(user)
         s.flush()
-        audit(s, business_id=business_id, actor="cli", action="user.add", subject=user.id,
-              details={"email": email, "role": role, "staff_id": staff_id}, at=now)
+        audit(
+            s,
+            business_id=business_id,
+            actor="cli",
+            action="user.add",
+            subject=user.id,
+            details={"email": email, "role": role, "staff_id": staff_id},
+            at=now,
+        )
         return user
 
 
@@ -115,8 +128,11 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--email", required=True)
     s.add_argument("--role", required=True, choices=[r.value for r in Role])
     s.add_argument("--staff", help="the staff member a staff account belongs to")
-    s.add_argument("--password-stdin", action="store_true",
-                   help="read the password from the first line of stdin instead of asking")
+    s.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of asking",
+    )
 
 
 def read_password(*, from_stdin: bool) -> str:

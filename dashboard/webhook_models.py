@@ -39,8 +39,9 @@ class Webhook(SQLModel, table=True):
     business_id: str = Field(foreign_key="business.id", max_length=64, index=True)
     url: str
     secret: str  # "whsec_" + base64 of 32 random bytes
-    event_types: list[str] = Field(default_factory=list,
-                                   sa_column=sa.Column(sa.JSON, nullable=False))
+    event_types: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
     active: bool = True
     description: str | None = None
     created_at: datetime = _when(nullable=False, default=utcnow)

@@ -107,8 +107,12 @@ def signed_headers(secret: str, *, msg_id: str, body: str, now: datetime) -> dic
 def message_body(event_type: str, at: datetime, data: dict[str, Any]) -> str:
     """The JSON body: `type`, `timestamp` (when it happened, ISO 8601) and the event's `data`."""
     stamp = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({"type": event_type, "timestamp": stamp, "data": data},
-                      separators=(",", ":"), ensure_ascii=False, default=str)
+    return json.dumps(
+        {"type": event_type, "timestamp": stamp, "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
 
 
 def check_url(url: str) -> str:
@@ -116,8 +120,9 @@ def check_url(url: str) -> str:
     url = (url or "").strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.InvalidRequest("the webhook URL must start with http:// or https:// "
-                                    "and name a host")
+        raise errors.InvalidRequest(
+            "the webhook URL must start with http:// or https:// and name a host"
+        )
     if len(url) > 2000:
         raise errors.InvalidRequest("the webhook URL is too long")
     return url
@@ -126,8 +131,9 @@ def check_url(url: str) -> str:
 def check_event_types(event_types: list[str]) -> list[str]:
     unknown = sorted(set(event_types) - set(EVENT_TYPES))
     if unknown:
-        raise errors.InvalidRequest(f"unknown event types: {', '.join(unknown)}; "
-                                    f"choose from {', '.join(EVENT_TYPES)}")
+        raise errors.InvalidRequest(
+            f"unknown event types: {', '.join(unknown)}; choose from {', '.join(EVENT_TYPES)}"
+        )
     if not event_types:
         raise errors.InvalidRequest("choose at least one event type")
     return [t for t in EVENT_TYPES if t in event_types]
@@ -146,12 +152,17 @@ class Webhooks:
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
         return await in_session(self.engine, fn, write=write)
 
-    async def create(self, *, business_id: str, url: str, event_types: list[str],
-                     description: str | None = None) -> Webhook:
+    async def create(
+        self, *, business_id: str, url: str, event_types: list[str], description: str | None = None
+    ) -> Webhook:
         await check_public_url(check_url(url), allow_private=self.allow_private)
-        row = Webhook(business_id=business_id, url=check_url(url),
-                      event_types=check_event_types(event_types), secret=new_secret(),
-                      description=(description or "").strip()[:200] or None)
+        row = Webhook(
+            business_id=business_id,
+            url=check_url(url),
+            event_types=check_event_types(event_types),
+            secret=new_secret(),
+            description=(description or "").strip()[:200] or None,
+        )
 
         def write(s: Session) -> Webhook:
             s.add(row)
@@ -161,16 +172,29 @@ class Webhooks:
         return await self._db(write, write=True)
 
     async def of_business(self, business_id: str) -> list[Webhook]:
-        return await self._db(lambda s: list(s.exec(
-            select(Webhook).where(Webhook.business_id == business_id)
-            .order_by(Webhook.created_at, Webhook.id))))
+        return await self._db(
+            lambda s: list(
+                s.exec(
+                    select(Webhook)
+                    .where(Webhook.business_id == business_id)
+                    .order_by(Webhook.created_at, Webhook.id)
+                )
+            )
+        )
 
     async def get(self, *, business_id: str, webhook_id: str) -> Webhook:
         return await self._db(lambda s: _own(s, business_id, webhook_id))
 
-    async def update(self, *, business_id: str, webhook_id: str, url: str | None = None,
-                     event_types: list[str] | None = None, active: bool | None = None,
-                     description: str | None = None) -> Webhook:
+    async def update(
+        self,
+        *,
+        business_id: str,
+        webhook_id: str,
+        url: str | None = None,
+        event_types: list[str] | None = None,
+        active: bool | None = None,
+        description: str | None = None,
+    ) -> Webhook:
         if url is not None:
             await check_public_url(check_url(url), allow_private=self.allow_private)
 
@@ -200,16 +224,21 @@ class Webhooks:
 
         await self._db(write, write=True)
 
-    async def deliveries(self, *, business_id: str, webhook_id: str, limit: int = 50
-                         ) -> list[WebhookDelivery]:
+    async def deliveries(
+        self, *, business_id: str, webhook_id: str, limit: int = 50
+    ) -> list[WebhookDelivery]:
         """The endpoint's delivery log, newest first."""
 
         def load(s: Session) -> list[WebhookDelivery]:
             _own(s, business_id, webhook_id)
-            return list(s.exec(
-                select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
-                .order_by(sa.desc(WebhookDelivery.created_at), sa.desc(WebhookDelivery.id))
-                .limit(limit)))
+            return list(
+                s.exec(
+                    select(WebhookDelivery)
+                    .where(WebhookDelivery.webhook_id == webhook_id)
+                    .order_by(sa.desc(WebhookDelivery.created_at), sa.desc(WebhookDelivery.id))
+                    .limit(limit)
+                )
+            )
 
         return await self._db(load)
 
@@ -247,8 +276,9 @@ class _Due:
     body: str
 
 
-async def post_signed(client: httpx.AsyncClient, due: _Due, *, now: datetime,
-                      time_limit: float) -> Attempt:
+async def post_signed(
+    client: httpx.AsyncClient, due: _Due, *, now: datetime, time_limit: float
+) -> Attempt:
     """POST one signed message, time-boxed; never raises for the endpoint's failures."""
     headers = signed_headers(due.secret, msg_id=due.event_id, body=due.body, now=now)
     started = time.perf_counter()
@@ -259,8 +289,9 @@ async def post_signed(client: httpx.AsyncClient, due: _Due, *, now: datetime,
     try:
         async with asyncio.timeout(time_limit):
             # Streamed and never read: an endpoint's answer body is not ours to download.
-            async with client.stream("POST", due.url, content=due.body.encode(),
-                                     headers=headers) as response:
+            async with client.stream(
+                "POST", due.url, content=due.body.encode(), headers=headers
+            ) as response:
                 return Attempt(response.status_code, None, elapsed())
     except TimeoutError:
         return Attempt(None, f"timed out after {time_limit:g} s", elapsed())
@@ -290,8 +321,9 @@ class WebhookDispatcher:
         self.poll_interval = poll_interval
         self.retry_delays = retry_delays
         self.batch = batch
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                         transport=transport)
+        self._client = httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, transport=transport
+        )
         self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
@@ -303,8 +335,12 @@ class WebhookDispatcher:
     async def __aenter__(self) -> WebhookDispatcher:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.aclose()
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
@@ -380,17 +416,24 @@ class WebhookDispatcher:
 
     async def _attempt(self, due: _Due, *, max_attempts: int | None = None) -> Attempt:
         async with self._limit:
-            attempt = await post_signed(self._client, due, now=self.clock.now(),
-                                        time_limit=self.timeout)
+            attempt = await post_signed(
+                self._client, due, now=self.clock.now(), time_limit=self.timeout
+            )
         limit = max_attempts or self.max_attempts
         recorded = self.clock.now()
-        await self._db(lambda s: _record(s, due, attempt, recorded, limit, self.retry_delays),
-                       write=True)
+        await self._db(
+            lambda s: _record(s, due, attempt, recorded, limit, self.retry_delays), write=True
+        )
         if not attempt.ok:
             # Scheme and host only: webhook URLs often carry a token in their path or query.
             where = urlsplit(due.url)
-            log.info("webhook delivery %s to %s://%s failed: %s", due.delivery_id, where.scheme,
-                     where.hostname, attempt.error or f"HTTP {attempt.status_code}")
+            log.info(
+                "webhook delivery %s to %s://%s failed: %s",
+                due.delivery_id,
+                where.scheme,
+                where.hostname,
+                attempt.error or f"HTTP {attempt.status_code}",
+            )
         return attempt
 
     async def send_test(self, *, business_id: str, webhook_id: str) -> WebhookDelivery:
@@ -401,14 +444,24 @@ class WebhookDispatcher:
         def create(s: Session) -> _Due:
             hook = _own(s, business_id, webhook_id)
             event_id = new_id("evt_test")
-            body = message_body(TEST_EVENT_TYPE, now, {
-                "business_id": business_id, "webhook_id": hook.id,
-                "message": "A test event from Frontdesk.",
-            })
-            row = WebhookDelivery(webhook_id=hook.id, event_id=event_id,
-                                  event_type=TEST_EVENT_TYPE, body=body, claim=token,
-                                  next_attempt_at=now + timedelta(seconds=self.timeout + 30),
-                                  created_at=now)
+            body = message_body(
+                TEST_EVENT_TYPE,
+                now,
+                {
+                    "business_id": business_id,
+                    "webhook_id": hook.id,
+                    "message": "A test event from Frontdesk.",
+                },
+            )
+            row = WebhookDelivery(
+                webhook_id=hook.id,
+                event_id=event_id,
+                event_type=TEST_EVENT_TYPE,
+                body=body,
+                claim=token,
+                next_attempt_at=now + timedelta(seconds=self.timeout + 30),
+                created_at=now,
+            )
             s.add(row)
             s.flush()
             return _Due(row.id, token, hook.url, hook.secret, event_id, body)
@@ -428,76 +481,115 @@ def _delivery(s: Session, delivery_id: str) -> WebhookDelivery:
 def _new_events(s: Session) -> SelectOfScalar[OutboxEvent]:
     """Outbox events not fanned out yet, oldest first, from the scan window on."""
     floor = s.exec(select(sa.func.max(WebhookFanout.event_created_at))).one()
-    q = (select(OutboxEvent)
-         .outerjoin(WebhookFanout, WebhookFanout.event_id == OutboxEvent.id)  # type: ignore[arg-type]
-         .where(WebhookFanout.event_id.is_(None)))  # type: ignore[union-attr]
+    q = (
+        select(OutboxEvent)
+        .outerjoin(WebhookFanout, WebhookFanout.event_id == OutboxEvent.id)  # type: ignore[arg-type]
+        .where(WebhookFanout.event_id.is_(None))
+    )  # type: ignore[union-attr]
     if floor is not None:
         q = q.where(OutboxEvent.created_at >= floor - FANOUT_LAG)
     return q.order_by(OutboxEvent.created_at, OutboxEvent.id)
 
 
 def _fan_out(s: Session, now: datetime, batch: int) -> int:
-    q = _new_events(s).limit(batch).with_for_update(
-        skip_locked=True, of=OutboxEvent)  # type: ignore[arg-type]
+    q = _new_events(s).limit(batch).with_for_update(skip_locked=True, of=OutboxEvent)  # type: ignore[arg-type]
     events = list(s.exec(q))
     if not events:
         return 0
-    hooks = list(s.exec(select(Webhook).where(
-        Webhook.business_id.in_({e.business_id for e in events}),  # type: ignore[attr-defined]
-        Webhook.active == True)))  # noqa: E712
+    hooks = list(
+        s.exec(
+            select(Webhook).where(
+                Webhook.business_id.in_({e.business_id for e in events}),  # type: ignore[attr-defined]
+                Webhook.active == True,  # noqa: E712
+            )
+        )
+    )  # noqa: E712
     for event in events:
-        subscribed = [h for h in hooks
-                      if h.business_id == event.business_id and event.type in h.event_types]
+        subscribed = [
+            h for h in hooks if h.business_id == event.business_id and event.type in h.event_types
+        ]
         body = message_body(event.type, event.created_at, event.payload)
         for hook in subscribed:
-            s.add(WebhookDelivery(webhook_id=hook.id, event_id=event.id, event_type=event.type,
-                                  body=body, next_attempt_at=now, created_at=now))
-        s.add(WebhookFanout(event_id=event.id, event_created_at=event.created_at,
-                            deliveries=len(subscribed)))
+            s.add(
+                WebhookDelivery(
+                    webhook_id=hook.id,
+                    event_id=event.id,
+                    event_type=event.type,
+                    body=body,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+        s.add(
+            WebhookFanout(
+                event_id=event.id, event_created_at=event.created_at, deliveries=len(subscribed)
+            )
+        )
     s.flush()
     return len(events)
 
 
 def _prune(s: Session, before: datetime) -> int:
-    gone = s.execute(sa.delete(WebhookDelivery).where(
-        WebhookDelivery.status != DeliveryStatus.PENDING.value,
-        WebhookDelivery.created_at < before))
+    gone = s.execute(
+        sa.delete(WebhookDelivery).where(
+            WebhookDelivery.status != DeliveryStatus.PENDING.value,
+            WebhookDelivery.created_at < before,
+        )
+    )
     floor = s.exec(select(sa.func.max(WebhookFanout.event_created_at))).one()
     if floor is not None:
         # Markers well below the scan window are never looked at again.
-        s.execute(sa.delete(WebhookFanout).where(
-            WebhookFanout.event_created_at < min(before, floor - 2 * FANOUT_LAG)))
+        s.execute(
+            sa.delete(WebhookFanout).where(
+                WebhookFanout.event_created_at < min(before, floor - 2 * FANOUT_LAG)
+            )
+        )
     return int(gone.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _due(now: datetime) -> SelectOfScalar[WebhookDelivery]:
     """Pending deliveries whose time has come, to active endpoints, most overdue first."""
-    return (select(WebhookDelivery)
-            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)  # type: ignore[arg-type]
-            .where(WebhookDelivery.status == DeliveryStatus.PENDING.value,
-                   WebhookDelivery.next_attempt_at <= now,
-                   Webhook.active == True)  # noqa: E712
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id))
+    return (
+        select(WebhookDelivery)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)  # type: ignore[arg-type]
+        .where(
+            WebhookDelivery.status == DeliveryStatus.PENDING.value,
+            WebhookDelivery.next_attempt_at <= now,
+            Webhook.active == True,  # noqa: E712
+        )
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+    )
 
 
 def _claim(s: Session, now: datetime, lease: timedelta, batch: int) -> list[_Due]:
-    rows = list(s.exec(_due(now).limit(batch).with_for_update(
-        skip_locked=True, of=WebhookDelivery)))  # type: ignore[arg-type]
-    hooks = {h.id: h for h in s.exec(select(Webhook).where(
-        Webhook.id.in_({d.webhook_id for d in rows})))}  # type: ignore[attr-defined]
+    rows = list(
+        s.exec(_due(now).limit(batch).with_for_update(skip_locked=True, of=WebhookDelivery))
+    )  # type: ignore[arg-type]
+    hooks = {
+        h.id: h for h in s.exec(select(Webhook).where(Webhook.id.in_({d.webhook_id for d in rows})))
+    }  # type: ignore[attr-defined]
     due = []
     for delivery in rows:
         hook = hooks[delivery.webhook_id]
         delivery.claim = uuid.uuid4().hex
         delivery.next_attempt_at = now + lease
         s.add(delivery)
-        due.append(_Due(delivery.id, delivery.claim, hook.url, hook.secret, delivery.event_id,
-                        delivery.body))
+        due.append(
+            _Due(
+                delivery.id, delivery.claim, hook.url, hook.secret, delivery.event_id, delivery.body
+            )
+        )
     return due
 
 
-def _record(s: Session, due: _Due, attempt: Attempt, now: datetime, max_attempts: int,
-            delays: tuple[float, ...]) -> None:
+def _record(
+    s: Session,
+    due: _Due,
+    attempt: Attempt,
+    now: datetime,
+    max_attempts: int,
+    delays: tuple[float, ...],
+) -> None:
     row = s.get(WebhookDelivery, due.delivery_id, with_for_update=True)
     if row is None or row.claim != due.claim:
         return  # deleted meanwhile, or our lease lapsed and another dispatcher took over

@@ -33,8 +33,9 @@ async def _authorize_linking(request: Request, staff_id: str) -> str:
             raise HTTPException(403, "you may only link your own calendars")
         return user.business_id
     try:
-        api.require_api_key(request, request.headers.get("authorization"),
-                            request.headers.get("x-api-key"))
+        api.require_api_key(
+            request, request.headers.get("authorization"), request.headers.get("x-api-key")
+        )
     except HTTPException:
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise web_auth.LoginRequired(path) from None
@@ -57,8 +58,11 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
         app.state.calendar_service = service
         job = None
         if service is not None and settings.calendar_sync_seconds:
-            job = asyncio.create_task(service.run_forever(
-                settings.calendar_sync_seconds, poll=settings.calendar_poll_seconds))
+            job = asyncio.create_task(
+                service.run_forever(
+                    settings.calendar_sync_seconds, poll=settings.calendar_poll_seconds
+                )
+            )
         webhooks.start_dispatcher(app)
         yield
         await webhooks.stop_dispatcher(app)
@@ -71,10 +75,15 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
         app.state.scheduler.engine.dispose()
 
     # The docs pages are added by web_security, each with the policy its CDN scripts need.
-    app = web_security.SecureFastAPI(title="Frontdesk", version="0.1.0", lifespan=lifespan,
-                                     docs_url=None, redoc_url=None,
-                                     allowed_hosts=settings.hosts_answered(),
-                                     trusted_proxies=settings.trusted_proxies)
+    app = web_security.SecureFastAPI(
+        title="Frontdesk",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        allowed_hosts=settings.hosts_answered(),
+        trusted_proxies=settings.trusted_proxies,
+    )
     web_security.add_docs(app)
     app.state.scheduler = scheduler
     app.state.settings = settings
@@ -90,7 +99,8 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     app.include_router(web.router)
     app.include_router(calendar_web.router)
     app.state.calendar_guard = calendar_web.CalendarGuard(
-        authorize=_authorize_linking, verify_form=_verify_linking_form)
+        authorize=_authorize_linking, verify_form=_verify_linking_form
+    )
     web.install(app)
 
     @app.get("/healthz", include_in_schema=False)

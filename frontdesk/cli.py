@@ -53,7 +53,8 @@ def _iso(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date-time") from None
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(
-            f"{value!r} needs a UTC offset, e.g. 2026-12-01T09:00-05:00")
+            f"{value!r} needs a UTC offset, e.g. 2026-12-01T09:00-05:00"
+        )
     return parsed
 
 
@@ -72,15 +73,22 @@ def _text(value: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="frontdesk", description="AI phone receptionist")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="log INFO lines to stderr too (otherwise warnings and errors only)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log INFO lines to stderr too (otherwise warnings and errors only)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the web server (API under /api/v1)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
-    s.add_argument("--demo", action="store_true",
-                   help="import the demo business (examples/demo-business.yaml) first")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="import the demo business (examples/demo-business.yaml) first",
+    )
 
     sub.add_parser("migrate", help="apply database migrations")
 
@@ -90,8 +98,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a business back as YAML or JSON")
     s.add_argument("--business")
     s.add_argument("--format", choices=["yaml", "json"], default="yaml")
-    s.add_argument("-o", "--output", type=Path,
-                   help="the file to write (calendar paths are made relative to its folder)")
+    s.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the file to write (calendar paths are made relative to its folder)",
+    )
 
     s = sub.add_parser("availability", help="list every bookable slot in a date range")
     s.add_argument("--business")
@@ -121,8 +133,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("chat", help="talk to the phone agent in this terminal")
     s.add_argument("--business")
-    s.add_argument("--caller", type=_text,
-                   help="the caller's number in E.164, e.g. +12025552200")
+    s.add_argument("--caller", type=_text, help="the caller's number in E.164, e.g. +12025552200")
     s.add_argument("--now", type=_iso, help=argparse.SUPPRESS)
 
     cli_calendars.add_parsers(sub)
@@ -135,19 +146,33 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--email", type=_text, required=True)
     s.add_argument("--role", required=True, choices=ROLES)
     s.add_argument("--staff", help="the staff member a staff account belongs to")
-    s.add_argument("--password-stdin", action="store_true",
-                   help="read the password from the first line of stdin instead of asking")
+    s.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of asking",
+    )
 
     for command in sub.choices.values():  # `--verbose` after the command works too
-        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                             help=argparse.SUPPRESS)
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
     return p
 
 
 COMMANDS: dict[str, str] = {
-    "serve": "cmd_serve", "migrate": "cmd_migrate", "import": "cmd_import",
-    "export": "cmd_export", "availability": "cmd_availability", "book": "cmd_book",
-    "cancel": "cmd_cancel", "chat": "cmd_chat", "users": "cmd_users",
+    "serve": "cmd_serve",
+    "migrate": "cmd_migrate",
+    "import": "cmd_import",
+    "export": "cmd_export",
+    "availability": "cmd_availability",
+    "book": "cmd_book",
+    "cancel": "cmd_cancel",
+    "chat": "cmd_chat",
+    "users": "cmd_users",
     "calendars": "frontdesk.cli_calendars:cmd_calendars",
     "keygen": "frontdesk.cli_calendars:cmd_keygen",
 }
@@ -162,15 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"FRONTDESK_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"FRONTDESK_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
         _err(f"configuration error: {problems}")
         return 2
-    _configure_logging(settings.log_level, verbose=args.verbose,
-                       serving=args.command == "serve")
+    _configure_logging(settings.log_level, verbose=args.verbose, serving=args.command == "serve")
     name = COMMANDS[args.command]
     command: Callable[[argparse.Namespace, Settings], int] = (
-        getattr(cli_calendars, name.split(":")[1]) if ":" in name else globals()[name])
+        getattr(cli_calendars, name.split(":")[1]) if ":" in name else globals()[name]
+    )
     try:
         code = command(args, settings)
         sys.stdout.flush()
@@ -201,8 +227,9 @@ def _configure_logging(level: str, *, verbose: bool, serving: bool) -> None:
     elif verbose:
         configured = min(configured, logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                  datefmt="%Y-%m-%dT%H:%M:%SZ")
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ"
+    )
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger()
@@ -254,9 +281,15 @@ def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     business = _run(scheduler, scheduler.resolve_business(args.business))
     password = users.read_password(from_stdin=args.password_stdin)
     try:
-        user = users.add_user(scheduler.engine, business_id=business, email=args.email,
-                              password=password, role=args.role, staff_id=args.staff,
-                              now=scheduler.clock.now())
+        user = users.add_user(
+            scheduler.engine,
+            business_id=business,
+            email=args.email,
+            password=password,
+            role=args.role,
+            staff_id=args.staff,
+            now=scheduler.clock.now(),
+        )
     except users.AccountExists as exc:  # a well-formed request, refused: exit 1
         raise CommandError(exc.message) from None
     print(f"{user.id}: {user.email} ({user.role}) at {business}")
@@ -312,13 +345,26 @@ def cmd_availability(args: argparse.Namespace, settings: Settings) -> int:
     from zoneinfo import ZoneInfo
 
     scheduler = _scheduler(args, settings)
-    result = _run(scheduler, scheduler.availability(
-        business_id=args.business, service_id=args.service, staff_id=args.staff,
-        first_day=args.first, last_day=args.last, now=args.now,
-    ))
+    result = _run(
+        scheduler,
+        scheduler.availability(
+            business_id=args.business,
+            service_id=args.service,
+            staff_id=args.staff,
+            first_day=args.first,
+            last_day=args.last,
+            now=args.now,
+        ),
+    )
     tz = ZoneInfo(result.timezone)
-    rows = [{"start": s.start.astimezone(tz).isoformat(), "end": s.end.astimezone(tz).isoformat(),
-             "staff": s.staff_id} for s in result.slots]
+    rows = [
+        {
+            "start": s.start.astimezone(tz).isoformat(),
+            "end": s.end.astimezone(tz).isoformat(),
+            "staff": s.staff_id,
+        }
+        for s in result.slots
+    ]
     if args.json:
         print(json.dumps({"timezone": result.timezone, "slots": rows}, indent=2))
         return 0
@@ -331,15 +377,34 @@ def cmd_availability(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_book(args: argparse.Namespace, settings: Settings) -> int:
     scheduler = _scheduler(args, settings)
-    row = _run(scheduler, scheduler.book(
-        business_id=args.business, service_id=args.service, staff_id=args.staff,
-        start=args.start, name=args.name, phone=args.phone, email=args.email, notes=args.notes,
-        booked_by="cli", now=args.now,
-    ))
+    row = _run(
+        scheduler,
+        scheduler.book(
+            business_id=args.business,
+            service_id=args.service,
+            staff_id=args.staff,
+            start=args.start,
+            name=args.name,
+            phone=args.phone,
+            email=args.email,
+            notes=args.notes,
+            booked_by="cli",
+            now=args.now,
+        ),
+    )
     if args.json:
-        print(json.dumps({"id": row.id, "start": row.start.isoformat(),
-                          "end": row.end.isoformat(), "staff": row.staff_id,
-                          "service": row.service_id, "status": row.status}))
+        print(
+            json.dumps(
+                {
+                    "id": row.id,
+                    "start": row.start.isoformat(),
+                    "end": row.end.isoformat(),
+                    "staff": row.staff_id,
+                    "service": row.service_id,
+                    "status": row.status,
+                }
+            )
+        )
     else:
         print(row.id)
     return 0
@@ -356,8 +421,17 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     from agent.chat import run_chat
 
     scheduler = _scheduler(args, settings)
-    _run(scheduler, run_chat(settings=settings, scheduler=scheduler, business_id=args.business,
-                             caller=args.caller, lines=sys.stdin, out=sys.stdout))
+    _run(
+        scheduler,
+        run_chat(
+            settings=settings,
+            scheduler=scheduler,
+            business_id=args.business,
+            caller=args.caller,
+            lines=sys.stdin,
+            out=sys.stdout,
+        ),
+    )
     return 0
 
 
@@ -387,16 +461,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"Frontdesk is running on {url} (listening on {host}:{port})")
     print(f"  API docs:      {url}/docs")
     first, last = date.today() + timedelta(days=1), date.today() + timedelta(days=7)
-    print(f"  Availability:  curl -H 'Authorization: Bearer {key}' "
-          f"'{url}/api/v1/availability?service=cleaning"
-          f"&from={first}&to={last}&limit=5'")
-    print(f"  Dashboard:     {url}/login  (make an account first: "
-          "frontdesk users add --business ID --email you@example.com --role owner)")
+    print(
+        f"  Availability:  curl -H 'Authorization: Bearer {key}' "
+        f"'{url}/api/v1/availability?service=cleaning"
+        f"&from={first}&to={last}&limit=5'"
+    )
+    print(
+        f"  Dashboard:     {url}/login  (make an account first: "
+        "frontdesk users add --business ID --email you@example.com --role owner)"
+    )
     if generated:
         print("  (API key generated for this run; set FRONTDESK_API_KEY to keep one)")
     sys.stdout.flush()
-    uvicorn.run(create_app(settings, scheduler=scheduler), host=host, port=port,
-                log_level=settings.log_level.lower(), **SERVER_OPTIONS)
+    uvicorn.run(
+        create_app(settings, scheduler=scheduler),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        **SERVER_OPTIONS,
+    )
     return 0
 
 

@@ -38,11 +38,15 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("provider", choices=["google", "microsoft", "caldav", "ics"])
     s.add_argument("--business")
     s.add_argument("--staff", required=True)
-    s.add_argument("--url", help="CalDAV: the server or calendar URL "
-                                 "(iCloud: https://caldav.icloud.com/)")
+    s.add_argument(
+        "--url", help="CalDAV: the server or calendar URL (iCloud: https://caldav.icloud.com/)"
+    )
     s.add_argument("--username", help="CalDAV: the account name (iCloud: your Apple ID)")
-    s.add_argument("--password-stdin", action="store_true",
-                   help="CalDAV: read the (app-specific) password from stdin instead of asking")
+    s.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="CalDAV: read the (app-specific) password from stdin instead of asking",
+    )
     s.add_argument("--source", help="ICS: an absolute file path or an https:// feed URL")
     s.add_argument("--name", help="a label for the link")
 
@@ -59,8 +63,11 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("id")
     s.add_argument("--business")
 
-    s = cs.add_parser("sync", help="refresh every linked calendar now (or the one given), "
-                                   "renew subscriptions, retry calendar writes")
+    s = cs.add_parser(
+        "sync",
+        help="refresh every linked calendar now (or the one given), "
+        "renew subscriptions, retry calendar writes",
+    )
     s.add_argument("id", nargs="?", help="only this connection")
     s.add_argument("--business")
     s.add_argument("--staff")
@@ -109,8 +116,9 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
         return await _sync(args, service, scheduler)
     if command == "show":
         for cal in await service.list_calendars(args.id):
-            flags = [f for f, on in (("primary", cal.primary), ("read-only", not cal.writable))
-                     if on]
+            flags = [
+                f for f, on in (("primary", cal.primary), ("read-only", not cal.writable)) if on
+            ]
             print(f"{cal.id}\t{cal.name}" + (f"\t({', '.join(flags)})" if flags else ""))
         return 0
     business_id = await scheduler.resolve_business(args.business)
@@ -122,8 +130,10 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
             print("no linked calendars")
         for row in [] if args.json else rows:
             error = f"  ({row['last_error']})" if row["last_error"] else ""
-            print(f"{row['id']}  {row['staff']}  {row['provider']}  {row['name']}  "
-                  f"{row['status']}  synced {row['synced_at'] or 'never'}{error}")
+            print(
+                f"{row['id']}  {row['staff']}  {row['provider']}  {row['name']}  "
+                f"{row['status']}  synced {row['synced_at'] or 'never'}{error}"
+            )
         return 0
     if command == "feed":
         print(service.feed_url(business_id, args.staff))
@@ -134,32 +144,49 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
         return 0
     if command == "use":
         read = [c.strip() for c in args.read.split(",") if c.strip()]
-        conn = await service.choose_calendars(args.id, business_id=business_id, read=read,
-                                              write=args.write)
-        print(f"{conn.id}: reading {', '.join(conn.read_calendars)}; "
-              f"writing {conn.write_calendar or 'nowhere'}")
+        conn = await service.choose_calendars(
+            args.id, business_id=business_id, read=read, write=args.write
+        )
+        print(
+            f"{conn.id}: reading {', '.join(conn.read_calendars)}; "
+            f"writing {conn.write_calendar or 'nowhere'}"
+        )
         return 0
     assert command == "link"
     if args.provider in ("google", "microsoft"):
-        url = await service.start_oauth(args.provider, business_id=business_id,
-                                        staff_id=args.staff)
-        print("Open this address in a browser and allow access; the running server "
-              f"({service.public_base_url}) finishes the link:")
+        url = await service.start_oauth(args.provider, business_id=business_id, staff_id=args.staff)
+        print(
+            "Open this address in a browser and allow access; the running server "
+            f"({service.public_base_url}) finishes the link:"
+        )
         print(url)
         return 0
     if args.provider == "caldav":
         if not args.url or not args.username:
             raise CalendarCommandError("CalDAV needs --url and --username")
-        password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
-                    else getpass.getpass("CalDAV password (app-specific for iCloud): "))
-        conn = await service.link_caldav(business_id=business_id, staff_id=args.staff,
-                                         url=args.url, username=args.username,
-                                         password=password, name=args.name)
+        password = (
+            sys.stdin.readline().rstrip("\n")
+            if args.password_stdin
+            else getpass.getpass("CalDAV password (app-specific for iCloud): ")
+        )
+        conn = await service.link_caldav(
+            business_id=business_id,
+            staff_id=args.staff,
+            url=args.url,
+            username=args.username,
+            password=password,
+            name=args.name,
+        )
     else:
         if not args.source:
             raise CalendarCommandError("ICS needs --source")
-        conn = await service.link_ics(business_id=business_id, staff_id=args.staff,
-                                      source=args.source, name=args.name, allow_files=True)
+        conn = await service.link_ics(
+            business_id=business_id,
+            staff_id=args.staff,
+            source=args.source,
+            name=args.name,
+            allow_files=True,
+        )
     print(f"{conn.id}: linked {conn.name} for {args.staff} ({conn.status})")
     return 0
 
@@ -173,8 +200,9 @@ async def _sync(args: argparse.Namespace, service: CalendarService, scheduler: A
     if args.business or args.staff:
         business_id = await scheduler.resolve_business(args.business)
     try:
-        reports = await service.sync_now(business_id=business_id, staff_id=args.staff,
-                                         connection_id=args.id)
+        reports = await service.sync_now(
+            business_id=business_id, staff_id=args.staff, connection_id=args.id
+        )
     except NotFound as exc:
         raise CalendarCommandError(exc.message) from None
     await service.upkeep()

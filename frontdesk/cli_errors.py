@@ -52,7 +52,8 @@ def report(exc: BaseException) -> tuple[int, str] | None:
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
-                                 for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+            )
             return MALFORMED, f"configuration error: {problems}"
     return None

@@ -35,8 +35,10 @@ def host_entry(text: str) -> str:
     name = (host[2:] if wildcard else host).rstrip(".")
     host = f"*.{name}" if wildcard else name
     if bad_port or not (host == "*" or (name and HOST_NAME.fullmatch(name))):
-        raise ValueError(f"{text.strip()!r} is not a host name (like desk.example.com, "
-                         "desk.example.com:8443, *.example.com or [::1]:8000)")
+        raise ValueError(
+            f"{text.strip()!r} is not a host name (like desk.example.com, "
+            "desk.example.com:8443, *.example.com or [::1]:8000)"
+        )
     return host
 
 
@@ -71,13 +73,17 @@ def _split(value: Any) -> Any:
 
 class Settings(BaseSettings):
     # An empty value (`FRONTDESK_OPENAI_BASE_URL=` as in .env.example) means "the default".
-    model_config = SettingsConfigDict(env_prefix="FRONTDESK_", env_file=_env_file(),
-                                      extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FRONTDESK_", env_file=_env_file(), extra="ignore", env_ignore_empty=True
+    )
 
-    database_url: str = Field(default_factory=_default_database_url,
-                              description="SQLAlchemy URL; SQLite file by default, or PostgreSQL")
-    api_key: SecretStr | None = Field(default=None,
-                                      description="Bearer key for /api/v1; generated if unset")
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy URL; SQLite file by default, or PostgreSQL",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for /api/v1; generated if unset"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     hold_minutes: int = Field(default=5, ge=1, le=60)
@@ -86,43 +92,59 @@ class Settings(BaseSettings):
 
     # The LLM: any OpenAI-compatible Chat Completions server.
     openai_api_key: SecretStr | None = None
-    openai_base_url: str | None = Field(default=None,
-                                        description="e.g. http://localhost:11434/v1; unset: OpenAI")
+    openai_base_url: str | None = Field(
+        default=None, description="e.g. http://localhost:11434/v1; unset: OpenAI"
+    )
     llm_model: str = "gpt-4o-mini"
     llm_timeout_seconds: float = Field(default=8.0, gt=0)
 
     # Telephony.
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
-    twilio_api_base_url: str | None = Field(default=None,
-                                            description="override Twilio's REST base (tests)")
+    twilio_api_base_url: str | None = Field(
+        default=None, description="override Twilio's REST base (tests)"
+    )
     public_base_url: str = Field(
-        default="", description="the address Twilio, calendar providers and browsers reach us "
-                                "at; every absolute URL shown is built from it. "
-                                "Unset: http://HOST:PORT")
+        default="",
+        description="the address Twilio, calendar providers and browsers reach us "
+        "at; every absolute URL shown is built from it. "
+        "Unset: http://HOST:PORT",
+    )
     allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
-        default=None, description="Host header values answered; others get 400. Unset: the "
-                                  "public base URL's host, localhost, 127.0.0.1, ::1 and HOST")
+        default=None,
+        description="Host header values answered; others get 400. Unset: the "
+        "public base URL's host, localhost, 127.0.0.1, ::1 and HOST",
+    )
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
-        default_factory=list, description="addresses (IPs or CIDRs) of the reverse proxies whose "
-                                          "X-Forwarded-For / -Proto headers are believed")
+        default_factory=list,
+        description="addresses (IPs or CIDRs) of the reverse proxies whose "
+        "X-Forwarded-For / -Proto headers are believed",
+    )
     voice_mode: str = Field(default="relay", pattern="^(relay|gather)$")
     voice_language: str = "en-US"
     voice_tts_voice: str | None = None
 
     allow_private_urls: bool = Field(
-        default=False, description="let calendar links and webhooks reach loopback and "
-                                   "private-network addresses (self-hosted LAN services)")
+        default=False,
+        description="let calendar links and webhooks reach loopback and "
+        "private-network addresses (self-hosted LAN services)",
+    )
 
     # Linked calendars.
     secret_key: SecretStr | None = Field(
-        default=None, description="Fernet key(s) encrypting calendar credentials at rest; "
-                                  "comma-separated to rotate (first encrypts)")
-    calendar_sync_seconds: float = Field(default=300, ge=0,
-                                         description="how often the background sync runs; 0: never")
+        default=None,
+        description="Fernet key(s) encrypting calendar credentials at rest; "
+        "comma-separated to rotate (first encrypts)",
+    )
+    calendar_sync_seconds: float = Field(
+        default=300, ge=0, description="how often the background sync runs; 0: never"
+    )
     calendar_poll_seconds: float = Field(
-        default=60, ge=0, description="how often calendars without push notifications (CalDAV, "
-                                      "ICS) are checked for changes; 0: only at each sync")
+        default=60,
+        ge=0,
+        description="how often calendars without push notifications (CalDAV, "
+        "ICS) are checked for changes; 0: only at each sync",
+    )
     calendar_horizon_days: int = Field(default=90, ge=7, le=400)
     calendar_cache_max_age_seconds: float = Field(default=900, gt=0)
     calendar_write_timeout_seconds: float = Field(default=4.0, gt=0)
@@ -146,8 +168,9 @@ class Settings(BaseSettings):
         if value:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// address, "
-                                 "e.g. https://desk.example.com")
+                raise ValueError(
+                    "must be an http:// or https:// address, e.g. https://desk.example.com"
+                )
         return value
 
     @field_validator("allowed_hosts", mode="before")
@@ -167,8 +190,7 @@ class Settings(BaseSettings):
             try:
                 return [ip_network(str(item).strip(), strict=False) for item in value]
             except ValueError as exc:
-                raise ValueError(f"{exc}: use IP addresses or CIDRs such as 10.0.0.0/8") \
-                    from None
+                raise ValueError(f"{exc}: use IP addresses or CIDRs such as 10.0.0.0/8") from None
         return value
 
     @model_validator(mode="after")

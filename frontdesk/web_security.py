@@ -39,16 +39,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frontdesk.settings import HOST_NAME, host_entry
 
-CSP = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self'",
-    "object-src 'none'",
-    "frame-ancestors 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-])
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    ]
+)
 HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
@@ -112,7 +114,7 @@ Network = IPv4Network | IPv6Network
 def _address(text: str) -> IPv4Address | IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
-        text = text[1:text.index("]")]
+        text = text[1 : text.index("]")]
     elif text.count(":") == 1:  # v4:port
         text = text.split(":", 1)[0]
     try:
@@ -124,7 +126,8 @@ def _address(text: str) -> IPv4Address | IPv6Address | None:
 class TrustedProxies:
     def __init__(self, networks: Iterable[Network | str]) -> None:
         self.networks: list[Network] = [
-            n if isinstance(n, IPv4Network | IPv6Network) else _network(n) for n in networks]
+            n if isinstance(n, IPv4Network | IPv6Network) else _network(n) for n in networks
+        ]
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -165,8 +168,13 @@ class WebSecurity:
     and scheme from a trusted proxy's forwarded headers, adds the security headers to every
     HTTP response."""
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = ("*",),
-                 trusted_proxies: Iterable[Network | str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Iterable[str] = ("*",),
+        trusted_proxies: Iterable[Network | str] = (),
+    ) -> None:
         self.app = app
         self.allowed = AllowedHosts(allowed_hosts)
         self.proxies = TrustedProxies(trusted_proxies)
@@ -180,8 +188,12 @@ class WebSecurity:
         client = self.proxies.client(str(peer[0]), _headers(scope, b"x-forwarded-for"))
         if client != peer[0]:
             scope["client"] = (client, 0)
-        protos = [p.strip().lower() for v in _headers(scope, b"x-forwarded-proto")
-                  for p in v.split(",") if p.strip()]
+        protos = [
+            p.strip().lower()
+            for v in _headers(scope, b"x-forwarded-proto")
+            for p in v.split(",")
+            if p.strip()
+        ]
         if protos and protos[-1] in ("http", "https"):
             secure = protos[-1] == "https"
             if scope["type"] == "websocket":
@@ -220,15 +232,26 @@ class WebSecurity:
 
     async def _refuse_host(self, scope: Scope, send: Send) -> None:
         host = next((v for k, v in scope.get("headers", ()) if k.lower() == b"host"), b"")
-        log.warning("refused a request for host %r: not in FRONTDESK_ALLOWED_HOSTS",
-                    host.decode("latin-1")[:100])
+        log.warning(
+            "refused a request for host %r: not in FRONTDESK_ALLOWED_HOSTS",
+            host.decode("latin-1")[:100],
+        )
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
         body = b"Bad Request: this server does not answer for that host name.\n"
-        await send(with_headers({"type": "http.response.start", "status": 400, "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode())]}))
+        await send(
+            with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -238,23 +261,33 @@ class SecureFastAPI(FastAPI):
     `allowed_hosts`: the Host names answered (`Settings.hosts_answered()`); `*` for any.
     `trusted_proxies`: the proxies whose forwarded headers are believed (default: none)."""
 
-    def __init__(self, *, allowed_hosts: Iterable[str] = ("*",),
-                 trusted_proxies: Iterable[Network | str] = (), **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        allowed_hosts: Iterable[str] = ("*",),
+        trusted_proxies: Iterable[Network | str] = (),
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.allowed_hosts = list(allowed_hosts)
         self.trusted_proxies = list(trusted_proxies)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return WebSecurity(super().build_middleware_stack(), allowed_hosts=self.allowed_hosts,
-                           trusted_proxies=self.trusted_proxies)
+        return WebSecurity(
+            super().build_middleware_stack(),
+            allowed_hosts=self.allowed_hosts,
+            trusted_proxies=self.trusted_proxies,
+        )
 
 
 # ---- the API docs -----------------------------------------------------------------------------
 
 
 def _script_hashes(page: str) -> list[str]:
-    return [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
-            for s in _INLINE_SCRIPT.findall(page)]
+    return [
+        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+        for s in _INLINE_SCRIPT.findall(page)
+    ]
 
 
 def docs_policy(page: str) -> str:
@@ -262,19 +295,21 @@ def docs_policy(page: str) -> str:
 
     Swagger UI and ReDoc set styles at run time (ReDoc through <style> elements), so styles may
     be inline there; ReDoc also runs a web worker from a blob: URL."""
-    return "; ".join([
-        "default-src 'self'",
-        " ".join(["script-src 'self'", DOCS_CDN, *_script_hashes(page)]),
-        f"style-src 'self' 'unsafe-inline' {DOCS_CDN}",
-        f"img-src 'self' data: {DOCS_ICON} {DOCS_CDN}",
-        "font-src 'self' data:",
-        "worker-src 'self' blob:",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "frame-ancestors 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            " ".join(["script-src 'self'", DOCS_CDN, *_script_hashes(page)]),
+            f"style-src 'self' 'unsafe-inline' {DOCS_CDN}",
+            f"img-src 'self' data: {DOCS_ICON} {DOCS_CDN}",
+            "font-src 'self' data:",
+            "worker-src 'self' blob:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+        ]
+    )
 
 
 def _docs_page(page: HTMLResponse) -> Any:
@@ -293,7 +328,8 @@ def add_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/redoc"
     `docs_url=None, redoc_url=None`)."""
     openapi_url = app.openapi_url or "/openapi.json"
     swagger = get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI")
-    redoc = get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc",
-                           with_google_fonts=False)
+    redoc = get_redoc_html(
+        openapi_url=openapi_url, title=f"{app.title} - ReDoc", with_google_fonts=False
+    )
     app.add_api_route(docs_url, _docs_page(swagger), include_in_schema=False, methods=["GET"])
     app.add_api_route(redoc_url, _docs_page(redoc), include_in_schema=False, methods=["GET"])

@@ -43,15 +43,29 @@ CHROMIUM = "/usr/bin/chromium"
 CALLERS = [
     ("Ann Smith", "+12025550001", "booked", "Cleaning next Monday", "cleaning", "lee", 7, 14),
     ("Marco Diaz", "+12025550002", "callback", "Asked about Invisalign pricing", None, None, 0, 0),
-    ("Priya Natarajan", "+12025550003", "booked", "Checkup for her son", "checkup", "patel", 7,
-     15),
+    ("Priya Natarajan", "+12025550003", "booked", "Checkup for her son", "checkup", "patel", 7, 15),
     (None, "+12125550000", "spam", "Recorded sales pitch", None, None, 0, 0),
-    ("Leo Park", "+12025550005", "message", "Running late to his 3pm; asked to pass it on",
-     None, None, 0, 0),
-    ("Grace Liu", "+12025550006", "not_interested", "Wanted weekend hours only", None, None, 0,
-     0),
-    ("Tom Becker", "+12025550007", "booked", "Cleaning, prefers mornings", "cleaning", "sam", 8,
-     13),
+    (
+        "Leo Park",
+        "+12025550005",
+        "message",
+        "Running late to his 3pm; asked to pass it on",
+        None,
+        None,
+        0,
+        0,
+    ),
+    ("Grace Liu", "+12025550006", "not_interested", "Wanted weekend hours only", None, None, 0, 0),
+    (
+        "Tom Becker",
+        "+12025550007",
+        "booked",
+        "Cleaning, prefers mornings",
+        "cleaning",
+        "sam",
+        8,
+        13,
+    ),
 ]
 
 
@@ -65,33 +79,62 @@ async def seed(scheduler: Scheduler) -> str:
         if service and staff:
             start = datetime(2026, 12, day, hour, 0, tzinfo=UTC)
             appointment = await scheduler.book(
-                business_id="bright-smile", service_id=service, staff_id=staff, start=start,
-                name=name or "Caller", phone=phone, booked_by="agent", now=at)
-        call = await calls.start_call(business_id="bright-smile", call_sid=f"CA{i:032d}",
-                                      from_number=phone, to_number="+12025550100")
+                business_id="bright-smile",
+                service_id=service,
+                staff_id=staff,
+                start=start,
+                name=name or "Caller",
+                phone=phone,
+                booked_by="agent",
+                now=at,
+            )
+        call = await calls.start_call(
+            business_id="bright-smile",
+            call_sid=f"CA{i:032d}",
+            from_number=phone,
+            to_number="+12025550100",
+        )
         transcript = [
-            {"role": "agent", "text": "Thanks for calling Bright Smile Dental! I'm the virtual "
-                                      "receptionist. How can I help?"},
+            {
+                "role": "agent",
+                "text": "Thanks for calling Bright Smile Dental! I'm the virtual "
+                "receptionist. How can I help?",
+            },
             {"role": "caller", "text": f"Hi, this is {name or 'someone'}. {reason}."},
             {"role": "agent", "text": "Of course. Let me check what we have."},
         ]
         if appointment:
-            transcript.append({"role": "agent", "text": "You're booked. You'll get a text "
-                                                         "with the details."})
+            transcript.append(
+                {"role": "agent", "text": "You're booked. You'll get a text with the details."}
+            )
         with session_scope(scheduler.engine, write=True) as s:
             row = s.get(Call, call.id)
             assert row is not None
             row.transcript, row.summary, row.outcome = transcript, reason, outcome
             row.status, row.started_at, row.duration_seconds = "completed", at, 95 + 20 * i
         lead = await scheduler.record_lead(
-            business_id="bright-smile", phone=phone, name=name, reason=reason, outcome=outcome,
-            appointment_id=appointment.id if appointment else None, call_id=call.id, now=at)
+            business_id="bright-smile",
+            phone=phone,
+            name=name,
+            reason=reason,
+            outcome=outcome,
+            appointment_id=appointment.id if appointment else None,
+            call_id=call.id,
+            now=at,
+        )
         first = first or lead.id
         if outcome == "callback":
             with session_scope(scheduler.engine, write=True) as s:
-                change_status(s, business_id="bright-smile", lead_id=lead.id,
-                              status="contacted", note="Left a voicemail with the price list",
-                              actor="owner@bright-smile.test", user_id=None, at=NOW)
+                change_status(
+                    s,
+                    business_id="bright-smile",
+                    lead_id=lead.id,
+                    status="contacted",
+                    note="Left a voicemail with the price list",
+                    actor="owner@bright-smile.test",
+                    user_id=None,
+                    at=NOW,
+                )
     return first
 
 
@@ -101,8 +144,9 @@ class Server:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def __enter__(self) -> str:
         self.thread.start()
@@ -121,14 +165,25 @@ class Server:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(database_url=f"sqlite:///{tmp}/demo.db",
-                            api_key=SecretStr("screenshots"), secret_key=SecretStr(new_key()),
-                            calendar_sync_seconds=0, _env_file=None)  # type: ignore[call-arg]
+        settings = Settings(
+            database_url=f"sqlite:///{tmp}/demo.db",
+            api_key=SecretStr("screenshots"),
+            secret_key=SecretStr(new_key()),
+            calendar_sync_seconds=0,
+            _env_file=None,
+        )  # type: ignore[call-arg]
         scheduler = build_scheduler(settings, clock=FixedClock(NOW))
-        import_business(scheduler.engine, load_business_file(ROOT / "examples" /
-                                                             "demo-business.yaml"))
-        add_user(scheduler.engine, business_id="bright-smile", email="owner@bright-smile.test",
-                 password=PASSWORD, role="owner", now=NOW)
+        import_business(
+            scheduler.engine, load_business_file(ROOT / "examples" / "demo-business.yaml")
+        )
+        add_user(
+            scheduler.engine,
+            business_id="bright-smile",
+            email="owner@bright-smile.test",
+            password=PASSWORD,
+            role="owner",
+            now=NOW,
+        )
         lead_id = asyncio.run(seed(scheduler))
         app = create_app(settings, scheduler=scheduler)
         app.state.calendar_service = calendar_service(scheduler)  # set by the lifespan when served

@@ -59,14 +59,29 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None,
-        stdin: str | None = None, timeout: float = 900) -> str:
+def run(
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 900,
+) -> str:
     """Run a command; its output is shown only when it fails."""
-    done = subprocess.run(cmd, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    done = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if done.returncode != 0:
-        raise CheckFailed(f"{' '.join(cmd)} exited {done.returncode}:\n"
-                          f"{done.stdout[-4000:]}{done.stderr[-4000:]}")
+        raise CheckFailed(
+            f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}"
+        )
     return done.stdout
 
 
@@ -78,8 +93,18 @@ def build_wheel(out: Path) -> Path:
 
 def install(wheel: Path, venv: Path) -> None:
     run([sys.executable, "-m", "venv", str(venv)], cwd=venv.parent)
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         "--disable-pip-version-check", str(wheel)], cwd=venv.parent)
+    run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        cwd=venv.parent,
+    )
 
 
 def free_port() -> int:
@@ -93,17 +118,19 @@ def server_env(base_url: str, llm_url: str, database: Path) -> dict[str, str]:
     dotenv file, a fake Twilio REST address (nothing may reach the real one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")}
     env.pop("PYTHONPATH", None)
-    env.update({
-        "FRONTDESK_ENV_FILE": "",
-        "FRONTDESK_DATABASE_URL": f"sqlite:///{database}",
-        "FRONTDESK_PUBLIC_BASE_URL": base_url,
-        "FRONTDESK_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "FRONTDESK_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "FRONTDESK_TWILIO_API_BASE_URL": "http://127.0.0.1:9",
-        "FRONTDESK_OPENAI_BASE_URL": llm_url,
-        "FRONTDESK_OPENAI_API_KEY": "smoke-test",
-        "FRONTDESK_LLM_MODEL": "fake-model",
-    })
+    env.update(
+        {
+            "FRONTDESK_ENV_FILE": "",
+            "FRONTDESK_DATABASE_URL": f"sqlite:///{database}",
+            "FRONTDESK_PUBLIC_BASE_URL": base_url,
+            "FRONTDESK_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "FRONTDESK_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "FRONTDESK_TWILIO_API_BASE_URL": "http://127.0.0.1:9",
+            "FRONTDESK_OPENAI_BASE_URL": llm_url,
+            "FRONTDESK_OPENAI_API_KEY": "smoke-test",
+            "FRONTDESK_LLM_MODEL": "fake-model",
+        }
+    )
     return env
 
 
@@ -112,9 +139,14 @@ def serving(frontdesk: Path, port: int, env: dict[str, str], cwd: Path) -> Itera
     """`frontdesk serve --demo` until the block ends; yields the server's log file."""
     log = cwd / "server.log"
     with log.open("w") as out:
-        server = subprocess.Popen([str(frontdesk), "serve", "--demo", "--port", str(port)],
-                                  cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [str(frontdesk), "serve", "--demo", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
         while True:
@@ -126,8 +158,10 @@ def serving(frontdesk: Path, port: int, env: dict[str, str], cwd: Path) -> Itera
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise CheckFailed(f"the server did not answer /healthz in "
-                                  f"{SERVER_START_SECONDS} s:\n{log.read_text()}")
+                raise CheckFailed(
+                    f"the server did not answer /healthz in "
+                    f"{SERVER_START_SECONDS} s:\n{log.read_text()}"
+                )
             time.sleep(0.2)
         yield log
     finally:
@@ -141,17 +175,28 @@ def serving(frontdesk: Path, port: int, env: dict[str, str], cwd: Path) -> Itera
 
 def check_installed(venv: Path, cwd: Path, env: dict[str, str]) -> None:
     """The packages import from the venv's site-packages, not from the source tree."""
-    where = run([str(venv / "bin" / "python"), "-c",
-                 "import dashboard, frontdesk; print(frontdesk.__file__); "
-                 "print(dashboard.__file__)"], cwd=cwd, env=env).split()
+    where = run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import dashboard, frontdesk; print(frontdesk.__file__); print(dashboard.__file__)",
+        ],
+        cwd=cwd,
+        env=env,
+    ).split()
     for path in where:
         if not Path(path).resolve().is_relative_to(venv.resolve()):
             raise CheckFailed(f"{path} is not inside the fresh venv {venv}")
 
 
 async def check_voice(twilio: FakeTwilioVoice) -> str:
-    form = {"CallSid": "CA" + "1" * 32, "From": CALLER, "To": CLINIC, "CallStatus": "ringing",
-            "AccountSid": ACCOUNT_SID}
+    form = {
+        "CallSid": "CA" + "1" * 32,
+        "From": CALLER,
+        "To": CLINIC,
+        "CallStatus": "ringing",
+        "AccountSid": ACCOUNT_SID,
+    }
     signed = await twilio.post("/twilio/voice", **form)
     if signed.status != 200 or signed.root is None:
         raise CheckFailed(f"signed POST /twilio/voice gave {signed.status}: {signed.xml[:500]}")
@@ -159,15 +204,23 @@ async def check_voice(twilio: FakeTwilioVoice) -> str:
     forged = await twilio.post("/twilio/voice", signature="bm90IGEgc2lnbmF0dXJl", **form)
     unsigned = await twilio.post("/twilio/voice", signature=None, **form)
     if (forged.status, unsigned.status) != (403, 403):
-        raise CheckFailed(f"forged and unsigned POST /twilio/voice gave {forged.status} and "
-                          f"{unsigned.status}, not 403")
+        raise CheckFailed(
+            f"forged and unsigned POST /twilio/voice gave {forged.status} and "
+            f"{unsigned.status}, not 403"
+        )
     return relay_url
 
 
 async def check_relay(twilio: FakeTwilioVoice, llm: FakeLLM, relay_url: str) -> None:
     sid = "CA" + "2" * 32
-    answer = await twilio.post("/twilio/voice", CallSid=sid, From=CALLER, To=CLINIC,
-                               CallStatus="ringing", AccountSid=ACCOUNT_SID)
+    answer = await twilio.post(
+        "/twilio/voice",
+        CallSid=sid,
+        From=CALLER,
+        To=CLINIC,
+        CallStatus="ringing",
+        AccountSid=ACCOUNT_SID,
+    )
     if answer.status != 200:
         raise CheckFailed(f"POST /twilio/voice for the relay call gave {answer.status}")
     monday = date.today() + timedelta(days=7 - date.today().weekday())
@@ -175,24 +228,47 @@ async def check_relay(twilio: FakeTwilioVoice, llm: FakeLLM, relay_url: str) -> 
         ToolCalls(Call("check_availability", {"service": "cleaning", "date": monday.isoformat()})),
         Text("Dr. Lee has an opening on Monday morning. Shall I book it?"),
     )
-    async with twilio.relay(answer.relay_url, call_sid=sid, from_number=CALLER,
-                            to_number=CLINIC) as relay:
+    async with twilio.relay(
+        answer.relay_url, call_sid=sid, from_number=CALLER, to_number=CLINIC
+    ) as relay:
         turn = await relay.say("Do you have a cleaning next Monday?", wait=30)
     if "opening on Monday" not in turn.text:
         raise CheckFailed(f"the relay call's answer was {turn.text!r} (end: {turn.end})")
     results = llm.tool_results(-1)
     if not results:
         raise CheckFailed("the agent did not send the availability tool result to the LLM")
-    status = await twilio.post("/twilio/status", CallSid=sid, From=CALLER, To=CLINIC,
-                               CallStatus="completed", CallDuration="20", AccountSid=ACCOUNT_SID)
+    status = await twilio.post(
+        "/twilio/status",
+        CallSid=sid,
+        From=CALLER,
+        To=CLINIC,
+        CallStatus="completed",
+        CallDuration="20",
+        AccountSid=ACCOUNT_SID,
+    )
     if status.status != 204:
         raise CheckFailed(f"POST /twilio/status gave {status.status}: {status.xml[:300]}")
 
 
 def check_login(frontdesk: Path, base_url: str, env: dict[str, str], cwd: Path) -> None:
-    run([str(frontdesk), "users", "add", "--business", "bright-smile", "--email", OWNER,
-         "--role", "owner", "--password-stdin"], cwd=cwd, env=env, stdin=PASSWORD + "\n",
-        timeout=120)
+    run(
+        [
+            str(frontdesk),
+            "users",
+            "add",
+            "--business",
+            "bright-smile",
+            "--email",
+            OWNER,
+            "--role",
+            "owner",
+            "--password-stdin",
+        ],
+        cwd=cwd,
+        env=env,
+        stdin=PASSWORD + "\n",
+        timeout=120,
+    )
     with httpx.Client(base_url=base_url, timeout=30) as web:
         page = web.get("/login")
         token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
@@ -202,8 +278,15 @@ def check_login(frontdesk: Path, base_url: str, env: dict[str, str], cwd: Path) 
             got = web.get(asset)
             if got.status_code != 200:
                 raise CheckFailed(f"the login page's {asset} gave {got.status_code}")
-        login = web.post("/login", data={"csrf_token": token.group(1), "next": "/leads",
-                                         "email": OWNER, "password": PASSWORD})
+        login = web.post(
+            "/login",
+            data={
+                "csrf_token": token.group(1),
+                "next": "/leads",
+                "email": OWNER,
+                "password": PASSWORD,
+            },
+        )
         if login.status_code not in (302, 303):
             raise CheckFailed(f"POST /login gave {login.status_code}: {login.text[:300]}")
         leads = web.get("/leads")
@@ -239,8 +322,10 @@ def smoke(work: Path, wheel: Path | None) -> None:
         env = server_env(base_url, llm.base_url, cwd / "frontdesk.db")
         step("the packages import from the fresh venv", lambda: check_installed(venv, cwd, env))
         with serving(frontdesk, port, env, cwd) as log:
-            say(f"ok   frontdesk serve --demo answers /healthz ({time.monotonic() - checking:.1f}"
-                " s)")
+            say(
+                f"ok   frontdesk serve --demo answers /healthz ({time.monotonic() - checking:.1f}"
+                " s)"
+            )
             twilio = FakeTwilioVoice(app_url=base_url, public_url=base_url, auth_token=AUTH_TOKEN)
 
             async def voice() -> None:
@@ -253,16 +338,20 @@ def smoke(work: Path, wheel: Path | None) -> None:
 
             try:
                 step("one relay call with the scripted LLM", lambda: asyncio.run(voice()))
-                step("frontdesk users add, then log in to the dashboard and see /leads",
-                     lambda: check_login(frontdesk, base_url, env, cwd))
+                step(
+                    "frontdesk users add, then log in to the dashboard and see /leads",
+                    lambda: check_login(frontdesk, base_url, env, cwd),
+                )
             except CheckFailed:
                 say(f"server log:\n{log.read_text()[-4000:]}")
                 raise
     finally:
         llm.stop()
     checks_seconds = time.monotonic() - checking
-    say(f"passed: install {install_seconds:.1f} s, checks {checks_seconds:.1f} s, "
-        f"total {time.monotonic() - started:.1f} s")
+    say(
+        f"passed: install {install_seconds:.1f} s, checks {checks_seconds:.1f} s, "
+        f"total {time.monotonic() - started:.1f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,8 +78,9 @@ async def relay(websocket: WebSocket) -> None:
     board: Switchboard = websocket.app.state.switchboard
     query = websocket.scope.get("query_string", b"").decode("latin-1")
     try:
-        board.signature.check_websocket(path=PATH, query=query,
-                                        signature=websocket.headers.get(HEADER))
+        board.signature.check_websocket(
+            path=PATH, query=query, signature=websocket.headers.get(HEADER)
+        )
     except SignatureInvalid:
         # Closing before accept() answers the upgrade with HTTP 403.
         await websocket.close(code=1008)
@@ -157,11 +158,15 @@ class RelayCall:
             return
         try:
             self.session = await self.board.resume(
-                call_sid=message.call_sid, from_number=message.from_number,
-                to_number=message.to_number, channel="relay")
+                call_sid=message.call_sid,
+                from_number=message.from_number,
+                to_number=message.to_number,
+                channel="relay",
+            )
         except errors.NotFound:
-            log.warning("relay for call %s: no business answers %s", message.call_sid,
-                        message.to_number)
+            log.warning(
+                "relay for call %s: no business answers %s", message.call_sid, message.to_number
+            )
             await self.end(HandoffData(reason="number not in service"))
 
     async def prompt(self, message: Prompt) -> None:

@@ -54,8 +54,9 @@ class CallSession:
 class CallSessions:
     """CallSid → session, with an idle expiry."""
 
-    def __init__(self, *, ttl: float = 2 * 3600,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, ttl: float = 2 * 3600, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._ttl = ttl
         self._monotonic = monotonic
         self._by_sid: dict[str, CallSession] = {}

@@ -43,8 +43,13 @@ class SentSms:
 
 
 def confirmation_text(
-    change: Change, *, business_name: str, service_name: str, staff_name: str,
-    start: datetime, timezone: str,
+    change: Change,
+    *,
+    business_name: str,
+    service_name: str,
+    staff_name: str,
+    start: datetime,
+    timezone: str,
 ) -> str:
     """The text a caller gets after `change`, with the time in the business's zone."""
     local = start.astimezone(ZoneInfo(timezone))
@@ -76,8 +81,9 @@ class SmsSender:
         timeout: float = 10.0,
     ) -> None:
         # The SDK's own timeout, so a hung request also frees its worker thread.
-        self._client = Client(account_sid, auth_token,
-                              http_client=TwilioHttpClient(timeout=timeout))
+        self._client = Client(
+            account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout)
+        )
         if api_base_url:
             # The Api domain builds every URL from its base_url; pointing it elsewhere is how
             # the SDK's own tests and regional setups reach a different host.
@@ -99,15 +105,20 @@ class SmsSender:
         delay = self.backoff
         for attempt in range(1, self._attempts + 1):
             try:
-                sid = await asyncio.wait_for(asyncio.to_thread(self._post, sms),
-                                             self._timeout + 1)
+                sid = await asyncio.wait_for(asyncio.to_thread(self._post, sms), self._timeout + 1)
             except (TwilioException, OSError, TimeoutError) as exc:
                 if not _retryable(exc) or attempt == self._attempts:
-                    log.error("giving up on SMS to %s after %d attempt(s): %s",
-                              sms.to, attempt, exc)
+                    log.error(
+                        "giving up on SMS to %s after %d attempt(s): %s", sms.to, attempt, exc
+                    )
                     return None
-                log.warning("SMS to %s failed (attempt %d, retrying in %.1fs): %s",
-                            sms.to, attempt, delay, exc)
+                log.warning(
+                    "SMS to %s failed (attempt %d, retrying in %.1fs): %s",
+                    sms.to,
+                    attempt,
+                    delay,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff)
                 continue

@@ -54,32 +54,49 @@ class Switchboard:
             raise errors.NotFound(f"{to_number!r} is not a number we answer") from None
 
     async def open(
-        self, *, business: Business, call_sid: str, from_number: str | None,
-        to_number: str | None, channel: str, greet: bool = True,
+        self,
+        *,
+        business: Business,
+        call_sid: str,
+        from_number: str | None,
+        to_number: str | None,
+        channel: str,
+        greet: bool = True,
     ) -> CallSession:
         """The session for `call_sid`: the live one, or a new one over an (idempotent) Call row."""
         self._expire_idle()
         live = self.sessions.get(call_sid)
         if live is not None:
             return live
-        call = await self.calls.start_call(business_id=business.id, call_sid=call_sid,
-                                           from_number=from_number, to_number=to_number)
+        call = await self.calls.start_call(
+            business_id=business.id, call_sid=call_sid, from_number=from_number, to_number=to_number
+        )
         # Withheld, anonymous and SIP callers have no number: the agent asks for one.
         caller = phones.caller_number(from_number, phones.region_for(business.phone_numbers))
-        session = CallSession(call_sid=call_sid, call_id=call.id, business=business,
-                              caller=caller, channel=channel,
-                              conversation=self._conversation(business, caller, call.id, channel))
+        session = CallSession(
+            call_sid=call_sid,
+            call_id=call.id,
+            business=business,
+            caller=caller,
+            channel=channel,
+            conversation=self._conversation(business, caller, call.id, channel),
+        )
         session = self.sessions.add(session)
         if greet and not session.greeting:
             session.greeting = await session.conversation.greeting()
         return session
 
-    def _conversation(self, business: Business, caller: str | None, call_id: str, channel: str
-                      ) -> Conversation:
+    def _conversation(
+        self, business: Business, caller: str | None, call_id: str, channel: str
+    ) -> Conversation:
         return Conversation(
-            scheduler=self.scheduler, llm=self.llm, model=self.model, clock=self.scheduler.clock,
-            context=CallContext(business_id=business.id, caller_phone=caller, call_id=call_id,
-                                channel=channel),
+            scheduler=self.scheduler,
+            llm=self.llm,
+            model=self.model,
+            clock=self.scheduler.clock,
+            context=CallContext(
+                business_id=business.id, caller_phone=caller, call_id=call_id, channel=channel
+            ),
             llm_timeout=self.llm_timeout,
         )
 
@@ -109,8 +126,14 @@ class Switchboard:
             business = await self.scheduler.business(known.business_id)
         else:
             business = await self.business_for(to_number)
-        return await self.open(business=business, call_sid=call_sid, from_number=from_number,
-                               to_number=to_number, channel=channel, greet=False)
+        return await self.open(
+            business=business,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
+            channel=channel,
+            greet=False,
+        )
 
     # ---- after each turn ----------------------------------------------------------------------
 
@@ -137,8 +160,9 @@ class Switchboard:
 
     async def _text_about(self, session: CallSession, appointment_id: str) -> None:
         business = session.business
-        appointment = await self.scheduler.get_appointment(business_id=business.id,
-                                                           appointment_id=appointment_id)
+        appointment = await self.scheduler.get_appointment(
+            business_id=business.id, appointment_id=appointment_id
+        )
         change = _change(appointment)
         key = f"{appointment_id}:{change}"
         if change is None or key in session.confirmed:
@@ -151,10 +175,12 @@ class Switchboard:
         services = {s.id: s.name for s in await self.scheduler.services(business.id)}
         staff = {m.id: m.name for m in await self.scheduler.staff(business.id)}
         body = confirmation_text(
-            change, business_name=business.name,
+            change,
+            business_name=business.name,
             service_name=services.get(appointment.service_id, appointment.service_id),
             staff_name=staff.get(appointment.staff_id, appointment.staff_id),
-            start=appointment.start, timezone=business.timezone,
+            start=appointment.start,
+            timezone=business.timezone,
         )
         self.sms.send(Sms(to=contact.phone, from_=sender, body=body))
 
@@ -169,8 +195,12 @@ class Switchboard:
         if session is not None:
             outcome = await self._finish(session)
         try:
-            await self.calls.finish_call(update.call_sid, status=update.call_status,
-                                         duration_seconds=update.call_duration, outcome=outcome)
+            await self.calls.finish_call(
+                update.call_sid,
+                status=update.call_status,
+                duration_seconds=update.call_duration,
+                outcome=outcome,
+            )
         except errors.NotFound:
             log.warning("status callback for unknown call %s", update.call_sid)
 

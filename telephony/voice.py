@@ -47,11 +47,15 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Form)
 
 NOT_IN_SERVICE = "Sorry, this number is not set up to take calls yet. Goodbye."
-TRANSFER_FAILED = ("Sorry, nobody could come to the phone just now. I can take a message and "
-                   "have someone call you back. What's your name, and what is it about?")
-TRANSFER_FAILED_MESSAGE_TAKEN = ("Sorry, nobody could come to the phone just now. I've passed "
-                                 "your message on, and someone will call you back. Is there "
-                                 "anything else I can help with?")
+TRANSFER_FAILED = (
+    "Sorry, nobody could come to the phone just now. I can take a message and "
+    "have someone call you back. What's your name, and what is it about?"
+)
+TRANSFER_FAILED_MESSAGE_TAKEN = (
+    "Sorry, nobody could come to the phone just now. I've passed "
+    "your message on, and someone will call you back. Is there "
+    "anything else I can help with?"
+)
 RELAY_FAILED = "Sorry, I lost you for a moment. What can I do for you?"
 SILENCE = "Sorry, I didn't catch that. How can I help?"
 GOODBYE = "I'll let you go. Feel free to call back any time. Goodbye."
@@ -69,8 +73,11 @@ def build_switchboard(app: FastAPI) -> Switchboard:
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
     sms = None
     if settings.twilio_account_sid and token:
-        sms = SmsSender(account_sid=settings.twilio_account_sid, auth_token=token,
-                        api_base_url=settings.twilio_api_base_url)
+        sms = SmsSender(
+            account_sid=settings.twilio_account_sid,
+            auth_token=token,
+            api_base_url=settings.twilio_api_base_url,
+        )
     else:
         log.warning("Twilio credentials are not set: confirmation texts are off")
     return Switchboard(
@@ -104,8 +111,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 # Every webhook's body is capped by FastAPI (413 past MAX_BODY, declared or streamed).
-router = APIRouter(prefix="/twilio", tags=["twilio"], include_in_schema=False, lifespan=lifespan,
-                   max_body_size=MAX_BODY)
+router = APIRouter(
+    prefix="/twilio",
+    tags=["twilio"],
+    include_in_schema=False,
+    lifespan=lifespan,
+    max_body_size=MAX_BODY,
+)
 router.include_router(relay.router)
 
 
@@ -120,8 +132,13 @@ def switchboard(request: Request) -> Switchboard:
 def parse_form(body: bytes) -> dict[str, str]:
     """A urlencoded form whose bytes and percent-escapes are all UTF-8 (400 otherwise)."""
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, encoding="utf-8",
-                          errors="strict", max_num_fields=MAX_FIELDS)
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
     except UnicodeDecodeError:
         raise HTTPException(status_code=400, detail="the form is not UTF-8") from None
     except ValueError:
@@ -143,7 +160,8 @@ async def signed(request: Request, model: type[F]) -> F:
     query = request.scope.get("query_string", b"").decode("latin-1")
     try:
         switchboard(request).signature.check_form(
-            path=route_path, query=query, form=form, signature=request.headers.get(HEADER))
+            path=route_path, query=query, form=form, signature=request.headers.get(HEADER)
+        )
     except SignatureInvalid:
         raise HTTPException(status_code=403, detail="invalid Twilio signature") from None
     try:
@@ -183,9 +201,14 @@ def relay_twiml(board: Switchboard, session: CallSession, greeting: str) -> Voic
 
 def gather_twiml(board: Switchboard, text: str) -> VoiceResponse:
     response = VoiceResponse()
-    gather = Gather(input="speech", action=board.signature.url("/twilio/gather"),
-                    method="POST", speech_timeout="auto", language=board.language,
-                    action_on_empty_result=True)
+    gather = Gather(
+        input="speech",
+        action=board.signature.url("/twilio/gather"),
+        method="POST",
+        speech_timeout="auto",
+        language=board.language,
+        action_on_empty_result=True,
+    )
     if text:
         say(board, gather, text)
     response.append(gather)
@@ -210,8 +233,12 @@ def dial(board: Switchboard, number: str, before: str = "") -> VoiceResponse:
     response = VoiceResponse()
     if before:
         say(board, response, before)
-    response.dial(number, action=board.signature.url("/twilio/dial-status"), method="POST",
-                  timeout=DIAL_TIMEOUT_SECONDS)
+    response.dial(
+        number,
+        action=board.signature.url("/twilio/dial-status"),
+        method="POST",
+        timeout=DIAL_TIMEOUT_SECONDS,
+    )
     return response
 
 
@@ -225,14 +252,18 @@ async def incoming_call(request: Request) -> Response:
     try:
         business = await board.business_for(form.to_number)
     except errors.NotFound:
-        log.warning("call %s to %s: no business answers that number", form.call_sid,
-                    form.to_number)
+        log.warning("call %s to %s: no business answers that number", form.call_sid, form.to_number)
         return twiml(goodbye(board, NOT_IN_SERVICE))
-    session = await board.open(business=business, call_sid=form.call_sid,
-                               from_number=form.from_number, to_number=form.to_number,
-                               channel=board.voice_mode)
-    log.info("call %s from %s to %s (%s)", form.call_sid, form.from_number, business.id,
-             session.channel)
+    session = await board.open(
+        business=business,
+        call_sid=form.call_sid,
+        from_number=form.from_number,
+        to_number=form.to_number,
+        channel=board.voice_mode,
+    )
+    log.info(
+        "call %s from %s to %s (%s)", form.call_sid, form.from_number, business.id, session.channel
+    )
     return twiml(conversation_twiml(board, session, session.greeting))
 
 
@@ -241,8 +272,12 @@ async def gather_turn(request: Request) -> Response:
     form = await signed(request, GatherResult)
     board = switchboard(request)
     try:
-        session = await board.resume(call_sid=form.call_sid, from_number=form.from_number,
-                                     to_number=form.to_number, channel="gather")
+        session = await board.resume(
+            call_sid=form.call_sid,
+            from_number=form.from_number,
+            to_number=form.to_number,
+            channel="gather",
+        )
     except errors.NotFound:
         return twiml(goodbye(board, NOT_IN_SERVICE))
     heard = form.speech_result.strip()
@@ -295,12 +330,14 @@ async def relay_ended(request: Request) -> Response:
     handoff = form.handoff()
     session = board.sessions.get(form.call_sid)
     if handoff is not None and handoff.transfer_to:
-        log.info("call %s: transferring to %s (%s)", form.call_sid, handoff.transfer_to,
-                 handoff.reason)
+        log.info(
+            "call %s: transferring to %s (%s)", form.call_sid, handoff.transfer_to, handoff.reason
+        )
         return twiml(dial(board, handoff.transfer_to))
     if handoff is None and form.session_status == "failed" and form.call_status == "in-progress":
-        log.warning("call %s: relay session failed (%s); reconnecting", form.call_sid,
-                    form.error_message)
+        log.warning(
+            "call %s: relay session failed (%s); reconnecting", form.call_sid, form.error_message
+        )
         if session is not None:
             return twiml(relay_twiml(board, session, RELAY_FAILED))
     response = VoiceResponse()
@@ -316,15 +353,19 @@ async def transfer_result(request: Request) -> Response:
         response = VoiceResponse()
         response.hangup()
         return twiml(response)
-    log.info("call %s: transfer ended %s; taking a message instead", form.call_sid,
-             form.dial_call_status)
+    log.info(
+        "call %s: transfer ended %s; taking a message instead", form.call_sid, form.dial_call_status
+    )
     try:
-        session = await board.resume(call_sid=form.call_sid, from_number=form.from_number,
-                                     to_number=form.to_number, channel=board.voice_mode)
+        session = await board.resume(
+            call_sid=form.call_sid,
+            from_number=form.from_number,
+            to_number=form.to_number,
+            channel=board.voice_mode,
+        )
     except errors.NotFound:
         return twiml(goodbye(board, NOT_IN_SERVICE))
-    said = (TRANSFER_FAILED_MESSAGE_TAKEN if session.conversation.lead_recorded
-            else TRANSFER_FAILED)
+    said = TRANSFER_FAILED_MESSAGE_TAKEN if session.conversation.lead_recorded else TRANSFER_FAILED
     if session.handoff is not None:
         board.reopen(session, said=said)
     return twiml(conversation_twiml(board, session, said))

@@ -61,8 +61,7 @@ class Interrupt(_Inbound):
     type: Literal["interrupt"]
     utterance_until_interrupt: str = Field(default="", alias="utteranceUntilInterrupt")
     # Documented both as a number and as a string of digits.
-    duration_until_interrupt_ms: int | None = Field(default=None,
-                                                    alias="durationUntilInterruptMs")
+    duration_until_interrupt_ms: int | None = Field(default=None, alias="durationUntilInterruptMs")
 
 
 class Dtmf(_Inbound):
@@ -81,11 +80,10 @@ class Unknown(_Inbound):
     type: str = Field(max_length=64)
 
 
-InboundMessage = Annotated[Setup | Prompt | Interrupt | Dtmf | RelayError,
-                           Field(discriminator="type")]
-_inbound: TypeAdapter[Setup | Prompt | Interrupt | Dtmf | RelayError] = TypeAdapter(
-    InboundMessage
-)
+InboundMessage = Annotated[
+    Setup | Prompt | Interrupt | Dtmf | RelayError, Field(discriminator="type")
+]
+_inbound: TypeAdapter[Setup | Prompt | Interrupt | Dtmf | RelayError] = TypeAdapter(InboundMessage)
 KNOWN_TYPES = frozenset({"setup", "prompt", "interrupt", "dtmf", "error"})
 
 

@@ -22,8 +22,11 @@ from booking.scheduler import Scheduler
 # The suite runs the same whatever the developer's shell or `.env` holds: no FRONTDESK_ setting
 # leaks in (only the test switches below), and no dotenv file is read, in this process or in the
 # servers and CLIs the tests start (they inherit this environment).
-_TEST_SWITCHES = {"FRONTDESK_TEST_DATABASE_URL", "FRONTDESK_REQUIRE_POSTGRES",
-                  "FRONTDESK_REQUIRE_BROWSER"}
+_TEST_SWITCHES = {
+    "FRONTDESK_TEST_DATABASE_URL",
+    "FRONTDESK_REQUIRE_POSTGRES",
+    "FRONTDESK_REQUIRE_BROWSER",
+}
 for _name in [n for n in os.environ if n.startswith("FRONTDESK_") and n not in _TEST_SWITCHES]:
     del os.environ[_name]
 os.environ["FRONTDESK_ENV_FILE"] = ""
@@ -87,20 +90,60 @@ def sqlite_engine(tmp_path) -> Iterator[Engine]:  # type: ignore[no-untyped-def]
 def seed_clinic(engine: Engine) -> None:
     """A small clinic: Lee (New York, lunch break), Rivera (Chicago); cleaning and checkup."""
     with session_scope(engine, write=True) as s:
-        s.add(Business(id="clinic", name="Clinic", timezone="America/New_York",
-                       phone_numbers=["+12025550100"], transfer_number="+12025550199"))
+        s.add(
+            Business(
+                id="clinic",
+                name="Clinic",
+                timezone="America/New_York",
+                phone_numbers=["+12025550100"],
+                transfer_number="+12025550199",
+            )
+        )
         s.flush()
-        s.add(Service(business_id="clinic", id="cleaning", name="Teeth cleaning",
-                      duration_minutes=45, buffer_after_minutes=15, min_notice_minutes=120,
-                      max_days_ahead=60, slot_step_minutes=15, staff_ids=["lee", "rivera"]))
-        s.add(Service(business_id="clinic", id="checkup", name="Checkup", duration_minutes=30,
-                      slot_step_minutes=30, staff_ids=["lee"], position=1))
+        s.add(
+            Service(
+                business_id="clinic",
+                id="cleaning",
+                name="Teeth cleaning",
+                duration_minutes=45,
+                buffer_after_minutes=15,
+                min_notice_minutes=120,
+                max_days_ahead=60,
+                slot_step_minutes=15,
+                staff_ids=["lee", "rivera"],
+            )
+        )
+        s.add(
+            Service(
+                business_id="clinic",
+                id="checkup",
+                name="Checkup",
+                duration_minutes=30,
+                slot_step_minutes=30,
+                staff_ids=["lee"],
+                position=1,
+            )
+        )
         week = {d: ["09:00-12:00", "13:00-17:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
-        s.add(Staff(business_id="clinic", id="lee", name="Dr. Lee", weekly_hours=week,
-                    overrides=[{"date": "2026-12-24", "hours": []}]))
-        s.add(Staff(business_id="clinic", id="rivera", name="Sam Rivera",
-                    timezone="America/Chicago", weekly_hours={"mon": ["08:00-12:00"]},
-                    position=1))
+        s.add(
+            Staff(
+                business_id="clinic",
+                id="lee",
+                name="Dr. Lee",
+                weekly_hours=week,
+                overrides=[{"date": "2026-12-24", "hours": []}],
+            )
+        )
+        s.add(
+            Staff(
+                business_id="clinic",
+                id="rivera",
+                name="Sam Rivera",
+                timezone="America/Chicago",
+                weekly_hours={"mon": ["08:00-12:00"]},
+                position=1,
+            )
+        )
 
 
 @pytest.fixture

@@ -67,8 +67,10 @@ def window(view: str, day: date, tz: ZoneInfo) -> tuple[list[date], datetime, da
     """The days shown and their `[start, end)` in `tz`: one day, or the Monday-started week."""
     first = day if view == "day" else day - timedelta(days=day.weekday())
     days = [first + timedelta(days=i) for i in range(1 if view == "day" else 7)]
-    start, end = bookable(datetime.combine(days[0], time(), tz),
-                          datetime.combine(days[-1] + timedelta(days=1), time(), tz))
+    start, end = bookable(
+        datetime.combine(days[0], time(), tz),
+        datetime.combine(days[-1] + timedelta(days=1), time(), tz),
+    )
     return days, start, end
 
 
@@ -81,7 +83,10 @@ def _contacts(s: Session, rows: list[Appointment]) -> dict[str, Contact]:
 
 @router.get("/appointments")
 async def appointments_page(
-    request: Request, user: CurrentUser, staff: str | None = None, view: str = "week",
+    request: Request,
+    user: CurrentUser,
+    staff: str | None = None,
+    view: str = "week",
     day: str | None = None,
 ) -> Response:
     view = "day" if view == "day" else "week"
@@ -91,18 +96,30 @@ async def appointments_page(
     shown = query_day(day, "day") or db.now(request).astimezone(tz).date()
     days, start, end = window(view, shown, tz)
     rows = await db.scheduler(request).appointments(
-        business_id=team.business.id, start=start, end=end, staff_id=member.id)
+        business_id=team.business.id, start=start, end=end, staff_id=member.id
+    )
     contacts = await db.run(request, lambda s: _contacts(s, rows))
     by_day: dict[date, list[Row]] = {d: [] for d in days}
     for row in rows:
         local_day = row.start.astimezone(tz).date()
         if local_day in by_day:
-            by_day[local_day].append(Row(row, contacts.get(row.contact_id),
-                                         team.services.get(row.service_id)))
+            by_day[local_day].append(
+                Row(row, contacts.get(row.contact_id), team.services.get(row.service_id))
+            )
     step = timedelta(days=1 if view == "day" else 7)
-    return render(request, "appointments.html", team=team, member=member, tz=tz, view=view,
-                  days=days, by_day=by_day, today=db.now(request).astimezone(tz).date(),
-                  prev_day=(days[0] - step).isoformat(), next_day=(days[0] + step).isoformat())
+    return render(
+        request,
+        "appointments.html",
+        team=team,
+        member=member,
+        tz=tz,
+        view=view,
+        days=days,
+        by_day=by_day,
+        today=db.now(request).astimezone(tz).date(),
+        prev_day=(days[0] - step).isoformat(),
+        next_day=(days[0] + step).isoformat(),
+    )
 
 
 # ---- one appointment --------------------------------------------------------------------------
@@ -120,17 +137,27 @@ class Detail:
 def _detail(s: Session, user: WebUser, appointment_id: str) -> Detail:
     """The appointment, if this user may see it: its business's, and for staff their own."""
     row = s.get(Appointment, appointment_id)
-    if row is None or row.business_id != user.business_id or not user.may_see_staff(
-            row.staff_id):
+    if row is None or row.business_id != user.business_id or not user.may_see_staff(row.staff_id):
         raise PageError(404, "There is no such appointment.")
     team = load_team(s, user)
-    return Detail(team, row, team.member(row.staff_id), s.get(Contact, row.contact_id),
-                  team.services.get(row.service_id))
+    return Detail(
+        team,
+        row,
+        team.member(row.staff_id),
+        s.get(Contact, row.contact_id),
+        team.services.get(row.service_id),
+    )
 
 
-async def _render_detail(request: Request, user: WebUser, appointment_id: str, *,
-                         error: str | None = None, move_day: date | None = None,
-                         status_code: int = 200) -> Response:
+async def _render_detail(
+    request: Request,
+    user: WebUser,
+    appointment_id: str,
+    *,
+    error: str | None = None,
+    move_day: date | None = None,
+    status_code: int = 200,
+) -> Response:
     detail = await db.run(request, lambda s: _detail(s, user, appointment_id))
     tz = detail.team.zone(detail.member)
     apt = detail.appointment
@@ -139,21 +166,36 @@ async def _render_detail(request: Request, user: WebUser, appointment_id: str, *
     if apt.status == "confirmed":
         # The times it can move to: the slot search the agent uses, ignoring this booking.
         try:
-            start, end = bookable(datetime.combine(move_day, time(), tz),
-                                  datetime.combine(move_day + timedelta(days=1), time(), tz))
+            start, end = bookable(
+                datetime.combine(move_day, time(), tz),
+                datetime.combine(move_day + timedelta(days=1), time(), tz),
+            )
             found = await db.scheduler(request).search(
-                business_id=apt.business_id, service_id=apt.service_id, staff_id=apt.staff_id,
-                start=start, end=end)
+                business_id=apt.business_id,
+                service_id=apt.service_id,
+                staff_id=apt.staff_id,
+                start=start,
+                end=end,
+            )
             slots = found.slots
         except errors.BookingError as exc:
             error = error or exc.message
-    return render(request, "appointment.html", status_code=status_code, d=detail, tz=tz,
-                  slots=slots, move_day=move_day, error=error)
+    return render(
+        request,
+        "appointment.html",
+        status_code=status_code,
+        d=detail,
+        tz=tz,
+        slots=slots,
+        move_day=move_day,
+        error=error,
+    )
 
 
 @router.get("/appointments/{appointment_id}")
-async def appointment_page(request: Request, appointment_id: str, user: CurrentUser,
-                           day: str | None = None) -> Response:
+async def appointment_page(
+    request: Request, appointment_id: str, user: CurrentUser, day: str | None = None
+) -> Response:
     move_day = query_day(day, "day")
     return await _render_detail(request, user, appointment_id, move_day=move_day)
 
@@ -162,32 +204,42 @@ async def appointment_page(request: Request, appointment_id: str, user: CurrentU
 async def cancel(request: Request, appointment_id: str, user: CurrentUser) -> Response:
     await db.run(request, lambda s: _detail(s, user, appointment_id))  # 404 unless theirs
     try:
-        row = await db.scheduler(request).cancel(business_id=user.business_id,
-                                                 appointment_id=appointment_id)
+        row = await db.scheduler(request).cancel(
+            business_id=user.business_id, appointment_id=appointment_id
+        )
     except errors.BookingError as exc:
-        return await _render_detail(request, user, appointment_id, error=exc.message,
-                                    status_code=409)
+        return await _render_detail(
+            request, user, appointment_id, error=exc.message, status_code=409
+        )
     await _audit(request, user, "appointment.cancel", row.id, {})
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)
 
 
 @router.post("/appointments/{appointment_id}/move", dependencies=[Depends(verify_csrf)])
-async def move(request: Request, appointment_id: str, user: CurrentUser,
-               start: Annotated[str, Form()] = "") -> Response:
+async def move(
+    request: Request, appointment_id: str, user: CurrentUser, start: Annotated[str, Form()] = ""
+) -> Response:
     detail = await db.run(request, lambda s: _detail(s, user, appointment_id))
     tz = detail.team.zone(detail.member)
     try:
         when = _local_datetime(start, tz)
         row = await db.scheduler(request).reschedule(
-            business_id=user.business_id, appointment_id=appointment_id, start=when)
+            business_id=user.business_id, appointment_id=appointment_id, start=when
+        )
     except errors.BookingError as exc:
         # A time that cannot be read or lies outside 1970-2199 is the form's fault (422); a
         # time that is taken or not offered is a conflict with the calendar (409).
         code = 422 if isinstance(exc, errors.InvalidRequest) else 409
-        return await _render_detail(request, user, appointment_id, error=exc.message,
-                                    status_code=code)
-    await _audit(request, user, "appointment.move", appointment_id,
-                 {"to": row.id, "start": row.start.isoformat()})
+        return await _render_detail(
+            request, user, appointment_id, error=exc.message, status_code=code
+        )
+    await _audit(
+        request,
+        user,
+        "appointment.move",
+        appointment_id,
+        {"to": row.id, "start": row.start.isoformat()},
+    )
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)
 
 
@@ -200,9 +252,21 @@ def _local_datetime(value: str, tz: ZoneInfo) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=tz)
 
 
-async def _audit(request: Request, user: WebUser, action: str, subject: str,
-                 details: dict[str, str]) -> None:
+async def _audit(
+    request: Request, user: WebUser, action: str, subject: str, details: dict[str, str]
+) -> None:
     at = db.now(request)
-    await db.run(request, lambda s: audit(s, business_id=user.business_id, actor=user.email,
-                                          user_id=user.id, action=action, subject=subject,
-                                          details=details, at=at), write=True)
+    await db.run(
+        request,
+        lambda s: audit(
+            s,
+            business_id=user.business_id,
+            actor=user.email,
+            user_id=user.id,
+            action=action,
+            subject=subject,
+            details=details,
+            at=at,
+        ),
+        write=True,
+    )

@@ -46,8 +46,13 @@ class WebUser:
 
     @classmethod
     def of(cls, row: User) -> WebUser:
-        return cls(id=row.id, business_id=row.business_id, email=row.email, role=row.role,
-                   staff_id=row.staff_id)
+        return cls(
+            id=row.id,
+            business_id=row.business_id,
+            email=row.email,
+            role=row.role,
+            staff_id=row.staff_id,
+        )
 
 
 class LoginRequired(Exception):
@@ -70,10 +75,18 @@ def secure_cookies(request: Request) -> bool:
     return str(request.app.state.settings.public_base_url).startswith("https://")
 
 
-def set_cookie(request: Request, response: Response, name: str, value: str,
-               *, max_age: int | None = None) -> None:
-    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax",
-                        secure=secure_cookies(request), path="/")
+def set_cookie(
+    request: Request, response: Response, name: str, value: str, *, max_age: int | None = None
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookies(request),
+        path="/",
+    )
 
 
 # ---- sessions ---------------------------------------------------------------------------------
@@ -120,9 +133,13 @@ async def require_owner(user: Annotated[WebUser, Depends(current_user)]) -> WebU
 async def start_session(request: Request, response: Response, user: User) -> None:
     token = secrets.token_urlsafe(32)
     at = db.now(request)
-    row = WebSession(token_hash=token_hash(token), user_id=user.id,
-                     csrf=secrets.token_urlsafe(32), created_at=at,
-                     expires_at=at + timedelta(days=SESSION_DAYS))
+    row = WebSession(
+        token_hash=token_hash(token),
+        user_id=user.id,
+        csrf=secrets.token_urlsafe(32),
+        created_at=at,
+        expires_at=at + timedelta(days=SESSION_DAYS),
+    )
 
     def write(s: Session) -> None:
         s.add(row)
@@ -134,6 +151,7 @@ async def start_session(request: Request, response: Response, user: User) -> Non
 async def end_session(request: Request, response: Response) -> None:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
+
         def write(s: Session) -> None:
             row = s.get(WebSession, token_hash(token))
             if row is not None:
@@ -144,8 +162,11 @@ async def end_session(request: Request, response: Response) -> None:
 
 
 def purge_expired(s: Session, at: datetime) -> None:
-    s.execute(WebSession.__table__.delete().where(  # type: ignore[attr-defined]
-        WebSession.__table__.c.expires_at <= at))  # type: ignore[attr-defined]
+    s.execute(
+        WebSession.__table__.delete().where(  # type: ignore[attr-defined]
+            WebSession.__table__.c.expires_at <= at
+        )
+    )  # type: ignore[attr-defined]
 
 
 # ---- CSRF -------------------------------------------------------------------------------------
@@ -157,7 +178,8 @@ def csrf_token(request: Request) -> str:
     if session_token:
         return session_token
     pre: str | None = getattr(request.state, "pre_csrf", None) or request.cookies.get(
-        PRE_CSRF_COOKIE)
+        PRE_CSRF_COOKIE
+    )
     if not pre:
         pre = secrets.token_urlsafe(32)
         request.state.pre_csrf_new = pre  # render() sets the cookie
@@ -177,8 +199,11 @@ async def verify_csrf(request: Request) -> None:
     user = await optional_user(request)
     expected = request.state.csrf if user else request.cookies.get(PRE_CSRF_COOKIE)
     if not sent or not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
-        raise PageError(403, "This form has expired or did not come from this site. "
-                             "Go back, reload the page and try again.")
+        raise PageError(
+            403,
+            "This form has expired or did not come from this site. "
+            "Go back, reload the page and try again.",
+        )
 
 
 def login_url(next_url: str) -> str:

@@ -29,9 +29,13 @@ SERVICE_FIELDS = {
     "buffer_before_minutes": "buffer before",
     "buffer_after_minutes": "buffer after",
 }
-BUSINESS_FIELDS = {"name": "Business name", "phone_numbers": "Phone numbers",
-                   "transfer_number": "Transfer number", "greeting": "Greeting",
-                   "policies": "Policies"}
+BUSINESS_FIELDS = {
+    "name": "Business name",
+    "phone_numbers": "Phone numbers",
+    "transfer_number": "Transfer number",
+    "greeting": "Greeting",
+    "policies": "Policies",
+}
 
 
 @dataclass
@@ -45,12 +49,16 @@ class SettingsForm:
     @classmethod
     def of(cls, business: Business, services: list[Service]) -> SettingsForm:
         return cls(
-            business={"name": business.name, "greeting": business.greeting or "",
-                      "policies": business.policies or "",
-                      "transfer_number": business.transfer_number or "",
-                      "phone_numbers": "\n".join(business.phone_numbers)},
-            services=[{"id": sv.id, **{k: str(getattr(sv, k)) for k in SERVICE_FIELDS}}
-                      for sv in services],
+            business={
+                "name": business.name,
+                "greeting": business.greeting or "",
+                "policies": business.policies or "",
+                "transfer_number": business.transfer_number or "",
+                "phone_numbers": "\n".join(business.phone_numbers),
+            },
+            services=[
+                {"id": sv.id, **{k: str(getattr(sv, k)) for k in SERVICE_FIELDS}} for sv in services
+            ],
         )
 
     def phone_numbers(self, region: str = phones.DEFAULT_REGION) -> list[str]:
@@ -91,10 +99,17 @@ def _check_business(row: Business, form: SettingsForm) -> dict[str, Any] | None:
     numbers = form.phone_numbers(region)
     transfer = _in_e164(values["transfer_number"], region) if values["transfer_number"] else None
     try:
-        info = BusinessInfo.model_validate({
-            "id": row.id, "name": values["name"], "timezone": row.timezone,
-            "phone_numbers": numbers, "transfer_number": transfer,
-            "greeting": values["greeting"] or None, "policies": values["policies"] or None})
+        info = BusinessInfo.model_validate(
+            {
+                "id": row.id,
+                "name": values["name"],
+                "timezone": row.timezone,
+                "phone_numbers": numbers,
+                "transfer_number": transfer,
+                "greeting": values["greeting"] or None,
+                "policies": values["policies"] or None,
+            }
+        )
     except ValidationError as exc:
         for e in exc.errors():
             where = BUSINESS_FIELDS.get(str(e["loc"][0]), str(e["loc"][0]))
@@ -103,21 +118,29 @@ def _check_business(row: Business, form: SettingsForm) -> dict[str, Any] | None:
     return info.model_dump(exclude={"id", "timezone"})
 
 
-def _check_service(row: Service, typed: dict[str, str],
-                   form: SettingsForm) -> dict[str, Any] | None:
+def _check_service(
+    row: Service, typed: dict[str, str], form: SettingsForm
+) -> dict[str, Any] | None:
     values: dict[str, Any] = {"name": typed.get("name", "")}
     for key in list(SERVICE_FIELDS)[1:]:
         try:
             values[key] = int(typed.get(key, ""))
         except ValueError:
-            form.problems.append(f"{row.name}: the {SERVICE_FIELDS[key]} must be a whole number "
-                                 "of minutes")
+            form.problems.append(
+                f"{row.name}: the {SERVICE_FIELDS[key]} must be a whole number of minutes"
+            )
             return None
     try:
-        ServiceEntry.model_validate({
-            "id": row.id, "min_notice_minutes": row.min_notice_minutes,
-            "max_days_ahead": row.max_days_ahead, "slot_step_minutes": row.slot_step_minutes,
-            "staff": row.staff_ids, **values})
+        ServiceEntry.model_validate(
+            {
+                "id": row.id,
+                "min_notice_minutes": row.min_notice_minutes,
+                "max_days_ahead": row.max_days_ahead,
+                "slot_step_minutes": row.slot_step_minutes,
+                "staff": row.staff_ids,
+                **values,
+            }
+        )
     except ValidationError as exc:
         for e in exc.errors():
             field_name = SERVICE_FIELDS.get(str(e["loc"][0]) if e["loc"] else "", "service")
@@ -137,8 +160,9 @@ def _numbers_taken(s: Session, business_id: str, numbers: list[str]) -> list[str
 def _save(s: Session, user: WebUser, form: SettingsForm, at: Any) -> bool:
     business = s.get(Business, user.business_id)
     assert business is not None
-    services = {sv.id: sv for sv in s.exec(select(Service).where(
-        Service.business_id == business.id))}
+    services = {
+        sv.id: sv for sv in s.exec(select(Service).where(Service.business_id == business.id))
+    }
     info = _check_business(business, form)
     region = phones.region_for(business.phone_numbers)
     for number in _numbers_taken(s, business.id, form.phone_numbers(region)):
@@ -161,31 +185,50 @@ def _save(s: Session, user: WebUser, form: SettingsForm, at: Any) -> bool:
         for key, value in values.items():
             setattr(row, key, value)
         s.add(row)
-    audit(s, business_id=business.id, actor=user.email, user_id=user.id,
-          action="business.settings", subject=business.id,
-          details={"business": info, "services": {r.id: v for r, v in changes}}, at=at)
+    audit(
+        s,
+        business_id=business.id,
+        actor=user.email,
+        user_id=user.id,
+        action="business.settings",
+        subject=business.id,
+        details={"business": info, "services": {r.id: v for r, v in changes}},
+        at=at,
+    )
     return True
 
 
 def _load(s: Session, user: WebUser) -> tuple[Business, list[Service]]:
     business = s.get(Business, user.business_id)
     assert business is not None
-    services = list(s.exec(select(Service).where(Service.business_id == business.id)
-                           .order_by(Service.position)))
+    services = list(
+        s.exec(select(Service).where(Service.business_id == business.id).order_by(Service.position))
+    )
     return business, services
 
 
 async def _staff(request: Request, user: WebUser) -> list[Staff]:
-    return await db.run(request, lambda s: list(s.exec(select(Staff).where(
-        Staff.business_id == user.business_id).order_by(Staff.position))))
+    return await db.run(
+        request,
+        lambda s: list(
+            s.exec(
+                select(Staff).where(Staff.business_id == user.business_id).order_by(Staff.position)
+            )
+        ),
+    )
 
 
 @router.get("/settings")
 async def settings_page(request: Request, user: OwnerUser, saved: bool = False) -> Response:
     business, services = await db.run(request, lambda s: _load(s, user))
-    return render(request, "settings.html", business=business,
-                  form=SettingsForm.of(business, services), saved=saved,
-                  staff=await _staff(request, user))
+    return render(
+        request,
+        "settings.html",
+        business=business,
+        form=SettingsForm.of(business, services),
+        saved=saved,
+        staff=await _staff(request, user),
+    )
 
 
 @router.post("/settings", dependencies=[Depends(verify_csrf)])
@@ -195,8 +238,15 @@ async def save_settings(request: Request, user: OwnerUser) -> Response:
     if await db.run(request, lambda s: _save(s, user, form, at), write=True):
         return RedirectResponse("/settings?saved=1", status_code=303)
     business, _ = await db.run(request, lambda s: _load(s, user))
-    return render(request, "settings.html", status_code=422, business=business, form=form,
-                  saved=False, staff=await _staff(request, user))
+    return render(
+        request,
+        "settings.html",
+        status_code=422,
+        business=business,
+        form=form,
+        saved=False,
+        staff=await _staff(request, user),
+    )
 
 
 def _add_service(s: Session, user: WebUser, form: FormData, at: Any) -> list[str]:
@@ -204,31 +254,49 @@ def _add_service(s: Session, user: WebUser, form: FormData, at: Any) -> list[str
     business_id = user.business_id
     staff_ids = {m.id for m in s.exec(select(Staff).where(Staff.business_id == business_id))}
     chosen = [str(v) for v in form.getlist("staff") if str(v) in staff_ids]
-    typed = {k: str(form.get(k, "")).strip() for k in ("id", "name", "duration_minutes",
-                                                       "buffer_before_minutes",
-                                                       "buffer_after_minutes")}
+    typed = {
+        k: str(form.get(k, "")).strip()
+        for k in ("id", "name", "duration_minutes", "buffer_before_minutes", "buffer_after_minutes")
+    }
     try:
-        entry = ServiceEntry.model_validate({
-            "id": typed["id"], "name": typed["name"], "staff": chosen,
-            "duration_minutes": int(typed["duration_minutes"] or 0),
-            "buffer_before_minutes": int(typed["buffer_before_minutes"] or 0),
-            "buffer_after_minutes": int(typed["buffer_after_minutes"] or 0)})
+        entry = ServiceEntry.model_validate(
+            {
+                "id": typed["id"],
+                "name": typed["name"],
+                "staff": chosen,
+                "duration_minutes": int(typed["duration_minutes"] or 0),
+                "buffer_before_minutes": int(typed["buffer_before_minutes"] or 0),
+                "buffer_after_minutes": int(typed["buffer_after_minutes"] or 0),
+            }
+        )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
         if isinstance(exc, ValidationError):
-            return [f"New service: the {'.'.join(str(p) for p in e['loc']) or 'value'} "
-                    f"{_reason(e)}" for e in exc.errors()]
+            return [
+                f"New service: the {'.'.join(str(p) for p in e['loc']) or 'value'} {_reason(e)}"
+                for e in exc.errors()
+            ]
         return ["New service: durations and buffers are whole numbers of minutes"]
     if not chosen:
         return ["New service: choose who does it"]
     if s.get(Service, (business_id, entry.id)) is not None:
         return [f"New service: there is already a service with the id {entry.id}"]
-    last = s.exec(select(Service.position).where(Service.business_id == business_id)
-                  .order_by(Service.position.desc())).first()  # type: ignore[attr-defined]
+    last = s.exec(
+        select(Service.position)
+        .where(Service.business_id == business_id)
+        .order_by(Service.position.desc())
+    ).first()  # type: ignore[attr-defined]
     values = entry.model_dump(exclude={"staff"})
-    s.add(Service(business_id=business_id, staff_ids=chosen,
-                  position=(last or 0) + 1, **values))
-    audit(s, business_id=business_id, actor=user.email, user_id=user.id,
-          action="service.add", subject=entry.id, details=values, at=at)
+    s.add(Service(business_id=business_id, staff_ids=chosen, position=(last or 0) + 1, **values))
+    audit(
+        s,
+        business_id=business_id,
+        actor=user.email,
+        user_id=user.id,
+        action="service.add",
+        subject=entry.id,
+        details=values,
+        at=at,
+    )
     return []
 
 
@@ -236,14 +304,27 @@ def _remove_service(s: Session, user: WebUser, service_id: str, at: Any) -> list
     row = s.get(Service, (user.business_id, service_id))
     if row is None:
         return ["That service no longer exists; reload the page"]
-    upcoming = s.exec(select(Appointment.id).where(
-        Appointment.business_id == user.business_id, Appointment.service_id == service_id,
-        Appointment.status == AppointmentStatus.CONFIRMED.value, Appointment.end > at)).first()
+    upcoming = s.exec(
+        select(Appointment.id).where(
+            Appointment.business_id == user.business_id,
+            Appointment.service_id == service_id,
+            Appointment.status == AppointmentStatus.CONFIRMED.value,
+            Appointment.end > at,
+        )
+    ).first()
     if upcoming is not None:
         return [f"{row.name} still has upcoming appointments: cancel or move them first"]
     s.delete(row)  # past appointments keep its id; the agent stops offering it at once
-    audit(s, business_id=user.business_id, actor=user.email, user_id=user.id,
-          action="service.remove", subject=service_id, details={"name": row.name}, at=at)
+    audit(
+        s,
+        business_id=user.business_id,
+        actor=user.email,
+        user_id=user.id,
+        action="service.remove",
+        subject=service_id,
+        details={"name": row.name},
+        at=at,
+    )
     return []
 
 
@@ -253,22 +334,31 @@ async def _after(request: Request, user: WebUser, problems: list[str]) -> Respon
     business, services = await db.run(request, lambda s: _load(s, user))
     form = SettingsForm.of(business, services)
     form.problems = problems
-    return render(request, "settings.html", status_code=422, business=business, form=form,
-                  saved=False, staff=await _staff(request, user))
+    return render(
+        request,
+        "settings.html",
+        status_code=422,
+        business=business,
+        form=form,
+        saved=False,
+        staff=await _staff(request, user),
+    )
 
 
 @router.post("/settings/services", dependencies=[Depends(verify_csrf)])
 async def add_service(request: Request, user: OwnerUser) -> Response:
     form = await request.form()
     at = db.now(request)
-    return await _after(request, user,
-                        await db.run(request, lambda s: _add_service(s, user, form, at),
-                                     write=True))
+    return await _after(
+        request, user, await db.run(request, lambda s: _add_service(s, user, form, at), write=True)
+    )
 
 
 @router.post("/settings/services/{service_id}/remove", dependencies=[Depends(verify_csrf)])
 async def remove_service(request: Request, service_id: str, user: OwnerUser) -> Response:
     at = db.now(request)
-    return await _after(request, user,
-                        await db.run(request, lambda s: _remove_service(s, user, service_id, at),
-                                     write=True))
+    return await _after(
+        request,
+        user,
+        await db.run(request, lambda s: _remove_service(s, user, service_id, at), write=True),
+    )

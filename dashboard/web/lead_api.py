@@ -17,8 +17,9 @@ from dashboard.web import db
 from dashboard.web.auth import PageError
 from dashboard.web.leads import NOTE_MAX, LeadStatusError, change_status, load_lead
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["leads"],
-                   responses=ERRORS)
+router = APIRouter(
+    prefix="/api/v1", dependencies=[Depends(require_api_key)], tags=["leads"], responses=ERRORS
+)
 BusinessQ = Annotated[str | None, Query(description="business id; optional while there is one")]
 
 
@@ -45,12 +46,25 @@ def _detail(s: Session, business_id: str, lead_id: str) -> LeadDetailOut:
         lead: Lead = load_lead(s, business_id, lead_id)
     except PageError:
         raise errors.NotFound(f"no lead {lead_id}") from None
-    steps = s.exec(select(LeadStatusChange).where(LeadStatusChange.lead_id == lead.id)
-                   .order_by(LeadStatusChange.at, LeadStatusChange.id))  # type: ignore[arg-type]
+    steps = s.exec(
+        select(LeadStatusChange)
+        .where(LeadStatusChange.lead_id == lead.id)
+        .order_by(LeadStatusChange.at, LeadStatusChange.id)
+    )  # type: ignore[arg-type]
     return LeadDetailOut(
-        **LeadOut.of(lead).model_dump(), call_id=lead.call_id,
-        history=[StatusStepOut(from_status=r.from_status, to_status=r.to_status, note=r.note,
-                               actor=r.actor, at=r.at) for r in steps])
+        **LeadOut.of(lead).model_dump(),
+        call_id=lead.call_id,
+        history=[
+            StatusStepOut(
+                from_status=r.from_status,
+                to_status=r.to_status,
+                note=r.note,
+                actor=r.actor,
+                at=r.at,
+            )
+            for r in steps
+        ],
+    )
 
 
 @router.get("/leads/{lead_id}", response_model=LeadDetailOut)
@@ -60,16 +74,25 @@ async def get_lead(request: Request, lead_id: str, business: BusinessQ = None) -
 
 
 @router.post("/leads/{lead_id}/status", response_model=LeadDetailOut)
-async def set_lead_status(request: Request, lead_id: str, body: StatusIn,
-                          business: BusinessQ = None) -> LeadDetailOut:
+async def set_lead_status(
+    request: Request, lead_id: str, body: StatusIn, business: BusinessQ = None
+) -> LeadDetailOut:
     """Move a lead along (new, contacted, won, lost) with an optional note, kept in history."""
     bid = await db.scheduler(request).resolve_business(business)
     at = db.now(request)
 
     def write(s: Session) -> LeadDetailOut:
         try:
-            change_status(s, business_id=bid, lead_id=lead_id, status=body.status.value,
-                          note=body.note, actor="api", user_id=None, at=at)
+            change_status(
+                s,
+                business_id=bid,
+                lead_id=lead_id,
+                status=body.status.value,
+                note=body.note,
+                actor="api",
+                user_id=None,
+                at=at,
+            )
         except PageError:
             raise errors.NotFound(f"no lead {lead_id}") from None
         except LeadStatusError as exc:

@@ -47,8 +47,15 @@ class LeadFilter:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, *, outcome: str | None, status: str | None, date_from: str | None,
-              date_to: str | None, q: str | None) -> LeadFilter:
+    def parse(
+        cls,
+        *,
+        outcome: str | None,
+        status: str | None,
+        date_from: str | None,
+        date_to: str | None,
+        q: str | None,
+    ) -> LeadFilter:
         """Read the filter form; a bad value is dropped and reported, never a crash."""
         problems: list[str] = []
         outcomes = {o.value for o in LeadOutcome}
@@ -61,13 +68,23 @@ class LeadFilter:
         first, last = _day(date_from, "from", problems), _day(date_to, "to", problems)
         if first and last and last < first:
             problems.append("the 'to' date is before the 'from' date")
-        return cls(outcome=outcome or None, status=status or None, date_from=first,
-                   date_to=last, q=(q or "").strip() or None, problems=problems)
+        return cls(
+            outcome=outcome or None,
+            status=status or None,
+            date_from=first,
+            date_to=last,
+            q=(q or "").strip() or None,
+            problems=problems,
+        )
 
     def query_string(self) -> str:
-        pairs = {"outcome": self.outcome, "status": self.status,
-                 "from": self.date_from.isoformat() if self.date_from else None,
-                 "to": self.date_to.isoformat() if self.date_to else None, "q": self.q}
+        pairs = {
+            "outcome": self.outcome,
+            "status": self.status,
+            "from": self.date_from.isoformat() if self.date_from else None,
+            "to": self.date_to.isoformat() if self.date_to else None,
+            "q": self.q,
+        }
         return urlencode({k: v for k, v in pairs.items() if v})
 
 
@@ -81,8 +98,9 @@ def _day(value: str | None, name: str, problems: list[str]) -> date | None:
         return None
 
 
-def find_leads(s: Session, business_id: str, flt: LeadFilter, tz: ZoneInfo,
-               *, limit: int) -> list[Lead]:
+def find_leads(
+    s: Session, business_id: str, flt: LeadFilter, tz: ZoneInfo, *, limit: int
+) -> list[Lead]:
     """The business's leads matching `flt`, newest first."""
     q = select(Lead).where(Lead.business_id == business_id)
     if flt.outcome:
@@ -92,8 +110,7 @@ def find_leads(s: Session, business_id: str, flt: LeadFilter, tz: ZoneInfo,
     if flt.date_from:
         q = q.where(Lead.created_at >= datetime.combine(flt.date_from, time(), tz))
     if flt.date_to:
-        q = q.where(Lead.created_at < datetime.combine(flt.date_to + timedelta(days=1), time(),
-                                                       tz))
+        q = q.where(Lead.created_at < datetime.combine(flt.date_to + timedelta(days=1), time(), tz))
     if flt.q:
         q = q.where(_search(flt.q))
     return list(s.exec(q.order_by(sa.desc(Lead.created_at), sa.desc(Lead.id)).limit(limit)))
@@ -101,8 +118,7 @@ def find_leads(s: Session, business_id: str, flt: LeadFilter, tz: ZoneInfo,
 
 def _search(text: str) -> sa.ColumnElement[bool]:
     """Name contains the text (any case), or the number contains its digits."""
-    name = sa.func.lower(sa.func.coalesce(Lead.name, "")).contains(text.lower(),
-                                                                   autoescape=True)
+    name = sa.func.lower(sa.func.coalesce(Lead.name, "")).contains(text.lower(), autoescape=True)
     digits = re.sub(r"\D", "", text)
     if len(digits) < 3:
         return name
@@ -125,8 +141,9 @@ def filter_args(
     date_to: Annotated[str | None, Query(alias="to")] = None,
     q: str | None = None,
 ) -> LeadFilter:
-    return LeadFilter.parse(outcome=outcome, status=status, date_from=date_from,
-                            date_to=date_to, q=q)
+    return LeadFilter.parse(
+        outcome=outcome, status=status, date_from=date_from, date_to=date_to, q=q
+    )
 
 
 Filter = Annotated[LeadFilter, Depends(filter_args)]
@@ -136,12 +153,21 @@ Filter = Annotated[LeadFilter, Depends(filter_args)]
 async def leads_page(request: Request, user: OwnerUser, flt: Filter) -> Response:
     def load(s: Session) -> tuple[Business, list[Lead]]:
         business = _business(s, user)
-        return business, find_leads(s, business.id, flt, ZoneInfo(business.timezone),
-                                    limit=PAGE_SIZE)
+        return business, find_leads(
+            s, business.id, flt, ZoneInfo(business.timezone), limit=PAGE_SIZE
+        )
 
     business, rows = await db.run(request, load)
-    return render(request, "leads.html", business=business, leads=rows, flt=flt,
-                  outcomes=list(LeadOutcome), statuses=list(LeadStatus), page_size=PAGE_SIZE)
+    return render(
+        request,
+        "leads.html",
+        business=business,
+        leads=rows,
+        flt=flt,
+        outcomes=list(LeadOutcome),
+        statuses=list(LeadStatus),
+        page_size=PAGE_SIZE,
+    )
 
 
 CSV_COLUMNS = ["time", "outcome", "status", "name", "phone", "reason", "appointment_id", "id"]
@@ -166,9 +192,21 @@ def leads_csv(rows: list[Lead], tz: ZoneInfo) -> str:
     writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([csv_cell(v) for v in (
-            row.created_at.astimezone(tz).isoformat(timespec="minutes"), row.outcome,
-            row.status, row.name, row.phone, row.reason, row.appointment_id, row.id)])
+        writer.writerow(
+            [
+                csv_cell(v)
+                for v in (
+                    row.created_at.astimezone(tz).isoformat(timespec="minutes"),
+                    row.outcome,
+                    row.status,
+                    row.name,
+                    row.phone,
+                    row.reason,
+                    row.appointment_id,
+                    row.id,
+                )
+            ]
+        )
     return out.getvalue()
 
 
@@ -176,13 +214,15 @@ def leads_csv(rows: list[Lead], tz: ZoneInfo) -> str:
 async def leads_export(request: Request, user: OwnerUser, flt: Filter) -> Response:
     def load(s: Session) -> tuple[Business, list[Lead]]:
         business = _business(s, user)
-        return business, find_leads(s, business.id, flt, ZoneInfo(business.timezone),
-                                    limit=CSV_LIMIT)
+        return business, find_leads(
+            s, business.id, flt, ZoneInfo(business.timezone), limit=CSV_LIMIT
+        )
 
     business, rows = await db.run(request, load)
     stamp = db.now(request).astimezone(ZoneInfo(business.timezone)).strftime("%Y%m%d-%H%M")
     return Response(
-        leads_csv(rows, ZoneInfo(business.timezone)), media_type="text/csv; charset=utf-8",
+        leads_csv(rows, ZoneInfo(business.timezone)),
+        media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="leads-{stamp}.csv"'},
     )
 
@@ -218,8 +258,13 @@ def _lead_page(s: Session, user: WebUser, lead_id: str) -> LeadPage:
     if appointment is not None:
         service = s.get(Service, (business.id, appointment.service_id))
         staff = s.get(Staff, (business.id, appointment.staff_id))
-    history = list(s.exec(select(LeadStatusChange).where(LeadStatusChange.lead_id == lead.id)
-                          .order_by(sa.desc(LeadStatusChange.at), sa.desc(LeadStatusChange.id))))
+    history = list(
+        s.exec(
+            select(LeadStatusChange)
+            .where(LeadStatusChange.lead_id == lead.id)
+            .order_by(sa.desc(LeadStatusChange.at), sa.desc(LeadStatusChange.id))
+        )
+    )
     return LeadPage(business, lead, call, appointment, service, staff, history)
 
 
@@ -229,8 +274,17 @@ async def lead_page(request: Request, lead_id: str, user: OwnerUser) -> Response
     return render(request, "lead.html", page=page, statuses=list(LeadStatus), error=None)
 
 
-def change_status(s: Session, *, business_id: str, lead_id: str, status: str, note: str | None,
-                  actor: str, user_id: str | None, at: datetime) -> LeadStatusChange:
+def change_status(
+    s: Session,
+    *,
+    business_id: str,
+    lead_id: str,
+    status: str,
+    note: str | None,
+    actor: str,
+    user_id: str | None,
+    at: datetime,
+) -> LeadStatusChange:
     """Move a lead to `status`, keeping the step and its note in the lead's history."""
     if status not in {v.value for v in LeadStatus}:
         raise LeadStatusError("choose new, contacted, won or lost")
@@ -240,29 +294,65 @@ def change_status(s: Session, *, business_id: str, lead_id: str, status: str, no
     lead = load_lead(s, business_id, lead_id)
     if lead.status == status and not note:
         raise LeadStatusError(f"the lead is already {status}; add a note to record something")
-    step = LeadStatusChange(business_id=business_id, lead_id=lead.id, from_status=lead.status,
-                            to_status=status, note=note, user_id=user_id, actor=actor, at=at)
+    step = LeadStatusChange(
+        business_id=business_id,
+        lead_id=lead.id,
+        from_status=lead.status,
+        to_status=status,
+        note=note,
+        user_id=user_id,
+        actor=actor,
+        at=at,
+    )
     lead.status = status
     s.add(lead)
     s.add(step)
-    audit(s, business_id=business_id, actor=actor, user_id=user_id, action="lead.status",
-          subject=lead.id, details={"from": step.from_status, "to": status, "note": note}, at=at)
+    audit(
+        s,
+        business_id=business_id,
+        actor=actor,
+        user_id=user_id,
+        action="lead.status",
+        subject=lead.id,
+        details={"from": step.from_status, "to": status, "note": note},
+        at=at,
+    )
     s.flush()
     return step
 
 
 @router.post("/leads/{lead_id}/status", dependencies=[Depends(verify_csrf)])
 async def lead_status(
-    request: Request, lead_id: str, user: OwnerUser,
-    status: Annotated[str, Form()] = "", note: Annotated[str, Form()] = "",
+    request: Request,
+    lead_id: str,
+    user: OwnerUser,
+    status: Annotated[str, Form()] = "",
+    note: Annotated[str, Form()] = "",
 ) -> Response:
     at = db.now(request)
     try:
-        await db.run(request, lambda s: change_status(
-            s, business_id=user.business_id, lead_id=lead_id, status=status, note=note,
-            actor=user.email, user_id=user.id, at=at), write=True)
+        await db.run(
+            request,
+            lambda s: change_status(
+                s,
+                business_id=user.business_id,
+                lead_id=lead_id,
+                status=status,
+                note=note,
+                actor=user.email,
+                user_id=user.id,
+                at=at,
+            ),
+            write=True,
+        )
     except LeadStatusError as exc:
         page = await db.run(request, lambda s: _lead_page(s, user, lead_id))
-        return render(request, "lead.html", status_code=422, page=page,
-                      statuses=list(LeadStatus), error=str(exc))
+        return render(
+            request,
+            "lead.html",
+            status_code=422,
+            page=page,
+            statuses=list(LeadStatus),
+            error=str(exc),
+        )
     return RedirectResponse(f"/leads/{lead_id}", status_code=303)

@@ -64,16 +64,20 @@ async def login(
         recent = LoginAttempt.at > at - WINDOW
 
         def count(*where: object) -> int:
-            return int(s.exec(select(sa.func.count()).select_from(LoginAttempt)
-                              .where(recent, *where)).one())
+            return int(
+                s.exec(
+                    select(sa.func.count()).select_from(LoginAttempt).where(recent, *where)
+                ).one()
+            )
 
-        return (count(LoginAttempt.email == email, LoginAttempt.ip == ip) > MAX_FAILURES
-                or count(LoginAttempt.email == email) > MAX_ACCOUNT_FAILURES
-                or count(LoginAttempt.ip == ip) > MAX_ADDRESS_FAILURES)
+        return (
+            count(LoginAttempt.email == email, LoginAttempt.ip == ip) > MAX_FAILURES
+            or count(LoginAttempt.email == email) > MAX_ACCOUNT_FAILURES
+            or count(LoginAttempt.ip == ip) > MAX_ADDRESS_FAILURES
+        )
 
     def succeed(s: Session, user_id: str) -> User | None:
-        s.execute(sa.delete(LoginAttempt).where(LoginAttempt.email == email,
-                                                LoginAttempt.ip == ip))
+        s.execute(sa.delete(LoginAttempt).where(LoginAttempt.email == email, LoginAttempt.ip == ip))
         user = s.get(User, user_id)
         if user is not None:
             user.last_login_at = at
@@ -87,15 +91,30 @@ async def login(
     result: User | str = "limited"
     if not limited:
         user = await db.run(request, lambda s: authenticate(s, email, password))
-        found = await db.run(request, lambda s: succeed(s, user.id), write=True) \
-            if user is not None else None
+        found = (
+            await db.run(request, lambda s: succeed(s, user.id), write=True)
+            if user is not None
+            else None
+        )
         result = found if found is not None else "wrong"
     if result == "limited":
-        return render(request, "login.html", status_code=429, next=safe_next(next), email=email,
-                      error="Too many failed attempts. Wait 15 minutes and try again.")
+        return render(
+            request,
+            "login.html",
+            status_code=429,
+            next=safe_next(next),
+            email=email,
+            error="Too many failed attempts. Wait 15 minutes and try again.",
+        )
     if isinstance(result, str):
-        return render(request, "login.html", status_code=401, next=safe_next(next), email=email,
-                      error="That email and password do not match an account.")
+        return render(
+            request,
+            "login.html",
+            status_code=401,
+            next=safe_next(next),
+            email=email,
+            error="That email and password do not match an account.",
+        )
     response = RedirectResponse(safe_next(next), status_code=303)
     await start_session(request, response, result)
     return response

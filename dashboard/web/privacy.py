@@ -35,8 +35,9 @@ async def _tz(request: Request, user: WebUser) -> str:
 
 
 @router.get("/privacy")
-async def privacy_page(request: Request, user: OwnerUser, q: str = "",
-                       erased: str | None = None) -> Response:
+async def privacy_page(
+    request: Request, user: OwnerUser, q: str = "", erased: str | None = None
+) -> Response:
     contacts = await db.run(request, lambda s: privacy.find_contacts(s, user.business_id, q))
     return render(request, "privacy.html", contacts=contacts, q=q, erased=erased)
 
@@ -54,8 +55,15 @@ async def export_contact(request: Request, contact_id: str, user: OwnerUser) -> 
     def read(s: Session) -> privacy.ContactRecords:
         found = _records(s, user, contact_id)
         # Who took a copy of someone's data is worth knowing later, like who erased it.
-        audit(s, business_id=user.business_id, actor=user.email, user_id=user.id,
-              action="contact.export", subject=found.contact.id, at=at)
+        audit(
+            s,
+            business_id=user.business_id,
+            actor=user.email,
+            user_id=user.id,
+            action="contact.export",
+            subject=found.contact.id,
+            at=at,
+        )
         return found
 
     found = await db.run(request, read, write=True)
@@ -63,32 +71,53 @@ async def export_contact(request: Request, contact_id: str, user: OwnerUser) -> 
     return Response(
         json.dumps(document, indent=2, ensure_ascii=False),
         media_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="contact-{contact_id}.json"',
-                 "Cache-Control": "no-store"},
+        headers={
+            "Content-Disposition": f'attachment; filename="contact-{contact_id}.json"',
+            "Cache-Control": "no-store",
+        },
     )
 
 
 @router.get("/privacy/contacts/{contact_id}/delete")
 async def confirm_delete(request: Request, contact_id: str, user: OwnerUser) -> Response:
     found = await db.run(request, lambda s: _records(s, user, contact_id))
-    return render(request, "privacy_delete.html", found=found, word=CONFIRM_WORD, error=None,
-                  tz=await _tz(request, user))
+    return render(
+        request,
+        "privacy_delete.html",
+        found=found,
+        word=CONFIRM_WORD,
+        error=None,
+        tz=await _tz(request, user),
+    )
 
 
 @router.post("/privacy/contacts/{contact_id}/delete", dependencies=[Depends(verify_csrf)])
-async def delete_contact(request: Request, contact_id: str, user: OwnerUser,
-                         confirm: Annotated[str, Form()] = "") -> Response:
+async def delete_contact(
+    request: Request, contact_id: str, user: OwnerUser, confirm: Annotated[str, Form()] = ""
+) -> Response:
     if confirm.strip() != CONFIRM_WORD:
         found = await db.run(request, lambda s: _records(s, user, contact_id))
-        return render(request, "privacy_delete.html", status_code=422, found=found,
-                      word=CONFIRM_WORD, tz=await _tz(request, user),
-                      error=f"Type {CONFIRM_WORD} to confirm.")
+        return render(
+            request,
+            "privacy_delete.html",
+            status_code=422,
+            found=found,
+            word=CONFIRM_WORD,
+            tz=await _tz(request, user),
+            error=f"Type {CONFIRM_WORD} to confirm.",
+        )
     at = db.now(request)
 
     def write(s: Session) -> privacy.Erasure:
         _records(s, user, contact_id)  # a 404 page for another business's contact
-        return privacy.erase(s, business_id=user.business_id, contact_id=contact_id,
-                             actor=user.email, user_id=user.id, at=at)
+        return privacy.erase(
+            s,
+            business_id=user.business_id,
+            contact_id=contact_id,
+            actor=user.email,
+            user_id=user.id,
+            at=at,
+        )
 
     await db.run(request, write, write=True)
     return RedirectResponse("/privacy?erased=1", status_code=303)

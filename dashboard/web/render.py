@@ -51,8 +51,9 @@ def parse_day(value: str | None, name: str = "date") -> date | None:
     except ValueError:
         raise ValueError(f"the {name} must look like 2026-12-31") from None
     if not MIN_YEAR <= day.year <= MAX_YEAR:
-        raise DayOutOfRange(f"the {name} {day.isoformat()} is outside the years "
-                            f"{MIN_YEAR}-{MAX_YEAR}")
+        raise DayOutOfRange(
+            f"the {name} {day.isoformat()} is outside the years {MIN_YEAR}-{MAX_YEAR}"
+        )
     return day
 
 
@@ -100,13 +101,13 @@ templates.env.filters["local"] = local
 templates.env.filters["label"] = label
 
 
-def render(request: Request, template_name: str, *, status_code: int = 200,
-           **context: Any) -> HTMLResponse:
+def render(
+    request: Request, template_name: str, *, status_code: int = 200, **context: Any
+) -> HTMLResponse:
     """The page `template_name` with `context`; `user` and `csrf_token` are always there."""
     context.setdefault("user", getattr(request.state, "web_user", None))
     context.setdefault("status_code", status_code)
-    response = templates.TemplateResponse(request, template_name, context,
-                                          status_code=status_code)
+    response = templates.TemplateResponse(request, template_name, context, status_code=status_code)
     new_token = getattr(request.state, "pre_csrf_new", None)
     if new_token:
         set_cookie(request, response, PRE_CSRF_COOKIE, new_token)

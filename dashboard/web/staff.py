@@ -38,8 +38,13 @@ from dashboard.web.render import (
 router = APIRouter(include_in_schema=False)
 add_nav("Staff", "/staff", position=30)
 
-DAY_NAMES = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
-                            "Saturday", "Sunday"), strict=True))
+DAY_NAMES = dict(
+    zip(
+        DAYS,
+        ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+        strict=True,
+    )
+)
 BLANK_ROWS = 2  # empty override and time-off rows offered for adding
 TIME_OFF_COLUMNS = {"start": "From", "end": "To", "rrule": "Repeat", "reason": "Reason"}
 
@@ -57,21 +62,37 @@ class HoursForm:
     def of(cls, row: Staff, tz: ZoneInfo) -> HoursForm:
         weekly = {d: ", ".join(row.weekly_hours.get(d, [])) for d in DAYS}
         overrides = [(str(o["date"]), ", ".join(o.get("hours", []))) for o in row.overrides]
-        time_off = [{"start": _wall(t["start"], tz), "end": _wall(t["end"], tz),
-                     "rrule": t.get("rrule") or "", "reason": t.get("reason") or ""}
-                    for t in row.time_off]
+        time_off = [
+            {
+                "start": _wall(t["start"], tz),
+                "end": _wall(t["end"], tz),
+                "rrule": t.get("rrule") or "",
+                "reason": t.get("reason") or "",
+            }
+            for t in row.time_off
+        ]
         return cls(weekly, overrides, time_off)
 
     @classmethod
     def read(cls, form: FormData) -> HoursForm:
         weekly = {d: str(form.get(f"hours_{d}", "")).strip() for d in DAYS}
         dates, hours = form.getlist("ov_date"), form.getlist("ov_hours")
-        overrides = [(str(d).strip(), str(h).strip()) for d, h in zip(dates, hours, strict=False)
-                     if str(d).strip()]
+        overrides = [
+            (str(d).strip(), str(h).strip())
+            for d, h in zip(dates, hours, strict=False)
+            if str(d).strip()
+        ]
         columns = [form.getlist(f"off_{k}") for k in ("start", "end", "rrule", "reason")]
-        time_off = [dict(zip(("start", "end", "rrule", "reason"),
-                             (str(v).strip() for v in values), strict=True))
-                    for values in zip(*columns, strict=False)]
+        time_off = [
+            dict(
+                zip(
+                    ("start", "end", "rrule", "reason"),
+                    (str(v).strip() for v in values),
+                    strict=True,
+                )
+            )
+            for values in zip(*columns, strict=False)
+        ]
         time_off = [t for t in time_off if t["start"] or t["end"]]
         return cls(weekly, overrides, time_off)
 
@@ -85,8 +106,10 @@ class HoursForm:
 
     def rows(self) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
         blank_off = {"start": "", "end": "", "rrule": "", "reason": ""}
-        return ([*self.overrides, *[("", "")] * BLANK_ROWS],
-                [*self.time_off, *[dict(blank_off) for _ in range(BLANK_ROWS)]])
+        return (
+            [*self.overrides, *[("", "")] * BLANK_ROWS],
+            [*self.time_off, *[dict(blank_off) for _ in range(BLANK_ROWS)]],
+        )
 
 
 def _ranges(text: str) -> list[str]:
@@ -142,8 +165,9 @@ def validate(row: Staff, form: HoursForm) -> dict[str, Any] | None:
     """The new stored rules, or None with `form.problems` filled in (same rules as the file)."""
     form.problems = _override_years(form)
     try:
-        entry = StaffEntry.model_validate({"id": row.id, "name": row.name,
-                                           "timezone": row.timezone, **form.rules()})
+        entry = StaffEntry.model_validate(
+            {"id": row.id, "name": row.name, "timezone": row.timezone, **form.rules()}
+        )
     except ValidationError as exc:
         form.problems += [f"{_where(e['loc'])}: {_reason(e)}" for e in exc.errors()]
     if form.problems:
@@ -172,19 +196,26 @@ def load_member(s: Session, user: WebUser, staff_id: str) -> Member:
     row = s.get(Staff, (user.business_id, staff_id))
     if business is None or row is None or not user.may_see_staff(staff_id):
         raise PageError(404, "There is no such staff member.")
-    services = [sv for sv in s.exec(select(Service).where(Service.business_id == business.id)
-                                    .order_by(Service.position)) if staff_id in sv.staff_ids]
+    services = [
+        sv
+        for sv in s.exec(
+            select(Service).where(Service.business_id == business.id).order_by(Service.position)
+        )
+        if staff_id in sv.staff_ids
+    ]
     return Member(business, row, services)
 
 
 @router.get("/staff")
 async def staff_list(request: Request, user: OwnerUser) -> Response:
     def load(s: Session) -> list[Staff]:
-        return list(s.exec(select(Staff).where(Staff.business_id == user.business_id)
-                           .order_by(Staff.position)))
+        return list(
+            s.exec(
+                select(Staff).where(Staff.business_id == user.business_id).order_by(Staff.position)
+            )
+        )
 
-    return render(request, "staff_list.html", staff=await db.run(request, load),
-                  days=DAYS)
+    return render(request, "staff_list.html", staff=await db.run(request, load), days=DAYS)
 
 
 @dataclass
@@ -198,26 +229,43 @@ class WeekGrid:
     error: str | None = None
 
 
-async def week_grid(request: Request, member: Member, service_id: str | None,
-                    first: date) -> WeekGrid:
+async def week_grid(
+    request: Request, member: Member, service_id: str | None, first: date
+) -> WeekGrid:
     tz = member.tz
     days = [first + timedelta(days=i) for i in range(7)]
-    rules = Availability.model_validate({"weekly_hours": member.staff.weekly_hours,
-                                         "overrides": member.staff.overrides,
-                                         "time_off": member.staff.time_off}, context=STORED)
-    hours = {d: [f"{a.astimezone(tz):%H:%M}–{b.astimezone(tz):%H:%M}"
-                 for a, b in working_ranges(rules, tz, d)] for d in days}
+    rules = Availability.model_validate(
+        {
+            "weekly_hours": member.staff.weekly_hours,
+            "overrides": member.staff.overrides,
+            "time_off": member.staff.time_off,
+        },
+        context=STORED,
+    )
+    hours = {
+        d: [
+            f"{a.astimezone(tz):%H:%M}–{b.astimezone(tz):%H:%M}"
+            for a, b in working_ranges(rules, tz, d)
+        ]
+        for d in days
+    }
     service = next((sv for sv in member.services if sv.id == service_id), None)
     service = service or (member.services[0] if member.services else None)
     grid = WeekGrid(service, days, hours, {d: [] for d in days})
     if service is None:
         return grid
     try:
-        start, end = bookable(datetime.combine(days[0], time(), tz),
-                              datetime.combine(days[-1] + timedelta(days=1), time(), tz))
+        start, end = bookable(
+            datetime.combine(days[0], time(), tz),
+            datetime.combine(days[-1] + timedelta(days=1), time(), tz),
+        )
         found = await db.scheduler(request).search(
-            business_id=member.business.id, service_id=service.id, staff_id=member.staff.id,
-            start=start, end=end)
+            business_id=member.business.id,
+            service_id=service.id,
+            staff_id=member.staff.id,
+            start=start,
+            end=end,
+        )
     except errors.BookingError as exc:
         grid.error = exc.message
         return grid
@@ -229,8 +277,11 @@ async def week_grid(request: Request, member: Member, service_id: str | None,
 async def _upcoming(request: Request, member: Member) -> list[tuple[Appointment, str, str]]:
     now = db.now(request)
     rows = await db.scheduler(request).appointments(
-        business_id=member.business.id, start=now, end=now + timedelta(days=60),
-        staff_id=member.staff.id)
+        business_id=member.business.id,
+        start=now,
+        end=now + timedelta(days=60),
+        staff_id=member.staff.id,
+    )
     names = {sv.id: sv.name for sv in member.services}
 
     def contacts(s: Session) -> dict[str, Contact]:
@@ -239,15 +290,29 @@ async def _upcoming(request: Request, member: Member) -> list[tuple[Appointment,
         return {c.id: c for c in s.exec(q)} if ids else {}
 
     found = await db.run(request, contacts)
-    return [(r, names.get(r.service_id, r.service_id),
-             (found[r.contact_id].name or found[r.contact_id].phone)
-             if r.contact_id in found else "") for r in rows[:20]]
+    return [
+        (
+            r,
+            names.get(r.service_id, r.service_id),
+            (found[r.contact_id].name or found[r.contact_id].phone)
+            if r.contact_id in found
+            else "",
+        )
+        for r in rows[:20]
+    ]
 
 
-async def _render_member(request: Request, user: WebUser, staff_id: str, *,
-                         form: HoursForm | None = None, service: str | None = None,
-                         week: str | None = None, saved: bool = False,
-                         status_code: int = 200) -> Response:
+async def _render_member(
+    request: Request,
+    user: WebUser,
+    staff_id: str,
+    *,
+    form: HoursForm | None = None,
+    service: str | None = None,
+    week: str | None = None,
+    saved: bool = False,
+    status_code: int = 200,
+) -> Response:
     member = await db.run(request, lambda s: load_member(s, user, staff_id))
     tz = member.tz
     shown = query_day(week, "week") or db.now(request).astimezone(tz).date()
@@ -255,10 +320,18 @@ async def _render_member(request: Request, user: WebUser, staff_id: str, *,
     form = form or HoursForm.of(member.staff, tz)
     overrides, time_off = form.rows()
     return render(
-        request, "staff.html", status_code=status_code, m=member, tz=tz, form=form,
-        override_rows=overrides, time_off_rows=time_off, day_names=DAY_NAMES,
+        request,
+        "staff.html",
+        status_code=status_code,
+        m=member,
+        tz=tz,
+        form=form,
+        override_rows=overrides,
+        time_off_rows=time_off,
+        day_names=DAY_NAMES,
         grid=await week_grid(request, member, service, first),
-        upcoming=await _upcoming(request, member), saved=saved,
+        upcoming=await _upcoming(request, member),
+        saved=saved,
         prev_week=(first - timedelta(days=7)).isoformat(),
         next_week=(first + timedelta(days=7)).isoformat(),
         today=db.now(request).astimezone(tz).date(),
@@ -266,11 +339,15 @@ async def _render_member(request: Request, user: WebUser, staff_id: str, *,
 
 
 @router.get("/staff/{staff_id}")
-async def staff_page(request: Request, staff_id: str, user: CurrentUser,
-                     service: str | None = None, week: str | None = None,
-                     saved: bool = False) -> Response:
-    return await _render_member(request, user, staff_id, service=service, week=week,
-                                saved=saved)
+async def staff_page(
+    request: Request,
+    staff_id: str,
+    user: CurrentUser,
+    service: str | None = None,
+    week: str | None = None,
+    saved: bool = False,
+) -> Response:
+    return await _render_member(request, user, staff_id, service=service, week=week, saved=saved)
 
 
 @router.post("/staff/{staff_id}/hours", dependencies=[Depends(verify_csrf)])
@@ -289,15 +366,25 @@ async def save_hours(request: Request, staff_id: str, user: CurrentUser) -> Resp
 
     def write(s: Session) -> None:
         row = load_member(s, user, staff_id).staff
-        before = {"weekly_hours": row.weekly_hours, "overrides": row.overrides,
-                  "time_off": row.time_off}
+        before = {
+            "weekly_hours": row.weekly_hours,
+            "overrides": row.overrides,
+            "time_off": row.time_off,
+        }
         row.weekly_hours = values["weekly_hours"]
         row.overrides = values["overrides"]
         row.time_off = values["time_off"]
         s.add(row)
-        audit(s, business_id=user.business_id, actor=user.email, user_id=user.id,
-              action="staff.hours", subject=staff_id,
-              details={"before": before, "after": values}, at=at)
+        audit(
+            s,
+            business_id=user.business_id,
+            actor=user.email,
+            user_id=user.id,
+            action="staff.hours",
+            subject=staff_id,
+            details={"before": before, "after": values},
+            at=at,
+        )
 
     await db.run(request, write, write=True)
     return RedirectResponse(f"/staff/{staff_id}?saved=1", status_code=303)

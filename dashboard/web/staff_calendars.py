@@ -20,17 +20,28 @@ from dashboard.web.staff import load_member
 
 router = APIRouter(include_in_schema=False)
 
-PROVIDERS = {"google": "Google Calendar", "microsoft": "Microsoft 365", "caldav": "CalDAV",
-             "icloud": "iCloud", "ics": "ICS feed"}
+PROVIDERS = {
+    "google": "Google Calendar",
+    "microsoft": "Microsoft 365",
+    "caldav": "CalDAV",
+    "icloud": "iCloud",
+    "ics": "ICS feed",
+}
 
 
-def _connections(s: Session, user: WebUser,
-                 staff_id: str) -> tuple[Staff, list[CalendarConnection]]:
+def _connections(
+    s: Session, user: WebUser, staff_id: str
+) -> tuple[Staff, list[CalendarConnection]]:
     member = load_member(s, user, staff_id)  # 404 unless this user may see them
-    rows = s.exec(select(CalendarConnection).where(
-        CalendarConnection.business_id == user.business_id,
-        CalendarConnection.staff_id == staff_id,
-        CalendarConnection.status != "disconnected").order_by(CalendarConnection.created_at))
+    rows = s.exec(
+        select(CalendarConnection)
+        .where(
+            CalendarConnection.business_id == user.business_id,
+            CalendarConnection.staff_id == staff_id,
+            CalendarConnection.status != "disconnected",
+        )
+        .order_by(CalendarConnection.created_at)
+    )
     return member.staff, list(rows)
 
 
@@ -61,8 +72,9 @@ async def sync_now(request: Request, staff_id: str, user: CurrentUser) -> Respon
     chosen = form.get("connection")
     connection_id = chosen if isinstance(chosen, str) and chosen else None
     try:
-        reports = await service.sync_now(business_id=user.business_id, staff_id=staff_id,
-                                         connection_id=connection_id)
+        reports = await service.sync_now(
+            business_id=user.business_id, staff_id=staff_id, connection_id=connection_id
+        )
     except errors.NotFound:
         raise PageError(404, "There is no such linked calendar.") from None
     return await _page(request, staff_id, user, reports=reports)
@@ -79,6 +91,13 @@ async def _page(request: Request, staff_id: str, user: WebUser, **extra: Any) ->
     feed = None
     if service is not None and service.vault.ready:
         feed = service.feed_url(user.business_id, staff_id)
-    return render(request, "calendars.html", member=member, connections=rows,
-                  providers=PROVIDERS, synced={r.id: sync_state(r, tz) for r in rows},
-                  feed=feed, **extra)
+    return render(
+        request,
+        "calendars.html",
+        member=member,
+        connections=rows,
+        providers=PROVIDERS,
+        synced={r.id: sync_state(r, tz) for r in rows},
+        feed=feed,
+        **extra,
+    )

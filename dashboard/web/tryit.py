@@ -61,9 +61,15 @@ class Line:
 class WebChats:
     """The chats of this process, by id, with idle expiry."""
 
-    def __init__(self, *, settings: Settings, scheduler: Scheduler,
-                 idle_seconds: float = IDLE_SECONDS, limit: int = MAX_CHATS,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        scheduler: Scheduler,
+        idle_seconds: float = IDLE_SECONDS,
+        limit: int = MAX_CHATS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.idle_seconds = idle_seconds
@@ -82,12 +88,22 @@ class WebChats:
             self._llm = make_llm(self.settings)
         llm = self._llm
         conversation = Conversation(
-            scheduler=self.scheduler, llm=llm, model=self.settings.llm_model,
-            context=CallContext(business_id=user.business_id, caller_phone=caller_phone,
-                                call_id=None, channel="web"),
-            clock=self.scheduler.clock, llm_timeout=self.settings.llm_timeout_seconds)
-        chat = WebChat(id=secrets.token_urlsafe(24), user_id=user.id,
-                       conversation=conversation, llm=llm, last_used=self._monotonic())
+            scheduler=self.scheduler,
+            llm=llm,
+            model=self.settings.llm_model,
+            context=CallContext(
+                business_id=user.business_id, caller_phone=caller_phone, call_id=None, channel="web"
+            ),
+            clock=self.scheduler.clock,
+            llm_timeout=self.settings.llm_timeout_seconds,
+        )
+        chat = WebChat(
+            id=secrets.token_urlsafe(24),
+            user_id=user.id,
+            conversation=conversation,
+            llm=llm,
+            last_used=self._monotonic(),
+        )
         self._chats[chat.id] = chat
         try:
             greeting = await conversation.greeting()
@@ -143,7 +159,7 @@ class WebChats:
         live = sorted(self._chats.values(), key=lambda c: c.last_used)
         stale = [c for c in live if now - c.last_used > self.idle_seconds]
         live = [c for c in live if c not in stale]
-        stale += live[:max(0, len(live) + room - self.limit)]
+        stale += live[: max(0, len(live) + room - self.limit)]
         for chat in stale:
             log.info("dropping try-it chat %s", chat.id[:6])
             await self._drop(chat)
@@ -194,8 +210,13 @@ def _page(request: Request, *, status_code: int = 200, **context: Any) -> Respon
     context.setdefault("error", None)
     context.setdefault("notice", None)
     context.setdefault("caller", "")
-    return render(request, "tryit.html", status_code=status_code,
-                  llm_ready=llm_configured(request.app.state.settings), **context)
+    return render(
+        request,
+        "tryit.html",
+        status_code=status_code,
+        llm_ready=llm_configured(request.app.state.settings),
+        **context,
+    )
 
 
 @router.get("/try")
@@ -204,8 +225,9 @@ async def tryit_page(request: Request, user: OwnerUser) -> Response:
 
 
 @router.post("/try/start", dependencies=[Depends(verify_csrf)])
-async def start_chat(request: Request, user: OwnerUser, registry: Chats,
-                     caller: Annotated[str, Form()] = "") -> Response:
+async def start_chat(
+    request: Request, user: OwnerUser, registry: Chats, caller: Annotated[str, Form()] = ""
+) -> Response:
     try:
         business = await registry.scheduler.business(user.business_id)
         region = phones.region_for(business.phone_numbers)
@@ -217,8 +239,13 @@ async def start_chat(request: Request, user: OwnerUser, registry: Chats,
 
 
 @router.post("/try/say", dependencies=[Depends(verify_csrf)])
-async def say(request: Request, user: OwnerUser, registry: Chats,
-              chat_id: Annotated[str, Form()] = "", text: Annotated[str, Form()] = "") -> Response:
+async def say(
+    request: Request,
+    user: OwnerUser,
+    registry: Chats,
+    chat_id: Annotated[str, Form()] = "",
+    text: Annotated[str, Form()] = "",
+) -> Response:
     chat = await registry.get(chat_id, user)
     if chat is None:
         return render(request, "tryit_turn.html", lines=[], gone=True)
@@ -230,8 +257,9 @@ async def say(request: Request, user: OwnerUser, registry: Chats,
 
 
 @router.post("/try/end", dependencies=[Depends(verify_csrf)])
-async def end_chat(request: Request, user: OwnerUser, registry: Chats,
-                   chat_id: Annotated[str, Form()] = "") -> Response:
+async def end_chat(
+    request: Request, user: OwnerUser, registry: Chats, chat_id: Annotated[str, Form()] = ""
+) -> Response:
     chat = await registry.get(chat_id, user)
     if chat is not None:
         await registry.end(chat)

@@ -33,8 +33,12 @@ def llm_server() -> Iterator[FakeLLM]:
 
 
 def client_for(base_url: str, *, timeout: float = 5.0) -> openai.AsyncOpenAI:
-    settings = Settings(_env_file=None, openai_base_url=base_url,  # type: ignore[call-arg]
-                        openai_api_key="test-key", llm_timeout_seconds=timeout)
+    settings = Settings(
+        _env_file=None,
+        openai_base_url=base_url,  # type: ignore[call-arg]
+        openai_api_key="test-key",
+        llm_timeout_seconds=timeout,
+    )
     return make_llm(settings)
 
 
@@ -49,13 +53,17 @@ async def llm(llm_server: FakeLLM) -> AsyncIterator[openai.AsyncOpenAI]:
 def converse(scheduler: Scheduler, llm: openai.AsyncOpenAI) -> MakeConversation:
     """Make a conversation for the clinic; keyword arguments override the defaults."""
 
-    def make(*, caller: str | None = CALLER, now: datetime = NOW, **overrides: Any
-             ) -> Conversation:
+    def make(*, caller: str | None = CALLER, now: datetime = NOW, **overrides: Any) -> Conversation:
         options: dict[str, Any] = {
-            "scheduler": scheduler, "llm": llm, "model": "fake-model",
-            "context": CallContext(business_id="clinic", caller_phone=caller, call_id=None,
-                                   channel="terminal"),
-            "clock": FixedClock(now), "llm_timeout": 2.0, "filler_after": 5.0,
+            "scheduler": scheduler,
+            "llm": llm,
+            "model": "fake-model",
+            "context": CallContext(
+                business_id="clinic", caller_phone=caller, call_id=None, channel="terminal"
+            ),
+            "clock": FixedClock(now),
+            "llm_timeout": 2.0,
+            "filler_after": 5.0,
         }
         options.update(overrides)
         return Conversation(**options)

@@ -40,10 +40,12 @@ async def test_a_caller_books_a_real_appointment(
     converse: MakeConversation, llm_server: FakeLLM, scheduler: Scheduler
 ) -> None:
     llm_server.script(
-        check(), offer,
+        check(),
+        offer,
         lambda m: ToolCalls(Call("hold_slot", {"slot_id": first_slot(m)})),
-        lambda m: ToolCalls(Call("book_appointment",
-                                 {"slot_id": first_slot(m), "name": "Jane Doe"})),
+        lambda m: ToolCalls(
+            Call("book_appointment", {"slot_id": first_slot(m), "name": "Jane Doe"})
+        ),
         lambda m: Text(f"You're booked for {last_result(m)['spoken']}. See you then!"),
     )
     conversation = converse()
@@ -53,8 +55,9 @@ async def test_a_caller_books_a_real_appointment(
     assert "Tuesday, December 1 at 9 AM with Dr. Lee" in spoken(first)
     assert not any(isinstance(e, Filler) for e in first)  # fast tools need no filler
     second = await turn(conversation, "The first one. I'm Jane Doe.")
-    assert spoken(second) == ("You're booked for Tuesday, December 1 at 9 AM with Dr. Lee. "
-                              "See you then!")
+    assert spoken(second) == (
+        "You're booked for Tuesday, December 1 at 9 AM with Dr. Lee. See you then!"
+    )
 
     [appointment] = await scheduler.appointments(business_id="clinic", phone=CALLER)
     assert appointment.start == TUESDAY_9
@@ -79,7 +82,8 @@ async def test_first_choice_taken_by_a_racing_caller_is_not_booked_and_alternati
         return ToolCalls(Call("book_appointment", {"slot_id": slot_id, "name": "Jane Doe"}))
 
     llm_server.script(
-        check(), offer,
+        check(),
+        offer,
         lambda m: book(first_slot(m)),
         lambda m: Text(last_result(m)["error"]),
         lambda m: book(slot_ids_in(last_result(m)["error"])[0]),
@@ -87,8 +91,14 @@ async def test_first_choice_taken_by_a_racing_caller_is_not_booked_and_alternati
     )
     conversation = converse()
     await turn(conversation, "A cleaning on Tuesday, please.")
-    racer = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
-                                 start=TUESDAY_9, name="Racer", phone="+12125550001")
+    racer = await scheduler.book(
+        business_id="clinic",
+        service_id="cleaning",
+        staff_id="lee",
+        start=TUESDAY_9,
+        name="Racer",
+        phone="+12125550001",
+    )
 
     await turn(conversation, "9 AM please, Jane Doe.")
     messages = llm_server.requests[-1]["messages"]
@@ -109,16 +119,28 @@ async def test_first_choice_taken_by_a_racing_caller_is_not_booked_and_alternati
 async def test_a_caller_reschedules_their_appointment(
     converse: MakeConversation, llm_server: FakeLLM, scheduler: Scheduler
 ) -> None:
-    old = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
-                               start=TUESDAY_9, name="Jane Doe", phone=CALLER)
+    old = await scheduler.book(
+        business_id="clinic",
+        service_id="cleaning",
+        staff_id="lee",
+        start=TUESDAY_9,
+        name="Jane Doe",
+        phone=CALLER,
+    )
     llm_server.script(
         ToolCalls(Call("find_appointments")),
         lambda m: Text(f"I see {last_result(m)['appointments'][0]['spoken']}. When instead?"),
         check("2026-12-02", earliest_time="13:00"),
         offer,
-        lambda m: ToolCalls(Call("reschedule_appointment", {
-            "appointment_id": tool_results(m)[0]["appointments"][0]["appointment_id"],
-            "slot_id": first_slot(m)})),
+        lambda m: ToolCalls(
+            Call(
+                "reschedule_appointment",
+                {
+                    "appointment_id": tool_results(m)[0]["appointments"][0]["appointment_id"],
+                    "slot_id": first_slot(m),
+                },
+            )
+        ),
         lambda m: Text(f"Moved to {last_result(m)['spoken']}."),
     )
     conversation = converse()
@@ -138,13 +160,22 @@ async def test_a_caller_reschedules_their_appointment(
 async def test_a_caller_cancels_their_appointment(
     converse: MakeConversation, llm_server: FakeLLM, scheduler: Scheduler
 ) -> None:
-    appointment = await scheduler.book(business_id="clinic", service_id="cleaning",
-                                       staff_id="lee", start=TUESDAY_9, name="Jane Doe",
-                                       phone=CALLER)
+    appointment = await scheduler.book(
+        business_id="clinic",
+        service_id="cleaning",
+        staff_id="lee",
+        start=TUESDAY_9,
+        name="Jane Doe",
+        phone=CALLER,
+    )
     llm_server.script(
         ToolCalls(Call("find_appointments")),
-        lambda m: ToolCalls(Call("cancel_appointment", {
-            "appointment_id": last_result(m)["appointments"][0]["appointment_id"]})),
+        lambda m: ToolCalls(
+            Call(
+                "cancel_appointment",
+                {"appointment_id": last_result(m)["appointments"][0]["appointment_id"]},
+            )
+        ),
         lambda m: Text(f"I've cancelled {last_result(m)['spoken']}."),
     )
     conversation = converse()

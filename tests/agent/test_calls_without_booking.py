@@ -32,7 +32,11 @@ async def test_the_model_takes_a_message(
     await conversation.finish()
     [lead] = await scheduler.leads(business_id="clinic")
     assert (lead.outcome, lead.name, lead.reason, lead.phone) == (
-        "message", "Jane Doe", "a billing question", CALLER)
+        "message",
+        "Jane Doe",
+        "a billing question",
+        CALLER,
+    )
 
 
 async def test_transfer_hands_off_to_the_business_number_while_open(
@@ -41,8 +45,10 @@ async def test_transfer_hands_off_to_the_business_number_while_open(
     llm_server.script(ToolCalls(Call("transfer_to_human", {"reason": "wants to talk to Dr. Lee"})))
     conversation = converse(now=OPEN)
     events = await turn(conversation, "Can I talk to a person?")
-    assert events == [Speech("Please hold while I put you through."),
-                      Handoff(reason="wants to talk to Dr. Lee", transfer_to=TRANSFER_NUMBER)]
+    assert events == [
+        Speech("Please hold while I put you through."),
+        Handoff(reason="wants to talk to Dr. Lee", transfer_to=TRANSFER_NUMBER),
+    ]
     assert await turn(conversation, "Hello?") == []  # the conversation is over
     await conversation.finish()
     [lead] = await scheduler.leads(business_id="clinic")
@@ -68,8 +74,10 @@ async def test_end_call_hangs_up_after_the_goodbye(
     llm_server.script(ToolCalls(Call("end_call"), text="You're welcome, goodbye!"))
     conversation = converse()
     events = await turn(conversation, "That's all, thanks.")
-    assert events == [Speech("You're welcome, goodbye!"),
-                      Handoff(reason="the conversation is finished", transfer_to=None)]
+    assert events == [
+        Speech("You're welcome, goodbye!"),
+        Handoff(reason="the conversation is finished", transfer_to=None),
+    ]
     await conversation.finish()
     [lead] = await scheduler.leads(business_id="clinic")
     assert lead.outcome == "not_interested"
@@ -90,11 +98,18 @@ async def take_scripted_message(
 async def assert_message_lead(scheduler: Scheduler) -> None:
     [lead] = await scheduler.leads(business_id="clinic")
     assert (lead.outcome, lead.name, lead.reason, lead.phone) == (
-        "message", "Jane Doe", "I need a cleaning next week.", CALLER)
+        "message",
+        "Jane Doe",
+        "I need a cleaning next week.",
+        CALLER,
+    )
 
 
-@pytest.mark.parametrize("fault", [Fault.error(500), Fault.error(429), Fault.hang(),
-                                   Fault.garbage()], ids=["500", "429", "hang", "garbage"])
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.error(500), Fault.error(429), Fault.hang(), Fault.garbage()],
+    ids=["500", "429", "hang", "garbage"],
+)
 async def test_llm_failure_falls_back_to_taking_a_message(
     converse: MakeConversation, llm_server: FakeLLM, scheduler: Scheduler, fault: Fault
 ) -> None:
@@ -134,7 +149,8 @@ async def test_fallback_offers_the_transfer_while_open(
     assert "transfer you" in spoken(last)
     assert await turn(conversation, "Yes please.") == [
         Speech("Please hold while I put you through."),
-        Handoff(reason="caller asked for a person", transfer_to=TRANSFER_NUMBER)]
+        Handoff(reason="caller asked for a person", transfer_to=TRANSFER_NUMBER),
+    ]
 
 
 async def test_garbage_tool_arguments_twice_fall_back_to_a_message(

@@ -32,11 +32,21 @@ async def test_run_chat_builds_the_client_from_settings(
     llm_server: FakeLLM, scheduler: Scheduler
 ) -> None:
     llm_server.script(Text("Hello from the model."))
-    settings = Settings(_env_file=None, openai_base_url=llm_server.base_url,  # type: ignore[call-arg]
-                        openai_api_key="k", llm_model="fake-model")
+    settings = Settings(
+        _env_file=None,
+        openai_base_url=llm_server.base_url,  # type: ignore[call-arg]
+        openai_api_key="k",
+        llm_model="fake-model",
+    )
     out = io.StringIO()
-    await run_chat(settings=settings, scheduler=scheduler, business_id=None, caller=CALLER,
-                   lines=io.StringIO("hi\n"), out=out)  # EOF ends the chat
+    await run_chat(
+        settings=settings,
+        scheduler=scheduler,
+        business_id=None,
+        caller=CALLER,
+        lines=io.StringIO("hi\n"),
+        out=out,
+    )  # EOF ends the chat
     assert "agent> Hello from the model." in out.getvalue()
     assert llm_server.requests[0]["model"] == "fake-model"
 
@@ -48,19 +58,24 @@ LONDON_E164 = "+442079460018"
 def add_salon(scheduler: Scheduler) -> None:
     """A London salon next to the seeded (US) clinic: its national numbers are UK ones."""
     with session_scope(scheduler.engine, write=True) as s:
-        s.add(Business(id="salon", name="Salon", timezone="Europe/London",
-                       phone_numbers=["+442079460000"]))
+        s.add(
+            Business(
+                id="salon", name="Salon", timezone="Europe/London", phone_numbers=["+442079460000"]
+            )
+        )
 
 
 async def test_a_lead_reads_a_national_number_in_its_business_country(
     scheduler: Scheduler,
 ) -> None:
     add_salon(scheduler)
-    lead = await scheduler.record_lead(business_id="salon", phone=LONDON_NATIONAL, name="Jane",
-                                       reason="a colour appointment")
+    lead = await scheduler.record_lead(
+        business_id="salon", phone=LONDON_NATIONAL, name="Jane", reason="a colour appointment"
+    )
     assert lead.phone == LONDON_E164
-    us = await scheduler.record_lead(business_id="clinic", phone="(202) 555-0123", name="Sam",
-                                     reason="billing")
+    us = await scheduler.record_lead(
+        business_id="clinic", phone="(202) 555-0123", name="Sam", reason="billing"
+    )
     assert us.phone == "+12025550123"  # the clinic's own country is still the US
     with pytest.raises(errors.InvalidRequest):  # a UK national number means nothing in the US
         await scheduler.record_lead(business_id="clinic", phone=LONDON_NATIONAL, name="Jo")
@@ -71,9 +86,14 @@ async def test_chat_reads_the_callers_national_number_in_the_business_country(
 ) -> None:
     add_salon(scheduler)
     out = io.StringIO()
-    await run_chat(settings=Settings(_env_file=None),  # type: ignore[call-arg]
-                   scheduler=scheduler, business_id="salon", caller=LONDON_NATIONAL,
-                   lines=io.StringIO("Jane Smith\na colour appointment\nyes\n"), out=out)
+    await run_chat(
+        settings=Settings(_env_file=None),  # type: ignore[call-arg]
+        scheduler=scheduler,
+        business_id="salon",
+        caller=LONDON_NATIONAL,
+        lines=io.StringIO("Jane Smith\na colour appointment\nyes\n"),
+        out=out,
+    )
     assert "[the agent hung up: message taken]" in out.getvalue()
     [lead] = await scheduler.leads(business_id="salon")
     assert (lead.phone, lead.name) == (LONDON_E164, "Jane Smith")

@@ -52,9 +52,17 @@ async def test_system_prompt_has_the_calendar_in_the_business_zone(
     assert "Never say or imply that an appointment is booked" in prompt
     assert "Clinic" in prompt
     tools = {t["function"]["name"] for t in llm_server.requests[0]["tools"]}
-    assert tools == {"check_availability", "hold_slot", "book_appointment", "find_appointments",
-                     "reschedule_appointment", "cancel_appointment", "take_message",
-                     "transfer_to_human", "end_call"}
+    assert tools == {
+        "check_availability",
+        "hold_slot",
+        "book_appointment",
+        "find_appointments",
+        "reschedule_appointment",
+        "cancel_appointment",
+        "take_message",
+        "transfer_to_human",
+        "end_call",
+    }
     assert llm_server.requests[0]["stream"] is True
 
 
@@ -69,7 +77,10 @@ async def test_greeting_opens_the_history_and_transcript(
     messages = llm_server.requests[0]["messages"]
     assert [m["role"] for m in messages] == ["system", "assistant", "user"]
     assert [(e["role"], e["text"]) for e in conversation.transcript] == [
-        ("agent", greeting), ("caller", "A cleaning please."), ("agent", "Sure.")]
+        ("agent", greeting),
+        ("caller", "A cleaning please."),
+        ("agent", "Sure."),
+    ]
     assert conversation.transcript[0]["at"] == "2026-11-30T12:00:00+00:00"
 
 
@@ -96,8 +107,9 @@ async def test_barge_in_mid_stream_leaves_a_valid_history(
     converse: MakeConversation, llm_server: FakeLLM
 ) -> None:
     gate = threading.Event()
-    llm_server.script(Text("Let me see. ", "Tuesday works. Anything else?", gate=gate),
-                      Text("Sure."))
+    llm_server.script(
+        Text("Let me see. ", "Tuesday works. Anything else?", gate=gate), Text("Sure.")
+    )
     conversation = converse()
     replies = conversation.reply("Is Tuesday free?")
     assert await anext(replies) == Speech("Let me see.")

@@ -330,10 +330,19 @@ BAD_FILES = {
     ),
     "missing name": (lambda raw: raw["staff"][1].pop("name"), "staff[1].name", "required"),
     "too much time off": (
-        _set("staff", 0, "time_off", value=[
-            {"start": "2026-12-25T00:00", "end": "2026-12-26T00:00",
-             "rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000"}
-        ] * 101),
+        _set(
+            "staff",
+            0,
+            "time_off",
+            value=[
+                {
+                    "start": "2026-12-25T00:00",
+                    "end": "2026-12-26T00:00",
+                    "rrule": "FREQ=YEARLY;BYDAY=53MO,53TU,53WE,53TH,53FR,53SA,53SU;COUNT=10000",
+                }
+            ]
+            * 101,
+        ),
         "staff[0].time_off",
         "at most 100 time off entries, not 101",
     ),
@@ -626,8 +635,9 @@ def one_problem(path: Path) -> tuple[str, str]:
 
 def test_a_yaml_alias_bomb_is_refused_without_expanding_it(raw: Raw, tmp_path: Path) -> None:
     # The bomb inside a calendar entry, whose unknown keys are kept as given.
-    raw["staff"][0]["calendars"] = [{"provider": "ics", "source": "https://x.example/a.ics",
-                                     "extra": "BOMB_HERE"}]
+    raw["staff"][0]["calendars"] = [
+        {"provider": "ics", "source": "https://x.example/a.ics", "extra": "BOMB_HERE"}
+    ]
     text = write(tmp_path / "b.yaml", raw).read_text(encoding="utf-8")
     bomb = BOMB + text.replace("BOMB_HERE", "*i")
     path = tmp_path / "bomb.yaml"
@@ -646,14 +656,18 @@ def test_a_merge_key_bomb_is_refused(tmp_path: Path) -> None:
     assert "more than 100,000 values" in one_problem(path)[1]
 
 
-@pytest.mark.parametrize(("suffix", "text"), [
-    (".yaml", "[" * 20_000 + "]" * 20_000),
-    (".yaml", "a:\n" + "".join(" " * i + "- \n" for i in range(1, 200))),
-    (".json", "[" * 20_000 + "]" * 20_000),
-    (".json", "[" * 500 + "]" * 500),
-])
-def test_deep_nesting_is_one_line_not_a_recursion_error(suffix: str, text: str,
-                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [
+        (".yaml", "[" * 20_000 + "]" * 20_000),
+        (".yaml", "a:\n" + "".join(" " * i + "- \n" for i in range(1, 200))),
+        (".json", "[" * 20_000 + "]" * 20_000),
+        (".json", "[" * 500 + "]" * 500),
+    ],
+)
+def test_deep_nesting_is_one_line_not_a_recursion_error(
+    suffix: str, text: str, tmp_path: Path
+) -> None:
     path = tmp_path / f"deep{suffix}"
     path.write_text(text, encoding="utf-8")
     assert "nested more than 50 levels deep" in one_problem(path)[1]
@@ -667,7 +681,9 @@ def test_a_file_over_a_megabyte_is_refused(suffix: str, tmp_path: Path) -> None:
 
 
 def test_the_cli_import_reports_a_bomb_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from frontdesk.cli import main
 
@@ -686,16 +702,20 @@ def with_source(raw: Raw, source: str) -> Raw:
     return raw
 
 
-@pytest.mark.parametrize(("source", "reason"), [
-    ("/etc/passwd", "is outside the business file's folder"),
-    ("../outside.ics", "is outside the business file's folder"),
-    ("~/.ssh/id_ed25519", "is not an .ics file"),
-    ("notes.txt", "is not an .ics file"),
-    ("file:///etc/passwd", "use an http(s) or webcal address"),
-    ("ftp://example.com/a.ics", "use an http(s) or webcal address"),
-])
-def test_a_calendar_file_must_be_an_ics_file_in_the_folder(raw: Raw, tmp_path: Path,
-                                                           source: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("/etc/passwd", "is outside the business file's folder"),
+        ("../outside.ics", "is outside the business file's folder"),
+        ("~/.ssh/id_ed25519", "is not an .ics file"),
+        ("notes.txt", "is not an .ics file"),
+        ("file:///etc/passwd", "use an http(s) or webcal address"),
+        ("ftp://example.com/a.ics", "use an http(s) or webcal address"),
+    ],
+)
+def test_a_calendar_file_must_be_an_ics_file_in_the_folder(
+    raw: Raw, tmp_path: Path, source: str, reason: str
+) -> None:
     folder = tmp_path / "biz"
     folder.mkdir()
     (tmp_path / "outside.ics").write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
@@ -712,11 +732,16 @@ def test_a_symlink_out_of_the_folder_is_refused(raw: Raw, tmp_path: Path) -> Non
     assert "is outside the business file's folder" in one_problem(path)[1]
 
 
-@pytest.mark.parametrize("source", ["cal/lee.ics", "./cal/../cal/lee.ics",
-                                    "https://calendar.example/lee.ics",
-                                    "webcal://calendar.example/lee.ics"])
-def test_files_in_the_folder_and_feeds_are_accepted(raw: Raw, tmp_path: Path,
-                                                    source: str) -> None:
+@pytest.mark.parametrize(
+    "source",
+    [
+        "cal/lee.ics",
+        "./cal/../cal/lee.ics",
+        "https://calendar.example/lee.ics",
+        "webcal://calendar.example/lee.ics",
+    ],
+)
+def test_files_in_the_folder_and_feeds_are_accepted(raw: Raw, tmp_path: Path, source: str) -> None:
     (tmp_path / "cal").mkdir()
     (tmp_path / "cal" / "lee.ics").write_bytes(b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")
     data = load_business_file(write(tmp_path / "b.yaml", with_source(raw, source)))

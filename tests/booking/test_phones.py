@@ -16,18 +16,40 @@ from booking.scheduler import Scheduler, check_phone
 MONDAY_9 = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("typed", ["202 555 0123", "(202) 555-0123", "202-555-0123",
-                                   "1 202 555 0123", "+1 (202) 555-0123", "+12025550123",
-                                   "two oh two five five five oh one two three",
-                                   "2 0 2, 5 5 5, 0 1 2 3"])
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "202 555 0123",
+        "(202) 555-0123",
+        "202-555-0123",
+        "1 202 555 0123",
+        "+1 (202) 555-0123",
+        "+12025550123",
+        "two oh two five five five oh one two three",
+        "2 0 2, 5 5 5, 0 1 2 3",
+    ],
+)
 def test_us_numbers_typed_or_said_any_way_are_e164(typed: str) -> None:
     assert phones.to_e164(typed) == "+12025550123"
     assert check_phone(typed) == "+12025550123"
 
 
-@pytest.mark.parametrize("typed", ["+1 555 123 4567", "555 123 4567", "(555) 123-4567",
-                                   "12", "+1202555012", "+999 1234 5678", "not a number",
-                                   "", "   ", "1" * 80, "+12025550123" + "9" * 60])
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "+1 555 123 4567",
+        "555 123 4567",
+        "(555) 123-4567",
+        "12",
+        "+1202555012",
+        "+999 1234 5678",
+        "not a number",
+        "",
+        "   ",
+        "1" * 80,
+        "+12025550123" + "9" * 60,
+    ],
+)
 def test_numbers_that_cannot_exist_are_refused_clearly(typed: str) -> None:
     with pytest.raises(errors.InvalidRequest) as refused:
         phones.to_e164(typed)
@@ -65,13 +87,34 @@ def test_numbers_are_spoken_digit_by_digit_in_their_groups() -> None:
     assert phones.to_e164(phones.spoken("+12025550123")) == "+12025550123"
 
 
-@pytest.mark.parametrize("caller_id", [
-    None, "", "anonymous", "Anonymous", "ANONYMOUS", "restricted", "Restricted", "unknown",
-    "unavailable", "blocked", "private", "withheld", "client:alice", "client:Anonymous",
-    "sip:alice@example.com", "+266696687", "266696687", "+1266696687", "+7378742833",
-    "+86282452253", "+2562533", "+8656696",
-    "+15551234567",  # not a real number either: no number to call back
-])
+@pytest.mark.parametrize(
+    "caller_id",
+    [
+        None,
+        "",
+        "anonymous",
+        "Anonymous",
+        "ANONYMOUS",
+        "restricted",
+        "Restricted",
+        "unknown",
+        "unavailable",
+        "blocked",
+        "private",
+        "withheld",
+        "client:alice",
+        "client:Anonymous",
+        "sip:alice@example.com",
+        "+266696687",
+        "266696687",
+        "+1266696687",
+        "+7378742833",
+        "+86282452253",
+        "+2562533",
+        "+8656696",
+        "+15551234567",  # not a real number either: no number to call back
+    ],
+)
 def test_withheld_and_non_phone_caller_ids_are_no_number(caller_id: str | None) -> None:
     assert phones.caller_number(caller_id) is None
 
@@ -83,13 +126,25 @@ def test_a_real_caller_id_is_kept() -> None:
 
 
 async def test_a_booking_stores_a_typed_national_number_in_e164(scheduler: Scheduler) -> None:
-    row = await scheduler.book(business_id="clinic", name="Ann Smith", phone="(202) 555-0123",
-                               service_id="cleaning", staff_id="lee", start=MONDAY_9)
+    row = await scheduler.book(
+        business_id="clinic",
+        name="Ann Smith",
+        phone="(202) 555-0123",
+        service_id="cleaning",
+        staff_id="lee",
+        start=MONDAY_9,
+    )
     contact = await scheduler.contact(row.contact_id)
     assert contact is not None and contact.phone == "+12025550123"
     with pytest.raises(errors.InvalidRequest, match="not a valid phone number"):
-        await scheduler.book(business_id="clinic", name="Bo", phone="555 123 4567",
-                             service_id="cleaning", staff_id="rivera", start=MONDAY_9)
+        await scheduler.book(
+            business_id="clinic",
+            name="Bo",
+            phone="555 123 4567",
+            service_id="cleaning",
+            staff_id="rivera",
+            start=MONDAY_9,
+        )
 
 
 def test_the_business_file_stores_numbers_in_e164_and_refuses_fake_ones(
@@ -97,8 +152,10 @@ def test_the_business_file_stores_numbers_in_e164_and_refuses_fake_ones(
 ) -> None:
     def write(numbers: str) -> BusinessFile:
         path = tmp_path / "b.yaml"
-        path.write_text(f"business:\n  id: b\n  name: B\n  timezone: America/New_York\n"
-                        f"  phone_numbers: [{numbers}]\nservices: []\nstaff: []\n")
+        path.write_text(
+            f"business:\n  id: b\n  name: B\n  timezone: America/New_York\n"
+            f"  phone_numbers: [{numbers}]\nservices: []\nstaff: []\n"
+        )
         return load_business_file(path)
 
     assert write('"+1 (202) 555-0100"').business.phone_numbers == ["+12025550100"]

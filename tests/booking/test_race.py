@@ -26,8 +26,16 @@ def _book_after_barrier(url: str, barrier, phone: str, results) -> None:  # type
     scheduler = Scheduler(engine=engine, clock=FixedClock(NOW))
     barrier.wait(timeout=60)
     try:
-        asyncio.run(scheduler.book(business_id=None, service_id="cleaning", staff_id="lee",
-                                   start=SLOT, name="Racer", phone=phone))
+        asyncio.run(
+            scheduler.book(
+                business_id=None,
+                service_id="cleaning",
+                staff_id="lee",
+                start=SLOT,
+                name="Racer",
+                phone=phone,
+            )
+        )
         results.put("booked")
     except errors.SlotTaken:
         results.put("taken")
@@ -41,8 +49,10 @@ def test_racing_processes_get_exactly_one_booking(clinic: Engine, db_url: str) -
     ctx = mp.get_context("spawn")
     n = 8
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_book_after_barrier, args=(db_url, barrier, f"+1212555{i:04d}",
-                                                          results)) for i in range(n)]
+    procs = [
+        ctx.Process(target=_book_after_barrier, args=(db_url, barrier, f"+1212555{i:04d}", results))
+        for i in range(n)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in procs]
@@ -52,14 +62,34 @@ def test_racing_processes_get_exactly_one_booking(clinic: Engine, db_url: str) -
     assert count_rows(clinic, "SELECT count(*) FROM appointment WHERE status = 'confirmed'") == 1
 
 
-def test_twenty_cli_bookings_started_at_once_give_one_success(clinic: Engine, db_url: str
-                                                                ) -> None:
+def test_twenty_cli_bookings_started_at_once_give_one_success(clinic: Engine, db_url: str) -> None:
     env = {**os.environ, "FRONTDESK_DATABASE_URL": db_url, "FRONTDESK_LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "frontdesk.cli", "book", "--service", "cleaning", "--staff",
-           "lee", "--start", SLOT.isoformat(), "--name", "Racer", "--now", NOW.isoformat()]
-    procs = [subprocess.Popen([*cmd, "--phone", f"+1312555{i:04d}"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(20)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "frontdesk.cli",
+        "book",
+        "--service",
+        "cleaning",
+        "--staff",
+        "lee",
+        "--start",
+        SLOT.isoformat(),
+        "--name",
+        "Racer",
+        "--now",
+        NOW.isoformat(),
+    ]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--phone", f"+1312555{i:04d}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(20)
+    ]
     finished = [(p.wait(timeout=180), *p.communicate()) for p in procs]
     winners = [out for code, out, _ in finished if code == 0]
     losers = [err for code, _, err in finished if code != 0]

@@ -21,13 +21,13 @@ MON = datetime(2026, 12, 7, 9, 0, tzinfo=NY)  # a Monday a week after NOW
 async def book(s: Scheduler, start: datetime = MON, phone: str = "+12025550001", **kw: object):
     kw.setdefault("service_id", "cleaning")
     kw.setdefault("staff_id", "lee")
-    return await s.book(business_id=None, start=start, name="Ann Caller", phone=phone,
-                        **kw)  # type: ignore[arg-type]
+    return await s.book(business_id=None, start=start, name="Ann Caller", phone=phone, **kw)  # type: ignore[arg-type]
 
 
 async def lee_starts(s: Scheduler, day: date = MON.date(), **kw: object) -> list[str]:
-    result = await s.availability(business_id=None, service_id="cleaning", staff_id="lee",
-                                  first_day=day, last_day=day, **kw)  # type: ignore[arg-type]
+    result = await s.availability(
+        business_id=None, service_id="cleaning", staff_id="lee", first_day=day, last_day=day, **kw
+    )  # type: ignore[arg-type]
     return [x.start.astimezone(NY).strftime("%H:%M") for x in result.slots]
 
 
@@ -51,7 +51,7 @@ async def test_second_booking_of_the_same_slot_is_refused(scheduler: Scheduler) 
 
 async def test_booking_refuses_times_that_are_not_slots(scheduler: Scheduler) -> None:
     with pytest.raises(errors.OutsideHours):
-        await book(scheduler, start=MON + timedelta(minutes=5))      # off the step grid
+        await book(scheduler, start=MON + timedelta(minutes=5))  # off the step grid
     with pytest.raises(errors.OutsideHours):
         await book(scheduler, start=MON.replace(hour=11, minute=30))  # runs into lunch
     with pytest.raises(errors.OutsideHours):
@@ -69,13 +69,15 @@ async def test_booking_refuses_times_that_are_not_slots(scheduler: Scheduler) ->
 
 
 async def test_hold_blocks_others_but_not_its_holder(scheduler: Scheduler) -> None:
-    hold = await scheduler.hold(business_id=None, service_id="cleaning", staff_id="lee",
-                                start=MON, holder="call-a")
+    hold = await scheduler.hold(
+        business_id=None, service_id="cleaning", staff_id="lee", start=MON, holder="call-a"
+    )
     assert "09:00" not in await lee_starts(scheduler)
     assert "09:00" in await lee_starts(scheduler, holder="call-a")
     with pytest.raises(errors.SlotTaken):
-        await scheduler.hold(business_id=None, service_id="cleaning", staff_id="lee",
-                             start=MON, holder="call-b")
+        await scheduler.hold(
+            business_id=None, service_id="cleaning", staff_id="lee", start=MON, holder="call-b"
+        )
     with pytest.raises(errors.SlotTaken):
         await book(scheduler, phone="+12025550002")
     appt = await book(scheduler, hold_id=hold.id, service_id=None, staff_id=None, start=None)
@@ -84,8 +86,9 @@ async def test_hold_blocks_others_but_not_its_holder(scheduler: Scheduler) -> No
 
 
 async def test_expired_hold_blocks_nothing_and_cannot_be_booked(scheduler: Scheduler) -> None:
-    hold = await scheduler.hold(business_id=None, service_id="cleaning", staff_id="lee",
-                                start=MON, holder="call-a")
+    hold = await scheduler.hold(
+        business_id=None, service_id="cleaning", staff_id="lee", start=MON, holder="call-a"
+    )
     later = Scheduler(engine=scheduler.engine, clock=FixedClock(NOW + timedelta(minutes=6)))
     assert "09:00" in await lee_starts(later)
     with pytest.raises(errors.HoldExpired):
@@ -95,10 +98,16 @@ async def test_expired_hold_blocks_nothing_and_cannot_be_booked(scheduler: Sched
 
 
 async def test_one_caller_holds_one_slot_at_a_time(scheduler: Scheduler) -> None:
-    await scheduler.hold(business_id=None, service_id="cleaning", staff_id="lee", start=MON,
-                         holder="call-a")
-    await scheduler.hold(business_id=None, service_id="cleaning", staff_id="lee",
-                         start=MON + timedelta(hours=2), holder="call-a")
+    await scheduler.hold(
+        business_id=None, service_id="cleaning", staff_id="lee", start=MON, holder="call-a"
+    )
+    await scheduler.hold(
+        business_id=None,
+        service_id="cleaning",
+        staff_id="lee",
+        start=MON + timedelta(hours=2),
+        holder="call-a",
+    )
     starts = await lee_starts(scheduler)
     assert "09:00" in starts and "11:00" not in starts
     assert count_rows(scheduler.engine, "SELECT count(*) FROM hold") == 1
@@ -108,8 +117,9 @@ async def test_cancel_frees_the_time_and_is_scoped_to_the_caller(scheduler: Sche
     appt = await book(scheduler)
     with pytest.raises(errors.NotYourAppointment):
         await scheduler.cancel(business_id=None, appointment_id=appt.id, phone="+12025559999")
-    cancelled = await scheduler.cancel(business_id=None, appointment_id=appt.id,
-                                       phone="+12025550001")
+    cancelled = await scheduler.cancel(
+        business_id=None, appointment_id=appt.id, phone="+12025550001"
+    )
     assert cancelled.status == "cancelled"
     assert "09:00" in await lee_starts(scheduler)
     with pytest.raises(errors.AppointmentNotActive):
@@ -125,16 +135,18 @@ async def test_reschedule_secures_the_new_time_before_releasing_the_old(
         await scheduler.reschedule(business_id=None, appointment_id=appt.id, start=blocker.start)
     still = await scheduler.get_appointment(business_id=None, appointment_id=appt.id)
     assert still.status == "confirmed"
-    moved = await scheduler.reschedule(business_id=None, appointment_id=appt.id,
-                                       start=MON + timedelta(hours=2))
+    moved = await scheduler.reschedule(
+        business_id=None, appointment_id=appt.id, start=MON + timedelta(hours=2)
+    )
     old = await scheduler.get_appointment(business_id=None, appointment_id=appt.id)
     assert old.status == "rescheduled" and old.rescheduled_to == moved.id
     assert moved.rescheduled_from == appt.id and moved.contact_id == appt.contact_id
     assert "09:00" in await lee_starts(scheduler)
     assert "11:00" not in await lee_starts(scheduler)
     # Moving by 15 minutes overlaps its own old block: allowed, the old one is released with it.
-    nudged = await scheduler.reschedule(business_id=None, appointment_id=moved.id,
-                                        start=moved.start + timedelta(minutes=15))
+    nudged = await scheduler.reschedule(
+        business_id=None, appointment_id=moved.id, start=moved.start + timedelta(minutes=15)
+    )
     assert nudged.start.astimezone(NY).strftime("%H:%M") == "11:15"
 
 
@@ -147,23 +159,29 @@ async def test_callers_see_only_their_own_appointments(scheduler: Scheduler) -> 
 
 
 async def test_chicago_staff_slots_are_in_their_own_hours(scheduler: Scheduler) -> None:
-    result = await scheduler.availability(business_id=None, service_id="cleaning",
-                                          staff_id="rivera", first_day=MON.date(),
-                                          last_day=MON.date())
+    result = await scheduler.availability(
+        business_id=None,
+        service_id="cleaning",
+        staff_id="rivera",
+        first_day=MON.date(),
+        last_day=MON.date(),
+    )
     starts = [s.start.astimezone(ZoneInfo("America/Chicago")) for s in result.slots]
     assert starts[0].strftime("%H:%M") == "08:00" and starts[-1].strftime("%H:%M") == "11:15"
     assert result.timezone == "America/New_York"
 
 
 async def test_leads_are_kept_newest_first(scheduler: Scheduler) -> None:
-    await scheduler.record_lead(business_id=None, phone="+12025550001", name="Ann",
-                                reason="toothache", outcome="message")
+    await scheduler.record_lead(
+        business_id=None, phone="+12025550001", name="Ann", reason="toothache", outcome="message"
+    )
     later = Scheduler(engine=scheduler.engine, clock=FixedClock(NOW + timedelta(minutes=1)))
     await later.record_lead(business_id=None, phone="+12025550002", name="Bob", reason="price")
     leads = await scheduler.leads(business_id=None)
     assert [lead.name for lead in leads] == ["Bob", "Ann"]
-    assert [lead.outcome for lead in await scheduler.leads(business_id=None,
-                                                           outcome="message")] == ["message"]
+    assert [
+        lead.outcome for lead in await scheduler.leads(business_id=None, outcome="message")
+    ] == ["message"]
     with pytest.raises(errors.InvalidRequest):
         await scheduler.record_lead(business_id=None, phone="+12025550001", outcome="maybe")
 
@@ -198,8 +216,9 @@ async def test_linked_calendar_busy_time_is_respected_and_rechecked_live(clinic)
         await book(scheduler)
     assert calendar.live_reads == 1
 
-    slow = Scheduler(engine=clinic, calendars=SlowCalendar(delay=5), clock=FixedClock(NOW),
-                     calendar_timeout=0.05)
+    slow = Scheduler(
+        engine=clinic, calendars=SlowCalendar(delay=5), clock=FixedClock(NOW), calendar_timeout=0.05
+    )
     with pytest.raises(errors.CalendarUnavailable):
         await lee_starts(slow)
 
@@ -211,5 +230,7 @@ async def test_concurrent_bookings_in_one_process_get_exactly_one(scheduler: Sch
     wins = [r for r in results if not isinstance(r, BaseException)]
     assert len(wins) == 1
     assert all(isinstance(r, errors.SlotTaken) for r in results if r not in wins)
-    assert count_rows(scheduler.engine,
-                      "SELECT count(*) FROM appointment WHERE status = 'confirmed'") == 1
+    assert (
+        count_rows(scheduler.engine, "SELECT count(*) FROM appointment WHERE status = 'confirmed'")
+        == 1
+    )

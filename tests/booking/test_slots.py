@@ -21,9 +21,13 @@ LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def svc(minutes: int = 45, step: int = 15, **kw: object) -> ServiceSpec:
-    return ServiceSpec(id="s", duration=timedelta(minutes=minutes),
-                       slot_step=timedelta(minutes=step), max_days_ahead=kw.pop("ahead", 400),
-                       **kw)  # type: ignore[arg-type]
+    return ServiceSpec(
+        id="s",
+        duration=timedelta(minutes=minutes),
+        slot_step=timedelta(minutes=step),
+        max_days_ahead=kw.pop("ahead", 400),
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def staff(tz: ZoneInfo = NY, sid: str = "lee", **rules: object) -> StaffSpec:
@@ -35,8 +39,15 @@ def local(tz: ZoneInfo, *args: int) -> datetime:
     return datetime(*args, tzinfo=tz)  # type: ignore[misc]
 
 
-def search(service: ServiceSpec, members: list[StaffSpec], first: date, last: date,
-           tz: ZoneInfo = NY, now: datetime = LONG_AGO, busy: dict | None = None) -> list[Slot]:
+def search(
+    service: ServiceSpec,
+    members: list[StaffSpec],
+    first: date,
+    last: date,
+    tz: ZoneInfo = NY,
+    now: datetime = LONG_AGO,
+    busy: dict | None = None,
+) -> list[Slot]:
     start = datetime.combine(first, time(), tz)
     end = datetime.combine(last + timedelta(days=1), time(), tz)
     return find_slots(service=service, staff=members, start=start, end=end, now=now, busy=busy)
@@ -81,8 +92,12 @@ def test_london_dst_weeks_keep_local_hours() -> None:
 def test_nonexistent_local_times_are_skipped_and_steps_are_elapsed_time() -> None:
     night = staff(weekly_hours={"sun": ["01:00-04:00"]})
     slots = search(svc(minutes=30, step=30), [night], date(2026, 3, 8), date(2026, 3, 8))
-    assert [s.start.astimezone(NY).strftime("%H:%M") for s in slots] == ["01:00", "01:30",
-                                                                          "03:00", "03:30"]
+    assert [s.start.astimezone(NY).strftime("%H:%M") for s in slots] == [
+        "01:00",
+        "01:30",
+        "03:00",
+        "03:30",
+    ]
 
 
 def test_ambiguous_fall_back_hour_is_offered_twice_in_elapsed_time() -> None:
@@ -91,7 +106,11 @@ def test_ambiguous_fall_back_hour_is_offered_twice_in_elapsed_time() -> None:
     # 00:00 to 03:00 local is four hours of elapsed time on the fall-back night.
     assert len(slots) == 4
     assert [s.start.astimezone(NY).strftime("%H:%M%z") for s in slots] == [
-        "00:00-0400", "01:00-0400", "01:00-0500", "02:00-0500"]
+        "00:00-0400",
+        "01:00-0400",
+        "01:00-0500",
+        "02:00-0500",
+    ]
 
 
 def test_slot_must_fit_wholly_inside_each_range() -> None:
@@ -102,8 +121,12 @@ def test_slot_must_fit_wholly_inside_each_range() -> None:
 
 
 def test_override_closes_a_date_and_replaces_hours() -> None:
-    member = staff(overrides=[{"date": "2026-12-24", "hours": []},
-                              {"date": "2026-12-27", "hours": ["10:00-14:00"]}])
+    member = staff(
+        overrides=[
+            {"date": "2026-12-24", "hours": []},
+            {"date": "2026-12-27", "hours": ["10:00-14:00"]},
+        ]
+    )
     days = starts_by_day(search(svc(), [member], date(2026, 12, 23), date(2026, 12, 27)), NY)
     assert date(2026, 12, 24) not in days
     assert days[date(2026, 12, 27)][0] == "10:00" and days[date(2026, 12, 27)][-1] == "13:15"
@@ -111,22 +134,34 @@ def test_override_closes_a_date_and_replaces_hours() -> None:
 
 
 def test_time_off_range_and_biweekly_recurring_afternoons() -> None:
-    member = staff(time_off=[
-        {"start": "2026-12-28T00:00", "end": "2027-01-02T00:00"},
-        {"rrule": "FREQ=WEEKLY;INTERVAL=2;BYDAY=FR", "start": "2026-12-04T13:00",
-         "end": "2026-12-04T17:00"},
-    ])
+    member = staff(
+        time_off=[
+            {"start": "2026-12-28T00:00", "end": "2027-01-02T00:00"},
+            {
+                "rrule": "FREQ=WEEKLY;INTERVAL=2;BYDAY=FR",
+                "start": "2026-12-04T13:00",
+                "end": "2026-12-04T17:00",
+            },
+        ]
+    )
     days = starts_by_day(search(svc(), [member], date(2026, 12, 4), date(2027, 1, 2)), NY)
-    assert days[date(2026, 12, 4)][-1] == "12:15"      # 12:15-13:00 touches 13:00
-    assert days[date(2026, 12, 11)][-1] == "16:15"     # off week
+    assert days[date(2026, 12, 4)][-1] == "12:15"  # 12:15-13:00 touches 13:00
+    assert days[date(2026, 12, 11)][-1] == "16:15"  # off week
     assert days[date(2026, 12, 18)][-1] == "12:15"
     assert not any(date(2026, 12, 28) <= d <= date(2027, 1, 1) for d in days)
     assert date(2027, 1, 2) in days
 
 
 def test_recurring_time_off_keeps_wall_time_across_dst() -> None:
-    member = staff(time_off=[{"rrule": "FREQ=WEEKLY;BYDAY=SU", "start": "2026-03-01T09:00",
-                              "end": "2026-03-01T12:00"}])
+    member = staff(
+        time_off=[
+            {
+                "rrule": "FREQ=WEEKLY;BYDAY=SU",
+                "start": "2026-03-01T09:00",
+                "end": "2026-03-01T12:00",
+            }
+        ]
+    )
     days = starts_by_day(search(svc(), [member], date(2026, 3, 1), date(2026, 3, 15)), NY)
     for sunday in (date(2026, 3, 1), date(2026, 3, 8), date(2026, 3, 15)):
         assert days[sunday][0] == "12:00"
@@ -135,18 +170,20 @@ def test_recurring_time_off_keeps_wall_time_across_dst() -> None:
 def test_buffers_widen_the_slot_against_busy_time() -> None:
     service = svc(buffer_before=timedelta(minutes=10), buffer_after=timedelta(minutes=15))
     busy = {"lee": [(local(NY, 2026, 12, 7, 11, 0), local(NY, 2026, 12, 7, 12, 0))]}
-    day = starts_by_day(search(service, [staff()], date(2026, 12, 7), date(2026, 12, 7),
-                               busy=busy), NY)[date(2026, 12, 7)]
-    assert "10:00" in day          # 09:50 .. 11:00 touches, does not overlap
-    assert "10:15" not in day      # its after-buffer runs into 11:00
-    assert "12:00" not in day      # its before-buffer starts at 11:50
+    day = starts_by_day(
+        search(service, [staff()], date(2026, 12, 7), date(2026, 12, 7), busy=busy), NY
+    )[date(2026, 12, 7)]
+    assert "10:00" in day  # 09:50 .. 11:00 touches, does not overlap
+    assert "10:15" not in day  # its after-buffer runs into 11:00
+    assert "12:00" not in day  # its before-buffer starts at 11:50
     assert "12:15" in day
 
 
 def test_buffers_may_fall_outside_working_hours() -> None:
     service = svc(buffer_before=timedelta(minutes=30), buffer_after=timedelta(minutes=30))
-    day = starts_by_day(search(service, [staff()], date(2026, 12, 7), date(2026, 12, 7)),
-                        NY)[date(2026, 12, 7)]
+    day = starts_by_day(search(service, [staff()], date(2026, 12, 7), date(2026, 12, 7)), NY)[
+        date(2026, 12, 7)
+    ]
     assert day[0] == "09:00" and day[-1] == "16:15"
 
 
@@ -163,8 +200,7 @@ def test_every_staff_member_who_does_it_in_their_own_zone() -> None:
     lee = staff(weekly_hours={"mon": ["09:00-10:00"]})
     rivera = staff(tz=CHICAGO, sid="rivera", weekly_hours={"mon": ["08:00-09:00"]})
     slots = search(svc(minutes=60, step=60), [lee, rivera], date(2026, 12, 7), date(2026, 12, 7))
-    assert [(s.staff_id, s.start.astimezone(NY).hour) for s in slots] == [("lee", 9),
-                                                                           ("rivera", 9)]
+    assert [(s.staff_id, s.start.astimezone(NY).hour) for s in slots] == [("lee", 9), ("rivera", 9)]
 
 
 def test_staff_zone_hours_that_cross_the_business_date_line() -> None:
@@ -177,8 +213,9 @@ def test_staff_zone_hours_that_cross_the_business_date_line() -> None:
 def test_time_of_day_filter_and_spread() -> None:
     slots = search(svc(), [staff()], date(2026, 12, 7), date(2026, 12, 9))
     afternoon = filter_time_of_day(slots, NY, earliest=time(13), latest=time(15))
-    assert afternoon and all(time(13) <= s.start.astimezone(NY).time() <= time(15)
-                             for s in afternoon)
+    assert afternoon and all(
+        time(13) <= s.start.astimezone(NY).time() <= time(15) for s in afternoon
+    )
     picks = spread(slots, 4)
     assert len(picks) == 4 and picks == sorted(picks)
     assert picks[0] == slots[0] and picks[-1] == slots[-1]
@@ -195,8 +232,10 @@ def day_ranges(draw: st.DrawFn) -> list[str]:
     points = sorted(draw(st.sets(minutes_of_day, min_size=0, max_size=6)))
     if len(points) % 2:
         points = points[:-1]
-    return [f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
-            for a, b in zip(points[::2], points[1::2], strict=True)]
+    return [
+        f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
+        for a, b in zip(points[::2], points[1::2], strict=True)
+    ]
 
 
 @st.composite
@@ -221,22 +260,29 @@ def busy_lists(draw: st.DrawFn, base: datetime) -> list[tuple[datetime, datetime
     offset_days=st.integers(0, 300),
     busy=busy_lists(datetime(2026, 1, 1, tzinfo=UTC)),
 )
-def test_no_slot_ever_breaks_a_rule(tz, hours, duration, step, before, after, notice, ahead,
-                                    offset_days, busy) -> None:  # type: ignore[no-untyped-def]
+def test_no_slot_ever_breaks_a_rule(
+    tz, hours, duration, step, before, after, notice, ahead, offset_days, busy
+) -> None:  # type: ignore[no-untyped-def]
     weekly = dict(zip(("mon", "tue", "wed", "thu", "fri", "sat", "sun"), hours, strict=True))
-    member = StaffSpec(id="x", tz=tz, availability=Availability.model_validate(
-        {"weekly_hours": weekly}))
-    service = ServiceSpec(id="s", duration=timedelta(minutes=duration),
-                          slot_step=timedelta(minutes=step),
-                          buffer_before=timedelta(minutes=before),
-                          buffer_after=timedelta(minutes=after),
-                          min_notice=timedelta(minutes=notice), max_days_ahead=ahead)
+    member = StaffSpec(
+        id="x", tz=tz, availability=Availability.model_validate({"weekly_hours": weekly})
+    )
+    service = ServiceSpec(
+        id="s",
+        duration=timedelta(minutes=duration),
+        slot_step=timedelta(minutes=step),
+        buffer_before=timedelta(minutes=before),
+        buffer_after=timedelta(minutes=after),
+        min_notice=timedelta(minutes=notice),
+        max_days_ahead=ahead,
+    )
     base = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=offset_days)
     busy = [(s + timedelta(days=offset_days), e + timedelta(days=offset_days)) for s, e in busy]
     now = base + timedelta(hours=7, minutes=13)
     start, end = base, base + timedelta(days=10)
-    slots = find_slots(service=service, staff=[member], start=start, end=end, now=now,
-                       busy={"x": busy})
+    slots = find_slots(
+        service=service, staff=[member], start=start, end=end, now=now, busy={"x": busy}
+    )
 
     for slot in slots:
         assert start <= slot.start < end
@@ -257,9 +303,12 @@ def test_no_slot_ever_breaks_a_rule(tz, hours, duration, step, before, after, no
             t = rs
             while t + service.duration <= re_:
                 bs, be = service.block(t)
-                if (start <= t < end and t >= now + service.min_notice
-                        and t < now + timedelta(days=ahead)
-                        and not any(x < be and y > bs for x, y in busy)):
+                if (
+                    start <= t < end
+                    and t >= now + service.min_notice
+                    and t < now + timedelta(days=ahead)
+                    and not any(x < be and y > bs for x, y in busy)
+                ):
                     expected.add(t)
                 t += service.slot_step
     assert {s.start for s in slots} == expected
@@ -291,8 +340,9 @@ def stored_staff(**rules: object) -> StaffSpec:
     from booking.rules import STORED
 
     rules.setdefault("weekly_hours", EVERY_DAY)
-    return StaffSpec(id="lee", tz=NY, availability=Availability.model_validate(rules,
-                                                                                 context=STORED))
+    return StaffSpec(
+        id="lee", tz=NY, availability=Availability.model_validate(rules, context=STORED)
+    )
 
 
 def test_a_stored_minutely_rule_is_busy_time_not_millions_of_instances(
@@ -300,9 +350,13 @@ def test_a_stored_minutely_rule_is_busy_time_not_millions_of_instances(
 ) -> None:
     # Saved before the limits existed: expanding it would walk every minute since 2000.
     from booking import rules
+
     rules._refused.cache_clear()  # it warns once per process; another test may have warned
-    member = stored_staff(time_off=[{"rrule": "FREQ=MINUTELY", "start": "2000-01-01T00:00",
-                                     "end": "2000-01-01T00:01"}])
+    member = stored_staff(
+        time_off=[
+            {"rrule": "FREQ=MINUTELY", "start": "2000-01-01T00:00", "end": "2000-01-01T00:01"}
+        ]
+    )
     t0 = _time.perf_counter()
     assert search(svc(), [member], date(2026, 12, 7), date(2026, 12, 20)) == []
     assert _time.perf_counter() - t0 < 0.5
@@ -312,16 +366,29 @@ def test_a_stored_minutely_rule_is_busy_time_not_millions_of_instances(
 
 
 def test_a_stored_rule_from_the_year_one_is_busy_time() -> None:
-    member = stored_staff(time_off=[{"rrule": "FREQ=DAILY", "start": "0001-01-01T00:00+09:00",
-                                     "end": "0001-01-01T01:00+09:00"},
-                                    {"start": "0001-01-01T00:00+09:00",
-                                     "end": "9999-12-31T23:00-05:00"}])
+    member = stored_staff(
+        time_off=[
+            {
+                "rrule": "FREQ=DAILY",
+                "start": "0001-01-01T00:00+09:00",
+                "end": "0001-01-01T01:00+09:00",
+            },
+            {"start": "0001-01-01T00:00+09:00", "end": "9999-12-31T23:00-05:00"},
+        ]
+    )
     assert search(svc(), [member], date(2026, 12, 7), date(2026, 12, 8)) == []
 
 
 def test_a_rule_that_never_matches_costs_nothing() -> None:
-    member = staff(time_off=[{"rrule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
-                              "start": "1970-01-01T09:00", "end": "1970-01-01T10:00"}])
+    member = staff(
+        time_off=[
+            {
+                "rrule": "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
+                "start": "1970-01-01T09:00",
+                "end": "1970-01-01T10:00",
+            }
+        ]
+    )
     t0 = _time.perf_counter()
     assert len(search(svc(), [member], date(2026, 12, 7), date(2026, 12, 7))) == 30
     assert _time.perf_counter() - t0 < 0.5  # dateutil: about 8 s
@@ -331,12 +398,25 @@ def test_the_edges_of_the_calendar_give_no_slots_and_no_overflow() -> None:
     end_of_time = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
     start_of_time = datetime(1, 1, 1, tzinfo=UTC)
     members = [staff(), staff(tz=ZoneInfo("Pacific/Kiritimati"), sid="kiri")]
-    assert find_slots(service=svc(), staff=members, start=start_of_time, end=end_of_time,
-                      now=end_of_time) == []
+    assert (
+        find_slots(
+            service=svc(), staff=members, start=start_of_time, end=end_of_time, now=end_of_time
+        )
+        == []
+    )
     huge = svc(ahead=10**9, min_notice=timedelta(days=10**6))
-    assert find_slots(service=huge, staff=members, start=start_of_time, end=end_of_time,
-                      now=start_of_time) == []
+    assert (
+        find_slots(
+            service=huge, staff=members, start=start_of_time, end=end_of_time, now=start_of_time
+        )
+        == []
+    )
     far = svc(ahead=10**9)
-    found = find_slots(service=far, staff=members, start=datetime(2199, 12, 30, tzinfo=UTC),
-                       end=end_of_time, now=LONG_AGO)
+    found = find_slots(
+        service=far,
+        staff=members,
+        start=datetime(2199, 12, 30, tzinfo=UTC),
+        end=end_of_time,
+        now=LONG_AGO,
+    )
     assert found and found[-1].start < datetime(2200, 1, 1, tzinfo=UTC)

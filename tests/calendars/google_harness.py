@@ -31,8 +31,7 @@ class RefreshingTokens:
     """`calendars.base.Tokens` over `GoogleOAuth.refresh`: what the service's token store does,
     without the database. `refreshes` counts the refreshes."""
 
-    def __init__(self, oauth: GoogleOAuth, *, refresh_token: str, access_token: str | None
-                 ) -> None:
+    def __init__(self, oauth: GoogleOAuth, *, refresh_token: str, access_token: str | None) -> None:
         self._oauth = oauth
         self._refresh_token = refresh_token
         self._access = access_token
@@ -62,13 +61,20 @@ def google_setup(
     """One linked account with one empty calendar (its primary) on a running fake."""
     fake.add_user(EMAIL, time_zone=ZONE, summary="Staff")
     access, refresh = fake.issue_tokens(EMAIL)
-    oauth = GoogleOAuth(fake.client_id, fake.client_secret, auth_url=fake.auth_url,
-                        token_url=fake.token_url, api_base_url=fake.api_base_url)
+    oauth = GoogleOAuth(
+        fake.client_id,
+        fake.client_secret,
+        auth_url=fake.auth_url,
+        token_url=fake.token_url,
+        api_base_url=fake.api_base_url,
+    )
     tokens = RefreshingTokens(oauth, refresh_token=refresh, access_token=access)
-    account = Account(id="google-test", provider="google", settings={"account": EMAIL},
-                      tokens=tokens, name=EMAIL)
-    provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=timeout, retries=retries,
-                              sleep=sleep)
+    account = Account(
+        id="google-test", provider="google", settings={"account": EMAIL}, tokens=tokens, name=EMAIL
+    )
+    provider = GoogleProvider(
+        api_base_url=fake.api_base_url, timeout=timeout, retries=retries, sleep=sleep
+    )
     # A timed-out request is answered well after the provider has given up.
     fake.timeout_delay = timeout + 1.0
     fake.allow_http_callbacks = True
@@ -86,15 +92,23 @@ def google_setup(
         description: str = "",
     ) -> str:
         if all_day is not None:
-            when = ({"date": all_day.isoformat()},
-                    {"date": (all_day + timedelta(days=1)).isoformat()})
+            when = (
+                {"date": all_day.isoformat()},
+                {"date": (all_day + timedelta(days=1)).isoformat()},
+            )
         else:
             if start is None or end is None:
                 raise ValueError("add_event needs start and end, or all_day")
-            when = ({"dateTime": start.isoformat(), "timeZone": ZONE},
-                    {"dateTime": end.isoformat(), "timeZone": ZONE})
-        body: dict[str, Any] = {"summary": summary, "description": description,
-                                "start": when[0], "end": when[1]}
+            when = (
+                {"dateTime": start.isoformat(), "timeZone": ZONE},
+                {"dateTime": end.isoformat(), "timeZone": ZONE},
+            )
+        body: dict[str, Any] = {
+            "summary": summary,
+            "description": description,
+            "start": when[0],
+            "end": when[1],
+        }
         if transparent:
             body["transparency"] = "transparent"
         if tentative:
@@ -109,20 +123,23 @@ def google_setup(
     async def events() -> list[dict[str, Any]]:
         out = []
         for event in fake.stored_events(EMAIL):
-            out.append({
-                "id": event["id"],
-                "summary": event.get("summary", ""),
-                "description": event.get("description", ""),
-                "start": _when(event["start"], tz),
-                "end": _when(event["end"], tz),
-            })
+            out.append(
+                {
+                    "id": event["id"],
+                    "summary": event.get("summary", ""),
+                    "description": event.get("description", ""),
+                    "start": _when(event["start"], tz),
+                    "end": _when(event["end"], tz),
+                }
+            )
         return out
 
     def fail_next(kind: str, times: int = 1) -> None:
         fake.fail_next(kind, times)
 
-    async def notify(url: str, channel: Channel | None = None, *, state: str = "exists"
-                     ) -> httpx.Response:
+    async def notify(
+        url: str, channel: Channel | None = None, *, state: str = "exists"
+    ) -> httpx.Response:
         """POST a push message to `url` as Google does: for `channel`, or else the newest
         channel the fake holds for that address."""
         if channel is None:
@@ -133,13 +150,16 @@ def google_setup(
             target.messages += 1
             headers = fake.push_headers(target, state, target.messages)
         else:
-            headers = {"X-Goog-Channel-ID": channel.id, "X-Goog-Resource-State": state,
-                       "X-Goog-Resource-ID": channel.resource_id or "",
-                       "X-Goog-Message-Number": "2",
-                       "X-Goog-Channel-Token": channel.token,
-                       "X-Goog-Channel-Expiration":
-                           channel.expires_at.astimezone(UTC).strftime(
-                               "%a, %d %b %Y %H:%M:%S GMT")}
+            headers = {
+                "X-Goog-Channel-ID": channel.id,
+                "X-Goog-Resource-State": state,
+                "X-Goog-Resource-ID": channel.resource_id or "",
+                "X-Goog-Message-Number": "2",
+                "X-Goog-Channel-Token": channel.token,
+                "X-Goog-Channel-Expiration": channel.expires_at.astimezone(UTC).strftime(
+                    "%a, %d %b %Y %H:%M:%S GMT"
+                ),
+            }
         async with httpx.AsyncClient(timeout=5.0) as client:
             return await client.post(url, headers=headers)
 
@@ -152,11 +172,19 @@ def google_setup(
         events=events,
         fail_next=fail_next,
         notify=notify,
-        extra={"fake": fake, "oauth": oauth, "tokens": tokens, "email": EMAIL,
-               "token_set": TokenSet(
-                   access_token=access, refresh_token=refresh, account=EMAIL,
-                   expires_at=datetime.now(UTC) + timedelta(seconds=fake.access_token_lifetime),
-                   scope="https://www.googleapis.com/auth/calendar")},
+        extra={
+            "fake": fake,
+            "oauth": oauth,
+            "tokens": tokens,
+            "email": EMAIL,
+            "token_set": TokenSet(
+                access_token=access,
+                refresh_token=refresh,
+                account=EMAIL,
+                expires_at=datetime.now(UTC) + timedelta(seconds=fake.access_token_lifetime),
+                scope="https://www.googleapis.com/auth/calendar",
+            ),
+        },
     )
 
 

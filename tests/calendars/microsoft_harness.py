@@ -61,8 +61,10 @@ async def browser_visit(graph: FakeGraph, auth_url: str) -> dict[str, str]:
         return dict(parse_qsl(urlsplit(answer.headers["location"]).query))
     assert answer.status_code == 200, answer.text
     # response_mode=form_post: the browser POSTs the form's fields to the redirect URI.
-    return {name: html.unescape(value)
-            for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', answer.text)}
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', answer.text)
+    }
 
 
 async def link_account(graph: FakeGraph, oauth: MicrosoftOAuth) -> TokenSet:
@@ -111,9 +113,13 @@ async def harness(**provider_kwargs: Any) -> AsyncIterator[Harness]:
         oauth = MicrosoftOAuth(graph.client_id, graph.client_secret, http_client=session)
         token_set = await link_account(graph, oauth)
         tokens = OAuthTokens(oauth, token_set)
-        account = Account(id="acct-ms-1", provider="microsoft",
-                          settings={"account": token_set.account}, tokens=tokens,
-                          name=str(token_set.account))
+        account = Account(
+            id="acct-ms-1",
+            provider="microsoft",
+            settings={"account": token_set.account},
+            tokens=tokens,
+            name=str(token_set.account),
+        )
         calendar_id = graph.add_calendar("Work")
 
         async def add_event(
@@ -128,17 +134,32 @@ async def harness(**provider_kwargs: Any) -> AsyncIterator[Harness]:
             time_zone: str = "UTC",
         ) -> str:
             show_as = "free" if transparent else "tentative" if tentative else "busy"
-            return graph.add_event(calendar_id, start=start, end=end, subject=summary,
-                                   all_day=all_day, show_as=show_as, cancelled=cancelled,
-                                   time_zone=time_zone)
+            return graph.add_event(
+                calendar_id,
+                start=start,
+                end=end,
+                subject=summary,
+                all_day=all_day,
+                show_as=show_as,
+                cancelled=cancelled,
+                time_zone=time_zone,
+            )
 
         async def remove_event(event_id: str) -> None:
             graph.remove_event(event_id)
 
         async def events() -> list[dict[str, Any]]:
-            return [{"id": e.id, "summary": e.subject, "start": e.start, "end": e.end,
-                     "description": e.body, "all_day": e.is_all_day}
-                    for e in graph.stored_events(calendar_id)]
+            return [
+                {
+                    "id": e.id,
+                    "summary": e.subject,
+                    "start": e.start,
+                    "end": e.end,
+                    "description": e.body,
+                    "all_day": e.is_all_day,
+                }
+                for e in graph.stored_events(calendar_id)
+            ]
 
         async def notify(
             url: str,
@@ -151,16 +172,23 @@ async def harness(**provider_kwargs: Any) -> AsyncIterator[Harness]:
             """POST a change notification for `channel` to `url`, as Graph would;
             `token` overrides the clientState (a forged notification)."""
             resource = f"Users/{graph.user_id}/Events/{event_id or 'AAMkUnknown'}"
-            body = {"value": [{
-                "subscriptionId": channel.id,
-                "subscriptionExpirationDateTime": channel.expires_at.isoformat(),
-                "changeType": change_type,
-                "resource": resource,
-                "resourceData": {"@odata.type": "#Microsoft.Graph.Event",
-                                 "@odata.id": resource, "id": event_id},
-                "clientState": channel.token if token is None else token,
-                "tenantId": "9188040d-6c67-4c5b-b112-36a304b66dad",
-            }]}
+            body = {
+                "value": [
+                    {
+                        "subscriptionId": channel.id,
+                        "subscriptionExpirationDateTime": channel.expires_at.isoformat(),
+                        "changeType": change_type,
+                        "resource": resource,
+                        "resourceData": {
+                            "@odata.type": "#Microsoft.Graph.Event",
+                            "@odata.id": resource,
+                            "id": event_id,
+                        },
+                        "clientState": channel.token if token is None else token,
+                        "tenantId": "9188040d-6c67-4c5b-b112-36a304b66dad",
+                    }
+                ]
+            }
             async with httpx.AsyncClient() as client:
                 return await client.post(url, json=body)
 
@@ -173,8 +201,13 @@ async def harness(**provider_kwargs: Any) -> AsyncIterator[Harness]:
             events=events,
             fail_next=graph.fail_next,
             notify=notify,
-            extra={"graph": graph, "oauth": oauth, "tokens": tokens, "sleep": sleep,
-                   "token_set": token_set},
+            extra={
+                "graph": graph,
+                "oauth": oauth,
+                "tokens": tokens,
+                "sleep": sleep,
+                "token_set": token_set,
+            },
         )
     finally:
         await provider.aclose()

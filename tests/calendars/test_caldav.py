@@ -542,9 +542,7 @@ async def test_a_kept_login_does_not_outlive_a_changed_password(
     assert await busy(provider, h.account, [h.calendar_id]) == []
 
 
-async def test_a_failed_read_does_not_spoil_the_next_one(
-    h: Harness, proxy: FaultProxy
-) -> None:
+async def test_a_failed_read_does_not_spoil_the_next_one(h: Harness, proxy: FaultProxy) -> None:
     provider = CaldavProvider(timeout=0.5)
     await busy(provider, h.account, [h.calendar_id])
     proxy.fail_next("timeout")  # the kept client's request is answered too late

@@ -95,27 +95,40 @@ async def test_the_server_address_finds_the_accounts_event_calendars_on_their_ow
 async def test_busy_time_is_read_from_the_calendars_found_from_the_server_address(
     server: IcloudLikeCaldav, provider: CaldavProvider
 ) -> None:
-    server.add_event("work", "w1", vevent("w1", "DTSTART:20261201T150000Z",
-                                          "DTEND:20261201T160000Z", "SUMMARY:Patient"))
-    server.add_event("family", "f1", vevent("f1", "DTSTART:20261202T170000Z",
-                                            "DTEND:20261202T180000Z", "SUMMARY:School run"))
-    server.add_event("family", "f2", vevent("f2", "DTSTART:20261203T170000Z",
-                                            "DTEND:20261203T180000Z", "TRANSP:TRANSPARENT"))
+    server.add_event(
+        "work",
+        "w1",
+        vevent("w1", "DTSTART:20261201T150000Z", "DTEND:20261201T160000Z", "SUMMARY:Patient"),
+    )
+    server.add_event(
+        "family",
+        "f1",
+        vevent("f1", "DTSTART:20261202T170000Z", "DTEND:20261202T180000Z", "SUMMARY:School run"),
+    )
+    server.add_event(
+        "family",
+        "f2",
+        vevent("f2", "DTSTART:20261203T170000Z", "DTEND:20261203T180000Z", "TRANSP:TRANSPARENT"),
+    )
     root = account(server.front_url)
     ids = {info.name: info.id for info in await provider.list_calendars(root)}
 
     every = await provider.busy(root, calendar_ids=[], tz=NY, start=START, end=END)
-    assert every == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)),
-                     (utc(2026, 12, 2, 17), utc(2026, 12, 2, 18))]
+    assert every == [
+        (utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)),
+        (utc(2026, 12, 2, 17), utc(2026, 12, 2, 18)),
+    ]
     work = await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START, end=END)
     assert work == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))]
 
-    first = await provider.sync(root, calendar_id=ids["Family"], tz=NY, cursor=None,
-                                start=START, end=END)
+    first = await provider.sync(
+        root, calendar_id=ids["Family"], tz=NY, cursor=None, start=START, end=END
+    )
     assert first.full and first.changed["f1"] == [(utc(2026, 12, 2, 17), utc(2026, 12, 2, 18))]
     assert first.changed.get("f2", []) == []  # transparent: seen, and free
-    again = await provider.sync(root, calendar_id=ids["Family"], tz=NY, cursor=first.cursor,
-                                start=START, end=END)
+    again = await provider.sync(
+        root, calendar_id=ids["Family"], tz=NY, cursor=first.cursor, start=START, end=END
+    )
     assert not again.full  # getctag unchanged: one PROPFIND, no read
 
 
@@ -125,15 +138,18 @@ async def test_a_booking_is_written_once_into_a_calendar_on_the_accounts_host(
     root = account(server.front_url)
     ids = {info.name: info.id for info in await provider.list_calendars(root)}
     times = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
-    uid = await provider.put_event(root, calendar_id=ids["Work"], event=spec("apt_1", *times),
-                                   event_id=None)
+    uid = await provider.put_event(
+        root, calendar_id=ids["Work"], event=spec("apt_1", *times), event_id=None
+    )
     # A retry after a lost answer finds it there (412) and updates it: still one event.
-    again = await provider.put_event(root, calendar_id=ids["Work"],
-                                     event=spec("apt_1", *times), event_id=None)
+    again = await provider.put_event(
+        root, calendar_id=ids["Work"], event=spec("apt_1", *times), event_id=None
+    )
     assert again == uid and list(server.events("work")) == [f"{uid}.ics"]
     assert ("home", "PUT", f"{icloud.HOME}work/{uid}.ics") in server.requests
-    assert await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START,
-                               end=END) == [times]
+    assert await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START, end=END) == [
+        times
+    ]
     await provider.delete_event(root, calendar_id=ids["Work"], event_id=uid)
     assert server.events("work") == {}
 
@@ -218,12 +234,12 @@ def test_discovery_does_not_go_from_a_public_address_inward_nor_to_http() -> Non
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
     server = start_radicale(tmp_path_factory.mktemp("radicale-discovery"))
-    client = caldav.DAVClient(url=server.principal_url, username=USERNAME, password=PASSWORD,
-                              enable_rfc6764=False)
+    client = caldav.DAVClient(
+        url=server.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
+    )
     work = client.principal().make_calendar(name="Work", cal_id="work")
     soon = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=2)
-    work.save_event(dtstart=soon, dtend=soon + timedelta(hours=1), summary="Dentist",
-                    uid="busy-1")
+    work.save_event(dtstart=soon, dtend=soon + timedelta(hours=1), summary="Dentist", uid="busy-1")
     client.close()
     yield server
     server.stop()
@@ -238,22 +254,27 @@ async def test_radicale_linked_from_its_server_address_reads_busy_time_and_takes
     assert (work.id, work.name) == (f"{radicale.principal_url}work/", "Work")
 
     start = datetime.now(UTC).replace(microsecond=0, second=0)
-    spans = await provider.busy(root, calendar_ids=[], tz=NY, start=start,
-                                end=start + timedelta(days=7))
+    spans = await provider.busy(
+        root, calendar_ids=[], tz=NY, start=start, end=start + timedelta(days=7)
+    )
     assert [end - begin for begin, end in spans] == [timedelta(hours=1)]  # the Dentist
 
     times = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
-    uid = await provider.put_event(root, calendar_id=work.id, event=spec("apt_root", *times),
-                                   event_id=None)
+    uid = await provider.put_event(
+        root, calendar_id=work.id, event=spec("apt_root", *times), event_id=None
+    )
     try:
-        assert times in await provider.busy(root, calendar_ids=[work.id], tz=NY, start=START,
-                                            end=END)
+        assert times in await provider.busy(
+            root, calendar_ids=[work.id], tz=NY, start=START, end=END
+        )
     finally:
         await provider.delete_event(root, calendar_id=work.id, event_id=uid)
 
 
 def test_the_cli_links_radicale_from_its_server_address(
-    radicale: RadicaleServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    radicale: RadicaleServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
@@ -263,11 +284,22 @@ def test_the_cli_links_radicale_from_its_server_address(
     monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
     assert main(["import", str(DEMO)]) == 0
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-    code = main(["calendars", "link", "caldav", "--staff", "lee", "--url",
-                 radicale.base_url + "/", "--username", USERNAME, "--password-stdin"])
+    code = main(
+        [
+            "calendars",
+            "link",
+            "caldav",
+            "--staff",
+            "lee",
+            "--url",
+            radicale.base_url + "/",
+            "--username",
+            USERNAME,
+            "--password-stdin",
+        ]
+    )
     _, err = capsys.readouterr()
     assert code == 0, err
     assert main(["calendars", "list", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["status"] == "ok" and row["write_calendar"] == f"{radicale.principal_url}work/"
-

@@ -43,8 +43,12 @@ def utc(*args: int) -> datetime:
 
 
 def timed(start: datetime, end: datetime, **extra: Any) -> dict[str, Any]:
-    return {"summary": "Busy", "start": {"dateTime": start.isoformat(), "timeZone": NY.key},
-            "end": {"dateTime": end.isoformat(), "timeZone": NY.key}, **extra}
+    return {
+        "summary": "Busy",
+        "start": {"dateTime": start.isoformat(), "timeZone": NY.key},
+        "end": {"dateTime": end.isoformat(), "timeZone": NY.key},
+        **extra,
+    }
 
 
 class Receiver:
@@ -106,36 +110,61 @@ def tokens_of(h: Harness) -> RefreshingTokens:
     return tokens
 
 
-async def busy_on(h: Harness, start: datetime, end: datetime,
-                  calendar_ids: list[str] | None = None) -> list[tuple[datetime, datetime]]:
-    return await h.provider.busy(h.account, calendar_ids=calendar_ids or [h.calendar_id],
-                                 tz=NY, start=start, end=end)
+async def busy_on(
+    h: Harness, start: datetime, end: datetime, calendar_ids: list[str] | None = None
+) -> list[tuple[datetime, datetime]]:
+    return await h.provider.busy(
+        h.account, calendar_ids=calendar_ids or [h.calendar_id], tz=NY, start=start, end=end
+    )
 
 
-def spec(start: datetime, *, key: str = "apt_01HZX", minutes: int = 60,
-         summary: str = "Cleaning: Ann Smith") -> EventSpec:
-    return EventSpec(key=key, summary=summary, description="+12025550001", start=start,
-                     end=start + timedelta(minutes=minutes), timezone=NY.key)
+def spec(
+    start: datetime,
+    *,
+    key: str = "apt_01HZX",
+    minutes: int = 60,
+    summary: str = "Cleaning: Ann Smith",
+) -> EventSpec:
+    return EventSpec(
+        key=key,
+        summary=summary,
+        description="+12025550001",
+        start=start,
+        end=start + timedelta(minutes=minutes),
+        timezone=NY.key,
+    )
 
 
 # ---- busy time -----------------------------------------------------------------------------
 
 
 async def test_busy_counts_tentative_but_not_free_declined_or_cancelled_events(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     fake.put_event(EMAIL, timed(ny(2026, 12, 1, 9), ny(2026, 12, 1, 10), status="tentative"))
-    fake.put_event(EMAIL, timed(ny(2026, 12, 1, 10), ny(2026, 12, 1, 11),
-                                transparency="transparent"))
-    fake.put_event(EMAIL, timed(ny(2026, 12, 1, 11), ny(2026, 12, 1, 12), attendees=[
-        {"email": EMAIL, "self": True, "responseStatus": "declined"},
-        {"email": "boss@example.com", "organizer": True, "responseStatus": "accepted"}]))
+    fake.put_event(
+        EMAIL, timed(ny(2026, 12, 1, 10), ny(2026, 12, 1, 11), transparency="transparent")
+    )
+    fake.put_event(
+        EMAIL,
+        timed(
+            ny(2026, 12, 1, 11),
+            ny(2026, 12, 1, 12),
+            attendees=[
+                {"email": EMAIL, "self": True, "responseStatus": "declined"},
+                {"email": "boss@example.com", "organizer": True, "responseStatus": "accepted"},
+            ],
+        ),
+    )
     fake.put_event(EMAIL, timed(ny(2026, 12, 1, 12), ny(2026, 12, 1, 13), status="cancelled"))
     fake.put_event(EMAIL, timed(ny(2026, 12, 1, 14), ny(2026, 12, 1, 15)))
 
     busy = await busy_on(h, DAY, DAY + timedelta(days=1))
 
-    assert busy == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15)),
-                    (utc(2026, 12, 1, 19), utc(2026, 12, 1, 20))]
+    assert busy == [
+        (utc(2026, 12, 1, 14), utc(2026, 12, 1, 15)),
+        (utc(2026, 12, 1, 19), utc(2026, 12, 1, 20)),
+    ]
 
 
 async def test_all_day_events_cover_whole_local_days_across_dst_changes(h: Harness) -> None:
@@ -148,51 +177,74 @@ async def test_all_day_events_cover_whole_local_days_across_dst_changes(h: Harne
 
     assert autumn_busy == [(utc(2026, 11, 1, 4), utc(2026, 11, 2, 5))]  # 25 hours
     assert spring_busy == [(utc(2027, 3, 14, 5), utc(2027, 3, 15, 4))]  # 23 hours
-    synced = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY, cursor=None,
-                                   start=ny(2026, 10, 1), end=ny(2027, 4, 1))
+    synced = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=None,
+        start=ny(2026, 10, 1),
+        end=ny(2027, 4, 1),
+    )
     assert synced.changed[autumn] == autumn_busy
     assert synced.changed[spring] == spring_busy
 
 
 async def test_recurring_instances_are_busy_at_local_time_except_a_cancelled_one(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
-    master = fake.put_event(EMAIL, timed(ny(2026, 10, 27, 10), ny(2026, 10, 27, 11),
-                                         recurrence=["RRULE:FREQ=WEEKLY;COUNT=4"]))
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
+    master = fake.put_event(
+        EMAIL,
+        timed(ny(2026, 10, 27, 10), ny(2026, 10, 27, 11), recurrence=["RRULE:FREQ=WEEKLY;COUNT=4"]),
+    )
     fake.cancel_instance(EMAIL, master["id"], utc(2026, 11, 10, 15))
 
     busy = await busy_on(h, ny(2026, 10, 26), ny(2026, 11, 30))
-    synced = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY, cursor=None,
-                                   start=ny(2026, 10, 26), end=ny(2026, 11, 30))
+    synced = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=None,
+        start=ny(2026, 10, 26),
+        end=ny(2026, 11, 30),
+    )
 
-    expected = [(utc(2026, 10, 27, 14), utc(2026, 10, 27, 15)),  # 10:00 EDT
-                (utc(2026, 11, 3, 15), utc(2026, 11, 3, 16)),  # 10:00 EST
-                (utc(2026, 11, 17, 15), utc(2026, 11, 17, 16))]
+    expected = [
+        (utc(2026, 10, 27, 14), utc(2026, 10, 27, 15)),  # 10:00 EDT
+        (utc(2026, 11, 3, 15), utc(2026, 11, 3, 16)),  # 10:00 EST
+        (utc(2026, 11, 17, 15), utc(2026, 11, 17, 16)),
+    ]
     assert busy == expected
     assert sorted(i for intervals in synced.changed.values() for i in intervals) == expected
     assert all(key.startswith(master["id"] + "_") for key in synced.changed)
 
 
 async def test_busy_splits_long_windows_and_many_calendars(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     others = [f"room{n}@group.calendar.google.com" for n in range(59)]
     for calendar_id in others:
         fake.add_calendar(EMAIL, calendar_id, time_zone=NY.key, access_role="reader")
     start = ny(2026, 12, 1)
-    fake.put_event(others[55], timed(start + timedelta(days=100, hours=9),
-                                     start + timedelta(days=100, hours=10)))
+    fake.put_event(
+        others[55],
+        timed(start + timedelta(days=100, hours=9), start + timedelta(days=100, hours=10)),
+    )
     # One busy block across the point where the window is cut in two.
     cut = start + timedelta(days=90)
     fake.put_event(EMAIL, timed(cut - timedelta(hours=1), cut + timedelta(hours=1)))
 
     busy = await busy_on(h, start, start + timedelta(days=120), [EMAIL, *others])
 
-    assert busy == [(cut - timedelta(hours=1), cut + timedelta(hours=1)),
-                    (start + timedelta(days=100, hours=9), start + timedelta(days=100, hours=10))]
+    assert busy == [
+        (cut - timedelta(hours=1), cut + timedelta(hours=1)),
+        (start + timedelta(days=100, hours=9), start + timedelta(days=100, hours=10)),
+    ]
     queries = fake.api_requests("/freeBusy")
     assert len(queries) == 4
     for query in queries:
-        span = (datetime.fromisoformat(query.body["timeMax"])
-                - datetime.fromisoformat(query.body["timeMin"]))
+        span = datetime.fromisoformat(query.body["timeMax"]) - datetime.fromisoformat(
+            query.body["timeMin"]
+        )
         assert span <= timedelta(days=90)
         assert len(query.body["items"]) <= 50
 
@@ -208,12 +260,19 @@ async def test_busy_fails_when_google_reports_an_error_for_one_calendar(h: Harne
 
 
 async def test_full_sync_reads_every_page_and_keeps_the_last_pages_sync_token(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     fake.max_page_size = 2
     ids = [await h.add_event(ny(2026, 12, 1, 9 + n), ny(2026, 12, 1, 10 + n)) for n in range(5)]
 
-    synced = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY, cursor=None,
-                                   start=DAY, end=DAY + timedelta(days=1))
+    synced = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=None,
+        start=DAY,
+        end=DAY + timedelta(days=1),
+    )
 
     assert synced.full and synced.cursor
     assert sorted(synced.changed) == sorted(ids)
@@ -226,19 +285,33 @@ async def test_full_sync_reads_every_page_and_keeps_the_last_pages_sync_token(
 
 
 async def test_incremental_sync_reports_changes_and_deletions_since_the_cursor(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     kept = await h.add_event(ny(2026, 12, 1, 9), ny(2026, 12, 1, 10))
     deleted = await h.add_event(ny(2026, 12, 1, 11), ny(2026, 12, 1, 12))
     freed = await h.add_event(ny(2026, 12, 1, 13), ny(2026, 12, 1, 14))
-    first = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY, cursor=None,
-                                  start=DAY, end=DAY + timedelta(days=2))
+    first = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=None,
+        start=DAY,
+        end=DAY + timedelta(days=2),
+    )
 
     added = await h.add_event(ny(2026, 12, 2, 9), ny(2026, 12, 2, 10))
     await h.remove_event(deleted)
-    fake.put_event(EMAIL, timed(ny(2026, 12, 1, 13), ny(2026, 12, 1, 14), id=freed,
-                                transparency="transparent"))
-    second = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY,
-                                   cursor=first.cursor, start=DAY, end=DAY + timedelta(days=2))
+    fake.put_event(
+        EMAIL, timed(ny(2026, 12, 1, 13), ny(2026, 12, 1, 14), id=freed, transparency="transparent")
+    )
+    second = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=first.cursor,
+        start=DAY,
+        end=DAY + timedelta(days=2),
+    )
 
     assert not second.full
     assert second.changed == {added: [(utc(2026, 12, 2, 14), utc(2026, 12, 2, 15))], freed: []}
@@ -251,14 +324,27 @@ async def test_incremental_sync_reports_changes_and_deletions_since_the_cursor(
 
 
 async def test_expired_sync_token_falls_back_to_a_full_sync(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     event = await h.add_event(ny(2026, 12, 1, 9), ny(2026, 12, 1, 10))
-    first = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY, cursor=None,
-                                  start=DAY, end=DAY + timedelta(days=1))
+    first = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=None,
+        start=DAY,
+        end=DAY + timedelta(days=1),
+    )
     fake.expire_sync_tokens()
 
-    again = await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY,
-                                  cursor=first.cursor, start=DAY, end=DAY + timedelta(days=1))
+    again = await h.provider.sync(
+        h.account,
+        calendar_id=h.calendar_id,
+        tz=NY,
+        cursor=first.cursor,
+        start=DAY,
+        end=DAY + timedelta(days=1),
+    )
 
     assert again.full
     assert again.changed == first.changed and event in again.changed
@@ -271,16 +357,19 @@ async def test_expired_sync_token_falls_back_to_a_full_sync(
 
 
 async def test_put_event_after_a_timed_out_insert_leaves_exactly_one_event(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=1.0)
     fake.timeout_delay = 2.0
     fake.fail_next("timeout")
 
     with pytest.raises(CalendarUnavailable, match="did not answer"):
-        await provider.put_event(h.account, calendar_id=h.calendar_id,
-                                 event=spec(ny(2026, 12, 1, 9)), event_id=None)
-    event_id = await provider.put_event(h.account, calendar_id=h.calendar_id,
-                                        event=spec(ny(2026, 12, 1, 9)), event_id=None)
+        await provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 9)), event_id=None
+        )
+    event_id = await provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 9)), event_id=None
+    )
 
     events = await h.events()
     assert [e["id"] for e in events] == [event_id]
@@ -289,14 +378,18 @@ async def test_put_event_after_a_timed_out_insert_leaves_exactly_one_event(
 
 
 async def test_put_event_writes_a_base32hex_id_and_updates_the_same_event(h: Harness) -> None:
-    event_id = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                          event=spec(ny(2026, 12, 1, 9)), event_id=None)
+    event_id = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 9)), event_id=None
+    )
     assert event_id == event_id_for("apt_01HZX")
     assert set(event_id) <= set("0123456789abcdefghijklmnopqrstuv") and len(event_id) >= 5
 
-    moved = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                       event=spec(ny(2026, 12, 1, 14), summary="Moved"),
-                                       event_id=event_id)
+    moved = await h.provider.put_event(
+        h.account,
+        calendar_id=h.calendar_id,
+        event=spec(ny(2026, 12, 1, 14), summary="Moved"),
+        event_id=event_id,
+    )
 
     assert moved == event_id
     events = await h.events()
@@ -306,20 +399,27 @@ async def test_put_event_writes_a_base32hex_id_and_updates_the_same_event(h: Har
 
 
 async def test_an_event_deleted_in_the_calendar_is_written_again(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
-    event_id = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                          event=spec(ny(2026, 12, 1, 9)), event_id=None)
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
+    event_id = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 9)), event_id=None
+    )
     await h.remove_event(event_id)
 
-    again = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                       event=spec(ny(2026, 12, 1, 10)), event_id=event_id)
+    again = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 10)), event_id=event_id
+    )
     # Created afresh by key: Google keeps the deleted id, so the insert meets 409.
     await h.remove_event(event_id)
-    fresh = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                       event=spec(ny(2026, 12, 1, 11)), event_id=None)
-    unknown = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                         event=spec(ny(2026, 12, 1, 12), key="other"),
-                                         event_id="abcdef0123")
+    fresh = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 11)), event_id=None
+    )
+    unknown = await h.provider.put_event(
+        h.account,
+        calendar_id=h.calendar_id,
+        event=spec(ny(2026, 12, 1, 12), key="other"),
+        event_id="abcdef0123",
+    )
 
     assert again == fresh == event_id and unknown == "abcdef0123"
     starts = sorted((e["id"], e["start"]) for e in await h.events())
@@ -327,8 +427,9 @@ async def test_an_event_deleted_in_the_calendar_is_written_again(
 
 
 async def test_deleting_an_event_twice_or_an_unknown_one_is_fine(h: Harness) -> None:
-    event_id = await h.provider.put_event(h.account, calendar_id=h.calendar_id,
-                                          event=spec(ny(2026, 12, 1, 9)), event_id=None)
+    event_id = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(ny(2026, 12, 1, 9)), event_id=None
+    )
 
     await h.provider.delete_event(h.account, calendar_id=h.calendar_id, event_id=event_id)
     await h.provider.delete_event(h.account, calendar_id=h.calendar_id, event_id=event_id)
@@ -338,12 +439,17 @@ async def test_deleting_an_event_twice_or_an_unknown_one_is_fine(h: Harness) -> 
 
 
 async def test_writing_to_a_read_only_calendar_fails_at_once(
-        h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]) -> None:
+    h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]
+) -> None:
     fake.add_calendar(EMAIL, "holidays@group.v.calendar.google.com", access_role="reader")
 
     with pytest.raises(GoogleApiError) as caught:
-        await h.provider.put_event(h.account, calendar_id="holidays@group.v.calendar.google.com",
-                                   event=spec(ny(2026, 12, 1, 9)), event_id=None)
+        await h.provider.put_event(
+            h.account,
+            calendar_id="holidays@group.v.calendar.google.com",
+            event=spec(ny(2026, 12, 1, 9)),
+            event_id=None,
+        )
 
     assert (caught.value.status, caught.value.reason) == (403, "requiredAccessLevel")
     assert len(fake.api_requests("/events", "POST")) == 1 and sleeps == []
@@ -353,10 +459,12 @@ async def test_writing_to_a_read_only_calendar_fails_at_once(
 
 
 async def test_watch_gets_a_sync_message_then_one_per_change_until_stopped(
-        h: Harness, fake: FakeGoogleCalendar, receiver: Receiver) -> None:
+    h: Harness, fake: FakeGoogleCalendar, receiver: Receiver
+) -> None:
     receiver.received.clear()
-    channel = await h.provider.watch(h.account, calendar_id=h.calendar_id,
-                                     callback_url=receiver.url, token="tok-123")
+    channel = await h.provider.watch(
+        h.account, calendar_id=h.calendar_id, callback_url=receiver.url, token="tok-123"
+    )
     assert channel is not None and channel.resource_id and channel.token == "tok-123"
     assert timedelta(days=6) < channel.expires_at - datetime.now(UTC) <= timedelta(days=7)
 
@@ -377,19 +485,22 @@ async def test_watch_gets_a_sync_message_then_one_per_change_until_stopped(
 
 
 async def test_watch_needs_an_https_address_as_google_does(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     fake.allow_http_callbacks = False
     with pytest.raises(GoogleApiError) as caught:
-        await h.provider.watch(h.account, calendar_id=h.calendar_id,
-                               callback_url="http://example.com/hook", token="t")
+        await h.provider.watch(
+            h.account, calendar_id=h.calendar_id, callback_url="http://example.com/hook", token="t"
+        )
     assert caught.value.reason == "push.webhookUrlNotHttps"
 
 
 async def test_harness_notify_posts_like_google(h: Harness, receiver: Receiver) -> None:
     receiver.received.clear()
     assert h.notify is not None
-    channel = await h.provider.watch(h.account, calendar_id=h.calendar_id,
-                                     callback_url=receiver.url, token="tok-9")
+    channel = await h.provider.watch(
+        h.account, calendar_id=h.calendar_id, callback_url=receiver.url, token="tok-9"
+    )
     assert channel is not None
     response = await h.notify(receiver.url)
     assert response.status_code == 200
@@ -401,7 +512,8 @@ async def test_harness_notify_posts_like_google(h: Harness, receiver: Receiver) 
 
 
 async def test_a_429_is_retried_after_the_time_retry_after_asks_for(
-        h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]) -> None:
+    h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]
+) -> None:
     await h.add_event(ny(2026, 12, 1, 9), ny(2026, 12, 1, 10))
     fake.fail_next("429")
 
@@ -414,7 +526,8 @@ async def test_a_429_is_retried_after_the_time_retry_after_asks_for(
 
 @pytest.mark.parametrize("kind", ["500", "503", "403", "403-user"])
 async def test_server_errors_and_rate_limit_403s_are_retried_with_backoff(
-        h: Harness, fake: FakeGoogleCalendar, sleeps: list[float], kind: str) -> None:
+    h: Harness, fake: FakeGoogleCalendar, sleeps: list[float], kind: str
+) -> None:
     fake.fail_next(kind, 2)
 
     assert await busy_on(h, DAY, DAY + timedelta(days=1)) == []
@@ -425,7 +538,8 @@ async def test_server_errors_and_rate_limit_403s_are_retried_with_backoff(
 
 
 async def test_retries_stop_after_the_bound(
-        h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]) -> None:
+    h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]
+) -> None:
     fake.fail_next("500", 10)
 
     with pytest.raises(CalendarUnavailable, match="500"):
@@ -436,7 +550,8 @@ async def test_retries_stop_after_the_bound(
 
 
 async def test_a_slow_google_times_out_without_stalling_the_event_loop(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=1.0)
     fake.timeout_delay = 3.0
     fake.fail_next("timeout")
@@ -451,8 +566,9 @@ async def test_a_slow_google_times_out_without_stalling_the_event_loop(
     ticker = asyncio.create_task(tick())
     began = time.monotonic()
     with pytest.raises(CalendarUnavailable, match="within 1 s"):
-        await provider.busy(h.account, calendar_ids=[h.calendar_id], tz=NY, start=DAY,
-                            end=DAY + timedelta(days=1))
+        await provider.busy(
+            h.account, calendar_ids=[h.calendar_id], tz=NY, start=DAY, end=DAY + timedelta(days=1)
+        )
     elapsed = time.monotonic() - began
     ticker.cancel()
 
@@ -475,17 +591,23 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_requests_one_after_another_share_one_connection(
-        h: Harness, connects: list[str]) -> None:
+    h: Harness, connects: list[str]
+) -> None:
     for _ in range(4):
         assert await busy_on(h, DAY, DAY + timedelta(days=1)) == []
     assert len(connects) == 1
 
 
 async def test_a_timed_out_request_leaves_no_broken_connection_behind(
-        h: Harness, fake: FakeGoogleCalendar, connects: list[str]) -> None:
+    h: Harness, fake: FakeGoogleCalendar, connects: list[str]
+) -> None:
     provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=0.5)
-    window = {"calendar_ids": [h.calendar_id], "tz": NY, "start": DAY,
-              "end": DAY + timedelta(days=1)}
+    window = {
+        "calendar_ids": [h.calendar_id],
+        "tz": NY,
+        "start": DAY,
+        "end": DAY + timedelta(days=1),
+    }
     assert await provider.busy(h.account, **window) == []
     fake.timeout_delay = 1.5
     fake.fail_next("timeout")
@@ -500,7 +622,8 @@ async def test_a_timed_out_request_leaves_no_broken_connection_behind(
 
 
 async def test_an_expired_access_token_is_refreshed_once(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     fake.expire_access_tokens()
 
     assert await h.provider.list_calendars(h.account)
@@ -533,11 +656,12 @@ async def test_a_token_refused_even_after_refresh_needs_relinking(h: Harness) ->
 
 
 async def test_list_calendars_pages_and_marks_writable_ones(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
-    fake.add_calendar(EMAIL, "team@group.calendar.google.com", summary="Team",
-                      access_role="writer")
-    fake.add_calendar(EMAIL, "holidays@group.v.calendar.google.com", summary="Holidays",
-                      access_role="reader")
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
+    fake.add_calendar(EMAIL, "team@group.calendar.google.com", summary="Team", access_role="writer")
+    fake.add_calendar(
+        EMAIL, "holidays@group.v.calendar.google.com", summary="Holidays", access_role="reader"
+    )
     fake.max_page_size = 1
 
     calendars = await h.provider.list_calendars(h.account)
@@ -550,7 +674,8 @@ async def test_list_calendars_pages_and_marks_writable_ones(
 
 
 async def test_no_token_or_secret_appears_in_any_error(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     errors: list[BaseException] = []
     oauth: GoogleOAuth = h.extra["oauth"]
     secrets_seen = [*tokens_of(h).secrets, fake.client_secret]
@@ -559,8 +684,12 @@ async def test_no_token_or_secret_appears_in_any_error(
     for attempt in (
         busy_on(h, DAY, DAY + timedelta(days=1)),
         busy_on(h, DAY, DAY + timedelta(days=1), ["nobody@example.com"]),
-        h.provider.put_event(h.account, calendar_id="ro@group.calendar.google.com",
-                             event=spec(ny(2026, 12, 1, 9)), event_id=None),
+        h.provider.put_event(
+            h.account,
+            calendar_id="ro@group.calendar.google.com",
+            event=spec(ny(2026, 12, 1, 9)),
+            event_id=None,
+        ),
     ):
         with pytest.raises(CalendarUnavailable) as caught:
             await attempt
@@ -571,8 +700,9 @@ async def test_no_token_or_secret_appears_in_any_error(
         await oauth.refresh(refresh_token)
     errors.append(relink.value)
     with pytest.raises(NeedsRelink) as relink_call:
-        await h.provider.busy(h.account, calendar_ids=[EMAIL], tz=NY, start=DAY,
-                              end=DAY + timedelta(days=1))
+        await h.provider.busy(
+            h.account, calendar_ids=[EMAIL], tz=NY, start=DAY, end=DAY + timedelta(days=1)
+        )
     errors.append(relink_call.value)
 
     for error in errors:
@@ -585,8 +715,13 @@ async def test_no_token_or_secret_appears_in_any_error(
 
 
 def oauth_for(fake: FakeGoogleCalendar) -> GoogleOAuth:
-    return GoogleOAuth(fake.client_id, fake.client_secret, auth_url=fake.auth_url,
-                       token_url=fake.token_url, api_base_url=fake.api_base_url)
+    return GoogleOAuth(
+        fake.client_id,
+        fake.client_secret,
+        auth_url=fake.auth_url,
+        token_url=fake.token_url,
+        api_base_url=fake.api_base_url,
+    )
 
 
 async def consent(url: str) -> dict[str, str]:
@@ -598,8 +733,9 @@ async def consent(url: str) -> dict[str, str]:
 
 
 def test_oauth_start_asks_for_offline_access_with_pkce(fake: FakeGoogleCalendar) -> None:
-    url, flow = oauth_for(fake).start(redirect_uri="https://fd.example/cb", state="st-1",
-                                      login_hint=EMAIL)
+    url, flow = oauth_for(fake).start(
+        redirect_uri="https://fd.example/cb", state="st-1", login_hint=EMAIL
+    )
 
     params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert url.startswith(fake.auth_url + "?")
@@ -615,7 +751,8 @@ def test_oauth_start_asks_for_offline_access_with_pkce(fake: FakeGoogleCalendar)
 
 
 async def test_oauth_link_round_trip_gives_tokens_and_the_account(
-        h: Harness, fake: FakeGoogleCalendar) -> None:
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
     oauth = oauth_for(fake)
     url, flow = oauth.start(redirect_uri="https://fd.example/cb", state="st-2")
 
@@ -627,13 +764,18 @@ async def test_oauth_link_round_trip_gives_tokens_and_the_account(
     refreshed = await oauth.refresh(tokens.refresh_token)
     assert refreshed.access_token != tokens.access_token
     assert refreshed.refresh_token == tokens.refresh_token
-    account = Account(id="a", provider="google", name=EMAIL, tokens=RefreshingTokens(
-        oauth, refresh_token=tokens.refresh_token, access_token=refreshed.access_token))
+    account = Account(
+        id="a",
+        provider="google",
+        name=EMAIL,
+        tokens=RefreshingTokens(
+            oauth, refresh_token=tokens.refresh_token, access_token=refreshed.access_token
+        ),
+    )
     await h.provider.check(account)
 
 
-async def test_oauth_finish_rejects_an_answer_for_another_state(
-        fake: FakeGoogleCalendar) -> None:
+async def test_oauth_finish_rejects_an_answer_for_another_state(fake: FakeGoogleCalendar) -> None:
     fake.reset()
     fake.add_user(EMAIL)
     oauth = oauth_for(fake)
@@ -668,8 +810,7 @@ async def test_oauth_refused_consent_is_reported(fake: FakeGoogleCalendar) -> No
         await oauth.finish(flow, await consent(url))
 
 
-async def test_oauth_refresh_of_a_revoked_grant_needs_relinking(
-        fake: FakeGoogleCalendar) -> None:
+async def test_oauth_refresh_of_a_revoked_grant_needs_relinking(fake: FakeGoogleCalendar) -> None:
     fake.reset()
     fake.add_user(EMAIL)
     _, refresh = fake.issue_tokens(EMAIL)
@@ -680,7 +821,8 @@ async def test_oauth_refresh_of_a_revoked_grant_needs_relinking(
 
 
 async def test_oauth_token_endpoint_down_is_unavailable_not_relink(
-        fake: FakeGoogleCalendar) -> None:
+    fake: FakeGoogleCalendar,
+) -> None:
     fake.reset()
     fake.add_user(EMAIL)
     _, refresh = fake.issue_tokens(EMAIL)

@@ -533,11 +533,14 @@ async def test_demo_calendar_of_patel_is_readable() -> None:
 # --- hostile feeds: expansion is bounded, the edges of the calendar do not overflow ----------
 
 
-@pytest.mark.parametrize(("rule", "since"), [
-    ("FREQ=MINUTELY", "20000101T000000Z"),
-    ("FREQ=SECONDLY;INTERVAL=10", "20260101T000000Z"),
-    ("FREQ=HOURLY", "20000101T000000Z"),
-])
+@pytest.mark.parametrize(
+    ("rule", "since"),
+    [
+        ("FREQ=MINUTELY", "20000101T000000Z"),
+        ("FREQ=SECONDLY;INTERVAL=10", "20260101T000000Z"),
+        ("FREQ=HOURLY", "20000101T000000Z"),
+    ],
+)
 def test_a_series_with_millions_of_repetitions_is_refused_quickly(rule: str, since: str) -> None:
     data = ics(f"DTSTART:{since}\nDURATION:PT1S\nRRULE:{rule}")
     t0 = time.perf_counter()
@@ -547,10 +550,12 @@ def test_a_series_with_millions_of_repetitions_is_refused_quickly(rule: str, sin
 
 
 def test_small_counts_and_past_untils_of_fine_series_are_read() -> None:
-    data = ics("DTSTART:20000101T000000Z\nDTEND:20000101T000100Z\nRRULE:FREQ=MINUTELY;COUNT=5",
-               "DTSTART:20261201T090000Z\nDTEND:20261201T091500Z\nRRULE:FREQ=HOURLY;COUNT=3",
-               "DTSTART:20000101T000000Z\nDTEND:20000101T000100Z\n"
-               "RRULE:FREQ=MINUTELY;UNTIL=20000102T000000Z")
+    data = ics(
+        "DTSTART:20000101T000000Z\nDTEND:20000101T000100Z\nRRULE:FREQ=MINUTELY;COUNT=5",
+        "DTSTART:20261201T090000Z\nDTEND:20261201T091500Z\nRRULE:FREQ=HOURLY;COUNT=3",
+        "DTSTART:20000101T000000Z\nDTEND:20000101T000100Z\n"
+        "RRULE:FREQ=MINUTELY;UNTIL=20000102T000000Z",
+    )
     assert busy(data) == [(utc(2026, 12, 1, h), utc(2026, 12, 1, h, 15)) for h in (9, 10, 11)]
 
 
@@ -560,22 +565,30 @@ def test_an_old_daily_series_is_expanded_for_the_window_only() -> None:
 
 
 def test_more_than_50000_events_in_the_window_is_refused() -> None:
-    data = ics("DTSTART:20261201T000000Z\nDURATION:PT1S\nRRULE:FREQ=SECONDLY;COUNT=50000",
-               "DTSTART:20261201T120000Z\nDTEND:20261201T130000Z")
+    data = ics(
+        "DTSTART:20261201T000000Z\nDURATION:PT1S\nRRULE:FREQ=SECONDLY;COUNT=50000",
+        "DTSTART:20261201T120000Z\nDTEND:20261201T130000Z",
+    )
     with pytest.raises(CalendarUnavailable, match="more than 50,000 events"):
         busy(data, start=utc(2026, 12, 1), end=utc(2026, 12, 2))
 
 
-@pytest.mark.parametrize(("start", "end"), [
-    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
-    (datetime.min.replace(tzinfo=UTC), datetime(1, 1, 2, tzinfo=UTC)),
-    (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
-])
-def test_windows_at_the_edge_of_the_calendar_do_not_overflow(start: datetime,
-                                                             end: datetime) -> None:
-    data = ics("DTSTART;VALUE=DATE:99991231\nDTEND;VALUE=DATE:99991231",
-               "DTSTART;TZID=Asia/Tokyo:00010101T000000\nDTEND;TZID=Asia/Tokyo:00010101T010000",
-               "DTSTART:20261201T090000Z\nDTEND:20261201T100000Z")
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
+        (datetime.min.replace(tzinfo=UTC), datetime(1, 1, 2, tzinfo=UTC)),
+        (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)),
+    ],
+)
+def test_windows_at_the_edge_of_the_calendar_do_not_overflow(
+    start: datetime, end: datetime
+) -> None:
+    data = ics(
+        "DTSTART;VALUE=DATE:99991231\nDTEND;VALUE=DATE:99991231",
+        "DTSTART;TZID=Asia/Tokyo:00010101T000000\nDTEND;TZID=Asia/Tokyo:00010101T010000",
+        "DTSTART:20261201T090000Z\nDTEND:20261201T100000Z",
+    )
     found = busy(data, start=start, end=end)
     assert all(a.tzinfo is not None for a, _ in found)
 
@@ -589,11 +602,13 @@ async def test_a_file_larger_than_the_cap_is_not_read(tmp_path: Path) -> None:
 
 def test_a_series_that_never_happens_is_read_quickly() -> None:
     # dateutil looks for its next instance day by day up to the year 9999: 8 s on every read.
-    data = ics("DTSTART:20261201T090000Z\nDTEND:20261201T100000Z\n"
-               "RRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
-               "DTSTART;TZID=America/New_York:19700105T090000\n"
-               "DTEND;TZID=America/New_York:19700105T100000\n"
-               "RRULE:FREQ=DAILY;INTERVAL=7;BYDAY=TU")
+    data = ics(
+        "DTSTART:20261201T090000Z\nDTEND:20261201T100000Z\n"
+        "RRULE:FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30",
+        "DTSTART;TZID=America/New_York:19700105T090000\n"
+        "DTEND;TZID=America/New_York:19700105T100000\n"
+        "RRULE:FREQ=DAILY;INTERVAL=7;BYDAY=TU",
+    )
     t0 = time.perf_counter()
     assert busy(data) == [(utc(2026, 12, 1, 9), utc(2026, 12, 1, 10))]  # DTSTART alone
     assert time.perf_counter() - t0 < 1.0
@@ -602,8 +617,12 @@ def test_a_series_that_never_happens_is_read_quickly() -> None:
 def test_a_rare_series_is_still_expanded() -> None:
     data = ics("DTSTART;VALUE=DATE:19960229\nRRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29")
     found = busy(data, start=utc(2028, 2, 1), end=utc(2028, 3, 1))
-    assert found == [(datetime(2028, 2, 29, tzinfo=NY).astimezone(UTC),
-                      datetime(2028, 3, 1, tzinfo=NY).astimezone(UTC))]
+    assert found == [
+        (
+            datetime(2028, 2, 29, tzinfo=NY).astimezone(UTC),
+            datetime(2028, 3, 1, tzinfo=NY).astimezone(UTC),
+        )
+    ]
 
 
 def test_a_sub_daily_series_on_chosen_days_is_refused() -> None:
@@ -613,7 +632,9 @@ def test_a_sub_daily_series_on_chosen_days_is_refused() -> None:
 
 
 def test_a_feed_of_many_series_that_never_happen_is_refused() -> None:
-    never = ("DTSTART:20261201T090000Z\nDTEND:20261201T100000Z\n"
-             "RRULE:FREQ=MONTHLY;BYMONTHDAY=30;BYMONTH=2")
+    never = (
+        "DTSTART:20261201T090000Z\nDTEND:20261201T100000Z\n"
+        "RRULE:FREQ=MONTHLY;BYMONTHDAY=30;BYMONTH=2"
+    )
     with pytest.raises(CalendarUnavailable, match="more than 10 recurring events that never"):
         busy(ics(*[never] * 11))

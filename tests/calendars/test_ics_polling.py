@@ -38,8 +38,11 @@ class Feed:
             return httpx.Response(200, content=self.body)
         if request.headers.get("if-none-match") == self.etag:
             return httpx.Response(304, headers={"ETag": self.etag})
-        return httpx.Response(200, content=self.body, headers={
-            "ETag": self.etag, "Last-Modified": "Sun, 01 Nov 2026 00:00:00 GMT"})
+        return httpx.Response(
+            200,
+            content=self.body,
+            headers={"ETag": self.etag, "Last-Modified": "Sun, 01 Nov 2026 00:00:00 GMT"},
+        )
 
 
 class Clock:
@@ -52,8 +55,9 @@ class Clock:
 
 async def busy(provider: IcsProvider) -> list[tuple[int, int]]:
     account = Account(id="feed", provider="ics", settings={"source": URL})
-    result = await provider.sync(account, calendar_id="feed", tz=NY, cursor=None,
-                                 start=START, end=END)
+    result = await provider.sync(
+        account, calendar_id="feed", tz=NY, cursor=None, start=START, end=END
+    )
     return [(a.hour, b.hour) for spans in result.changed.values() for a, b in spans]
 
 

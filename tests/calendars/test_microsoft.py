@@ -51,14 +51,18 @@ def graph_of(h: Harness) -> FakeGraph:
 
 
 async def busy(h: Harness, start: datetime = START, end: datetime = END) -> list[Any]:
-    return await h.provider.busy(h.account, calendar_ids=[h.calendar_id], tz=NY,
-                                 start=start, end=end)
+    return await h.provider.busy(
+        h.account, calendar_ids=[h.calendar_id], tz=NY, start=start, end=end
+    )
 
 
 def spec(key: str = "apt_1", **changes: Any) -> EventSpec:
     values: dict[str, Any] = {
-        "key": key, "summary": "Teeth cleaning: Ann Smith", "description": "+12025550001",
-        "start": utc(2026, 12, 7, 14), "end": utc(2026, 12, 7, 15),
+        "key": key,
+        "summary": "Teeth cleaning: Ann Smith",
+        "description": "+12025550001",
+        "start": utc(2026, 12, 7, 14),
+        "end": utc(2026, 12, 7, 15),
         "timezone": "America/New_York",
     }
     return EventSpec(**{**values, **changes})
@@ -103,15 +107,14 @@ async def test_busy_and_tentative_are_busy_free_cancelled_declined_are_not(h: Ha
     graph = graph_of(h)
     cid = h.calendar_id
     graph.add_event(cid, start=utc(2026, 12, 1, 14), end=utc(2026, 12, 1, 15), show_as="busy")
-    graph.add_event(cid, start=utc(2026, 12, 2, 14), end=utc(2026, 12, 2, 15),
-                    show_as="tentative")
+    graph.add_event(cid, start=utc(2026, 12, 2, 14), end=utc(2026, 12, 2, 15), show_as="tentative")
     graph.add_event(cid, start=utc(2026, 12, 3, 14), end=utc(2026, 12, 3, 15), show_as="oof")
     graph.add_event(cid, start=utc(2026, 12, 4, 14), end=utc(2026, 12, 4, 15), show_as="free")
-    graph.add_event(cid, start=utc(2026, 12, 5, 14), end=utc(2026, 12, 5, 15),
-                    show_as="workingElsewhere")
+    graph.add_event(
+        cid, start=utc(2026, 12, 5, 14), end=utc(2026, 12, 5, 15), show_as="workingElsewhere"
+    )
     graph.add_event(cid, start=utc(2026, 12, 6, 14), end=utc(2026, 12, 6, 15), cancelled=True)
-    graph.add_event(cid, start=utc(2026, 12, 7, 14), end=utc(2026, 12, 7, 15),
-                    response="declined")
+    graph.add_event(cid, start=utc(2026, 12, 7, 14), end=utc(2026, 12, 7, 15), response="declined")
     assert await busy(h) == [
         (utc(2026, 12, 1, 14), utc(2026, 12, 1, 15)),
         (utc(2026, 12, 2, 14), utc(2026, 12, 2, 15)),
@@ -120,9 +123,12 @@ async def test_busy_and_tentative_are_busy_free_cancelled_declined_are_not(h: Ha
 
 
 async def test_event_in_another_zone_is_read_at_its_instant(h: Harness) -> None:
-    graph_of(h).add_event(h.calendar_id, start=datetime(2026, 12, 1, 9, tzinfo=NY),
-                          end=datetime(2026, 12, 1, 10, tzinfo=NY),
-                          time_zone="Eastern Standard Time")
+    graph_of(h).add_event(
+        h.calendar_id,
+        start=datetime(2026, 12, 1, 9, tzinfo=NY),
+        end=datetime(2026, 12, 1, 10, tzinfo=NY),
+        time_zone="Eastern Standard Time",
+    )
     assert await busy(h) == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15))]
 
 
@@ -162,8 +168,9 @@ async def test_busy_reads_several_calendars(h: Harness) -> None:
     other = graph.add_calendar("Personal")
     graph.add_event(other, start=utc(2026, 12, 2, 14), end=utc(2026, 12, 2, 15))
     graph.add_event(h.calendar_id, start=utc(2026, 12, 1, 14), end=utc(2026, 12, 1, 15))
-    intervals = await h.provider.busy(h.account, calendar_ids=[h.calendar_id, other], tz=NY,
-                                      start=START, end=END)
+    intervals = await h.provider.busy(
+        h.account, calendar_ids=[h.calendar_id, other], tz=NY, start=START, end=END
+    )
     assert [i[0] for i in intervals] == [utc(2026, 12, 1, 14), utc(2026, 12, 2, 14)]
 
 
@@ -181,15 +188,18 @@ async def test_calendars_are_listed_and_the_account_checked(h: Harness) -> None:
 
 
 async def sync(h: Harness, cursor: str | None) -> Any:
-    return await h.provider.sync(h.account, calendar_id=h.calendar_id, tz=NY, cursor=cursor,
-                                 start=START, end=END)
+    return await h.provider.sync(
+        h.account, calendar_id=h.calendar_id, tz=NY, cursor=cursor, start=START, end=END
+    )
 
 
 async def test_sync_full_then_changes_then_removals(h: Harness) -> None:
     graph = graph_of(h)
     graph.page_size_cap = 2
-    first = [graph.add_event(h.calendar_id, start=utc(2026, 12, d, 14), end=utc(2026, 12, d, 15))
-             for d in (1, 2, 3)]
+    first = [
+        graph.add_event(h.calendar_id, start=utc(2026, 12, d, 14), end=utc(2026, 12, d, 15))
+        for d in (1, 2, 3)
+    ]
     full = await sync(h, None)
     assert full.full and set(full.changed) == set(first) and full.cursor
     assert full.changed[first[0]] == [(utc(2026, 12, 1, 14), utc(2026, 12, 1, 15))]
@@ -199,8 +209,7 @@ async def test_sync_full_then_changes_then_removals(h: Harness) -> None:
     graph.remove_event(first[2])
     delta = await sync(h, full.cursor)
     assert not delta.full
-    assert delta.changed == {added: [(utc(2026, 12, 9, 14), utc(2026, 12, 9, 16))],
-                             first[1]: []}
+    assert delta.changed == {added: [(utc(2026, 12, 9, 14), utc(2026, 12, 9, 16))], first[1]: []}
     assert delta.removed == {first[2]}
 
     quiet = await sync(h, delta.cursor)
@@ -218,13 +227,23 @@ async def test_an_expired_delta_token_answers_a_full_sync(h: Harness) -> None:
 
 async def test_sync_reads_what_a_delta_leaves_out_of_occurrences(h: Harness) -> None:
     graph = graph_of(h)
-    weekly = {"pattern": {"type": "weekly", "interval": 1},
-              "range": {"type": "numbered", "numberOfOccurrences": 3}}
-    series = graph.add_event(h.calendar_id, start=utc(2026, 12, 1, 14),
-                             end=utc(2026, 12, 1, 15), show_as="tentative", recurrence=weekly)
+    weekly = {
+        "pattern": {"type": "weekly", "interval": 1},
+        "range": {"type": "numbered", "numberOfOccurrences": 3},
+    }
+    series = graph.add_event(
+        h.calendar_id,
+        start=utc(2026, 12, 1, 14),
+        end=utc(2026, 12, 1, 15),
+        show_as="tentative",
+        recurrence=weekly,
+    )
     result = await sync(h, None)
     assert sorted(v[0][0] for v in result.changed.values()) == [
-        utc(2026, 12, 1, 14), utc(2026, 12, 8, 14), utc(2026, 12, 15, 14)]
+        utc(2026, 12, 1, 14),
+        utc(2026, 12, 8, 14),
+        utc(2026, 12, 15, 14),
+    ]
     # The delta rows had no showAs: the master was read, once.
     assert graph.requests.count(("GET", f"/v1.0/me/events/{series}")) == 1
     graph.update_event(series, show_as="free")
@@ -244,10 +263,12 @@ async def test_a_create_that_timed_out_is_not_written_twice(h: Harness) -> None:
     assert h.fail_next is not None
     h.fail_next("timeout", 1)
     with pytest.raises(CalendarUnavailable, match="did not answer"):
-        await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=spec(),
-                                   event_id=None)
-    event_id = await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=spec(),
-                                          event_id=None)
+        await h.provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=spec(), event_id=None
+        )
+    event_id = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(), event_id=None
+    )
     stored = await h.events()
     assert [e["id"] for e in stored] == [event_id]
     assert stored[0]["summary"] == "Teeth cleaning: Ann Smith"
@@ -256,26 +277,37 @@ async def test_a_create_that_timed_out_is_not_written_twice(h: Harness) -> None:
 
 
 async def test_update_moves_the_event_and_a_deleted_one_is_written_anew(h: Harness) -> None:
-    event_id = await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=spec(),
-                                          event_id=None)
+    event_id = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(), event_id=None
+    )
     moved = spec(start=utc(2026, 12, 8, 15), end=utc(2026, 12, 8, 16))
-    assert await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=moved,
-                                      event_id=event_id) == event_id
+    assert (
+        await h.provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=moved, event_id=event_id
+        )
+        == event_id
+    )
     assert [(e["id"], e["start"]) for e in await h.events()] == [(event_id, utc(2026, 12, 8, 15))]
 
     await h.remove_event(event_id)  # the staff member deleted it on their phone
-    again = await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=moved,
-                                       event_id=event_id)
+    again = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=moved, event_id=event_id
+    )
     assert again != event_id
     # Retrying that re-creation finds it rather than writing another.
-    assert await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=moved,
-                                      event_id=event_id) == again
+    assert (
+        await h.provider.put_event(
+            h.account, calendar_id=h.calendar_id, event=moved, event_id=event_id
+        )
+        == again
+    )
     assert [e["id"] for e in await h.events()] == [again]
 
 
 async def test_delete_and_delete_of_an_already_deleted_event(h: Harness) -> None:
-    event_id = await h.provider.put_event(h.account, calendar_id=h.calendar_id, event=spec(),
-                                          event_id=None)
+    event_id = await h.provider.put_event(
+        h.account, calendar_id=h.calendar_id, event=spec(), event_id=None
+    )
     await h.provider.delete_event(h.account, calendar_id=h.calendar_id, event_id=event_id)
     assert await h.events() == []
     await h.provider.delete_event(h.account, calendar_id=h.calendar_id, event_id=event_id)
@@ -288,20 +320,23 @@ async def test_watch_passes_the_handshake_and_changes_are_notified(
     h: Harness, receiver: Receiver
 ) -> None:
     graph = graph_of(h)
-    channel = await h.provider.watch(h.account, calendar_id=h.calendar_id,
-                                     callback_url=receiver.url, token="secret-state-1")
+    channel = await h.provider.watch(
+        h.account, calendar_id=h.calendar_id, callback_url=receiver.url, token="secret-state-1"
+    )
     assert channel is not None and channel.token == "secret-state-1"
     sub = graph.subscriptions[channel.id]
     assert sub.resource == f"me/calendars/{h.calendar_id}/events"
     assert sub.lifecycle_url == receiver.url
     assert timedelta(days=2) < channel.expires_at - datetime.now(UTC) < timedelta(minutes=4230)
 
-    event_id = graph.add_event(h.calendar_id, start=utc(2026, 12, 1, 14),
-                               end=utc(2026, 12, 1, 15))
+    event_id = graph.add_event(h.calendar_id, start=utc(2026, 12, 1, 14), end=utc(2026, 12, 1, 15))
     await asyncio.wait_for(receiver.arrived.wait(), 5)
     note = receiver.received[0]["value"][0]
     assert (note["subscriptionId"], note["clientState"], note["changeType"]) == (
-        channel.id, "secret-state-1", "created")
+        channel.id,
+        "secret-state-1",
+        "created",
+    )
     assert note["resourceData"]["id"] == event_id
 
     renewed = await h.provider.renew(h.account, channel)  # type: ignore[attr-defined]
@@ -318,8 +353,9 @@ async def test_watch_fails_when_the_endpoint_does_not_echo_the_token(h: Harness)
     bad.server.start()
     try:
         with pytest.raises(CalendarUnavailable, match="HTTP 400"):
-            await h.provider.watch(h.account, calendar_id=h.calendar_id,
-                                   callback_url=bad.url, token="t")
+            await h.provider.watch(
+                h.account, calendar_id=h.calendar_id, callback_url=bad.url, token="t"
+            )
     finally:
         bad.server.stop()
     assert graph_of(h).subscriptions == {}
@@ -328,8 +364,9 @@ async def test_watch_fails_when_the_endpoint_does_not_echo_the_token(h: Harness)
 async def test_lifecycle_notifications_reach_the_lifecycle_url(
     h: Harness, receiver: Receiver
 ) -> None:
-    channel = await h.provider.watch(h.account, calendar_id=h.calendar_id,
-                                     callback_url=receiver.url, token="s")
+    channel = await h.provider.watch(
+        h.account, calendar_id=h.calendar_id, callback_url=receiver.url, token="s"
+    )
     assert channel is not None
     graph_of(h).send_lifecycle(channel.id, "reauthorizationRequired")
     await asyncio.wait_for(receiver.arrived.wait(), 5)
@@ -450,9 +487,7 @@ async def test_a_code_without_its_verifier_is_refused(
         await oauth.finish({**flow, "code_verifier": "x" * 43}, params)
 
 
-async def test_a_revoked_grant_needs_relinking(
-    graph: FakeGraph, session: requests.Session
-) -> None:
+async def test_a_revoked_grant_needs_relinking(graph: FakeGraph, session: requests.Session) -> None:
     oauth = oauth_client(graph, session)
     refresh = graph.issue_tokens()["refresh_token"]
     graph.revoke_refresh_tokens()
@@ -476,8 +511,9 @@ async def test_no_error_message_carries_a_token_or_secret(h: Harness) -> None:
         await sync(h, cursor)
     messages.append(str(foreign.value))
     with msal_http_client(graph) as session:
-        wrong = MicrosoftOAuth(graph.client_id, "not-" + graph.client_secret,
-                               http_client=session)  # a rotated secret
+        wrong = MicrosoftOAuth(
+            graph.client_id, "not-" + graph.client_secret, http_client=session
+        )  # a rotated secret
         with pytest.raises(CalendarUnavailable) as refused:
             await wrong.refresh(str(secrets[1]))
     messages.append(str(refused.value))

@@ -73,8 +73,13 @@ class Linked:
 
     async def starts(self) -> set[datetime]:
         found = await self.scheduler.search(
-            business_id="clinic", service_id="checkup", staff_id="lee",
-            start=at(9), end=at(12), now=self.clock())
+            business_id="clinic",
+            service_id="checkup",
+            staff_id="lee",
+            start=at(9),
+            end=at(12),
+            now=self.clock(),
+        )
         return {s.start for s in found.slots}
 
     async def reflect(self) -> None:
@@ -108,8 +113,7 @@ async def _serve(app: Any) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
-                                           ws="none"))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", ws="none"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(500):
         if server.started:
@@ -133,12 +137,23 @@ async def linked(kind: str, engine: Engine, *, link: bool = True) -> AsyncIterat
         if kind == "microsoft":
             h.extra["graph"].timeout_delay = 3.0  # a "timeout" fault still outlasts the limit
         oauth = {kind: h.extra["oauth"]} if kind in ("google", "microsoft") else {}
-        service = CalendarService(engine=engine, vault=Vault(new_key()),
-                                  providers={kind: h.provider}, oauth=oauth, now=clock)
-        scheduler = Scheduler(engine=engine, calendars=service, writer=service,
-                              clock=FixedClock(NOW), write_timeout=10)
-        settings = Settings(database_url="sqlite://", api_key=API_KEY, calendar_sync_seconds=0,
-                            _env_file=None)  # type: ignore[call-arg]
+        service = CalendarService(
+            engine=engine,
+            vault=Vault(new_key()),
+            providers={kind: h.provider},
+            oauth=oauth,
+            now=clock,
+        )
+        scheduler = Scheduler(
+            engine=engine,
+            calendars=service,
+            writer=service,
+            clock=FixedClock(NOW),
+            write_timeout=10,
+        )
+        settings = Settings(
+            database_url="sqlite://", api_key=API_KEY, calendar_sync_seconds=0, _env_file=None
+        )  # type: ignore[call-arg]
         app = create_app(settings, scheduler=scheduler)
         app.state.calendar_service = service
         async with _serve(app) as base_url:
@@ -148,14 +163,19 @@ async def linked(kind: str, engine: Engine, *, link: bool = True) -> AsyncIterat
                 return
             if kind == "caldav":
                 conn = await service.link_caldav(
-                    business_id="clinic", staff_id="lee", url=h.account.settings["url"],
+                    business_id="clinic",
+                    staff_id="lee",
+                    url=h.account.settings["url"],
                     username=h.account.settings["username"],
-                    password=h.account.secret["password"])
+                    password=h.account.secret["password"],
+                )
             else:
-                conn = await service.link_tokens(kind, business_id="clinic", staff_id="lee",
-                                                 tokens=_tokens(kind, h))
-            conn = await service.choose_calendars(conn.id, business_id="clinic",
-                                                  read=[h.calendar_id], write=h.calendar_id)
+                conn = await service.link_tokens(
+                    kind, business_id="clinic", staff_id="lee", tokens=_tokens(kind, h)
+                )
+            conn = await service.choose_calendars(
+                conn.id, business_id="clinic", read=[h.calendar_id], write=h.calendar_id
+            )
             await service.watch(conn.id)
             yield Linked(kind, h, service, scheduler, conn, clock, base_url)
             await service.wait_pokes()
@@ -168,14 +188,21 @@ async def _channel(link: Linked) -> CalendarChannel:
 
 
 async def _book(link: Linked, start: datetime, name: str = "Ada Lovelace") -> Any:
-    return await link.scheduler.book(business_id="clinic", service_id="checkup", staff_id="lee",
-                                     start=start, name=name, phone="+12025552200",
-                                     now=link.clock())
+    return await link.scheduler.book(
+        business_id="clinic",
+        service_id="checkup",
+        staff_id="lee",
+        start=start,
+        name=name,
+        phone="+12025552200",
+        now=link.clock(),
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_an_event_added_in_the_calendar_becomes_busy_without_a_restart(
-        kind: str, clinic: Engine) -> None:
+    kind: str, clinic: Engine
+) -> None:
     async with linked(kind, clinic) as link:
         assert at(10) in await link.starts()
         await link.harness.add_event(start=at(10).astimezone(UTC), end=at(11).astimezone(UTC))
@@ -187,7 +214,8 @@ async def test_an_event_added_in_the_calendar_becomes_busy_without_a_restart(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_booking_lands_in_the_calendar_once_and_follows_moves(
-        kind: str, clinic: Engine) -> None:
+    kind: str, clinic: Engine
+) -> None:
     async with linked(kind, clinic) as link:
         booked = await _book(link, at(9))
         assert booked.sync_state == SyncState.SYNCED
@@ -198,14 +226,14 @@ async def test_a_booking_lands_in_the_calendar_once_and_follows_moves(
         assert events[0]["start"] == at(9)
 
         # Moving it by 30 minutes overlaps its own event: that must not count as a clash.
-        moved = await link.scheduler.reschedule(business_id="clinic", appointment_id=booked.id,
-                                                start=at(9, 30), now=link.clock())
+        moved = await link.scheduler.reschedule(
+            business_id="clinic", appointment_id=booked.id, start=at(9, 30), now=link.clock()
+        )
         assert moved.sync_state == SyncState.SYNCED
         events = await link.harness.events()
         assert [e["start"] for e in events] == [at(9, 30)]
 
-        await link.scheduler.cancel(business_id="clinic", appointment_id=moved.id,
-                                    now=link.clock())
+        await link.scheduler.cancel(business_id="clinic", appointment_id=moved.id, now=link.clock())
         assert await link.event_count() == 0
         # The freed time is offered again at once.
         assert at(9, 30) in await link.starts()
@@ -213,7 +241,8 @@ async def test_a_booking_lands_in_the_calendar_once_and_follows_moves(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_timed_out_first_write_is_finished_by_the_retry_job_exactly_once(
-        kind: str, clinic: Engine) -> None:
+    kind: str, clinic: Engine
+) -> None:
     async with linked(kind, clinic) as link:
         assert link.harness.fail_next is not None
         # Book with the write-back held back, so the next request to the calendar server is
@@ -236,8 +265,7 @@ async def test_a_timed_out_first_write_is_finished_by_the_retry_job_exactly_once
 
 
 async def _sync_state(link: Linked, appointment_id: str) -> str:
-    row = await link.scheduler.get_appointment(business_id="clinic",
-                                               appointment_id=appointment_id)
+    row = await link.scheduler.get_appointment(business_id="clinic", appointment_id=appointment_id)
     return row.sync_state
 
 
@@ -264,20 +292,37 @@ async def test_forged_and_unknown_notifications_are_refused(kind: str, clinic: E
         async with httpx.AsyncClient() as client:
             if kind == "google":
                 channel = await _channel(link)
-                base = {"X-Goog-Channel-ID": channel.id, "X-Goog-Resource-State": "exists",
-                        "X-Goog-Resource-ID": channel.resource_id or "r",
-                        "X-Goog-Message-Number": "2"}
-                forged = await client.post(url, headers={**base,
-                                                         "X-Goog-Channel-Token": "wrong"})
-                unknown = await client.post(url, headers={
-                    **base, "X-Goog-Channel-ID": "no-such-channel",
-                    "X-Goog-Channel-Token": channel.token})
-                good = await client.post(url, headers={**base,
-                                                       "X-Goog-Channel-Token": channel.token})
+                base = {
+                    "X-Goog-Channel-ID": channel.id,
+                    "X-Goog-Resource-State": "exists",
+                    "X-Goog-Resource-ID": channel.resource_id or "r",
+                    "X-Goog-Message-Number": "2",
+                }
+                forged = await client.post(url, headers={**base, "X-Goog-Channel-Token": "wrong"})
+                unknown = await client.post(
+                    url,
+                    headers={
+                        **base,
+                        "X-Goog-Channel-ID": "no-such-channel",
+                        "X-Goog-Channel-Token": channel.token,
+                    },
+                )
+                good = await client.post(
+                    url, headers={**base, "X-Goog-Channel-Token": channel.token}
+                )
             else:
+
                 def body(sub: str, state: str) -> dict[str, Any]:
-                    return {"value": [{"subscriptionId": sub, "clientState": state,
-                                       "changeType": "updated", "resource": "me/events/x"}]}
+                    return {
+                        "value": [
+                            {
+                                "subscriptionId": sub,
+                                "clientState": state,
+                                "changeType": "updated",
+                                "resource": "me/events/x",
+                            }
+                        ]
+                    }
 
                 channel = await _channel(link)
                 handshake = await client.post(url, params={"validationToken": "a b&c"})
@@ -304,16 +349,18 @@ async def _consent(link: Linked, url: str) -> httpx.Response:
 
 
 @pytest.mark.parametrize("kind", ["google", "microsoft"])
-async def test_linking_through_the_browser_with_state_and_pkce(kind: str, clinic: Engine
-                                                               ) -> None:
+async def test_linking_through_the_browser_with_state_and_pkce(kind: str, clinic: Engine) -> None:
     async with linked(kind, clinic, link=False) as link:
         async with httpx.AsyncClient(base_url=link.base_url) as client:
             # Without a dashboard log-in or the API key: sent to log in, nothing started.
             anonymous = await client.get(f"/calendars/connect/{kind}", params={"staff": "lee"})
             assert anonymous.status_code == 303
             assert anonymous.headers["location"].startswith("/login")
-            started = await client.get(f"/calendars/connect/{kind}", params={"staff": "lee"},
-                                       headers={"Authorization": f"Bearer {API_KEY}"})
+            started = await client.get(
+                f"/calendars/connect/{kind}",
+                params={"staff": "lee"},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
         assert started.status_code == 303
         consent_url = started.headers["location"]
         assert "code_challenge=" in consent_url and "state=" in consent_url
@@ -328,15 +375,17 @@ async def test_linking_through_the_browser_with_state_and_pkce(kind: str, clinic
 
         # A state is good for one callback only; a made-up one is refused.
         async with httpx.AsyncClient(base_url=link.base_url) as client:
-            forged = await client.get(f"/calendars/callback/{kind}",
-                                      params={"code": "x", "state": "made-up"})
+            forged = await client.get(
+                f"/calendars/callback/{kind}", params={"code": "x", "state": "made-up"}
+            )
         assert forged.status_code == 400
         assert len(await link.service.connections("clinic", "lee")) == 1
 
 
 @pytest.mark.parametrize("kind", ["google", "microsoft"])
 async def test_a_revoked_grant_asks_for_relinking_and_search_goes_on(
-        kind: str, clinic: Engine) -> None:
+    kind: str, clinic: Engine
+) -> None:
     async with linked(kind, clinic) as link:
         before = await link.starts()
         if kind == "google":

@@ -62,8 +62,12 @@ class Clinic:
 
     async def starts(self, staff_id: str | None = None) -> list[tuple[str, str]]:
         found = await self.scheduler.availability(
-            business_id="clinic", service_id="cleaning", staff_id=staff_id,
-            first_day=MONDAY, last_day=MONDAY)
+            business_id="clinic",
+            service_id="cleaning",
+            staff_id=staff_id,
+            first_day=MONDAY,
+            last_day=MONDAY,
+        )
         return [(s.staff_id, s.start.astimezone(CHICAGO).strftime("%H:%M")) for s in found.slots]
 
 
@@ -71,15 +75,24 @@ class Clinic:
 async def clinic_calendars(clinic: Engine, tmp_path: Path) -> AsyncIterator[Clinic]:
     async with caldav_harness.harness() as h:
         vault = Vault(new_key())
-        service = CalendarService(engine=clinic, vault=vault, now=lambda: NOW,
-                                  providers={"caldav": h.provider, "ics": IcsProvider()})
+        service = CalendarService(
+            engine=clinic,
+            vault=vault,
+            now=lambda: NOW,
+            providers={"caldav": h.provider, "ics": IcsProvider()},
+        )
         lee = await service.link_caldav(
-            business_id="clinic", staff_id="lee", url=h.account.settings["url"],
-            username=h.account.settings["username"], password=h.account.secret["password"])
+            business_id="clinic",
+            staff_id="lee",
+            url=h.account.settings["url"],
+            username=h.account.settings["username"],
+            password=h.account.secret["password"],
+        )
         feed = tmp_path / "rivera.ics"
         feed.write_bytes(RIVERA_ICS)
-        await service.link_ics(business_id="clinic", staff_id="rivera", source=str(feed),
-                               allow_files=True)
+        await service.link_ics(
+            business_id="clinic", staff_id="rivera", source=str(feed), allow_files=True
+        )
         scheduler = Scheduler(engine=clinic, calendars=service, clock=FixedClock(NOW))
         # Lee changed his password on the server, and his busy cache is gone (a provider's
         # "read everything again"): nothing is known of his calendar.
@@ -95,7 +108,8 @@ async def clinic_calendars(clinic: Engine, tmp_path: Path) -> AsyncIterator[Clin
 
 
 async def test_the_business_is_searched_without_the_staff_member_whose_calendar_broke(
-        clinic_calendars: Clinic, caplog: pytest.LogCaptureFixture) -> None:
+    clinic_calendars: Clinic, caplog: pytest.LogCaptureFixture
+) -> None:
     c = clinic_calendars
     with caplog.at_level(logging.WARNING):
         starts = await c.starts()
@@ -119,16 +133,21 @@ async def test_the_business_is_searched_without_the_staff_member_whose_calendar_
 
 
 async def test_the_api_answers_with_the_others_and_503_only_for_the_broken_one(
-        clinic_calendars: Clinic) -> None:
-    app = create_app(Settings(api_key=SecretStr(KEY), _env_file=None),  # type: ignore[call-arg]
-                     scheduler=clinic_calendars.scheduler)
+    clinic_calendars: Clinic,
+) -> None:
+    app = create_app(
+        Settings(api_key=SecretStr(KEY), _env_file=None),  # type: ignore[call-arg]
+        scheduler=clinic_calendars.scheduler,
+    )
     params = {"service": "cleaning", "from": MONDAY.isoformat(), "to": MONDAY.isoformat()}
     auth = {"Authorization": f"Bearer {KEY}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://localhost") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+    ) as client:
         everyone = await client.get("/api/v1/availability", headers=auth, params=params)
-        lee = await client.get("/api/v1/availability", headers=auth,
-                               params={**params, "staff": "lee"})
+        lee = await client.get(
+            "/api/v1/availability", headers=auth, params={**params, "staff": "lee"}
+        )
     assert everyone.status_code == 200, everyone.text
     slots = everyone.json()["slots"]
     assert slots and {s["staff"] for s in slots} == {"rivera"}

@@ -40,14 +40,37 @@ def linked(clinic: Engine) -> Engine:
     """One Microsoft and one Google connection of Dr. Lee, each with a live channel."""
     with session_scope(clinic, write=True) as s:
         for conn_id, provider in (("cal_ms", "microsoft"), ("cal_g", "google")):
-            s.add(CalendarConnection(id=conn_id, business_id="clinic", staff_id="lee",
-                                     provider=provider, name=provider, read_calendars=["c"],
-                                     sync={"c": {"synced_at": NOW.isoformat()}}))
+            s.add(
+                CalendarConnection(
+                    id=conn_id,
+                    business_id="clinic",
+                    staff_id="lee",
+                    provider=provider,
+                    name=provider,
+                    read_calendars=["c"],
+                    sync={"c": {"synced_at": NOW.isoformat()}},
+                )
+            )
         s.flush()
-        s.add(CalendarChannel(id=SUB, connection_id="cal_ms", calendar_id="c", token=STATE,
-                              expires_at=NOW + timedelta(days=2)))
-        s.add(CalendarChannel(id=CHANNEL, connection_id="cal_g", calendar_id="c", token=TOKEN,
-                              resource_id="res-1", expires_at=NOW + timedelta(days=2)))
+        s.add(
+            CalendarChannel(
+                id=SUB,
+                connection_id="cal_ms",
+                calendar_id="c",
+                token=STATE,
+                expires_at=NOW + timedelta(days=2),
+            )
+        )
+        s.add(
+            CalendarChannel(
+                id=CHANNEL,
+                connection_id="cal_g",
+                calendar_id="c",
+                token=TOKEN,
+                resource_id="res-1",
+                expires_at=NOW + timedelta(days=2),
+            )
+        )
     return clinic
 
 
@@ -102,13 +125,24 @@ def channel_reads(linked: Engine) -> Iterator[list[str]]:
 
 
 def item(sub: str = SUB, state: Any = STATE, **extra: Any) -> dict[str, Any]:
-    return {"subscriptionId": sub, "clientState": state, "changeType": "updated",
-            "resource": "Users/u/Events/e", **extra}
+    return {
+        "subscriptionId": sub,
+        "clientState": state,
+        "changeType": "updated",
+        "resource": "Users/u/Events/e",
+        **extra,
+    }
 
 
 def dirty(engine: Engine, conn_id: str = "cal_ms") -> bool:
-    return count_rows(engine, "SELECT count(*) FROM calendarconnection WHERE id = :i AND "
-                      "dirty_at IS NOT NULL", i=conn_id) == 1
+    return (
+        count_rows(
+            engine,
+            "SELECT count(*) FROM calendarconnection WHERE id = :i AND dirty_at IS NOT NULL",
+            i=conn_id,
+        )
+        == 1
+    )
 
 
 async def settle(service: CalendarService, *, changes: bool = False) -> None:
@@ -124,11 +158,12 @@ async def settle(service: CalendarService, *, changes: bool = False) -> None:
 # ---- Microsoft Graph ---------------------------------------------------------------------------
 
 
-async def test_the_validation_handshake_still_echoes_the_token(
-    client: httpx.AsyncClient
-) -> None:
-    answer = await client.post(GRAPH, params={"validationToken": "Validation: a b&c"},
-                               headers={"content-type": "text/plain"})
+async def test_the_validation_handshake_still_echoes_the_token(client: httpx.AsyncClient) -> None:
+    answer = await client.post(
+        GRAPH,
+        params={"validationToken": "Validation: a b&c"},
+        headers={"content-type": "text/plain"},
+    )
     assert answer.status_code == 200 and answer.text == "Validation: a b&c"
     assert answer.headers["content-type"].startswith("text/plain")
 
@@ -143,57 +178,67 @@ async def test_a_good_notification_is_answered_202_and_recorded_after(
     assert not dirty(linked, "cal_g")
 
 
-@pytest.mark.parametrize("body", [
-    "[" * 100_000,                                   # was a RecursionError 500
-    '{"value": [' + '{"a":' * 20_000 + "}" * 20_000 + "]}",
-    '{"value": [{"subscriptionId": "ab\\ud800cd", "clientState": "x"}]}',  # UnicodeEncodeError
-    json.dumps({"value": [item(state=12345)]}),      # was an AttributeError 500
-    json.dumps({"value": [item(state={"nested": ["x"]})]}),
-    json.dumps({"value": [item(sub=12)]}),
-    json.dumps({"value": [item(sub="")]}),
-    json.dumps({"value": [item(sub="x" * 257)]}),
-    json.dumps({"value": [item(sub="spaced id")]}),
-    json.dumps({"value": [item(sub="caf\u00e9")]}),
-    json.dumps({"value": [item(lifecycleEvent="m" * 500)]}),
-    json.dumps({"value": [item()] * 101}),
-    json.dumps({"value": "not a list"}),
-    json.dumps({"value": [None]}),
-    json.dumps([item()]),
-    json.dumps({}),
-    "not json at all",
-    "",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000,  # was a RecursionError 500
+        '{"value": [' + '{"a":' * 20_000 + "}" * 20_000 + "]}",
+        '{"value": [{"subscriptionId": "ab\\ud800cd", "clientState": "x"}]}',  # UnicodeEncodeError
+        json.dumps({"value": [item(state=12345)]}),  # was an AttributeError 500
+        json.dumps({"value": [item(state={"nested": ["x"]})]}),
+        json.dumps({"value": [item(sub=12)]}),
+        json.dumps({"value": [item(sub="")]}),
+        json.dumps({"value": [item(sub="x" * 257)]}),
+        json.dumps({"value": [item(sub="spaced id")]}),
+        json.dumps({"value": [item(sub="caf\u00e9")]}),
+        json.dumps({"value": [item(lifecycleEvent="m" * 500)]}),
+        json.dumps({"value": [item()] * 101}),
+        json.dumps({"value": "not a list"}),
+        json.dumps({"value": [None]}),
+        json.dumps([item()]),
+        json.dumps({}),
+        "not json at all",
+        "",
+    ],
+)
 async def test_malformed_notification_bodies_are_a_400_and_touch_nothing(
     client: httpx.AsyncClient, service: CalendarService, linked: Engine, body: str
 ) -> None:
-    answer = await client.post(GRAPH, content=body.encode("utf-8", "surrogatepass"),
-                               headers={"content-type": "application/json"})
+    answer = await client.post(
+        GRAPH,
+        content=body.encode("utf-8", "surrogatepass"),
+        headers={"content-type": "application/json"},
+    )
     assert answer.status_code == 400, answer.text
     await settle(service)
     assert not dirty(linked)
 
 
 async def test_a_body_of_invalid_utf8_is_a_400(client: httpx.AsyncClient) -> None:
-    answer = await client.post(GRAPH, content=b'{"value": [{"subscriptionId": "\xff\xfe"}]}',
-                               headers={"content-type": "application/json"})
+    answer = await client.post(
+        GRAPH,
+        content=b'{"value": [{"subscriptionId": "\xff\xfe"}]}',
+        headers={"content-type": "application/json"},
+    )
     assert answer.status_code == 400
 
 
-async def test_a_3_mb_body_is_refused_at_once(client: httpx.AsyncClient, linked: Engine,
-                                              channel_reads: list[str]) -> None:
+async def test_a_3_mb_body_is_refused_at_once(
+    client: httpx.AsyncClient, linked: Engine, channel_reads: list[str]
+) -> None:
     items = [item(sub=f"unknown-{n:08d}") for n in range(40_000)]
     body = json.dumps({"value": items}).encode()
     assert len(body) > 3_000_000
     started = time.perf_counter()
-    declared = await client.post(GRAPH, content=body,
-                                 headers={"content-type": "application/json"})
+    declared = await client.post(GRAPH, content=body, headers={"content-type": "application/json"})
 
     async def stream() -> AsyncIterator[bytes]:  # no Content-Length: capped while read
         for n in range(0, len(body), 65536):
-            yield body[n:n + 65536]
+            yield body[n : n + 65536]
 
-    streamed = await client.post(GRAPH, content=stream(),
-                                 headers={"content-type": "application/json"})
+    streamed = await client.post(
+        GRAPH, content=stream(), headers={"content-type": "application/json"}
+    )
     assert declared.status_code == streamed.status_code == 413
     assert time.perf_counter() - started < 2.0
     assert channel_reads == []
@@ -254,9 +299,15 @@ async def test_lifecycle_events_resync_and_renew(
     renewed: list[str] = []
     service.renew_soon = renewed.append  # type: ignore[method-assign,assignment]
     missed = await client.post(GRAPH, json={"value": [item(lifecycleEvent="missed")]})
-    reauth = await client.post(GRAPH, json={"value": [
-        item(lifecycleEvent="reauthorizationRequired"),
-        item(sub="unknown", lifecycleEvent="subscriptionRemoved")]})
+    reauth = await client.post(
+        GRAPH,
+        json={
+            "value": [
+                item(lifecycleEvent="reauthorizationRequired"),
+                item(sub="unknown", lifecycleEvent="subscriptionRemoved"),
+            ]
+        },
+    )
     assert missed.status_code == reauth.status_code == 202
     await settle(service, changes=True)
     for _ in range(500):  # the renewal may come after the refresh on a loaded machine
@@ -264,8 +315,14 @@ async def test_lifecycle_events_resync_and_renew(
             break
         await asyncio.sleep(0.02)
     assert renewed == [SUB]
-    assert count_rows(linked, "SELECT count(*) FROM calendarconnection WHERE id = 'cal_ms' "
-                      "AND CAST(sync AS TEXT) = '{}'") == 1
+    assert (
+        count_rows(
+            linked,
+            "SELECT count(*) FROM calendarconnection WHERE id = 'cal_ms' "
+            "AND CAST(sync AS TEXT) = '{}'",
+        )
+        == 1
+    )
 
 
 # ---- Google ------------------------------------------------------------------------------------
@@ -273,10 +330,12 @@ async def test_lifecycle_events_resync_and_renew(
 
 def push(**changes: str | None) -> dict[str, str]:
     headers: dict[str, str | None] = {
-        "X-Goog-Channel-ID": CHANNEL, "X-Goog-Channel-Token": TOKEN,
-        "X-Goog-Resource-State": "exists", "X-Goog-Resource-ID": "res-1",
-        "X-Goog-Message-Number": "7", "X-Goog-Channel-Expiration":
-        "Wed, 09 Dec 2026 12:00:00 GMT",
+        "X-Goog-Channel-ID": CHANNEL,
+        "X-Goog-Channel-Token": TOKEN,
+        "X-Goog-Resource-State": "exists",
+        "X-Goog-Resource-ID": "res-1",
+        "X-Goog-Message-Number": "7",
+        "X-Goog-Channel-Expiration": "Wed, 09 Dec 2026 12:00:00 GMT",
         "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/c/events",
     }
     headers.update(changes)
@@ -294,23 +353,28 @@ async def test_a_good_google_push_is_recorded(
     assert dirty(linked, "cal_g")
 
 
-@pytest.mark.parametrize("changes", [
-    {"X-Goog-Channel-ID": None},
-    {"X-Goog-Channel-ID": ""},
-    {"X-Goog-Channel-ID": "c" * 5000},
-    {"X-Goog-Channel-ID": "two words"},
-    {"X-Goog-Channel-Token": "t" * 300},
-    {"X-Goog-Resource-State": None},
-    {"X-Goog-Resource-State": "EXISTS; drop table"},
-    {"X-Goog-Message-Number": "seven"},
-    {"X-Goog-Message-Number": "9" * 40},
-    {"X-Goog-Resource-ID": "r" * 300},
-    {"X-Goog-Channel-Expiration": "x" * 3000},
-    {"X-Goog-Resource-URI": "u" * 3000},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"X-Goog-Channel-ID": None},
+        {"X-Goog-Channel-ID": ""},
+        {"X-Goog-Channel-ID": "c" * 5000},
+        {"X-Goog-Channel-ID": "two words"},
+        {"X-Goog-Channel-Token": "t" * 300},
+        {"X-Goog-Resource-State": None},
+        {"X-Goog-Resource-State": "EXISTS; drop table"},
+        {"X-Goog-Message-Number": "seven"},
+        {"X-Goog-Message-Number": "9" * 40},
+        {"X-Goog-Resource-ID": "r" * 300},
+        {"X-Goog-Channel-Expiration": "x" * 3000},
+        {"X-Goog-Resource-URI": "u" * 3000},
+    ],
+)
 async def test_odd_google_headers_are_a_400(
-    client: httpx.AsyncClient, service: CalendarService, linked: Engine,
-    changes: dict[str, str | None]
+    client: httpx.AsyncClient,
+    service: CalendarService,
+    linked: Engine,
+    changes: dict[str, str | None],
 ) -> None:
     answer = await client.post(GOOGLE, headers=push(**changes))
     assert answer.status_code == 400, answer.text

@@ -34,29 +34,42 @@ POLL = 0.2  # seconds: the injected poll interval
 
 
 @asynccontextmanager
-async def running(clinic: Engine, *, sync: float, poll: float
-                  ) -> AsyncIterator[tuple[Harness, CalendarService, CalendarConnection]]:
+async def running(
+    clinic: Engine, *, sync: float, poll: float
+) -> AsyncIterator[tuple[Harness, CalendarService, CalendarConnection]]:
     """A linked CalDAV calendar and the app's background job running (real time)."""
     async with caldav_harness.harness() as h:
-        service = CalendarService(engine=clinic, vault=Vault(new_key()),
-                                  providers={"caldav": h.provider})
+        service = CalendarService(
+            engine=clinic, vault=Vault(new_key()), providers={"caldav": h.provider}
+        )
         conn = await service.link_caldav(
-            business_id="clinic", staff_id="lee", url=h.account.settings["url"],
-            username=h.account.settings["username"], password=h.account.secret["password"])
-        conn = await service.choose_calendars(conn.id, business_id="clinic",
-                                              read=[h.calendar_id], write=h.calendar_id)
-        settings = Settings(database_url="sqlite://", api_key="poll-test-key",  # type: ignore[call-arg]
-                            calendar_sync_seconds=sync, calendar_poll_seconds=poll,
-                            _env_file=None)
+            business_id="clinic",
+            staff_id="lee",
+            url=h.account.settings["url"],
+            username=h.account.settings["username"],
+            password=h.account.secret["password"],
+        )
+        conn = await service.choose_calendars(
+            conn.id, business_id="clinic", read=[h.calendar_id], write=h.calendar_id
+        )
+        settings = Settings(
+            database_url="sqlite://",
+            api_key="poll-test-key",  # type: ignore[call-arg]
+            calendar_sync_seconds=sync,
+            calendar_poll_seconds=poll,
+            _env_file=None,
+        )
         app = create_app(settings, scheduler=Scheduler(engine=clinic, calendars=service))
         async with app.router.lifespan_context(app):
             yield h, service, conn
 
 
-def cached(service: CalendarService, conn: CalendarConnection
-           ) -> Callable[[datetime, datetime], asyncio.Future[list[Interval]]]:
-    lee = StaffCalendars(business_id="clinic", staff_id="lee", tz=NY,
-                         links=[{"connection_id": conn.id}])
+def cached(
+    service: CalendarService, conn: CalendarConnection
+) -> Callable[[datetime, datetime], asyncio.Future[list[Interval]]]:
+    lee = StaffCalendars(
+        business_id="clinic", staff_id="lee", tz=NY, links=[{"connection_id": conn.id}]
+    )
 
     def read(start: datetime, end: datetime) -> asyncio.Future[list[Interval]]:
         # Slot search's read: the busy cache (fresh enough for it: no read of its own).
@@ -76,8 +89,7 @@ async def eventually(check: Callable[[], asyncio.Future[bool]], *, within: float
     return loop.time() - began
 
 
-async def test_an_event_added_in_radicale_becomes_busy_without_any_command(
-        clinic: Engine) -> None:
+async def test_an_event_added_in_radicale_becomes_busy_without_any_command(clinic: Engine) -> None:
     async with running(clinic, sync=300, poll=POLL) as (h, service, conn):
         read = cached(service, conn)
         now = datetime.now(UTC).replace(microsecond=0)
@@ -115,13 +127,16 @@ async def test_without_polling_only_the_full_pass_reads_the_calendar(clinic: Eng
         assert await read(now, now + timedelta(days=3)) == [(start, start + timedelta(hours=1))]
 
 
-@pytest.mark.parametrize(("every", "poll", "ticks", "polls"), [
-    (0.6, 0.1, (1, 2), (3, 6)),  # polls between full passes
-    (0.1, 0.6, (3, 7), (0, 0)),  # a poll interval longer than the sync: every pass is full
-])
+@pytest.mark.parametrize(
+    ("every", "poll", "ticks", "polls"),
+    [
+        (0.6, 0.1, (1, 2), (3, 6)),  # polls between full passes
+        (0.1, 0.6, (3, 7), (0, 0)),  # a poll interval longer than the sync: every pass is full
+    ],
+)
 async def test_the_job_polls_between_full_passes(
-        clinic: Engine, every: float, poll: float, ticks: tuple[int, int],
-        polls: tuple[int, int]) -> None:
+    clinic: Engine, every: float, poll: float, ticks: tuple[int, int], polls: tuple[int, int]
+) -> None:
     service = CalendarService(engine=clinic, vault=Vault(new_key()), providers={})
     seen: list[tuple[str, timedelta | None]] = []
 

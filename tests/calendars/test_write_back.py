@@ -49,22 +49,26 @@ class Memory:
         pass
 
     async def list_calendars(self, account: Any) -> list[CalendarInfo]:
-        return [CalendarInfo(id="cal1", name="one", primary=True),
-                CalendarInfo(id="cal2", name="two")]
+        return [
+            CalendarInfo(id="cal1", name="one", primary=True),
+            CalendarInfo(id="cal2", name="two"),
+        ]
 
     async def busy(self, account: Any, **kw: Any) -> list[Any]:
         return []
 
-    async def sync(self, account: Any, *, calendar_id: str, tz: Any, cursor: Any, start: Any,
-                   end: Any) -> SyncResult:
+    async def sync(
+        self, account: Any, *, calendar_id: str, tz: Any, cursor: Any, start: Any, end: Any
+    ) -> SyncResult:
         changed = {k: list(v) for k, v in self.others.get(calendar_id, {}).items()}
         for (cal, eid), spec in self.events.items():
             if cal == calendar_id:
                 changed[eid] = [(spec.start.astimezone(UTC), spec.end.astimezone(UTC))]
         return SyncResult(full=True, changed=changed)
 
-    async def put_event(self, account: Any, *, calendar_id: str, event: EventSpec,
-                        event_id: str | None) -> str:
+    async def put_event(
+        self, account: Any, *, calendar_id: str, event: EventSpec, event_id: str | None
+    ) -> str:
         eid = event_id or f"uid-{event.key}"
         gate = self.gate
         if gate is not None:
@@ -87,18 +91,27 @@ class Memory:
 
 async def setup(clinic: Engine) -> tuple[Memory, CalendarService, Scheduler]:
     memory = Memory()
-    service = CalendarService(engine=clinic, vault=Vault(new_key()),
-                              providers={"caldav": memory}, now=lambda: NOW)
-    scheduler = Scheduler(engine=clinic, calendars=service, writer=service,
-                          clock=FixedClock(NOW), write_timeout=10)
-    await service.link_caldav(business_id="clinic", staff_id="lee", url="https://dav.example/",
-                              username="u", password="p")
+    service = CalendarService(
+        engine=clinic, vault=Vault(new_key()), providers={"caldav": memory}, now=lambda: NOW
+    )
+    scheduler = Scheduler(
+        engine=clinic, calendars=service, writer=service, clock=FixedClock(NOW), write_timeout=10
+    )
+    await service.link_caldav(
+        business_id="clinic", staff_id="lee", url="https://dav.example/", username="u", password="p"
+    )
     return memory, service, scheduler
 
 
 async def book(scheduler: Scheduler, start: datetime) -> Appointment:
-    return await scheduler.book(business_id="clinic", name="Ada", phone="+12025550123",
-                                service_id="checkup", staff_id="lee", start=start)
+    return await scheduler.book(
+        business_id="clinic",
+        name="Ada",
+        phone="+12025550123",
+        service_id="checkup",
+        staff_id="lee",
+        start=start,
+    )
 
 
 def state(clinic: Engine, appointment_id: str) -> str:
@@ -145,8 +158,7 @@ async def test_a_reschedule_racing_the_first_write_ends_at_the_new_time(clinic: 
     with session_scope(clinic) as s:
         apt_id = s.exec(select(Appointment.id)).one()
     memory.gate = None
-    moved = await scheduler.reschedule(business_id="clinic", appointment_id=apt_id,
-                                       start=at(14))
+    moved = await scheduler.reschedule(business_id="clinic", appointment_id=apt_id, start=at(14))
     gate.set()
     await booking
     await service.retry_pending()
@@ -162,8 +174,9 @@ async def test_a_deselected_calendar_stops_blocking_time(clinic: Engine) -> None
     await service.choose_calendars(conn.id, business_id="clinic", read=["cal2"], write="cal2")
     with session_scope(clinic) as s:
         assert list(s.exec(select(CalendarBusyBlock))) == []
-    found = await scheduler.search(business_id="clinic", service_id="checkup", staff_id="lee",
-                                   start=at(9), end=at(12))
+    found = await scheduler.search(
+        business_id="clinic", service_id="checkup", staff_id="lee", start=at(9), end=at(12)
+    )
     assert at(10) in {slot.start for slot in found.slots}
 
 
@@ -177,15 +190,21 @@ async def test_linking_an_account_again_revives_the_connection(clinic: Engine) -
         async def refresh(self, refresh_token: str) -> TokenSet:
             return TokenSet(access_token="a2", expires_at=NOW + timedelta(hours=1))
 
-    service = CalendarService(engine=clinic, vault=Vault(new_key()),
-                              providers={"google": memory},  # type: ignore[dict-item]
-                              oauth={"google": OAuth()}, now=lambda: NOW)  # type: ignore[dict-item]
-    tokens = TokenSet(access_token="a", refresh_token="r", account="lee@example.com",
-                      expires_at=datetime.now(UTC) + timedelta(hours=1))
-    first = await service.link_tokens("google", business_id="clinic", staff_id="lee",
-                                      tokens=tokens)
+    service = CalendarService(
+        engine=clinic,
+        vault=Vault(new_key()),
+        providers={"google": memory},  # type: ignore[dict-item]
+        oauth={"google": OAuth()},
+        now=lambda: NOW,
+    )  # type: ignore[dict-item]
+    tokens = TokenSet(
+        access_token="a",
+        refresh_token="r",
+        account="lee@example.com",
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+    first = await service.link_tokens("google", business_id="clinic", staff_id="lee", tokens=tokens)
     await service._mark(first.id, "needs_relink", "revoked")
-    again = await service.link_tokens("google", business_id="clinic", staff_id="lee",
-                                      tokens=tokens)
+    again = await service.link_tokens("google", business_id="clinic", staff_id="lee", tokens=tokens)
     assert again.id == first.id and again.status == "ok"
     assert [c.id for c in await service.connections("clinic", "lee")] == [first.id]

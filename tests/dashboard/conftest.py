@@ -38,13 +38,24 @@ def _answered_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
 def seed_salon(engine: Engine) -> None:
     """A second business, to prove one business never sees another's data."""
     with session_scope(engine, write=True) as s:
-        s.add(Business(id="salon", name="Salon", timezone="Europe/London",
-                       phone_numbers=["+442071234567"]))
+        s.add(
+            Business(
+                id="salon", name="Salon", timezone="Europe/London", phone_numbers=["+442071234567"]
+            )
+        )
         s.flush()
-        s.add(Service(business_id="salon", id="cut", name="Haircut", duration_minutes=30,
-                      staff_ids=["kim"]))
-        s.add(Staff(business_id="salon", id="kim", name="Kim",
-                    weekly_hours={"mon": ["10:00-18:00"]}))
+        s.add(
+            Service(
+                business_id="salon",
+                id="cut",
+                name="Haircut",
+                duration_minutes=30,
+                staff_ids=["kim"],
+            )
+        )
+        s.add(
+            Staff(business_id="salon", id="kim", name="Kim", weekly_hours={"mon": ["10:00-18:00"]})
+        )
 
 
 @pytest.fixture
@@ -57,8 +68,15 @@ def accounts(scheduler: Scheduler) -> dict[str, str]:
         "owner@salon.test": ("salon", "owner", None),
     }
     for email, (business, role, staff) in people.items():
-        add_user(scheduler.engine, business_id=business, email=email, password=PASSWORD,
-                 role=role, staff_id=staff, now=NOW)
+        add_user(
+            scheduler.engine,
+            business_id=business,
+            email=email,
+            password=PASSWORD,
+            role=role,
+            staff_id=staff,
+            now=NOW,
+        )
     return {email: role for email, (_, role, _) in people.items()}
 
 
@@ -82,16 +100,18 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-async def log_in(client: httpx.AsyncClient, email: str, password: str = PASSWORD
-                 ) -> httpx.Response:
+async def log_in(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
     page = await client.get("/login")
-    return await client.post("/login", data={
-        "email": email, "password": password, "csrf_token": csrf_of(page.text), "next": "/"})
+    return await client.post(
+        "/login",
+        data={"email": email, "password": password, "csrf_token": csrf_of(page.text), "next": "/"},
+    )
 
 
 @pytest.fixture
-def client_for(app: FastAPI) -> Callable[[str | None], AbstractAsyncContextManager[
-        httpx.AsyncClient]]:
+def client_for(
+    app: FastAPI,
+) -> Callable[[str | None], AbstractAsyncContextManager[httpx.AsyncClient]]:
     """`async with client_for("owner@clinic.test") as c:` a client logged in as that account."""
 
     @asynccontextmanager
@@ -123,8 +143,12 @@ async def anonymous(client_for) -> AsyncIterator[httpx.AsyncClient]:  # type: ig
         yield c
 
 
-async def post_form(client: httpx.AsyncClient, page_url: str, action: str,
-                    data: dict[str, str] | list[tuple[str, str]]) -> httpx.Response:
+async def post_form(
+    client: httpx.AsyncClient,
+    page_url: str,
+    action: str,
+    data: dict[str, str] | list[tuple[str, str]],
+) -> httpx.Response:
     """Submit a form the way a browser does: read the page's CSRF token, post with it."""
     page = await client.get(page_url)
     assert page.status_code == 200, page.text
@@ -142,30 +166,65 @@ async def leads(scheduler: Scheduler, accounts: dict[str, str]) -> dict[str, str
 
     from booking.models import Call
 
-    apt = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
-                               start=NOW + timedelta(days=7, hours=2), name="Ann Smith",
-                               phone="+12025550001", booked_by="agent")
-    call = Call(business_id="clinic", call_sid="CA1", from_number="+12025550001",
-                to_number="+12025550100", status="completed", outcome="booked",
-                started_at=NOW - timedelta(days=2), summary="Ann booked a cleaning.",
-                transcript=[{"role": "agent", "text": "Bright Smile, how can I help?"},
-                            {"role": "caller", "text": "I'd like a cleaning next Monday."}])
+    apt = await scheduler.book(
+        business_id="clinic",
+        service_id="cleaning",
+        staff_id="lee",
+        start=NOW + timedelta(days=7, hours=2),
+        name="Ann Smith",
+        phone="+12025550001",
+        booked_by="agent",
+    )
+    call = Call(
+        business_id="clinic",
+        call_sid="CA1",
+        from_number="+12025550001",
+        to_number="+12025550100",
+        status="completed",
+        outcome="booked",
+        started_at=NOW - timedelta(days=2),
+        summary="Ann booked a cleaning.",
+        transcript=[
+            {"role": "agent", "text": "Bright Smile, how can I help?"},
+            {"role": "caller", "text": "I'd like a cleaning next Monday."},
+        ],
+    )
     with session_scope(scheduler.engine, write=True) as s:
         s.add(call)
     made = {
         "ann": await scheduler.record_lead(
-            business_id="clinic", phone="+12025550001", name="Ann Smith",
-            reason="Cleaning", outcome="booked", appointment_id=apt.id, call_id=call.id,
-            now=NOW - timedelta(days=2)),
+            business_id="clinic",
+            phone="+12025550001",
+            name="Ann Smith",
+            reason="Cleaning",
+            outcome="booked",
+            appointment_id=apt.id,
+            call_id=call.id,
+            now=NOW - timedelta(days=2),
+        ),
         "bob": await scheduler.record_lead(
-            business_id="clinic", phone="+12025550002", name="Bob Jones",
-            reason="=HYPERLINK(\"http://evil\")", outcome="callback",
-            now=NOW - timedelta(days=1)),
+            business_id="clinic",
+            phone="+12025550002",
+            name="Bob Jones",
+            reason='=HYPERLINK("http://evil")',
+            outcome="callback",
+            now=NOW - timedelta(days=1),
+        ),
         "spam": await scheduler.record_lead(
-            business_id="clinic", phone="+12125550000", name=None, reason="Robocall",
-            outcome="spam", now=NOW - timedelta(hours=1)),
+            business_id="clinic",
+            phone="+12125550000",
+            name=None,
+            reason="Robocall",
+            outcome="spam",
+            now=NOW - timedelta(hours=1),
+        ),
         "salon": await scheduler.record_lead(
-            business_id="salon", phone="+447911123456", name="Sally Salon", reason="Cut",
-            outcome="callback", now=NOW - timedelta(hours=2)),
+            business_id="salon",
+            phone="+447911123456",
+            name="Sally Salon",
+            reason="Cut",
+            outcome="callback",
+            now=NOW - timedelta(hours=2),
+        ),
     }
     return {key: row.id for key, row in made.items()} | {"appointment": apt.id}

@@ -26,8 +26,13 @@ from tests.dashboard.conftest import seed_salon
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-BOOK = {"service": "cleaning", "staff": "lee", "start": "2026-12-07T09:00:00-05:00",
-        "name": "Ann Smith", "phone": "+12025550123"}
+BOOK = {
+    "service": "cleaning",
+    "staff": "lee",
+    "start": "2026-12-07T09:00:00-05:00",
+    "name": "Ann Smith",
+    "phone": "+12025550123",
+}
 
 
 @pytest.fixture
@@ -38,8 +43,11 @@ async def client(scheduler: Scheduler) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def book(client: httpx.AsyncClient, key: str | None, body: dict[str, Any] | None = None,
-               ) -> httpx.Response:
+async def book(
+    client: httpx.AsyncClient,
+    key: str | None,
+    body: dict[str, Any] | None = None,
+) -> httpx.Response:
     headers = AUTH | ({"Idempotency-Key": key} if key is not None else {})
     return await client.post("/api/v1/appointments", headers=headers, json=body or BOOK)
 
@@ -49,7 +57,8 @@ def appointments(scheduler: Scheduler) -> int:
 
 
 async def test_a_retry_with_the_same_key_gets_the_first_answer(
-        client: httpx.AsyncClient, scheduler: Scheduler) -> None:
+    client: httpx.AsyncClient, scheduler: Scheduler
+) -> None:
     first = await book(client, "order-1")
     assert first.status_code == 201, first.text
     assert "Idempotent-Replayed" not in first.headers
@@ -59,15 +68,20 @@ async def test_a_retry_with_the_same_key_gets_the_first_answer(
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     assert appointments(scheduler) == 1
-    assert count_rows(scheduler.engine,
-                      "SELECT count(*) FROM outboxevent WHERE type = 'booking.created'") == 1
+    assert (
+        count_rows(
+            scheduler.engine, "SELECT count(*) FROM outboxevent WHERE type = 'booking.created'"
+        )
+        == 1
+    )
     # Without a key nothing is remembered: the same request is a second attempt (taken now).
     r = await book(client, None)
     assert r.status_code == 409 and r.json()["error"] == "slot_taken"
 
 
-async def test_the_same_key_with_another_body_is_refused(client: httpx.AsyncClient,
-                                                         scheduler: Scheduler) -> None:
+async def test_the_same_key_with_another_body_is_refused(
+    client: httpx.AsyncClient, scheduler: Scheduler
+) -> None:
     assert (await book(client, "order-1")).status_code == 201
     r = await book(client, "order-1", BOOK | {"start": "2026-12-07T10:00:00-05:00"})
     assert r.status_code == 422, r.text
@@ -75,21 +89,31 @@ async def test_the_same_key_with_another_body_is_refused(client: httpx.AsyncClie
     assert appointments(scheduler) == 1
 
 
-async def test_keys_belong_to_one_business(client: httpx.AsyncClient,
-                                           scheduler: Scheduler) -> None:
+async def test_keys_belong_to_one_business(client: httpx.AsyncClient, scheduler: Scheduler) -> None:
     seed_salon(scheduler.engine)
     assert (await book(client, "order-1", BOOK | {"business": "clinic"})).status_code == 201
-    r = await book(client, "order-1", {"business": "salon", "service": "cut", "staff": "kim",
-                                       "start": "2026-12-07T10:00:00+00:00", "name": "Sue",
-                                       "phone": "+447911123456"})
+    r = await book(
+        client,
+        "order-1",
+        {
+            "business": "salon",
+            "service": "cut",
+            "staff": "kim",
+            "start": "2026-12-07T10:00:00+00:00",
+            "name": "Sue",
+            "phone": "+447911123456",
+        },
+    )
     assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers, r.text
     assert appointments(scheduler) == 2
 
 
-async def test_a_refusal_is_replayed_too(client: httpx.AsyncClient,
-                                         scheduler: Scheduler) -> None:
-    hold = await client.post("/api/v1/holds", headers=AUTH, json={
-        "service": "cleaning", "staff": "lee", "start": BOOK["start"], "holder": "someone"})
+async def test_a_refusal_is_replayed_too(client: httpx.AsyncClient, scheduler: Scheduler) -> None:
+    hold = await client.post(
+        "/api/v1/holds",
+        headers=AUTH,
+        json={"service": "cleaning", "staff": "lee", "start": BOOK["start"], "holder": "someone"},
+    )
     assert hold.status_code == 201
     first = await book(client, "order-1")
     assert first.status_code == 409 and first.json()["error"] == "slot_taken"
@@ -102,11 +126,14 @@ async def test_a_refusal_is_replayed_too(client: httpx.AsyncClient,
     assert (await book(client, "order-2")).status_code == 201
 
 
-async def test_a_server_error_is_not_kept(client: httpx.AsyncClient, scheduler: Scheduler,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_server_error_is_not_kept(
+    client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = scheduler.book
-    failures: list[BaseException] = [errors.Busy("the booking system is busy"),
-                                     RuntimeError("the database went away")]
+    failures: list[BaseException] = [
+        errors.Busy("the booking system is busy"),
+        RuntimeError("the database went away"),
+    ]
 
     async def flaky(**kw: Any) -> Any:
         if failures:
@@ -124,7 +151,7 @@ async def test_a_server_error_is_not_kept(client: httpx.AsyncClient, scheduler: 
 
 
 async def test_a_duplicate_while_the_first_runs_is_told_to_wait(
-        client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = scheduler.book
     inside, go_on = asyncio.Event(), asyncio.Event()
@@ -163,18 +190,27 @@ async def test_keys_expire_after_a_day(client: httpx.AsyncClient, scheduler: Sch
 
 
 async def test_a_claim_abandoned_by_a_dead_process_is_taken_over(
-        client: httpx.AsyncClient, scheduler: Scheduler) -> None:
+    client: httpx.AsyncClient, scheduler: Scheduler
+) -> None:
     from booking.idempotency import fingerprint
 
     body = {"business": None, "hold_id": None, "email": None, "notes": None} | BOOK
     with session_scope(scheduler.engine, write=True) as s:
-        s.add(IdempotentRequest(
-            business_id="clinic", key="order-1", status="in_progress",
-            request_hash=fingerprint("POST /api/v1/appointments", body | {"business": "clinic"}),
-            created_at=NOW - timedelta(minutes=6)))
+        s.add(
+            IdempotentRequest(
+                business_id="clinic",
+                key="order-1",
+                status="in_progress",
+                request_hash=fingerprint(
+                    "POST /api/v1/appointments", body | {"business": "clinic"}
+                ),
+                created_at=NOW - timedelta(minutes=6),
+            )
+        )
     # The same caller's booking of another time under another key is not this key's work.
-    assert (await book(client, "order-0", BOOK | {"start": "2026-12-07T10:00:00-05:00"})
-            ).status_code == 201
+    assert (
+        await book(client, "order-0", BOOK | {"start": "2026-12-07T10:00:00-05:00"})
+    ).status_code == 201
     r = await book(client, "order-1")
     assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers, r.text
     assert r.json()["start"] == "2026-12-07T09:00:00-05:00"
@@ -196,13 +232,16 @@ def _answer_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("by_hold", [False, True], ids=["straight", "from-a-hold"])
 async def test_a_booking_whose_answer_was_not_kept_is_the_answer_after_the_lease(
-        client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch,
-        by_hold: bool) -> None:
+    client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch, by_hold: bool
+) -> None:
     assert isinstance(scheduler.clock, FixedClock)
     body = BOOK
     if by_hold:
-        hold = await client.post("/api/v1/holds", headers=AUTH, json={
-            "service": "cleaning", "staff": "lee", "start": BOOK["start"], "holder": "web-1"})
+        hold = await client.post(
+            "/api/v1/holds",
+            headers=AUTH,
+            json={"service": "cleaning", "staff": "lee", "start": BOOK["start"], "holder": "web-1"},
+        )
         assert hold.status_code == 201, hold.text
         body = {"hold_id": hold.json()["id"], "name": "Ann Smith", "phone": "(202) 555-0123"}
     _answer_not_kept(monkeypatch)
@@ -219,14 +258,20 @@ async def test_a_booking_whose_answer_was_not_kept_is_the_answer_after_the_lease
     assert r.json() == first.json()
     r = await book(client, "order-1", body)  # and that answer is kept now
     assert (r.status_code, r.json(), r.headers["Idempotent-Replayed"]) == (
-        201, first.json(), "true")
+        201,
+        first.json(),
+        "true",
+    )
     assert appointments(scheduler) == 1
-    assert count_rows(scheduler.engine,
-                      "SELECT count(*) FROM outboxevent WHERE type = 'booking.created'") == 1
+    assert (
+        count_rows(
+            scheduler.engine, "SELECT count(*) FROM outboxevent WHERE type = 'booking.created'"
+        )
+        == 1
+    )
 
 
-async def test_a_claim_taken_over_is_no_longer_the_first_requests(
-        scheduler: Scheduler) -> None:
+async def test_a_claim_taken_over_is_no_longer_the_first_requests(scheduler: Scheduler) -> None:
     assert isinstance(scheduler.clock, FixedClock)
     store = IdempotencyStore(engine=scheduler.engine, clock=scheduler.clock)
     key = {"business_id": "clinic", "key": "order-1", "request_hash": "h"}
@@ -246,7 +291,7 @@ async def test_a_claim_taken_over_is_no_longer_the_first_requests(
 
 
 async def test_a_request_that_lost_its_claim_cannot_give_it_away(
-        client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+    client: httpx.AsyncClient, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request stalled past the lease, whose key a retry took over, fails at last: its
     release must not drop the retry's claim (a third attempt would then book as well)."""
@@ -284,23 +329,25 @@ async def test_a_request_that_lost_its_claim_cannot_give_it_away(
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "clé", "tab\there"])
-async def test_a_malformed_key_is_a_422(client: httpx.AsyncClient, scheduler: Scheduler,
-                                        key: str) -> None:
-    r = await client.post("/api/v1/appointments", json=BOOK,
-                          headers=[*AUTH.items(), ("Idempotency-Key", key.encode("latin-1"))])
+async def test_a_malformed_key_is_a_422(
+    client: httpx.AsyncClient, scheduler: Scheduler, key: str
+) -> None:
+    r = await client.post(
+        "/api/v1/appointments",
+        json=BOOK,
+        headers=[*AUTH.items(), ("Idempotency-Key", key.encode("latin-1"))],
+    )
     assert r.status_code == 422, r.text
     assert r.json()["problems"][0]["field"] == "header.idempotency-key"
     assert appointments(scheduler) == 0
     assert (await book(client, "x" * 255)).status_code == 201  # the longest key is fine
 
 
-async def test_racing_duplicates_book_once(client: httpx.AsyncClient,
-                                           scheduler: Scheduler) -> None:
+async def test_racing_duplicates_book_once(client: httpx.AsyncClient, scheduler: Scheduler) -> None:
     answers = await asyncio.gather(*(book(client, "order-1") for _ in range(6)))
     codes = sorted(r.status_code for r in answers)
     assert codes.count(201) >= 1 and set(codes) <= {201, 409}, [r.text for r in answers]
-    assert all(r.json()["error"] == "request_in_progress" for r in answers
-               if r.status_code == 409)
+    assert all(r.json()["error"] == "request_in_progress" for r in answers if r.status_code == 409)
     assert appointments(scheduler) == 1
 
 
@@ -312,4 +359,5 @@ async def test_the_header_is_documented(client: httpx.AsyncClient) -> None:
     assert "24 hours" in param["description"]
     assert "Idempotent-Replayed" in op["responses"]["201"]["headers"]
     assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "/ErrorOut")
+        "/ErrorOut"
+    )

@@ -48,11 +48,19 @@ def _settings(**kw: Any) -> Settings:
 # The schema is read at import time (pytest's fixtures cannot feed `parametrize`).
 schema = schemathesis.openapi.from_dict(create_app(_settings()).openapi())
 # Our own checks: no 5xx, and every answer documented (status and body).
-CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance,
-          response_schema_conformance]
-BOUNDED = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                   suppress_health_check=list(HealthCheck),
-                   phases=[Phase.explicit, Phase.generate])
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    status_code_conformance,
+    response_schema_conformance,
+]
+BOUNDED = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +85,10 @@ def send(client: TestClient, case: schemathesis.Case) -> Any:
     if kw.get("cookies"):
         headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in kw["cookies"].items())
     response = client.request(
-        kw["method"], kw["url"], params=kw.get("params"), json=kw.get("json"),
+        kw["method"],
+        kw["url"],
+        params=kw.get("params"),
+        json=kw.get("json"),
         headers=[(k, _raw(v)) for k, v in headers.items()],
         content=data if isinstance(data, bytes | str) else None,
         data=data if isinstance(data, dict) else None,
@@ -102,8 +113,7 @@ def _raw(value: str | bytes) -> bytes:
 
 def check(client: TestClient, case: schemathesis.Case) -> None:
     response = send(client, case)
-    case.validate_response(response, checks=CHECKS,
-                           excluded_checks=[negative_data_rejection])
+    case.validate_response(response, checks=CHECKS, excluded_checks=[negative_data_rejection])
 
 
 @schema.parametrize()
@@ -114,27 +124,51 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case, client: TestCli
 
 EDGE = "9999-12-31T23:59:59Z"
 EDGE_CASES = [
-    ("POST", "/api/v1/holds", {"body": {"service": "cleaning", "staff": "lee", "start": EDGE,
-                                        "holder": "call-1"}}),
-    ("POST", "/api/v1/appointments", {"body": {"service": "cleaning", "staff": "lee",
-                                               "start": EDGE, "name": "Ann",
-                                               "phone": "+12025550123"}}),
-    ("POST", "/api/v1/appointments/{appointment_id}/reschedule",
-     {"path_parameters": {"appointment_id": "apt_x"}, "body": {"start": EDGE}}),
-    ("GET", "/api/v1/availability", {"query": {"service": "cleaning", "from": "2026-12-07",
-                                               "to": "2026-12-07", "now": EDGE}}),
-    ("GET", "/api/v1/availability", {"query": {"service": "cleaning", "from": "9999-12-31",
-                                               "to": "9999-12-31"}}),
+    (
+        "POST",
+        "/api/v1/holds",
+        {"body": {"service": "cleaning", "staff": "lee", "start": EDGE, "holder": "call-1"}},
+    ),
+    (
+        "POST",
+        "/api/v1/appointments",
+        {
+            "body": {
+                "service": "cleaning",
+                "staff": "lee",
+                "start": EDGE,
+                "name": "Ann",
+                "phone": "+12025550123",
+            }
+        },
+    ),
+    (
+        "POST",
+        "/api/v1/appointments/{appointment_id}/reschedule",
+        {"path_parameters": {"appointment_id": "apt_x"}, "body": {"start": EDGE}},
+    ),
+    (
+        "GET",
+        "/api/v1/availability",
+        {"query": {"service": "cleaning", "from": "2026-12-07", "to": "2026-12-07", "now": EDGE}},
+    ),
+    (
+        "GET",
+        "/api/v1/availability",
+        {"query": {"service": "cleaning", "from": "9999-12-31", "to": "9999-12-31"}},
+    ),
     ("GET", "/api/v1/appointments", {"query": {"from": "2026-12-01", "to": "2026-12-10"}}),
     ("GET", "/api/v1/appointments", {"query": {"from": "9999-12-31", "to": EDGE}}),
     ("POST", "/api/v1/leads", {"body": {}}),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "parts"), EDGE_CASES,
-                         ids=[f"{m} {p} {sorted(x)}" for m, p, x in EDGE_CASES])
+@pytest.mark.parametrize(
+    ("method", "path", "parts"), EDGE_CASES, ids=[f"{m} {p} {sorted(x)}" for m, p, x in EDGE_CASES]
+)
 def test_edge_dates_are_answered_without_a_server_error(
-        client: TestClient, method: str, path: str, parts: dict[str, Any]) -> None:
+    client: TestClient, method: str, path: str, parts: dict[str, Any]
+) -> None:
     case = schema[path][method].Case(**parts)
     response = send(client, case)
     assert response.status_code in {200, 404, 422}, response.text
@@ -153,22 +187,29 @@ class APIWorkflow(StatefulBase):  # type: ignore[misc,valid-type]
         return Response.from_any(send(self.client, case))
 
     def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
-        case.validate_response(response, checks=CHECKS,
-                               excluded_checks=[negative_data_rejection])
+        case.validate_response(response, checks=CHECKS, excluded_checks=[negative_data_rejection])
 
 
 def test_stateful_chains_get_no_server_error(client: TestClient) -> None:
     APIWorkflow.client = client
-    APIWorkflow.run(settings=settings(max_examples=10, stateful_step_count=5, derandomize=True,
-                                      deadline=None, database=None,
-                                      suppress_health_check=list(HealthCheck)))
+    APIWorkflow.run(
+        settings=settings(
+            max_examples=10,
+            stateful_step_count=5,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
 
 
 def test_the_run_was_bounded_and_clean() -> None:
     """Runs last: the figures for the whole module (see the report in the CI log)."""
     if not SENT["requests"]:
         pytest.skip("reports on the module's run: select the whole module")
-    logging.getLogger(__name__).warning("schemathesis: %d requests, %d answered 5xx (%s)",
-                                        SENT["requests"], SENT["5xx"], dict(SENT))
+    logging.getLogger(__name__).warning(
+        "schemathesis: %d requests, %d answered 5xx (%s)", SENT["requests"], SENT["5xx"], dict(SENT)
+    )
     assert SENT["5xx"] == 0
     assert 150 <= SENT["requests"] <= 2000, SENT

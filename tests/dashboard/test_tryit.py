@@ -34,14 +34,20 @@ def llm() -> Iterator[FakeLLM]:
 
 
 def llm_settings(llm: FakeLLM) -> Settings:
-    return Settings(_env_file=None, api_key=SecretStr(API_KEY),  # type: ignore[call-arg]
-                    openai_base_url=llm.base_url, openai_api_key=SecretStr("test"),
-                    llm_model=llm.model, llm_timeout_seconds=3.0)
+    return Settings(
+        _env_file=None,
+        api_key=SecretStr(API_KEY),  # type: ignore[call-arg]
+        openai_base_url=llm.base_url,
+        openai_api_key=SecretStr("test"),
+        llm_model=llm.model,
+        llm_timeout_seconds=3.0,
+    )
 
 
 @pytest.fixture
-async def live_app(scheduler: Scheduler, accounts: dict[str, str], llm: FakeLLM
-                   ) -> AsyncIterator[FastAPI]:
+async def live_app(
+    scheduler: Scheduler, accounts: dict[str, str], llm: FakeLLM
+) -> AsyncIterator[FastAPI]:
     """The app with an LLM configured, its lifespan running (so chats are closed at the end)."""
     app = create_app(llm_settings(llm), scheduler=scheduler)
     async with app.router.lifespan_context(app):
@@ -50,8 +56,9 @@ async def live_app(scheduler: Scheduler, accounts: dict[str, str], llm: FakeLLM
 
 @asynccontextmanager
 async def browser(app: FastAPI, email: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
         assert (await log_in(client, email)).status_code == 303
         yield client
 
@@ -67,15 +74,20 @@ async def start(client: httpx.AsyncClient, caller: str = "") -> tuple[str, str, 
 
 
 async def say(client: httpx.AsyncClient, chat_id: str, csrf: str, text: str) -> httpx.Response:
-    return await client.post("/try/say", data={"chat_id": chat_id, "text": text},
-                             headers={"X-CSRF-Token": csrf, "HX-Request": "true"})
+    return await client.post(
+        "/try/say",
+        data={"chat_id": chat_id, "text": text},
+        headers={"X-CSRF-Token": csrf, "HX-Request": "true"},
+    )
 
 
 async def test_the_owner_chats_with_the_agent_and_it_remembers_the_call(
-    live_app: FastAPI, llm: FakeLLM,
+    live_app: FastAPI,
+    llm: FakeLLM,
 ) -> None:
-    llm.script(Text("Sure, a cleaning. Which day suits you?"),
-               Text("Tuesday it is. Anything else?"))
+    llm.script(
+        Text("Sure, a cleaning. Which day suits you?"), Text("Tuesday it is. Anything else?")
+    )
     async with browser(live_app, "owner@clinic.test") as owner:
         page, chat_id, csrf = await start(owner)
         assert "Thank you for calling Clinic" in page
@@ -97,7 +109,8 @@ async def test_the_owner_chats_with_the_agent_and_it_remembers_the_call(
 
 
 async def test_the_agent_uses_the_real_tools_and_calendar(
-    live_app: FastAPI, llm: FakeLLM,
+    live_app: FastAPI,
+    llm: FakeLLM,
 ) -> None:
     llm.script(
         ToolCalls(Call("check_availability", {"service": "cleaning", "date": "2026-12-01"})),
@@ -116,7 +129,9 @@ def _first_slot(messages: list[dict[str, Any]]) -> str:
 
 
 async def test_when_the_llm_fails_the_agent_takes_a_message_and_ending_keeps_the_lead(
-    live_app: FastAPI, llm: FakeLLM, scheduler: Scheduler,
+    live_app: FastAPI,
+    llm: FakeLLM,
+    scheduler: Scheduler,
 ) -> None:
     llm.script(Fault.error(500))
     async with browser(live_app, "owner@clinic.test") as owner:
@@ -134,7 +149,8 @@ async def test_when_the_llm_fails_the_agent_takes_a_message_and_ending_keeps_the
 
 
 async def test_a_chat_belongs_to_the_account_that_started_it(
-    live_app: FastAPI, llm: FakeLLM,
+    live_app: FastAPI,
+    llm: FakeLLM,
 ) -> None:
     llm.script(Text("Hello there."))
     async with browser(live_app, "owner@clinic.test") as owner:
@@ -147,7 +163,8 @@ async def test_a_chat_belongs_to_the_account_that_started_it(
 
 
 async def test_try_it_is_for_owners_and_checks_the_form(
-    live_app: FastAPI, client_for: Any,
+    live_app: FastAPI,
+    client_for: Any,
 ) -> None:
     async with browser(live_app, "lee@clinic.test") as staff:
         assert (await staff.get("/try")).status_code == 403
@@ -155,11 +172,13 @@ async def test_try_it_is_for_owners_and_checks_the_form(
         r = await owner.post("/try/start", data={"csrf_token": "forged"})
         assert r.status_code == 403
         page = await owner.get("/try")
-        r = await owner.post("/try/start", data={"caller": "call me",
-                                                 "csrf_token": csrf_of(page.text)})
+        r = await owner.post(
+            "/try/start", data={"caller": "call me", "csrf_token": csrf_of(page.text)}
+        )
         assert r.status_code == 422 and "is not a phone number" in r.text
-        r = await owner.post("/try/start", data={"caller": "555 123 4567",
-                                                 "csrf_token": csrf_of(page.text)})
+        r = await owner.post(
+            "/try/start", data={"caller": "555 123 4567", "csrf_token": csrf_of(page.text)}
+        )
         assert r.status_code == 422 and "is not a valid phone number" in r.text
 
 
@@ -170,13 +189,20 @@ async def test_without_an_llm_the_page_says_so(owner: httpx.AsyncClient) -> None
 
 
 async def test_idle_chats_expire_and_the_oldest_make_room(
-    scheduler: Scheduler, llm: FakeLLM,
+    scheduler: Scheduler,
+    llm: FakeLLM,
 ) -> None:
     now = [0.0]
-    registry = WebChats(settings=llm_settings(llm), scheduler=scheduler, idle_seconds=60,
-                        limit=2, monotonic=lambda: now[0])
-    user = WebUser(id="usr_1", business_id="clinic", email="o@clinic.test", role="owner",
-                   staff_id=None)
+    registry = WebChats(
+        settings=llm_settings(llm),
+        scheduler=scheduler,
+        idle_seconds=60,
+        limit=2,
+        monotonic=lambda: now[0],
+    )
+    user = WebUser(
+        id="usr_1", business_id="clinic", email="o@clinic.test", role="owner", staff_id=None
+    )
     try:
         first, _ = await registry.start(user, caller_phone=None)
         now[0] = 30

@@ -31,13 +31,27 @@ def add(monkeypatch: pytest.MonkeyPatch, password: str, *args: str) -> int:
 
 
 def test_users_add_creates_accounts_that_can_log_in(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert add(monkeypatch, "a long secret", "--email", "Owner@Example.com",
-               "--role", "owner") == 0
+    assert add(monkeypatch, "a long secret", "--email", "Owner@Example.com", "--role", "owner") == 0
     assert "owner@example.com (owner) at bright-smile" in capsys.readouterr().out
-    assert add(monkeypatch, "another secret", "--business", "bright-smile", "--email",
-               "lee@example.com", "--role", "staff", "--staff", "lee") == 0
+    assert (
+        add(
+            monkeypatch,
+            "another secret",
+            "--business",
+            "bright-smile",
+            "--email",
+            "lee@example.com",
+            "--role",
+            "staff",
+            "--staff",
+            "lee",
+        )
+        == 0
+    )
     engine = make_engine(database)
     with session_scope(engine) as s:
         users = {u.email: u for u in s.exec(select(User))}
@@ -48,16 +62,26 @@ def test_users_add_creates_accounts_that_can_log_in(
     engine.dispose()
 
 
-@pytest.mark.parametrize(("password", "args", "message"), [
-    ("short", ["--email", "a@b.co", "--role", "owner"], "at least 10 characters"),
-    ("a long secret", ["--email", "a@b.co", "--role", "staff"], "needs --staff"),
-    ("a long secret", ["--email", "a@b.co", "--role", "staff", "--staff", "nobody"],
-     "no staff member 'nobody'"),
-    ("a long secret", ["--email", "not-an-email", "--role", "owner"], "not an email"),
-])
+@pytest.mark.parametrize(
+    ("password", "args", "message"),
+    [
+        ("short", ["--email", "a@b.co", "--role", "owner"], "at least 10 characters"),
+        ("a long secret", ["--email", "a@b.co", "--role", "staff"], "needs --staff"),
+        (
+            "a long secret",
+            ["--email", "a@b.co", "--role", "staff", "--staff", "nobody"],
+            "no staff member 'nobody'",
+        ),
+        ("a long secret", ["--email", "not-an-email", "--role", "owner"], "not an email"),
+    ],
+)
 def test_users_add_refuses_bad_accounts(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    password: str, args: list[str], message: str,
+    database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    password: str,
+    args: list[str],
+    message: str,
 ) -> None:
     capsys.readouterr()
     # Malformed values exit 2, an unknown staff member (a refusal) 1.
@@ -66,7 +90,9 @@ def test_users_add_refuses_bad_accounts(
 
 
 def test_users_add_refuses_a_second_account_for_one_email(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert add(monkeypatch, "a long secret", "--email", "o@b.co", "--role", "owner") == 0
     assert add(monkeypatch, "a long secret", "--email", "O@b.co", "--role", "owner") == 1
@@ -86,11 +112,23 @@ def test_a_second_account_for_one_email_is_a_conflict_not_a_malformed_value(
 
     engine = make_engine(database)
     now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-    add_user(engine, business_id="bright-smile", email="o@b.co", password="a long secret",
-             role="owner", now=now)
+    add_user(
+        engine,
+        business_id="bright-smile",
+        email="o@b.co",
+        password="a long secret",
+        role="owner",
+        now=now,
+    )
     with pytest.raises(AccountExists) as clash:
-        add_user(engine, business_id="bright-smile", email="O@B.co ", password="a long secret",
-                 role="owner", now=now)
+        add_user(
+            engine,
+            business_id="bright-smile",
+            email="O@B.co ",
+            password="a long secret",
+            role="owner",
+            now=now,
+        )
     engine.dispose()
     assert not isinstance(clash.value, errors.InvalidRequest)
     assert clash.value.code == "account_exists"

@@ -18,7 +18,8 @@ async def test_pages_redirect_to_login_until_logged_in(anonymous: httpx.AsyncCli
 
 
 async def test_login_sets_a_safe_cookie_and_logout_ends_the_session(
-    anonymous: httpx.AsyncClient, scheduler: Scheduler,
+    anonymous: httpx.AsyncClient,
+    scheduler: Scheduler,
 ) -> None:
     r = await log_in(anonymous, "Owner@Clinic.test ")
     assert r.status_code == 303 and r.headers["location"] == "/"
@@ -26,8 +27,14 @@ async def test_login_sets_a_safe_cookie_and_logout_ends_the_session(
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
     token = anonymous.cookies["fd_session"]
     # Only a hash of the token is stored.
-    assert count_rows(scheduler.engine, "SELECT count(*) FROM dashboard_session "
-                      "WHERE token_hash = :t", t=token) == 0
+    assert (
+        count_rows(
+            scheduler.engine,
+            "SELECT count(*) FROM dashboard_session WHERE token_hash = :t",
+            t=token,
+        )
+        == 0
+    )
     assert (await anonymous.get("/")).headers["location"] == "/leads"
     page = await anonymous.get("/leads")
     assert page.status_code == 200
@@ -47,7 +54,8 @@ async def test_wrong_password_is_refused(anonymous: httpx.AsyncClient) -> None:
 
 
 async def test_login_is_rate_limited_per_email_and_address(
-    anonymous: httpx.AsyncClient, client_for,  # type: ignore[no-untyped-def]
+    anonymous: httpx.AsyncClient,
+    client_for,  # type: ignore[no-untyped-def]
 ) -> None:
     for _ in range(5):
         assert (await log_in(anonymous, "owner@clinic.test", "guess-guess")).status_code == 401
@@ -58,7 +66,8 @@ async def test_login_is_rate_limited_per_email_and_address(
 
 
 async def test_forms_without_the_csrf_token_are_refused(
-    anonymous: httpx.AsyncClient, owner: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    owner: httpx.AsyncClient,
 ) -> None:
     r = await anonymous.post("/login", data={"email": "owner@clinic.test", "password": PASSWORD})
     assert r.status_code == 403 and "expired" in r.text
@@ -72,12 +81,16 @@ async def test_forms_without_the_csrf_token_are_refused(
 
 async def test_the_login_redirect_stays_on_this_site(anonymous: httpx.AsyncClient) -> None:
     page = await anonymous.get("/login?next=//evil.example/")
-    r = await anonymous.post("/login", data={
-        "email": "owner@clinic.test", "password": PASSWORD, "csrf_token": csrf_of(page.text),
-        "next": "https://evil.example/"})
+    r = await anonymous.post(
+        "/login",
+        data={
+            "email": "owner@clinic.test",
+            "password": PASSWORD,
+            "csrf_token": csrf_of(page.text),
+            "next": "https://evil.example/",
+        },
+    )
     assert r.status_code == 303 and r.headers["location"] == "/"
-
-
 
 
 async def test_guessing_one_account_from_many_addresses_is_limited_too(app) -> None:  # type: ignore[no-untyped-def]

@@ -21,20 +21,28 @@ PAGE = "/staff/lee/calendars"
 @pytest.fixture
 async def radicale(app: FastAPI) -> AsyncIterator[tuple[Harness, CalendarService]]:
     async with caldav_harness.harness() as h:
-        service = CalendarService(engine=app.state.scheduler.engine, vault=Vault(new_key()),
-                                  providers={"caldav": h.provider}, now=lambda: NOW)
+        service = CalendarService(
+            engine=app.state.scheduler.engine,
+            vault=Vault(new_key()),
+            providers={"caldav": h.provider},
+            now=lambda: NOW,
+        )
         app.state.calendar_service = service
         yield h, service
 
 
 def form(h: Harness, password: str | None = None) -> dict[str, str]:
-    return {"staff": "lee", "url": h.account.settings["url"],
-            "username": h.account.settings["username"],
-            "password": password or h.account.secret["password"]}
+    return {
+        "staff": "lee",
+        "url": h.account.settings["url"],
+        "username": h.account.settings["username"],
+        "password": password or h.account.secret["password"],
+    }
 
 
 async def test_staff_link_and_unlink_their_own_caldav_calendar(
-        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]) -> None:
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
     h, service = radicale
     wrong = await post_form(staff, PAGE, "/calendars/connect/caldav", form(h, "nope"))
     assert wrong.status_code == 400 and "not linked" in wrong.text and "nope" not in wrong.text
@@ -50,42 +58,50 @@ async def test_staff_link_and_unlink_their_own_caldav_calendar(
 
 
 async def test_linking_needs_csrf_and_the_right_person(
-        staff: httpx.AsyncClient, client_for,  # type: ignore[no-untyped-def]
-        radicale: tuple[Harness, CalendarService]) -> None:
+    staff: httpx.AsyncClient,
+    client_for,  # type: ignore[no-untyped-def]
+    radicale: tuple[Harness, CalendarService],
+) -> None:
     h, service = radicale
     no_token = await staff.post("/calendars/connect/caldav", data=form(h))
     assert no_token.status_code == 403
     # Lee may not link Rivera's calendar.
     page = await staff.get(PAGE)
-    other = await staff.post("/calendars/connect/caldav",
-                             data={**form(h), "staff": "rivera", "csrf_token": csrf_of(page.text)})
+    other = await staff.post(
+        "/calendars/connect/caldav",
+        data={**form(h), "staff": "rivera", "csrf_token": csrf_of(page.text)},
+    )
     assert other.status_code == 403
     # Another business's owner cannot reach the clinic's staff at all.
     async with client_for("owner@salon.test") as salon:
         home = await salon.get("/staff/kim/calendars")
-        foreign = await salon.post("/calendars/connect/caldav",
-                                   data={**form(h), "csrf_token": csrf_of(home.text)})
+        foreign = await salon.post(
+            "/calendars/connect/caldav", data={**form(h), "csrf_token": csrf_of(home.text)}
+        )
     assert foreign.status_code == 404
     assert await service.connections("clinic") == []
 
 
 async def test_an_ics_feed_from_the_web_must_be_an_address_and_errors_quote_nothing(
-        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService], tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from calendars.ics import IcsProvider
 
     _, service = radicale
     service.providers = {**service.providers, "ics": IcsProvider()}
     secret = tmp_path / "secret.env"
     secret.write_text("FRONTDESK_SECRET_KEY=abc123supersecret\n")
-    local = await post_form(staff, PAGE, "/calendars/connect/ics",
-                            {"staff": "lee", "source": str(secret)})
+    local = await post_form(
+        staff, PAGE, "/calendars/connect/ics", {"staff": "lee", "source": str(secret)}
+    )
     assert local.status_code == 400 and "abc123" not in local.text
     assert "https://" in local.text
     assert await service.connections("clinic", "lee") == []
 
 
 async def test_sync_now_reads_the_calendar_again_and_says_what_changed(
-        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]) -> None:
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
     from datetime import timedelta
 
     from booking.busy import StaffCalendars
@@ -99,22 +115,25 @@ async def test_sync_now_reads_the_calendar_again_and_says_what_changed(
 
     start = NOW + timedelta(days=1)
     await h.add_event(start, start + timedelta(hours=1), summary="School run")
-    lee = StaffCalendars(business_id="clinic", staff_id="lee", tz=NY,
-                         links=[{"connection_id": conn.id}])
+    lee = StaffCalendars(
+        business_id="clinic", staff_id="lee", tz=NY, links=[{"connection_id": conn.id}]
+    )
     assert await service.busy(lee, start=NOW, end=NOW + timedelta(days=2)) == []  # cached
 
     synced = await post_form(staff, PAGE, "/staff/lee/calendars/sync", {})
     assert synced.status_code == 200
     assert f"{conn.name}: 1 busy interval added" in synced.text
     assert await service.busy(lee, start=NOW, end=NOW + timedelta(days=2)) == [
-        (start, start + timedelta(hours=1))]
+        (start, start + timedelta(hours=1))
+    ]
 
     again = await post_form(staff, PAGE, "/staff/lee/calendars/sync", {"connection": conn.id})
     assert again.status_code == 200 and f"{conn.name}: unchanged" in again.text
 
 
 async def test_sync_now_needs_csrf_and_the_right_person(
-        staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]) -> None:
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
     h, service = radicale
     assert (await post_form(staff, PAGE, "/calendars/connect/caldav", form(h))).status_code == 303
     assert (await staff.post("/staff/lee/calendars/sync")).status_code == 403

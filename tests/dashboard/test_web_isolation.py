@@ -16,11 +16,18 @@ async def salon(client_for):  # type: ignore[no-untyped-def]
 
 
 async def test_another_business_ids_are_not_found(
-    salon: httpx.AsyncClient, leads: dict[str, str], scheduler: Scheduler,
+    salon: httpx.AsyncClient,
+    leads: dict[str, str],
+    scheduler: Scheduler,
 ) -> None:
     clinic_lead, apt = leads["ann"], leads["appointment"]
-    for url in (f"/leads/{clinic_lead}", f"/appointments/{apt}", "/staff/lee",
-                "/staff/lee/calendars", "/appointments?staff=lee"):
+    for url in (
+        f"/leads/{clinic_lead}",
+        f"/appointments/{apt}",
+        "/staff/lee",
+        "/staff/lee/calendars",
+        "/appointments?staff=lee",
+    ):
         r = await salon.get(url)
         assert r.status_code == 404, url
         assert "Ann Smith" not in r.text and "Dr. Lee" not in r.text
@@ -28,8 +35,7 @@ async def test_another_business_ids_are_not_found(
     assert r.status_code == 404
     r = await post_form(salon, "/leads", f"/appointments/{apt}/cancel", {})
     assert r.status_code == 404
-    r = await post_form(salon, "/leads", f"/appointments/{apt}/move",
-                        {"start": "2026-12-07T14:00"})
+    r = await post_form(salon, "/leads", f"/appointments/{apt}/move", {"start": "2026-12-07T14:00"})
     assert r.status_code == 404
     r = await post_form(salon, "/leads", "/staff/lee/hours", {"hours_mon": "09:00-10:00"})
     assert r.status_code == 404
@@ -40,7 +46,8 @@ async def test_another_business_ids_are_not_found(
 
 
 async def test_lists_and_exports_hold_only_the_own_business(
-    salon: httpx.AsyncClient, leads: dict[str, str],
+    salon: httpx.AsyncClient,
+    leads: dict[str, str],
 ) -> None:
     r = await salon.get("/leads")
     assert leads["salon"] in r.text and leads["ann"] not in r.text and leads["bob"] not in r.text

@@ -23,10 +23,14 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TEMPLATES = web_security.__file__.replace("frontdesk/web_security.py", "dashboard/templates")
 
 
-def client(app: FastAPI, *, peer: str = "127.0.0.1", base_url: str = "http://localhost",
-           raise_errors: bool = True) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(peer, 4000),
-                                    raise_app_exceptions=raise_errors)
+def client(
+    app: FastAPI,
+    *,
+    peer: str = "127.0.0.1",
+    base_url: str = "http://localhost",
+    raise_errors: bool = True,
+) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(peer, 4000), raise_app_exceptions=raise_errors)
     return httpx.AsyncClient(transport=transport, base_url=base_url)
 
 
@@ -44,9 +48,19 @@ def assert_secured(response: httpx.Response) -> None:
 # ---- headers ----------------------------------------------------------------------------------
 
 
-PATHS = ["/login", "/leads", "/static/app.css", "/static/htmx.min.js", "/static/app.js",
-         "/static/missing.css", "/no-such-page", "/api/v1/availability?service=cleaning",
-         "/api/v1/appointments", "/healthz", "/openapi.json"]
+PATHS = [
+    "/login",
+    "/leads",
+    "/static/app.css",
+    "/static/htmx.min.js",
+    "/static/app.js",
+    "/static/missing.css",
+    "/no-such-page",
+    "/api/v1/availability?service=cleaning",
+    "/api/v1/appointments",
+    "/healthz",
+    "/openapi.json",
+]
 
 
 async def test_every_answer_carries_the_security_headers(app: FastAPI) -> None:
@@ -100,10 +114,16 @@ async def test_the_api_docs_have_their_own_policy(app: FastAPI, path: str) -> No
 def test_templates_have_no_inline_script_handler_or_style() -> None:
     from pathlib import Path
 
-    inline = re.compile(r"<script(?![^>]*\bsrc=)|<style|\son[a-z]+\s*=|\sstyle\s*=|hx-on|"
-                        r"javascript:", re.I)
-    found = [f"{path.name}: {m.group(0)}" for path in sorted(Path(TEMPLATES).glob("*.html"))
-             for m in inline.finditer(path.read_text())]
+    inline = re.compile(
+        r"<script(?![^>]*\bsrc=)|<style|\son[a-z]+\s*=|\sstyle\s*=|hx-on|"
+        r"javascript:",
+        re.I,
+    )
+    found = [
+        f"{path.name}: {m.group(0)}"
+        for path in sorted(Path(TEMPLATES).glob("*.html"))
+        for m in inline.finditer(path.read_text())
+    ]
     assert not found
 
 
@@ -117,15 +137,29 @@ def any_host_app(scheduler: Scheduler, accounts: dict[str, str]) -> FastAPI:
     return create_app(settings, scheduler=scheduler)
 
 
-FOREIGN_HOSTS = ["evil.example", "evil.example:8000", "localhost.evil.example",
-                 "127.0.0.1.evil.example", "localhost@evil.example", "localhost:80@evil.example",
-                 "[::1", "", "evil.example.", "localhost, evil.example"]
+FOREIGN_HOSTS = [
+    "evil.example",
+    "evil.example:8000",
+    "localhost.evil.example",
+    "127.0.0.1.evil.example",
+    "localhost@evil.example",
+    "localhost:80@evil.example",
+    "[::1",
+    "",
+    "evil.example.",
+    "localhost, evil.example",
+]
 
 
 async def test_a_request_for_another_host_is_refused(app: FastAPI) -> None:
     async with client(app) as c:
-        for path in ["/login", "/api/v1/availability?service=cleaning", "/static/htmx.min.js",
-                     "/docs", "/no-such-page"]:
+        for path in [
+            "/login",
+            "/api/v1/availability?service=cleaning",
+            "/static/htmx.min.js",
+            "/docs",
+            "/no-such-page",
+        ]:
             for host in FOREIGN_HOSTS:
                 response = await c.get(path, headers={"Host": host, **AUTH})
                 assert response.status_code == 400, (path, host)
@@ -136,17 +170,25 @@ async def test_a_request_for_another_host_is_refused(app: FastAPI) -> None:
 
 async def test_the_answered_hosts_are_served(app: FastAPI) -> None:
     async with client(app) as c:
-        for host in ["test", "localhost", "localhost:8000", "LOCALHOST", "127.0.0.1:9",
-                     "localhost."]:
+        for host in [
+            "test",
+            "localhost",
+            "localhost:8000",
+            "LOCALHOST",
+            "127.0.0.1:9",
+            "localhost.",
+        ]:
             assert (await c.get("/login", headers={"Host": host})).status_code == 200, host
 
 
 def test_the_default_hosts_are_the_public_one_and_this_machine(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("FRONTDESK_ALLOWED_HOSTS")
     assert Settings().hosts_answered() == ["127.0.0.1", "localhost", "::1"]
-    hosts = Settings(public_base_url="https://Desk.Example.com/", host="10.0.0.5",
-                     port=9000).hosts_answered()
+    hosts = Settings(
+        public_base_url="https://Desk.Example.com/", host="10.0.0.5", port=9000
+    ).hosts_answered()
     assert hosts == ["desk.example.com", "localhost", "127.0.0.1", "::1", "10.0.0.5"]
     monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS", "desk.example.com, *.desk.example.com")
     assert Settings().hosts_answered() == ["desk.example.com", "*.desk.example.com"]
@@ -155,26 +197,35 @@ def test_the_default_hosts_are_the_public_one_and_this_machine(
 
 
 async def test_allowed_hosts_given_with_a_port_are_answered(
-        monkeypatch: pytest.MonkeyPatch, scheduler: Scheduler,
-        accounts: dict[str, str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, scheduler: Scheduler, accounts: dict[str, str]
+) -> None:
     # The Host header's port is dropped before the comparison, so a listed port must be too.
-    monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS",
-                       "Desk.Example.com:8443, [::1]:8000, [fd00::5], *.Example.org:443, "
-                       "desk.example.com")
+    monkeypatch.setenv(
+        "FRONTDESK_ALLOWED_HOSTS",
+        "Desk.Example.com:8443, [::1]:8000, [fd00::5], *.Example.org:443, desk.example.com",
+    )
     settings = Settings(api_key=SecretStr(API_KEY))
     assert settings.hosts_answered() == ["desk.example.com", "::1", "fd00::5", "*.example.org"]
     async with client(create_app(settings, scheduler=scheduler)) as c:
-        for host in ["desk.example.com:8443", "desk.example.com", "[::1]:8000", "[fd00::5]",
-                     "a.example.org:443"]:
+        for host in [
+            "desk.example.com:8443",
+            "desk.example.com",
+            "[::1]:8000",
+            "[fd00::5]",
+            "a.example.org:443",
+        ]:
             assert (await c.get("/login", headers={"Host": host})).status_code == 200, host
         for host in ["evil.example:8443", "example.org", "localhost"]:
             assert (await c.get("/login", headers={"Host": host})).status_code == 400, host
 
 
-@pytest.mark.parametrize("entry", ["desk.example.com:https", "[::1", "https://desk.example.com",
-                                   ":8443", "*.", "desk example"])
+@pytest.mark.parametrize(
+    "entry",
+    ["desk.example.com:https", "[::1", "https://desk.example.com", ":8443", "*.", "desk example"],
+)
 def test_an_allowed_host_that_is_no_host_name_is_a_clear_error(
-        monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
     monkeypatch.setenv("FRONTDESK_ALLOWED_HOSTS", f"desk.example.com, {entry}")
     with pytest.raises(ValueError, match="is not a host name") as caught:
         Settings()
@@ -187,13 +238,16 @@ def test_the_middleware_compares_listed_hosts_without_their_port() -> None:
     assert "evil.example" not in allowed
 
 
-@pytest.mark.parametrize(("allowed", "host", "answered"), [
-    (["*.desk.example.com"], "a.desk.example.com", True),
-    (["*.desk.example.com"], "desk.example.com", False),
-    (["*.desk.example.com"], "evildesk.example.com", False),
-    (["::1"], "[::1]:8000", True),
-    (["*"], "anything.example", True),
-])
+@pytest.mark.parametrize(
+    ("allowed", "host", "answered"),
+    [
+        (["*.desk.example.com"], "a.desk.example.com", True),
+        (["*.desk.example.com"], "desk.example.com", False),
+        (["*.desk.example.com"], "evildesk.example.com", False),
+        (["::1"], "[::1]:8000", True),
+        (["*"], "anything.example", True),
+    ],
+)
 async def test_host_patterns(allowed: list[str], host: str, answered: bool) -> None:
     seen: list[str] = []
 
@@ -203,8 +257,9 @@ async def test_host_patterns(allowed: list[str], host: str, answered: bool) -> N
         await send({"type": "http.response.body", "body": b""})
 
     guarded = web_security.WebSecurity(inner, allowed_hosts=allowed)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded),
-                                 base_url="http://x") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=guarded), base_url="http://x"
+    ) as c:
         response = await c.get("/", headers={"Host": host})
     assert (response.status_code == 204) is answered and bool(seen) is answered
 
@@ -231,9 +286,21 @@ async def test_a_websocket_for_another_host_is_closed_unopened() -> None:
     assert opened == [True]
 
 
-OWNER_PAGES = ["/login", "/", "/leads", "/leads?outcome=spam", "/appointments", "/staff",
-               "/staff/lee", "/staff/lee/calendars", "/settings", "/integrations", "/privacy",
-               "/try", "/leads/lead_nope"]
+OWNER_PAGES = [
+    "/login",
+    "/",
+    "/leads",
+    "/leads?outcome=spam",
+    "/appointments",
+    "/staff",
+    "/staff/lee",
+    "/staff/lee/calendars",
+    "/settings",
+    "/integrations",
+    "/privacy",
+    "/try",
+    "/leads/lead_nope",
+]
 
 
 async def test_no_page_links_to_the_host_it_was_asked_for(any_host_app: FastAPI) -> None:
@@ -255,8 +322,7 @@ async def test_no_page_links_to_the_host_it_was_asked_for(any_host_app: FastAPI)
 # ---- forwarded headers ------------------------------------------------------------------------
 
 
-async def seen_by_app(*, peer: str, headers: dict[str, str],
-                      trusted: list[str]) -> tuple[str, str]:
+async def seen_by_app(*, peer: str, headers: dict[str, str], trusted: list[str]) -> tuple[str, str]:
     """The client address and scheme the app sees for a request from `peer`."""
     seen: list[tuple[str, str]] = []
 
@@ -266,8 +332,9 @@ async def seen_by_app(*, peer: str, headers: dict[str, str],
         await send({"type": "http.response.body", "body": b""})
 
     guarded = web_security.WebSecurity(inner, trusted_proxies=trusted)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded, client=(peer, 5000)),
-                                 base_url="http://localhost") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=guarded, client=(peer, 5000)), base_url="http://localhost"
+    ) as c:
         await c.get("/", headers=headers)
     return seen[0]
 
@@ -285,33 +352,44 @@ async def test_forwarded_headers_are_ignored_from_a_peer_that_is_not_a_proxy() -
     assert seen == ("203.0.113.9", "http")
 
 
-@pytest.mark.parametrize(("forwarded_for", "client"), [
-    ("198.51.100.7", "198.51.100.7"),
-    # What the client sent itself (left) is not believed: the nearest untrusted hop is.
-    ("1.2.3.4, 198.51.100.7", "198.51.100.7"),
-    ("1.2.3.4, 198.51.100.7, 10.0.0.3", "198.51.100.7"),
-    ("198.51.100.7:4711", "198.51.100.7"),
-    ("2001:db8::1", "2001:db8::1"),
-    ("10.0.0.5, 10.0.0.3", "10.0.0.5"),  # only proxies: the farthest one
-    ("1.2.3.4, not-an-address", "10.0.0.2"),  # a broken chain: the peer itself
-    ("", "10.0.0.2"),
-])
+@pytest.mark.parametrize(
+    ("forwarded_for", "client"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        # What the client sent itself (left) is not believed: the nearest untrusted hop is.
+        ("1.2.3.4, 198.51.100.7", "198.51.100.7"),
+        ("1.2.3.4, 198.51.100.7, 10.0.0.3", "198.51.100.7"),
+        ("198.51.100.7:4711", "198.51.100.7"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("10.0.0.5, 10.0.0.3", "10.0.0.5"),  # only proxies: the farthest one
+        ("1.2.3.4, not-an-address", "10.0.0.2"),  # a broken chain: the peer itself
+        ("", "10.0.0.2"),
+    ],
+)
 async def test_a_trusted_proxy_forwards_the_client(forwarded_for: str, client: str) -> None:
-    seen = await seen_by_app(peer="10.0.0.2", trusted=["10.0.0.0/8"], headers={
-        "X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"})
+    seen = await seen_by_app(
+        peer="10.0.0.2",
+        trusted=["10.0.0.0/8"],
+        headers={"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"},
+    )
     assert seen == (client, "https")
 
 
 async def test_a_trusted_proxy_given_by_address_and_ipv6() -> None:
     assert await seen_by_app(peer="::1", headers=FORWARDED, trusted=["::1"]) == (
-        "198.51.100.7", "https")
-    assert await seen_by_app(peer="192.0.2.1", headers={
-        **FORWARDED, "X-Forwarded-Proto": "gopher"}, trusted=["192.0.2.1"]) == (
-        "198.51.100.7", "http")
+        "198.51.100.7",
+        "https",
+    )
+    assert await seen_by_app(
+        peer="192.0.2.1",
+        headers={**FORWARDED, "X-Forwarded-Proto": "gopher"},
+        trusted=["192.0.2.1"],
+    ) == ("198.51.100.7", "http")
 
 
-async def login_codes(app: FastAPI, *, peer: str, forwarded: list[str],
-                      email: str = "owner@clinic.test") -> list[int]:
+async def login_codes(
+    app: FastAPI, *, peer: str, forwarded: list[str], email: str = "owner@clinic.test"
+) -> list[int]:
     """Wrong-password attempts from `peer`, one per X-Forwarded-For value."""
     codes = []
     transport = httpx.ASGITransport(app=app, client=(peer, 4000))
@@ -332,15 +410,18 @@ async def test_the_login_limit_is_not_dodged_by_forwarded_for(app: FastAPI) -> N
 
 
 async def test_behind_a_trusted_proxy_each_client_has_its_own_limit(
-        scheduler: Scheduler, accounts: dict[str, str]) -> None:
+    scheduler: Scheduler, accounts: dict[str, str]
+) -> None:
     from dashboard.web.login import MAX_FAILURES
 
-    app = create_app(Settings(api_key=SecretStr(API_KEY), trusted_proxies=["10.0.0.0/8"]),
-                     scheduler=scheduler)
+    app = create_app(
+        Settings(api_key=SecretStr(API_KEY), trusted_proxies=["10.0.0.0/8"]), scheduler=scheduler
+    )
     # The attacker rotates what it sends; the proxy appends the address it really came from.
     spoofed = [f"1.2.3.{n}, 198.51.100.7" for n in range(MAX_FAILURES + 1)]
-    assert await login_codes(app, peer="10.0.0.2", forwarded=spoofed) == \
-        [401] * MAX_FAILURES + [429]
+    assert await login_codes(app, peer="10.0.0.2", forwarded=spoofed) == [401] * MAX_FAILURES + [
+        429
+    ]
     # Another client behind the same proxy is not locked out by it.
     assert await login_codes(app, peer="10.0.0.2", forwarded=["198.51.100.8"]) == [401]
     async with client(app, peer="10.0.0.2") as c:
@@ -361,8 +442,9 @@ async def test_served_by_uvicorn_forwarded_for_is_not_believed(app: FastAPI) -> 
     assert web_security.SERVER_OPTIONS["proxy_headers"] is False
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                           **web_security.SERVER_OPTIONS))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", **web_security.SERVER_OPTIONS)
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
@@ -385,19 +467,26 @@ async def test_served_by_uvicorn_forwarded_for_is_not_believed(app: FastAPI) -> 
 # ---- absolute URLs come from the public base URL ----------------------------------------------
 
 
-@pytest.mark.parametrize(("options", "base"), [
-    ({"public_base_url": "https://desk.example.com/"}, "https://desk.example.com"),
-    ({"host": "192.0.2.10", "port": 8123}, "http://192.0.2.10:8123"),  # derived from the address
-])
+@pytest.mark.parametrize(
+    ("options", "base"),
+    [
+        ({"public_base_url": "https://desk.example.com/"}, "https://desk.example.com"),
+        (
+            {"host": "192.0.2.10", "port": 8123},
+            "http://192.0.2.10:8123",
+        ),  # derived from the address
+    ],
+)
 async def test_the_subscribe_address_uses_the_public_base_url(
-        scheduler: Scheduler, accounts: dict[str, str], options: dict[str, Any],
-        base: str) -> None:
+    scheduler: Scheduler, accounts: dict[str, str], options: dict[str, Any], base: str
+) -> None:
     """Before: `http://localhost:8000/...` whatever address the server had."""
     from calendars.secrets import new_key
     from calendars.setup import build_calendar_service
 
-    settings = Settings(api_key=SecretStr(API_KEY), secret_key=SecretStr(new_key()),
-                        allowed_hosts=["*"], **options)
+    settings = Settings(
+        api_key=SecretStr(API_KEY), secret_key=SecretStr(new_key()), allowed_hosts=["*"], **options
+    )
     app = create_app(settings, scheduler=scheduler)
     app.state.calendar_service = build_calendar_service(settings, scheduler.engine)
     async with client(app, base_url="https://other.example:9999") as c:  # Secure cookies
@@ -421,14 +510,25 @@ def test_a_derived_public_base_url_follows_the_serve_address() -> None:
         Settings(public_base_url="desk.example.com")
 
 
-@pytest.mark.parametrize(("env", "argv", "base"), [
-    ({}, ["--host", "0.0.0.0", "--port", "9001"], "http://localhost:9001"),
-    ({"FRONTDESK_PUBLIC_BASE_URL": "https://desk.example.com"}, ["--port", "9001"],
-     "https://desk.example.com"),
-])
+@pytest.mark.parametrize(
+    ("env", "argv", "base"),
+    [
+        ({}, ["--host", "0.0.0.0", "--port", "9001"], "http://localhost:9001"),
+        (
+            {"FRONTDESK_PUBLIC_BASE_URL": "https://desk.example.com"},
+            ["--port", "9001"],
+            "https://desk.example.com",
+        ),
+    ],
+)
 def test_serve_prints_the_public_urls_and_leaves_proxy_headers_to_us(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        env: dict[str, str], argv: list[str], base: str) -> None:
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    argv: list[str],
+    base: str,
+) -> None:
     import logging
 
     import uvicorn
@@ -436,8 +536,7 @@ def test_serve_prints_the_public_urls_and_leaves_proxy_headers_to_us(
     from frontdesk import cli
 
     ran: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append(
-        {"app": app, **options}))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append({"app": app, **options}))
     monkeypatch.setenv("FRONTDESK_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -95,7 +95,8 @@ class Receiver:
     def wait_for(self, count: int, timeout: float = 10) -> list[Received]:
         with self._changed:
             assert self._changed.wait_for(lambda: len(self.received) >= count, timeout), (
-                f"expected {count} deliveries, got {len(self.received)}")
+                f"expected {count} deliveries, got {len(self.received)}"
+            )
             return list(self.received)
 
 
@@ -130,19 +131,25 @@ async def dispatcher(scheduler: Scheduler) -> AsyncIterator[WebhookDispatcher]:
         yield d
 
 
-async def book(scheduler: Scheduler, *, minutes: int = 0, phone: str = "+12025550001"
-               ) -> str:
-    row = await scheduler.book(business_id="clinic", service_id="cleaning", staff_id="lee",
-                               start=START + timedelta(minutes=minutes), name="Ann Smith",
-                               phone=phone)
+async def book(scheduler: Scheduler, *, minutes: int = 0, phone: str = "+12025550001") -> str:
+    row = await scheduler.book(
+        business_id="clinic",
+        service_id="cleaning",
+        staff_id="lee",
+        start=START + timedelta(minutes=minutes),
+        name="Ann Smith",
+        phone=phone,
+    )
     return row.id
 
 
-def add_event(engine: Engine, business_id: str = "clinic", type_: str = "booking.created",
-              **payload: Any) -> str:
+def add_event(
+    engine: Engine, business_id: str = "clinic", type_: str = "booking.created", **payload: Any
+) -> str:
     with session_scope(engine, write=True) as s:
-        row = OutboxEvent(business_id=business_id, type=type_,
-                          payload={"business_id": business_id, **payload})
+        row = OutboxEvent(
+            business_id=business_id, type=type_, payload={"business_id": business_id, **payload}
+        )
         s.add(row)
         s.flush()
         return row.id
@@ -159,17 +166,26 @@ def deliveries(engine: Engine) -> list[WebhookDelivery]:
 def test_signature_matches_the_spec_test_vector() -> None:
     # The example from the Standard Webhooks reference libraries' tests.
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    assert sign(secret, msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330,
-                body='{"test": 2432232314}') == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert (
+        sign(
+            secret,
+            msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek",
+            timestamp=1614265330,
+            body='{"test": 2432232314}',
+        )
+        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
 
 
 async def test_new_endpoints_get_a_spec_shaped_secret(store: Webhooks) -> None:
-    hook = await store.create(business_id="clinic", url="https://example.test/hook",
-                              event_types=["booking.created"])
+    hook = await store.create(
+        business_id="clinic", url="https://example.test/hook", event_types=["booking.created"]
+    )
     assert hook.secret.startswith("whsec_")
     assert 24 <= len(base64.b64decode(hook.secret[6:])) <= 64
-    other = await store.create(business_id="clinic", url="https://example.test/hook",
-                               event_types=["booking.created"])
+    other = await store.create(
+        business_id="clinic", url="https://example.test/hook", event_types=["booking.created"]
+    )
     assert other.secret != hook.secret
 
 
@@ -177,10 +193,14 @@ async def test_new_endpoints_get_a_spec_shaped_secret(store: Webhooks) -> None:
 
 
 async def test_a_booking_is_delivered_signed_to_the_receiver(
-    scheduler: Scheduler, store: Webhooks, dispatcher: WebhookDispatcher, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    dispatcher: WebhookDispatcher,
+    receiver: Receiver,
 ) -> None:
-    hook = await store.create(business_id="clinic", url=receiver.url,
-                              event_types=["booking.created", "booking.cancelled"])
+    hook = await store.create(
+        business_id="clinic", url=receiver.url, event_types=["booking.created", "booking.cancelled"]
+    )
     appointment_id = await book(scheduler)
     assert await dispatcher.run_once() == 1
     [got] = receiver.wait_for(1)
@@ -200,23 +220,33 @@ async def test_a_booking_is_delivered_signed_to_the_receiver(
     assert await dispatcher.run_once() == 0
     await scheduler.cancel(business_id="clinic", appointment_id=appointment_id)
     await dispatcher.run_once()
-    assert [r.json["type"] for r in receiver.wait_for(2)] == ["booking.created",
-                                                              "booking.cancelled"]
+    assert [r.json["type"] for r in receiver.wait_for(2)] == [
+        "booking.created",
+        "booking.cancelled",
+    ]
 
 
 async def test_only_subscribed_events_of_the_own_business_are_sent(
-    scheduler: Scheduler, store: Webhooks, dispatcher: WebhookDispatcher, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    dispatcher: WebhookDispatcher,
+    receiver: Receiver,
 ) -> None:
     seed_salon(scheduler.engine)
     await store.create(business_id="clinic", url=receiver.url, event_types=["lead.created"])
-    paused = await store.create(business_id="clinic", url=receiver.url,
-                                event_types=["lead.created"])
+    paused = await store.create(
+        business_id="clinic", url=receiver.url, event_types=["lead.created"]
+    )
     await store.update(business_id="clinic", webhook_id=paused.id, active=False)
-    await store.create(business_id="salon", url=receiver.url + "?salon",
-                       event_types=["booking.created", "lead.created"])
+    await store.create(
+        business_id="salon",
+        url=receiver.url + "?salon",
+        event_types=["booking.created", "lead.created"],
+    )
     await book(scheduler)  # booking.created: not subscribed by the clinic's endpoint
-    await scheduler.record_lead(business_id="clinic", phone="+12025550002", name="Cara",
-                                reason="whitening price")
+    await scheduler.record_lead(
+        business_id="clinic", phone="+12025550002", name="Cara", reason="whitening price"
+    )
     await dispatcher.run_once()
     [got] = receiver.wait_for(1)
     assert got.json["type"] == "lead.created" and got.json["data"]["name"] == "Cara"
@@ -225,7 +255,9 @@ async def test_only_subscribed_events_of_the_own_business_are_sent(
 
 
 async def test_a_failed_attempt_is_retried_with_backoff(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
     clock = FixedClock(datetime.now(UTC))
     await store.create(business_id="clinic", url=receiver.url, event_types=["booking.created"])
@@ -254,14 +286,17 @@ async def test_a_failed_attempt_is_retried_with_backoff(
 
 
 async def test_a_slow_endpoint_times_out_and_fails_after_the_last_attempt(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
     clock = FixedClock(datetime.now(UTC))
     await store.create(business_id="clinic", url=receiver.url, event_types=["booking.created"])
     add_event(scheduler.engine, id="apt_1")
     receiver.script("hang", 500, 500)
-    async with WebhookDispatcher(scheduler.engine, clock=clock, timeout=0.3,
-                                 retry_delays=(5, 60)) as dispatcher:
+    async with WebhookDispatcher(
+        scheduler.engine, clock=clock, timeout=0.3, retry_delays=(5, 60)
+    ) as dispatcher:
         await dispatcher.run_once()
         [row] = deliveries(scheduler.engine)
         assert row.status == DeliveryStatus.PENDING and row.last_status_code is None
@@ -278,10 +313,15 @@ async def test_a_slow_endpoint_times_out_and_fails_after_the_last_attempt(
 
 
 async def test_an_unreachable_endpoint_is_logged_and_retried(
-    scheduler: Scheduler, store: Webhooks, dispatcher: WebhookDispatcher,
+    scheduler: Scheduler,
+    store: Webhooks,
+    dispatcher: WebhookDispatcher,
 ) -> None:
-    await store.create(business_id="clinic", url="http://127.0.0.1:9/nothing-listens",
-                       event_types=["booking.created"])
+    await store.create(
+        business_id="clinic",
+        url="http://127.0.0.1:9/nothing-listens",
+        event_types=["booking.created"],
+    )
     add_event(scheduler.engine)
     await dispatcher.run_once()
     [row] = deliveries(scheduler.engine)
@@ -290,13 +330,18 @@ async def test_an_unreachable_endpoint_is_logged_and_retried(
 
 
 async def test_two_dispatchers_deliver_each_event_once(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
-    hook = await store.create(business_id="clinic", url=receiver.url,
-                              event_types=["booking.created"])
+    hook = await store.create(
+        business_id="clinic", url=receiver.url, event_types=["booking.created"]
+    )
     events = {add_event(scheduler.engine, n=n) for n in range(30)}
-    async with (WebhookDispatcher(scheduler.engine, batch=7) as one,
-                WebhookDispatcher(scheduler.engine, batch=7) as two):
+    async with (
+        WebhookDispatcher(scheduler.engine, batch=7) as one,
+        WebhookDispatcher(scheduler.engine, batch=7) as two,
+    ):
 
         async def drain(d: WebhookDispatcher) -> None:
             for _ in range(20):
@@ -306,12 +351,19 @@ async def test_two_dispatchers_deliver_each_event_once(
     got = receiver.wait_for(30)
     assert sorted(r.headers["webhook-id"] for r in got) == sorted(events)
     assert all(standardwebhooks.Webhook(hook.secret).verify(r.body, r.headers) for r in got)
-    assert count_rows(scheduler.engine, "SELECT count(*) FROM webhook_delivery "
-                      "WHERE status = 'delivered' AND attempts = 1") == 30
+    assert (
+        count_rows(
+            scheduler.engine,
+            "SELECT count(*) FROM webhook_delivery WHERE status = 'delivered' AND attempts = 1",
+        )
+        == 30
+    )
 
 
 async def test_an_event_fans_out_once_across_restarts(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
     await store.create(business_id="clinic", url=receiver.url, event_types=["booking.created"])
     add_event(scheduler.engine)
@@ -324,7 +376,9 @@ async def test_an_event_fans_out_once_across_restarts(
 
 
 async def test_the_background_task_delivers_new_events(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
     await store.create(business_id="clinic", url=receiver.url, event_types=["booking.created"])
     async with WebhookDispatcher(scheduler.engine, poll_interval=0.05) as dispatcher:
@@ -335,10 +389,15 @@ async def test_the_background_task_delivers_new_events(
 
 
 async def test_the_app_runs_the_dispatcher_while_it_serves(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
-    settings = Settings(_env_file=None, api_key=SecretStr(API_KEY),  # type: ignore[call-arg]
-                        allow_private_urls=True)
+    settings = Settings(
+        _env_file=None,
+        api_key=SecretStr(API_KEY),  # type: ignore[call-arg]
+        allow_private_urls=True,
+    )
     app = create_app(settings, scheduler=scheduler)
     await store.create(business_id="clinic", url=receiver.url, event_types=["lead.created"])
     async with app.router.lifespan_context(app):
@@ -349,7 +408,9 @@ async def test_the_app_runs_the_dispatcher_while_it_serves(
 
 
 async def test_finished_deliveries_are_pruned_after_a_month(
-    scheduler: Scheduler, store: Webhooks, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    receiver: Receiver,
 ) -> None:
     clock = FixedClock(datetime.now(UTC))
     await store.create(business_id="clinic", url=receiver.url, event_types=["booking.created"])
@@ -367,10 +428,14 @@ async def test_finished_deliveries_are_pruned_after_a_month(
 
 
 async def test_a_test_event_is_delivered_at_once_and_logged(
-    scheduler: Scheduler, store: Webhooks, dispatcher: WebhookDispatcher, receiver: Receiver,
+    scheduler: Scheduler,
+    store: Webhooks,
+    dispatcher: WebhookDispatcher,
+    receiver: Receiver,
 ) -> None:
-    hook = await store.create(business_id="clinic", url=receiver.url,
-                              event_types=["booking.created"])
+    hook = await store.create(
+        business_id="clinic", url=receiver.url, event_types=["booking.created"]
+    )
     row = await dispatcher.send_test(business_id="clinic", webhook_id=hook.id)
     [got] = receiver.wait_for(1)
     body = standardwebhooks.Webhook(hook.secret).verify(got.body, got.headers)
@@ -390,8 +455,9 @@ async def test_endpoints_are_validated(store: Webhooks) -> None:
         with pytest.raises(errors.InvalidRequest, match="http"):
             await store.create(business_id="clinic", url=url, event_types=["lead.created"])
     with pytest.raises(errors.InvalidRequest, match="unknown event"):
-        await store.create(business_id="clinic", url="https://example.test/",
-                           event_types=["webhook.test"])
+        await store.create(
+            business_id="clinic", url="https://example.test/", event_types=["webhook.test"]
+        )
     with pytest.raises(errors.InvalidRequest, match="at least one"):
         await store.create(business_id="clinic", url="https://example.test/", event_types=[])
 
@@ -403,53 +469,76 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 @pytest.fixture
 async def api(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://localhost") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+    ) as c:
         yield c
 
 
 async def test_the_api_manages_webhooks(api: httpx.AsyncClient, receiver: Receiver) -> None:
     assert (await api.get("/api/v1/webhooks")).status_code == 401
-    r = await api.post("/api/v1/webhooks", headers=AUTH, json={
-        "business": "clinic", "url": receiver.url, "event_types": ["booking.created"]})
+    r = await api.post(
+        "/api/v1/webhooks",
+        headers=AUTH,
+        json={"business": "clinic", "url": receiver.url, "event_types": ["booking.created"]},
+    )
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["secret"].startswith("whsec_") and created["active"] is True
     r = await api.get("/api/v1/webhooks", headers=AUTH, params={"business": "clinic"})
     assert [w["id"] for w in r.json()] == [created["id"]]
     assert "secret" not in r.json()[0]  # shown when created, or asked for one by one
-    r = await api.get(f"/api/v1/webhooks/{created['id']}", headers=AUTH,
-                      params={"business": "clinic"})
+    r = await api.get(
+        f"/api/v1/webhooks/{created['id']}", headers=AUTH, params={"business": "clinic"}
+    )
     assert r.json()["secret"] == created["secret"]
-    r = await api.patch(f"/api/v1/webhooks/{created['id']}", headers=AUTH, json={
-        "business": "clinic", "event_types": ["lead.created", "booking.created"],
-        "active": False})
-    assert r.status_code == 200 and r.json()["event_types"] == ["booking.created",
-                                                                "lead.created"]
-    r = await api.post(f"/api/v1/webhooks/{created['id']}/test", headers=AUTH,
-                       params={"business": "clinic"})
+    r = await api.patch(
+        f"/api/v1/webhooks/{created['id']}",
+        headers=AUTH,
+        json={
+            "business": "clinic",
+            "event_types": ["lead.created", "booking.created"],
+            "active": False,
+        },
+    )
+    assert r.status_code == 200 and r.json()["event_types"] == ["booking.created", "lead.created"]
+    r = await api.post(
+        f"/api/v1/webhooks/{created['id']}/test", headers=AUTH, params={"business": "clinic"}
+    )
     assert r.status_code == 200 and r.json()["status"] == "delivered"
-    r = await api.get(f"/api/v1/webhooks/{created['id']}/deliveries", headers=AUTH,
-                      params={"business": "clinic"})
+    r = await api.get(
+        f"/api/v1/webhooks/{created['id']}/deliveries", headers=AUTH, params={"business": "clinic"}
+    )
     assert [d["event_type"] for d in r.json()] == ["webhook.test"]
-    r = await api.get(f"/api/v1/webhooks/{created['id']}", headers=AUTH,
-                      params={"business": "salon"})
+    r = await api.get(
+        f"/api/v1/webhooks/{created['id']}", headers=AUTH, params={"business": "salon"}
+    )
     assert r.status_code == 404  # another business's endpoint does not exist for it
-    r = await api.post("/api/v1/webhooks", headers=AUTH, json={
-        "business": "clinic", "url": "file:///etc/passwd", "event_types": ["booking.created"]})
+    r = await api.post(
+        "/api/v1/webhooks",
+        headers=AUTH,
+        json={
+            "business": "clinic",
+            "url": "file:///etc/passwd",
+            "event_types": ["booking.created"],
+        },
+    )
     assert r.status_code == 422 and "http" in r.json()["message"]
-    r = await api.delete(f"/api/v1/webhooks/{created['id']}", headers=AUTH,
-                         params={"business": "clinic"})
+    r = await api.delete(
+        f"/api/v1/webhooks/{created['id']}", headers=AUTH, params={"business": "clinic"}
+    )
     assert r.status_code == 204
-    assert (await api.get("/api/v1/webhooks", headers=AUTH,
-                          params={"business": "clinic"})).json() == []
+    assert (
+        await api.get("/api/v1/webhooks", headers=AUTH, params={"business": "clinic"})
+    ).json() == []
 
 
 # ---- the integrations page -----------------------------------------------------------------
 
 
-async def submit(client: httpx.AsyncClient, page_url: str, action: str,
-                 data: dict[str, str | list[str]]) -> httpx.Response:
+async def submit(
+    client: httpx.AsyncClient, page_url: str, action: str, data: dict[str, str | list[str]]
+) -> httpx.Response:
     """Post a form as the browser does, with the CSRF token of the page it is on."""
     page = await client.get(page_url)
     assert page.status_code == 200, page.text
@@ -457,13 +546,22 @@ async def submit(client: httpx.AsyncClient, page_url: str, action: str,
 
 
 async def test_the_owner_adds_tests_and_deletes_a_webhook(
-    owner: httpx.AsyncClient, receiver: Receiver, scheduler: Scheduler,
+    owner: httpx.AsyncClient,
+    receiver: Receiver,
+    scheduler: Scheduler,
 ) -> None:
     page = await owner.get("/integrations")
     assert page.status_code == 200 and "No webhooks yet" in page.text
-    r = await submit(owner, "/integrations", "/integrations/webhooks", {
-        "url": receiver.url, "event_types": ["booking.created", "lead.created"],
-        "description": "Zapier"})
+    r = await submit(
+        owner,
+        "/integrations",
+        "/integrations/webhooks",
+        {
+            "url": receiver.url,
+            "event_types": ["booking.created", "lead.created"],
+            "description": "Zapier",
+        },
+    )
     assert r.status_code == 200, r.text
     secret = r.text.split("whsec_", 1)[1].split("<", 1)[0]
     assert "Copy this signing secret now" in r.text
@@ -473,16 +571,21 @@ async def test_the_owner_adds_tests_and_deletes_a_webhook(
     page = await owner.get("/integrations")
     assert receiver.url in page.text and hook.secret not in page.text
     # The secret again, on demand.
-    r = await owner.post(f"/integrations/webhooks/{hook.id}/secret",
-                         headers={"X-CSRF-Token": csrf_of(page.text), "HX-Request": "true"})
+    r = await owner.post(
+        f"/integrations/webhooks/{hook.id}/secret",
+        headers={"X-CSRF-Token": csrf_of(page.text), "HX-Request": "true"},
+    )
     assert r.status_code == 200 and hook.secret in r.text
     # The test button: delivered at once, signed, and in the log.
-    r = await owner.post(f"/integrations/webhooks/{hook.id}/test",
-                         headers={"X-CSRF-Token": csrf_of(page.text), "HX-Request": "true"})
+    r = await owner.post(
+        f"/integrations/webhooks/{hook.id}/test",
+        headers={"X-CSRF-Token": csrf_of(page.text), "HX-Request": "true"},
+    )
     assert r.status_code == 200 and "delivered" in r.text.lower()
     [got] = receiver.wait_for(1)
     assert standardwebhooks.Webhook(hook.secret).verify(got.body, got.headers)["type"] == (
-        "webhook.test")
+        "webhook.test"
+    )
     log = await owner.get(f"/integrations/webhooks/{hook.id}")
     assert "webhook.test" in log.text and "204" in log.text
     r = await submit(owner, "/integrations", f"/integrations/webhooks/{hook.id}/delete", {})
@@ -491,28 +594,36 @@ async def test_the_owner_adds_tests_and_deletes_a_webhook(
 
 
 async def test_a_bad_url_is_explained_on_the_page(owner: httpx.AsyncClient) -> None:
-    r = await submit(owner, "/integrations", "/integrations/webhooks", {
-        "url": "ftp://example.test", "event_types": ["booking.created"]})
+    r = await submit(
+        owner,
+        "/integrations",
+        "/integrations/webhooks",
+        {"url": "ftp://example.test", "event_types": ["booking.created"]},
+    )
     assert r.status_code == 422 and "must start with http" in r.text
 
 
 async def test_integrations_are_for_the_owner_of_that_business_only(
-    owner: httpx.AsyncClient, staff: httpx.AsyncClient, client_for: Any, scheduler: Scheduler,
+    owner: httpx.AsyncClient,
+    staff: httpx.AsyncClient,
+    client_for: Any,
+    scheduler: Scheduler,
     anonymous: httpx.AsyncClient,
 ) -> None:
     hook = await Webhooks(scheduler.engine).create(
-        business_id="clinic", url="https://example.test/hook", event_types=["lead.created"])
+        business_id="clinic", url="https://example.test/hook", event_types=["lead.created"]
+    )
     assert (await staff.get("/integrations")).status_code == 403
     assert (await anonymous.get("/integrations")).status_code == 303
     async with client_for("owner@salon.test") as salon:
         page = await salon.get("/integrations")
         assert "example.test" not in page.text
         assert (await salon.get(f"/integrations/webhooks/{hook.id}")).status_code == 404
-        r = await salon.post(f"/integrations/webhooks/{hook.id}/delete",
-                             data={"csrf_token": csrf_of(page.text)})
+        r = await salon.post(
+            f"/integrations/webhooks/{hook.id}/delete", data={"csrf_token": csrf_of(page.text)}
+        )
         assert r.status_code == 404
     page = await owner.get("/integrations")
-    r = await owner.post(f"/integrations/webhooks/{hook.id}/delete",
-                         data={"csrf_token": "forged"})
+    r = await owner.post(f"/integrations/webhooks/{hook.id}/delete", data={"csrf_token": "forged"})
     assert r.status_code == 403
     assert len(await Webhooks(scheduler.engine).of_business("clinic")) == 1

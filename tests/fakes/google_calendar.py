@@ -73,8 +73,16 @@ API = "/calendar/v3"
 _EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")
 _MAX_FREEBUSY_CALENDARS = 50
 _MAX_FREEBUSY_RANGE = timedelta(days=90)
-_NOT_WITH_SYNC_TOKEN = ("iCalUID", "orderBy", "privateExtendedProperty", "q",
-                        "sharedExtendedProperty", "timeMin", "timeMax", "updatedMin")
+_NOT_WITH_SYNC_TOKEN = (
+    "iCalUID",
+    "orderBy",
+    "privateExtendedProperty",
+    "q",
+    "sharedExtendedProperty",
+    "timeMin",
+    "timeMax",
+    "updatedMin",
+)
 _MAX_INSTANCES = 1000
 _CHANNEL_TTL = timedelta(days=7)
 _WRITE_ROLES = ("owner", "writer")
@@ -84,15 +92,27 @@ FAULT_KINDS = ("timeout", "429", "500", "503", "403", "403-user")
 class ApiError(Exception):
     """An error answer in Google's JSON error format."""
 
-    def __init__(self, code: int, reason: str, message: str, *, domain: str = "global",
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        domain: str = "global",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
         self.domain, self.headers = domain, headers or {}
 
     def response(self) -> JSONResponse:
-        body = {"error": {"code": self.code, "message": self.message, "errors": [
-            {"domain": self.domain, "reason": self.reason, "message": self.message}]}}
+        body = {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "errors": [{"domain": self.domain, "reason": self.reason, "message": self.message}],
+            }
+        }
         return JSONResponse(body, status_code=self.code, headers=self.headers)
 
 
@@ -199,8 +219,9 @@ class FakeGoogleCalendar:
 
     def start(self) -> FakeGoogleCalendar:
         self._loop_server.start()
-        self._sender = threading.Thread(target=self._send_loop, daemon=True,
-                                        name="fake Google push sender")
+        self._sender = threading.Thread(
+            target=self._send_loop, daemon=True, name="fake Google push sender"
+        )
         self._sender.start()
         return self
 
@@ -244,20 +265,32 @@ class FakeGoogleCalendar:
             self.add_calendar(email, email, summary=summary or email, time_zone=time_zone)
             return email
 
-    def add_calendar(self, user: str, calendar_id: str, *, summary: str = "Calendar",
-                     time_zone: str = "UTC", access_role: str = "owner") -> Calendar:
+    def add_calendar(
+        self,
+        user: str,
+        calendar_id: str,
+        *,
+        summary: str = "Calendar",
+        time_zone: str = "UTC",
+        access_role: str = "owner",
+    ) -> Calendar:
         """A calendar in `user`'s list with the given role (another owner's when not owner)."""
         with self._lock:
             calendar = self._calendars.get(calendar_id)
             if calendar is None:
-                calendar = Calendar(id=calendar_id, owner=user if access_role == "owner" else "",
-                                    summary=summary, time_zone=time_zone)
+                calendar = Calendar(
+                    id=calendar_id,
+                    owner=user if access_role == "owner" else "",
+                    summary=summary,
+                    time_zone=time_zone,
+                )
                 self._calendars[calendar_id] = calendar
             self._users.setdefault(user, []).append((calendar_id, access_role))
             return calendar
 
-    def issue_tokens(self, email: str, *, scope: str = "https://www.googleapis.com/auth/calendar"
-                     ) -> tuple[str, str]:
+    def issue_tokens(
+        self, email: str, *, scope: str = "https://www.googleapis.com/auth/calendar"
+    ) -> tuple[str, str]:
         """An access token and a refresh token for `email`, as a finished consent would give."""
         with self._lock:
             refresh = "1//" + secrets.token_urlsafe(32)
@@ -294,11 +327,15 @@ class FakeGoogleCalendar:
                 if calendar_id is None or state.calendar_id == calendar_id:
                     self._generation[state.calendar_id] = state.generation + 1
 
-    def api_requests(self, path_suffix: str = "", method: str | None = None
-                     ) -> list[RecordedRequest]:
+    def api_requests(
+        self, path_suffix: str = "", method: str | None = None
+    ) -> list[RecordedRequest]:
         with self._lock:
-            return [r for r in self.requests if r.path.endswith(path_suffix)
-                    and (method is None or r.method == method)]
+            return [
+                r
+                for r in self.requests
+                if r.path.endswith(path_suffix) and (method is None or r.method == method)
+            ]
 
     def channels(self) -> list[Channel]:
         with self._lock:
@@ -339,11 +376,15 @@ class FakeGoogleCalendar:
                     return str(instance["id"])
         raise KeyError(f"{master_id} has no instance at {original_start}")
 
-    def stored_events(self, calendar_id: str, *, include_cancelled: bool = False
-                      ) -> list[dict[str, Any]]:
+    def stored_events(
+        self, calendar_id: str, *, include_cancelled: bool = False
+    ) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(e) for e in self._calendars[calendar_id].events.values()
-                    if include_cancelled or e.get("status") != "cancelled"]
+            return [
+                dict(e)
+                for e in self._calendars[calendar_id].events.values()
+                if include_cancelled or e.get("status") != "cancelled"
+            ]
 
     # ---- routing -------------------------------------------------------------------------------
 
@@ -356,15 +397,19 @@ class FakeGoogleCalendar:
             Route(f"{API}/calendars/{{cid}}/events/watch", api(self._watch), methods=["POST"]),
             Route(f"{API}/calendars/{{cid}}/events", api(self._events_list), methods=["GET"]),
             Route(f"{API}/calendars/{{cid}}/events", api(self._events_insert), methods=["POST"]),
-            Route(f"{API}/calendars/{{cid}}/events/{{eid}}", api(self._event_one),
-                  methods=["GET", "PATCH", "PUT", "DELETE"]),
+            Route(
+                f"{API}/calendars/{{cid}}/events/{{eid}}",
+                api(self._event_one),
+                methods=["GET", "PATCH", "PUT", "DELETE"],
+            ),
             Route(f"{API}/channels/stop", api(self._channels_stop), methods=["POST"]),
             Route("/o/oauth2/v2/auth", self._authorize, methods=["GET"]),
             Route("/token", self._token, methods=["POST"]),
         ]
 
-    def _api(self, handler: Callable[[Request, str], Awaitable[Response]]
-             ) -> Callable[[Request], Awaitable[Response]]:
+    def _api(
+        self, handler: Callable[[Request, str], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
             try:
@@ -373,8 +418,11 @@ class FakeGoogleCalendar:
                 body = None
             with self._lock:
                 fault = self._faults.pop(0) if self._faults else None
-                self.requests.append(RecordedRequest(
-                    request.method, request.url.path, dict(request.query_params), body, fault))
+                self.requests.append(
+                    RecordedRequest(
+                        request.method, request.url.path, dict(request.query_params), body, fault
+                    )
+                )
             rejected = _fault_answer(fault)
             if rejected is not None:
                 return rejected.response()
@@ -394,10 +442,16 @@ class FakeGoogleCalendar:
         with self._lock:
             known = self._access.get(token) if scheme.lower() == "bearer" else None
         if known is None or known[1] <= datetime.now(UTC):
-            message = ("Request had invalid authentication credentials. Expected OAuth 2 access "
-                       "token, login cookie or other valid authentication credential.")
-            raise ApiError(401, "authError", message, headers={
-                "WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
+            message = (
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                "token, login cookie or other valid authentication credential."
+            )
+            raise ApiError(
+                401,
+                "authError",
+                message,
+                headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+            )
         return known[0]
 
     def _calendar_for(self, user: str, calendar_id: str, *, write: bool = False) -> Calendar:
@@ -409,8 +463,9 @@ class FakeGoogleCalendar:
         if calendar is None or role is None:
             raise ApiError(404, "notFound", "Not Found")
         if write and role not in _WRITE_ROLES:
-            raise ApiError(403, "requiredAccessLevel",
-                           "You need to have writer access to this calendar.")
+            raise ApiError(
+                403, "requiredAccessLevel", "You need to have writer access to this calendar."
+            )
         return calendar
 
     # ---- calendars -----------------------------------------------------------------------------
@@ -422,19 +477,38 @@ class FakeGoogleCalendar:
             entries = []
             for calendar_id, role in self._users.get(user, []):
                 calendar = self._calendars[calendar_id]
-                entry = {"kind": "calendar#calendarListEntry", "etag": '"1"', "id": calendar.id,
-                         "summary": calendar.summary, "timeZone": calendar.time_zone,
-                         "accessRole": role, "selected": True}
+                entry = {
+                    "kind": "calendar#calendarListEntry",
+                    "etag": '"1"',
+                    "id": calendar.id,
+                    "summary": calendar.summary,
+                    "timeZone": calendar.time_zone,
+                    "accessRole": role,
+                    "selected": True,
+                }
                 if calendar.id == user:
                     entry["primary"] = True
                 entries.append(entry)
-        return JSONResponse(self._page(request, entries, {
-            "kind": "calendar#calendarList", "etag": '"1"'}, sync_token="list-" + _new_id()))
+        return JSONResponse(
+            self._page(
+                request,
+                entries,
+                {"kind": "calendar#calendarList", "etag": '"1"'},
+                sync_token="list-" + _new_id(),
+            )
+        )
 
     async def _calendar_get(self, request: Request, user: str) -> Response:
         calendar = self._calendar_for(user, request.path_params["cid"])
-        return JSONResponse({"kind": "calendar#calendar", "etag": '"1"', "id": calendar.id,
-                             "summary": calendar.summary, "timeZone": calendar.time_zone})
+        return JSONResponse(
+            {
+                "kind": "calendar#calendar",
+                "etag": '"1"',
+                "id": calendar.id,
+                "summary": calendar.summary,
+                "timeZone": calendar.time_zone,
+            }
+        )
 
     # ---- free/busy -----------------------------------------------------------------------------
 
@@ -450,24 +524,34 @@ class FakeGoogleCalendar:
         for n, item in enumerate(body.get("items") or []):
             calendar_id = str(item.get("id"))
             if n >= _MAX_FREEBUSY_CALENDARS:
-                calendars[calendar_id] = {"errors": [{"domain": "usageLimits",
-                                                      "reason": "tooManyCalendarsRequested"}],
-                                          "busy": []}
+                calendars[calendar_id] = {
+                    "errors": [{"domain": "usageLimits", "reason": "tooManyCalendarsRequested"}],
+                    "busy": [],
+                }
                 continue
             try:
                 calendar = self._calendar_for(user, calendar_id)
             except ApiError:
-                calendars[calendar_id] = {"errors": [{"domain": "global", "reason": "notFound"}],
-                                          "busy": []}
+                calendars[calendar_id] = {
+                    "errors": [{"domain": "global", "reason": "notFound"}],
+                    "busy": [],
+                }
                 continue
             with self._lock:
                 busy = self._busy(calendar, user, start, end)
             calendars[calendar_id] = {"busy": [{"start": _z(s), "end": _z(e)} for s, e in busy]}
-        return JSONResponse({"kind": "calendar#freeBusy", "timeMin": _z(start),
-                             "timeMax": _z(end), "calendars": calendars})
+        return JSONResponse(
+            {
+                "kind": "calendar#freeBusy",
+                "timeMin": _z(start),
+                "timeMax": _z(end),
+                "calendars": calendars,
+            }
+        )
 
-    def _busy(self, calendar: Calendar, user: str, start: datetime, end: datetime
-              ) -> list[tuple[datetime, datetime]]:
+    def _busy(
+        self, calendar: Calendar, user: str, start: datetime, end: datetime
+    ) -> list[tuple[datetime, datetime]]:
         spans = []
         for event in self._expanded(calendar, start, end):
             if event.get("status") == "cancelled" or event.get("transparency") == "transparent":
@@ -522,9 +606,19 @@ class FakeGoogleCalendar:
             assert body is not None
             if request.method == "PUT":
                 _require_times(body)
-                kept = {k: event[k] for k in ("id", "created", "iCalUID", "creator", "organizer",
-                                               "recurringEventId", "originalStartTime")
-                        if k in event}
+                kept = {
+                    k: event[k]
+                    for k in (
+                        "id",
+                        "created",
+                        "iCalUID",
+                        "creator",
+                        "organizer",
+                        "recurringEventId",
+                        "originalStartTime",
+                    )
+                    if k in event
+                }
                 event.clear()
                 event.update({"status": "confirmed", **body, **kept})
             else:
@@ -546,11 +640,17 @@ class FakeGoogleCalendar:
                     raise ApiError(400, "invalid", f"{name} cannot be used with a syncToken.")
             with self._lock:
                 state = self._sync.get(query["syncToken"])
-                if (state is None or state.calendar_id != calendar.id
-                        or state.generation != self._generation.get(calendar.id, 0)):
-                    raise ApiError(410, "fullSyncRequired",
-                                   "Sync token is no longer valid, a full sync is required.",
-                                   domain="calendar")
+                if (
+                    state is None
+                    or state.calendar_id != calendar.id
+                    or state.generation != self._generation.get(calendar.id, 0)
+                ):
+                    raise ApiError(
+                        410,
+                        "fullSyncRequired",
+                        "Sync token is no longer valid, a full sync is required.",
+                        domain="calendar",
+                    )
                 items = self._changes(calendar, state, single)
                 window = state.window
         else:
@@ -564,17 +664,29 @@ class FakeGoogleCalendar:
             window = (start, end)
         with self._lock:
             sync_token = "s" + _new_id()
-            self._sync[sync_token] = _SyncState(calendar.id, calendar.seq, single, window,
-                                                self._generation.get(calendar.id, 0))
+            self._sync[sync_token] = _SyncState(
+                calendar.id, calendar.seq, single, window, self._generation.get(calendar.id, 0)
+            )
             rendered = [self._render(calendar, e) for e in items]
-        head = {"kind": "calendar#events", "etag": f'"{calendar.seq}"', "summary": calendar.summary,
-                "updated": _z(datetime.now(UTC)), "timeZone": calendar.time_zone,
-                "accessRole": dict(self._users[user]).get(calendar.id, "reader"),
-                "defaultReminders": []}
+        head = {
+            "kind": "calendar#events",
+            "etag": f'"{calendar.seq}"',
+            "summary": calendar.summary,
+            "updated": _z(datetime.now(UTC)),
+            "timeZone": calendar.time_zone,
+            "accessRole": dict(self._users[user]).get(calendar.id, "reader"),
+            "defaultReminders": [],
+        }
         return JSONResponse(self._page(request, rendered, head, sync_token=sync_token))
 
-    def _page(self, request: Request, items: list[dict[str, Any]], head: dict[str, Any], *,
-              sync_token: str | None) -> dict[str, Any]:
+    def _page(
+        self,
+        request: Request,
+        items: list[dict[str, Any]],
+        head: dict[str, Any],
+        *,
+        sync_token: str | None,
+    ) -> dict[str, Any]:
         size = min(int(request.query_params.get("maxResults", "250")), self.max_page_size)
         page = {**head, "items": items[:size]}
         if len(items) > size:
@@ -606,17 +718,25 @@ class FakeGoogleCalendar:
             page["nextSyncToken"] = sync_token
         return page
 
-    def _window_items(self, calendar: Calendar, start: datetime | None, end: datetime | None,
-                      single: bool, show_deleted: bool) -> list[dict[str, Any]]:
+    def _window_items(
+        self,
+        calendar: Calendar,
+        start: datetime | None,
+        end: datetime | None,
+        single: bool,
+        show_deleted: bool,
+    ) -> list[dict[str, Any]]:
         if single:
             candidates = self._expanded(calendar, start, end, keep_cancelled=show_deleted)
         else:
-            candidates = [e for e in calendar.events.values() if "recurringEventId" not in e
-                          and (show_deleted or e.get("status") != "cancelled")]
+            candidates = [
+                e
+                for e in calendar.events.values()
+                if "recurringEventId" not in e and (show_deleted or e.get("status") != "cancelled")
+            ]
         return [e for e in candidates if _overlaps(e, calendar.tz, start, end)]
 
-    def _changes(self, calendar: Calendar, state: _SyncState, single: bool
-                 ) -> list[dict[str, Any]]:
+    def _changes(self, calendar: Calendar, state: _SyncState, single: bool) -> list[dict[str, Any]]:
         changed = [e for e in calendar.events.values() if e["_seq"] > state.seq]
         if not single:
             return changed
@@ -634,8 +754,14 @@ class FakeGoogleCalendar:
 
     # ---- recurrence ----------------------------------------------------------------------------
 
-    def _expanded(self, calendar: Calendar, start: datetime | None, end: datetime | None, *,
-                  keep_cancelled: bool = False) -> list[dict[str, Any]]:
+    def _expanded(
+        self,
+        calendar: Calendar,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        keep_cancelled: bool = False,
+    ) -> list[dict[str, Any]]:
         out = []
         for event in calendar.events.values():
             if "recurringEventId" in event:
@@ -643,22 +769,31 @@ class FakeGoogleCalendar:
             if event.get("recurrence"):
                 if event.get("status") == "cancelled" and not keep_cancelled:
                     continue
-                out += [i for i in self._instances(calendar, event, start, end)
-                        if keep_cancelled or i.get("status") != "cancelled"]
+                out += [
+                    i
+                    for i in self._instances(calendar, event, start, end)
+                    if keep_cancelled or i.get("status") != "cancelled"
+                ]
             elif keep_cancelled or event.get("status") != "cancelled":
                 out.append(event)
         return out
 
-    def _instances(self, calendar: Calendar, master: dict[str, Any], start: datetime | None,
-                   end: datetime | None) -> list[dict[str, Any]]:
+    def _instances(
+        self,
+        calendar: Calendar,
+        master: dict[str, Any],
+        start: datetime | None,
+        end: datetime | None,
+    ) -> list[dict[str, Any]]:
         """The series' instances overlapping [start, end), with stored overrides applied."""
         all_day = "date" in master["start"]
         tz = ZoneInfo(master["start"].get("timeZone") or calendar.time_zone)
         first = _parse_when(master["start"], tz)
         length = _parse_when(master["end"], tz) - first
         local_first = first.astimezone(tz).replace(tzinfo=None)
-        rules = rrulestr("\n".join(master["recurrence"]), dtstart=local_first, forceset=True,
-                         ignoretz=True)
+        rules = rrulestr(
+            "\n".join(master["recurrence"]), dtstart=local_first, forceset=True, ignoretz=True
+        )
         out = []
         for n, local in enumerate(rules):
             if n >= _MAX_INSTANCES:
@@ -671,21 +806,30 @@ class FakeGoogleCalendar:
             if all_day:
                 day = local.date()
                 suffix = day.strftime("%Y%m%d")
-                when = ({"date": day.isoformat()},
-                        {"date": (day + timedelta(days=length.days)).isoformat()})
+                when = (
+                    {"date": day.isoformat()},
+                    {"date": (day + timedelta(days=length.days)).isoformat()},
+                )
             else:
                 suffix = s.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
                 zone = master["start"].get("timeZone")
-                when = ({"dateTime": s.isoformat(), **({"timeZone": zone} if zone else {})},
-                        {"dateTime": e.isoformat(), **({"timeZone": zone} if zone else {})})
+                when = (
+                    {"dateTime": s.isoformat(), **({"timeZone": zone} if zone else {})},
+                    {"dateTime": e.isoformat(), **({"timeZone": zone} if zone else {})},
+                )
             instance_id = f"{master['id']}_{suffix}"
             override = calendar.events.get(instance_id)
             if override is not None:
                 instance = dict(override)
             else:
                 instance = {k: v for k, v in master.items() if k != "recurrence"}
-                instance.update(id=instance_id, recurringEventId=master["id"],
-                                originalStartTime=dict(when[0]), start=when[0], end=when[1])
+                instance.update(
+                    id=instance_id,
+                    recurringEventId=master["id"],
+                    originalStartTime=dict(when[0]),
+                    start=when[0],
+                    end=when[1],
+                )
             if start is not None and not _overlaps(instance, calendar.tz, start, None):
                 continue
             out.append(instance)
@@ -706,13 +850,23 @@ class FakeGoogleCalendar:
 
     # ---- storing and rendering -------------------------------------------------------------------
 
-    def _new_event(self, calendar: Calendar, body: dict[str, Any], event_id: str, *,
-                   creator: str | None = None) -> dict[str, Any]:
+    def _new_event(
+        self, calendar: Calendar, body: dict[str, Any], event_id: str, *, creator: str | None = None
+    ) -> dict[str, Any]:
         now = _z(datetime.now(UTC))
         who = {"email": creator or calendar.owner or calendar.id, "self": creator is not None}
-        event = {"status": "confirmed", **body, "id": event_id, "kind": "calendar#event",
-                 "created": now, "iCalUID": f"{event_id}@google.com", "sequence": 0,
-                 "creator": who, "organizer": who, "eventType": "default"}
+        event = {
+            "status": "confirmed",
+            **body,
+            "id": event_id,
+            "kind": "calendar#event",
+            "created": now,
+            "iCalUID": f"{event_id}@google.com",
+            "sequence": 0,
+            "creator": who,
+            "organizer": who,
+            "eventType": "default",
+        }
         _check_range(event)
         return event
 
@@ -761,8 +915,12 @@ class FakeGoogleCalendar:
             raise ApiError(400, "invalid", "Unknown channel type.")
         scheme = urlsplit(address).scheme
         if scheme != "https" and not (scheme == "http" and self.allow_http_callbacks):
-            raise ApiError(400, "push.webhookUrlNotHttps",
-                           f"WebHook callback must be HTTPS: {address}", domain="push")
+            raise ApiError(
+                400,
+                "push.webhookUrlNotHttps",
+                f"WebHook callback must be HTTPS: {address}",
+                domain="push",
+            )
         now = datetime.now(UTC)
         expiration = now + _CHANNEL_TTL
         if body.get("expiration"):
@@ -771,13 +929,23 @@ class FakeGoogleCalendar:
         with self._lock:
             if channel_id in self._channels:
                 raise ApiError(400, "channelIdNotUnique", "Channel id not unique.", domain="push")
-            channel = Channel(channel_id, calendar.id, address, body.get("token"),
-                              calendar.resource_id, expiration)
+            channel = Channel(
+                channel_id,
+                calendar.id,
+                address,
+                body.get("token"),
+                calendar.resource_id,
+                expiration,
+            )
             self._channels[channel_id] = channel
             self._push(channel, "sync")
-        answer = {"kind": "api#channel", "id": channel_id, "resourceId": channel.resource_id,
-                  "resourceUri": self._resource_uri(calendar),
-                  "expiration": str(int(expiration.timestamp() * 1000))}
+        answer = {
+            "kind": "api#channel",
+            "id": channel_id,
+            "resourceId": channel.resource_id,
+            "resourceUri": self._resource_uri(calendar),
+            "expiration": str(int(expiration.timestamp() * 1000)),
+        }
         if channel.token is not None:
             answer["token"] = channel.token
         return JSONResponse(answer)
@@ -835,31 +1003,41 @@ class FakeGoogleCalendar:
         if q.get("response_type") != "code" or not q.get("redirect_uri") or not q.get("scope"):
             return JSONResponse({"error": "invalid_request"}, status_code=400)
         if q.get("code_challenge") and q.get("code_challenge_method") != "S256":
-            return JSONResponse({"error": "invalid_request",
-                                 "error_description": "code_challenge_method"}, status_code=400)
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "code_challenge_method"},
+                status_code=400,
+            )
         state = {"state": q["state"]} if "state" in q else {}
         with self._lock:
             if self._deny_next_consent:
                 self._deny_next_consent = False
                 return RedirectResponse(
-                    f"{q['redirect_uri']}?{urlencode({'error': 'access_denied', **state})}", 302)
+                    f"{q['redirect_uri']}?{urlencode({'error': 'access_denied', **state})}", 302
+                )
             user = q.get("login_hint") or self.consent_as or next(iter(self._users))
             code = "4/" + secrets.token_urlsafe(24)
-            self._codes[code] = {"user": user, "redirect_uri": q["redirect_uri"],
-                                 "scope": q["scope"], "challenge": q.get("code_challenge", ""),
-                                 "offline": str(q.get("access_type") == "offline")}
+            self._codes[code] = {
+                "user": user,
+                "redirect_uri": q["redirect_uri"],
+                "scope": q["scope"],
+                "challenge": q.get("code_challenge", ""),
+                "offline": str(q.get("access_type") == "offline"),
+            }
         return RedirectResponse(f"{q['redirect_uri']}?{urlencode({'code': code, **state})}", 302)
 
     async def _token(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         with self._lock:
             self.token_requests.append(form)
-            fault = self._faults.pop(0) if self._faults and self._faults[0] in ("500", "503") \
-                else None
+            fault = (
+                self._faults.pop(0) if self._faults and self._faults[0] in ("500", "503") else None
+            )
         if fault is not None:
             return JSONResponse({"error": "internal_failure"}, status_code=int(fault))
-        if (form.get("client_id") != self.client_id
-                or form.get("client_secret") != self.client_secret):
+        if (
+            form.get("client_id") != self.client_id
+            or form.get("client_secret") != self.client_secret
+        ):
             return _oauth_error(401, "invalid_client", "Unauthorized")
         grant = form.get("grant_type")
         if grant == "authorization_code":
@@ -879,9 +1057,12 @@ class FakeGoogleCalendar:
                 verifier = form.get("code_verifier", "")
                 if _s256(verifier) != code["challenge"]:
                     return _oauth_error(400, "invalid_grant", "Invalid code verifier.")
-            answer = {"access_token": self._new_access(code["user"], code["scope"]),
-                      "expires_in": self.access_token_lifetime, "scope": code["scope"],
-                      "token_type": "Bearer"}
+            answer = {
+                "access_token": self._new_access(code["user"], code["scope"]),
+                "expires_in": self.access_token_lifetime,
+                "scope": code["scope"],
+                "token_type": "Bearer",
+            }
             if code["offline"] == "True":
                 refresh = "1//" + secrets.token_urlsafe(32)
                 self._refresh[refresh] = (code["user"], code["scope"])
@@ -896,8 +1077,14 @@ class FakeGoogleCalendar:
                 return _oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
             email, scope = known
             access = self._new_access(email, scope)
-        return JSONResponse({"access_token": access, "expires_in": self.access_token_lifetime,
-                             "scope": scope, "token_type": "Bearer"})
+        return JSONResponse(
+            {
+                "access_token": access,
+                "expires_in": self.access_token_lifetime,
+                "scope": scope,
+                "token_type": "Bearer",
+            }
+        )
 
 
 # ---- wire-format helpers ------------------------------------------------------------------------
@@ -905,13 +1092,19 @@ class FakeGoogleCalendar:
 
 def _fault_answer(fault: str | None) -> ApiError | None:
     if fault == "429":
-        return ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits",
-                        headers={"Retry-After": "1"})
+        return ApiError(
+            429,
+            "rateLimitExceeded",
+            "Rate Limit Exceeded",
+            domain="usageLimits",
+            headers={"Retry-After": "1"},
+        )
     if fault == "403":
         return ApiError(403, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits")
     if fault == "403-user":
-        return ApiError(403, "userRateLimitExceeded", "User Rate Limit Exceeded",
-                        domain="usageLimits")
+        return ApiError(
+            403, "userRateLimitExceeded", "User Rate Limit Exceeded", domain="usageLimits"
+        )
     if fault == "500":
         return ApiError(500, "backendError", "Backend Error")
     if fault == "503":
@@ -956,8 +1149,9 @@ def _parse_when(when: dict[str, Any], tz: ZoneInfo) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _overlaps(event: dict[str, Any], tz: ZoneInfo, start: datetime | None,
-              end: datetime | None) -> bool:
+def _overlaps(
+    event: dict[str, Any], tz: ZoneInfo, start: datetime | None, end: datetime | None
+) -> bool:
     # timeMin bounds an event's end (exclusive), timeMax its start (exclusive).
     if "start" not in event:
         return True
@@ -987,5 +1181,7 @@ def _check_range(event: dict[str, Any]) -> None:
 
 
 def _declined_by_self(event: dict[str, Any]) -> bool:
-    return any(a.get("self") and a.get("responseStatus") == "declined"
-               for a in event.get("attendees") or [])
+    return any(
+        a.get("self") and a.get("responseStatus") == "declined"
+        for a in event.get("attendees") or []
+    )

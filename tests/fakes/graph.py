@@ -193,8 +193,9 @@ class FakeGraph:
             Route("/v1.0/me/calendars/{cid}/events", self._create_event, methods=["POST"]),
             Route("/v1.0/me/events/{eid}", self._event, methods=["GET", "PATCH", "DELETE"]),
             Route("/v1.0/subscriptions", self._create_subscription, methods=["POST"]),
-            Route("/v1.0/subscriptions/{sid}", self._subscription,
-                  methods=["GET", "PATCH", "DELETE"]),
+            Route(
+                "/v1.0/subscriptions/{sid}", self._subscription, methods=["GET", "PATCH", "DELETE"]
+            ),
             Route("/{tenant}/v2.0/.well-known/openid-configuration", self._openid),
             Route("/{tenant}/oauth2/v2.0/authorize", self._authorize),
             Route("/{tenant}/oauth2/v2.0/token", self._token, methods=["POST"]),
@@ -229,8 +230,12 @@ class FakeGraph:
     def add_calendar(self, name: str, *, primary: bool = False, can_edit: bool = True) -> str:
         cid = "AAMkCal" + uuid.uuid4().hex
         with self._lock:
-            self.calendars[cid] = {"id": cid, "name": name, "isDefaultCalendar": primary,
-                                   "canEdit": can_edit}
+            self.calendars[cid] = {
+                "id": cid,
+                "name": name,
+                "isDefaultCalendar": primary,
+                "canEdit": can_edit,
+            }
         return cid
 
     def fail_next(self, kind: str, times: int = 1) -> None:
@@ -281,9 +286,18 @@ class FakeGraph:
         if start is None or end is None:
             raise ValueError("start and end, or all_day, are needed")
         event = StoredEvent(
-            id="AAMkEv" + uuid.uuid4().hex, calendar_id=calendar_id, subject=subject, body=body,
-            start=start, end=end, time_zone=time_zone, is_all_day=all_day is not None,
-            show_as=show_as, is_cancelled=cancelled, response=response, recurrence=recurrence,
+            id="AAMkEv" + uuid.uuid4().hex,
+            calendar_id=calendar_id,
+            subject=subject,
+            body=body,
+            start=start,
+            end=end,
+            time_zone=time_zone,
+            is_all_day=all_day is not None,
+            show_as=show_as,
+            is_cancelled=cancelled,
+            response=response,
+            recurrence=recurrence,
         )
         with self._lock:
             self.events[event.id] = event
@@ -293,8 +307,9 @@ class FakeGraph:
     def update_event(self, event_id: str, **changes: Any) -> None:
         with self._lock:
             event = self.events[event_id]
-            self.events[event_id] = replace(event, **changes, version=event.version + 1,
-                                            modified=datetime.now(UTC))
+            self.events[event_id] = replace(
+                event, **changes, version=event.version + 1, modified=datetime.now(UTC)
+            )
         self._changed(self.events[event_id], "updated")
 
     def remove_event(self, event_id: str) -> None:
@@ -314,7 +329,11 @@ class FakeGraph:
             return list(self.deliveries)
 
     def notification(
-        self, subscription_id: str, *, event_id: str, change_type: str = "updated",
+        self,
+        subscription_id: str,
+        *,
+        event_id: str,
+        change_type: str = "updated",
         client_state: str | None = None,
     ) -> dict[str, Any]:
         """A changeNotificationCollection as Graph POSTs it for one changed event."""
@@ -322,33 +341,41 @@ class FakeGraph:
             sub = self.subscriptions[subscription_id]
         state = sub.client_state if client_state is None else client_state
         resource = f"Users/{self.user_id}/Events/{event_id}"
-        return {"value": [{
-            "id": uuid.uuid4().hex,
-            "subscriptionId": sub.id,
-            "subscriptionExpirationDateTime": _graph_instant(sub.expires_at),
-            "changeType": change_type,
-            "resource": resource,
-            "resourceData": {
-                "@odata.type": "#Microsoft.Graph.Event",
-                "@odata.id": resource,
-                "@odata.etag": f'W/"{uuid.uuid4().hex}"',
-                "id": event_id,
-            },
-            "clientState": state,
-            "tenantId": TENANT_ID,
-        }]}
+        return {
+            "value": [
+                {
+                    "id": uuid.uuid4().hex,
+                    "subscriptionId": sub.id,
+                    "subscriptionExpirationDateTime": _graph_instant(sub.expires_at),
+                    "changeType": change_type,
+                    "resource": resource,
+                    "resourceData": {
+                        "@odata.type": "#Microsoft.Graph.Event",
+                        "@odata.id": resource,
+                        "@odata.etag": f'W/"{uuid.uuid4().hex}"',
+                        "id": event_id,
+                    },
+                    "clientState": state,
+                    "tenantId": TENANT_ID,
+                }
+            ]
+        }
 
     def send_lifecycle(self, subscription_id: str, lifecycle_event: str) -> None:
         """Send `reauthorizationRequired`, `missed` or `subscriptionRemoved` now."""
         with self._lock:
             sub = self.subscriptions[subscription_id]
-        body = {"value": [{
-            "subscriptionId": sub.id,
-            "subscriptionExpirationDateTime": _graph_instant(sub.expires_at),
-            "tenantId": TENANT_ID,
-            "clientState": sub.client_state,
-            "lifecycleEvent": lifecycle_event,
-        }]}
+        body = {
+            "value": [
+                {
+                    "subscriptionId": sub.id,
+                    "subscriptionExpirationDateTime": _graph_instant(sub.expires_at),
+                    "tenantId": TENANT_ID,
+                    "clientState": sub.client_state,
+                    "lifecycleEvent": lifecycle_event,
+                }
+            ]
+        }
         self._post_soon(sub.lifecycle_url or sub.notification_url, body)
 
     # ---- notifications ------------------------------------------------------------------------
@@ -356,12 +383,18 @@ class FakeGraph:
     def _changed(self, event: StoredEvent, change_type: str) -> None:
         with self._lock:
             now = datetime.now(UTC)
-            subs = [s for s in self.subscriptions.values()
-                    if s.calendar_id == event.calendar_id and s.expires_at > now
-                    and change_type in s.change_type.split(",")]
+            subs = [
+                s
+                for s in self.subscriptions.values()
+                if s.calendar_id == event.calendar_id
+                and s.expires_at > now
+                and change_type in s.change_type.split(",")
+            ]
         for sub in subs:
-            self._post_soon(sub.notification_url,
-                            self.notification(sub.id, event_id=event.id, change_type=change_type))
+            self._post_soon(
+                sub.notification_url,
+                self.notification(sub.id, event_id=event.id, change_type=change_type),
+            )
 
     def _post_soon(self, url: str, body: dict[str, Any]) -> None:
         """Deliver in the server's loop, as Graph does: after the change, not inside it."""
@@ -397,9 +430,12 @@ class FakeGraph:
             code = "generalException" if fault == "500" else "serviceNotAvailable"
             return _error(int(fault), code, "The service is unavailable.")
         if not self._bearer_ok(request):
-            return _error(401, "InvalidAuthenticationToken",
-                          "Access token has expired or is not yet valid.",
-                          {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
+            return _error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired or is not yet valid.",
+                {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
+            )
         try:
             response: Response = await handler(request)
         except GraphError as exc:
@@ -424,9 +460,17 @@ class FakeGraph:
         self._refresh.add(refresh)
         now = int(datetime.now(UTC).timestamp())
         claims = {
-            "aud": self.client_id, "iss": f"https://login.microsoftonline.com/{TENANT_ID}/v2.0",
-            "iat": now, "nbf": now, "exp": now + 3600, "sub": "fake-sub", "oid": self.user_id,
-            "tid": TENANT_ID, "preferred_username": self.user_mail, "name": "Dr. Lee", "ver": "2.0",
+            "aud": self.client_id,
+            "iss": f"https://login.microsoftonline.com/{TENANT_ID}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "sub": "fake-sub",
+            "oid": self.user_id,
+            "tid": TENANT_ID,
+            "preferred_username": self.user_mail,
+            "name": "Dr. Lee",
+            "ver": "2.0",
         }
         if nonce is not None:
             claims["nonce"] = nonce
@@ -434,22 +478,29 @@ class FakeGraph:
         return {
             "token_type": "Bearer",
             "scope": "https://graph.microsoft.com/Calendars.ReadWrite "
-                     "https://graph.microsoft.com/User.Read",
-            "expires_in": 3599, "ext_expires_in": 3599,
-            "access_token": access, "refresh_token": refresh,
+            "https://graph.microsoft.com/User.Read",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": access,
+            "refresh_token": refresh,
             "id_token": _unsigned_jwt(claims),
             "client_info": _b64(json.dumps(client_info).encode()),
         }
 
-    def _page(self, request: Request, rows: list[dict[str, Any]], *, size: int,
-              final: dict[str, Any]) -> JSONResponse:
+    def _page(
+        self, request: Request, rows: list[dict[str, Any]], *, size: int, final: dict[str, Any]
+    ) -> JSONResponse:
         """The first page of `rows`; later pages through an opaque `$skiptoken`."""
         if self.page_size_cap is not None:
             size = min(size, self.page_size_cap)
         token = secrets.token_urlsafe(12)
         with self._lock:
-            self._pages[token] = {"rows": rows, "size": size, "final": final,
-                                  "path": request.url.path}
+            self._pages[token] = {
+                "rows": rows,
+                "size": size,
+                "final": final,
+                "path": request.url.path,
+            }
         return self._next_page(request, token, 0)
 
     def _next_page(self, request: Request, token: str, offset: int) -> JSONResponse:
@@ -458,8 +509,10 @@ class FakeGraph:
         if state is None or state["path"] != request.url.path:
             raise GraphError(400, "ErrorInvalidParameter", "The skip token is not valid.")
         rows, size = state["rows"], state["size"]
-        body: dict[str, Any] = {"@odata.context": f"{self.graph_url}/$metadata#Collection(event)",
-                                "value": rows[offset:offset + size]}
+        body: dict[str, Any] = {
+            "@odata.context": f"{self.graph_url}/$metadata#Collection(event)",
+            "value": rows[offset : offset + size],
+        }
         if offset + size < len(rows):
             query = urlencode({"$skiptoken": f"{token}.{offset + size}"})
             body["@odata.nextLink"] = f"{self.base_url}{request.url.path}?{query}"
@@ -471,36 +524,57 @@ class FakeGraph:
 
     async def _me(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            return JSONResponse({
-                "@odata.context": f"{self.graph_url}/$metadata#users/$entity",
-                "id": self.user_id, "displayName": "Dr. Lee", "mail": self.user_mail,
-                "userPrincipalName": self.user_mail,
-            })
+            return JSONResponse(
+                {
+                    "@odata.context": f"{self.graph_url}/$metadata#users/$entity",
+                    "id": self.user_id,
+                    "displayName": "Dr. Lee",
+                    "mail": self.user_mail,
+                    "userPrincipalName": self.user_mail,
+                }
+            )
+
         return await self._graph(request, handle)
 
     async def _list_calendars(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
             with self._lock:
-                rows = [{
-                    "id": c["id"], "name": c["name"], "color": "auto", "hexColor": "",
-                    "isDefaultCalendar": c["isDefaultCalendar"], "changeKey": uuid.uuid4().hex,
-                    "canShare": c["canEdit"], "canViewPrivateItems": True,
-                    "canEdit": c["canEdit"], "allowedOnlineMeetingProviders": [],
-                    "isRemovable": not c["isDefaultCalendar"], "isTallyingResponses": True,
-                    "owner": {"name": "Dr. Lee", "address": self.user_mail},
-                } for c in self.calendars.values()]
-            return JSONResponse({
-                "@odata.context": f"{self.graph_url}/$metadata#users('{self.user_id}')/calendars",
-                "value": rows,
-            })
+                rows = [
+                    {
+                        "id": c["id"],
+                        "name": c["name"],
+                        "color": "auto",
+                        "hexColor": "",
+                        "isDefaultCalendar": c["isDefaultCalendar"],
+                        "changeKey": uuid.uuid4().hex,
+                        "canShare": c["canEdit"],
+                        "canViewPrivateItems": True,
+                        "canEdit": c["canEdit"],
+                        "allowedOnlineMeetingProviders": [],
+                        "isRemovable": not c["isDefaultCalendar"],
+                        "isTallyingResponses": True,
+                        "owner": {"name": "Dr. Lee", "address": self.user_mail},
+                    }
+                    for c in self.calendars.values()
+                ]
+            return JSONResponse(
+                {
+                    "@odata.context": (
+                        f"{self.graph_url}/$metadata#users('{self.user_id}')/calendars"
+                    ),
+                    "value": rows,
+                }
+            )
+
         return await self._graph(request, handle)
 
     def _calendar(self, cid: str) -> dict[str, Any]:
         with self._lock:
             calendar = self.calendars.get(cid)
         if calendar is None:
-            raise GraphError(404, "ErrorItemNotFound",
-                             "The specified object was not found in the store.")
+            raise GraphError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
         return calendar
 
     # ---- Graph: calendar view and delta -------------------------------------------------------
@@ -515,10 +589,12 @@ class FakeGraph:
                 return self._next_page(request, token, int(offset))
             start, end = _window(request)
             zone_name, zone = _preferred_zone(request)
-            rows = [self._instance_json(i, zone_name, zone)
-                    for i in self._instances(cid, start, end)]
+            rows = [
+                self._instance_json(i, zone_name, zone) for i in self._instances(cid, start, end)
+            ]
             size = int(request.query_params.get("$top") or _PAGE)
             return self._page(request, rows, size=size, final={})
+
         return await self._graph(request, handle)
 
     async def _delta(self, request: Request) -> Response:
@@ -534,25 +610,37 @@ class FakeGraph:
                 with self._lock:
                     state = self._delta_states.get(query["$deltatoken"])
                 if state is None or state["cid"] != cid:
-                    raise GraphError(410, "SyncStateNotFound",
-                                     "The sync state generation is not found.")
+                    raise GraphError(
+                        410, "SyncStateNotFound", "The sync state generation is not found."
+                    )
                 start, end, before = state["start"], state["end"], state["seen"]
             else:
                 start, end = _window(request)
                 before = {}
             instances = self._instances(cid, start, end)
             now_seen = {i.id: i.change_key for i in instances}
-            rows = [self._delta_json(i, zone_name, zone) for i in instances
-                    if before.get(i.id) != i.change_key]
-            rows += [{"id": gone, "@removed": {"reason": "deleted"}}
-                     for gone in before if gone not in now_seen]
+            rows = [
+                self._delta_json(i, zone_name, zone)
+                for i in instances
+                if before.get(i.id) != i.change_key
+            ]
+            rows += [
+                {"id": gone, "@removed": {"reason": "deleted"}}
+                for gone in before
+                if gone not in now_seen
+            ]
             token = secrets.token_urlsafe(16)
             with self._lock:
-                self._delta_states[token] = {"cid": cid, "start": start, "end": end,
-                                             "seen": now_seen}
+                self._delta_states[token] = {
+                    "cid": cid,
+                    "start": start,
+                    "end": end,
+                    "seen": now_seen,
+                }
             link = f"{self.base_url}{request.url.path}?{urlencode({'$deltatoken': token})}"
             size = _max_page_size(request) or _PAGE
             return self._page(request, rows, size=size, final={"@odata.deltaLink": link})
+
         return await self._graph(request, handle)
 
     def _instances(self, cid: str, start: datetime, end: datetime) -> list[Instance]:
@@ -566,14 +654,20 @@ class FakeGraph:
             event = self.events.get(eid)
             master = self.events.get(eid.split("_OCC_")[0])
         if event is not None:
-            return Instance(event.id, event, event.start, event.end,
-                            "seriesMaster" if event.recurrence else "singleInstance")
+            return Instance(
+                event.id,
+                event,
+                event.start,
+                event.end,
+                "seriesMaster" if event.recurrence else "singleInstance",
+            )
         if master is not None:
             for instance in _expand(master):
                 if instance.id == eid:
                     return instance
-        raise GraphError(404, "ErrorItemNotFound",
-                         "The specified object was not found in the store.")
+        raise GraphError(
+            404, "ErrorItemNotFound", "The specified object was not found in the store."
+        )
 
     def _instance_json(self, i: Instance, zone_name: str, zone: tzinfo) -> dict[str, Any]:
         e = i.event
@@ -646,6 +740,7 @@ class FakeGraph:
                 self.events[event.id] = event
             self._changed(event, "created")
             return self._event_response(event, request, 201)
+
         return await self._graph(request, handle)
 
     def _event_response(self, event: StoredEvent, request: Request, status: int) -> Response:
@@ -663,8 +758,9 @@ class FakeGraph:
             with self._lock:
                 event = self.events.get(eid)
             if event is None:
-                raise GraphError(404, "ErrorItemNotFound",
-                                 "The specified object was not found in the store.")
+                raise GraphError(
+                    404, "ErrorItemNotFound", "The specified object was not found in the store."
+                )
             if request.method == "DELETE":
                 self.remove_event(eid)
                 return Response(status_code=204)
@@ -674,12 +770,17 @@ class FakeGraph:
             updated = _event_from_json({**_event_fields(event), **data}, event.calendar_id)
             with self._lock:
                 self.events[eid] = replace(
-                    updated, id=eid, transaction_id=event.transaction_id, created=event.created,
-                    version=event.version + 1, response=event.response,
+                    updated,
+                    id=eid,
+                    transaction_id=event.transaction_id,
+                    created=event.created,
+                    version=event.version + 1,
+                    response=event.response,
                     is_cancelled=event.is_cancelled,
                 )
             self._changed(self.events[eid], "updated")
             return self._event_response(self.events[eid], request, 200)
+
         return await self._graph(request, handle)
 
     # ---- Graph: subscriptions -----------------------------------------------------------------
@@ -706,31 +807,39 @@ class FakeGraph:
             for url in urls:
                 await self._validate_endpoint(url)
             sub = Subscription(
-                id=str(uuid.uuid4()), resource=str(data["resource"]), calendar_id=cid,
-                change_type=str(data["changeType"]), notification_url=urls[0],
-                lifecycle_url=data.get("lifecycleNotificationUrl"), client_state=state,
+                id=str(uuid.uuid4()),
+                resource=str(data["resource"]),
+                calendar_id=cid,
+                change_type=str(data["changeType"]),
+                notification_url=urls[0],
+                lifecycle_url=data.get("lifecycleNotificationUrl"),
+                client_state=state,
                 expires_at=expires,
             )
             with self._lock:
                 self.subscriptions[sub.id] = sub
             return JSONResponse(self._subscription_json(sub), status_code=201)
+
         return await self._graph(request, handle)
 
     async def _validate_endpoint(self, url: str) -> None:
         scheme = urlsplit(url).scheme
         if scheme != "https" and not (scheme == "http" and self.allow_http_callbacks):
             raise GraphError(400, "InvalidRequest", "The notification URL must be https.")
-        token = ("Validation: Testing client application reachability for subscription "
-                 + str(uuid.uuid4()))
+        token = "Validation: Testing client application reachability for subscription " + str(
+            uuid.uuid4()
+        )
         failed = GraphError(
-            400, "ValidationError",
+            400,
+            "ValidationError",
             "Subscription validation request failed. Notification endpoint must respond with "
             "200 OK to validation request.",
         )
         try:
             async with httpx.AsyncClient(timeout=VALIDATION_LIMIT) as client:
                 answer = await client.post(
-                    url, params={"validationToken": token},
+                    url,
+                    params={"validationToken": token},
                     headers={"Content-Type": "text/plain; charset=utf-8"},
                 )
         except httpx.HTTPError:
@@ -742,22 +851,31 @@ class FakeGraph:
     def _check_expiry(self, expires: datetime) -> None:
         now = datetime.now(UTC)
         if expires <= now:
-            raise GraphError(400, "InvalidRequest",
-                             "Subscription expiration can only be in the future.")
+            raise GraphError(
+                400, "InvalidRequest", "Subscription expiration can only be in the future."
+            )
         if expires > now + EVENT_SUBSCRIPTION_MAX:
-            raise GraphError(400, "InvalidRequest",
-                             "Subscription expiration exceeds the maximum of 4230 minutes.")
+            raise GraphError(
+                400,
+                "InvalidRequest",
+                "Subscription expiration exceeds the maximum of 4230 minutes.",
+            )
 
     def _subscription_json(self, sub: Subscription) -> dict[str, Any]:
         return {
             "@odata.context": f"{self.graph_url}/$metadata#subscriptions/$entity",
-            "id": sub.id, "resource": sub.resource, "applicationId": self.client_id,
-            "changeType": sub.change_type, "clientState": sub.client_state,
+            "id": sub.id,
+            "resource": sub.resource,
+            "applicationId": self.client_id,
+            "changeType": sub.change_type,
+            "clientState": sub.client_state,
             "notificationUrl": sub.notification_url,
             "lifecycleNotificationUrl": sub.lifecycle_url,
             "expirationDateTime": _graph_instant(sub.expires_at),
-            "creatorId": self.user_id, "includeResourceData": False,
-            "latestSupportedTlsVersion": "v1_2", "notificationContentType": None,
+            "creatorId": self.user_id,
+            "includeResourceData": False,
+            "latestSupportedTlsVersion": "v1_2",
+            "notificationContentType": None,
         }
 
     async def _subscription(self, request: Request) -> Response:
@@ -766,8 +884,9 @@ class FakeGraph:
             with self._lock:
                 sub = self.subscriptions.get(sid)
             if sub is None:
-                raise GraphError(404, "ResourceNotFound",
-                                 f"The object was not found: subscription {sid}")
+                raise GraphError(
+                    404, "ResourceNotFound", f"The object was not found: subscription {sid}"
+                )
             if request.method == "DELETE":
                 with self._lock:
                     self.subscriptions.pop(sid, None)
@@ -779,6 +898,7 @@ class FakeGraph:
                 with self._lock:
                     sub = self.subscriptions[sid] = replace(sub, expires_at=expires)
             return JSONResponse(self._subscription_json(sub))
+
         return await self._graph(request, handle)
 
     # ---- identity platform --------------------------------------------------------------------
@@ -786,32 +906,49 @@ class FakeGraph:
     async def _openid(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
         base = f"{AUTHORITY_HOST}/{tenant}"
-        return JSONResponse({
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
-                                                      "client_secret_basic"],
-            "jwks_uri": f"{base}/discovery/v2.0/keys",
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-            "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": f"{AUTHORITY_HOST}/{{tenantid}}/v2.0",
-            "request_uri_parameter_supported": False,
-            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
-            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "http_logout_supported": True, "frontchannel_logout_supported": True,
-            "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce",
-                                 "preferred_username", "name", "tid", "ver", "oid"],
-            "kerberos_endpoint": f"{base}/kerberos",
-            "tenant_region_scope": None,
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-            "rbac_url": "https://pas.windows.net",
-        })
+        return JSONResponse(
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": f"{AUTHORITY_HOST}/{{tenantid}}/v2.0",
+                "request_uri_parameter_supported": False,
+                "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "claims_supported": [
+                    "sub",
+                    "iss",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "nonce",
+                    "preferred_username",
+                    "name",
+                    "tid",
+                    "ver",
+                    "oid",
+                ],
+                "kerberos_endpoint": f"{base}/kerberos",
+                "tenant_region_scope": None,
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+                "rbac_url": "https://pas.windows.net",
+            }
+        )
 
     async def _authorize(self, request: Request) -> Response:
         """The browser's visit: the fake user signs in and consents at once."""
@@ -820,69 +957,111 @@ class FakeGraph:
         if q.get("client_id") != self.client_id or not redirect:
             return JSONResponse({"error": "unauthorized_client"}, status_code=400)
         if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
-            return RedirectResponse(_with_query(redirect, error="invalid_request",
-                                                state=q.get("state", "")), status_code=302)
+            return RedirectResponse(
+                _with_query(redirect, error="invalid_request", state=q.get("state", "")),
+                status_code=302,
+            )
         code = "M.C5_" + secrets.token_urlsafe(24)
         with self._lock:
             self._codes[code] = {
-                "redirect_uri": redirect, "challenge": q.get("code_challenge", ""),
-                "nonce": q.get("nonce", ""), "client_id": self.client_id,
+                "redirect_uri": redirect,
+                "challenge": q.get("code_challenge", ""),
+                "nonce": q.get("nonce", ""),
+                "client_id": self.client_id,
             }
         answer = {"code": code, "state": q.get("state", "")}
         if q.get("response_mode") == "form_post":
-            fields = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v)}"/>'
-                             for k, v in answer.items())
-            return HTMLResponse(f'<html><body onload="document.forms[0].submit()">'
-                                f'<form method="POST" action="{html.escape(redirect)}">'
-                                f"{fields}</form></body></html>")
+            fields = "".join(
+                f'<input type="hidden" name="{k}" value="{html.escape(v)}"/>'
+                for k, v in answer.items()
+            )
+            return HTMLResponse(
+                f'<html><body onload="document.forms[0].submit()">'
+                f'<form method="POST" action="{html.escape(redirect)}">'
+                f"{fields}</form></body></html>"
+            )
         return RedirectResponse(_with_query(redirect, **answer), status_code=302)
 
     async def _token(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-        if (form.get("client_id") != self.client_id
-                or form.get("client_secret") != self.client_secret):
-            return _oauth_error(401, "invalid_client", "AADSTS7000215: Invalid client secret "
-                                "provided.", 7000215)
+        if (
+            form.get("client_id") != self.client_id
+            or form.get("client_secret") != self.client_secret
+        ):
+            return _oauth_error(
+                401, "invalid_client", "AADSTS7000215: Invalid client secret provided.", 7000215
+            )
         grant = form.get("grant_type")
         with self._lock:
             if grant == "authorization_code":
                 code = self._codes.pop(form.get("code", ""), None)
                 if code is None or code["redirect_uri"] != form.get("redirect_uri"):
-                    return _oauth_error(400, "invalid_grant", "AADSTS70000: The provided value "
-                                        "for the 'code' parameter is not valid.", 70000)
+                    return _oauth_error(
+                        400,
+                        "invalid_grant",
+                        "AADSTS70000: The provided value for the 'code' parameter is not valid.",
+                        70000,
+                    )
                 verifier = form.get("code_verifier", "")
                 if _b64(hashlib.sha256(verifier.encode()).digest()) != code["challenge"]:
-                    return _oauth_error(400, "invalid_grant", "AADSTS501481: The Code_Verifier "
-                                        "does not match the code_challenge supplied in the "
-                                        "authorization request.", 501481)
+                    return _oauth_error(
+                        400,
+                        "invalid_grant",
+                        "AADSTS501481: The Code_Verifier "
+                        "does not match the code_challenge supplied in the "
+                        "authorization request.",
+                        501481,
+                    )
                 return JSONResponse(self._new_tokens(nonce=code["nonce"] or None))
             if grant == "refresh_token":
                 if form.get("refresh_token") not in self._refresh:
-                    return _oauth_error(400, "invalid_grant", "AADSTS70008: The provided "
-                                        "authorization code or refresh token has expired due "
-                                        "to inactivity.", 70008)
+                    return _oauth_error(
+                        400,
+                        "invalid_grant",
+                        "AADSTS70008: The provided "
+                        "authorization code or refresh token has expired due "
+                        "to inactivity.",
+                        70008,
+                    )
                 return JSONResponse(self._new_tokens(nonce=None))
-        return _oauth_error(400, "unsupported_grant_type", "AADSTS70003: The app requested an "
-                            "unsupported grant type.", 70003)
+        return _oauth_error(
+            400,
+            "unsupported_grant_type",
+            "AADSTS70003: The app requested an unsupported grant type.",
+            70003,
+        )
 
 
 # ---- wire helpers -------------------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    inner = {"date": _graph_instant(datetime.now(UTC)), "request-id": str(uuid.uuid4()),
-             "client-request-id": str(uuid.uuid4())}
-    return JSONResponse({"error": {"code": code, "message": message, "innerError": inner}},
-                        status_code=status, headers=headers)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    inner = {
+        "date": _graph_instant(datetime.now(UTC)),
+        "request-id": str(uuid.uuid4()),
+        "client-request-id": str(uuid.uuid4()),
+    }
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "innerError": inner}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _oauth_error(status: int, error: str, description: str, code: int) -> JSONResponse:
-    return JSONResponse({
-        "error": error, "error_description": description, "error_codes": [code],
-        "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
-        "trace_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4()),
-    }, status_code=status)
+    return JSONResponse(
+        {
+            "error": error,
+            "error_description": description,
+            "error_codes": [code],
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+            "trace_id": str(uuid.uuid4()),
+            "correlation_id": str(uuid.uuid4()),
+        },
+        status_code=status,
+    )
 
 
 def _b64(raw: bytes) -> str:
@@ -914,8 +1093,11 @@ def _zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(_WINDOWS_ZONES.get(name, name))
     except (KeyError, ValueError):
-        raise GraphError(400, "TimeZoneNotSupportedException",
-                         f"A valid TimeZone value must be specified: {name}") from None
+        raise GraphError(
+            400,
+            "TimeZoneNotSupportedException",
+            f"A valid TimeZone value must be specified: {name}",
+        ) from None
 
 
 def _preferred_zone(request: Request) -> tuple[str, tzinfo]:
@@ -958,9 +1140,12 @@ def _parse_instant(value: str) -> datetime:
 def _window(request: Request) -> tuple[datetime, datetime]:
     q = {k.lower(): v for k, v in request.query_params.items()}
     if not q.get("startdatetime") or not q.get("enddatetime"):
-        raise GraphError(400, "ErrorInvalidParameter",
-                         "This request requires a time window specified by the query string "
-                         "parameters StartDateTime and EndDateTime.")
+        raise GraphError(
+            400,
+            "ErrorInvalidParameter",
+            "This request requires a time window specified by the query string "
+            "parameters StartDateTime and EndDateTime.",
+        )
     return _parse_instant(q["startdatetime"]), _parse_instant(q["enddatetime"])
 
 
@@ -968,8 +1153,9 @@ def _graph_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
 
 
-def _date_time(moment: datetime, event: StoredEvent, zone_name: str,
-               zone: tzinfo) -> dict[str, str]:
+def _date_time(
+    moment: datetime, event: StoredEvent, zone_name: str, zone: tzinfo
+) -> dict[str, str]:
     if event.is_all_day:
         # Midnight to midnight whatever zone was asked for.
         local = moment.astimezone(_zone(event.time_zone)).replace(tzinfo=None)
@@ -984,16 +1170,22 @@ def _expand(event: StoredEvent) -> Iterator[Instance]:
         yield Instance(event.id, event, event.start, event.end, "singleInstance")
         return
     pattern, rng = event.recurrence["pattern"], event.recurrence["range"]
-    step = timedelta(days=int(pattern.get("interval", 1)) *
-                     (7 if pattern["type"] == "weekly" else 1))
+    step = timedelta(
+        days=int(pattern.get("interval", 1)) * (7 if pattern["type"] == "weekly" else 1)
+    )
     count = int(rng.get("numberOfOccurrences") or _SERIES_LIMIT)
     zone = _zone(event.time_zone)
     local_start, length = event.start.astimezone(zone), event.end - event.start
     for n in range(min(count, _SERIES_LIMIT)):
         # Occurrences keep their wall time in the series' zone, across DST.
         start = datetime.combine(local_start.date() + step * n, local_start.timetz())
-        yield Instance(f"{event.id}_OCC_{start:%Y%m%d}", event, start.astimezone(UTC),
-                       (start + length).astimezone(UTC), "occurrence")
+        yield Instance(
+            f"{event.id}_OCC_{start:%Y%m%d}",
+            event,
+            start.astimezone(UTC),
+            (start + length).astimezone(UTC),
+            "occurrence",
+        )
 
 
 def _event_fields(event: StoredEvent) -> dict[str, Any]:
@@ -1003,11 +1195,14 @@ def _event_fields(event: StoredEvent) -> dict[str, Any]:
         return moment.astimezone(zone).replace(tzinfo=None).isoformat()
 
     return {
-        "subject": event.subject, "body": {"contentType": "text", "content": event.body},
+        "subject": event.subject,
+        "body": {"contentType": "text", "content": event.body},
         "start": {"dateTime": local(event.start), "timeZone": event.time_zone},
         "end": {"dateTime": local(event.end), "timeZone": event.time_zone},
-        "isAllDay": event.is_all_day, "showAs": event.show_as,
-        "location": {"displayName": event.location}, "recurrence": event.recurrence,
+        "isAllDay": event.is_all_day,
+        "showAs": event.show_as,
+        "location": {"displayName": event.location},
+        "recurrence": event.recurrence,
     }
 
 
@@ -1019,17 +1214,25 @@ def _event_from_json(data: dict[str, Any], cid: str) -> StoredEvent:
     start = _at(start_raw)
     end = _at(end_raw)
     all_day = bool(data.get("isAllDay"))
-    if all_day and (start.astimezone(_zone(zone_name)).time() != time()
-                    or end.astimezone(_zone(zone_name)).time() != time()):
-        raise GraphError(400, "ErrorInvalidRequest",
-                         "An all-day event must start and end at midnight.")
+    if all_day and (
+        start.astimezone(_zone(zone_name)).time() != time()
+        or end.astimezone(_zone(zone_name)).time() != time()
+    ):
+        raise GraphError(
+            400, "ErrorInvalidRequest", "An all-day event must start and end at midnight."
+        )
     if end < start:
         raise GraphError(400, "ErrorInvalidRequest", "The end of an event is before its start.")
     body = data.get("body") or {}
     return StoredEvent(
-        id="AAMkEv" + uuid.uuid4().hex, calendar_id=cid,
-        subject=str(data.get("subject") or ""), body=str(body.get("content") or ""),
-        start=start, end=end, time_zone=zone_name, is_all_day=all_day,
+        id="AAMkEv" + uuid.uuid4().hex,
+        calendar_id=cid,
+        subject=str(data.get("subject") or ""),
+        body=str(body.get("content") or ""),
+        start=start,
+        end=end,
+        time_zone=zone_name,
+        is_all_day=all_day,
         show_as=str(data.get("showAs") or "busy"),
         transaction_id=data.get("transactionId"),
         location=str((data.get("location") or {}).get("displayName") or ""),
@@ -1046,7 +1249,11 @@ def _at(value: dict[str, Any]) -> datetime:
 
 def _calendar_of_resource(resource: str) -> str:
     parts = [p for p in resource.strip("/").split("/") if p]
-    if len(parts) == 4 and parts[0].lower() == "me" and parts[1].lower() == "calendars" \
-            and parts[3].lower() == "events":
+    if (
+        len(parts) == 4
+        and parts[0].lower() == "me"
+        and parts[1].lower() == "calendars"
+        and parts[3].lower() == "events"
+    ):
         return parts[2]
     raise GraphError(400, "InvalidRequest", f"Resource '{resource}' is not supported here.")

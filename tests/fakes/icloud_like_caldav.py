@@ -242,9 +242,7 @@ def _response(
     href: str, props: dict[tuple[str, str], str], wanted: list[tuple[str, str]] | None
 ) -> str:
     names = list(props) if wanted is None else wanted
-    found = "".join(
-        f"<{_tag(n)}>{props[n]}</{_close(n)}>" for n in names if n in props
-    )
+    found = "".join(f"<{_tag(n)}>{props[n]}</{_close(n)}>" for n in names if n in props)
     missing = "".join(f"<{_tag(n)}/>" for n in names if n not in props)
     stats = f"<D:propstat><D:prop>{found}</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
     if missing:

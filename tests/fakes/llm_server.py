@@ -115,8 +115,7 @@ class FakeLLM:
         self._script: list[Scripted] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        app = Starlette(routes=[Route("/v1/chat/completions", self._completions,
-                                      methods=["POST"])])
+        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
         self._loop_server = LoopbackServer(app, name="fake LLM server")
         _no_nagle(self._loop_server)
         self.port = self._loop_server.port
@@ -150,8 +149,11 @@ class FakeLLM:
 
     def tool_results(self, request: int = -1) -> list[dict[str, Any]]:
         """The tool messages of a request, their `content` parsed as JSON."""
-        return [json.loads(m["content"]) for m in self.requests[request]["messages"]
-                if m["role"] == "tool"]
+        return [
+            json.loads(m["content"])
+            for m in self.requests[request]["messages"]
+            if m["role"] == "tool"
+        ]
 
     # ---- the endpoint -----------------------------------------------------------------------
 
@@ -180,8 +182,11 @@ class FakeLLM:
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
         chunk = {
-            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": self.model, "system_fingerprint": None,
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "system_fingerprint": None,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         return f"data: {json.dumps(chunk)}\n\n"
@@ -198,16 +203,31 @@ class FakeLLM:
             if answer.text:
                 yield self._chunk({"content": answer.text})
             for index, call in enumerate(answer.calls):
-                yield self._chunk({"tool_calls": [{
-                    "index": index, "id": f"call_{len(self.requests)}_{index}", "type": "function",
-                    "function": {"name": call.name, "arguments": ""},
-                }]})
+                yield self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": f"call_{len(self.requests)}_{index}",
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
                 raw = call.raw_arguments
                 step = max(1, len(raw) // 3)
                 for start in range(0, len(raw), step):
-                    yield self._chunk({"tool_calls": [{
-                        "index": index, "function": {"arguments": raw[start:start + step]},
-                    }]})
+                    yield self._chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "function": {"arguments": raw[start : start + step]},
+                                }
+                            ]
+                        }
+                    )
             yield self._chunk({}, "tool_calls")
         yield "data: [DONE]\n\n"
 
@@ -219,16 +239,22 @@ class FakeLLM:
         else:
             message["content"] = answer.text or None
             message["tool_calls"] = [
-                {"id": f"call_{len(self.requests)}_{i}", "type": "function",
-                 "function": {"name": c.name, "arguments": c.raw_arguments}}
+                {
+                    "id": f"call_{len(self.requests)}_{i}",
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.raw_arguments},
+                }
                 for i, c in enumerate(answer.calls)
             ]
             finish = "tool_calls"
         return {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": finish}],
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
 
@@ -245,5 +271,7 @@ def _no_nagle(server: LoopbackServer) -> None:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "server_error", "param": None,
-                                   "code": None}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": "server_error", "param": None, "code": None}},
+        status_code=status,
+    )

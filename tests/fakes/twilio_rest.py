@@ -47,8 +47,11 @@ class FakeTwilioRest:
         self.attempts = 0
         self._failures: list[int] = []
         self._changed = threading.Condition()
-        app = Starlette(routes=[Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create,
-                                      methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"])
+            ]
+        )
         self._loop_server = LoopbackServer(app, name="fake Twilio REST server")
         self.port = self._loop_server.port
 
@@ -105,18 +108,38 @@ class FakeTwilioRest:
     def _resource(self, m: SentMessage) -> dict[str, Any]:
         now = format_datetime(datetime.now(UTC))
         return {
-            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": m.body,
-            "date_created": now, "date_sent": None, "date_updated": now,
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": m.body,
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
             "direction": "outbound-api",
-            "error_code": None, "error_message": None, "from": m.from_,
-            "messaging_service_sid": None, "num_media": "0", "num_segments": "1", "price": None,
-            "price_unit": "USD", "sid": m.sid, "status": "queued", "subresource_uris": {
-                "media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{m.sid}/Media.json"},
-            "to": m.to, "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{m.sid}.json",
+            "error_code": None,
+            "error_message": None,
+            "from": m.from_,
+            "messaging_service_sid": None,
+            "num_media": "0",
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": m.sid,
+            "status": "queued",
+            "subresource_uris": {
+                "media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{m.sid}/Media.json"
+            },
+            "to": m.to,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{m.sid}.json",
         }
 
 
 def _error(status: int, code: int, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message, "status": status,
-                         "more_info": f"https://www.twilio.com/docs/errors/{code}"},
-                        status_code=status)
+    return JSONResponse(
+        {
+            "code": code,
+            "message": message,
+            "status": status,
+            "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        },
+        status_code=status,
+    )

@@ -89,8 +89,9 @@ class FakeTwilioVoice:
     def sign(self, url: str, params: dict[str, str]) -> str:
         return str(self.validator.compute_signature(url, params))
 
-    async def post(self, path: str, *, query: str = "", signature: str | None = "sign",
-                   **params: str) -> TwiML:
+    async def post(
+        self, path: str, *, query: str = "", signature: str | None = "sign", **params: str
+    ) -> TwiML:
         """POST a webhook form as Twilio does; `signature=None` leaves the header out."""
         target = path + (f"?{query}" if query else "")
         headers = {}
@@ -106,8 +107,14 @@ class FakeTwilioVoice:
 
     @asynccontextmanager
     async def relay(
-        self, url: str, *, call_sid: str, from_number: str, to_number: str,
-        signature: str | None = "sign", setup: bool = True,
+        self,
+        url: str,
+        *,
+        call_sid: str,
+        from_number: str,
+        to_number: str,
+        signature: str | None = "sign",
+        setup: bool = True,
     ) -> AsyncIterator[RelayClient]:
         """Open the relay websocket at `url` (a public wss:// URL from TwiML) and send `setup`."""
         parts = urlsplit(url)
@@ -122,13 +129,23 @@ class FakeTwilioVoice:
         async with connect(local, additional_headers=headers, open_timeout=5) as ws:
             client = RelayClient(ws)
             if setup:
-                await client.send({
-                    "type": "setup", "sessionId": "VX" + call_sid[2:], "accountSid": "AC0",
-                    "parentCallSid": "", "callSid": call_sid, "from": from_number,
-                    "to": to_number, "forwardedFrom": to_number, "callType": "PSTN",
-                    "callerName": "", "direction": "inbound", "callStatus": "RINGING",
-                    "customParameters": {},
-                })
+                await client.send(
+                    {
+                        "type": "setup",
+                        "sessionId": "VX" + call_sid[2:],
+                        "accountSid": "AC0",
+                        "parentCallSid": "",
+                        "callSid": call_sid,
+                        "from": from_number,
+                        "to": to_number,
+                        "forwardedFrom": to_number,
+                        "callType": "PSTN",
+                        "callerName": "",
+                        "direction": "inbound",
+                        "callStatus": "RINGING",
+                        "customParameters": {},
+                    }
+                )
             yield client
 
 
@@ -145,8 +162,13 @@ class RelayClient:
         await self.send({"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": last})
 
     async def interrupt(self, heard: str, *, ms: int = 900) -> None:
-        await self.send({"type": "interrupt", "utteranceUntilInterrupt": heard,
-                         "durationUntilInterruptMs": str(ms)})
+        await self.send(
+            {
+                "type": "interrupt",
+                "utteranceUntilInterrupt": heard,
+                "durationUntilInterruptMs": str(ms),
+            }
+        )
 
     async def dtmf(self, digit: str) -> None:
         await self.send({"type": "dtmf", "digit": digit})

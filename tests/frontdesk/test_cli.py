@@ -34,8 +34,9 @@ def test_import_is_idempotent_and_export_round_trips(capsys, tmp_path) -> None: 
     code, out, _ = run(capsys, "export", "--format", "json")
     exported = json.loads(out)
     assert code == 0 and exported["business"]["id"] == "bright-smile"
-    assert {s["id"] for s in exported["staff"]} == {s["id"] for s in
-                                                     yaml.safe_load(DEMO.read_text())["staff"]}
+    assert {s["id"] for s in exported["staff"]} == {
+        s["id"] for s in yaml.safe_load(DEMO.read_text())["staff"]
+    }
     edited = tmp_path / "edited.json"
     exported["business"]["name"] = "Bright Smile Dental & Ortho"
     edited.write_text(json.dumps(exported))
@@ -53,23 +54,60 @@ def test_bad_business_file_names_the_field_and_exits_non_zero(capsys, tmp_path) 
 
 def test_availability_json_book_and_cancel(capsys) -> None:  # type: ignore[no-untyped-def]
     run(capsys, "import", str(DEMO))
-    code, out, _ = run(capsys, "availability", "--service", "cleaning", "--staff", "lee",
-                       "--from", "2026-12-07", "--to", "2026-12-07", "--now", NOW, "--json")
+    code, out, _ = run(
+        capsys,
+        "availability",
+        "--service",
+        "cleaning",
+        "--staff",
+        "lee",
+        "--from",
+        "2026-12-07",
+        "--to",
+        "2026-12-07",
+        "--now",
+        NOW,
+        "--json",
+    )
     body = json.loads(out)
     assert code == 0 and body["timezone"] == "America/New_York"
     first = body["slots"][0]
     assert first["staff"] == "lee" and first["start"].endswith("-05:00")
 
-    book = ["book", "--service", "cleaning", "--staff", "lee", "--start", first["start"],
-            "--name", "Ann Smith", "--now", NOW]
+    book = [
+        "book",
+        "--service",
+        "cleaning",
+        "--staff",
+        "lee",
+        "--start",
+        first["start"],
+        "--name",
+        "Ann Smith",
+        "--now",
+        NOW,
+    ]
     code, out, _ = run(capsys, *book, "--phone", "+12025550001")
     assert code == 0 and out.startswith("apt_")
     appointment_id = out.strip()
     code, _, err = run(capsys, *book, "--phone", "+12025550002")
     assert code == 1 and "taken" in err
 
-    code, out, _ = run(capsys, "availability", "--service", "cleaning", "--staff", "lee",
-                       "--from", "2026-12-07", "--to", "2026-12-07", "--now", NOW, "--json")
+    code, out, _ = run(
+        capsys,
+        "availability",
+        "--service",
+        "cleaning",
+        "--staff",
+        "lee",
+        "--from",
+        "2026-12-07",
+        "--to",
+        "2026-12-07",
+        "--now",
+        NOW,
+        "--json",
+    )
     assert first["start"] not in {s["start"] for s in json.loads(out)["slots"]}
     assert run(capsys, "cancel", appointment_id)[:2] == (0, f"{appointment_id} cancelled\n")
     assert run(capsys, "cancel", appointment_id)[0] == 1
@@ -77,7 +115,20 @@ def test_availability_json_book_and_cancel(capsys) -> None:  # type: ignore[no-u
 
 def test_malformed_command_lines_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SystemExit) as exc:
-        main(["book", "--service", "cleaning", "--staff", "lee", "--start", "tomorrow 9am",
-              "--name", "A", "--phone", "+12025550001"])
+        main(
+            [
+                "book",
+                "--service",
+                "cleaning",
+                "--staff",
+                "lee",
+                "--start",
+                "tomorrow 9am",
+                "--name",
+                "A",
+                "--phone",
+                "+12025550001",
+            ]
+        )
     assert exc.value.code == 2
     assert "ISO" in capsys.readouterr().err

@@ -23,12 +23,14 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-business.yaml"
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
     server = start_radicale(tmp_path_factory.mktemp("radicale"))
-    client = caldav.DAVClient(url=server.principal_url, username=USERNAME, password=PASSWORD,
-                              enable_rfc6764=False)
+    client = caldav.DAVClient(
+        url=server.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
+    )
     calendar = client.principal().make_calendar(name="Work", cal_id="work")
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
-    calendar.save_event(dtstart=start, dtend=start + timedelta(hours=1), summary="Dentist",
-                        uid="busy-1")
+    calendar.save_event(
+        dtstart=start, dtend=start + timedelta(hours=1), summary="Dentist", uid="busy-1"
+    )
     client.close()
     yield server
     server.stop()
@@ -41,8 +43,11 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FRONTDESK_LOG_LEVEL", "WARNING")
     monkeypatch.setenv("FRONTDESK_CALENDAR_TIMEOUT_SECONDS", "10")
     monkeypatch.setenv("FRONTDESK_ALLOW_PRIVATE_URLS", "true")  # Radicale runs on loopback
-    for name in ("FRONTDESK_SECRET_KEY", "FRONTDESK_GOOGLE_CLIENT_ID",
-                 "FRONTDESK_GOOGLE_CLIENT_SECRET"):
+    for name in (
+        "FRONTDESK_SECRET_KEY",
+        "FRONTDESK_GOOGLE_CLIENT_ID",
+        "FRONTDESK_GOOGLE_CLIENT_SECRET",
+    ):
         monkeypatch.delenv(name, raising=False)
     return db
 
@@ -53,11 +58,26 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def link_caldav(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                radicale: RadicaleServer, password: str) -> tuple[int, str, str]:
+def link_caldav(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    radicale: RadicaleServer,
+    password: str,
+) -> tuple[int, str, str]:
     monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
-    return run(capsys, "calendars", "link", "caldav", "--staff", "lee",
-               "--url", radicale.principal_url, "--username", USERNAME, "--password-stdin")
+    return run(
+        capsys,
+        "calendars",
+        "link",
+        "caldav",
+        "--staff",
+        "lee",
+        "--url",
+        radicale.principal_url,
+        "--username",
+        USERNAME,
+        "--password-stdin",
+    )
 
 
 def test_keygen_prints_a_usable_key(capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,18 +86,21 @@ def test_keygen_prints_a_usable_key(capsys: pytest.CaptureFixture[str]) -> None:
     Fernet(out.strip().encode())  # a valid key, or this raises
 
 
-def test_linking_needs_the_secret_key(capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch,
-                                      radicale: RadicaleServer) -> None:
+def test_linking_needs_the_secret_key(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, radicale: RadicaleServer
+) -> None:
     run(capsys, "import", str(DEMO))
     code, _, err = link_caldav(capsys, monkeypatch, radicale, PASSWORD)
     assert code == 1 and "FRONTDESK_SECRET_KEY" in err
     assert run(capsys, "calendars", "list")[1] == "no linked calendars\n"
 
 
-def test_link_list_and_unlink_a_caldav_account(capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               radicale: RadicaleServer, database: Path) -> None:
+def test_link_list_and_unlink_a_caldav_account(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    radicale: RadicaleServer,
+    database: Path,
+) -> None:
     monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
     run(capsys, "import", str(DEMO))
 
@@ -110,38 +133,50 @@ def test_link_list_and_unlink_a_caldav_account(capsys: pytest.CaptureFixture[str
 
 
 def test_oauth_providers_say_when_they_are_not_configured(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
     run(capsys, "import", str(DEMO))
     code, _, err = run(capsys, "calendars", "link", "google", "--staff", "lee")
     assert code == 1 and "FRONTDESK_GOOGLE_CLIENT_ID" in err
 
 
-def test_private_addresses_are_refused_unless_allowed(capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      radicale: RadicaleServer) -> None:
+def test_private_addresses_are_refused_unless_allowed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, radicale: RadicaleServer
+) -> None:
     monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
     monkeypatch.setenv("FRONTDESK_ALLOW_PRIVATE_URLS", "false")
     run(capsys, "import", str(DEMO))
     code, _, err = link_caldav(capsys, monkeypatch, radicale, PASSWORD)
     assert code == 1 and "private or local address" in err
-    code, _, err = run(capsys, "calendars", "link", "ics", "--staff", "lee",
-                       "--source", "http://169.254.169.254/latest/meta-data/")
+    code, _, err = run(
+        capsys,
+        "calendars",
+        "link",
+        "ics",
+        "--staff",
+        "lee",
+        "--source",
+        "http://169.254.169.254/latest/meta-data/",
+    )
     assert code == 1 and "private or local address" in err
 
 
-def test_sync_refreshes_at_once_and_says_what_changed(capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      radicale: RadicaleServer,
-                                                      database: Path) -> None:
+def test_sync_refreshes_at_once_and_says_what_changed(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    radicale: RadicaleServer,
+    database: Path,
+) -> None:
     monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
     run(capsys, "import", str(DEMO))
     assert link_caldav(capsys, monkeypatch, radicale, PASSWORD)[0] == 0
     [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
 
     # The staff member adds an event on their phone, seconds after the link read the calendar.
-    client = caldav.DAVClient(url=radicale.principal_url, username=USERNAME, password=PASSWORD,
-                              enable_rfc6764=False)
+    client = caldav.DAVClient(
+        url=radicale.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
+    )
     work = client.calendar(url=f"{radicale.principal_url}work/")
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
     work.save_event(dtstart=start, dtend=start + timedelta(hours=2), summary="Gym", uid="gym-1")
@@ -154,8 +189,9 @@ def test_sync_refreshes_at_once_and_says_what_changed(capsys: pytest.CaptureFixt
             spans = conn.execute(sa.text('SELECT start, "end" FROM calendar_busy')).all()
         engine.dispose()
         assert len(spans) == 2
-        assert any(sa_start.startswith(start.strftime("%Y-%m-%d %H:%M"))
-                   for sa_start, _ in spans), spans
+        assert any(
+            sa_start.startswith(start.strftime("%Y-%m-%d %H:%M")) for sa_start, _ in spans
+        ), spans
 
         code, out, _ = run(capsys, "calendars", "sync", row["id"], "--json")
         [report] = json.loads(out)
@@ -173,18 +209,22 @@ def test_sync_refreshes_at_once_and_says_what_changed(capsys: pytest.CaptureFixt
     assert code == 1 and "no calendar connection cal_nope" in err
 
 
-def test_sync_reports_a_calendar_that_cannot_be_read(capsys: pytest.CaptureFixture[str],
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     radicale: RadicaleServer,
-                                                     database: Path) -> None:
+def test_sync_reports_a_calendar_that_cannot_be_read(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    radicale: RadicaleServer,
+    database: Path,
+) -> None:
     monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
     run(capsys, "import", str(DEMO))
     assert link_caldav(capsys, monkeypatch, radicale, PASSWORD)[0] == 0
     [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
     engine = sa.create_engine(f"sqlite:///{database}")
     with engine.begin() as conn:  # the server moved: the stored address answers nothing
-        conn.execute(sa.text("UPDATE calendarconnection SET read_calendars = :cals"),
-                     {"cals": json.dumps([f"{radicale.principal_url}gone/"])})
+        conn.execute(
+            sa.text("UPDATE calendarconnection SET read_calendars = :cals"),
+            {"cals": json.dumps([f"{radicale.principal_url}gone/"])},
+        )
     engine.dispose()
     code, out, _ = run(capsys, "calendars", "sync")
     assert code == 1

@@ -17,16 +17,33 @@ from frontdesk import cli
 from frontdesk.settings import Settings
 from frontdesk.wiring import LazyCalendars, build_scheduler
 
-HEAVY = ("fastapi", "openai", "googleapiclient", "twilio", "caldav", "msal", "uvicorn",
-         "frontdesk.app", "sqlalchemy")
+HEAVY = (
+    "fastapi",
+    "openai",
+    "googleapiclient",
+    "twilio",
+    "caldav",
+    "msal",
+    "uvicorn",
+    "frontdesk.app",
+    "sqlalchemy",
+)
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def loaded_after(code: str) -> list[str]:
-    probe = (f"import sys\n{code}\nimport json\n"
-             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, check=True)
+    probe = (
+        f"import sys\n{code}\nimport json\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
     return list(json.loads(done.stdout.splitlines()[-1]))
 
 
@@ -34,11 +51,20 @@ def test_importing_the_cli_loads_no_heavy_module() -> None:
     assert loaded_after("import frontdesk.cli") == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["availability", "--help"],
-                                  ["calendars", "link", "--help"], ["users", "add", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["availability", "--help"],
+        ["calendars", "link", "--help"],
+        ["users", "add", "--help"],
+    ],
+)
 def test_help_loads_no_heavy_module(argv: list[str]) -> None:
-    code = ("from frontdesk.cli import main\n"
-            f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert exc.code == 0\n")
+    code = (
+        "from frontdesk.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
+    )
     assert loaded_after(code) == []
 
 
@@ -51,11 +77,21 @@ async def test_a_search_without_linked_calendars_builds_no_calendar_service(tmp_
     scheduler = build_scheduler(settings)
     import_business(scheduler.engine, load_business_file(cli.DEMO_BUSINESS))
     assert isinstance(scheduler.calendars, LazyCalendars)
-    await scheduler.availability(business_id=None, service_id="cleaning", staff_id="sam",
-                                 first_day=date(2026, 12, 7), last_day=date(2026, 12, 7))
+    await scheduler.availability(
+        business_id=None,
+        service_id="cleaning",
+        staff_id="sam",
+        first_day=date(2026, 12, 7),
+        last_day=date(2026, 12, 7),
+    )
     assert not scheduler.calendars.built
-    await scheduler.availability(business_id=None, service_id="cleaning", staff_id="lee",
-                                 first_day=date(2026, 12, 7), last_day=date(2026, 12, 7))
+    await scheduler.availability(
+        business_id=None,
+        service_id="cleaning",
+        staff_id="lee",
+        first_day=date(2026, 12, 7),
+        last_day=date(2026, 12, 7),
+    )
     assert scheduler.calendars.built  # Dr. Lee's ICS file is read through the service
     await scheduler.calendars.close()
     scheduler.engine.dispose()

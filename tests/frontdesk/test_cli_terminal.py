@@ -37,20 +37,42 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def book(capsys: pytest.CaptureFixture[str], *extra: str, name: str = "Ann Smith",
-         phone: str = "+12025550123") -> tuple[int, str, str]:
-    return run(capsys, *extra, "book", "--service", "cleaning", "--staff", "lee",
-               "--start", MONDAY_9AM, "--name", name, "--phone", phone, "--now", NOW)
+def book(
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+    name: str = "Ann Smith",
+    phone: str = "+12025550123",
+) -> tuple[int, str, str]:
+    return run(
+        capsys,
+        *extra,
+        "book",
+        "--service",
+        "cleaning",
+        "--staff",
+        "lee",
+        "--start",
+        MONDAY_9AM,
+        "--name",
+        name,
+        "--phone",
+        phone,
+        "--now",
+        NOW,
+    )
 
 
 # ---- chat without a model -------------------------------------------------------------------
 
 
 def test_chat_without_a_model_says_so_and_takes_a_message(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, database: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    database: str,
 ) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO("Ann Smith\nMy crown came off\n"
-                                                 "+12025550123\nno\n"))
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO("Ann Smith\nMy crown came off\n+12025550123\nno\n")
+    )
     code, out, _ = run(capsys, "chat", "--now", NOW)
     assert code == 0
     assert "No language model is configured" in out
@@ -87,9 +109,25 @@ def test_availability_into_a_closed_pipe_ends_quietly(database: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRONTDESK_")}
     env.update({"FRONTDESK_ENV_FILE": "", "FRONTDESK_DATABASE_URL": database})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "frontdesk.cli", "availability", "--service", "cleaning",
-         "--from", "2026-12-07", "--to", "2026-12-18", "--now", NOW],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "frontdesk.cli",
+            "availability",
+            "--service",
+            "cleaning",
+            "--from",
+            "2026-12-07",
+            "--to",
+            "2026-12-18",
+            "--now",
+            NOW,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # like `| head` that has read its lines: every write now fails
     err = proc.stderr.read().decode()
@@ -107,15 +145,25 @@ def test_a_bad_phone_exits_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> 
     assert len(err.strip().splitlines()) == 1 and "phone" in err
 
 
-@pytest.mark.parametrize(("args", "word"), [
-    (["--name", "   "], "--name"),
-    (["--start", "tomorrow 9am"], "ISO"),
-])
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["--name", "   "], "--name"),
+        (["--start", "tomorrow 9am"], "ISO"),
+    ],
+)
 def test_malformed_arguments_exit_2_in_one_line(
-    capsys: pytest.CaptureFixture[str], args: list[str], word: str,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    word: str,
 ) -> None:
-    base = {"--service": "cleaning", "--staff": "lee", "--start": MONDAY_9AM,
-            "--name": "Ann", "--phone": "+12025550123"}
+    base = {
+        "--service": "cleaning",
+        "--staff": "lee",
+        "--start": MONDAY_9AM,
+        "--name": "Ann",
+        "--phone": "+12025550123",
+    }
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     with pytest.raises(SystemExit) as exited:
         main(["book", *[x for pair in base.items() for x in pair]])
@@ -126,12 +174,23 @@ def test_malformed_arguments_exit_2_in_one_line(
 
 def test_a_bad_date_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["availability", "--service", "cleaning", "--from", "2026-13-01",
-              "--to", "2026-12-02"])
+        main(
+            ["availability", "--service", "cleaning", "--from", "2026-13-01", "--to", "2026-12-02"]
+        )
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1 and "date" in err
-    code, _, err = run(capsys, "availability", "--service", "cleaning", "--from", "2026-12-09",
-                       "--to", "2026-12-02", "--now", NOW)
+    code, _, err = run(
+        capsys,
+        "availability",
+        "--service",
+        "cleaning",
+        "--from",
+        "2026-12-09",
+        "--to",
+        "2026-12-02",
+        "--now",
+        NOW,
+    )
     assert code == 2 and "before" in err
 
 
@@ -158,7 +217,9 @@ def clinic_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
 
 
 def test_export_writes_calendar_paths_relative_to_the_file(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = clinic_folder(capsys, tmp_path)
     out = folder / "backup.yaml"
@@ -172,7 +233,9 @@ def test_export_writes_calendar_paths_relative_to_the_file(
 
 
 def test_export_to_stdout_is_relative_to_the_working_directory(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = clinic_folder(capsys, tmp_path)
     monkeypatch.chdir(folder / "calendars")

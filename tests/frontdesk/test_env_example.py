@@ -10,8 +10,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
 
 
 def test_every_setting_is_listed() -> None:
-    listed = {line.split("=", 1)[0].lstrip("# ").strip()
-              for line in EXAMPLE.read_text().splitlines() if "=" in line}
+    listed = {
+        line.split("=", 1)[0].lstrip("# ").strip()
+        for line in EXAMPLE.read_text().splitlines()
+        if "=" in line
+    }
     missing = {f"FRONTDESK_{name.upper()}" for name in Settings.model_fields} - listed
     assert not missing, f".env.example lacks {sorted(missing)}"
 

@@ -25,8 +25,13 @@ PACKAGES = [p.rstrip("*") for p in PROJECT["tool"]["setuptools"]["packages"]["fi
 def _tracked(package: str) -> list[Path]:
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    listed = subprocess.run(["git", "ls-files", "-z", "--", package], cwd=ROOT, check=True,
-                            capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--", package], cwd=ROOT, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     return [ROOT / name for name in listed if name]
 
 
@@ -54,9 +59,11 @@ def test_the_demo_business_ships_inside_the_package() -> None:
 
 
 def test_every_third_party_import_is_a_declared_dependency() -> None:
-    declared = {_normal(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0])
-                for d in PROJECT["project"]["dependencies"]
-                + PROJECT["project"]["optional-dependencies"]["postgres"]}
+    declared = {
+        _normal(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0])
+        for d in PROJECT["project"]["dependencies"]
+        + PROJECT["project"]["optional-dependencies"]["postgres"]
+    }
     owners = metadata.packages_distributions()
     undeclared: dict[str, str] = {}
     for package in PACKAGES:

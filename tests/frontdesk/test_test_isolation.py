@@ -17,6 +17,7 @@ def test_settings_read_no_dotenv_here(tmp_path: Path, monkeypatch) -> None:  # t
     (tmp_path / ".env").write_text("FRONTDESK_SECRET_KEY=from-a-dotenv\nFRONTDESK_PORT=9\n")
     monkeypatch.chdir(tmp_path)
     from frontdesk.settings import Settings
+
     settings = Settings()
     assert settings.secret_key is None and settings.port == 8000
 
@@ -28,8 +29,24 @@ def test_the_suite_passes_beside_a_developers_env(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FRONTDESK_ENV_FILE"}
     env["FRONTDESK_SECRET_KEY"] = KEY
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
-         "-c", str(ROOT / "pyproject.toml"), str(ROOT / SECRET_TEST)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(ROOT),
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            str(ROOT / SECRET_TEST),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout

@@ -52,11 +52,16 @@ def rest() -> Iterator[FakeTwilioRest]:
 
 def make_settings(llm: FakeLLM, rest: FakeTwilioRest, **overrides: object) -> Settings:
     values: dict[str, object] = {
-        "api_key": SecretStr("k"), "openai_base_url": llm.base_url,
-        "openai_api_key": SecretStr("test"), "llm_model": llm.model,
-        "llm_timeout_seconds": 3.0, "twilio_account_sid": ACCOUNT_SID,
-        "twilio_auth_token": SecretStr(TOKEN), "twilio_api_base_url": rest.base_url,
-        "public_base_url": PUBLIC_URL, "voice_mode": "relay",
+        "api_key": SecretStr("k"),
+        "openai_base_url": llm.base_url,
+        "openai_api_key": SecretStr("test"),
+        "llm_model": llm.model,
+        "llm_timeout_seconds": 3.0,
+        "twilio_account_sid": ACCOUNT_SID,
+        "twilio_auth_token": SecretStr(TOKEN),
+        "twilio_api_base_url": rest.base_url,
+        "public_base_url": PUBLIC_URL,
+        "voice_mode": "relay",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -87,8 +92,9 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -116,8 +122,7 @@ async def running_desk(
         board.speech_pace = INSTANT_SPEECH  # tests that time the goodbye set their own
         twilio = FakeTwilioVoice(app_url=url, public_url=PUBLIC_URL, auth_token=TOKEN)
         try:
-            yield Desk(app=app, url=url, twilio=twilio, llm=llm, rest=rest,
-                       engine=scheduler.engine)
+            yield Desk(app=app, url=url, twilio=twilio, llm=llm, rest=rest, engine=scheduler.engine)
         finally:
             await twilio.aclose()
 

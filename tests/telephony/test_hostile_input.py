@@ -17,18 +17,26 @@ from tests.telephony.conftest import CALLER, CLINIC, PUBLIC_URL, Desk
 
 SID = "CA" + "3" * 32
 CALL = {"CallSid": SID, "From": CALLER, "To": CLINIC, "CallStatus": "ringing"}
-ENDPOINTS = ["/twilio/voice", "/twilio/gather", "/twilio/connect-action", "/twilio/dial-status",
-             "/twilio/status"]
+ENDPOINTS = [
+    "/twilio/voice",
+    "/twilio/gather",
+    "/twilio/connect-action",
+    "/twilio/dial-status",
+    "/twilio/status",
+]
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
 def rows(desk: Desk) -> int:
-    return sum(count_rows(desk.engine, f"SELECT count(*) FROM {table}")
-               for table in ("call", "lead", "contact"))
+    return sum(
+        count_rows(desk.engine, f"SELECT count(*) FROM {table}")
+        for table in ("call", "lead", "contact")
+    )
 
 
-async def post_raw(desk: Desk, path: str, body: bytes, *, signed_params: dict[str, str] | None
-                   = None) -> httpx.Response:
+async def post_raw(
+    desk: Desk, path: str, body: bytes, *, signed_params: dict[str, str] | None = None
+) -> httpx.Response:
     headers = dict(FORM)
     if signed_params is not None:
         headers[SIGNATURE] = desk.twilio.sign(PUBLIC_URL + path, signed_params)
@@ -40,8 +48,9 @@ async def test_a_body_that_is_not_utf8_is_a_400(desk: Desk, path: str) -> None:
     body = urlencode(CALL).encode() + b"&SpeechResult=caf\xe9"
     unsigned = await post_raw(desk, path, body)
     signed = await post_raw(desk, path, body, signed_params=CALL)
-    escaped = await post_raw(desk, path, urlencode(CALL).encode() + b"&From=%FF%FE",
-                             signed_params=CALL)
+    escaped = await post_raw(
+        desk, path, urlencode(CALL).encode() + b"&From=%FF%FE", signed_params=CALL
+    )
     assert (unsigned.status_code, signed.status_code, escaped.status_code) == (400, 400, 400)
     assert "UTF-8" in unsigned.text
     assert rows(desk) == 0
@@ -71,12 +80,16 @@ def test_the_body_caps_are_fastapis_route_limits_not_hand_written_readers() -> N
     from telephony import voice
 
     def limits(routes: list[object]) -> dict[str, int | None]:
-        return {route.path: route.max_body_size for route in routes
-                if isinstance(route, APIRoute) and "POST" in route.methods}
+        return {
+            route.path: route.max_body_size
+            for route in routes
+            if isinstance(route, APIRoute) and "POST" in route.methods
+        }
 
     assert limits(voice.router.routes) == dict.fromkeys(ENDPOINTS, 64 * 1024)
     assert limits(calendar_web.router.routes)["/calendars/notify/microsoft"] == (
-        microsoft.MAX_NOTIFICATION_BODY)
+        microsoft.MAX_NOTIFICATION_BODY
+    )
     assert not hasattr(voice, "capped_body") and not hasattr(calendar_web, "capped_body")
 
 
@@ -89,16 +102,19 @@ async def test_a_signed_form_without_a_call_sid_is_a_400(desk: Desk, path: str) 
     assert rows(desk) == 0
 
 
-@pytest.mark.parametrize(("path", "fields"), [
-    ("/twilio/voice", {"CallSid": "CA\x00" + "1" * 31}),
-    ("/twilio/voice", {"CallSid": "x" * 500}),
-    ("/twilio/voice", {"From": "+1202555\x004321"}),
-    ("/twilio/voice", {"To": "+1" * 300}),
-    ("/twilio/gather", {"Confidence": "very"}),
-    ("/twilio/status", {"CallStatus": "completed", "CallDuration": "soon"}),
-    ("/twilio/status", {"CallStatus": "completed", "CallDuration": "9" * 30}),
-    ("/twilio/status", {"CallStatus": "completed", "CallDuration": "-5"}),
-])
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/twilio/voice", {"CallSid": "CA\x00" + "1" * 31}),
+        ("/twilio/voice", {"CallSid": "x" * 500}),
+        ("/twilio/voice", {"From": "+1202555\x004321"}),
+        ("/twilio/voice", {"To": "+1" * 300}),
+        ("/twilio/gather", {"Confidence": "very"}),
+        ("/twilio/status", {"CallStatus": "completed", "CallDuration": "soon"}),
+        ("/twilio/status", {"CallStatus": "completed", "CallDuration": "9" * 30}),
+        ("/twilio/status", {"CallStatus": "completed", "CallDuration": "-5"}),
+    ],
+)
 async def test_signed_forms_with_wrong_fields_are_a_400(
     desk: Desk, path: str, fields: dict[str, str]
 ) -> None:
@@ -147,8 +163,9 @@ async def test_hostile_relay_frames_are_ignored_and_the_call_goes_on(
     assert answer.status == 200
     desk.llm.script(Text("We're open nine to five."))
     with caplog.at_level(logging.INFO):
-        async with desk.twilio.relay(answer.relay_url, call_sid=SID, from_number=CALLER,
-                                     to_number=CLINIC, setup=False) as relay:
+        async with desk.twilio.relay(
+            answer.relay_url, call_sid=SID, from_number=CALLER, to_number=CLINIC, setup=False
+        ) as relay:
             for frame in HOSTILE_FRAMES:  # before setup
                 await relay.ws.send(frame)
             await relay.send({"type": "setup", "callSid": SID, "from": CALLER, "to": CLINIC})
@@ -168,12 +185,25 @@ async def test_hostile_relay_frames_are_ignored_and_the_call_goes_on(
 # ---- caller IDs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("caller_id", ["anonymous", "Anonymous", "restricted", "unknown",
-                                       "unavailable", "blocked", "+266696687", "+7378742833",
-                                       "+86282452253", "+2562533", "client:alice",
-                                       "sip:alice@example.com", ""])
-async def test_a_withheld_caller_id_is_a_call_without_a_number(desk: Desk, caller_id: str
-                                                                ) -> None:
+@pytest.mark.parametrize(
+    "caller_id",
+    [
+        "anonymous",
+        "Anonymous",
+        "restricted",
+        "unknown",
+        "unavailable",
+        "blocked",
+        "+266696687",
+        "+7378742833",
+        "+86282452253",
+        "+2562533",
+        "client:alice",
+        "sip:alice@example.com",
+        "",
+    ],
+)
+async def test_a_withheld_caller_id_is_a_call_without_a_number(desk: Desk, caller_id: str) -> None:
     answer = await desk.twilio.post("/twilio/voice", **{**CALL, "From": caller_id})
     assert answer.status == 200 and answer.verbs == ["Connect"], answer.xml
     session = desk.board.sessions.get(SID)

@@ -13,8 +13,9 @@ SMS = Sms(to="+12025554321", from_="+12025550100", body="Clinic: you're booked."
 
 
 def sender(rest: FakeTwilioRest, **kw: float) -> SmsSender:
-    return SmsSender(account_sid=ACCOUNT_SID, auth_token=TOKEN, api_base_url=rest.base_url,
-                     backoff=0.01, **kw)  # type: ignore[arg-type]
+    return SmsSender(
+        account_sid=ACCOUNT_SID, auth_token=TOKEN, api_base_url=rest.base_url, backoff=0.01, **kw
+    )  # type: ignore[arg-type]
 
 
 async def test_a_text_is_posted_to_twilio_messages(rest: FakeTwilioRest) -> None:
@@ -49,8 +50,13 @@ async def test_a_rejected_number_is_not_retried(rest: FakeTwilioRest) -> None:
 
 
 async def test_an_unreachable_api_gives_up_without_raising() -> None:
-    sms = SmsSender(account_sid=ACCOUNT_SID, auth_token=TOKEN,
-                    api_base_url="http://127.0.0.1:9", backoff=0.01, attempts=2)
+    sms = SmsSender(
+        account_sid=ACCOUNT_SID,
+        auth_token=TOKEN,
+        api_base_url="http://127.0.0.1:9",
+        backoff=0.01,
+        attempts=2,
+    )
     try:
         sent = await asyncio.wait_for(sms.send(SMS), 10)
     finally:
@@ -60,14 +66,32 @@ async def test_an_unreachable_api_gives_up_without_raising() -> None:
 
 def test_texts_say_the_time_in_the_business_zone() -> None:
     start = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
-    text = confirmation_text(Change.BOOKED, business_name="Clinic", service_name="Teeth cleaning",
-                             staff_name="Dr. Lee", start=start, timezone="America/New_York")
-    assert text == ("Clinic: your Teeth cleaning with Dr. Lee is booked for Mon Dec 7 at 9:00 AM."
-                    " See you then!")
-    moved = confirmation_text(Change.RESCHEDULED, business_name="Clinic", service_name="Checkup",
-                              staff_name="Dr. Lee", start=start, timezone="America/New_York")
+    text = confirmation_text(
+        Change.BOOKED,
+        business_name="Clinic",
+        service_name="Teeth cleaning",
+        staff_name="Dr. Lee",
+        start=start,
+        timezone="America/New_York",
+    )
+    assert text == (
+        "Clinic: your Teeth cleaning with Dr. Lee is booked for Mon Dec 7 at 9:00 AM. See you then!"
+    )
+    moved = confirmation_text(
+        Change.RESCHEDULED,
+        business_name="Clinic",
+        service_name="Checkup",
+        staff_name="Dr. Lee",
+        start=start,
+        timezone="America/New_York",
+    )
     assert "moved to Mon Dec 7 at 9:00 AM" in moved
-    cancelled = confirmation_text(Change.CANCELLED, business_name="Clinic",
-                                  service_name="Checkup", staff_name="Dr. Lee", start=start,
-                                  timezone="America/New_York")
+    cancelled = confirmation_text(
+        Change.CANCELLED,
+        business_name="Clinic",
+        service_name="Checkup",
+        staff_name="Dr. Lee",
+        start=start,
+        timezone="America/New_York",
+    )
     assert cancelled == "Clinic: your Checkup on Mon Dec 7 at 9:00 AM is cancelled."

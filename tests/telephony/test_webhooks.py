@@ -11,8 +11,14 @@ from tests.conftest import NOW, count_rows
 from tests.fakes.llm_server import Call, Text, ToolCalls
 from tests.telephony.conftest import CALLER, CLINIC, PUBLIC_URL, TRANSFER, Desk
 
-CALL = {"CallSid": "CA" + "1" * 32, "From": CALLER, "To": CLINIC, "CallStatus": "ringing",
-        "AccountSid": "AC" + "0" * 32, "Direction": "inbound"}
+CALL = {
+    "CallSid": "CA" + "1" * 32,
+    "From": CALLER,
+    "To": CLINIC,
+    "CallStatus": "ringing",
+    "AccountSid": "AC" + "0" * 32,
+    "Direction": "inbound",
+}
 
 
 async def test_a_forged_signature_is_refused_and_touches_nothing(desk: Desk) -> None:
@@ -43,8 +49,14 @@ async def test_a_forged_websocket_is_refused_before_accept(desk: Desk) -> None:
     url = answer.relay_url
     for signature in ("bm90IGEgc2lnbmF0dXJl", None):
         try:
-            async with desk.twilio.relay(url, call_sid=CALL["CallSid"], from_number=CALLER,
-                                         to_number=CLINIC, signature=signature, setup=False):
+            async with desk.twilio.relay(
+                url,
+                call_sid=CALL["CallSid"],
+                from_number=CALLER,
+                to_number=CLINIC,
+                signature=signature,
+                setup=False,
+            ):
                 raise AssertionError("the websocket was accepted")
         except Exception as exc:  # websockets.InvalidStatus
             assert "403" in str(exc), exc
@@ -67,8 +79,15 @@ async def test_relay_mode_answers_with_connect_conversation_relay(desk: Desk) ->
     url = urlsplit(relay.attrib["url"])
     assert (url.scheme, url.netloc, url.path) == ("wss", "desk.example.com", "/twilio/relay")
     call_id = parse_qs(url.query)["call"][0]
-    assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE id = :i AND call_sid = :s "
-                      "AND business_id = 'clinic'", i=call_id, s=CALL["CallSid"]) == 1
+    assert (
+        count_rows(
+            desk.engine,
+            "SELECT count(*) FROM call WHERE id = :i AND call_sid = :s AND business_id = 'clinic'",
+            i=call_id,
+            s=CALL["CallSid"],
+        )
+        == 1
+    )
     assert relay.attrib["welcomeGreeting"]
     assert relay.attrib["language"] == "en-US"
     assert relay.attrib["dtmfDetection"] == "true"
@@ -91,8 +110,12 @@ async def test_gather_mode_runs_turn_by_turn_with_say(gather_desk: Desk) -> None
     assert answer.find("Gather/Say").text
 
     desk.llm.script(Text("We're open nine to five, Monday to Friday. Anything else?"))
-    turn = await desk.twilio.post("/twilio/gather", **{**CALL, "CallStatus": "in-progress"},
-                                  SpeechResult="When are you open?", Confidence="0.93")
+    turn = await desk.twilio.post(
+        "/twilio/gather",
+        **{**CALL, "CallStatus": "in-progress"},
+        SpeechResult="When are you open?",
+        Confidence="0.93",
+    )
     assert turn.verbs == ["Gather"]
     assert "nine to five" in turn.said
     last_user = desk.llm.requests[-1]["messages"][-1]
@@ -102,8 +125,7 @@ async def test_gather_mode_runs_turn_by_turn_with_say(gather_desk: Desk) -> None
 async def test_gather_silence_reprompts_then_says_goodbye(gather_desk: Desk) -> None:
     desk = gather_desk
     await desk.twilio.post("/twilio/voice", **CALL)
-    answers = [await desk.twilio.post("/twilio/gather", **CALL, SpeechResult="")
-               for _ in range(3)]
+    answers = [await desk.twilio.post("/twilio/gather", **CALL, SpeechResult="") for _ in range(3)]
     assert [a.verbs for a in answers] == [["Gather"], ["Gather"], ["Say", "Hangup"]]
     assert desk.llm.requests == []
 
@@ -115,8 +137,10 @@ async def test_gather_transfer_dials_and_a_failed_dial_takes_a_message(
     scheduler.clock.at = NOW + timedelta(hours=3)  # 10:00 in New York: someone can answer
     desk = gather_desk
     await desk.twilio.post("/twilio/voice", **CALL)
-    desk.llm.script(ToolCalls(Call("transfer_to_human", {"reason": "wants a person"})),
-                    Text("Let me put you through."))
+    desk.llm.script(
+        ToolCalls(Call("transfer_to_human", {"reason": "wants a person"})),
+        Text("Let me put you through."),
+    )
     answer = await desk.twilio.post("/twilio/gather", **CALL, SpeechResult="A person please.")
     assert "Dial" in answer.verbs, answer.xml
     dial = answer.find("Dial")
@@ -143,12 +167,24 @@ async def test_the_status_callback_closes_the_call_once(gather_desk: Desk) -> No
     assert ringing.status == 204
     assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE ended_at IS NULL") == 1
     for _ in range(2):  # Twilio retries callbacks
-        closed = await desk.twilio.post("/twilio/status", **{**CALL, "CallStatus": "completed"},
-                                        CallDuration="37")
+        closed = await desk.twilio.post(
+            "/twilio/status", **{**CALL, "CallStatus": "completed"}, CallDuration="37"
+        )
         assert closed.status == 204
-    assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE status = 'completed' "
-                      "AND duration_seconds = 37 AND ended_at IS NOT NULL") == 1
-    assert count_rows(desk.engine, "SELECT count(*) FROM call WHERE CAST(transcript AS TEXT) LIKE "
-                      "'%Hi there.%'") == 1
+    assert (
+        count_rows(
+            desk.engine,
+            "SELECT count(*) FROM call WHERE status = 'completed' "
+            "AND duration_seconds = 37 AND ended_at IS NOT NULL",
+        )
+        == 1
+    )
+    assert (
+        count_rows(
+            desk.engine,
+            "SELECT count(*) FROM call WHERE CAST(transcript AS TEXT) LIKE '%Hi there.%'",
+        )
+        == 1
+    )
     assert count_rows(desk.engine, "SELECT count(*) FROM lead") == 1
     assert len(desk.board.sessions) == 0

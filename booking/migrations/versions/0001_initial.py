@@ -55,8 +55,9 @@ def upgrade() -> None:
     op.create_table(
         "contact",
         sa.Column("id", sa.String(), primary_key=True),
-        sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False, index=True
+        ),
         sa.Column("phone", sa.String(), nullable=False),
         sa.Column("name", sa.String(), nullable=True),
         sa.Column("email", sa.String(), nullable=True),
@@ -66,8 +67,9 @@ def upgrade() -> None:
     op.create_table(
         "call",
         sa.Column("id", sa.String(), primary_key=True),
-        sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False, index=True
+        ),
         sa.Column("call_sid", sa.String(), nullable=True, unique=True),
         sa.Column("from_number", sa.String(), nullable=True),
         sa.Column("to_number", sa.String(), nullable=True),
@@ -101,8 +103,9 @@ def upgrade() -> None:
         sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False),
         sa.Column("service_id", sa.String(), nullable=False),
         sa.Column("staff_id", sa.String(), nullable=False),
-        sa.Column("contact_id", sa.String(), sa.ForeignKey("contact.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "contact_id", sa.String(), sa.ForeignKey("contact.id"), nullable=False, index=True
+        ),
         sa.Column("status", sa.String(), nullable=False),
         sa.Column("start", TS, nullable=False),
         sa.Column("end", TS, nullable=False),
@@ -117,13 +120,15 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
     )
-    op.create_index("ix_appointment_staff_block", "appointment",
-                    ["business_id", "staff_id", "block_start"])
+    op.create_index(
+        "ix_appointment_staff_block", "appointment", ["business_id", "staff_id", "block_start"]
+    )
     op.create_table(
         "lead",
         sa.Column("id", sa.String(), primary_key=True),
-        sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False, index=True
+        ),
         sa.Column("contact_id", sa.String(), sa.ForeignKey("contact.id"), nullable=True),
         sa.Column("call_id", sa.String(), sa.ForeignKey("call.id"), nullable=True),
         sa.Column("appointment_id", sa.String(), sa.ForeignKey("appointment.id"), nullable=True),
@@ -146,6 +151,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("lead", "appointment", "hold", "call", "contact", "staff", "service",
-                  "business"):
+    for table in ("lead", "appointment", "hold", "call", "contact", "staff", "service", "business"):
         op.drop_table(table)

@@ -15,8 +15,11 @@ depends_on = None
 def upgrade() -> None:
     # Busy lookups bound block_start on both sides (blocks are at most a day long), so this
     # covering index answers them without touching the table or the rest of the year.
-    op.create_index("ix_appointment_busy", "appointment",
-                    ["business_id", "staff_id", "block_start", "block_end", "status"])
+    op.create_index(
+        "ix_appointment_busy",
+        "appointment",
+        ["business_id", "staff_id", "block_start", "block_end", "status"],
+    )
     op.create_index("ix_hold_busy", "hold", ["business_id", "staff_id", "block_start"])
 
 

@@ -35,13 +35,15 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
     )
-    op.create_index("ix_calendar_connection_staff", "calendarconnection",
-                    ["business_id", "staff_id"])
+    op.create_index(
+        "ix_calendar_connection_staff", "calendarconnection", ["business_id", "staff_id"]
+    )
     op.create_table(
         "calendar_busy",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("connection_id", sa.String(), sa.ForeignKey("calendarconnection.id"),
-                  nullable=False),
+        sa.Column(
+            "connection_id", sa.String(), sa.ForeignKey("calendarconnection.id"), nullable=False
+        ),
         sa.Column("business_id", sa.String(64), nullable=False),
         sa.Column("staff_id", sa.String(64), nullable=False),
         sa.Column("calendar_id", sa.String(), nullable=False),
@@ -50,13 +52,19 @@ def upgrade() -> None:
         sa.Column("end", TS, nullable=False),
     )
     op.create_index("ix_calendar_busy_staff", "calendar_busy", ["business_id", "staff_id", "start"])
-    op.create_index("ix_calendar_busy_event", "calendar_busy",
-                    ["connection_id", "calendar_id", "event_key"])
+    op.create_index(
+        "ix_calendar_busy_event", "calendar_busy", ["connection_id", "calendar_id", "event_key"]
+    )
     op.create_table(
         "calendarchannel",
         sa.Column("id", sa.String(), primary_key=True),
-        sa.Column("connection_id", sa.String(), sa.ForeignKey("calendarconnection.id"),
-                  nullable=False, index=True),
+        sa.Column(
+            "connection_id",
+            sa.String(),
+            sa.ForeignKey("calendarconnection.id"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("calendar_id", sa.String(), nullable=False),
         sa.Column("token", sa.String(), nullable=False),
         sa.Column("resource_id", sa.String(), nullable=True),
@@ -67,8 +75,9 @@ def upgrade() -> None:
         "calendarevent",
         sa.Column("key", sa.String(), primary_key=True),
         sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False),
-        sa.Column("connection_id", sa.String(), sa.ForeignKey("calendarconnection.id"),
-                  nullable=False),
+        sa.Column(
+            "connection_id", sa.String(), sa.ForeignKey("calendarconnection.id"), nullable=False
+        ),
         sa.Column("calendar_id", sa.String(), nullable=False),
         sa.Column("event_id", sa.String(), nullable=True),
         sa.Column("deleted", sa.Boolean(), nullable=False),

@@ -19,8 +19,9 @@ def upgrade() -> None:
     op.create_table(
         "dashboard_user",
         sa.Column("id", sa.String(), primary_key=True),
-        sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False, index=True
+        ),
         sa.Column("email", sa.String(), nullable=False, unique=True),
         sa.Column("password_hash", sa.String(), nullable=False),
         sa.Column("role", sa.String(), nullable=False),
@@ -31,8 +32,9 @@ def upgrade() -> None:
     op.create_table(
         "dashboard_session",
         sa.Column("token_hash", sa.String(), primary_key=True),
-        sa.Column("user_id", sa.String(), sa.ForeignKey("dashboard_user.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "user_id", sa.String(), sa.ForeignKey("dashboard_user.id"), nullable=False, index=True
+        ),
         sa.Column("csrf", sa.String(), nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),

@@ -19,8 +19,9 @@ def upgrade() -> None:
     op.create_table(
         "webhook",
         sa.Column("id", sa.String(), primary_key=True),
-        sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False,
-                  index=True),
+        sa.Column(
+            "business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False, index=True
+        ),
         sa.Column("url", sa.String(), nullable=False),
         sa.Column("secret", sa.String(), nullable=False),
         sa.Column("event_types", sa.JSON(), nullable=False),

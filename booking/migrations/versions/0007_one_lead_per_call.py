@@ -46,14 +46,23 @@ def _status_key(lead: dict[str, Any]) -> tuple[int, bool, Any]:
 
 def upgrade() -> None:
     conn = op.get_bind()
-    rows = conn.execute(sa.text(
-        f"SELECT {_COLUMNS} FROM lead WHERE call_id IN ("
-        "  SELECT call_id FROM lead WHERE call_id IS NOT NULL"
-        "  GROUP BY call_id HAVING count(*) > 1"
-        ") ORDER BY call_id, created_at, id"
-    )).mappings().all()
-    last_change: dict[str, Any] = dict(conn.execute(sa.text(
-        "SELECT lead_id, max(at) FROM lead_status_change GROUP BY lead_id")).all())
+    rows = (
+        conn.execute(
+            sa.text(
+                f"SELECT {_COLUMNS} FROM lead WHERE call_id IN ("
+                "  SELECT call_id FROM lead WHERE call_id IS NOT NULL"
+                "  GROUP BY call_id HAVING count(*) > 1"
+                ") ORDER BY call_id, created_at, id"
+            )
+        )
+        .mappings()
+        .all()
+    )
+    last_change: dict[str, Any] = dict(
+        conn.execute(
+            sa.text("SELECT lead_id, max(at) FROM lead_status_change GROUP BY lead_id")
+        ).all()
+    )
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         lead = dict(row) | {"status_at": last_change.get(row["id"])}
@@ -64,18 +73,28 @@ def upgrade() -> None:
             _merge(first, lead)
         status = max([first, *later], key=_status_key)["status"]
         for lead in later:  # its history follows the lead that stays, then it goes
-            conn.execute(sa.text(
-                "UPDATE lead_status_change SET lead_id = :keep WHERE lead_id = :id"),
-                {"keep": first["id"], "id": lead["id"]})
+            conn.execute(
+                sa.text("UPDATE lead_status_change SET lead_id = :keep WHERE lead_id = :id"),
+                {"keep": first["id"], "id": lead["id"]},
+            )
             conn.execute(sa.text("DELETE FROM lead WHERE id = :id"), {"id": lead["id"]})
-        conn.execute(sa.text(
-            "UPDATE lead SET outcome = :outcome, appointment_id = :appointment_id, "
-            "reason = :reason, name = :name, phone = :phone, contact_id = :contact_id, "
-            "status = :status WHERE id = :id"),
-            {"id": first["id"], "outcome": first["outcome"],
-             "appointment_id": first["appointment_id"],
-             "reason": "; then: ".join(first["reasons"]) or None, "name": first["name"],
-             "phone": first["phone"], "contact_id": first["contact_id"], "status": status})
+        conn.execute(
+            sa.text(
+                "UPDATE lead SET outcome = :outcome, appointment_id = :appointment_id, "
+                "reason = :reason, name = :name, phone = :phone, contact_id = :contact_id, "
+                "status = :status WHERE id = :id"
+            ),
+            {
+                "id": first["id"],
+                "outcome": first["outcome"],
+                "appointment_id": first["appointment_id"],
+                "reason": "; then: ".join(first["reasons"]) or None,
+                "name": first["name"],
+                "phone": first["phone"],
+                "contact_id": first["contact_id"],
+                "status": status,
+            },
+        )
     op.create_index("uq_lead_call", "lead", ["call_id"], unique=True)
 
 

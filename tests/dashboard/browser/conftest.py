@@ -26,8 +26,9 @@ from tests.fakes.loopback import LoopbackServer
 CHROMIUM = Path("/usr/bin/chromium")
 
 if not CHROMIUM.exists() and not os.environ.get("CI"):
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
 if os.environ.get("CI"):
     from playwright import sync_api
 else:
@@ -58,24 +59,44 @@ async def _seed(scheduler: Scheduler) -> dict[str, str]:
 
     from dashboard.users import add_user
 
-    for email, role, staff in (("owner@clinic.test", "owner", None),
-                               ("lee@clinic.test", "staff", "lee")):
-        add_user(scheduler.engine, business_id="clinic", email=email, password=PASSWORD,
-                 role=role, staff_id=staff, now=NOW)
-    ann = await scheduler.record_lead(business_id="clinic", phone="+12025550001",
-                                      name="Ann Smith", reason="Cleaning", outcome="callback",
-                                      now=NOW - timedelta(days=1))
-    bob = await scheduler.record_lead(business_id="clinic", phone="+12025550002",
-                                      name="Bob Jones", reason="Spam call", outcome="spam",
-                                      now=NOW - timedelta(hours=2))
+    for email, role, staff in (
+        ("owner@clinic.test", "owner", None),
+        ("lee@clinic.test", "staff", "lee"),
+    ):
+        add_user(
+            scheduler.engine,
+            business_id="clinic",
+            email=email,
+            password=PASSWORD,
+            role=role,
+            staff_id=staff,
+            now=NOW,
+        )
+    ann = await scheduler.record_lead(
+        business_id="clinic",
+        phone="+12025550001",
+        name="Ann Smith",
+        reason="Cleaning",
+        outcome="callback",
+        now=NOW - timedelta(days=1),
+    )
+    bob = await scheduler.record_lead(
+        business_id="clinic",
+        phone="+12025550002",
+        name="Bob Jones",
+        reason="Spam call",
+        outcome="spam",
+        now=NOW - timedelta(hours=2),
+    )
     return {"ann": ann.id, "bob": bob.id}
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox"])
+        launched = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"]
+        )
         try:
             yield launched
         finally:

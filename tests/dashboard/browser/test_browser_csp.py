@@ -9,9 +9,20 @@ from typing import Any
 
 from tests.dashboard.browser.conftest import log_in
 
-OWNER_PAGES = ["/leads", "/leads/{ann}", "/appointments", "/appointments?view=day",
-               "/staff", "/staff/lee", "/staff/lee/calendars", "/settings", "/integrations",
-               "/privacy", "/try", "/no-such-page"]
+OWNER_PAGES = [
+    "/leads",
+    "/leads/{ann}",
+    "/appointments",
+    "/appointments?view=day",
+    "/staff",
+    "/staff/lee",
+    "/staff/lee/calendars",
+    "/settings",
+    "/integrations",
+    "/privacy",
+    "/try",
+    "/no-such-page",
+]
 
 
 def test_every_page_loads_without_a_policy_violation(live: dict[str, Any], page: Any) -> None:
@@ -24,8 +35,10 @@ def test_every_page_loads_without_a_policy_violation(live: dict[str, Any], page:
         page.wait_for_load_state("load")
         assert response.headers["x-frame-options"] == "DENY", path
         if response.ok:  # htmx runs, with its config from the meta tag
-            assert page.evaluate("() => htmx.config.allowEval === false"
-                                 " && htmx.config.includeIndicatorStyles === false"), path
+            assert page.evaluate(
+                "() => htmx.config.allowEval === false"
+                " && htmx.config.includeIndicatorStyles === false"
+            ), path
     page.context.clear_cookies()
     log_in(page, live["url"], "lee@clinic.test")  # a staff member's pages too
     page.goto(f"{live['url']}/staff/lee")
@@ -33,8 +46,9 @@ def test_every_page_loads_without_a_policy_violation(live: dict[str, Any], page:
     # The page fixture fails the test on any violation it saw.
 
 
-def test_a_violation_is_caught(live: dict[str, Any], page: Any,
-                               browser_problems: list[str]) -> None:
+def test_a_violation_is_caught(
+    live: dict[str, Any], page: Any, browser_problems: list[str]
+) -> None:
     """The check above can fail: an inline script added to a page is refused and reported."""
     page.goto(f"{live['url']}/login")
     page.evaluate("""() => { const s = document.createElement("script");

@@ -55,9 +55,17 @@ def test_staff_edits_hours_and_slot_search_follows(live: dict[str, Any], page: A
     text = page.locator('[data-day="2026-12-07"]').inner_text()
     assert "14:00–15:00" in text and "14:30" in text and "09:00" not in text
     # The next caller's search (the JSON API's, the agent's) sees the new hours at once.
-    r = httpx.get(f"{live['url']}/api/v1/availability", headers=AUTH, params={
-        "business": "clinic", "service": "checkup", "staff": "lee", "from": "2026-12-07",
-        "to": "2026-12-07"})
+    r = httpx.get(
+        f"{live['url']}/api/v1/availability",
+        headers=AUTH,
+        params={
+            "business": "clinic",
+            "service": "checkup",
+            "staff": "lee",
+            "from": "2026-12-07",
+            "to": "2026-12-07",
+        },
+    )
     assert [s["start"][11:16] for s in r.json()["slots"]] == ["14:00", "14:30"]
     # A mistake is refused with the reason, in the browser too.
     page.locator("#hours_tue").fill("17:00-09:00")

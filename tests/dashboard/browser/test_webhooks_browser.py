@@ -21,7 +21,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 def test_owner_adds_a_webhook_and_a_signed_test_event_arrives(
-    live: dict[str, Any], page: Any, receiver: Receiver,
+    live: dict[str, Any],
+    page: Any,
+    receiver: Receiver,
 ) -> None:
     log_in(page, live["url"], "owner@clinic.test")
     page.get_by_role("link", name="Integrations").click()
