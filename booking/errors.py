@@ -12,7 +12,8 @@ BookingError                      base; `retryable` says whether trying again ma
 ├── HoldExpired                   the hold ran out or was replaced
 ├── NotYourAppointment            the appointment belongs to another caller
 ├── AppointmentNotActive          cancelled or already moved
-├── CalendarUnavailable           a linked calendar could not be read (retryable)
+├── CalendarUnavailable           a linked calendar could not be read (retryable unless the
+│                                 instance says otherwise: a 4xx refusal, a revoked grant)
 └── Busy                          the database stayed locked too long (retryable)
 """
 
@@ -76,8 +77,23 @@ class AppointmentNotActive(BookingError):
 
 
 class CalendarUnavailable(BookingError):
+    """A linked calendar could not be reached or refused the request.
+
+    `retryable` is per instance: None takes the class default (True: timeouts, 5xx, 429); a
+    provider passes False for a refusal that will not change (a 4xx other than 408/429).
+    `retry_after` is the wait in seconds the server asked for (a `Retry-After` header), if any;
+    `booking.retry.RetryPolicy` reads both.
+    """
+
     code = "calendar_unavailable"
     retryable = True
+
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = type(self).retryable if retryable is None else retryable
+        self.retry_after = retry_after
 
 
 class Busy(BookingError):

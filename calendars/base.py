@@ -24,15 +24,28 @@ from booking.rules import Interval
 
 
 class NeedsRelink(CalendarUnavailable):
-    """The account's grant or password no longer works; a person has to link it again."""
+    """The account's grant or password no longer works; a person has to link it again.
+
+    Never retryable: trying again with the same grant cannot help."""
+
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 class SyncReset(CalendarUnavailable):
     """An incremental sync cursor is no longer valid (Google 410 Gone, Graph resync required).
 
     Providers usually handle it themselves by answering a full sync; raising it asks the caller
-    to drop the cursor and call `sync` again with `cursor=None`.
+    to drop the cursor and call `sync` again with `cursor=None`. Not retryable as it stands:
+    the same cursor is refused again.
     """
+
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 @dataclass(frozen=True)
@@ -79,8 +92,11 @@ class CalendarInfo:
 
     id: str  # the provider's id (Google calendarId, Graph calendar id, CalDAV collection URL)
     name: str
-    primary: bool = False
+    primary: bool = False  # the provider's default calendar (bookings go there by default)
     writable: bool = True
+    counts_busy: bool = (
+        True  # the provider marks it as the user's own busy calendar (read by default)
+    )
 
 
 @dataclass(frozen=True)
