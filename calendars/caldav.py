@@ -50,7 +50,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,8 +58,10 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
-import caldav
 import icalendar
+from caldav.calendarobjectresource import CalendarObjectResource
+from caldav.collection import Calendar as DavCalendar
+from caldav.davclient import DAVClient
 from caldav.elements import dav
 from caldav.elements.base import BaseElement
 from caldav.lib import error as caldav_error
@@ -237,7 +239,7 @@ class CaldavProvider:
         if spec.location:
             event.add("location", spec.location)
         calendar.add_component(event)
-        return calendar.to_ical().decode()
+        return str(calendar.to_ical(), "utf-8")
 
     # ---- running the blocking library -----------------------------------------------------
 
@@ -317,7 +319,7 @@ class _Clients:
     def __init__(self, *, timeout: float) -> None:
         self._timeout = max(1, round(timeout))
         self._lock = threading.Lock()
-        self._idle: OrderedDict[_Key, list[tuple[float, caldav.DAVClient]]] = OrderedDict()
+        self._idle: OrderedDict[_Key, list[tuple[float, DAVClient]]] = OrderedDict()
         self._basic: set[_Key] = set()
         self._closed = False
 
@@ -346,9 +348,9 @@ class _Clients:
         for client in idle:
             client.close()
 
-    def _lend(self, key: _Key, link: _Link) -> tuple[caldav.DAVClient, bool]:
+    def _lend(self, key: _Key, link: _Link) -> tuple[DAVClient, bool]:
         """A kept client (True) or a new one (False)."""
-        stale: list[caldav.DAVClient] = []
+        stale: list[DAVClient] = []
         client = None
         with self._lock:
             kept = self._idle.get(key) or []
@@ -367,8 +369,8 @@ class _Clients:
             return client, True
         return self._open(key, link), False
 
-    def _open(self, key: _Key, link: _Link) -> caldav.DAVClient:
-        return caldav.DAVClient(
+    def _open(self, key: _Key, link: _Link) -> DAVClient:
+        return DAVClient(
             url=link.url,
             username=link.username,
             password=link.password,
@@ -377,8 +379,8 @@ class _Clients:
             enable_rfc6764=False,
         )
 
-    def _give_back(self, key: _Key, client: caldav.DAVClient) -> None:
-        evicted: list[caldav.DAVClient] = []
+    def _give_back(self, key: _Key, client: DAVClient) -> None:
+        evicted: list[DAVClient] = []
         with self._lock:
             if isinstance(client.auth, HTTPBasicAuth):
                 if len(self._basic) > 10_000:
@@ -414,9 +416,7 @@ class _Clients:
         return dropped and not isinstance(exc, http_library.exceptions.Timeout)
 
 
-def _using(
-    client: caldav.DAVClient, link: _Link, fn: Callable[..., _T], args: tuple[Any, ...]
-) -> _T:
+def _using(client: DAVClient, link: _Link, fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
     """`fn(client, link, *args)`, closing the client when it fails."""
     try:
         return fn(client, link, *args)
@@ -462,7 +462,7 @@ class _Found:
     name: str
 
 
-def _collections(client: caldav.DAVClient, link: _Link) -> list[_Found]:
+def _collections(client: DAVClient, link: _Link) -> list[_Found]:
     """The calendars of the account the URL leads to (the URL itself, if it is a calendar)."""
     found = _walk(client, link, link.url)
     if found is None:
@@ -475,7 +475,7 @@ def _collections(client: caldav.DAVClient, link: _Link) -> list[_Found]:
     return found
 
 
-def _walk(client: caldav.DAVClient, link: _Link, url: str) -> list[_Found] | None:
+def _walk(client: DAVClient, link: _Link, url: str) -> list[_Found] | None:
     """Calendars reached from `url` by its own properties; None when it names no account."""
     seen: set[str] = set()
     previous: str | None = None  # the URL whose current-user-principal led here
@@ -506,7 +506,7 @@ def _walk(client: caldav.DAVClient, link: _Link, url: str) -> list[_Found] | Non
     return _calendars_in(client, url) or None
 
 
-def _properties(client: caldav.DAVClient, url: str, *, missing_ok: bool) -> dict[str, Any] | None:
+def _properties(client: DAVClient, url: str, *, missing_ok: bool) -> dict[str, Any] | None:
     """The discovery properties of the resource at `url`; None when it answers no WebDAV."""
     response = client.propfind(url, props=_DISCOVERY_PROPS, depth=0)
     if response.status in (404, 410) and not missing_ok:
@@ -519,7 +519,7 @@ def _properties(client: caldav.DAVClient, url: str, *, missing_ok: bool) -> dict
     return merged or None
 
 
-def _calendars_in(client: caldav.DAVClient, home: str) -> list[_Found]:
+def _calendars_in(client: DAVClient, home: str) -> list[_Found]:
     """The event calendars directly inside the collection `home` (task lists left out)."""
     response = client.propfind(home, props=_DISCOVERY_PROPS, depth=1)
     if response.status >= 500:
@@ -535,7 +535,7 @@ def _calendars_in(client: caldav.DAVClient, home: str) -> list[_Found]:
     return found
 
 
-def _well_known(client: caldav.DAVClient, link: _Link) -> str | None:
+def _well_known(client: DAVClient, link: _Link) -> str | None:
     """Where the server's `/.well-known/caldav` leads (RFC 6764 section 5), redirects followed
     one by one, so each step's host is checked and later hrefs resolve against the right one.
     None when the server has no such address."""
@@ -617,7 +617,7 @@ def _name(props: dict[str, Any], url: str) -> str:
     return name.strip() if isinstance(name, str) and name.strip() else _last_segment(url)
 
 
-def _calendar(client: caldav.DAVClient, url: str) -> caldav.Calendar:
+def _calendar(client: DAVClient, url: str) -> DavCalendar:
     """The calendar at the absolute `url`. One on another host than the client's root (iCloud
     keeps an account's calendars on a host of its own) moves the root there first, as the
     library does itself on finding such a calendar home: the library joins the hrefs of a
@@ -625,16 +625,16 @@ def _calendar(client: caldav.DAVClient, url: str) -> caldav.Calendar:
     root, there = urlsplit(str(client.url)), urlsplit(url)
     if (root.scheme, root.netloc) != (there.scheme, there.netloc):
         client.url = client.url.relocate(url)
-    return client.calendar(url=url)
+    return DavCalendar(client=client, url=url)
 
 
-def _resource_types(client: caldav.DAVClient, url: str) -> list[str]:
-    props = _calendar(client, url).get_properties([dav.ResourceType()])
+def _resource_types(client: DAVClient, url: str) -> list[str]:
+    props = _own_properties(_calendar(client, url), [dav.ResourceType()])
     kinds = props.get(dav.ResourceType.tag) or []
     return [kinds] if isinstance(kinds, str) else list(kinds)
 
 
-def _list_calendars(client: caldav.DAVClient, link: _Link) -> list[CalendarInfo]:
+def _list_calendars(client: DAVClient, link: _Link) -> list[CalendarInfo]:
     return [CalendarInfo(id=found.url, name=found.name) for found in _collections(client, link)]
 
 
@@ -643,7 +643,7 @@ def _last_segment(url: str) -> str:
 
 
 def _read_events(
-    client: caldav.DAVClient,
+    client: DAVClient,
     link: _Link,
     urls: list[str],
     tz: ZoneInfo,
@@ -661,7 +661,7 @@ def _read_events(
 
 
 def _query(
-    calendar: caldav.Calendar,
+    calendar: DavCalendar,
     link: _Link,
     tz: ZoneInfo,
     start: datetime,
@@ -670,6 +670,7 @@ def _query(
     into: dict[str, list[Interval]],
 ) -> None:
     # post_filter=False: the library would filter in its own zone; ours is exact.
+    objects: list[CalendarObjectResource] | Coroutine[Any, Any, list[CalendarObjectResource]]
     objects = calendar.search(
         start=start - _QUERY_MARGIN,
         end=end + _QUERY_MARGIN,
@@ -677,6 +678,8 @@ def _query(
         expand=False,
         post_filter=False,
     )
+    if not isinstance(objects, list):  # only the library's async client answers a coroutine
+        raise TypeError("the CalDAV library's synchronous search did not answer a list")
     for obj in objects:
         data = obj.data
         raw = data.encode() if isinstance(data, str) else bytes(data)
@@ -687,7 +690,7 @@ def _query(
 
 
 def _sync(
-    client: caldav.DAVClient,
+    client: DAVClient,
     link: _Link,
     url: str,
     tz: ZoneInfo,
@@ -705,14 +708,22 @@ def _sync(
     return SyncResult(full=True, changed=changed, cursor=_cursor(tag, tz, start, end))
 
 
-def _collection_tag(calendar: caldav.Calendar) -> str | None:
+def _collection_tag(calendar: DavCalendar) -> str | None:
     """The collection's DAV:sync-token, or its getctag: either changes with every change."""
-    props = calendar.get_properties([dav.SyncToken(), _GetCtag()])
+    props = _own_properties(calendar, [dav.SyncToken(), _GetCtag()])
     for tag in (dav.SyncToken.tag, _GetCtag.tag):
         value = props.get(tag)
         if isinstance(value, str) and value.strip():
             return value.strip()
     return None
+
+
+def _own_properties(calendar: DavCalendar, props: list[BaseElement]) -> dict[str, Any]:
+    """The calendar's own values of `props` (a Depth 0 PROPFIND), by property tag."""
+    answer = calendar.get_properties(props)
+    if not isinstance(answer, dict):  # only the library's async client answers a coroutine
+        raise TypeError("the CalDAV library's synchronous PROPFIND did not answer a dict")
+    return answer
 
 
 def _cursor(tag: str | None, tz: ZoneInfo, start: datetime, end: datetime) -> str | None:
@@ -740,7 +751,7 @@ def _unchanged(
 
 
 def _put(
-    client: caldav.DAVClient,
+    client: DAVClient,
     link: _Link,
     url: str,
     uid: str,
@@ -762,7 +773,7 @@ def _put(
     _expect(link, client.put(href, body, headers=_ICS_HEADERS).status, "update")
 
 
-def _delete(client: caldav.DAVClient, link: _Link, url: str, uid: str) -> None:
+def _delete(client: DAVClient, link: _Link, url: str, uid: str) -> None:
     try:
         status = client.delete(_event_href(url, uid)).status
     except caldav_error.NotFoundError:

@@ -156,7 +156,7 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
                     )
                 kept.append(rule)
                 continue
-            start = event["DTSTART"].dt
+            start = _moment(event, "DTSTART")
             wall = start if isinstance(start, datetime) else datetime.combine(start, time_of_day())
             try:
                 pattern = pattern_of(text, wall)
@@ -193,7 +193,7 @@ def _rules(calendar: icalendar.Calendar) -> list[tuple[str, datetime, float, dat
             count, until = rule.get("COUNT"), rule.get("UNTIL")
             if count and str(count[0]).isdigit() and int(count[0]) <= MAX_INSTANCES:
                 continue  # the walk ends after COUNT instances
-            first = _to_utc(event["DTSTART"].dt, _UTC)
+            first = _to_utc(_moment(event, "DTSTART"), _UTC)
             last = _to_utc(until[0], _UTC) if until and isinstance(until[0], date) else None
             out.append((str(event.get("UID", "")), first, step, last))
     return out
@@ -270,8 +270,8 @@ def event_key(event: icalendar.cal.Component, series: frozenset[str], tz: ZoneIn
     """The UID of a single event; UID and RECURRENCE-ID (in UTC) for an instance of a series."""
     uid = str(event.get("UID", ""))
     if uid not in series or "RECURRENCE-ID" not in event:
-        return uid or f"no-uid:{_stamp(event['DTSTART'].dt, tz)}"
-    return f"{uid}#{_stamp(event['RECURRENCE-ID'].dt, tz)}"
+        return uid or f"no-uid:{_stamp(_moment(event, 'DTSTART'), tz)}"
+    return f"{uid}#{_stamp(_moment(event, 'RECURRENCE-ID'), tz)}"
 
 
 def _stamp(value: date | datetime, tz: ZoneInfo) -> str:
@@ -289,7 +289,22 @@ def _is_busy(event: icalendar.cal.Component) -> bool:
 
 def _span(event: icalendar.cal.Component, tz: ZoneInfo) -> Interval:
     # Occurrences always carry DTEND: the library computes it from DURATION or the RFC default.
-    return _to_utc(event["DTSTART"].dt, tz), _to_utc(event["DTEND"].dt, tz)
+    return _to_utc(_moment(event, "DTSTART"), tz), _to_utc(_moment(event, "DTEND"), tz)
+
+
+def _moment(component: icalendar.cal.Component, name: str) -> date:
+    """The date or date-time of a DTSTART, DTEND or RECURRENCE-ID property (a `datetime` is a
+    `date` too). Raises ValueError for one given twice or holding a duration or period, which
+    makes the calendar unreadable rather than guessed at."""
+    prop = component[name]
+    value = (
+        prop.dt
+        if isinstance(prop, (icalendar.vDDDTypes, icalendar.vDate, icalendar.vDatetime))
+        else None
+    )
+    if not isinstance(value, date):
+        raise ValueError(f"{name} of {component.name} is not one date or date-time")
+    return value
 
 
 def _to_utc(value: date | datetime, tz: ZoneInfo) -> datetime:
