@@ -31,9 +31,12 @@ provider's wishes:
   (checking client credentials, redirect URI and the PKCE S256 verifier) or a refresh token;
   errors are `{"error": "invalid_grant", ...}` as Google sends them.
 
-Faults: `fail_next(kind, times)` makes the next API requests answer `429` (with Retry-After),
-`500`, `503`, `403` (rateLimitExceeded), `403-user` (userRateLimitExceeded), or `timeout` (the
-request is carried out, writes included, and the answer held back `timeout_delay` seconds).
+Faults: `fail_next(kind, times)` makes the next API requests answer `429` (with Retry-After:
+`retry_after`, delta-seconds or an HTTP-date, "1" unless set), `500`, `503`, `403`
+(rateLimitExceeded), `403-user` (userRateLimitExceeded), `400` (badRequest), `404` (notFound),
+`401` (authError whatever the token, as for a grant revoked on Google's side), or `timeout`
+(the request is carried out, writes included, and the answer held back `timeout_delay`
+seconds).
 
     fake = FakeGoogleCalendar().start()
     fake.add_user("ann@example.com", time_zone="America/New_York")
@@ -86,7 +89,7 @@ _NOT_WITH_SYNC_TOKEN = (
 _MAX_INSTANCES = 1000
 _CHANNEL_TTL = timedelta(days=7)
 _WRITE_ROLES = ("owner", "writer")
-FAULT_KINDS = ("timeout", "429", "500", "503", "403", "403-user")
+FAULT_KINDS = ("timeout", "429", "500", "503", "403", "403-user", "400", "404", "401")
 
 
 class ApiError(Exception):
@@ -255,6 +258,7 @@ class FakeGoogleCalendar:
         self._pages: dict[str, list[dict[str, Any]]] = {}
         self._page_tails: dict[str, str | None] = {}
         self._faults: list[str] = []
+        self.retry_after = "1"  # what a "429" fault's Retry-After says
 
     # ---- the test's side: accounts, tokens, faults ------------------------------------------
 
@@ -423,7 +427,7 @@ class FakeGoogleCalendar:
                         request.method, request.url.path, dict(request.query_params), body, fault
                     )
                 )
-            rejected = _fault_answer(fault)
+            rejected = _fault_answer(fault, self.retry_after)
             if rejected is not None:
                 return rejected.response()
             try:
@@ -792,7 +796,10 @@ class FakeGoogleCalendar:
         length = _parse_when(master["end"], tz) - first
         local_first = first.astimezone(tz).replace(tzinfo=None)
         rules = rrulestr(
-            "\n".join(master["recurrence"]), dtstart=local_first, forceset=True, ignoretz=True
+            "\n".join(_floating(master["recurrence"], tz)),
+            dtstart=local_first,
+            forceset=True,
+            ignoretz=True,
         )
         out = []
         for n, local in enumerate(rules):
@@ -1090,14 +1097,25 @@ class FakeGoogleCalendar:
 # ---- wire-format helpers ------------------------------------------------------------------------
 
 
-def _fault_answer(fault: str | None) -> ApiError | None:
+def _fault_answer(fault: str | None, retry_after: str = "1") -> ApiError | None:
     if fault == "429":
         return ApiError(
             429,
             "rateLimitExceeded",
             "Rate Limit Exceeded",
             domain="usageLimits",
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": retry_after},
+        )
+    if fault == "400":
+        return ApiError(400, "badRequest", "Bad Request")
+    if fault == "404":
+        return ApiError(404, "notFound", "Not Found")
+    if fault == "401":
+        return ApiError(
+            401,
+            "authError",
+            "Request had invalid authentication credentials.",
+            headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
         )
     if fault == "403":
         return ApiError(403, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits")
@@ -1178,6 +1196,25 @@ def _check_range(event: dict[str, Any]) -> None:
         tz = ZoneInfo("UTC")
         if _parse_when(event["end"], tz) < _parse_when(event["start"], tz):
             raise ApiError(400, "timeRangeEmpty", "The specified time range is empty.")
+
+
+def _floating(lines: list[str], tz: ZoneInfo) -> list[str]:
+    """Recurrence lines with EXDATE/RDATE times given in a TZID (as Google takes them) turned
+    into wall times of the series' zone, the form the expansion above compares with."""
+    out = []
+    for line in lines:
+        head, _, values = line.partition(":")
+        name, *params = head.split(";")
+        zone = next((p[5:] for p in params if p.upper().startswith("TZID=")), None)
+        if name.upper() in ("EXDATE", "RDATE") and zone and "T" in values:
+            there = ZoneInfo(zone)
+            local = [
+                datetime.strptime(v, "%Y%m%dT%H%M%S").replace(tzinfo=there).astimezone(tz)
+                for v in values.split(",")
+            ]
+            line = f"{name}:" + ",".join(f"{v:%Y%m%dT%H%M%S}" for v in local)
+        out.append(line)
+    return out
 
 
 def _declined_by_self(event: dict[str, Any]) -> bool:

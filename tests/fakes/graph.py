@@ -40,8 +40,11 @@ One deliberate relaxation: Graph requires https notification URLs; `allow_http_c
 (on by default here) lets the tests receive on plain http loopback.
 
 Faults: `fail_next(kind, times)` makes the next Graph requests answer 429 (with
-`Retry-After`), 500 or 503, or apply the request and then answer only after `timeout_delay`
-seconds ("timeout"), past the client's time-out.
+`Retry-After: <retry_after>`, delta-seconds or an HTTP-date, "1" unless set), 500, 503, 400
+(`BadRequest`), 404 (`ErrorItemNotFound`), 401 (`InvalidAuthenticationToken` whatever the
+token), or apply the request and then answer only after `timeout_delay` seconds ("timeout"),
+past the client's time-out. `remove_occurrence` deletes one occurrence of a series, as a person
+deleting it in Outlook does (Graph leaves it out of every view from then on).
 
     graph = FakeGraph().start()
     ... MicrosoftProvider(graph_base_url=graph.graph_url) ...
@@ -110,6 +113,7 @@ class StoredEvent:
     transaction_id: str | None = None
     location: str = ""
     recurrence: dict[str, Any] | None = None
+    removed_occurrences: tuple[str, ...] = ()  # occurrence ids deleted from the series
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
     modified: datetime = field(default_factory=lambda: datetime.now(UTC))
     version: int = 1
@@ -176,6 +180,7 @@ class FakeGraph:
         self._lock = threading.RLock()
         self._delivered = threading.Condition(self._lock)
         self._faults: list[str] = []
+        self.retry_after = "1"  # what a "429" fault's Retry-After says
         self._access: dict[str, datetime] = {}
         self._refresh: set[str] = set()
         self._codes: dict[str, dict[str, str]] = {}
@@ -239,7 +244,7 @@ class FakeGraph:
         return cid
 
     def fail_next(self, kind: str, times: int = 1) -> None:
-        if kind not in ("timeout", "429", "500", "503"):
+        if kind not in ("timeout", "429", "500", "503", "400", "404", "401"):
             raise ValueError(f"unknown fault {kind!r}")
         with self._lock:
             self._faults.extend([kind] * times)
@@ -317,6 +322,19 @@ class FakeGraph:
             event = self.events.pop(event_id, None)
         if event is not None:
             self._changed(event, "deleted")
+
+    def remove_occurrence(self, event_id: str, day: date) -> None:
+        """Delete the occurrence of series `event_id` that starts on `day` (series' zone)."""
+        with self._lock:
+            event = self.events[event_id]
+            gone = f"{event_id}_OCC_{day:%Y%m%d}"
+            self.events[event_id] = replace(
+                event,
+                removed_occurrences=(*event.removed_occurrences, gone),
+                version=event.version + 1,
+                modified=datetime.now(UTC),
+            )
+        self._changed(self.events[event_id], "updated")
 
     def stored_events(self, calendar_id: str) -> list[StoredEvent]:
         with self._lock:
@@ -425,11 +443,17 @@ class FakeGraph:
             self.requests.append((request.method, request.url.path))
             fault = self._faults.pop(0) if self._faults else None
         if fault == "429":
-            return _error(429, "TooManyRequests", "Please retry after", {"Retry-After": "1"})
+            return _error(
+                429, "TooManyRequests", "Please retry after", {"Retry-After": self.retry_after}
+            )
+        if fault == "400":
+            return _error(400, "BadRequest", "The request is malformed or incorrect.")
+        if fault == "404":
+            return _error(404, "ErrorItemNotFound", "The specified object was not found.")
         if fault in ("500", "503"):
             code = "generalException" if fault == "500" else "serviceNotAvailable"
             return _error(int(fault), code, "The service is unavailable.")
-        if not self._bearer_ok(request):
+        if fault == "401" or not self._bearer_ok(request):
             return _error(
                 401,
                 "InvalidAuthenticationToken",
@@ -1179,6 +1203,8 @@ def _expand(event: StoredEvent) -> Iterator[Instance]:
     for n in range(min(count, _SERIES_LIMIT)):
         # Occurrences keep their wall time in the series' zone, across DST.
         start = datetime.combine(local_start.date() + step * n, local_start.timetz())
+        if f"{event.id}_OCC_{start:%Y%m%d}" in event.removed_occurrences:
+            continue
         yield Instance(
             f"{event.id}_OCC_{start:%Y%m%d}",
             event,
