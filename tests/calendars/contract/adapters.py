@@ -92,6 +92,8 @@ class Contract:
     # knows) and return the cursor to pass.
     invalidate: Callable[[str | None], str | None]
     kinds: tuple[str, ...] = KINDS
+    # How the server loses a write's answer after applying it (see the fault switches).
+    lost: tuple[str, ...] = ("timeout",)
     # OAuth only: expire the access token (the refresh token still works); refreshes so far.
     expire_access: Callable[[], None] | None = None
     refreshes: Callable[[], int] | None = None
@@ -467,13 +469,14 @@ async def caldav_radicale(server: RadicaleServer) -> AsyncIterator[Contract]:
             stored=stored,
             fail_next=proxy.fail_next,
             set_retry_after=set_retry_after,
-            sent=lambda: [r for r in proxy.requests if r.authorized],
+            sent=lambda: [(r.method, r.path) for r in proxy.requests if r.authorized],
             revoked=revoked,
             # CalDAV cursors are the provider's own (the collection's sync-token or ctag and the
             # window): one from an older state of the calendar, or not understood, means a
             # full read.
             invalidate=lambda cursor: "a cursor the provider never wrote",
             kinds=("busy", "tentative", "free", "cancelled"),
+            lost=("timeout", "drop"),
             extra={"proxy": proxy, "server": server},
         )
     finally:
@@ -543,7 +546,7 @@ async def ics() -> AsyncIterator[Contract]:
             stored=stored,
             fail_next=feed.fail_next,
             set_retry_after=set_retry_after,
-            sent=lambda: list(feed.requests),
+            sent=lambda: [("GET", path) for path, _ in feed.requests],
             revoked=revoked,
             invalidate=lambda cursor: "a cursor the provider never wrote",
             kinds=("busy", "tentative", "free", "cancelled"),

@@ -1,7 +1,7 @@
 """A published ICS feed on loopback (what Google's or iCloud's "secret address" serves), with
 faults on demand: `fail_next(kind, times)` answers the next fetches with "429" (Retry-After:
 `retry_after`), "500", "503", "400", "404", or holds the answer `hold` seconds ("timeout").
-`vevents` are the feed's VEVENT blocks; `requests` counts the fetches and their faults.
+`vevents` are the feed's VEVENT blocks; `requests` records each fetch's path and fault.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class IcsFeed:
         self.hold = hold
         self.retry_after = "1"
         self.vevents: dict[str, str] = {}  # UID -> VEVENT block (CRLF lines)
-        self.requests: list[str | None] = []  # the fault each fetch met
+        self.requests: list[tuple[str, str | None]] = []  # (path, the fault it met)
         self._faults: list[str] = []
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -54,17 +54,17 @@ class IcsFeed:
         text = "\r\n".join(lines) + "\r\n" + "".join(blocks) + "END:VCALENDAR\r\n"
         return text.encode()
 
-    def _take(self) -> str | None:
+    def _take(self, path: str) -> str | None:
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None
-            self.requests.append(fault)
+            self.requests.append((path, fault))
             return fault
 
 
 def _handler(feed: IcsFeed) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            fault = feed._take()
+            fault = feed._take(self.path)
             if fault in ("429", "500", "503", "400", "404"):
                 self.send_response(int(fault))
                 if fault == "429":
