@@ -78,3 +78,15 @@ def describe(calendars: Sequence[CalendarInfo]) -> str:
         notes = [n for n, on in (("primary", c.primary), ("read-only", not c.writable)) if on]
         names.append(f"{c.name} ({', '.join(notes)})" if notes else c.name)
     return "It has: " + ", ".join(names) + "."
+
+
+def name_of(calendars: Sequence[CalendarInfo], calendar_id: str) -> str:
+    """The name a person knows a calendar by (its id when the account no longer has it)."""
+    return next((c.name for c in calendars if c.id == calendar_id), calendar_id)
+
+
+def summary(calendars: Sequence[CalendarInfo], read: Sequence[str], write: str | None) -> str:
+    """What a connection reads and writes, by name: "Reads: Work, Family · Writes: Work"."""
+    reads = ", ".join(name_of(calendars, i) for i in read) or "nothing"
+    writes = name_of(calendars, write) if write else "nothing"
+    return f"Reads: {reads} · Writes: {writes}"

@@ -12,10 +12,15 @@ import asyncio
 import getpass
 import json
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from frontdesk.cli_errors import UsageError
 
 # The calendar code (and its providers' SDKs) is imported when a command runs, not for --help.
 if TYPE_CHECKING:
+    from calendars.base import CalendarInfo
+    from calendars.models import CalendarConnection
     from calendars.service import CalendarService
     from frontdesk.settings import Settings
 
@@ -49,15 +54,35 @@ def add_parsers(sub: Any) -> None:
     )
     s.add_argument("--source", help="ICS: an absolute file path or an https:// feed URL")
     s.add_argument("--name", help="a label for the link")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the new connection (and which of its calendars are read and written) as JSON",
+    )
 
-    s = cs.add_parser("show", help="the calendars inside a linked account")
-    s.add_argument("id")
-
-    s = cs.add_parser("use", help="choose which calendars count as busy and get bookings")
+    s = cs.add_parser(
+        "show", help="the calendars inside a linked account, and which are read and written"
+    )
     s.add_argument("id")
     s.add_argument("--business")
-    s.add_argument("--read", required=True, help="comma-separated calendar ids")
-    s.add_argument("--write", help="the calendar bookings are written to")
+    s.add_argument("--json", action="store_true")
+
+    s = cs.add_parser(
+        "use",
+        help="choose which calendars count as busy (--read) and which one gets bookings (--write)",
+    )
+    s.add_argument("id")
+    s.add_argument("--business")
+    s.add_argument(
+        "--read",
+        help="comma-separated calendar names or ids (e.g. Work,Family); "
+        "left out: the calendars read now stay",
+    )
+    s.add_argument(
+        "--write",
+        help="the calendar name or id bookings are written to, or 'none'; "
+        "left out: the one written now stays",
+    )
 
     s = cs.add_parser("unlink", help="unlink a calendar account")
     s.add_argument("id")
@@ -109,21 +134,34 @@ async def _closing(service: CalendarService, command: Any) -> int:
 
 
 async def _calendars(args: argparse.Namespace, service: CalendarService, scheduler: Any) -> int:
-    from calendars.web import describe
+    from calendars.selection import summary
 
     command = args.calendars_command
     if command == "sync":
         return await _sync(args, service, scheduler)
-    if command == "show":
-        for cal in await service.list_calendars(args.id):
-            flags = [
-                f for f, on in (("primary", cal.primary), ("read-only", not cal.writable)) if on
-            ]
-            print(f"{cal.id}\t{cal.name}" + (f"\t({', '.join(flags)})" if flags else ""))
-        return 0
     business_id = await scheduler.resolve_business(args.business)
+    if command == "show":
+        conn = await _connection(service, business_id, args.id)
+        calendars = await service.list_calendars(conn.id)
+        rows = _calendar_rows(calendars, conn)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print("this account has no calendars")
+        for row in rows:
+            marks = [m for m in ("read", "write") if row[m]]
+            marks += [
+                f
+                for f, on in (("primary", row["primary"]), ("read-only", not row["writable"]))
+                if on
+            ]
+            print(f"{row['id']}\t{row['name']}\t{', '.join(marks) or '-'}")
+        print(summary(calendars, conn.read_calendars, conn.write_calendar))
+        return 0
     if command == "list":
-        rows = [describe(c) for c in await service.connections(business_id, args.staff)]
+        connections = await service.connections(business_id, args.staff)
+        rows = [await _described(service, c) for c in connections]
         if args.json:
             print(json.dumps(rows, indent=2))
         elif not rows:
@@ -132,7 +170,8 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
             error = f"  ({row['last_error']})" if row["last_error"] else ""
             print(
                 f"{row['id']}  {row['staff']}  {row['provider']}  {row['name']}  "
-                f"{row['status']}  synced {row['synced_at'] or 'never'}{error}"
+                f"{row['status']}  synced {row['synced_at'] or 'never'}{error}\n"
+                f"    {row['summary']}"
             )
         return 0
     if command == "feed":
@@ -143,18 +182,13 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
         print(f"{args.id} unlinked")
         return 0
     if command == "use":
-        read = [c.strip() for c in args.read.split(",") if c.strip()]
-        conn = await service.choose_calendars(
-            args.id, business_id=business_id, read=read, write=args.write
-        )
-        print(
-            f"{conn.id}: reading {', '.join(conn.read_calendars)}; "
-            f"writing {conn.write_calendar or 'nowhere'}"
-        )
-        return 0
+        return await _use(args, service, business_id)
     assert command == "link"
     if args.provider in ("google", "microsoft"):
         url = await service.start_oauth(args.provider, business_id=business_id, staff_id=args.staff)
+        if args.json:
+            print(json.dumps({"provider": args.provider, "authorize_url": url}, indent=2))
+            return 0
         print(
             "Open this address in a browser and allow access; the running server "
             f"({service.public_base_url}) finishes the link:"
@@ -187,8 +221,110 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
             name=args.name,
             allow_files=True,
         )
+    if args.json:
+        print(json.dumps(await _described(service, conn), indent=2))
+        return 0
     print(f"{conn.id}: linked {conn.name} for {args.staff} ({conn.status})")
+    found = await _calendars_or_none(service, conn)
+    if found is not None:
+        print(f"    {summary(found, conn.read_calendars, conn.write_calendar)}")
+        print(f"    (change with: frontdesk calendars use {conn.id} --read NAME,... --write NAME)")
     return 0
+
+
+async def _use(args: argparse.Namespace, service: CalendarService, business_id: str) -> int:
+    """`calendars use ID --read Work,Family --write Work`: by name or id; what is left out stays."""
+    from booking.errors import InvalidRequest
+    from calendars.selection import resolve, summary
+
+    if args.read is None and args.write is None:
+        raise UsageError("say what to change: --read NAME,... and/or --write NAME")
+    conn = await _connection(service, business_id, args.id)
+    calendars = await service.list_calendars(conn.id)
+    try:
+        if args.read is None:
+            read = list(conn.read_calendars)
+        else:
+            read = resolve(calendars, args.read.split(","))
+            if not read:
+                raise UsageError("--read names no calendar (give names or ids, comma-separated)")
+        write = conn.write_calendar
+        if args.write is not None:
+            write = _write_choice(calendars, args.write, resolve)
+    except InvalidRequest as exc:
+        raise UsageError(exc.message) from None
+    chosen = next((c for c in calendars if c.id == write), None)
+    if chosen is not None and not chosen.writable:
+        raise UsageError(f"calendar {chosen.name!r} is read-only; bookings cannot go there")
+    conn = await service.choose_calendars(conn.id, business_id=business_id, read=read, write=write)
+    print(f"{conn.id}: {summary(calendars, conn.read_calendars, conn.write_calendar)}")
+    return 0
+
+
+def _write_choice(calendars: Sequence[CalendarInfo], wanted: str, resolve: Any) -> str | None:
+    """The one calendar `--write` names; 'none' (unless a calendar is called that) for none."""
+    entries = [e for e in (w.strip() for w in wanted.split(",")) if e]
+    if len(entries) > 1:
+        raise UsageError("--write takes one calendar (bookings go to a single calendar)")
+    if not entries:
+        raise UsageError("--write needs a calendar name or id, or 'none'")
+    known = {c.id for c in calendars} | {c.name.strip().casefold() for c in calendars}
+    if entries[0].casefold() == "none" and entries[0].casefold() not in known:
+        return None
+    ids: list[str] = resolve(calendars, entries)
+    return ids[0]
+
+
+async def _connection(
+    service: CalendarService, business_id: str, connection_id: str
+) -> CalendarConnection:
+    from booking.errors import NotFound
+
+    for conn in await service.connections(business_id):
+        if conn.id == connection_id:
+            return conn
+    raise NotFound(f"no calendar connection {connection_id}")
+
+
+def _calendar_rows(
+    calendars: Sequence[CalendarInfo], conn: CalendarConnection
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": c.id,
+            "name": c.name,
+            "primary": c.primary,
+            "writable": c.writable,
+            "read": c.id in conn.read_calendars,
+            "write": c.id == conn.write_calendar,
+        }
+        for c in calendars
+    ]
+
+
+async def _calendars_or_none(
+    service: CalendarService, conn: CalendarConnection
+) -> list[CalendarInfo] | None:
+    """The account's calendars, or None when the account cannot be reached right now."""
+    from booking.errors import CalendarUnavailable
+
+    try:
+        return await service.list_calendars(conn.id)
+    except CalendarUnavailable:
+        return None
+
+
+async def _described(service: CalendarService, conn: CalendarConnection) -> dict[str, Any]:
+    """A connection as `list --json` and `link --json` print it: never its credentials; with
+    its calendars marked read/written (null when the account cannot be reached now)."""
+    from calendars.selection import summary
+    from calendars.web import describe
+
+    row = describe(conn)
+    calendars = await _calendars_or_none(service, conn)
+    row["calendars"] = None if calendars is None else _calendar_rows(calendars, conn)
+    row["summary"] = summary(calendars or [], conn.read_calendars, conn.write_calendar)
+    return row
 
 
 async def _sync(args: argparse.Namespace, service: CalendarService, scheduler: Any) -> int:

@@ -27,6 +27,7 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServe
         url=server.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
     )
     calendar = client.principal().make_calendar(name="Work", cal_id="work")
+    client.principal().make_calendar(name="Family", cal_id="family")
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
     calendar.save_event(
         dtstart=start, dtend=start + timedelta(hours=1), summary="Dentist", uid="busy-1"
@@ -230,3 +231,124 @@ def test_sync_reports_a_calendar_that_cannot_be_read(
     assert code == 1
     assert out.startswith(f"{row['id']}  lee  caldav  {row['name']}: failed: ")
     assert "was not found" in out and PASSWORD not in out
+
+
+def linked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, radicale: RadicaleServer
+) -> str:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    run(capsys, "import", str(DEMO))
+    code, _, err = link_caldav(capsys, monkeypatch, radicale, PASSWORD)
+    assert code == 0, err
+    [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
+    return str(row["id"])
+
+
+def busy_rows(database: Path) -> int:
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with engine.connect() as conn:
+        count = conn.execute(sa.text("SELECT count(*) FROM calendar_busy")).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def test_choose_calendars_by_name(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    radicale: RadicaleServer,
+    database: Path,
+) -> None:
+    conn_id = linked(capsys, monkeypatch, radicale)
+    work, family = f"{radicale.principal_url}work/", f"{radicale.principal_url}family/"
+
+    code, out, err = run(
+        capsys, "calendars", "use", conn_id, "--read", "work, FAMILY", "--write", "Work"
+    )
+    assert (code, err) == (0, "")
+    assert out == f"{conn_id}: Reads: Work, Family · Writes: Work\n"
+    code, out, _ = run(capsys, "calendars", "show", conn_id, "--json")
+    marks = {r["name"]: (r["read"], r["write"]) for r in json.loads(out)}
+    assert marks == {"Work": (True, True), "Family": (True, False)}
+    code, out, _ = run(capsys, "calendars", "show", conn_id)
+    assert f"{work}\tWork\tread, write" in out and f"{family}\tFamily\tread" in out
+    assert out.endswith("Reads: Work, Family · Writes: Work\n")
+
+    # Only --write: what is read stays; ids work as well as names.
+    code, out, _ = run(capsys, "calendars", "use", conn_id, "--write", family)
+    assert out == f"{conn_id}: Reads: Work, Family · Writes: Family\n"
+    # Only --read: what is written stays. Reading Family alone drops the Dentist from the cache.
+    code, out, _ = run(capsys, "calendars", "use", conn_id, "--read", "Family")
+    assert out == f"{conn_id}: Reads: Family · Writes: Family\n"
+    assert busy_rows(database) == 0
+    code, out, _ = run(capsys, "calendars", "use", conn_id, "--read", "Work", "--write", "none")
+    assert out == f"{conn_id}: Reads: Work · Writes: nothing\n"
+    assert busy_rows(database) == 1
+
+    code, out, _ = run(capsys, "calendars", "list")
+    assert out.splitlines()[1] == "    Reads: Work · Writes: nothing"
+    [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
+    assert row["read_calendars"] == [work] and row["write_calendar"] is None
+    assert {c["name"]: c["read"] for c in row["calendars"]} == {"Work": True, "Family": False}
+
+
+def test_unknown_or_unclear_choices_exit_2_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, radicale: RadicaleServer
+) -> None:
+    conn_id = linked(capsys, monkeypatch, radicale)
+    before = run(capsys, "calendars", "show", conn_id, "--json")[1]
+
+    code, out, err = run(capsys, "calendars", "use", conn_id, "--read", "Work,Gym")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "'Gym'" in err and "It has: " in err
+    assert "Work" in err and "Family" in err and "Traceback" not in err
+    for bad in (
+        ["--write", "Gym"],
+        ["--write", "Work,Family"],
+        ["--read", " , "],
+        [],
+    ):
+        code, out, err = run(capsys, "calendars", "use", conn_id, *bad)
+        assert (code, out) == (2, ""), bad
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert run(capsys, "calendars", "show", conn_id, "--json")[1] == before  # nothing changed
+
+    code, _, err = run(capsys, "calendars", "use", "cal_nope", "--read", "Work")
+    assert code == 1 and "no calendar connection cal_nope" in err
+    code, _, err = run(capsys, "calendars", "show", "cal_nope")
+    assert code == 1 and "no calendar connection cal_nope" in err
+
+
+def test_link_json_prints_the_new_connection(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, radicale: RadicaleServer
+) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    run(capsys, "import", str(DEMO))
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    code, out, err = run(
+        capsys,
+        "calendars",
+        "link",
+        "caldav",
+        "--staff",
+        "lee",
+        "--url",
+        radicale.principal_url,
+        "--username",
+        USERNAME,
+        "--password-stdin",
+        "--name",
+        "Lee's Radicale",
+        "--json",
+    )
+    assert code == 0, err
+    linked = json.loads(out)  # the whole output is the JSON document
+    assert PASSWORD not in out
+    assert linked["provider"] == "caldav" and linked["name"] == "Lee's Radicale"
+    assert linked["status"] == "ok" and linked["staff"] == "lee"
+    [listed] = json.loads(run(capsys, "calendars", "list", "--json")[1])
+    assert listed["id"] == linked["id"]
+    calendars = {c["name"]: c for c in linked["calendars"]}
+    assert set(calendars) == {"Work", "Family"}
+    assert [c["id"] for c in linked["calendars"] if c["read"]] == linked["read_calendars"]
+    assert [c["id"] for c in linked["calendars"] if c["write"]] == [linked["write_calendar"]]
+    assert calendars["Work"]["read"]  # the Dentist's calendar is read by default
