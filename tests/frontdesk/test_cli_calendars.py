@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import caldav
 import pytest
 import sqlalchemy as sa
+from caldav.davclient import DAVClient
 from cryptography.fernet import Fernet
 
 from frontdesk.cli import main
@@ -23,11 +23,12 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-business.yaml"
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
     server = start_radicale(tmp_path_factory.mktemp("radicale"))
-    client = caldav.DAVClient(
+    client = DAVClient(
         url=server.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
     )
-    calendar = client.principal().make_calendar(name="Work", cal_id="work")
-    client.principal().make_calendar(name="Family", cal_id="family")
+    principal = client.principal()  # type: ignore[no-untyped-call]  # caldav is not typed here
+    calendar = principal.make_calendar(name="Work", cal_id="work")
+    principal.make_calendar(name="Family", cal_id="family")
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=2)
     calendar.save_event(
         dtstart=start, dtend=start + timedelta(hours=1), summary="Dentist", uid="busy-1"
@@ -175,10 +176,10 @@ def test_sync_refreshes_at_once_and_says_what_changed(
     [row] = json.loads(run(capsys, "calendars", "list", "--json")[1])
 
     # The staff member adds an event on their phone, seconds after the link read the calendar.
-    client = caldav.DAVClient(
+    client = DAVClient(
         url=radicale.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
     )
-    work = client.calendar(url=f"{radicale.principal_url}work/")
+    work = client.calendar(url=f"{radicale.principal_url}work/")  # type: ignore[no-untyped-call]
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
     work.save_event(dtstart=start, dtend=start + timedelta(hours=2), summary="Gym", uid="gym-1")
     try:
