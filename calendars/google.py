@@ -17,15 +17,17 @@ The library blocks, so each request runs in a worker thread under the operation'
 with an `httplib2.Http` lent to it alone (httplib2 is not thread-safe) from the provider's
 `_Https`, which keeps them and their open connections between requests: no new TCP and TLS
 handshake per request. `GoogleProvider.close` ends them. The service object is built once per
-endpoint from the bundled discovery document. 429, 5xx and 403 rate-limit answers are
-retried with backoff (Retry-After honoured) a bounded number of times inside that limit; a 401
-refreshes the access token once. `GoogleOAuth` is the authorization-code flow with `state` and
+endpoint from the bundled discovery document. 408, 429, 5xx and 403 rate-limit answers and
+network errors are retried by `booking.retry.RetryPolicy` (back-off, Retry-After honoured) a
+bounded number of times inside that limit; any other 4xx is not retryable; a 401 refreshes the
+access token once. `GoogleOAuth` is the authorization-code flow with `state` and
 PKCE, over httpx.
 
 Errors (all are `booking.errors.CalendarUnavailable`, whose messages never hold a token):
 
     CalendarUnavailable       unreachable, too slow, rate-limited past the limit, refused
-    ├── GoogleApiError        Google answered an error (`status`, `reason`)
+    ├── GoogleApiError        Google answered an error (`status`, `reason`; retryable only
+    │                         for 408, 429, 5xx and rate-limit 403s)
     └── NeedsRelink           the grant is gone: refresh refused, or a fresh token refused too
 """
 
@@ -35,14 +37,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import random
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Self
 from urllib.parse import urlencode, urljoin
 from zoneinfo import ZoneInfo
@@ -53,8 +53,10 @@ from googleapiclient import discovery
 from googleapiclient.errors import HttpError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from booking.clock import Clock, SystemClock
 from booking.errors import CalendarUnavailable, InvalidRequest
-from booking.rules import Interval
+from booking.retry import RetryPolicy, parse_retry_after, retryable_status
+from booking.rules import Interval, merge
 from calendars.base import (
     Account,
     CalendarInfo,
@@ -83,8 +85,11 @@ DEFAULT_SCOPES = (
 class GoogleApiError(CalendarUnavailable):
     """Google answered with an error status; `reason` is the first `errors[].reason`."""
 
-    def __init__(self, message: str, *, status: int, reason: str) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, status: int, reason: str, retry_after: float | None = None
+    ) -> None:
+        retryable = retryable_status(status) or (status == 403 and reason in _RATE_LIMIT_REASONS)
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
         self.status = status
         self.reason = reason
 
@@ -270,7 +275,8 @@ class GoogleProvider:
 
     `timeout` bounds each operation, retries and back-off included; `retries` is how many times
     one request is sent again after a rate-limit or server error; `max_retry_after` caps the
-    wait a Retry-After header may ask for; `sleep` waits between attempts (tests record it).
+    wait a Retry-After header may ask for; `sleep` waits between attempts (tests record it);
+    `clock` is "now" for Retry-After dates and the retry deadline.
     """
 
     name = "google"
@@ -284,16 +290,16 @@ class GoogleProvider:
         timeout: float = 10.0,
         retries: int = 3,
         max_retry_after: float = 30.0,
-        sleep: Callable[[float], Any] = asyncio.sleep,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         base = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
         self._endpoint = urljoin(base, "calendar/v3/")
         self._timeout = timeout
-        self._retries = retries
-        self._max_retry_after = max_retry_after
-        self._sleep = sleep
-        self._now = now
+        self._clock: Clock = clock or SystemClock()
+        self._retry = RetryPolicy(
+            attempts=retries + 1, max_retry_after=max_retry_after, clock=self._clock, sleep=sleep
+        )
         self._https = _Https()
         # A provider dropped without `close` still closes its idle connections.
         self._finalizer = weakref.finalize(self, self._https.close)
@@ -302,6 +308,10 @@ class GoogleProvider:
         """Close the connections kept for later requests (at shutdown). The provider stays
         usable; requests after this open and close a connection each."""
         self._finalizer()
+
+    async def aclose(self) -> None:
+        """`close`, as the provider contract names it."""
+        self.close()
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -313,29 +323,29 @@ class GoogleProvider:
 
     async def list_calendars(self, account: Account) -> list[CalendarInfo]:
         deadline = _Deadline(self._timeout)
-        found: list[CalendarInfo] = []
+        entries: list[dict[str, Any]] = []
         page_token: str | None = None
         while True:
             page = await self._call(
-                account,
-                deadline,
-                "calendar list",
-                lambda s, t=page_token: s.calendarList().list(pageToken=t, maxResults=250),
+                account, deadline, "calendar list", _calendar_list_page(page_token)
             )
-            for entry in page.get("items", []):
-                if entry.get("deleted"):
-                    continue
-                found.append(
-                    CalendarInfo(
-                        id=entry["id"],
-                        name=entry.get("summaryOverride") or entry.get("summary") or entry["id"],
-                        primary=bool(entry.get("primary")),
-                        writable=entry.get("accessRole") in _WRITE_ROLES,
-                    )
-                )
+            entries.extend(e for e in page.get("items", []) if not e.get("deleted"))
             page_token = page.get("nextPageToken")
             if not page_token:
-                return found
+                break
+        # The primary calendar's id is the account's e-mail address.
+        me = next((str(e["id"]) for e in entries if e.get("primary")), None)
+        me = me or account.settings.get("account")
+        return [
+            CalendarInfo(
+                id=entry["id"],
+                name=entry.get("summaryOverride") or entry.get("summary") or entry["id"],
+                primary=bool(entry.get("primary")),
+                writable=entry.get("accessRole") in _WRITE_ROLES,
+                counts_busy=_own_calendar(entry, me),
+            )
+            for entry in entries
+        ]
 
     async def busy(
         self,
@@ -366,7 +376,8 @@ class GoogleProvider:
         except ExceptionGroup as failed:
             # The first failure says it all; the other queries were cancelled.
             raise _first(failed) from None
-        return _merge([interval for task in tasks for interval in task.result()])
+        # The union joins the pieces of a busy block that a 90-day split cut in two.
+        return merge([interval for task in tasks for interval in task.result()])
 
     async def _freebusy(
         self,
@@ -394,7 +405,7 @@ class GoogleProvider:
                     f"Google answered no free/busy time for calendar {calendar_id}"
                 )
             if found.get("errors"):
-                raise CalendarUnavailable(_freebusy_error(calendar_id, found["errors"]))
+                raise _freebusy_error(calendar_id, found["errors"])
             for period in found.get("busy") or []:
                 intervals.append((_parse_instant(period["start"]), _parse_instant(period["end"])))
         return intervals
@@ -443,18 +454,17 @@ class GoogleProvider:
         result = SyncResult(full=sync_token is None)
         page_token: str | None = None
         while True:
-            page = await self._call(
-                account,
-                deadline,
-                "event read",
-                lambda s, t=page_token: s.events().list(
+
+            def make(s: Any, t: str | None = page_token) -> Any:
+                return s.events().list(
                     calendarId=calendar_id,
                     singleEvents=True,
                     maxResults=_PAGE_SIZE,
                     pageToken=t,
                     **query,
-                ),
-            )
+                )
+
+            page = await self._call(account, deadline, "event read", make)
             for event in page.get("items", []):
                 key = event["id"]
                 if event.get("status") == "cancelled":
@@ -578,6 +588,10 @@ class GoogleProvider:
             resource_id=answer.get("resourceId"),
         )
 
+    async def renew(self, account: Account, channel: Channel) -> Channel | None:
+        """None: a Google channel cannot be extended; the caller watches anew and stops this one."""
+        return None
+
     async def stop(self, account: Account, channel: Channel) -> None:
         if channel.resource_id is None:
             raise CalendarUnavailable(f"Google channel {channel.id} has no resource id to stop")
@@ -600,67 +614,54 @@ class GoogleProvider:
         where = f"Google Calendar ({account.name})"
         token = await self._access_token(account, force_refresh=False)
         refreshed = False
-        attempt = 0
-        while True:
-            left = deadline.left()
-            if left <= 0:
-                raise CalendarUnavailable(
-                    f"{where} did not answer the {action} within {self._timeout:g} s"
-                )
-            try:
-                async with asyncio.timeout(left):
-                    answer = await asyncio.to_thread(
-                        self._https.execute, self._endpoint, make, token, left
+
+        async def attempt() -> Any:
+            nonlocal token, refreshed
+            while True:
+                left = deadline.left()
+                if left <= 0:
+                    raise CalendarUnavailable(
+                        f"{where} did not answer the {action} within {self._timeout:g} s"
                     )
-                return answer if answer is not None else {}
-            except TimeoutError:
-                raise CalendarUnavailable(
-                    f"{where} did not answer the {action} within {self._timeout:g} s"
-                ) from None
-            except HttpError as exc:
-                status, reason = exc.status_code, _reason(exc)
-                if status == 401:
-                    if refreshed:
-                        raise NeedsRelink(
-                            f"{where} refused a freshly refreshed access token; "
-                            "link the account again"
-                        ) from None
-                    token = await self._access_token(account, force_refresh=True)
-                    refreshed = True
-                    continue
-                retryable = (
-                    status == 429
-                    or status >= 500
-                    or (status == 403 and reason in _RATE_LIMIT_REASONS)
-                )
-                if not retryable or attempt >= self._retries:
-                    raise _api_error(where, action, status, reason) from None
-                delay = self._backoff(exc, attempt)
-            except (OSError, httplib2.HttpLib2Error) as exc:
-                if attempt >= self._retries:
+                try:
+                    async with asyncio.timeout(left):
+                        answer = await asyncio.to_thread(
+                            self._https.execute, self._endpoint, make, token, left
+                        )
+                    return answer if answer is not None else {}
+                except TimeoutError:
+                    raise CalendarUnavailable(
+                        f"{where} did not answer the {action} within {self._timeout:g} s"
+                    ) from None
+                except HttpError as exc:
+                    if exc.status_code == 401:
+                        if refreshed:
+                            raise NeedsRelink(
+                                f"{where} refused a freshly refreshed access token; "
+                                "link the account again"
+                            ) from None
+                        token = await self._access_token(account, force_refresh=True)
+                        refreshed = True
+                        continue
+                    header = exc.resp.get("retry-after") if exc.resp is not None else None
+                    raise _api_error(
+                        where,
+                        action,
+                        exc.status_code,
+                        _reason(exc),
+                        retry_after=parse_retry_after(header, self._clock.now()),
+                    ) from None
+                except (OSError, httplib2.HttpLib2Error) as exc:
                     raise CalendarUnavailable(
                         f"{where} cannot be reached ({type(exc).__name__})"
                     ) from None
-                delay = self._backoff(None, attempt)
-            if delay >= deadline.left():
-                raise CalendarUnavailable(
-                    f"{where} is busy or failing; the {action} was not retried within "
-                    f"{self._timeout:g} s"
-                )
-            await self._sleep(delay)
-            attempt += 1
+
+        return await self._retry.call(attempt, deadline=deadline.left())
 
     async def _access_token(self, account: Account, *, force_refresh: bool) -> str:
         if account.tokens is None:
             raise NeedsRelink(f"Google Calendar ({account.name}) has no OAuth tokens")
         return await account.tokens.access_token(force_refresh=force_refresh)
-
-    def _backoff(self, exc: HttpError | None, attempt: int) -> float:
-        retry_after = _retry_after(exc, self._now()) if exc is not None else None
-        if retry_after is not None:
-            return min(retry_after, self._max_retry_after)
-        # Exponential with jitter, so many callers rate-limited together do not return together.
-        return min(0.5 * 2**attempt, self._max_retry_after) * random.uniform(0.5, 1.0)
 
 
 # ---- translating answers ------------------------------------------------------------------------
@@ -678,7 +679,9 @@ def _reason(exc: HttpError) -> str:
     return ""
 
 
-def _api_error(where: str, action: str, status: int, reason: str) -> GoogleApiError:
+def _api_error(
+    where: str, action: str, status: int, reason: str, *, retry_after: float | None = None
+) -> GoogleApiError:
     said = f"{status} {reason}".strip()
     if status == 404:
         text = f"{where} does not know that calendar or event ({said})"
@@ -688,36 +691,51 @@ def _api_error(where: str, action: str, status: int, reason: str) -> GoogleApiEr
         text = f"{where} kept failing the {action} ({said})"
     else:
         text = f"{where} refused the {action} ({said})"
-    return GoogleApiError(text, status=status, reason=reason)
+    return GoogleApiError(text, status=status, reason=reason, retry_after=retry_after)
 
 
-def _retry_after(exc: HttpError, now: datetime) -> float | None:
-    value = exc.resp.get("retry-after") if exc.resp is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+def _calendar_list_page(page_token: str | None) -> Callable[[Any], Any]:
+    def make(service: Any) -> Any:
+        return service.calendarList().list(pageToken=page_token, maxResults=250)
+
+    return make
 
 
-def _freebusy_error(calendar_id: str, errors: list[dict[str, Any]]) -> str:
+def _own_calendar(entry: dict[str, Any], me: str | None) -> bool:
+    """Whether a calendarList entry is one of the user's own calendars, whose events are theirs.
+
+    The primary calendar is; so is a secondary calendar the user owns (`accessRole` owner, an
+    id under `@group.calendar.google.com`). Not: calendars Google provides to subscribe to
+    (holidays, contacts' birthdays: ids under `@group.v.calendar.google.com`, role reader),
+    calendars shared by someone else (reader, writer, freeBusyReader), nor another person's
+    primary calendar even when they gave this user the owner role (its id is their address).
+    """
+    if entry.get("primary"):
+        return True
+    if entry.get("accessRole") != "owner":
+        return False
+    calendar_id = str(entry.get("id") or "").lower()
+    if calendar_id.endswith("@group.v.calendar.google.com"):
+        return False
+    if calendar_id.endswith("@group.calendar.google.com"):
+        return True
+    return me is not None and calendar_id == me.lower()
+
+
+def _freebusy_error(calendar_id: str, errors: list[dict[str, Any]]) -> CalendarUnavailable:
+    """A calendar's `errors` in a freeBusy answer; a calendar not found or forbidden stays so."""
     reasons = sorted({str(e.get("reason") or "unknown") for e in errors})
     if "notFound" in reasons:
-        return (
+        return CalendarUnavailable(
             f"Google calendar {calendar_id} was not found, or is not shared with this "
-            f"account ({', '.join(reasons)})"
+            f"account ({', '.join(reasons)})",
+            retryable=False,
         )
     if "forbidden" in reasons:
-        return f"Google calendar {calendar_id} is forbidden to this account"
-    return (
+        return CalendarUnavailable(
+            f"Google calendar {calendar_id} is forbidden to this account", retryable=False
+        )
+    return CalendarUnavailable(
         f"Google could not read the free/busy time of calendar {calendar_id} ({', '.join(reasons)})"
     )
 
@@ -778,17 +796,6 @@ def _windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
         out.append((start, stop))
         start = stop
     return out
-
-
-def _merge(intervals: list[Interval]) -> list[Interval]:
-    """Sorted union; joins the pieces of a busy block that a 90-day split cut in two."""
-    merged: list[Interval] = []
-    for s, e in sorted(intervals):
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
-    return merged
 
 
 def _require_aware(*values: datetime) -> None:

@@ -540,10 +540,19 @@ async def test_server_errors_and_rate_limit_403s_are_retried_with_backoff(
 async def test_retries_stop_after_the_bound(
     h: Harness, fake: FakeGoogleCalendar, sleeps: list[float]
 ) -> None:
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    # A time limit the three back-off waits (up to 0.5 + 1 + 2 s) fit in: the retry policy
+    # counts the waits taken against the limit even though this sleep does not wait.
+    provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=10.0, sleep=record)
     fake.fail_next("500", 10)
 
     with pytest.raises(CalendarUnavailable, match="500"):
-        await busy_on(h, DAY, DAY + timedelta(days=1))
+        await provider.busy(
+            h.account, calendar_ids=[h.calendar_id], tz=NY, start=DAY, end=DAY + timedelta(days=1)
+        )
+    provider.close()
 
     assert len(fake.api_requests("/freeBusy")) == 4  # the first try and 3 retries
     assert len(sleeps) == 3
@@ -680,11 +689,22 @@ async def test_no_token_or_secret_appears_in_any_error(
     oauth: GoogleOAuth = h.extra["oauth"]
     secrets_seen = [*tokens_of(h).secrets, fake.client_secret]
     fake.add_calendar(EMAIL, "ro@group.calendar.google.com", access_role="reader")
-    fake.fail_next("500", 10)
+
+    async def no_wait(delay: float) -> None:
+        pass
+
+    # Every attempt of each of the three calls fails (4 attempts each: the time limit holds
+    # all the back-off waits), and no fault is left over for the token endpoint below.
+    provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=10.0, sleep=no_wait)
+    fake.fail_next("500", 12)
     for attempt in (
-        busy_on(h, DAY, DAY + timedelta(days=1)),
-        busy_on(h, DAY, DAY + timedelta(days=1), ["nobody@example.com"]),
-        h.provider.put_event(
+        provider.busy(
+            h.account, calendar_ids=[h.calendar_id], tz=NY, start=DAY, end=DAY + timedelta(days=1)
+        ),
+        provider.busy(
+            h.account, calendar_ids=["nobody@example.com"], tz=NY, start=DAY, end=DAY + timedelta(1)
+        ),
+        provider.put_event(
             h.account,
             calendar_id="ro@group.calendar.google.com",
             event=spec(ny(2026, 12, 1, 9)),
@@ -694,6 +714,8 @@ async def test_no_token_or_secret_appears_in_any_error(
         with pytest.raises(CalendarUnavailable) as caught:
             await attempt
         errors.append(caught.value)
+    provider.close()
+    assert len(fake.api_requests("/freeBusy")) == 8
     refresh_token = tokens_of(h).secrets[-1]
     fake.revoke(EMAIL)
     with pytest.raises(NeedsRelink) as relink:
