@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from xml.etree import ElementTree
 from zoneinfo import ZoneInfo
 
 import icalendar
@@ -69,6 +70,7 @@ from caldav.lib.http_sync import HTTPBasicAuth
 from caldav.lib.http_sync import requests as http_library
 
 from booking.errors import CalendarUnavailable
+from booking.retry import retryable_status
 from booking.rules import Interval
 from calendars.base import Account, CalendarInfo, Channel, EventSpec, NeedsRelink, SyncResult
 from calendars.ics import events_between, parse_ics, redact
@@ -80,7 +82,41 @@ _DISPLAYNAME = "{DAV:}displayname"
 _CURRENT_USER_PRINCIPAL = "{DAV:}current-user-principal"
 _HOME_SET = "{urn:ietf:params:xml:ns:caldav}calendar-home-set"
 _COMPONENTS = "{urn:ietf:params:xml:ns:caldav}supported-calendar-component-set"
-_DISCOVERY_PROPS = [_RESOURCETYPE, _DISPLAYNAME, _CURRENT_USER_PRINCIPAL, _HOME_SET, _COMPONENTS]
+# RFC 6638: a principal's scheduling inbox (2.2.1), the inbox's default calendar (9.2), and
+# whether a calendar's events count as busy time (9.1); RFC 3744 5.4: what we may do there.
+_INBOX_URL = "{urn:ietf:params:xml:ns:caldav}schedule-inbox-URL"
+_DEFAULT_CALENDAR = "{urn:ietf:params:xml:ns:caldav}schedule-default-calendar-URL"
+_SCHEDULE_TRANSP = "{urn:ietf:params:xml:ns:caldav}schedule-calendar-transp"
+_TRANSPARENT = "{urn:ietf:params:xml:ns:caldav}transparent"
+_PRIVILEGES = "{DAV:}current-user-privilege-set"
+_SCHEDULE_INBOX = "{urn:ietf:params:xml:ns:caldav}schedule-inbox"
+# Any of these lets us add an event to a collection (RFC 3744 3.1-3.9: `write` and `all`
+# aggregate `bind`; Radicale grants `write-content` on a calendar shared for writing).
+_WRITE_PRIVILEGES = frozenset({"{DAV:}all", "{DAV:}write", "{DAV:}bind", "{DAV:}write-content"})
+_DISCOVERY_PROPS = [
+    _RESOURCETYPE,
+    _DISPLAYNAME,
+    _CURRENT_USER_PRINCIPAL,
+    _HOME_SET,
+    _COMPONENTS,
+    _INBOX_URL,
+    _DEFAULT_CALENDAR,
+    _SCHEDULE_TRANSP,
+    _PRIVILEGES,
+]
+
+
+def _propfind_body(props: list[str]) -> str:
+    """A PROPFIND body asking for `props` (Clark names). Written out here because the
+    library's list form silently drops every property it has no class for."""
+    root = ElementTree.Element("{DAV:}propfind")
+    wanted = ElementTree.SubElement(root, "{DAV:}prop")
+    for name in props:
+        ElementTree.SubElement(wanted, name)
+    return ElementTree.tostring(root, encoding="unicode")
+
+
+_DISCOVERY_BODY = _propfind_body(_DISCOVERY_PROPS)
 # Steps one discovery may take: redirects of the well-known address, principal, home.
 _HOPS = 6
 _WHAT_TO_GIVE = (
@@ -456,13 +492,62 @@ def _status(exc: caldav_error.DAVError) -> str:
 
 @dataclass(frozen=True)
 class _Found:
-    """A calendar found by discovery: its collection URL and display name."""
+    """A calendar collection found by discovery."""
 
     url: str
     name: str
+    events: bool = True  # it takes VEVENTs (iCloud's Reminders take VTODOs only)
+    transparent: bool = False  # schedule-calendar-transp: its events are no busy time
+    writable: bool | None = None  # from current-user-privilege-set; None when not offered
+
+    @property
+    def counts_busy(self) -> bool:
+        return self.events and not self.transparent
+
+    @property
+    def takes_events(self) -> bool:
+        return self.events and self.writable is not False
 
 
-def _collections(client: DAVClient, link: _Link) -> list[_Found]:
+@dataclass(frozen=True)
+class _Account:
+    """What discovery found: the calendars, and the default one the server names, if any."""
+
+    calendars: list[_Found]
+    default: str | None = None  # schedule-default-calendar-URL, resolved
+
+    def busy_urls(self) -> list[str]:
+        """The calendars read when none are chosen: those whose events are busy time (all the
+        event calendars, when the server marks every one transparent)."""
+        busy = [c.url for c in self.calendars if c.counts_busy]
+        return busy or [c.url for c in self.calendars if c.events]
+
+    def infos(self) -> list[CalendarInfo]:
+        """The calendars as the provider contract lists them. The primary one is the server's
+        default calendar (RFC 6638 9.2) when it names one of them, else the first that takes
+        events."""
+        defaults = [
+            c.url for c in self.calendars if c.events and _same_url(c.url, self.default or "")
+        ]
+        takes = [c.url for c in self.calendars if c.takes_events]
+        primary = next(iter(defaults or takes), None)
+        return [
+            CalendarInfo(
+                id=c.url,
+                name=c.name,
+                primary=c.url == primary,
+                writable=c.takes_events,
+                counts_busy=c.counts_busy,
+            )
+            for c in self.calendars
+        ]
+
+
+def _same_url(a: str, b: str) -> bool:
+    return bool(a) and a.rstrip("/") == b.rstrip("/")
+
+
+def _collections(client: DAVClient, link: _Link) -> _Account:
     """The calendars of the account the URL leads to (the URL itself, if it is a calendar)."""
     found = _walk(client, link, link.url)
     if found is None:
@@ -475,7 +560,7 @@ def _collections(client: DAVClient, link: _Link) -> list[_Found]:
     return found
 
 
-def _walk(client: DAVClient, link: _Link, url: str) -> list[_Found] | None:
+def _walk(client: DAVClient, link: _Link, url: str) -> _Account | None:
     """Calendars reached from `url` by its own properties; None when it names no account."""
     seen: set[str] = set()
     previous: str | None = None  # the URL whose current-user-principal led here
@@ -490,28 +575,35 @@ def _walk(client: DAVClient, link: _Link, url: str) -> list[_Found] | None:
             url = previous  # the principal it names does not answer there: maybe it is a home
             break
         if _CALENDAR in _kinds(props):
-            return [_Found(url=url, name=_name(props, url))]
+            return _Account([_found(url, props)])
         homes = _hrefs(props.get(_HOME_SET))
         if homes:  # a principal
             found: list[_Found] = []
+            default: str | None = None
             for home in homes:
-                found += _calendars_in(client, _hop(link, url, home))
-            return found
+                listed = _calendars_in(client, _hop(link, url, home))
+                found += listed.calendars
+                default = default or listed.default
+            inbox = _hrefs(props.get(_INBOX_URL))
+            if default is None and inbox:  # an inbox outside the calendar home
+                default = _default_calendar(client, _hop(link, url, inbox[0]))
+            return _Account(found, default)
         principal = _hrefs(props.get(_CURRENT_USER_PRINCIPAL))
         if not principal:
             break
         previous, url = url, _hop(link, url, principal[0])
     # Names no principal nor home: a calendar home itself lists its calendars (the principal
     # of a server without calendar-home-set is its home too).
-    return _calendars_in(client, url) or None
+    listed = _calendars_in(client, url)
+    return listed if listed.calendars else None
 
 
 def _properties(client: DAVClient, url: str, *, missing_ok: bool) -> dict[str, Any] | None:
     """The discovery properties of the resource at `url`; None when it answers no WebDAV."""
-    response = client.propfind(url, props=_DISCOVERY_PROPS, depth=0)
+    response = client.propfind(url, props=_DISCOVERY_BODY, depth=0)
     if response.status in (404, 410) and not missing_ok:
         raise caldav_error.error_from_response(caldav_error.NotFoundError, response)
-    if response.status >= 500:
+    if retryable_status(response.status):
         raise caldav_error.error_from_response(caldav_error.PropfindError, response)
     merged: dict[str, Any] = {}
     for result in getattr(response, "results", None) or []:
@@ -519,20 +611,54 @@ def _properties(client: DAVClient, url: str, *, missing_ok: bool) -> dict[str, A
     return merged or None
 
 
-def _calendars_in(client: DAVClient, home: str) -> list[_Found]:
-    """The event calendars directly inside the collection `home` (task lists left out)."""
-    response = client.propfind(home, props=_DISCOVERY_PROPS, depth=1)
-    if response.status >= 500:
+def _calendars_in(client: DAVClient, home: str) -> _Account:
+    """The calendars directly inside the collection `home`, task lists included (they are
+    listed as holding no busy time), and the default calendar named by a scheduling inbox
+    among them."""
+    response = client.propfind(home, props=_DISCOVERY_BODY, depth=1)
+    if retryable_status(response.status):
         raise caldav_error.error_from_response(caldav_error.PropfindError, response)
     found = []
+    default: str | None = None
     for result in getattr(response, "results", None) or []:
         props = result.properties
-        components = props.get(_COMPONENTS)
-        events = not components or "VEVENT" in _hrefs(components)
-        if _CALENDAR in _kinds(props) and events:
-            url = _clean_url(urljoin(home, result.href))
-            found.append(_Found(url=url, name=_name(props, url)))
-    return found
+        url = _clean_url(urljoin(home, result.href))
+        kinds = _kinds(props)
+        if _CALENDAR in kinds:
+            found.append(_found(url, props))
+        elif _SCHEDULE_INBOX in kinds and default is None:
+            default = _default_in(url, props)
+    return _Account(found, default)
+
+
+def _found(url: str, props: dict[str, Any]) -> _Found:
+    components = _hrefs(props.get(_COMPONENTS))
+    privileges = _hrefs(props.get(_PRIVILEGES))
+    return _Found(
+        url=url,
+        name=_name(props, url),
+        # No supported-calendar-component-set: the collection takes every component.
+        events=not components or "VEVENT" in components,
+        transparent=_TRANSPARENT in _hrefs(props.get(_SCHEDULE_TRANSP)),
+        writable=bool(_WRITE_PRIVILEGES.intersection(privileges)) if privileges else None,
+    )
+
+
+def _default_calendar(client: DAVClient, inbox: str) -> str | None:
+    """The default calendar the scheduling inbox at `inbox` names (RFC 6638 9.2), if any.
+    An inbox that does not answer names none: the first event calendar is used then."""
+    props = _properties(client, inbox, missing_ok=True)
+    return _default_in(inbox, props) if props is not None else None
+
+
+def _default_in(inbox: str, props: dict[str, Any]) -> str | None:
+    href = _hrefs(props.get(_DEFAULT_CALENDAR))
+    if not href:
+        return None
+    try:
+        return _clean_url(urljoin(inbox, href[0]))
+    except CalendarUnavailable:  # not an http(s) address: as if none were named
+        return None
 
 
 def _well_known(client: DAVClient, link: _Link) -> str | None:
@@ -635,7 +761,7 @@ def _resource_types(client: DAVClient, url: str) -> list[str]:
 
 
 def _list_calendars(client: DAVClient, link: _Link) -> list[CalendarInfo]:
-    return [CalendarInfo(id=found.url, name=found.name) for found in _collections(client, link)]
+    return _collections(client, link).infos()
 
 
 def _last_segment(url: str) -> str:
@@ -652,7 +778,7 @@ def _read_events(
 ) -> dict[str, list[Interval]]:
     """Events overlapping `[start, end)` in the given calendars (none: the account URL's)."""
     if not urls:
-        urls = [found.url for found in _collections(client, link)]
+        urls = _collections(client, link).busy_urls()
     calendars = [_calendar(client, url) for url in urls]
     found: dict[str, list[Interval]] = {}
     for calendar in calendars:

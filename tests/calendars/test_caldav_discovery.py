@@ -81,9 +81,20 @@ async def test_the_server_address_finds_the_accounts_event_calendars_on_their_ow
 ) -> None:
     root = account(server.front_url)
     await provider.check(root)
-    listed = {info.name: info.id for info in await provider.list_calendars(root)}
-    # Work and Family, on the account's host; the task list and the inbox are no calendars.
-    assert listed == {"Work": server.calendar_url("work"), "Family": server.calendar_url("family")}
+    listed = {info.name: info for info in await provider.list_calendars(root)}
+    # Every calendar collection, on the account's host; the inbox is no calendar. The task list
+    # and the transparent subscription hold no busy time, and neither takes bookings.
+    flags = {
+        name: (info.id, info.primary, info.writable, info.counts_busy)
+        for name, info in listed.items()
+    }
+    assert flags == {
+        "Work": (server.calendar_url("work"), False, True, True),
+        # the inbox's schedule-default-calendar-URL (RFC 6638), though Work is listed first
+        "Family": (server.calendar_url("family"), True, True, True),
+        "Reminders": (server.calendar_url("tasks"), False, False, False),
+        "US Holidays": (server.calendar_url("holidays"), False, False, False),
+    }
     paths = [(host, method, path) for host, method, path in server.requests if method != "GET"]
     assert ("front", "PROPFIND", icloud.PRINCIPAL) in paths
     assert ("home", "PROPFIND", icloud.HOME) in paths
@@ -109,6 +120,11 @@ async def test_busy_time_is_read_from_the_calendars_found_from_the_server_addres
         "family",
         "f2",
         vevent("f2", "DTSTART:20261203T170000Z", "DTEND:20261203T180000Z", "TRANSP:TRANSPARENT"),
+    )
+    server.add_event(  # in a calendar the server marks transparent: not read by default
+        "holidays",
+        "h1",
+        vevent("h1", "DTSTART;VALUE=DATE:20261225", "DTEND;VALUE=DATE:20261226"),
     )
     root = account(server.front_url)
     ids = {info.name: info.id for info in await provider.list_calendars(root)}
@@ -163,9 +179,13 @@ async def test_the_principal_the_home_or_one_calendar_works_as_the_address_too(
         both = {server.calendar_url("work"), server.calendar_url("family")}
         principal = server.front_url.rstrip("/") + icloud.PRINCIPAL
         for url in (principal, server.home_url):
-            assert {c.id for c in await provider.list_calendars(account(url))} == both
+            listed = await provider.list_calendars(account(url))
+            assert {c.id for c in listed if c.counts_busy} == both
+            assert [c.name for c in listed if c.primary] == ["Family"]
         one = await provider.list_calendars(account(server.calendar_url("family")))
-        assert [(c.id, c.name) for c in one] == [(server.calendar_url("family"), "Family")]
+        assert [(c.id, c.name, c.primary) for c in one] == [
+            (server.calendar_url("family"), "Family", True)
+        ]
     finally:
         server.stop()
 
@@ -176,8 +196,11 @@ async def test_a_home_whose_principal_is_served_elsewhere_still_lists_its_calend
     server = IcloudLikeCaldav(principal_on_home_host=False)
     server.start()
     try:
-        found = {c.id for c in await provider.list_calendars(account(server.home_url))}
+        listed = await provider.list_calendars(account(server.home_url))
+        found = {c.id for c in listed if c.counts_busy}
         assert found == {server.calendar_url("work"), server.calendar_url("family")}
+        # The inbox among the home's collections still names the default calendar.
+        assert [c.name for c in listed if c.primary] == ["Family"]
         with pytest.raises(CalendarUnavailable, match="not found"):  # a mistyped address
             await provider.list_calendars(account(server.home_url + "no-such/"))
     finally:

@@ -8,10 +8,14 @@ Two listeners share one store, as iCloud's front door and the account's own host
 - everything else wants HTTP Basic (401 with `WWW-Authenticate` otherwise);
 - PROPFIND `/` on the front: `current-user-principal` is `/123456/principal/` (RFC 5397);
 - PROPFIND the principal (on either host): resourcetype principal, `calendar-home-set` an
-  absolute URL on the home host (RFC 4791 section 6.2.1), `/123456/calendars/`;
+  absolute URL on the home host (RFC 4791 section 6.2.1), `/123456/calendars/`, and
+  `schedule-inbox-URL` (RFC 6638 section 2.2.1), the inbox in that home;
 - PROPFIND the home, Depth 1: the home and its collections, each with resourcetype,
-  displayname and supported-calendar-component-set: "Work" and "Family" (VEVENT), "Reminders"
-  (VTODO only) and a scheduling inbox;
+  displayname, supported-calendar-component-set and current-user-privilege-set (RFC 3744
+  section 5.4): "Work" and "Family" (VEVENT, read and write), "Reminders" (VTODO only),
+  "US Holidays" (a subscription: read only, `schedule-calendar-transp` transparent, RFC 6638
+  section 9.1) and a scheduling inbox whose `schedule-default-calendar-URL` (RFC 6638 section
+  9.2) is Family (`default_calendar`; None leaves it out);
 - PROPFIND a calendar: resourcetype, displayname, getctag, sync-token;
 - REPORT calendar-query on a calendar: every event, as calendar-data with an ETag (the
   provider cuts to its window; a real server filters by the query's time-range first);
@@ -53,6 +57,8 @@ class _Collection:
     name: str
     components: tuple[str, ...] = ("VEVENT",)
     kind: str = "calendar"  # or "schedule-inbox"
+    writable: bool = True
+    transparent: bool = False
     events: dict[str, str] = field(default_factory=dict)  # file name -> iCalendar text
     version: int = 1
 
@@ -60,14 +66,22 @@ class _Collection:
 class IcloudLikeCaldav:
     """Start with `start()`, stop with `stop()`; `front_url` is what a user types."""
 
-    def __init__(self, *, dav_root: str = "/", principal_on_home_host: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        dav_root: str = "/",
+        principal_on_home_host: bool = True,
+        default_calendar: str | None = "family",
+    ) -> None:
         self.dav_root = dav_root
+        self.default_calendar = default_calendar
         self.principal_on_home_host = principal_on_home_host
         self.requests: list[tuple[str, str, str]] = []
         self.collections: dict[str, _Collection] = {
             HOME + "work/": _Collection("Work"),
             HOME + "family/": _Collection("Family"),
             HOME + "tasks/": _Collection("Reminders", components=("VTODO",)),
+            HOME + "holidays/": _Collection("US Holidays", writable=False, transparent=True),
             HOME + "inbox/": _Collection("Inbox", components=(), kind="schedule-inbox"),
         }
         self._lock = threading.Lock()
@@ -133,6 +147,7 @@ class IcloudLikeCaldav:
                 (_DAV, "displayname"): "Dr. Lee",
                 (_DAV, "current-user-principal"): f"<D:href>{PRINCIPAL}</D:href>",
                 (_CAL, "calendar-home-set"): f"<D:href>{escape(self.home_url)}</D:href>",
+                (_CAL, "schedule-inbox-URL"): f"<D:href>{HOME}inbox/</D:href>",
             }
         if front:
             return None
@@ -152,6 +167,16 @@ class IcloudLikeCaldav:
             (_CS, "getctag"): f"ctag-{collection.version}",
             (_DAV, "sync-token"): f"https://example.invalid/sync/{collection.version}",
         }
+        privileges = ["read"] + (["write", "write-content", "bind"] if collection.writable else [])
+        props[(_DAV, "current-user-privilege-set")] = "".join(
+            f"<D:privilege><D:{name}/></D:privilege>" for name in privileges
+        )
+        if collection.kind == "calendar":
+            transp = "transparent" if collection.transparent else "opaque"
+            props[(_CAL, "schedule-calendar-transp")] = f"<C:{transp}/>"
+        elif self.default_calendar is not None:
+            default = escape(self.calendar_url(self.default_calendar))
+            props[(_CAL, "schedule-default-calendar-URL")] = f"<D:href>{default}</D:href>"
         if not components:
             del props[(_CAL, "supported-calendar-component-set")]
         return props
@@ -191,7 +216,9 @@ class IcloudLikeCaldav:
         folder, _, name = path.rpartition("/")
         with self._lock:
             collection = None if front else self.collections.get(folder + "/")
-            if collection is None or not name.endswith(".ics") or collection.kind != "calendar":
+            if collection is None or not collection.writable or collection.kind != "calendar":
+                return 403
+            if not name.endswith(".ics"):
                 return 403
             exists = name in collection.events
             if exists and headers.get("If-None-Match") == "*":
