@@ -50,7 +50,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,8 +69,9 @@ from caldav.lib import error as caldav_error
 from caldav.lib.http_sync import HTTPBasicAuth
 from caldav.lib.http_sync import requests as http_library
 
+from booking.clock import Clock, SystemClock
 from booking.errors import CalendarUnavailable
-from booking.retry import retryable_status
+from booking.retry import RetryPolicy, parse_retry_after, retryable_status
 from booking.rules import Interval
 from calendars.base import Account, CalendarInfo, Channel, EventSpec, NeedsRelink, SyncResult
 from calendars.ics import events_between, parse_ics, redact
@@ -153,7 +154,11 @@ class _Link:
 class CaldavProvider:
     """Reads busy time from and writes bookings to CalDAV calendars.
 
-    `timeout` bounds each operation (all its requests); `now` stamps written events (DTSTAMP).
+    `timeout` bounds each operation: all its requests and the waits between its attempts.
+    `retry` is the policy an operation that failed in a way a retry may help (a 5xx, a 429, a
+    408, a dropped connection, a timed-out request) is tried again by, waiting what the
+    server's `Retry-After` asks; by default one built on `clock` and `sleep`. `clock` also
+    stamps written events (DTSTAMP) and measures a `Retry-After` date.
     """
 
     name = "caldav"
@@ -161,11 +166,17 @@ class CaldavProvider:
     notifies = False
 
     def __init__(
-        self, *, timeout: float = 10.0, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        *,
+        timeout: float = 10.0,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._timeout = timeout
-        self._now = now
-        self._clients = _Clients(timeout=timeout)
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._retry = retry if retry is not None else RetryPolicy(clock=self._clock, sleep=sleep)
+        self._clients = _Clients(timeout=timeout, clock=self._clock)
         # A provider dropped without `close` still closes its idle connections.
         self._finalizer = weakref.finalize(self, self._clients.close)
         # Collection URLs known to be calendars (listed, or checked before a first write), so
@@ -265,7 +276,7 @@ class CaldavProvider:
         calendar.add("version", "2.0")
         event = icalendar.Event()
         event.add("uid", uid)
-        event.add("dtstamp", self._now().astimezone(UTC))
+        event.add("dtstamp", self._clock.now().astimezone(UTC))
         # iCloud rejects an event without DTEND or DURATION.
         event.add("dtstart", spec.start.astimezone(UTC))
         event.add("dtend", spec.end.astimezone(UTC))
@@ -280,9 +291,16 @@ class CaldavProvider:
     # ---- running the blocking library -----------------------------------------------------
 
     async def _run(self, link: _Link, action: str, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(client, link, *args)` in a worker thread, tried again by the retry policy while
+        the error says that may help, all of it within the timeout. Every operation is safe to
+        repeat (reads; a write by UID with If-None-Match; a delete that counts 404 as done)."""
+
+        async def attempt() -> _T:
+            return await asyncio.to_thread(self._clients.run, link, fn, *args)
+
         try:
             async with asyncio.timeout(self._timeout):
-                return await asyncio.to_thread(self._clients.run, link, fn, *args)
+                return await self._retry.call(attempt, deadline=self._timeout)
         except TimeoutError:
             raise CalendarUnavailable(
                 f"{link.name} did not answer the {action} within {self._timeout:g} s"
@@ -352,8 +370,9 @@ class _Clients:
     something else gets one more try with a client that negotiates again.
     """
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, clock: Clock) -> None:
         self._timeout = max(1, round(timeout))
+        self._clock = clock
         self._lock = threading.Lock()
         self._idle: OrderedDict[_Key, list[tuple[float, DAVClient]]] = OrderedDict()
         self._basic: set[_Key] = set()
@@ -363,7 +382,8 @@ class _Clients:
         """`fn(client, link, *args)` with a kept or new client, the library's errors turned
         into ours."""
         key = _key(link)
-        with _translated(link):
+        _last_answer.retry_after = None
+        with _translated(link, self._clock):
             client, reused = self._lend(key, link)
             try:
                 result = _using(client, link, fn, args)
@@ -406,7 +426,7 @@ class _Clients:
         return self._open(key, link), False
 
     def _open(self, key: _Key, link: _Link) -> DAVClient:
-        return DAVClient(
+        client = DAVClient(
             url=link.url,
             username=link.username,
             password=link.password,
@@ -414,6 +434,8 @@ class _Clients:
             timeout=self._timeout,
             enable_rfc6764=False,
         )
+        client.session.hooks["response"].append(_record_answer)
+        return client
 
     def _give_back(self, key: _Key, client: DAVClient) -> None:
         evicted: list[DAVClient] = []
@@ -461,28 +483,64 @@ def _using(client: DAVClient, link: _Link, fn: Callable[..., _T], args: tuple[An
         raise
 
 
+class _LastAnswer(threading.local):
+    """The `Retry-After` of the last answer this worker thread received (an operation runs in
+    one thread), for the error that answer becomes: the library's errors do not keep it."""
+
+    retry_after: str | None = None
+
+
+_last_answer = _LastAnswer()
+
+
+def _record_answer(response: Any, **kwargs: Any) -> None:
+    """A niquests response hook: remember the answer's `Retry-After`."""
+    value = response.headers.get("Retry-After")
+    _last_answer.retry_after = value if isinstance(value, str) else None
+
+
 @contextmanager
-def _translated(link: _Link) -> Iterator[None]:
-    """The library's errors turned into ours, named by host only."""
+def _translated(link: _Link, clock: Clock) -> Iterator[None]:
+    """The library's errors turned into ours, named by host only: a refused password or
+    access (401, 403) needs re-linking; a 5xx, 429 or 408 may be retried, after the answer's
+    `Retry-After`; any other refusal (404, 400, ...) is final; a connection that failed or
+    timed out may be retried."""
     try:
         yield
-    except CalendarUnavailable:
+    except CalendarUnavailable as exc:
+        if exc.retryable and exc.retry_after is None:
+            exc.retry_after = _retry_after(clock)
         raise
     except caldav_error.AuthorizationError as exc:
         if getattr(exc, "status", None) == 403:
-            raise CalendarUnavailable(f"{link.name} refused access to the calendar") from None
+            raise NeedsRelink(
+                f"{link.name} refused access to the calendar: link it again with an account "
+                "that may use it"
+            ) from None
         raise NeedsRelink(
             f"CalDAV server {redact(link.url)} refused the username or password"
         ) from None
     except caldav_error.NotFoundError:
-        raise CalendarUnavailable(f"{link.name} was not found on the server") from None
+        raise CalendarUnavailable(
+            f"{link.name} was not found on the server", retryable=False
+        ) from None
     except caldav_error.DAVError as exc:
-        raise CalendarUnavailable(f"{link.name} answered with an error ({_status(exc)})") from None
+        status = exc.status
+        retryable = status is None or retryable_status(status)
+        raise CalendarUnavailable(
+            f"{link.name} answered with an error ({_status(exc)})",
+            retryable=retryable,
+            retry_after=_retry_after(clock) if retryable else None,
+        ) from None
     except OSError as exc:
         # niquests' connection and timeout errors are OSErrors; their text holds the URL.
         raise CalendarUnavailable(
             f"CalDAV server {redact(link.url)} cannot be reached ({type(exc).__name__})"
         ) from None
+
+
+def _retry_after(clock: Clock) -> float | None:
+    return parse_retry_after(_last_answer.retry_after, clock.now())
 
 
 def _status(exc: caldav_error.DAVError) -> str:
@@ -682,6 +740,8 @@ def _well_known(client: DAVClient, link: _Link) -> str | None:
         if status in (301, 302, 303, 307, 308) and location:
             url = _hop(link, url, location)
             continue
+        if status is not None and retryable_status(status):
+            raise CalendarUnavailable(f"{link.name} answered HTTP {status}", retryable=True)
         return url if status in (200, 207, 401) else None
     return None
 
@@ -915,4 +975,7 @@ def _event_href(calendar_url: str, uid: str) -> str:
 
 def _expect(link: _Link, status: int, action: str) -> None:
     if not 200 <= status < 300:
-        raise CalendarUnavailable(f"{link.name} refused the event {action}: HTTP {status}")
+        raise CalendarUnavailable(
+            f"{link.name} refused the event {action}: HTTP {status}",
+            retryable=retryable_status(status),
+        )

@@ -488,14 +488,28 @@ async def test_a_server_that_never_answers_times_out(account: Account) -> None:
 
 
 @pytest.mark.parametrize("fault", ["500", "429"])
-async def test_a_server_error_is_calendar_unavailable(
-    h: Harness, provider: CaldavProvider, proxy: FaultProxy, fault: str
+async def test_a_server_error_is_retried_and_one_that_lasts_is_calendar_unavailable(
+    h: Harness, proxy: FaultProxy, fault: str
 ) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    provider = CaldavProvider(timeout=5.0, sleep=sleep, clock=FixedClock(NOW))
     proxy.fail_next(fault)
+    assert await busy(provider, h.account, [h.calendar_id]) == []  # the retry read it
+    # The proxy's 429 asks for Retry-After: 1; a 500 waits the policy's back-off.
+    assert len(waits) == 1 and (waits[0] == 1.0 if fault == "429" else 0 < waits[0] <= 0.5)
+
+    proxy.fail_next(fault, 4)  # every attempt the policy makes
     with pytest.raises(CalendarUnavailable) as info:
         await busy(provider, h.account, [h.calendar_id])
+    assert info.value.retryable and not isinstance(info.value, NeedsRelink)
     assert "/lee/" not in str(info.value)
+    assert len(waits) == 1 + 3
     assert await busy(provider, h.account, [h.calendar_id]) == []  # and then it works again
+    provider.close()
 
 
 async def test_a_missing_calendar_is_unavailable(
