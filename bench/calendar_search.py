@@ -38,8 +38,8 @@ from _setup import NOW, TZ, Latency  # noqa: E402
 from booking.busy import StaffCalendars  # noqa: E402
 from booking.clock import FixedClock  # noqa: E402
 from booking.db import session_scope  # noqa: E402
-from booking.models import CalendarBusyBlock, CalendarConnection  # noqa: E402
 from booking.scheduler import Scheduler  # noqa: E402
+from calendars.models import CalendarBusyBlock, CalendarConnection  # noqa: E402
 from calendars.secrets import Vault, new_key  # noqa: E402
 from calendars.service import CalendarService  # noqa: E402
 from tests.calendars import caldav_harness, google_harness, microsoft_harness  # noqa: E402

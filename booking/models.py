@@ -44,11 +44,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _json(default: Any) -> Any:
+def json_field(default: Any) -> Any:
+    """A JSON column (never NULL) starting as `default()`."""
     return Field(default_factory=default, sa_column=sa.Column(sa.JSON, nullable=False))
 
 
-def _when(**kw: Any) -> Any:
+def utc_field(**kw: Any) -> Any:
+    """An aware-UTC datetime column (`UTCDateTime`)."""
     return Field(sa_column=sa.Column(UTCDateTime(), **kw))
 
 
@@ -70,7 +72,7 @@ class Business(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str
     timezone: str
-    phone_numbers: list[str] = _json(list)
+    phone_numbers: list[str] = json_field(list)
     transfer_number: str | None = None
     greeting: str | None = None
     policies: str | None = None
@@ -86,7 +88,7 @@ class Service(SQLModel, table=True):
     min_notice_minutes: int = 0
     max_days_ahead: int = 60
     slot_step_minutes: int = 15
-    staff_ids: list[str] = _json(list)
+    staff_ids: list[str] = json_field(list)
     position: int = 0
 
 
@@ -95,10 +97,10 @@ class Staff(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str
     timezone: str | None = None
-    weekly_hours: dict[str, Any] = _json(dict)
-    overrides: list[dict[str, Any]] = _json(list)
-    time_off: list[dict[str, Any]] = _json(list)
-    calendars: list[dict[str, Any]] = _json(list)
+    weekly_hours: dict[str, Any] = json_field(dict)
+    overrides: list[dict[str, Any]] = json_field(list)
+    time_off: list[dict[str, Any]] = json_field(list)
+    calendars: list[dict[str, Any]] = json_field(list)
     position: int = 0
 
 
@@ -109,7 +111,7 @@ class Contact(SQLModel, table=True):
     phone: str
     name: str | None = None
     email: str | None = None
-    created_at: datetime = _when(nullable=False, default=utcnow)
+    created_at: datetime = utc_field(nullable=False, default=utcnow)
 
 
 class Call(SQLModel, table=True):
@@ -121,10 +123,10 @@ class Call(SQLModel, table=True):
     contact_id: str | None = Field(default=None, foreign_key="contact.id")
     status: str = "in-progress"
     outcome: str | None = None
-    started_at: datetime = _when(nullable=False, default=utcnow)
-    ended_at: datetime | None = _when(nullable=True)
+    started_at: datetime = utc_field(nullable=False, default=utcnow)
+    ended_at: datetime | None = utc_field(nullable=True)
     duration_seconds: int | None = None
-    transcript: list[dict[str, Any]] = _json(list)
+    transcript: list[dict[str, Any]] = json_field(list)
     summary: str | None = None
 
 
@@ -138,12 +140,12 @@ class Hold(SQLModel, table=True):
     service_id: str
     staff_id: str
     holder: str
-    start: datetime = _when(nullable=False)
-    end: datetime = _when(nullable=False)
-    block_start: datetime = _when(nullable=False)
-    block_end: datetime = _when(nullable=False)
-    expires_at: datetime = _when(nullable=False)
-    created_at: datetime = _when(nullable=False, default=utcnow)
+    start: datetime = utc_field(nullable=False)
+    end: datetime = utc_field(nullable=False)
+    block_start: datetime = utc_field(nullable=False)
+    block_end: datetime = utc_field(nullable=False)
+    expires_at: datetime = utc_field(nullable=False)
+    created_at: datetime = utc_field(nullable=False, default=utcnow)
 
 
 class Appointment(SQLModel, table=True):
@@ -159,18 +161,18 @@ class Appointment(SQLModel, table=True):
     staff_id: str
     contact_id: str = Field(foreign_key="contact.id", index=True)
     status: str = AppointmentStatus.CONFIRMED.value
-    start: datetime = _when(nullable=False)
-    end: datetime = _when(nullable=False)
-    block_start: datetime = _when(nullable=False)
-    block_end: datetime = _when(nullable=False)
+    start: datetime = utc_field(nullable=False)
+    end: datetime = utc_field(nullable=False)
+    block_start: datetime = utc_field(nullable=False)
+    block_end: datetime = utc_field(nullable=False)
     booked_by: str = "api"
     call_id: str | None = Field(default=None, foreign_key="call.id")
     notes: str | None = None
     rescheduled_from: str | None = None
     rescheduled_to: str | None = None
     sync_state: str = "not_synced"
-    created_at: datetime = _when(nullable=False, default=utcnow)
-    updated_at: datetime = _when(nullable=False, default=utcnow)
+    created_at: datetime = utc_field(nullable=False, default=utcnow)
+    updated_at: datetime = utc_field(nullable=False, default=utcnow)
 
 
 class Lead(SQLModel, table=True):
@@ -188,7 +190,7 @@ class Lead(SQLModel, table=True):
     reason: str | None = None
     outcome: str = LeadOutcome.CALLBACK.value
     status: str = "new"
-    created_at: datetime = _when(nullable=False, default=utcnow)
+    created_at: datetime = utc_field(nullable=False, default=utcnow)
 
 
 class IdempotentRequest(SQLModel, table=True):
@@ -205,7 +207,7 @@ class IdempotentRequest(SQLModel, table=True):
     status: str = "in_progress"  # in_progress | done
     response_status: int | None = None
     response_body: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
-    created_at: datetime = _when(nullable=False)
+    created_at: datetime = utc_field(nullable=False)
 
 
 class SyncState(StrEnum):
@@ -214,91 +216,6 @@ class SyncState(StrEnum):
     NOT_SYNCED = "not_synced"  # a write is due (new, failed, or changed since)
     SYNCED = "synced"
     NO_CALENDAR = "no_calendar"  # the staff member has no calendar to write to
-
-
-class CalendarConnection(SQLModel, table=True):
-    """A staff member's linked calendar account (Google, Microsoft, CalDAV, ICS).
-
-    `secret` is encrypted (refresh token, or CalDAV password); `settings` is not secret.
-    `read_calendars` are the calendars whose busy time counts; `write_calendar` receives
-    bookings. `sync` keeps, per calendar, the incremental cursor and the window the busy cache
-    covers. `dirty_at` is set by a change notification and cleared by the sync it triggers.
-    """
-
-    __table_args__ = (sa.Index("ix_calendar_connection_staff", "business_id", "staff_id"),)
-    id: str = Field(default_factory=lambda: new_id("cal"), primary_key=True)
-    business_id: str = Field(foreign_key="business.id", max_length=64)
-    staff_id: str = Field(max_length=64)
-    provider: str
-    name: str
-    settings: dict[str, Any] = _json(dict)
-    secret: str = Field(default="", sa_column=sa.Column(sa.Text, nullable=False))
-    read_calendars: list[str] = _json(list)
-    write_calendar: str | None = None
-    status: str = "ok"  # ok | needs_relink | error
-    last_error: str | None = None
-    sync: dict[str, Any] = _json(dict)
-    dirty_at: datetime | None = _when(nullable=True)
-    created_at: datetime = _when(nullable=False, default=utcnow)
-    updated_at: datetime = _when(nullable=False, default=utcnow)
-
-
-class CalendarBusyBlock(SQLModel, table=True):
-    """The busy cache: one linked calendar event's busy time inside the cached window."""
-
-    __tablename__ = "calendar_busy"
-    __table_args__ = (
-        sa.Index("ix_calendar_busy_staff", "business_id", "staff_id", "start"),
-        sa.Index("ix_calendar_busy_event", "connection_id", "calendar_id", "event_key"),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    connection_id: str = Field(foreign_key="calendarconnection.id")
-    business_id: str = Field(max_length=64)
-    staff_id: str = Field(max_length=64)
-    calendar_id: str
-    event_key: str
-    start: datetime = _when(nullable=False)
-    end: datetime = _when(nullable=False)
-
-
-class CalendarChannel(SQLModel, table=True):
-    """A live change subscription (Google watch channel, Graph subscription) we must renew."""
-
-    id: str = Field(primary_key=True)  # the provider's channel / subscription id
-    connection_id: str = Field(foreign_key="calendarconnection.id", index=True)
-    calendar_id: str
-    token: str
-    resource_id: str | None = None
-    expires_at: datetime = _when(nullable=False)
-    created_at: datetime = _when(nullable=False, default=utcnow)
-
-
-class CalendarEvent(SQLModel, table=True):
-    """Where an appointment (its reschedule chain, keyed by the first id) lives in a calendar."""
-
-    key: str = Field(primary_key=True)  # first appointment id of the chain
-    business_id: str = Field(foreign_key="business.id", max_length=64)
-    connection_id: str = Field(foreign_key="calendarconnection.id")
-    calendar_id: str
-    event_id: str | None = None
-    deleted: bool = False
-    attempts: int = 0
-    last_error: str | None = None
-    updated_at: datetime = _when(nullable=False, default=utcnow)
-    # Set while a writer talks to the provider about this event; others wait for it to lapse.
-    writing_until: datetime | None = _when(nullable=True)
-
-
-class OAuthFlow(SQLModel, table=True):
-    """An OAuth authorization in progress, found again by its `state` at the callback."""
-
-    state: str = Field(primary_key=True)
-    provider: str
-    business_id: str = Field(max_length=64)
-    staff_id: str = Field(max_length=64)
-    flow: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # encrypted JSON
-    return_to: str | None = None
-    expires_at: datetime = _when(nullable=False)
 
 
 class OutboxEvent(SQLModel, table=True):
@@ -312,5 +229,5 @@ class OutboxEvent(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("evt"), primary_key=True)
     business_id: str = Field(foreign_key="business.id", max_length=64)
     type: str
-    payload: dict[str, Any] = _json(dict)
-    created_at: datetime = _when(nullable=False, default=utcnow)
+    payload: dict[str, Any] = json_field(dict)
+    created_at: datetime = utc_field(nullable=False, default=utcnow)

@@ -24,7 +24,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from booking import errors, phones
-from booking.busy import CalendarBusy, CalendarWriter, NoCalendars, NoWriter, StaffCalendars
+from booking.busy import (
+    CalendarBusy,
+    CalendarWriter,
+    LinkedCalendar,
+    NoCalendars,
+    NoWriter,
+    StaffCalendars,
+    linked_calendars,
+)
 from booking.clock import Clock, SystemClock
 from booking.db import in_session, lock_staff
 from booking.idempotency import insert_once
@@ -32,7 +40,6 @@ from booking.models import (
     Appointment,
     AppointmentStatus,
     Business,
-    CalendarConnection,
     Contact,
     Hold,
     Lead,
@@ -131,10 +138,10 @@ class Context:
     service_row: Service
     staff_rows: list[Staff]
     staff: list[StaffSpec]
-    connections: list[CalendarConnection] = field(default_factory=list)
+    connections: list[LinkedCalendar] = field(default_factory=list)
 
     def writes_calendar(self, staff_id: str) -> bool:
-        return any(c.staff_id == staff_id and c.write_calendar for c in self.connections)
+        return any(c.staff_id == staff_id and c.writes for c in self.connections)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -148,7 +155,7 @@ class Context:
             tz=staff_zone(row, self.business),
             links=tuple(row.calendars)
             + tuple(
-                {"provider": c.provider, "connection_id": c.id}
+                {"provider": c.provider, "connection_id": c.connection_id}
                 for c in self.connections
                 if c.staff_id == staff_id
             ),
@@ -830,15 +837,7 @@ def _load_context(
             .order_by(col(Staff.position))
         )
     )
-    connections = list(
-        s.exec(
-            select(CalendarConnection).where(
-                CalendarConnection.business_id == bid,
-                col(CalendarConnection.staff_id).in_(wanted),
-                CalendarConnection.status != "disconnected",
-            )
-        )
-    )
+    connections = linked_calendars(s, bid, wanted)
     return Context(
         business=business,
         service=service_spec(service),

@@ -62,7 +62,7 @@ class Slot:
 
 
 class _BusyIndex:
-    """Merged busy intervals as epoch seconds, for O(log n) overlap checks."""
+    """Merged busy intervals as epoch seconds (sorted starts and ends, for bisecting)."""
 
     def __init__(self, intervals: Iterable[Interval], *, lo: datetime, hi: datetime) -> None:
         # Compare datetimes first: converting only the window's intervals is the cheap path
@@ -77,10 +77,6 @@ class _BusyIndex:
                 starts.append(s)
                 ends.append(e)
         self.starts, self.ends = starts, ends
-
-    def overlaps(self, a: float, b: float) -> bool:
-        i = bisect_right(self.ends, a)
-        return i < len(self.starts) and self.starts[i] < b
 
 
 def find_slots(

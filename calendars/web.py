@@ -44,9 +44,9 @@ from fastapi.responses import (
 from pydantic import ValidationError
 
 from booking import errors
-from booking.models import CalendarConnection
 from calendars.google import PushHeaders
 from calendars.microsoft import MAX_NOTIFICATION_BODY, GraphNotifications
+from calendars.models import CalendarConnection
 from calendars.service import OAUTH_PROVIDERS, CalendarService, Notice
 
 log = logging.getLogger(__name__)

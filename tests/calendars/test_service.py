@@ -31,9 +31,10 @@ from sqlmodel import select
 from booking import errors
 from booking.busy import NoWriter
 from booking.clock import FixedClock
-from booking.models import CalendarChannel, CalendarConnection, SyncState
+from booking.models import SyncState
 from booking.scheduler import Scheduler
 from calendars.base import NeedsRelink, TokenSet
+from calendars.models import CalendarChannel, CalendarConnection
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
 from frontdesk.app import create_app
@@ -93,7 +94,7 @@ class Linked:
     async def notified(self) -> None:
         # The provider's push arrives at /calendars/notify/{kind} and pokes a refresh.
         for _ in range(200):
-            if self.service._pokes:
+            if self.service.background.tasks:
                 break
             await asyncio.sleep(0.025)
         await self.service.wait_pokes()
@@ -182,7 +183,7 @@ async def linked(kind: str, engine: Engine, *, link: bool = True) -> AsyncIterat
 
 
 async def _channel(link: Linked) -> CalendarChannel:
-    channel = await link.service._db(lambda s: s.exec(select(CalendarChannel)).first())
+    channel = await link.service.runtime.db(lambda s: s.exec(select(CalendarChannel)).first())
     assert channel is not None, "linking subscribed to change notifications"
     return channel
 
@@ -276,7 +277,7 @@ async def test_a_stale_cache_cannot_cause_a_double_booking(kind: str, clinic: En
         async def lost(*args: Any, **kwargs: Any) -> str:
             return "ok"
 
-        link.service.changed = lost  # type: ignore[method-assign,assignment]
+        link.service.channels.changed = lost  # type: ignore[method-assign,assignment]
         await link.harness.add_event(start=at(10).astimezone(UTC), end=at(11).astimezone(UTC))
         await asyncio.sleep(0.2)
         assert at(10) in await link.starts()  # the stale cache still offers it...
@@ -396,7 +397,7 @@ async def test_a_revoked_grant_asks_for_relinking_and_search_goes_on(
             graph = link.harness.extra["graph"]
             graph.revoke_refresh_tokens()
             graph.expire_access_tokens()
-        link.service._accounts.clear()
+        link.service.accounts.forget(link.connection.id)
         with pytest.raises(NeedsRelink):
             await link.service.refresh(link.connection.id)
         [conn] = await link.service.connections("clinic", "lee")

@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 from booking import errors
 from booking.clock import FixedClock
 from booking.db import session_scope
-from booking.models import CalendarBusyBlock, CalendarConnection
 from booking.scheduler import Scheduler
 from calendars.ics import IcsProvider
+from calendars.models import CalendarBusyBlock, CalendarConnection
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
 from frontdesk.app import create_app

@@ -21,8 +21,8 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from booking.db import session_scope
-from booking.models import CalendarChannel, CalendarConnection
 from calendars import web as calendar_web
+from calendars.models import CalendarChannel, CalendarConnection
 from calendars.secrets import Vault
 from calendars.service import CalendarService, Notice
 from tests.conftest import NOW, count_rows
@@ -149,7 +149,7 @@ async def settle(service: CalendarService, *, changes: bool = False) -> None:
     """Let the work after the answer run: until it pokes a refresh if `changes` are expected,
     otherwise for long enough that a wrongly recorded change would show."""
     for _ in range(500 if changes else 5):  # up to 10 s on a loaded machine
-        if service._pokes:
+        if service.background.tasks:
             break
         await asyncio.sleep(0.02)
     await service.wait_pokes()

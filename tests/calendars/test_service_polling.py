@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from booking.busy import StaffCalendars
-from booking.models import CalendarConnection
 from booking.rules import Interval
 from booking.scheduler import Scheduler
+from calendars.models import CalendarConnection
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
 from frontdesk.app import create_app
@@ -147,8 +147,8 @@ async def test_the_job_polls_between_full_passes(
         seen.append(("poll", poll))
         return 0
 
-    service.tick = tick  # type: ignore[method-assign]
-    service.refresh_due = refresh_due  # type: ignore[method-assign]
+    service.jobs.tick = tick  # type: ignore[method-assign]
+    service.jobs.refresh_due = refresh_due  # type: ignore[method-assign]
     job = asyncio.create_task(service.run_forever(every, poll=poll))
     await asyncio.sleep(0.65)
     job.cancel()

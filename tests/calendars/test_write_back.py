@@ -18,9 +18,10 @@ from sqlmodel import select
 from booking import errors
 from booking.clock import FixedClock
 from booking.db import session_scope
-from booking.models import Appointment, CalendarBusyBlock, SyncState
+from booking.models import Appointment, SyncState
 from booking.scheduler import Scheduler
 from calendars.base import CalendarInfo, EventSpec, SyncResult, TokenSet
+from calendars.models import CalendarBusyBlock
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
 from tests.conftest import NOW
@@ -204,7 +205,7 @@ async def test_linking_an_account_again_revives_the_connection(clinic: Engine) -
         expires_at=datetime.now(UTC) + timedelta(hours=1),
     )
     first = await service.link_tokens("google", business_id="clinic", staff_id="lee", tokens=tokens)
-    await service._mark(first.id, "needs_relink", "revoked")
+    await service.accounts.mark(first.id, "needs_relink", "revoked")
     again = await service.link_tokens("google", business_id="clinic", staff_id="lee", tokens=tokens)
     assert again.id == first.id and again.status == "ok"
     assert [c.id for c in await service.connections("clinic", "lee")] == [first.id]
