@@ -22,29 +22,32 @@ not write a second event. An update of an event deleted in the calendar creates 
 transactionId derived from the key and the lost event id, so that re-creation is idempotent
 too.
 
-Requests share one `httpx.AsyncClient`. 429 and 5xx answers are retried a bounded number of
-times, honouring `Retry-After` (capped), within the operation's time limit; a 401 refreshes the
-access token once. Whatever else goes wrong becomes `CalendarUnavailable` (or `NeedsRelink`
-from the token source), whose message names the account and never carries a token, a secret or
+Requests share one `httpx.AsyncClient`. 408, 429 and 503 answers (and other 5xx answers to a
+request that may be repeated) are retried by `booking.retry.RetryPolicy` a bounded number of
+times, honouring `Retry-After` (capped; an HTTP-date read against the injected clock), within
+the operation's time limit; any other 4xx is not retryable. A request that timed out is not
+sent again within the operation (it may still land). A 401 refreshes the access token once; a
+401 to the fresh token, or a refused refresh, is `NeedsRelink`. Whatever else goes wrong becomes
+`CalendarUnavailable`, whose message names the account and never carries a token, a secret or
 a delta link.
 
 Errors raised here:
 
-    CalendarUnavailable            Graph refused, failed, or did not answer in time (retryable)
-    ├── NeedsRelink                the grant is gone (`invalid_grant`): link the account again
+    CalendarUnavailable            Graph refused (a 4xx: not retryable), failed, or did not
+    │                              answer in time (retryable)
+    ├── NeedsRelink                the grant is gone (`invalid_grant`, a fresh token refused,
+    │                              no tokens): link the account again
     booking.errors.InvalidRequest  an OAuth callback that does not belong to the flow
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time as time_module
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
-from email.utils import parsedate_to_datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -52,7 +55,9 @@ import httpx
 import msal
 from pydantic import BaseModel, ConfigDict, Field
 
+from booking.clock import Clock, SystemClock
 from booking.errors import CalendarUnavailable, InvalidRequest
+from booking.retry import RetryPolicy, parse_retry_after, retryable_status
 from booking.rules import Interval
 from calendars.base import (
     Account,
@@ -64,6 +69,7 @@ from calendars.base import (
     TokenSet,
 )
 
+_T = TypeVar("_T")
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 AUTHORITY = "https://login.microsoftonline.com/common"
 SCOPES = ("Calendars.ReadWrite", "User.Read")  # MSAL adds openid, profile, offline_access
@@ -110,8 +116,9 @@ class MicrosoftProvider:
 
     `timeout` bounds each HTTP request; `time_limit` bounds a whole operation (its pages,
     retries and waits). `retries` is how many times a 429/5xx answer is tried again;
-    `max_retry_after` caps a server's `Retry-After`. `sleep` waits between retries and `now`
-    dates subscriptions (both injectable for tests); `transport` is httpx's.
+    `max_retry_after` caps a server's `Retry-After`. `sleep` waits between retries and `clock`
+    dates subscriptions and Retry-After dates (both injectable for tests); `transport` is
+    httpx's.
     """
 
     name = "microsoft"
@@ -127,20 +134,21 @@ class MicrosoftProvider:
         retries: int = 3,
         max_retry_after: float = 10.0,
         subscribe_timeout: float = 20.0,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base = graph_base_url.rstrip("/")
         self._timeout = timeout
         self._time_limit = time_limit
-        self._retries = retries
-        self._max_retry_after = max_retry_after
+        self._clock: Clock = clock or SystemClock()
+        # No deadline of its own: the operation's time limit (`_call`) bounds the waits too.
+        self._retry = RetryPolicy(
+            attempts=retries + 1, max_retry_after=max_retry_after, clock=self._clock, sleep=sleep
+        )
         # Graph waits up to 10 s for the notification URL's validation answer before it
         # answers a subscription request.
         self._subscribe_timeout = max(subscribe_timeout, timeout)
-        self._sleep = sleep
-        self._now = now
         self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
@@ -154,12 +162,14 @@ class MicrosoftProvider:
     async def list_calendars(self, account: Account) -> list[CalendarInfo]:
         async def read() -> list[CalendarInfo]:
             rows = await self._pages(account, f"{self._base}/me/calendars", {})
+            me = str(account.settings.get("account") or "") or None
             return [
                 CalendarInfo(
                     id=str(row["id"]),
                     name=str(row.get("name") or "Calendar"),
                     primary=bool(row.get("isDefaultCalendar")),
                     writable=bool(row.get("canEdit", True)),
+                    counts_busy=_own_calendar(row, me),
                 )
                 for row in rows
             ]
@@ -342,7 +352,7 @@ class MicrosoftProvider:
     ) -> Channel | None:
         if len(token) > 128:
             raise ValueError("Graph's clientState holds at most 128 characters")
-        expires = self._now().astimezone(UTC) + SUBSCRIPTION_LIFETIME
+        expires = self._clock.now().astimezone(UTC) + SUBSCRIPTION_LIFETIME
         body = {
             "changeType": "created,updated,deleted",
             "notificationUrl": callback_url,
@@ -376,7 +386,7 @@ class MicrosoftProvider:
     ) -> Channel | None:
         """Push a subscription's expiry out (by default as far as Graph allows); None when the
         subscription is gone and has to be created again with `watch`."""
-        until = expires_at or self._now().astimezone(UTC) + SUBSCRIPTION_LIFETIME
+        until = expires_at or self._clock.now().astimezone(UTC) + SUBSCRIPTION_LIFETIME
         _require_aware(until, until)
         url = f"{self._base}/subscriptions/{_seg(channel.id)}"
 
@@ -406,8 +416,8 @@ class MicrosoftProvider:
     # ---- HTTP ---------------------------------------------------------------------------------
 
     async def _call(
-        self, account: Account, action: str, work: Awaitable[Any], *, limit: float | None = None
-    ) -> Any:
+        self, account: Account, action: str, work: Awaitable[_T], *, limit: float | None = None
+    ) -> _T:
         """Run one operation under the time limit; a late answer is CalendarUnavailable."""
         limit = self._time_limit if limit is None else limit
         try:
@@ -419,7 +429,8 @@ class MicrosoftProvider:
             ) from None
 
     async def _get(self, account: Account, url: str) -> dict[str, Any]:
-        return await self._json(account, "GET", url)
+        answer = await self._json(account, "GET", url)
+        return answer if isinstance(answer, dict) else {}
 
     async def _pages(
         self, account: Account, url: str, params: dict[str, str]
@@ -455,52 +466,73 @@ class MicrosoftProvider:
         when `missing_ok`, and for an empty body)."""
         tokens = account.tokens
         if tokens is None:
-            raise CalendarUnavailable(f"{_who(account)} has no sign-in tokens")
+            raise NeedsRelink(f"{_who(account)} has no sign-in tokens; link it again")
         can_repeat = method in ("GET", "PATCH", "DELETE") if idempotent is None else idempotent
+        seconds = request_timeout or self._timeout
         refreshed = False
-        attempt = 0
-        while True:
-            token = await tokens.access_token(force_refresh=refreshed)
-            try:
-                response = await self._client.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers={**(headers or {}), "Authorization": f"Bearer {token}"},
-                    timeout=request_timeout or self._timeout,
-                )
-            except httpx.TimeoutException:
-                raise CalendarUnavailable(
-                    f"{_who(account)} did not answer within {request_timeout or self._timeout:g} s"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise CalendarUnavailable(
-                    f"{_who(account)} cannot be reached ({type(exc).__name__})"
-                ) from None
-            status = response.status_code
-            if status == 401 and not refreshed:
-                refreshed = True
-                continue
-            retryable = status in (429, 503) or (status >= 500 and can_repeat)
-            if retryable and attempt < self._retries:
-                attempt += 1
-                await self._sleep(self._backoff(response, attempt))
-                continue
-            if 200 <= status < 300:
-                return response.json() if response.content else None
-            code = _error_code(response)
-            if status == 404 and missing_ok:
-                return None
-            if resync_ok and (status == 410 or code.lower() in _RESYNC_CODES):
-                raise _Resync
-            raise CalendarUnavailable(_refusal(account, status, code))
 
-    def _backoff(self, response: httpx.Response, attempt: int) -> float:
-        wait = _retry_after(response.headers.get("retry-after"))
-        if wait is None:
-            wait = min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random() / 2)
-        return min(wait, self._max_retry_after)
+        async def attempt() -> httpx.Response:
+            nonlocal refreshed
+            while True:
+                token = await tokens.access_token(force_refresh=refreshed)
+                try:
+                    response = await self._client.request(
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        headers={**(headers or {}), "Authorization": f"Bearer {token}"},
+                        timeout=seconds,
+                    )
+                except httpx.TimeoutException:
+                    raise _TimedOut from None
+                except httpx.HTTPError as exc:
+                    raise _Unreachable(type(exc).__name__) from None
+                status = response.status_code
+                if status == 401:
+                    if refreshed:
+                        raise NeedsRelink(
+                            f"{_who(account)} refused a freshly refreshed sign-in; link it again"
+                        )
+                    refreshed = True
+                    continue
+                # 429 and 503 say the request was not handled; another 5xx may have been, so
+                # only a request that can be repeated safely is sent again.
+                if retryable_status(status) and (status in (408, 429, 503) or can_repeat):
+                    raise CalendarUnavailable(
+                        _refusal(account, status, _error_code(response)),
+                        retry_after=parse_retry_after(
+                            response.headers.get("retry-after"), self._clock.now()
+                        ),
+                    )
+                return response
+
+        try:
+            response = await self._retry.call(attempt)
+        except _TimedOut:
+            raise CalendarUnavailable(
+                f"{_who(account)} did not answer within {seconds:g} s"
+            ) from None
+        except _Unreachable as exc:
+            raise CalendarUnavailable(f"{_who(account)} cannot be reached ({exc})") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return response.json() if response.content else None
+        code = _error_code(response)
+        if status == 404 and missing_ok:
+            return None
+        if resync_ok and (status == 410 or code.lower() in _RESYNC_CODES):
+            raise _Resync
+        # A 5xx to a request that cannot be repeated may still help later; a 4xx will not.
+        raise CalendarUnavailable(_refusal(account, status, code), retryable=status >= 500)
+
+
+class _TimedOut(Exception):
+    """A request got no answer in time; not sent again now (it may still land)."""
+
+
+class _Unreachable(Exception):
+    """A request could not be sent or its answer not read (the httpx error's name)."""
 
 
 class _Resync(Exception):
@@ -534,18 +566,19 @@ def _error_code(response: httpx.Response) -> str:
     return text if text.isascii() and text.replace("_", "").isalnum() and len(text) <= 64 else ""
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+def _own_calendar(row: dict[str, Any], me: str | None) -> bool:
+    """Whether a Graph calendar is one of the user's own: the default calendar, or one the user
+    can edit whose `owner` (who created or added it) is the user. A calendar shared by someone
+    else has them as owner; a holiday or birthday calendar cannot be edited."""
+    if row.get("isDefaultCalendar"):
+        return True
+    if not row.get("canEdit"):
+        return False
+    owner = row.get("owner")
+    address = owner.get("address") if isinstance(owner, dict) else None
+    if not address or not me:
+        return True  # nothing says it is another person's, and the user can edit it
+    return str(address).casefold() == me.casefold()
 
 
 def _seg(value: str) -> str:
@@ -723,9 +756,10 @@ class MicrosoftOAuth:
 
         def exchange() -> dict[str, Any]:
             try:
-                return app.acquire_token_by_auth_code_flow(
+                answer: dict[str, Any] = app.acquire_token_by_auth_code_flow(
                     dict(flow), dict(params), scopes=self._scopes
                 )
+                return answer
             except ValueError:
                 # MSAL's own state and nonce checks; its message quotes the values.
                 raise InvalidRequest(
