@@ -39,10 +39,12 @@ import icalendar
 import recurring_ical_events
 from recurring_ical_events import CalendarQuery
 
+from booking.clock import Clock, SystemClock
 from booking.errors import CalendarUnavailable
 from booking.recurrence import RuleRefused, pattern_of
+from booking.retry import parse_retry_after, retryable_status
 from booking.rules import Interval
-from calendars.base import Account, CalendarInfo, Channel, EventSpec, SyncResult
+from calendars.base import Account, CalendarInfo, Channel, EventSpec, NeedsRelink, SyncResult
 
 # Expansion compares floating and all-day times as if they were in the zone of the query
 # window; a day of margin either side keeps every candidate, and we filter exactly afterwards.
@@ -364,7 +366,8 @@ class IcsProvider:
     (Google refreshes its secret address every few hours), so a fetch per booking would buy
     nothing. `check` always fetches. Callers arriving while a fetch runs share its answer.
     `timeout` bounds each read of a source; `transport` lets tests put an
-    `httpx.MockTransport` in front of the network; `monotonic` is the clock for the feed cache.
+    `httpx.MockTransport` in front of the network; `monotonic` is the clock for the feed cache,
+    `clock` the one a `Retry-After` date is measured with.
     """
 
     name = "ics"
@@ -379,7 +382,9 @@ class IcsProvider:
         max_bytes: int = 20_000_000,
         transport: httpx.AsyncBaseTransport | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._timeout = timeout
         self._ttl = ttl
         self._max_bytes = max_bytes
@@ -399,7 +404,7 @@ class IcsProvider:
         source = _source(account)
         parsed = await self._read(source, fresh_since=self._monotonic() - self._ttl)
         name = parsed.name or account.name or describe(source)
-        return [CalendarInfo(id=FEED_ID, name=name, primary=True, writable=False)]
+        return [CalendarInfo(id=FEED_ID, name=name, primary=True, writable=False, counts_busy=True)]
 
     async def busy(
         self,
@@ -549,8 +554,8 @@ class IcsProvider:
             if response.status_code == 304 and known:
                 return None, known
             if not response.is_success:
-                raise CalendarUnavailable(
-                    f"calendar feed {name} answered HTTP {response.status_code}"
+                raise _refused(
+                    name, response.status_code, response.headers.get("retry-after"), self._clock
                 )
             body = bytearray()
             async for chunk in response.aiter_bytes():
@@ -565,6 +570,24 @@ class IcsProvider:
                 if response.headers.get(key)
             }
             return bytes(body), validators
+
+
+def _refused(name: str, status: int, retry_after: str | None, clock: Clock) -> CalendarUnavailable:
+    """The error for a feed that answered `status`.
+
+    401 and 403: the feed wants credentials it no longer has. 404 and 410: the address is gone,
+    which is what a secret feed address does once it is reset or unshared (Google's "reset
+    private address", iCloud's stopped public calendar), and it will not come back: both need a
+    person to link the feed again with its current address, as a revoked grant does. A 5xx,
+    429 or 408 may pass, after the answer's `Retry-After`; any other 4xx will not."""
+    message = f"calendar feed {name} answered HTTP {status}"
+    if status in (401, 403, 404, 410):
+        return NeedsRelink(f"{message}: link it again with the feed's current address")
+    if not retryable_status(status):
+        return CalendarUnavailable(message, retryable=False)
+    return CalendarUnavailable(
+        message, retryable=True, retry_after=parse_retry_after(retry_after, clock.now())
+    )
 
 
 def _source(account: Account) -> str:

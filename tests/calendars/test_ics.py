@@ -8,7 +8,8 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,8 +17,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from booking.clock import FixedClock
 from booking.errors import CalendarUnavailable
-from calendars.base import Account, CalendarProvider, EventSpec
+from calendars.base import Account, CalendarProvider, EventSpec, NeedsRelink
 from calendars.ics import FEED_ID, IcsProvider, busy_from_ics, events_between, parse_ics
 from calendars.links import link_account
 
@@ -470,6 +472,39 @@ async def test_feed_http_error_is_unavailable_without_leaking_credentials(
     assert host in message and "404" in message
     for secret in ("alice", "hunter2", "s3cr3t", "letmein"):
         assert secret not in message and secret not in logged
+
+
+@pytest.mark.parametrize(
+    ("status", "relink", "retryable"),
+    [
+        (401, True, False),  # the feed wants a login it no longer has
+        (403, True, False),
+        (404, True, False),  # a secret address that was reset or unshared
+        (410, True, False),
+        (400, False, False),
+        (500, False, True),
+        (503, False, True),
+        (429, False, True),
+    ],
+)
+async def test_a_feed_refusal_says_whether_to_link_again_or_try_again(
+    status: int, relink: bool, retryable: bool
+) -> None:
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Retry-After": later})
+
+    provider = IcsProvider(transport=httpx.MockTransport(answer), clock=FixedClock(now))
+    with pytest.raises(CalendarUnavailable) as caught:
+        await read(provider, "https://calendar.example.com/private-s3cr3t/basic.ics")
+    error = caught.value
+    assert isinstance(error, NeedsRelink) is relink
+    assert error.retryable is retryable
+    # The Retry-After date, measured with the injected clock, for a refusal that may pass.
+    assert error.retry_after == (30.0 if retryable else None)
+    assert str(status) in error.message and "s3cr3t" not in error.message
 
 
 async def test_feed_that_is_not_ics_is_unavailable(feed: FeedServer) -> None:
