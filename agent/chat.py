@@ -8,10 +8,10 @@ from typing import TextIO
 
 from agent.engine import DEFAULT_GREETING, CallContext, Conversation, Filler, Handoff, Speech
 from agent.fallback import NO_MODEL_OPENING, MessageTaking
+from agent.llm import LlmConfig, make_llm
 from agent.tools import BusinessFacts, Toolbox
 from booking import phones
 from booking.scheduler import Scheduler, check_phone
-from frontdesk.settings import Settings
 
 QUIT = {"quit", "exit", "bye!"}
 NO_MODEL = (
@@ -19,11 +19,6 @@ NO_MODEL = (
     "FRONTDESK_OPENAI_BASE_URL to use another OpenAI-compatible server (e.g. "
     "http://localhost:11434/v1 for Ollama). Until then the agent can only take a message.]"
 )
-
-
-def model_configured(settings: Settings) -> bool:
-    """Whether an LLM is set up: an OpenAI key, or the address of another compatible server."""
-    return bool(settings.openai_api_key or settings.openai_base_url)
 
 
 async def chat(conversation: Conversation, *, lines: TextIO, out: TextIO) -> None:
@@ -63,41 +58,39 @@ def _show(event: Speech | Filler | Handoff) -> str:
 
 async def run_chat(
     *,
-    settings: Settings,
+    llm: LlmConfig,
     scheduler: Scheduler,
     business_id: str | None,
     caller: str | None,
     lines: TextIO,
     out: TextIO,
 ) -> None:
-    """Build a conversation from settings and chat until the caller is done."""
+    """Build a conversation with the model `llm` names and chat until the caller is done."""
     business = await scheduler.resolve_business(business_id)
     phone = None
     if caller:  # a national number is read in the business's country
         own = (await scheduler.business(business)).phone_numbers
         phone = check_phone(caller, phones.region_for(own))
-    if not model_configured(settings):
+    if not llm.configured:
         await take_message(
             scheduler=scheduler, business_id=business, caller=phone, lines=lines, out=out
         )
         return
-    from agent.llm import make_llm
-
-    llm = make_llm(settings)
+    client = make_llm(llm)
     try:
         conversation = Conversation(
             scheduler=scheduler,
-            llm=llm,
-            model=settings.llm_model,
+            llm=client,
+            model=llm.model,
             context=CallContext(
                 business_id=business, caller_phone=phone, call_id=None, channel="terminal"
             ),
             clock=scheduler.clock,
-            llm_timeout=settings.llm_timeout_seconds,
+            llm_timeout=llm.timeout,
         )
         await chat(conversation, lines=lines, out=out)
     finally:
-        await llm.close()
+        await client.close()
 
 
 async def take_message(

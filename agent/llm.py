@@ -1,4 +1,4 @@
-"""The LLM client: the `openai` SDK pointed at any Chat Completions server named in settings.
+"""The LLM client: the `openai` SDK pointed at any Chat Completions server (`LlmConfig`).
 
 One client per process, shared by every call and every turn: it owns the connection pool, so a
 turn goes out on a warm connection instead of opening (and, to a real provider, handshaking TLS
@@ -7,13 +7,12 @@ on) a new one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-from frontdesk.settings import Settings
 
 # A caller's turns are seconds apart (they listen, then speak): longer than httpx's default 5 s
 # keep-alive, which would make most turns of a quiet line open a new connection. The limits are
@@ -22,18 +21,32 @@ _Limits = type(openai.DEFAULT_CONNECTION_LIMITS)
 POOL = _Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
 
 
-def make_llm(settings: Settings) -> openai.AsyncOpenAI:
-    """An async client for `settings.openai_base_url` (OpenAI itself when unset).
+@dataclass(frozen=True)
+class LlmConfig:
+    """Which Chat Completions server and model the agent talks to, and how long it waits."""
+
+    model: str = "gpt-4o-mini"
+    api_key: str | None = None
+    base_url: str | None = None  # None: OpenAI itself
+    timeout: float = 8.0
+
+    @property
+    def configured(self) -> bool:
+        """Whether an LLM is set up: an API key, or the address of a compatible server."""
+        return bool(self.api_key or self.base_url)
+
+
+def make_llm(config: LlmConfig) -> openai.AsyncOpenAI:
+    """An async client for `config.base_url` (OpenAI itself when unset).
 
     No SDK retries: on a live call a retry with back-off costs seconds of silence, so the
     conversation engine falls back to taking a message instead.
     """
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     return openai.AsyncOpenAI(
         # Local servers (Ollama, vLLM) ignore the key, but the SDK insists on one.
-        api_key=key or "not-set",
-        base_url=settings.openai_base_url,
-        timeout=settings.llm_timeout_seconds,
+        api_key=config.api_key or "not-set",
+        base_url=config.base_url,
+        timeout=config.timeout,
         max_retries=0,
         http_client=openai.DefaultAsyncHttpxClient(limits=POOL),
     )

@@ -3,5 +3,5 @@
 `base.CalendarProvider` is the one interface; each provider kind has its own module;
 `service.CalendarService` keeps the busy cache, writes bookings back and links accounts, and
 implements booking's `CalendarBusy` and `CalendarWriter` ports; `web` has the linking and
-notification endpoints; `setup.build_calendar_service` wires it all from settings.
+notification endpoints. The application (`frontdesk.wiring`) builds the service from settings.
 """

@@ -1,9 +1,15 @@
-"""Builds the web app from settings; the scheduler and calendar service come from `wiring`."""
+"""Builds the web app from settings: the composition root of everything the app serves.
+
+The scheduler and calendar service come from `wiring`; the app's lifespan builds the services
+the routers use and closes them at shutdown (`app.state.scheduler`, `.calendar_service`,
+`.switchboard`, `.tryit_chats`). No router builds anything of its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -11,18 +17,51 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
 
+from agent.llm import make_llm, warm_up
+from booking.calls import CallLog
 from booking.scheduler import Scheduler
 from calendars import web as calendar_web
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
+from dashboard.web.tryit import WebChats
 from frontdesk import web_security
 from frontdesk.settings import Settings
-from frontdesk.wiring import build_scheduler, calendar_service
+from frontdesk.wiring import build_scheduler, calendar_service, llm_config
 from telephony import voice
+from telephony.signature import TwilioSignature
+from telephony.sms import SmsSender
+from telephony.switchboard import Switchboard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_scheduler", "calendar_service", "create_app"]
+__all__ = ["build_scheduler", "build_switchboard", "calendar_service", "create_app"]
+
+
+def build_switchboard(settings: Settings, scheduler: Scheduler) -> Switchboard:
+    """The phone side: Twilio's signature check and texts, the LLM, the voice settings."""
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    sms = None
+    if settings.twilio_account_sid and token:
+        sms = SmsSender(
+            account_sid=settings.twilio_account_sid,
+            auth_token=token,
+            api_base_url=settings.twilio_api_base_url,
+        )
+    else:
+        log.warning("Twilio credentials are not set: confirmation texts are off")
+    llm = llm_config(settings)
+    return Switchboard(
+        scheduler=scheduler,
+        calls=CallLog.over(scheduler.engine, scheduler.clock),
+        llm=make_llm(llm),
+        model=llm.model,
+        signature=TwilioSignature(auth_token=token, public_base_url=settings.public_base_url),
+        voice_mode=settings.voice_mode,
+        language=settings.voice_language,
+        tts_voice=settings.voice_tts_voice,
+        llm_timeout=llm.timeout,
+        sms=sms,
+    )
 
 
 async def _authorize_linking(request: Request, staff_id: str) -> str:
@@ -64,7 +103,20 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
                 )
             )
         webhooks.start_dispatcher(app)
-        yield
+        if getattr(app.state, "switchboard", None) is None:
+            app.state.switchboard = build_switchboard(settings, app.state.scheduler)
+        await warm_up(app.state.switchboard.llm)
+        # A full garbage collection walks every object in the process, most of them the code
+        # and models loaded at start-up, and stalls every live call for a fifth of a second.
+        # Those live as long as the process: keep them out of the collector's sight while
+        # calls are served.
+        gc.freeze()
+        try:
+            yield
+        finally:
+            gc.unfreeze()
+            await app.state.switchboard.aclose()
+            await app.state.tryit_chats.aclose()
         await webhooks.stop_dispatcher(app)
         if job is not None:
             job.cancel()
@@ -87,6 +139,8 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     web_security.add_docs(app)
     app.state.scheduler = scheduler
     app.state.settings = settings
+    # The try-it chats make their LLM client on the first chat; the lifespan closes them.
+    app.state.tryit_chats = WebChats(llm=llm_config(settings))
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if not key:
         key = secrets.token_urlsafe(24)

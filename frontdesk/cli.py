@@ -419,12 +419,13 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     from agent.chat import run_chat
+    from frontdesk.wiring import llm_config
 
     scheduler = _scheduler(args, settings)
     _run(
         scheduler,
         run_chat(
-            settings=settings,
+            llm=llm_config(settings),
             scheduler=scheduler,
             business_id=args.business,
             caller=args.caller,

@@ -1,4 +1,8 @@
-"""Builds the scheduler and the calendar service from settings, for every entry point.
+"""Builds the scheduler, the calendar service and the LLM settings from `Settings`, for every
+entry point (the web app in `frontdesk.app`, the command line in `frontdesk.cli`).
+
+This is the one place settings become objects: the inner packages (booking, calendars, agent,
+telephony, dashboard) never read `Settings`; they are given what they need.
 
 Nothing here imports the web app, Twilio or the LLM client, and the calendar providers' SDKs
 (Google, Microsoft, CalDAV) are imported only once a staff member with linked calendars is
@@ -13,12 +17,90 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from booking.busy import CalendarBusy, StaffCalendars
+    from agent.llm import LlmConfig
+    from booking.busy import CalendarBusy, CalendarWriter, StaffCalendars
     from booking.clock import Clock
     from booking.rules import Interval
     from booking.scheduler import Scheduler
+    from calendars.base import CalendarProvider, OAuthClient
     from calendars.service import CalendarService
     from frontdesk.settings import Settings
+
+
+def llm_config(settings: Settings) -> LlmConfig:
+    """The LLM the agent talks to (`FRONTDESK_OPENAI_*`, `FRONTDESK_LLM_*`)."""
+    from agent.llm import LlmConfig
+
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    return LlmConfig(
+        model=settings.llm_model,
+        api_key=key or None,
+        base_url=settings.openai_base_url,
+        timeout=settings.llm_timeout_seconds,
+    )
+
+
+def build_providers(settings: Settings) -> dict[str, CalendarProvider]:
+    """One provider per calendar kind, with the settings' timeouts and API addresses."""
+    from calendars.caldav import CaldavProvider
+    from calendars.google import GoogleProvider
+    from calendars.ics import IcsProvider
+    from calendars.microsoft import MicrosoftProvider
+
+    timeout = settings.calendar_timeout_seconds
+    return {
+        "ics": IcsProvider(timeout=timeout),
+        "caldav": CaldavProvider(timeout=timeout),
+        "google": GoogleProvider(api_base_url=settings.google_api_base_url, timeout=timeout),
+        "microsoft": MicrosoftProvider(
+            graph_base_url=settings.microsoft_graph_base_url,
+            timeout=timeout,
+            time_limit=max(timeout, 10.0),
+        ),
+    }
+
+
+def build_oauth(settings: Settings) -> dict[str, OAuthClient]:
+    """The OAuth clients whose app credentials are set (Google, Microsoft)."""
+    from calendars.google import GoogleOAuth
+    from calendars.microsoft import MicrosoftOAuth
+
+    clients: dict[str, OAuthClient] = {}
+    if settings.google_client_id and settings.google_client_secret:
+        clients["google"] = GoogleOAuth(
+            settings.google_client_id,
+            settings.google_client_secret.get_secret_value(),
+            auth_url=settings.google_auth_url,
+            token_url=settings.google_token_url,
+            api_base_url=settings.google_api_base_url,
+        )
+    if settings.microsoft_client_id and settings.microsoft_client_secret:
+        clients["microsoft"] = MicrosoftOAuth(
+            settings.microsoft_client_id,
+            settings.microsoft_client_secret.get_secret_value(),
+            authority=settings.microsoft_authority,
+        )
+    return clients
+
+
+def build_calendar_service(settings: Settings, engine: Engine) -> CalendarService:
+    """The calendar service over `engine`, its providers and OAuth clients from settings."""
+    from datetime import timedelta
+
+    from calendars.secrets import Vault
+    from calendars.service import CalendarService
+
+    key = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return CalendarService(
+        engine=engine,
+        vault=Vault(key),
+        providers=build_providers(settings),
+        oauth=build_oauth(settings),
+        public_base_url=settings.public_base_url,
+        horizon=timedelta(days=settings.calendar_horizon_days),
+        max_age=timedelta(seconds=settings.calendar_cache_max_age_seconds),
+        allow_private_urls=settings.allow_private_urls,
+    )
 
 
 class LazyCalendars:
@@ -39,8 +121,6 @@ class LazyCalendars:
     @property
     def service(self) -> CalendarService:
         if self._service is None:
-            from calendars.setup import build_calendar_service
-
             self._service = build_calendar_service(self._settings, self._engine)
         return self._service
 
@@ -68,24 +148,28 @@ def build_scheduler(
 
     Linked calendars are read (and bookings written back) through a `CalendarService` built from
     the same settings when first needed, unless `calendars` replaces it (tests)."""
+    from booking.busy import NoWriter
     from booking.clock import SystemClock
     from booking.db import make_engine, migrate
     from booking.scheduler import Scheduler
 
     engine = engine or make_engine(settings.database_url)
     migrate(engine)
-    lazy = LazyCalendars(settings, engine) if calendars is None else None
-    scheduler = Scheduler(
+    if calendars is None:
+        lazy = LazyCalendars(settings, engine)
+        busy: CalendarBusy = lazy
+        writer: CalendarWriter = lazy
+    else:
+        busy, writer = calendars, NoWriter()
+    return Scheduler(
         engine=engine,
-        calendars=calendars or lazy,  # type: ignore[arg-type]
+        calendars=busy,
+        writer=writer,
         clock=clock or SystemClock(),
         hold_minutes=settings.hold_minutes,
         calendar_timeout=settings.calendar_timeout_seconds,
         write_timeout=settings.calendar_write_timeout_seconds,
     )
-    if lazy is not None:
-        scheduler.writer = lazy
-    return scheduler
 
 
 def calendar_service(scheduler: Scheduler) -> CalendarService | None:

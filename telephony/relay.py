@@ -13,8 +13,8 @@ transfer cancels it at once. On an interrupt the engine learns what the caller a
 
 Twilio ends the session as soon as it gets `end`, whatever it is still saying, and the socket
 never says when speech has finished. So a hand-off sends the goodbye's text and `last`, then
-waits until Twilio can have spoken everything sent (`SpeechPace`), and only then sends `end`;
-the caller talking over the goodbye cuts that wait short.
+waits until Twilio can have spoken everything sent (`speech_pace.SpeechPace`), and only then
+sends `end`; the caller talking over the goodbye cuts that wait short.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from agent.engine import Filler, Handoff, Speech
 from booking import errors
+from telephony.sessions import CallSession
 from telephony.signature import HEADER, SignatureInvalid
+from telephony.switchboard import Switchboard
 from telephony.wire import (
     Dtmf,
     EndSession,
@@ -47,10 +48,6 @@ from telephony.wire import (
 )
 from telephony.wire import Handoff as HandoffData
 
-if TYPE_CHECKING:
-    from telephony.sessions import CallSession
-    from telephony.switchboard import Switchboard
-
 log = logging.getLogger(__name__)
 router = APIRouter()
 
@@ -59,18 +56,6 @@ HUMAN_DIGIT = "0"
 MAX_FRAME = 64 * 1024  # Twilio's messages are well under a kilobyte
 TROUBLE = "Sorry, I'm having trouble on my side. Could you say that again?"
 PUTTING_THROUGH = "Please hold while I put you through."
-
-
-@dataclass(frozen=True)
-class SpeechPace:
-    """How long Twilio takes to speak the text we send, erring long: a clipped goodbye is worse
-    than a second of silence before the hang-up or the transfer."""
-
-    lead: float = 1.0  # from a turn's first token to its first sound: synthesis and the network
-    words_per_second: float = 2.3  # synthetic voices speak some 150-170 words a minute
-
-    def seconds(self, text: str) -> float:
-        return len(text.split()) / self.words_per_second
 
 
 @router.websocket("/relay")

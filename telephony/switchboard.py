@@ -17,10 +17,10 @@ from booking import errors, phones
 from booking.calls import FINAL_STATUSES, CallLog
 from booking.models import Appointment, AppointmentStatus, Business, LeadOutcome
 from booking.scheduler import Scheduler
-from telephony.relay import SpeechPace
 from telephony.sessions import CallSession, CallSessions
 from telephony.signature import TwilioSignature
 from telephony.sms import Change, Sms, SmsSender, confirmation_text
+from telephony.speech_pace import SpeechPace
 from telephony.wire import CallStatusUpdate
 
 log = logging.getLogger(__name__)

@@ -9,30 +9,27 @@
 Every request's body is capped (413) and must be a UTF-8 form (400); then its signature is checked
 (403), and a signed form that lacks a field or has a malformed one is a 400. None of these reads or
 writes anything.
+
+The switchboard the routes use is `app.state.switchboard`, built and closed by the application's
+lifespan (`frontdesk.app`).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 from twilio.twiml.voice_response import Connect, Gather, VoiceResponse
 
 from agent.engine import Filler, Handoff, Speech
-from agent.llm import make_llm, warm_up
 from booking import errors
-from booking.calls import CallLog
-from frontdesk.settings import Settings
 from telephony import relay
 from telephony.sessions import CallSession
-from telephony.signature import HEADER, SignatureInvalid, TwilioSignature
-from telephony.sms import SmsSender
+from telephony.signature import HEADER, SignatureInvalid
 from telephony.switchboard import Switchboard
 from telephony.wire import (
     CallStatusUpdate,
@@ -66,56 +63,11 @@ MAX_BODY = 64 * 1024  # Twilio's forms are a few hundred bytes; a long SpeechRes
 MAX_FIELDS = 200
 
 
-def build_switchboard(app: FastAPI) -> Switchboard:
-    """The switchboard for this app, from its settings and scheduler."""
-    settings: Settings = app.state.settings
-    scheduler = app.state.scheduler
-    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
-    sms = None
-    if settings.twilio_account_sid and token:
-        sms = SmsSender(
-            account_sid=settings.twilio_account_sid,
-            auth_token=token,
-            api_base_url=settings.twilio_api_base_url,
-        )
-    else:
-        log.warning("Twilio credentials are not set: confirmation texts are off")
-    return Switchboard(
-        scheduler=scheduler,
-        calls=CallLog.over(scheduler.engine, scheduler.clock),
-        llm=make_llm(settings),
-        model=settings.llm_model,
-        signature=TwilioSignature(auth_token=token, public_base_url=settings.public_base_url),
-        voice_mode=settings.voice_mode,
-        language=settings.voice_language,
-        tts_voice=settings.voice_tts_voice,
-        llm_timeout=settings.llm_timeout_seconds,
-        sms=sms,
-    )
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    if getattr(app.state, "switchboard", None) is None:
-        app.state.switchboard = build_switchboard(app)
-    await warm_up(app.state.switchboard.llm)
-    # A full garbage collection walks every object in the process, most of them the code and
-    # models loaded at start-up, and stalls every live call for a fifth of a second. Those live
-    # as long as the process: keep them out of the collector's sight while calls are served.
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        await app.state.switchboard.aclose()
-
-
 # Every webhook's body is capped by FastAPI (413 past MAX_BODY, declared or streamed).
 router = APIRouter(
     prefix="/twilio",
     tags=["twilio"],
     include_in_schema=False,
-    lifespan=lifespan,
     max_body_size=MAX_BODY,
 )
 router.include_router(relay.router)
@@ -125,6 +77,7 @@ router.include_router(relay.router)
 
 
 def switchboard(request: Request) -> Switchboard:
+    """The app's switchboard (`app.state.switchboard`, built by the app's lifespan)."""
     board: Switchboard = request.app.state.switchboard
     return board
 

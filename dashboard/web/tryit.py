@@ -12,23 +12,21 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import openai
-from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
 from agent.engine import AgentEvent, CallContext, Conversation, Filler, Handoff, Speech
-from agent.llm import make_llm
+from agent.llm import LlmConfig, make_llm
 from booking import errors, phones
 from booking.scheduler import Scheduler
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, WebUser, verify_csrf
 from dashboard.web.render import add_nav, render
-from frontdesk.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +57,20 @@ class Line:
 
 
 class WebChats:
-    """The chats of this process, by id, with idle expiry."""
+    """The chats of this process, by id, with idle expiry, talking to the model `llm` names.
+
+    Built by the application (`app.state.tryit_chats`), which closes it at shutdown; the LLM
+    client is made on the first chat."""
 
     def __init__(
         self,
         *,
-        settings: Settings,
-        scheduler: Scheduler,
+        llm: LlmConfig,
         idle_seconds: float = IDLE_SECONDS,
         limit: int = MAX_CHATS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self.scheduler = scheduler
+        self.llm = llm
         self.idle_seconds = idle_seconds
         self.limit = limit
         self._monotonic = monotonic
@@ -81,21 +80,23 @@ class WebChats:
     def __len__(self) -> int:
         return len(self._chats)
 
-    async def start(self, user: WebUser, *, caller_phone: str | None) -> tuple[WebChat, str]:
+    async def start(
+        self, user: WebUser, *, scheduler: Scheduler, caller_phone: str | None
+    ) -> tuple[WebChat, str]:
         """A new chat for `user`'s business, and the agent's greeting."""
         await self._sweep(room=1)
         if self._llm is None:
-            self._llm = make_llm(self.settings)
+            self._llm = make_llm(self.llm)
         llm = self._llm
         conversation = Conversation(
-            scheduler=self.scheduler,
+            scheduler=scheduler,
             llm=llm,
-            model=self.settings.llm_model,
+            model=self.llm.model,
             context=CallContext(
                 business_id=user.business_id, caller_phone=caller_phone, call_id=None, channel="web"
             ),
-            clock=self.scheduler.clock,
-            llm_timeout=self.settings.llm_timeout_seconds,
+            clock=scheduler.clock,
+            llm_timeout=self.llm.timeout,
         )
         chat = WebChat(
             id=secrets.token_urlsafe(24),
@@ -178,28 +179,13 @@ def _line(event: AgentEvent) -> Line:
     raise AssertionError(event)
 
 
-def llm_configured(settings: Settings) -> bool:
-    return settings.openai_api_key is not None or settings.openai_base_url is not None
-
-
 def chats(request: Request) -> WebChats:
-    """This app's chats, made on first use."""
-    registry: WebChats | None = getattr(request.app.state, "tryit_chats", None)
-    if registry is None:
-        registry = WebChats(settings=request.app.state.settings, scheduler=db.scheduler(request))
-        request.app.state.tryit_chats = registry
+    """This app's chats (`app.state.tryit_chats`, built by the application)."""
+    registry: WebChats = request.app.state.tryit_chats
     return registry
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    registry: WebChats | None = getattr(app.state, "tryit_chats", None)
-    if registry is not None:
-        await registry.aclose()
-
-
-router = APIRouter(include_in_schema=False, lifespan=lifespan)
+router = APIRouter(include_in_schema=False)
 add_nav("Try it", "/try")
 Chats = Annotated[WebChats, Depends(chats)]
 
@@ -214,7 +200,7 @@ def _page(request: Request, *, status_code: int = 200, **context: Any) -> Respon
         request,
         "tryit.html",
         status_code=status_code,
-        llm_ready=llm_configured(request.app.state.settings),
+        llm_ready=chats(request).llm.configured,
         **context,
     )
 
@@ -229,12 +215,12 @@ async def start_chat(
     request: Request, user: OwnerUser, registry: Chats, caller: Annotated[str, Form()] = ""
 ) -> Response:
     try:
-        business = await registry.scheduler.business(user.business_id)
+        business = await db.scheduler(request).business(user.business_id)
         region = phones.region_for(business.phone_numbers)
         phone = phones.to_e164(caller, region) if caller.strip() else None
     except errors.InvalidRequest as exc:
         return _page(request, status_code=422, error=exc.message, caller=caller)
-    chat, greeting = await registry.start(user, caller_phone=phone)
+    chat, greeting = await registry.start(user, scheduler=db.scheduler(request), caller_phone=phone)
     return _page(request, chat=chat, lines=[Line("agent", greeting)], caller=phone or "")
 
 

@@ -13,10 +13,9 @@ import openai
 import pytest
 
 from agent.engine import AgentEvent, CallContext, Conversation, Speech
-from agent.llm import make_llm
+from agent.llm import LlmConfig, make_llm
 from booking.clock import FixedClock
 from booking.scheduler import Scheduler
-from frontdesk.settings import Settings
 from tests.conftest import NOW
 from tests.fakes.llm_server import FakeLLM
 
@@ -33,13 +32,7 @@ def llm_server() -> Iterator[FakeLLM]:
 
 
 def client_for(base_url: str, *, timeout: float = 5.0) -> openai.AsyncOpenAI:
-    settings = Settings(
-        _env_file=None,
-        openai_base_url=base_url,  # type: ignore[call-arg]
-        openai_api_key="test-key",
-        llm_timeout_seconds=timeout,
-    )
-    return make_llm(settings)
+    return make_llm(LlmConfig(base_url=base_url, api_key="test-key", timeout=timeout))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from booking.db import session_scope
 from booking.models import Business
 from booking.scheduler import Scheduler
 from frontdesk.settings import Settings
+from frontdesk.wiring import llm_config
 from tests.agent.conftest import CALLER, MakeConversation
 from tests.fakes.llm_server import FakeLLM, Text
 
@@ -40,7 +41,7 @@ async def test_run_chat_builds_the_client_from_settings(
     )
     out = io.StringIO()
     await run_chat(
-        settings=settings,
+        llm=llm_config(settings),
         scheduler=scheduler,
         business_id=None,
         caller=CALLER,
@@ -87,7 +88,7 @@ async def test_chat_reads_the_callers_national_number_in_the_business_country(
     add_salon(scheduler)
     out = io.StringIO()
     await run_chat(
-        settings=Settings(_env_file=None),  # type: ignore[call-arg]
+        llm=llm_config(Settings(_env_file=None)),  # type: ignore[call-arg]
         scheduler=scheduler,
         business_id="salon",
         caller=LONDON_NATIONAL,

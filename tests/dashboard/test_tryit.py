@@ -20,6 +20,7 @@ from dashboard.web.auth import WebUser
 from dashboard.web.tryit import WebChats
 from frontdesk.app import create_app
 from frontdesk.settings import Settings
+from frontdesk.wiring import llm_config
 from tests.dashboard.conftest import API_KEY, csrf_of, log_in
 from tests.fakes.llm_server import Call, FakeLLM, Fault, Text, ToolCalls
 
@@ -194,8 +195,7 @@ async def test_idle_chats_expire_and_the_oldest_make_room(
 ) -> None:
     now = [0.0]
     registry = WebChats(
-        settings=llm_settings(llm),
-        scheduler=scheduler,
+        llm=llm_config(llm_settings(llm)),
         idle_seconds=60,
         limit=2,
         monotonic=lambda: now[0],
@@ -204,11 +204,12 @@ async def test_idle_chats_expire_and_the_oldest_make_room(
         id="usr_1", business_id="clinic", email="o@clinic.test", role="owner", staff_id=None
     )
     try:
-        first, _ = await registry.start(user, caller_phone=None)
+        first, _ = await registry.start(user, scheduler=scheduler, caller_phone=None)
         now[0] = 30
-        second, _ = await registry.start(user, caller_phone=None)
+        second, _ = await registry.start(user, scheduler=scheduler, caller_phone=None)
         now[0] = 40
-        third, _ = await registry.start(user, caller_phone=None)  # the first makes room
+        # The first makes room.
+        third, _ = await registry.start(user, scheduler=scheduler, caller_phone=None)
         assert await registry.get(first.id, user) is None
         assert await registry.get(second.id, user) is second
         now[0] = 101  # both have been idle for 61 s

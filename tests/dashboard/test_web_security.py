@@ -482,7 +482,7 @@ async def test_the_subscribe_address_uses_the_public_base_url(
 ) -> None:
     """Before: `http://localhost:8000/...` whatever address the server had."""
     from calendars.secrets import new_key
-    from calendars.setup import build_calendar_service
+    from frontdesk.wiring import build_calendar_service
 
     settings = Settings(
         api_key=SecretStr(API_KEY), secret_key=SecretStr(new_key()), allowed_hosts=["*"], **options

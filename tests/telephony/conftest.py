@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from booking.scheduler import Scheduler
 from frontdesk.app import create_app
 from frontdesk.settings import Settings
-from telephony.relay import SpeechPace
+from telephony.speech_pace import SpeechPace
 from tests.fakes.llm_server import FakeLLM
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_voice import FakeTwilioVoice

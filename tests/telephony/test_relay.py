@@ -17,7 +17,7 @@ from booking.clock import FixedClock
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
 from booking.scheduler import Scheduler
-from telephony.relay import SpeechPace
+from telephony.speech_pace import SpeechPace
 from tests.conftest import NOW, count_rows
 from tests.fakes.llm_server import Call, Fault, Text, ToolCalls
 from tests.fakes.twilio_voice import RelayClient, TwiML
