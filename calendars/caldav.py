@@ -254,8 +254,15 @@ class CaldavProvider:
     ) -> Channel | None:
         return None  # CalDAV has no push that works across servers; the sync schedule covers it
 
+    async def renew(self, account: Account, channel: Channel) -> Channel | None:
+        return None  # no channels to renew
+
     async def stop(self, account: Account, channel: Channel) -> None:
         return None
+
+    async def aclose(self) -> None:
+        """`close`, as the provider contract names it."""
+        self.close()
 
     def close(self) -> None:
         """Close the connections kept for later operations (at shutdown). The provider stays

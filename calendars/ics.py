@@ -453,7 +453,14 @@ class IcsProvider:
     ) -> Channel | None:
         return None
 
+    async def renew(self, account: Account, channel: Channel) -> Channel | None:
+        return None  # feeds have no channels
+
     async def stop(self, account: Account, channel: Channel) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        """Nothing to release: each feed read opens and closes its own client."""
         return None
 
     # ---- reading and caching sources ------------------------------------------------------
