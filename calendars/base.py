@@ -210,8 +210,18 @@ class CalendarProvider(Protocol):
         carrying `token`; None when the provider has no notifications."""
         ...
 
+    async def renew(self, account: Account, channel: Channel) -> Channel | None:
+        """Extend a subscription in place (Graph: a new expiry); None when the provider cannot
+        (Google channels, providers without notifications) or the subscription is gone: the
+        caller then watches anew and stops the old one."""
+        ...
+
     async def stop(self, account: Account, channel: Channel) -> None:
         """End a subscription; one already gone counts as stopped."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the provider keeps between calls (connections); at shutdown."""
         ...
 
 
