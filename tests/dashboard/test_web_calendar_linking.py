@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from tests.conftest import NOW
 from tests.dashboard.conftest import csrf_of, post_form
 
 PAGE = "/staff/lee/calendars"
+ClientFor = Callable[[str | None], AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
@@ -59,7 +62,7 @@ async def test_staff_link_and_unlink_their_own_caldav_calendar(
 
 async def test_linking_needs_csrf_and_the_right_person(
     staff: httpx.AsyncClient,
-    client_for,  # type: ignore[no-untyped-def]
+    client_for: ClientFor,
     radicale: tuple[Harness, CalendarService],
 ) -> None:
     h, service = radicale
@@ -83,8 +86,8 @@ async def test_linking_needs_csrf_and_the_right_person(
 
 
 async def test_an_ics_feed_from_the_web_must_be_an_address_and_errors_quote_nothing(
-    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService], tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService], tmp_path: Path
+) -> None:
     from calendars.ics import IcsProvider
 
     _, service = radicale
@@ -141,3 +144,145 @@ async def test_sync_now_needs_csrf_and_the_right_person(
     assert (await post_form(staff, PAGE, "/staff/rivera/calendars/sync", {})).status_code == 404
     gone = await post_form(staff, PAGE, "/staff/lee/calendars/sync", {"connection": "cal_x"})
     assert gone.status_code == 404 and "no such linked calendar" in gone.text
+
+
+async def linked_with_family(
+    staff: httpx.AsyncClient, h: Harness, service: CalendarService
+) -> tuple[str, str, str]:
+    """Link Lee's Radicale account, which has a Work and a Family calendar: (connection id,
+    Work's id, Family's id)."""
+    import asyncio
+
+    from caldav.davclient import DAVClient
+
+    def make_family() -> None:
+        with DAVClient(
+            url=h.account.settings["url"],
+            username=h.account.settings["username"],
+            password=h.account.secret["password"],
+            enable_rfc6764=False,
+        ) as client:
+            principal = client.principal()  # type: ignore[no-untyped-call]
+            principal.make_calendar(name="Family", cal_id="family")
+
+    await asyncio.to_thread(make_family)
+    assert (await post_form(staff, PAGE, "/calendars/connect/caldav", form(h))).status_code == 303
+    [conn] = await service.connections("clinic", "lee")
+    ids = {c.name: c.id for c in await service.list_calendars(conn.id)}
+    return conn.id, ids["Work"], ids["Family"]
+
+
+async def test_staff_choose_which_calendars_are_read_and_written(
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
+    import re
+
+    h, service = radicale
+    conn_id, work, family = await linked_with_family(staff, h, service)
+    page = await staff.get(PAGE)
+    section = page.text.split(f'id="choose-{conn_id}"', 1)[1].split("</section>", 1)[0]
+    assert f'action="/staff/lee/calendars/{conn_id}/choose"' in section
+    assert re.search(rf'name="read" value="{re.escape(family)}"', section)
+    assert re.search(rf'name="write" value="{re.escape(work)}"', section)
+    assert "Reads: " in section and "Writes: " in section
+
+    choose = f"/staff/lee/calendars/{conn_id}/choose"
+    saved = await post_form(
+        staff, PAGE, choose, [("read", work), ("read", family), ("write", family)]
+    )
+    assert saved.status_code == 303 and saved.headers["location"] == PAGE
+    [conn] = await service.connections("clinic", "lee")
+    assert (conn.read_calendars, conn.write_calendar) == ([work, family], family)
+    page = await staff.get(PAGE)
+    assert "Reads: Work, Family · Writes: Family" in page.text
+    section = page.text.split(f'id="choose-{conn_id}"', 1)[1].split("</section>", 1)[0]
+    assert re.search(rf'value="{re.escape(work)}" aria-label="Read Work" checked', section)
+    assert re.search(
+        rf'value="{re.escape(family)}" aria-label="Write bookings to Family" checked', section
+    )
+    assert not re.search(
+        rf'value="{re.escape(work)}" aria-label="Write bookings to Work" checked', section
+    )
+
+    # Reading only Family and writing nowhere: Work's busy time stops counting.
+    from datetime import timedelta
+
+    from booking.busy import StaffCalendars
+    from tests.calendars.test_service import NY
+
+    start = NOW + timedelta(days=1)
+    await h.add_event(start, start + timedelta(hours=1), summary="School run")  # in Work
+    saved = await post_form(staff, PAGE, choose, [("read", family), ("write", "")])
+    assert saved.status_code == 303
+    [conn] = await service.connections("clinic", "lee")
+    assert (conn.read_calendars, conn.write_calendar) == ([family], None)
+    assert "Reads: Family · Writes: nothing" in (await staff.get(PAGE)).text
+    lee = StaffCalendars(
+        business_id="clinic", staff_id="lee", tz=NY, links=[{"connection_id": conn_id}]
+    )
+    assert await service.busy(lee, start=NOW, end=NOW + timedelta(days=2)) == []
+    assert (await post_form(staff, PAGE, choose, [("read", work)])).status_code == 303
+    assert await service.busy(lee, start=NOW, end=NOW + timedelta(days=2)) == [
+        (start, start + timedelta(hours=1))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ([("write", "{work}")], "at least one calendar"),
+        ([("read", "{work}"), ("read", "")], "at least one calendar"),
+        ([("read", "https://elsewhere.example/cal/")], "no such calendar"),
+        ([("read", "{work}"), ("write", "{work}"), ("write", "{family}")], "one calendar for"),
+        ([("read", "{work}"), ("surprise", "1")], "fields this page does not know"),
+        ([("read", "x" * 3000)], "at least one calendar"),
+    ],
+)
+async def test_a_bad_choice_is_422_and_changes_nothing(
+    staff: httpx.AsyncClient,
+    radicale: tuple[Harness, CalendarService],
+    fields: list[tuple[str, str]],
+    says: str,
+) -> None:
+    h, service = radicale
+    conn_id, work, family = await linked_with_family(staff, h, service)
+    [before] = await service.connections("clinic", "lee")
+    data = [(k, v.format(work=work, family=family)) for k, v in fields]
+    bad = await post_form(staff, PAGE, f"/staff/lee/calendars/{conn_id}/choose", data)
+    assert bad.status_code == 422
+    assert says in bad.text and 'role="alert"' in bad.text and "Traceback" not in bad.text
+    [after] = await service.connections("clinic", "lee")
+    assert (after.read_calendars, after.write_calendar) == (
+        before.read_calendars,
+        before.write_calendar,
+    )
+
+
+async def test_choosing_needs_csrf_and_the_right_person(
+    staff: httpx.AsyncClient,
+    client_for: ClientFor,
+    radicale: tuple[Harness, CalendarService],
+) -> None:
+    h, service = radicale
+    conn_id, work, _ = await linked_with_family(staff, h, service)
+    [before] = await service.connections("clinic", "lee")
+    choose = f"/staff/lee/calendars/{conn_id}/choose"
+    assert (await staff.post(choose, data={"read": work})).status_code == 403
+    # Lee's connection is not reachable through Rivera's page, nor an unknown one through Lee's.
+    rivera = await post_form(
+        staff, PAGE, f"/staff/rivera/calendars/{conn_id}/choose", {"read": work}
+    )
+    assert rivera.status_code == 404
+    gone = await post_form(staff, PAGE, "/staff/lee/calendars/cal_x/choose", {"read": work})
+    assert gone.status_code == 404 and "no such linked calendar" in gone.text
+    async with client_for("owner@salon.test") as salon:
+        home = await salon.get("/staff/kim/calendars")
+        foreign = await salon.post(choose, data={"read": work, "csrf_token": csrf_of(home.text)})
+        assert foreign.status_code == 404
+        kim = await salon.post(
+            f"/staff/kim/calendars/{conn_id}/choose",
+            data={"read": work, "csrf_token": csrf_of(home.text)},
+        )
+        assert kim.status_code == 404
+    [after] = await service.connections("clinic", "lee")
+    assert after.read_calendars == before.read_calendars
