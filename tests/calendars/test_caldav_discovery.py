@@ -207,6 +207,41 @@ async def test_a_home_whose_principal_is_served_elsewhere_still_lists_its_calend
         server.stop()
 
 
+async def test_without_a_default_calendar_the_first_writable_event_calendar_is_primary(
+    provider: CaldavProvider,
+) -> None:
+    server = IcloudLikeCaldav(default_calendar=None)
+    server.start()
+    try:
+        listed = await provider.list_calendars(account(server.front_url))
+    finally:
+        server.stop()
+    assert [c.name for c in listed if c.primary] == ["Work"]
+
+
+async def test_an_account_refused_with_403_needs_relinking_without_retries(
+    server: IcloudLikeCaldav,
+) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    provider = CaldavProvider(timeout=5.0, sleep=sleep)
+    root = account(server.front_url)
+    ids = {info.name: info.id for info in await provider.list_calendars(root)}
+    server.forbidden = True
+    seen = len(server.requests)
+    try:
+        with pytest.raises(NeedsRelink) as caught:
+            await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START, end=END)
+    finally:
+        provider.close()
+    assert not caught.value.retryable and waits == []
+    assert len(server.requests) - seen == 1  # one REPORT, refused, and no second try
+    assert "refused access" in caught.value.message and icloud.PASSWORD not in str(caught.value)
+
+
 async def test_a_wrong_password_at_the_server_address_needs_relinking(
     provider: CaldavProvider,
 ) -> None:

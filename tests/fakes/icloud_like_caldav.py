@@ -27,6 +27,8 @@ Requested properties the resource lacks come back in a 404 propstat, as servers 
 names a principal it does not serve). `dav_root` moves the front's DAV service off `/`
 (Nextcloud's `/remote.php/dav/`, Baikal's `/dav.php/`): `/` is then the web site's HTML page
 and `/.well-known/caldav` redirects there.
+`forbidden = True` answers every request with the right password 403 Forbidden, as a server
+does for an account that was disabled or lost its access.
 `requests` records `(host, method, path)` of every request.
 """
 
@@ -75,6 +77,7 @@ class IcloudLikeCaldav:
     ) -> None:
         self.dav_root = dav_root
         self.default_calendar = default_calendar
+        self.forbidden = False
         self.principal_on_home_host = principal_on_home_host
         self.requests: list[tuple[str, str, str]] = []
         self.collections: dict[str, _Collection] = {
@@ -312,6 +315,9 @@ def _handler(server: IcloudLikeCaldav, *, front: bool) -> type[BaseHTTPRequestHa
                 return
             if self.headers.get("Authorization") != expected:
                 self._send(401, "", {"WWW-Authenticate": 'Basic realm="Apple CalDAV"'})
+                return
+            if server.forbidden:
+                self._send(403, "", {})
                 return
             if self.command == "PROPFIND":
                 status, text = server.propfind(path, self.headers.get("Depth", "0"), body, front)
