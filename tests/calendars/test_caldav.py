@@ -214,12 +214,27 @@ async def test_a_principal_url_reads_every_calendar_of_the_account(
 async def test_list_calendars_of_a_principal_names_each_calendar_by_its_url(
     h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
 ) -> None:
-    other = calendar.client.principal().make_calendar(name="Home", cal_id="home-list-test")
+    principal = calendar.client.principal()
+    other = principal.make_calendar(name="Home", cal_id="home-list-test")
+    tasks = principal.make_calendar(
+        name="Tasks", cal_id="tasks-list-test", supported_calendar_component_set=["VTODO"]
+    )
     try:
         listed = {info.id: info for info in await provider.list_calendars(h.account)}
         home = h.calendar_id.rsplit("/", 2)[0] + "/home-list-test/"
+        todo = h.calendar_id.rsplit("/", 2)[0] + "/tasks-list-test/"
         assert listed[h.calendar_id].name == "Work" and listed[home].name == "Home"
-        assert all(info.writable for info in listed.values())
+        # Radicale names no default calendar (no RFC 6638): the first event calendar is.
+        events = [info for info in listed.values() if info.id != todo]
+        assert all(info.writable and info.counts_busy for info in events)
+        assert len([info for info in events if info.primary]) == 1
+        # A task list (VTODO only) is listed, holding no busy time and taking no bookings.
+        assert (listed[todo].name, listed[todo].counts_busy, listed[todo].writable) == (
+            "Tasks",
+            False,
+            False,
+        )
+        assert not listed[todo].primary
         # The ids are what busy and sync take.
         other.add_event(vevent("gym", "DTSTART:20261202T150000Z", "DTEND:20261202T160000Z"))
         assert await busy(provider, h.account, [home]) == [
@@ -227,8 +242,11 @@ async def test_list_calendars_of_a_principal_names_each_calendar_by_its_url(
         ]
     finally:
         other.delete()
+        tasks.delete()
     single = await provider.list_calendars(at(h.account, h.calendar_id))
-    assert [(info.id, info.name) for info in single] == [(h.calendar_id, "Work")]
+    assert [(info.id, info.name, info.primary) for info in single] == [
+        (h.calendar_id, "Work", True)
+    ]
 
 
 async def test_busy_is_always_a_live_read(h: Harness, provider: CaldavProvider) -> None:
