@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -153,8 +154,11 @@ async def linked(kind: str, engine: Engine, *, link: bool = True) -> AsyncIterat
             write_timeout=10,
         )
         settings = Settings(
-            database_url="sqlite://", api_key=API_KEY, calendar_sync_seconds=0, _env_file=None
-        )  # type: ignore[call-arg]
+            database_url="sqlite://",
+            api_key=SecretStr(API_KEY),
+            calendar_sync_seconds=0,
+            _env_file=None,
+        )
         app = create_app(settings, scheduler=scheduler)
         app.state.calendar_service = service
         async with _serve(app) as base_url:

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from booking import errors
 from booking.clock import FixedClock
@@ -102,7 +103,9 @@ async def clinic_calendars(clinic: Engine, tmp_path: Path) -> AsyncIterator[Clin
             row.secret = vault.seal({"password": "the-old-one"})
             row.sync = {}
             s.add(row)
-            s.execute(sa.delete(CalendarBusyBlock).where(CalendarBusyBlock.connection_id == lee.id))
+            s.execute(
+                sa.delete(CalendarBusyBlock).where(col(CalendarBusyBlock.connection_id) == lee.id)
+            )
         yield Clinic(h, service, scheduler, lee)
         await service.close()
 
@@ -136,7 +139,7 @@ async def test_the_api_answers_with_the_others_and_503_only_for_the_broken_one(
     clinic_calendars: Clinic,
 ) -> None:
     app = create_app(
-        Settings(api_key=SecretStr(KEY), _env_file=None),  # type: ignore[call-arg]
+        Settings(api_key=SecretStr(KEY), _env_file=None),
         scheduler=clinic_calendars.scheduler,
     )
     params = {"service": "cleaning", "from": MONDAY.isoformat(), "to": MONDAY.isoformat()}

@@ -8,7 +8,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -124,7 +124,7 @@ def channel_reads(linked: Engine) -> Iterator[list[str]]:
     sa.event.remove(linked, "before_cursor_execute", listen)
 
 
-def item(sub: str = SUB, state: Any = STATE, **extra: Any) -> dict[str, Any]:
+def item(sub: Any = SUB, state: Any = STATE, **extra: Any) -> dict[str, Any]:
     return {
         "subscriptionId": sub,
         "clientState": state,
@@ -263,7 +263,7 @@ async def test_the_answer_is_sent_before_the_changes_are_recorded(
     recorded: list[list[Notice]] = []
     record = service.changed
 
-    async def slow(notices: list[Notice]) -> None:
+    async def slow(notices: Sequence[Notice]) -> None:
         await release.wait()  # as if the database were slow to take the write
         await record(notices)
         recorded.append(list(notices))

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from booking.busy import StaffCalendars
@@ -54,7 +55,7 @@ async def running(
         )
         settings = Settings(
             database_url="sqlite://",
-            api_key="poll-test-key",  # type: ignore[call-arg]
+            api_key=SecretStr("poll-test-key"),
             calendar_sync_seconds=sync,
             calendar_poll_seconds=poll,
             _env_file=None,

@@ -19,8 +19,9 @@ from booking import errors
 from booking.clock import FixedClock
 from booking.db import session_scope
 from booking.models import Appointment, SyncState
+from booking.rules import Interval
 from booking.scheduler import Scheduler
-from calendars.base import CalendarInfo, EventSpec, SyncResult, TokenSet
+from calendars.base import Account, CalendarInfo, Channel, EventSpec, SyncResult, TokenSet
 from calendars.models import CalendarBusyBlock
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
@@ -46,20 +47,35 @@ class Memory:
         self.entered = asyncio.Event()
         self.lose_answer = False
 
-    async def check(self, account: Any) -> None:
+    async def check(self, account: Account) -> None:
         pass
 
-    async def list_calendars(self, account: Any) -> list[CalendarInfo]:
+    async def list_calendars(self, account: Account) -> list[CalendarInfo]:
         return [
             CalendarInfo(id="cal1", name="one", primary=True),
             CalendarInfo(id="cal2", name="two"),
         ]
 
-    async def busy(self, account: Any, **kw: Any) -> list[Any]:
+    async def busy(
+        self,
+        account: Account,
+        *,
+        calendar_ids: list[str],
+        tz: ZoneInfo,
+        start: datetime,
+        end: datetime,
+    ) -> list[Interval]:
         return []
 
     async def sync(
-        self, account: Any, *, calendar_id: str, tz: Any, cursor: Any, start: Any, end: Any
+        self,
+        account: Account,
+        *,
+        calendar_id: str,
+        tz: ZoneInfo,
+        cursor: str | None,
+        start: datetime,
+        end: datetime,
     ) -> SyncResult:
         changed = {k: list(v) for k, v in self.others.get(calendar_id, {}).items()}
         for (cal, eid), spec in self.events.items():
@@ -68,7 +84,7 @@ class Memory:
         return SyncResult(full=True, changed=changed)
 
     async def put_event(
-        self, account: Any, *, calendar_id: str, event: EventSpec, event_id: str | None
+        self, account: Account, *, calendar_id: str, event: EventSpec, event_id: str | None
     ) -> str:
         eid = event_id or f"uid-{event.key}"
         gate = self.gate
@@ -80,13 +96,21 @@ class Memory:
             raise errors.CalendarUnavailable("timed out (the write landed)")
         return eid
 
-    async def delete_event(self, account: Any, *, calendar_id: str, event_id: str) -> None:
+    async def delete_event(self, account: Account, *, calendar_id: str, event_id: str) -> None:
         self.events.pop((calendar_id, event_id), None)
 
-    async def watch(self, account: Any, **kw: Any) -> None:
+    async def watch(
+        self, account: Account, *, calendar_id: str, callback_url: str, token: str
+    ) -> Channel | None:
         return None
 
-    async def stop(self, account: Any, channel: Any) -> None:
+    async def renew(self, account: Account, channel: Channel) -> Channel | None:
+        return None
+
+    async def stop(self, account: Account, channel: Channel) -> None:
+        pass
+
+    async def aclose(self) -> None:
         pass
 
 
@@ -194,10 +218,10 @@ async def test_linking_an_account_again_revives_the_connection(clinic: Engine) -
     service = CalendarService(
         engine=clinic,
         vault=Vault(new_key()),
-        providers={"google": memory},  # type: ignore[dict-item]
-        oauth={"google": OAuth()},
+        providers={"google": memory},
+        oauth={"google": OAuth()},  # type: ignore[dict-item]
         now=lambda: NOW,
-    )  # type: ignore[dict-item]
+    )
     tokens = TokenSet(
         access_token="a",
         refresh_token="r",
