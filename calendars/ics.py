@@ -18,6 +18,10 @@ Events are keyed by UID, and the instances of a recurring event by UID and RECUR
 
 A calendar that cannot be parsed or expanded is unavailable as a whole: booking over busy time
 we could not read is worse than offering no slots for a while.
+
+A feed whose address answers 401, 403, 404 or 410 needs re-linking (`NeedsRelink`: its login or
+its secret address is gone); a 5xx, 429 or 408 is retryable with its `Retry-After`, as are
+timeouts and failed connections; any other 4xx is not (`_refused`).
 """
 
 from __future__ import annotations
