@@ -2,14 +2,16 @@
 
 Sending never holds up a call and never fails one: `SmsSender.send` queues the message and returns;
 a background task posts it (the Twilio client is synchronous, so in a worker thread) and retries
-with exponential backoff while a retry can help (network errors, 429, 5xx). A 4xx such as an
-invalid number is logged once and dropped.
+through `booking.retry.RetryPolicy` (exponential back-off with jitter) while a retry can help
+(network errors, timeouts, 408, 429, 5xx). A 4xx such as an invalid number is logged once and
+dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -18,6 +20,9 @@ from zoneinfo import ZoneInfo
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+
+from booking.clock import Clock
+from booking.retry import RetryPolicy, retryable_status
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +67,26 @@ def confirmation_text(
 
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, TwilioRestException):
-        return exc.status == 429 or exc.status >= 500
+        return retryable_status(exc.status)
     return True  # connection errors, timeouts: the next try may get through
 
 
+class _NotSent(Exception):
+    """One failed post, with whether the retry policy should try again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.retryable = _retryable(cause)
+
+
 class SmsSender:
-    """Posts texts through `twilio.rest.Client`, retrying in the background."""
+    """Posts texts through `twilio.rest.Client`, retrying in the background.
+
+    `attempts`, `backoff` (the first wait) and `max_backoff` (the longest) shape the retry
+    policy; `sleep` and `clock` are injectable for tests. Setting `backoff` later takes effect
+    for the texts queued after it.
+    """
 
     def __init__(
         self,
@@ -79,6 +98,9 @@ class SmsSender:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         timeout: float = 10.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
+        jitter: bool = True,
     ) -> None:
         # The SDK's own timeout, so a hung request also frees its worker thread.
         self._client = Client(
@@ -89,9 +111,12 @@ class SmsSender:
             # the SDK's own tests and regional setups reach a different host.
             self._client.api.base_url = api_base_url.rstrip("/")
         self._attempts = attempts
-        self.backoff = backoff
         self._max_backoff = max_backoff
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
         self._timeout = timeout
+        self.backoff = backoff
         self._tasks: set[asyncio.Task[SentSms | None]] = set()
 
     def send(self, sms: Sms) -> asyncio.Task[SentSms | None]:
@@ -101,30 +126,45 @@ class SmsSender:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    @property
+    def backoff(self) -> float:
+        return self._retry.base
+
+    @backoff.setter
+    def backoff(self, seconds: float) -> None:
+        self._retry = RetryPolicy(
+            attempts=self._attempts,
+            base=seconds,
+            cap=self._max_backoff,
+            max_retry_after=self._max_backoff,
+            clock=self._clock,
+            sleep=self._sleep,
+            jitter=self._jitter,
+        )
+
     async def _deliver(self, sms: Sms) -> SentSms | None:
-        delay = self.backoff
-        for attempt in range(1, self._attempts + 1):
+        attempt = 0
+
+        async def post() -> str:
+            nonlocal attempt
+            attempt += 1
             try:
-                sid = await asyncio.wait_for(asyncio.to_thread(self._post, sms), self._timeout + 1)
+                return await asyncio.wait_for(asyncio.to_thread(self._post, sms), self._timeout + 1)
             except (TwilioException, OSError, TimeoutError) as exc:
-                if not _retryable(exc) or attempt == self._attempts:
-                    log.error(
-                        "giving up on SMS to %s after %d attempt(s): %s", sms.to, attempt, exc
-                    )
-                    return None
-                log.warning(
-                    "SMS to %s failed (attempt %d, retrying in %.1fs): %s",
-                    sms.to,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
-                continue
-            log.info("sent SMS %s to %s", sid, sms.to)
-            return SentSms(sms=sms, sid=sid, attempts=attempt)
-        return None
+                failed = _NotSent(exc)
+                if failed.retryable and attempt < self._attempts:
+                    log.warning("SMS to %s failed (attempt %d, retrying): %s", sms.to, attempt, exc)
+                raise failed from None
+
+        try:
+            sid = await self._retry.call(post)
+        except _NotSent as failed:
+            log.error(
+                "giving up on SMS to %s after %d attempt(s): %s", sms.to, attempt, failed.cause
+            )
+            return None
+        log.info("sent SMS %s to %s", sid, sms.to)
+        return SentSms(sms=sms, sid=sid, attempts=attempt)
 
     def _post(self, sms: Sms) -> str:
         message = self._client.messages.create(to=sms.to, from_=sms.from_, body=sms.body)

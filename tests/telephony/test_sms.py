@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from telephony.sms import Change, Sms, SmsSender, confirmation_text
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.telephony.conftest import ACCOUNT_SID, TOKEN
@@ -62,6 +64,67 @@ async def test_an_unreachable_api_gives_up_without_raising() -> None:
     finally:
         await sms.aclose()
     assert sent is None
+
+
+class RecordedSleep:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def recorded(rest: FakeTwilioRest, sleep: RecordedSleep, attempts: int = 5) -> SmsSender:
+    return SmsSender(
+        account_sid=ACCOUNT_SID,
+        auth_token=TOKEN,
+        api_base_url=rest.base_url,
+        attempts=attempts,
+        backoff=1.0,
+        max_backoff=3.0,
+        sleep=sleep,
+        jitter=False,
+    )
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+async def test_retries_wait_the_doubling_backoff_up_to_its_cap(
+    rest: FakeTwilioRest, status: int
+) -> None:
+    rest.fail_next(3, status=status)
+    sleep = RecordedSleep()
+    sms = recorded(rest, sleep)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is not None and sent.attempts == 4
+    assert sleep.waits == [1.0, 2.0, 3.0]
+    assert rest.attempts == 4 and len(rest.messages) == 1
+
+
+async def test_retries_stop_after_the_attempts(rest: FakeTwilioRest) -> None:
+    rest.fail_next(5, status=500)
+    sleep = RecordedSleep()
+    sms = recorded(rest, sleep, attempts=3)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is None and rest.attempts == 3 and rest.messages == []
+    assert sleep.waits == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_a_client_error_is_not_retried(rest: FakeTwilioRest, status: int) -> None:
+    rest.fail_next(1, status=status)
+    sleep = RecordedSleep()
+    sms = recorded(rest, sleep)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is None and rest.attempts == 1 and sleep.waits == []
 
 
 def test_texts_say_the_time_in_the_business_zone() -> None:
