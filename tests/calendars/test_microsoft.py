@@ -184,6 +184,23 @@ async def test_calendars_are_listed_and_the_account_checked(h: Harness) -> None:
     await h.provider.check(h.account)
 
 
+async def test_only_the_users_own_calendars_count_as_busy(h: Harness) -> None:
+    graph = graph_of(h)
+    graph.add_calendar("Family", owner=("Dr. Lee", graph.user_mail.upper()))
+    graph.add_calendar("Colleague", owner=("Sam Roe", "sam@example.com"))
+    graph.add_calendar("Holidays", can_edit=False)
+    listed = {c.name: c for c in await h.provider.list_calendars(h.account)}
+    assert {name: c.counts_busy for name, c in listed.items()} == {
+        "Calendar": True,  # the default calendar
+        "Work": True,
+        "Family": True,  # the user's own: the owner's address is theirs, in any case
+        "Colleague": False,  # shared by someone else, even though it can be edited
+        "Holidays": False,  # cannot be edited: subscribed, not the user's own time
+    }
+    assert [name for name, c in listed.items() if c.primary] == ["Calendar"]
+    assert listed["Colleague"].writable and not listed["Holidays"].writable
+
+
 # ---- sync -------------------------------------------------------------------------------------
 
 
@@ -422,6 +439,35 @@ async def test_an_overall_time_limit_bounds_retries() -> None:
         h.fail_next("429", 5)
         with pytest.raises(CalendarUnavailable, match=r"within 0\.3 s"):
             await busy(h)
+
+
+async def test_a_401_to_the_refreshed_token_needs_relinking(h: Harness) -> None:
+    assert h.fail_next is not None
+    tokens = h.extra["tokens"]
+    h.fail_next("401", 5)
+    with pytest.raises(NeedsRelink) as caught:
+        await busy(h)
+    assert not caught.value.retryable
+    assert tokens.refreshes == 1 and h.extra["sleep"].waits == []
+
+
+@pytest.mark.parametrize("kind", ["400", "404"])
+async def test_a_client_error_is_reported_at_once_and_not_retryable(h: Harness, kind: str) -> None:
+    assert h.fail_next is not None
+    h.fail_next(kind, 1)
+    with pytest.raises(CalendarUnavailable, match=f"HTTP {kind}") as caught:
+        await busy(h)
+    assert caught.value.retryable is False
+    assert h.extra["sleep"].waits == []
+
+
+async def test_a_server_error_past_the_retries_stays_retryable(h: Harness) -> None:
+    assert h.fail_next is not None
+    h.fail_next("503", 10)
+    with pytest.raises(CalendarUnavailable, match="HTTP 503") as caught:
+        await busy(h)
+    assert caught.value.retryable is True
+    assert len(h.extra["sleep"].waits) == 3  # the default three retries
 
 
 async def test_a_401_refreshes_the_token_once(h: Harness) -> None:

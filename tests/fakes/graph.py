@@ -232,7 +232,16 @@ class FakeGraph:
     def primary_calendar_id(self) -> str:
         return next(cid for cid, cal in self.calendars.items() if cal["isDefaultCalendar"])
 
-    def add_calendar(self, name: str, *, primary: bool = False, can_edit: bool = True) -> str:
+    def add_calendar(
+        self,
+        name: str,
+        *,
+        primary: bool = False,
+        can_edit: bool = True,
+        owner: tuple[str, str] | None = None,
+    ) -> str:
+        """A calendar of the user; `owner` (name, address) is who created or shared it (the
+        user when None), as Graph's calendar `owner` property says."""
         cid = "AAMkCal" + uuid.uuid4().hex
         with self._lock:
             self.calendars[cid] = {
@@ -240,6 +249,7 @@ class FakeGraph:
                 "name": name,
                 "isDefaultCalendar": primary,
                 "canEdit": can_edit,
+                "owner": owner,
             }
         return cid
 
@@ -577,7 +587,11 @@ class FakeGraph:
                         "allowedOnlineMeetingProviders": [],
                         "isRemovable": not c["isDefaultCalendar"],
                         "isTallyingResponses": True,
-                        "owner": {"name": "Dr. Lee", "address": self.user_mail},
+                        "owner": (
+                            {"name": c["owner"][0], "address": c["owner"][1]}
+                            if c.get("owner")
+                            else {"name": "Dr. Lee", "address": self.user_mail}
+                        ),
                     }
                     for c in self.calendars.values()
                 ]
