@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from booking.clock import FixedClock
 from booking.errors import CalendarUnavailable, InvalidRequest
 from calendars.base import Account, EventSpec, NeedsRelink
 from calendars.google import GoogleApiError, GoogleOAuth, GoogleProvider, event_id_for
@@ -680,6 +681,75 @@ async def test_list_calendars_pages_and_marks_writable_ones(
         ("team@group.calendar.google.com", "Team", False, True),
         ("holidays@group.v.calendar.google.com", "Holidays", False, False),
     ]
+
+
+async def test_only_the_users_own_calendars_count_as_busy(
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
+    fake.add_calendar(EMAIL, "own1@group.calendar.google.com", summary="Family")
+    fake.add_calendar(EMAIL, "team@group.calendar.google.com", summary="Team", access_role="writer")
+    fake.add_calendar(
+        EMAIL, "en.usa#holiday@group.v.calendar.google.com", summary="US", access_role="reader"
+    )
+    fake.add_calendar(
+        EMAIL, "addressbook#contacts@group.v.calendar.google.com", summary="Birthdays"
+    )
+    fake.add_user("boss@example.com", summary="Boss")
+    fake.add_calendar(EMAIL, "boss@example.com", summary="Boss", access_role="owner")
+    fake.add_calendar(EMAIL, "free@example.com", summary="Peer", access_role="freeBusyReader")
+
+    listed = {c.name: c for c in await h.provider.list_calendars(h.account)}
+
+    assert {name: (c.primary, c.writable, c.counts_busy) for name, c in listed.items()} == {
+        "Staff": (True, True, True),  # the primary calendar
+        "Family": (False, True, True),  # a secondary calendar the user owns
+        "Team": (False, True, False),  # shared with the user to write
+        "US": (False, False, False),  # a holiday calendar subscribed to
+        "Birthdays": (False, True, False),  # Google's contacts calendar, even as owner
+        "Boss": (False, True, False),  # another person's primary, even with the owner role
+        "Peer": (False, False, False),
+    }
+
+
+@pytest.mark.parametrize("kind", ["400", "404"])
+async def test_a_client_error_is_not_retried_and_not_retryable(
+    h: Harness, fake: FakeGoogleCalendar, sleeps: list[float], kind: str
+) -> None:
+    fake.fail_next(kind)
+
+    with pytest.raises(GoogleApiError) as caught:
+        await busy_on(h, DAY, DAY + timedelta(days=1))
+
+    assert caught.value.status == int(kind) and caught.value.retryable is False
+    assert sleeps == [] and len(fake.api_requests("/freeBusy")) == 1
+
+
+async def test_errors_retried_until_the_bound_stay_retryable(
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    fake.retry_after = "Wed, 02 Dec 2026 10:00:03 GMT"
+    fake.fail_next("429", 10)
+    # Retry-After as a date is measured from the injected clock, not the wall clock.
+    provider = GoogleProvider(
+        api_base_url=fake.api_base_url,
+        timeout=10.0,
+        sleep=record,
+        clock=FixedClock(datetime(2026, 12, 2, 10, 0, tzinfo=UTC)),
+        retries=2,
+    )
+    with pytest.raises(GoogleApiError) as caught:
+        await provider.busy(
+            h.account, calendar_ids=[h.calendar_id], tz=NY, start=DAY, end=DAY + timedelta(days=1)
+        )
+    provider.close()
+
+    assert caught.value.status == 429 and caught.value.retryable is True
+    assert waits == [3.0, 3.0]
 
 
 async def test_no_token_or_secret_appears_in_any_error(
