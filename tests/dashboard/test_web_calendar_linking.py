@@ -48,7 +48,8 @@ async def test_staff_link_and_unlink_their_own_caldav_calendar(
 ) -> None:
     h, service = radicale
     wrong = await post_form(staff, PAGE, "/calendars/connect/caldav", form(h, "nope"))
-    assert wrong.status_code == 400 and "not linked" in wrong.text and "nope" not in wrong.text
+    # A request that cannot work as given is a 422 here as in the JSON API (it was a 400).
+    assert wrong.status_code == 422 and "not linked" in wrong.text and "nope" not in wrong.text
     linked = await post_form(staff, PAGE, "/calendars/connect/caldav", form(h))
     assert linked.status_code == 303 and linked.headers["location"] == PAGE
     [conn] = await service.connections("clinic", "lee")
@@ -97,7 +98,7 @@ async def test_an_ics_feed_from_the_web_must_be_an_address_and_errors_quote_noth
     local = await post_form(
         staff, PAGE, "/calendars/connect/ics", {"staff": "lee", "source": str(secret)}
     )
-    assert local.status_code == 400 and "abc123" not in local.text
+    assert local.status_code == 422 and "abc123" not in local.text
     assert "https://" in local.text
     assert await service.connections("clinic", "lee") == []
 
@@ -286,3 +287,17 @@ async def test_choosing_needs_csrf_and_the_right_person(
         assert kim.status_code == 404
     [after] = await service.connections("clinic", "lee")
     assert after.read_calendars == before.read_calendars
+
+
+async def test_an_account_that_cannot_be_listed_shows_what_is_read_and_why(
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
+    h, service = radicale
+    conn_id, work, _ = await linked_with_family(staff, h, service)
+    assert h.fail_next is not None
+    h.fail_next("500", 20)  # the server is down while the page lists the account's calendars
+    page = await staff.get(PAGE)
+    assert page.status_code == 200
+    section = page.text.split(f'id="choose-{conn_id}"', 1)[1].split("</section>", 1)[0]
+    assert "could not be listed just now" in section and "Reads: " in section
+    assert "/choose" not in section  # no form to save a choice the page cannot show
