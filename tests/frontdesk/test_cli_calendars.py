@@ -353,3 +353,19 @@ def test_link_json_prints_the_new_connection(
     assert [c["id"] for c in linked["calendars"] if c["read"]] == linked["read_calendars"]
     assert [c["id"] for c in linked["calendars"] if c["write"]] == [linked["write_calendar"]]
     assert calendars["Work"]["read"]  # the Dentist's calendar is read by default
+
+
+def test_oauth_link_json_prints_the_consent_address(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FRONTDESK_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("FRONTDESK_GOOGLE_CLIENT_ID", "client-123.apps.googleusercontent.com")
+    monkeypatch.setenv("FRONTDESK_GOOGLE_CLIENT_SECRET", "shh-not-printed")
+    run(capsys, "import", str(DEMO))
+    code, out, err = run(capsys, "calendars", "link", "google", "--staff", "lee", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["provider"] == "google"
+    assert answer["authorize_url"].startswith("https://accounts.google.com/")
+    assert "client-123.apps.googleusercontent.com" in answer["authorize_url"]
+    assert "shh-not-printed" not in out
