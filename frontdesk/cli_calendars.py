@@ -161,7 +161,7 @@ async def _calendars(args: argparse.Namespace, service: CalendarService, schedul
         return 0
     if command == "list":
         connections = await service.connections(business_id, args.staff)
-        rows = [await _described(service, c) for c in connections]
+        rows = list(await asyncio.gather(*(_described(service, c) for c in connections)))
         if args.json:
             print(json.dumps(rows, indent=2))
         elif not rows:
