@@ -123,16 +123,14 @@ class Channels:
         db = self.runtime.db
         provider = self.runtime.provider(conn.provider)
         account = await self.accounts.account(conn)
-        renew = getattr(provider, "renew", None)
-        if renew is not None:  # Graph extends a subscription in place
-            try:
-                extended = await renew(account, _channel_of(row))
-            except errors.CalendarUnavailable as exc:
-                log.warning("could not renew channel %s: %s", row.id, exc)
-                return False
-            if extended is not None:
-                await db(lambda s: _extend(s, row.id, extended), write=True)
-                return True
+        try:  # Graph extends a subscription in place; Google answers None
+            extended = await provider.renew(account, _channel_of(row))
+        except errors.CalendarUnavailable as exc:
+            log.warning("could not renew channel %s: %s", row.id, exc)
+            return False
+        if extended is not None:
+            await db(lambda s: _extend(s, row.id, extended), write=True)
+            return True
         try:
             channel = await provider.watch(
                 account,

@@ -20,7 +20,6 @@ needs; every method here hands over to the part whose job it is:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
@@ -197,11 +196,7 @@ class CalendarService:
         """Stop background work and let providers close their kept connections."""
         await self.background.cancel()
         for provider in self.runtime.providers.values():
-            closer = getattr(provider, "aclose", None) or getattr(provider, "close", None)
-            if closer is not None:
-                result = closer()
-                if asyncio.iscoroutine(result):
-                    await result
+            await provider.aclose()
 
     # ---- the booking feed ----------------------------------------------------------------
 
