@@ -2,9 +2,11 @@
 
 `CalendarBusy` reads busy time and `CalendarWriter` writes bookings back. Which staff members
 have a linked account, and whether it takes bookings, booking reads itself with `linked_calendars`
-in the transaction that loads the staff: three columns of the `calendarconnection` table that
-`calendars.models.CalendarConnection` maps (booking imports no calendars code; the table is part
-of the one schema `booking/migrations` creates).
+in the transaction that loads the staff: a read of a few columns of the `calendarconnection`
+table that `calendars.models.CalendarConnection` maps (booking imports no calendars code; the
+table is part of the one schema `booking/migrations` creates). A port method would have to be
+implemented by every `CalendarBusy` (test stand-ins included) and would read outside that
+transaction.
 """
 
 from __future__ import annotations
