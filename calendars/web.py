@@ -10,7 +10,11 @@ Linking (a person in a browser, signed in to the dashboard, or a script with the
 - `POST /calendars/{id}/disconnect` unlinks.
 
 Who may link is decided by the application (`app.state.calendar_guard`, see `CalendarGuard`):
-this package knows nothing of dashboard log-ins.
+this package knows nothing of dashboard log-ins. Each form post is read into a model (`CaldavForm`,
+`IcsForm`, `DisconnectForm`, `CallbackForm`): a field that is missing, too long or not text is a
+422 naming it. A linking request refused for a domain reason raises `LinkFailed`, which the
+application answers with the status its one table of domain errors gives (`frontdesk.app`), as
+JSON for scripts or a short page for people (`failed`).
 
 Notifications (the providers calling us):
 - `POST /calendars/notify/google`: a watch channel's push (X-Goog-* headers, each checked for
@@ -30,7 +34,7 @@ import html
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request
@@ -41,7 +45,8 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData
 
 from booking import errors
 from calendars.google import PushHeaders
@@ -103,19 +108,24 @@ def _staff_page(staff_id: str) -> str:
 
 
 class LinkFailed(Exception):
-    """A linking request refused with a reason: JSON for scripts, a short page for people."""
+    """A linking request refused for a domain reason (`error`), said as `message`.
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    Raised by the routes; the application answers it with the status of `error` in its table of
+    domain errors, through `failed`."""
+
+    def __init__(self, error: errors.BookingError, message: str | None = None) -> None:
+        self.message = message or error.message
+        super().__init__(self.message)
+        self.error = error
 
 
-def failed(request: Request, exc: LinkFailed) -> Response:
-    log.info("calendar linking refused (%s): %s", exc.status, exc.message)
+def failed(request: Request, exc: LinkFailed, status: int) -> Response:
+    """The answer to a refused link: JSON for scripts, a short page for people."""
+    log.info("calendar linking refused (%s): %s", status, exc.message)
     if _wants_json(request) or request.headers.get("authorization"):
         return JSONResponse(
-            {"error": "calendar_link_failed", "message": exc.message}, status_code=exc.status
+            {"error": "calendar_link_failed", "code": exc.error.code, "message": exc.message},
+            status_code=status,
         )
     back = html.escape(request.headers.get("referer") or "/")
     return HTMLResponse(
@@ -123,7 +133,7 @@ def failed(request: Request, exc: LinkFailed) -> Response:
         f"<link rel=stylesheet href=/static/app.css><main class=card>"
         f"<h1>The calendar was not linked</h1><p>{html.escape(exc.message)}</p>"
         f'<p><a href="{back}">Go back</a></p></main>',
-        status_code=exc.status,
+        status_code=status,
     )
 
 
@@ -149,9 +159,75 @@ def describe(conn: CalendarConnection) -> dict[str, Any]:
     }
 
 
-async def _form(request: Request) -> dict[str, str]:
-    form = await request.form()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+MAX_FIELD = 4096  # a URL, a password, an OAuth code: all far shorter
+
+
+class LinkForm(BaseModel):
+    """Fields every linking form may carry; unknown ones (the CSRF token) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    return_to: str | None = Field(default=None, max_length=MAX_FIELD)
+
+
+class CaldavForm(LinkForm):
+    staff: str = Field(min_length=1, max_length=200)
+    url: str = Field(min_length=1, max_length=MAX_FIELD)
+    username: str = Field(min_length=1, max_length=MAX_FIELD)
+    # A password is kept as typed: spaces may be part of it.
+    password: str = Field(min_length=1, max_length=MAX_FIELD)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class IcsForm(LinkForm):
+    staff: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=MAX_FIELD)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class DisconnectForm(LinkForm):
+    pass
+
+
+class CallbackForm(BaseModel):
+    """What a provider posts back to the OAuth callback (Microsoft's form post): text fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str | None = Field(default=None, max_length=MAX_FIELD)
+    state: str | None = Field(default=None, max_length=MAX_FIELD)
+
+    def params(self) -> dict[str, str]:
+        fields = {**self.model_dump(exclude_none=True), **(self.model_extra or {})}
+        return {k: v for k, v in fields.items() if isinstance(v, str)}
+
+
+F = TypeVar("F", bound=BaseModel)
+
+
+def parse_form(model: type[F], form: FormData) -> F:
+    """`form` as `model`. A field sent as a file or more than once, missing or too long is a
+    `LinkFailed` (InvalidRequest: 422) naming the fields, never their values."""
+    values: dict[str, Any] = {}
+    for key in form:
+        items = form.getlist(key)
+        value = items[0] if len(items) == 1 else items
+        field = model.model_fields.get(key)
+        if value == "" and field is not None and not field.is_required():
+            continue  # a blank optional field is one not given
+        values[key] = value
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise LinkFailed(errors.InvalidRequest(f"the form is not right: {problems}")) from None
+
+
+async def _form(request: Request, model: type[F]) -> F:
+    return parse_form(model, await request.form())
 
 
 @router.get("/calendars/connect/{provider}")
@@ -173,9 +249,7 @@ async def connect(
             provider, business_id=business_id, staff_id=staff, return_to=target
         )
     except errors.BookingError as exc:
-        return failed(
-            request, LinkFailed(404 if isinstance(exc, errors.NotFound) else 400, str(exc))
-        )
+        raise LinkFailed(exc) from exc
     return RedirectResponse(url, status_code=303)
 
 
@@ -187,15 +261,13 @@ async def callback(provider: str, request: Request) -> Response:
         raise HTTPException(404, "unknown provider")
     params = dict(request.query_params)
     if request.method == "POST":
-        params.update(await _form(request))
+        params.update((await _form(request, CallbackForm)).params())
     try:
         conn, target = await _service(request).finish_oauth(provider, params)
-    except errors.InvalidRequest as exc:
-        return failed(request, LinkFailed(400, str(exc)))
     except errors.CalendarUnavailable as exc:
-        return failed(
-            request, LinkFailed(502, f"{provider.title()} could not complete the link: {exc}")
-        )
+        raise LinkFailed(exc, f"{provider.title()} could not complete the link: {exc}") from exc
+    except errors.BookingError as exc:
+        raise LinkFailed(exc) from exc
     return _back(request, conn, target, f"Linked {conn.name}.")
 
 
@@ -205,38 +277,37 @@ async def connect_form(kind: str, request: Request) -> Response:
         raise HTTPException(404, f"link {kind} calendars with GET /calendars/connect/{kind}")
     guard = _guard(request)
     await guard.verify_form(request)
-    form = await _form(request)
-    staff = form.get("staff", "")
-    business_id = await guard.authorize(request, staff)
+    form: CaldavForm | IcsForm = await _form(request, CaldavForm if kind == "caldav" else IcsForm)
+    business_id = await guard.authorize(request, form.staff)
     service = _service(request)
-    target = _return_to(form.get("return_to")) or (
-        None if request.headers.get("authorization") else _staff_page(staff)
+    target = _return_to(form.return_to) or (
+        None if request.headers.get("authorization") else _staff_page(form.staff)
     )
     try:
-        if kind == "caldav":
+        if isinstance(form, CaldavForm):
             conn = await service.link_caldav(
                 business_id=business_id,
-                staff_id=staff,
-                url=form.get("url", "").strip(),
-                username=form.get("username", "").strip(),
-                password=form.get("password", ""),
-                name=form.get("name") or None,
+                staff_id=form.staff,
+                url=form.url,
+                username=form.username,
+                password=form.password,
+                name=form.name or None,
             )
         else:
             conn = await service.link_ics(
                 business_id=business_id,
-                staff_id=staff,
-                source=form.get("source", "").strip(),
-                name=form.get("name") or None,
+                staff_id=form.staff,
+                source=form.source,
+                name=form.name or None,
             )
-    except errors.InvalidRequest as exc:
-        return failed(request, LinkFailed(400, str(exc)))
-    except errors.NotFound as exc:
-        return failed(request, LinkFailed(404, str(exc)))
     except errors.CalendarUnavailable as exc:
-        return failed(request, LinkFailed(400, f"could not reach that calendar: {exc}"))
+        # While linking, a calendar that cannot be read (a refused password, a wrong address,
+        # a server that does not answer) makes the request one that cannot work as given.
+        raise LinkFailed(
+            errors.InvalidRequest(str(exc)), f"could not reach that calendar: {exc}"
+        ) from exc
     except errors.BookingError as exc:  # e.g. no FRONTDESK_SECRET_KEY on this server
-        return failed(request, LinkFailed(503, str(exc)))
+        raise LinkFailed(exc) from exc
     return _back(request, conn, target, f"Linked {conn.name}.")
 
 
@@ -245,16 +316,20 @@ async def disconnect(connection_id: str, request: Request) -> Response:
     guard = _guard(request)
     await guard.verify_form(request)
     service = _service(request)
-    form = await _form(request) if "form" in request.headers.get("content-type", "") else {}
+    form = (
+        await _form(request, DisconnectForm)
+        if "form" in request.headers.get("content-type", "")
+        else DisconnectForm()
+    )
     conn = await service.find(connection_id)
     if conn is None:
         raise HTTPException(404, f"no calendar connection {connection_id}")
     business_id = await guard.authorize(request, conn.staff_id)
     try:
         await service.disconnect(connection_id, business_id=business_id)
-    except errors.NotFound as exc:
-        return failed(request, LinkFailed(404, str(exc)))
-    target = _return_to(form.get("return_to")) or (
+    except errors.BookingError as exc:
+        raise LinkFailed(exc) from exc
+    target = _return_to(form.return_to) or (
         None if request.headers.get("authorization") else _staff_page(conn.staff_id)
     )
     return _back(request, None, target, f"Unlinked {conn.name}.")
@@ -264,13 +339,10 @@ async def disconnect(connection_id: str, request: Request) -> Response:
 async def feed(business_id: str, staff_id: str, token: str, request: Request) -> Response:
     """A staff member's bookings as an ICS feed: the local calendar, for any calendar app.
 
-    The path's token is an HMAC under FRONTDESK_SECRET_KEY, so the URL is the credential."""
-    try:
-        body = await _service(request).feed(business_id, staff_id, token)
-    except errors.NotFound:
-        return PlainTextResponse("no such calendar feed", status_code=404)
-    except errors.BookingError as exc:  # no secret key configured
-        return PlainTextResponse(str(exc), status_code=503)
+    The path's token is an HMAC under FRONTDESK_SECRET_KEY, so the URL is the credential. A
+    wrong token is a NotFound, a server without a secret key SecretKeyMissing: the application's
+    table of domain errors answers them (404, 503)."""
+    body = await _service(request).feed(business_id, staff_id, token)
     return Response(
         body,
         media_type="text/calendar; charset=utf-8",

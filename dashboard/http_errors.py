@@ -1,4 +1,10 @@
-"""The one place domain errors become HTTP answers: JSON with a stable code and a clear reason."""
+"""The one place domain errors become HTTP answers: JSON with a stable code and a clear reason.
+
+`STATUS` is the one table from domain error to HTTP status. The JSON API answers through the
+handlers `install` adds; the dashboard's pages (`status_for`) and calendar linking (whose
+`LinkFailed` the application answers with `status_for`, see `frontdesk.app`) use the same table,
+so one error has one status wherever it is met.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from booking import errors
 from booking.idempotency import RequestInProgress
+from calendars.secrets import SecretKeyMissing
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ STATUS: list[tuple[type[errors.BookingError], int]] = [
     (errors.AppointmentNotActive, 409),
     (errors.CalendarUnavailable, 503),
     (errors.Busy, 503),
+    (SecretKeyMissing, 503),  # this server has no FRONTDESK_SECRET_KEY: linking is off
 ]
 
 

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 
 from agent.llm import make_llm, warm_up
 from booking.calls import CallLog
@@ -147,6 +147,11 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
         log.warning("FRONTDESK_API_KEY is not set; generated a key for this run only")
     app.state.api_key = key
     http_errors.install(app)
+
+    @app.exception_handler(calendar_web.LinkFailed)
+    async def _link_failed(request: Request, exc: calendar_web.LinkFailed) -> Response:
+        return calendar_web.failed(request, exc, http_errors.status_for(exc.error))
+
     app.include_router(api.router)
     app.include_router(staff_api.router)
     app.include_router(voice.router)

@@ -16,6 +16,7 @@ from booking import errors
 from booking.models import Appointment, Business, Contact, Service, Staff
 from booking.scheduler import staff_zone
 from booking.slots import Slot
+from dashboard.http_errors import status_for
 from dashboard.models import audit
 from dashboard.web import db
 from dashboard.web.auth import CurrentUser, PageError, WebUser, verify_csrf
@@ -209,7 +210,7 @@ async def cancel(request: Request, appointment_id: str, user: CurrentUser) -> Re
         )
     except errors.BookingError as exc:
         return await _render_detail(
-            request, user, appointment_id, error=exc.message, status_code=409
+            request, user, appointment_id, error=exc.message, status_code=status_for(exc)
         )
     await _audit(request, user, "appointment.cancel", row.id, {})
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)
@@ -229,9 +230,8 @@ async def move(
     except errors.BookingError as exc:
         # A time that cannot be read or lies outside 1970-2199 is the form's fault (422); a
         # time that is taken or not offered is a conflict with the calendar (409).
-        code = 422 if isinstance(exc, errors.InvalidRequest) else 409
         return await _render_detail(
-            request, user, appointment_id, error=exc.message, status_code=code
+            request, user, appointment_id, error=exc.message, status_code=status_for(exc)
         )
     await _audit(
         request,

@@ -16,7 +16,9 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, Request, Response
+from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from dashboard.models import Role, User, WebSession
@@ -187,18 +189,34 @@ def csrf_token(request: Request) -> str:
     return pre
 
 
+class CsrfField(BaseModel):
+    """The CSRF token a form post carries; anything but one text field is no token (403)."""
+
+    token: str | None = None
+
+    @classmethod
+    def read(cls, form: FormData) -> CsrfField:
+        values = form.getlist(CSRF_FIELD)
+        try:
+            return cls.model_validate({"token": values[0] if len(values) == 1 else None})
+        except ValidationError:  # an uploaded file in its place
+            return cls()
+
+
 async def verify_csrf(request: Request) -> None:
     """Refuse a state-changing request whose CSRF token is missing or wrong (403)."""
     sent = request.headers.get(CSRF_HEADER)
+    form: FormData | None = None
     if not sent:
         content_type = request.headers.get("content-type", "")
         if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             form = await request.form()
-            value = form.get(CSRF_FIELD)
-            sent = value if isinstance(value, str) else None
+            sent = CsrfField.read(form).token
     user = await optional_user(request)
     expected = request.state.csrf if user else request.cookies.get(PRE_CSRF_COOKIE)
     if not sent or not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
+        if form is not None:
+            await form.close()  # uploaded files' temporary files, which no route will read now
         raise PageError(
             403,
             "This form has expired or did not come from this site. "

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlmodel import Session, select
 from starlette.datastructures import FormData
 
@@ -249,32 +249,67 @@ async def save_settings(request: Request, user: OwnerUser) -> Response:
     )
 
 
+class NewServiceForm(BaseModel):
+    """The add-a-service form as typed: text fields (stripped) and the staff ticked.
+
+    A field sent as a file, or a text field sent twice, is refused by name; the values are then
+    checked by the business file's own `ServiceEntry`."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    id: str = ""
+    name: str = ""
+    duration_minutes: str = ""
+    buffer_before_minutes: str = ""
+    buffer_after_minutes: str = ""
+    staff: list[str] = []
+
+    @classmethod
+    def read(cls, form: FormData) -> NewServiceForm:
+        """The form's fields (ValidationError names any that is not text)."""
+        values: dict[str, Any] = {"staff": form.getlist("staff")}
+        for key in cls.model_fields:
+            if key != "staff" and key in form:
+                items = form.getlist(key)
+                values[key] = items[0] if len(items) == 1 else items
+        return cls.model_validate(values)
+
+    def minutes(self, name: str) -> int:
+        """A duration field as whole minutes (blank: 0); ValueError when it is not a number."""
+        text: str = getattr(self, name)
+        return int(text or 0)
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [
+        f"New service: the {'.'.join(str(p) for p in e['loc']) or 'value'} {_reason(e)}"
+        for e in exc.errors()
+    ]
+
+
 def _add_service(s: Session, user: WebUser, form: FormData, at: Any) -> list[str]:
     """Create a service from the add form; the problems, or none when it was saved."""
     business_id = user.business_id
+    try:
+        typed = NewServiceForm.read(form)
+    except ValidationError as exc:
+        return _problems(exc)
     staff_ids = {m.id for m in s.exec(select(Staff).where(Staff.business_id == business_id))}
-    chosen = [str(v) for v in form.getlist("staff") if str(v) in staff_ids]
-    typed = {
-        k: str(form.get(k, "")).strip()
-        for k in ("id", "name", "duration_minutes", "buffer_before_minutes", "buffer_after_minutes")
-    }
+    chosen = [v for v in typed.staff if v in staff_ids]
     try:
         entry = ServiceEntry.model_validate(
             {
-                "id": typed["id"],
-                "name": typed["name"],
+                "id": typed.id,
+                "name": typed.name,
                 "staff": chosen,
-                "duration_minutes": int(typed["duration_minutes"] or 0),
-                "buffer_before_minutes": int(typed["buffer_before_minutes"] or 0),
-                "buffer_after_minutes": int(typed["buffer_after_minutes"] or 0),
+                "duration_minutes": typed.minutes("duration_minutes"),
+                "buffer_before_minutes": typed.minutes("buffer_before_minutes"),
+                "buffer_after_minutes": typed.minutes("buffer_after_minutes"),
             }
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
         if isinstance(exc, ValidationError):
-            return [
-                f"New service: the {'.'.join(str(p) for p in e['loc']) or 'value'} {_reason(e)}"
-                for e in exc.errors()
-            ]
+            return _problems(exc)
         return ["New service: durations and buffers are whole numbers of minutes"]
     if not chosen:
         return ["New service: choose who does it"]

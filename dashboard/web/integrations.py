@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from booking import errors
 from booking.scheduler import Scheduler
 from dashboard.api import ERRORS, get_scheduler, require_api_key
+from dashboard.http_errors import status_for
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, PageError, verify_csrf
 from dashboard.web.render import add_nav, render
@@ -114,7 +115,7 @@ async def add_webhook(
         return await _list_page(
             request,
             user.business_id,
-            status_code=422,
+            status_code=status_for(exc),
             error=exc.message,
             form={"url": url, "description": description, "event_types": chosen},
         )
@@ -165,7 +166,7 @@ async def edit_webhook(
         return render(
             request,
             "integrations_webhook.html",
-            status_code=422,
+            status_code=status_for(exc),
             hook=hook,
             log=log,
             event_types=EVENT_TYPES,

@@ -24,6 +24,7 @@ from agent.engine import AgentEvent, CallContext, Conversation, Filler, Handoff,
 from agent.llm import LlmConfig, make_llm
 from booking import errors, phones
 from booking.scheduler import Scheduler
+from dashboard.http_errors import status_for
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, WebUser, verify_csrf
 from dashboard.web.render import add_nav, render
@@ -219,7 +220,7 @@ async def start_chat(
         region = phones.region_for(business.phone_numbers)
         phone = phones.to_e164(caller, region) if caller.strip() else None
     except errors.InvalidRequest as exc:
-        return _page(request, status_code=422, error=exc.message, caller=caller)
+        return _page(request, status_code=status_for(exc), error=exc.message, caller=caller)
     chat, greeting = await registry.start(user, scheduler=db.scheduler(request), caller_phone=phone)
     return _page(request, chat=chat, lines=[Line("agent", greeting)], caller=phone or "")
 

@@ -383,7 +383,7 @@ async def test_linking_through_the_browser_with_state_and_pkce(kind: str, clinic
             forged = await client.get(
                 f"/calendars/callback/{kind}", params={"code": "x", "state": "made-up"}
             )
-        assert forged.status_code == 400
+        assert forged.status_code == 422  # InvalidRequest, as in the JSON API (it was a 400)
         assert len(await link.service.connections("clinic", "lee")) == 1
 
 
