@@ -11,8 +11,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import caldav
 import pytest
+from caldav.collection import Calendar as DavCalendar
+from caldav.collection import Principal
 from sqlalchemy.engine import Engine
 
 from booking import errors
@@ -42,8 +43,8 @@ DEC_START = datetime(2026, 11, 30, tzinfo=UTC)
 DEC_END = datetime(2027, 1, 1, tzinfo=UTC)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,9 @@ async def h(radicale: RadicaleServer) -> AsyncIterator[Harness]:
 
 
 @pytest.fixture
-def calendar(h: Harness) -> caldav.Calendar:
+def calendar(h: Harness) -> DavCalendar:
     """The harness's calendar, as the staff member's own calendar app reaches it."""
-    found: caldav.Calendar = h.extra["calendar"]
+    found: DavCalendar = h.extra["calendar"]
     return found
 
 
@@ -113,8 +114,29 @@ def spec(
     )
 
 
-def event_count(calendar: caldav.Calendar) -> int:
-    return len(calendar.get_events())
+def event_count(calendar: DavCalendar) -> int:
+    events = calendar.get_events()
+    assert isinstance(events, list)  # the synchronous client's answer
+    return len(events)
+
+
+def principal_of(calendar: DavCalendar) -> Principal:
+    client = calendar.client
+    assert client is not None
+    # caldav's DAVClient.principal has no annotations.
+    found: Principal = client.principal()  # type: ignore[no-untyped-call]
+    return found
+
+
+def drop(calendar: DavCalendar) -> None:
+    calendar.delete()  # type: ignore[no-untyped-call]  # caldav's Calendar.delete: no annotations
+
+
+def new_calendar(calendar: DavCalendar, name: str, cal_id: str, **options: Any) -> DavCalendar:
+    """A new calendar of the same account (the synchronous client answers it, no coroutine)."""
+    made = principal_of(calendar).make_calendar(name=name, cal_id=cal_id, **options)
+    assert isinstance(made, DavCalendar)
+    return made
 
 
 def test_it_is_a_writable_calendar_provider_without_notifications() -> None:
@@ -126,7 +148,7 @@ def test_it_is_a_writable_calendar_provider_without_notifications() -> None:
 
 
 async def test_event_created_in_the_server_is_busy(
-    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider, calendar: DavCalendar
 ) -> None:
     calendar.add_event(
         vevent(
@@ -183,7 +205,7 @@ STANDUP = vevent(
 
 
 async def test_weekly_event_with_an_exdate_and_a_moved_instance(
-    provider: CaldavProvider, account: Account, calendar: caldav.Calendar
+    provider: CaldavProvider, account: Account, calendar: DavCalendar
 ) -> None:
     calendar.add_event(STANDUP)
     assert await busy(provider, account) == [
@@ -194,9 +216,9 @@ async def test_weekly_event_with_an_exdate_and_a_moved_instance(
 
 
 async def test_a_principal_url_reads_every_calendar_of_the_account(
-    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider, calendar: DavCalendar
 ) -> None:
-    other = calendar.client.principal().make_calendar(name="Home", cal_id="home-principal-test")
+    other = new_calendar(calendar, "Home", "home-principal-test")
     try:
         await h.add_event(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
         other.add_event(vevent("gym", "DTSTART:20261202T150000Z", "DTEND:20261202T160000Z"))
@@ -208,16 +230,15 @@ async def test_a_principal_url_reads_every_calendar_of_the_account(
             (utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))
         ]
     finally:
-        other.delete()
+        drop(other)
 
 
 async def test_list_calendars_of_a_principal_names_each_calendar_by_its_url(
-    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider, calendar: DavCalendar
 ) -> None:
-    principal = calendar.client.principal()
-    other = principal.make_calendar(name="Home", cal_id="home-list-test")
-    tasks = principal.make_calendar(
-        name="Tasks", cal_id="tasks-list-test", supported_calendar_component_set=["VTODO"]
+    other = new_calendar(calendar, "Home", "home-list-test")
+    tasks = new_calendar(
+        calendar, "Tasks", "tasks-list-test", supported_calendar_component_set=["VTODO"]
     )
     try:
         listed = {info.id: info for info in await provider.list_calendars(h.account)}
@@ -241,8 +262,8 @@ async def test_list_calendars_of_a_principal_names_each_calendar_by_its_url(
             (utc(2026, 12, 2, 15), utc(2026, 12, 2, 16))
         ]
     finally:
-        other.delete()
-        tasks.delete()
+        drop(other)
+        drop(tasks)
     single = await provider.list_calendars(at(h.account, h.calendar_id))
     assert [(info.id, info.name, info.primary) for info in single] == [
         (h.calendar_id, "Work", True)
@@ -272,7 +293,7 @@ async def sync(
 
 
 async def test_sync_reads_the_window_keyed_by_uid_and_instance(
-    h: Harness, calendar: caldav.Calendar
+    h: Harness, calendar: DavCalendar
 ) -> None:
     calendar.add_event(STANDUP)
     single = await h.add_event(utc(2026, 12, 3, 15), utc(2026, 12, 3, 16))
@@ -322,7 +343,7 @@ async def test_sync_reads_again_for_a_wider_window_or_a_bad_cursor(h: Harness) -
 
 
 async def test_put_event_twice_with_one_key_leaves_one_event(
-    h: Harness, provider: CaldavProvider, calendar: caldav.Calendar
+    h: Harness, provider: CaldavProvider, calendar: DavCalendar
 ) -> None:
     start, end = utc(2026, 12, 1, 15), utc(2026, 12, 1, 16)
     put = provider.put_event
@@ -647,7 +668,7 @@ class LinkedCalendars:
 
 
 async def test_event_in_the_calendar_removes_the_slot_without_a_restart(
-    clinic: Engine, account: Account, calendar: caldav.Calendar
+    clinic: Engine, account: Account, calendar: DavCalendar
 ) -> None:
     link = {"provider": "caldav", **account.settings, **account.secret}
     with session_scope(clinic, write=True) as s:

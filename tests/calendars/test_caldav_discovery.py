@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import caldav
 import pytest
+from caldav.collection import Calendar as DavCalendar
+from caldav.collection import Principal
+from caldav.davclient import DAVClient
 from cryptography.fernet import Fernet
 
 from booking.errors import CalendarUnavailable
@@ -33,8 +35,8 @@ END = datetime(2027, 1, 1, tzinfo=UTC)
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo-business.yaml"
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def account(url: str, username: str = icloud.USERNAME, password: str = icloud.PASSWORD) -> Account:
@@ -292,10 +294,13 @@ def test_discovery_does_not_go_from_a_public_address_inward_nor_to_http() -> Non
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleServer]:
     server = start_radicale(tmp_path_factory.mktemp("radicale-discovery"))
-    client = caldav.DAVClient(
+    client = DAVClient(
         url=server.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
     )
-    work = client.principal().make_calendar(name="Work", cal_id="work")
+    # caldav's DAVClient.principal has no annotations.
+    principal: Principal = client.principal()  # type: ignore[no-untyped-call]
+    work = principal.make_calendar(name="Work", cal_id="work")
+    assert isinstance(work, DavCalendar)  # the synchronous client answers it, no coroutine
     soon = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=2)
     work.save_event(dtstart=soon, dtend=soon + timedelta(hours=1), summary="Dentist", uid="busy-1")
     client.close()

@@ -19,6 +19,7 @@ import pytest
 
 from booking.clock import FixedClock
 from booking.errors import CalendarUnavailable
+from booking.rules import Interval
 from calendars.base import Account, CalendarProvider, EventSpec, NeedsRelink
 from calendars.ics import FEED_ID, IcsProvider, busy_from_ics, events_between, parse_ics
 from calendars.links import link_account
@@ -28,8 +29,8 @@ DEC_START = datetime(2026, 11, 30, tzinfo=UTC)
 DEC_END = datetime(2027, 1, 1, tzinfo=UTC)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def ics(*events: str) -> bytes:
@@ -44,7 +45,7 @@ def ics(*events: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def busy(data: bytes, start: datetime = DEC_START, end: datetime = DEC_END) -> list:
+def busy(data: bytes, start: datetime = DEC_START, end: datetime = DEC_END) -> list[Interval]:
     return busy_from_ics(data, tz=NY, start=start, end=end)
 
 
@@ -212,7 +213,7 @@ def test_unreadable_ics_is_unavailable(data: bytes) -> None:
 # --- events by key (what sync returns) ----------------------------------------------------------
 
 
-def events(data: bytes) -> dict:
+def events(data: bytes) -> dict[str, list[Interval]]:
     return events_between(parse_ics(data), tz=NY, start=DEC_START, end=DEC_END)
 
 
@@ -260,14 +261,14 @@ def feed_account(source: str) -> Account:
     return link_account({"provider": "ics", "source": source}, staff_id="lee", index=0)
 
 
-async def read(provider: IcsProvider, source: str) -> list:
+async def read(provider: IcsProvider, source: str) -> list[Interval]:
     """Busy time through `busy`, as slot search and booking's re-check read it."""
     return await provider.busy(
         feed_account(source), calendar_ids=[FEED_ID], tz=NY, start=DEC_START, end=DEC_END
     )
 
 
-async def synced(provider: IcsProvider, source: str) -> list:
+async def synced(provider: IcsProvider, source: str) -> list[Interval]:
     """Busy time through `sync`, as the scheduled cache refresh reads it."""
     result = await provider.sync(
         feed_account(source),
@@ -540,7 +541,7 @@ async def test_webcal_feed_is_fetched_over_https() -> None:
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "calendars"
 
 
-async def demo_spans(name: str) -> list:
+async def demo_spans(name: str) -> list[Interval]:
     return await IcsProvider().busy(
         feed_account(str(EXAMPLES / name)),
         calendar_ids=[],
