@@ -21,7 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import caldav
+from caldav.calendarobjectresource import CalendarObjectResource
+from caldav.collection import Calendar as DavCalendar
+from caldav.collection import Principal
+from caldav.davclient import DAVClient
 
 from calendars.base import Account
 from calendars.caldav import CaldavProvider
@@ -173,12 +176,15 @@ class _StaffCalendarApp:
     """The staff member's own calendar client, talking to Radicale without the proxy."""
 
     def __init__(self, server: RadicaleServer) -> None:
-        self._client = caldav.DAVClient(
+        self._client = DAVClient(
             url=server.principal_url, username=USERNAME, password=PASSWORD, enable_rfc6764=False
         )
-        self.calendar: caldav.Calendar = self._client.principal().make_calendar(
-            name="Work", cal_id=f"work-{uuid.uuid4().hex[:8]}"
-        )
+        # caldav's DAVClient.principal has no annotations.
+        principal: Principal = self._client.principal()  # type: ignore[no-untyped-call]
+        made = principal.make_calendar(name="Work", cal_id=f"work-{uuid.uuid4().hex[:8]}")
+        # The synchronous client answers the library's objects themselves, never coroutines.
+        assert isinstance(made, DavCalendar)
+        self.calendar = made
 
     def close(self) -> None:
         self._client.close()
@@ -213,11 +219,15 @@ class _StaffCalendarApp:
         return uid
 
     def remove(self, uid: str) -> None:
-        self.calendar.event_by_uid(uid).delete()
+        event = self.calendar.event_by_uid(uid)
+        assert isinstance(event, CalendarObjectResource)
+        event.delete()
 
     def events(self) -> list[dict[str, Any]]:
         found = []
-        for obj in self.calendar.get_events():
+        events = self.calendar.get_events()
+        assert isinstance(events, list)
+        for obj in events:
             event = obj.icalendar_component
             found.append(
                 {
@@ -239,7 +249,7 @@ async def harness(radicale: RadicaleServer | None = None) -> AsyncIterator[Harne
     new empty calendar, reached by the provider through a `FaultProxy`."""
     with tempfile.TemporaryDirectory(prefix="radicale-") as folder:
         own = radicale is None
-        server = radicale or await asyncio.to_thread(start_radicale, Path(folder))
+        server = radicale if radicale is not None else await _started(Path(folder))
         proxy = FaultProxy(server.port)
         proxy.start()
         app: _StaffCalendarApp | None = None
@@ -254,7 +264,12 @@ async def harness(radicale: RadicaleServer | None = None) -> AsyncIterator[Harne
                 await asyncio.to_thread(server.stop)
 
 
+async def _started(folder: Path) -> RadicaleServer:
+    return await asyncio.to_thread(start_radicale, folder)
+
+
 def _build(server: RadicaleServer, proxy: FaultProxy, app: _StaffCalendarApp) -> Harness:
+    assert app.calendar.url is not None
     calendar_path = str(app.calendar.url.path)
     account = Account(
         id="caldav-test",
