@@ -46,15 +46,16 @@ class Memory:
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
         self.lose_answer = False
+        self.calendars = [
+            CalendarInfo(id="cal1", name="one", primary=True),
+            CalendarInfo(id="cal2", name="two"),
+        ]
 
     async def check(self, account: Account) -> None:
         pass
 
     async def list_calendars(self, account: Account) -> list[CalendarInfo]:
-        return [
-            CalendarInfo(id="cal1", name="one", primary=True),
-            CalendarInfo(id="cal2", name="two"),
-        ]
+        return list(self.calendars)
 
     async def busy(
         self,
@@ -233,3 +234,26 @@ async def test_linking_an_account_again_revives_the_connection(clinic: Engine) -
     again = await service.link_tokens("google", business_id="clinic", staff_id="lee", tokens=tokens)
     assert again.id == first.id and again.status == "ok"
     assert [c.id for c in await service.connections("clinic", "lee")] == [first.id]
+
+
+async def test_a_new_connection_reads_its_own_busy_calendars_and_writes_to_the_primary(
+    clinic: Engine,
+) -> None:
+    memory = Memory()
+    memory.calendars = [
+        CalendarInfo(id="family", name="Family", counts_busy=False),
+        CalendarInfo(id="holidays", name="Holidays", writable=False, counts_busy=False),
+        CalendarInfo(id="side", name="Side job"),
+        CalendarInfo(id="work", name="Work", primary=True),
+    ]
+    service = CalendarService(
+        engine=clinic, vault=Vault(new_key()), providers={"caldav": memory}, now=lambda: NOW
+    )
+    conn = await service.link_caldav(
+        business_id="clinic", staff_id="lee", url="https://dav.example/", username="u", password="p"
+    )
+    assert (conn.read_calendars, conn.write_calendar) == (["side", "work"], "work")
+    memory.others["family"] = {"f1": [(at(10).astimezone(UTC), at(11).astimezone(UTC))]}
+    await service.refresh(conn.id, full=True)
+    with session_scope(clinic) as s:
+        assert list(s.exec(select(CalendarBusyBlock))) == []  # the family calendar is not read
