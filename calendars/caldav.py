@@ -108,12 +108,10 @@ _SCHEDULE_INBOX = "{urn:ietf:params:xml:ns:caldav}schedule-inbox"
 # Any of these lets us add an event to a collection (RFC 3744 3.1-3.9: `write` and `all`
 # aggregate `bind`; Radicale grants `write-content` on a calendar shared for writing).
 _WRITE_PRIVILEGES = frozenset({"{DAV:}all", "{DAV:}write", "{DAV:}bind", "{DAV:}write-content"})
+# What discovery cannot do without: asked for alone when a server refuses one of the others.
+_ESSENTIAL_PROPS = [_RESOURCETYPE, _DISPLAYNAME, _CURRENT_USER_PRINCIPAL, _HOME_SET, _COMPONENTS]
 _DISCOVERY_PROPS = [
-    _RESOURCETYPE,
-    _DISPLAYNAME,
-    _CURRENT_USER_PRINCIPAL,
-    _HOME_SET,
-    _COMPONENTS,
+    *_ESSENTIAL_PROPS,
     _INBOX_URL,
     _DEFAULT_CALENDAR,
     _SCHEDULE_TRANSP,
@@ -132,6 +130,7 @@ def _propfind_body(props: list[str]) -> str:
 
 
 _DISCOVERY_BODY = _propfind_body(_DISCOVERY_PROPS)
+_ESSENTIAL_BODY = _propfind_body(_ESSENTIAL_PROPS)
 # Steps one discovery may take: redirects of the well-known address, principal, home.
 _HOPS = 6
 _WHAT_TO_GIVE = (
@@ -679,27 +678,40 @@ def _walk(client: DAVClient, link: _Link, url: str) -> _Account | None:
 
 def _properties(client: DAVClient, url: str, *, missing_ok: bool) -> dict[str, Any] | None:
     """The discovery properties of the resource at `url`; None when it answers no WebDAV."""
-    response = client.propfind(url, props=_DISCOVERY_BODY, depth=0)
+    response, results = _propfind(client, url, depth=0)
     if response.status in (404, 410) and not missing_ok:
         raise caldav_error.error_from_response(caldav_error.NotFoundError, response)
     if retryable_status(response.status):
         raise caldav_error.error_from_response(caldav_error.PropfindError, response)
     merged: dict[str, Any] = {}
-    for result in getattr(response, "results", None) or []:
+    for result in results:
         merged.update(result.properties)
     return merged or None
+
+
+def _propfind(client: DAVClient, url: str, *, depth: int) -> tuple[Any, list[Any]]:
+    """A discovery PROPFIND and its parsed results. The library refuses a whole answer in
+    which one property came back with a status other than 200 or 404 (a 403 for a property
+    the account may not read): then only the essential properties are asked for, and the
+    calendars are listed without the optional flags (default, transparency, privileges)."""
+    try:
+        response = client.propfind(url, props=_DISCOVERY_BODY, depth=depth)
+        return response, list(getattr(response, "results", None) or [])
+    except caldav_error.ResponseError:
+        response = client.propfind(url, props=_ESSENTIAL_BODY, depth=depth)
+        return response, list(getattr(response, "results", None) or [])
 
 
 def _calendars_in(client: DAVClient, home: str) -> _Account:
     """The calendars directly inside the collection `home`, task lists included (they are
     listed as holding no busy time), and the default calendar named by a scheduling inbox
     among them."""
-    response = client.propfind(home, props=_DISCOVERY_BODY, depth=1)
+    response, results = _propfind(client, home, depth=1)
     if retryable_status(response.status):
         raise caldav_error.error_from_response(caldav_error.PropfindError, response)
     found = []
     default: str | None = None
-    for result in getattr(response, "results", None) or []:
+    for result in results:
         props = result.properties
         url = _clean_url(urljoin(home, result.href))
         kinds = _kinds(props)
@@ -725,8 +737,14 @@ def _found(url: str, props: dict[str, Any]) -> _Found:
 
 def _default_calendar(client: DAVClient, inbox: str) -> str | None:
     """The default calendar the scheduling inbox at `inbox` names (RFC 6638 9.2), if any.
-    An inbox that does not answer names none: the first event calendar is used then."""
-    props = _properties(client, inbox, missing_ok=True)
+    An inbox that does not answer, or refuses this account, names none: the first event
+    calendar is used then (a failure a retry may mend is raised)."""
+    try:
+        props = _properties(client, inbox, missing_ok=True)
+    except caldav_error.DAVError as exc:
+        if exc.status is None or retryable_status(exc.status) or exc.status == 401:
+            raise
+        return None
     return _default_in(inbox, props) if props is not None else None
 
 

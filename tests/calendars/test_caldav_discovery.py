@@ -221,6 +221,20 @@ async def test_without_a_default_calendar_the_first_writable_event_calendar_is_p
     assert [c.name for c in listed if c.primary] == ["Work"]
 
 
+async def test_a_property_the_account_may_not_read_does_not_stop_discovery(
+    server: IcloudLikeCaldav, provider: CaldavProvider
+) -> None:
+    # A 403 propstat fails the library's parse of the whole answer: the calendars are listed
+    # from the essential properties then, without the flags that needed the refused one.
+    server.refused_props = {("DAV:", "current-user-privilege-set")}
+    listed = {info.name: info for info in await provider.list_calendars(account(server.front_url))}
+    assert {"Work", "Family", "Reminders", "US Holidays"} == set(listed)
+    # The task list still holds no busy time; the transparency and the default went unread.
+    busy = {name for name, info in listed.items() if info.counts_busy}
+    assert busy == {"Work", "Family", "US Holidays"}
+    assert [name for name, info in listed.items() if info.primary] == ["Work"]
+
+
 async def test_an_account_refused_with_403_needs_relinking_without_retries(
     server: IcloudLikeCaldav,
 ) -> None:

@@ -29,6 +29,8 @@ names a principal it does not serve). `dav_root` moves the front's DAV service o
 and `/.well-known/caldav` redirects there.
 `forbidden = True` answers every request with the right password 403 Forbidden, as a server
 does for an account that was disabled or lost its access.
+`refused_props` holds `(namespace, name)` pairs answered in a 403 propstat wherever they are
+asked for, as servers answer a property the account may not read (RFC 4918 section 9.1).
 `requests` records `(host, method, path)` of every request.
 """
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import base64
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -78,6 +81,7 @@ class IcloudLikeCaldav:
         self.dav_root = dav_root
         self.default_calendar = default_calendar
         self.forbidden = False
+        self.refused_props: set[tuple[str, str]] = set()
         self.principal_on_home_host = principal_on_home_host
         self.requests: list[tuple[str, str, str]] = []
         self.collections: dict[str, _Collection] = {
@@ -190,12 +194,12 @@ class IcloudLikeCaldav:
             own = self._properties(path, front)
             if own is None:
                 return 404, ""
-            answers = [_response(path, own, wanted)]
+            answers = [_response(path, own, wanted, self.refused_props)]
             if depth == "1" and not front and path == HOME:
                 for child in self.collections:
                     props = self._properties(child, front=False)
                     if props is not None:
-                        answers.append(_response(child, props, wanted))
+                        answers.append(_response(child, props, wanted, self.refused_props))
             if depth == "1" and path in self.collections:
                 for name in self.collections[path].events:
                     answers.append(_response(path + name, {(_DAV, "getetag"): '"1"'}, wanted))
@@ -269,12 +273,22 @@ def _close(name: tuple[str, str]) -> str:
 
 
 def _response(
-    href: str, props: dict[tuple[str, str], str], wanted: list[tuple[str, str]] | None
+    href: str,
+    props: dict[tuple[str, str], str],
+    wanted: list[tuple[str, str]] | None,
+    refused: Collection[tuple[str, str]] = (),
 ) -> str:
     names = list(props) if wanted is None else wanted
-    found = "".join(f"<{_tag(n)}>{props[n]}</{_close(n)}>" for n in names if n in props)
-    missing = "".join(f"<{_tag(n)}/>" for n in names if n not in props)
+    allowed = [n for n in names if n not in refused]
+    found = "".join(f"<{_tag(n)}>{props[n]}</{_close(n)}>" for n in allowed if n in props)
+    missing = "".join(f"<{_tag(n)}/>" for n in allowed if n not in props)
     stats = f"<D:propstat><D:prop>{found}</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>"
+    forbidden = "".join(f"<{_tag(n)}/>" for n in names if n in refused)
+    if forbidden:
+        stats += (
+            f"<D:propstat><D:prop>{forbidden}</D:prop>"
+            "<D:status>HTTP/1.1 403 Forbidden</D:status></D:propstat>"
+        )
     if missing:
         stats += (
             f"<D:propstat><D:prop>{missing}</D:prop>"
