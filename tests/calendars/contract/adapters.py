@@ -10,7 +10,6 @@ behind `FaultProxy`, and an ICS feed on loopback.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -102,15 +101,6 @@ class Contract:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def construct(cls: Callable[..., Any], **options: Any) -> Any:
-    """`cls(**options)` with the options its constructor takes. The sleep is `sleep`; the clock
-    is `clock` (a `booking.clock.Clock`) or, for a constructor with `now`, its `now`."""
-    accepted = inspect.signature(cls).parameters
-    if "clock" not in accepted and "clock" in options and "now" in accepted:
-        options["now"] = options["clock"].now
-    return cls(**{k: v for k, v in options.items() if k in accepted})
-
-
 # ---- Google -------------------------------------------------------------------------------------
 
 
@@ -128,8 +118,7 @@ async def google() -> AsyncIterator[Contract]:
         sleep, clock = RecordingSleep(), FixedClock(CLOCK_NOW)
 
         def make(*, short: bool = False) -> GoogleProvider:
-            provider: GoogleProvider = construct(
-                GoogleProvider,
+            provider = GoogleProvider(
                 api_base_url=fake.api_base_url,
                 timeout=SHORT if short else LONG,
                 sleep=sleep,
@@ -246,8 +235,7 @@ async def microsoft() -> AsyncIterator[Contract]:
         sleep, clock = RecordingSleep(), FixedClock(CLOCK_NOW)
 
         def make(*, short: bool = False) -> MicrosoftProvider:
-            provider: MicrosoftProvider = construct(
-                MicrosoftProvider,
+            provider = MicrosoftProvider(
                 graph_base_url=graph.graph_url,
                 timeout=SHORT / 2 if short else LONG,
                 time_limit=SHORT if short else LONG,
@@ -412,8 +400,8 @@ async def caldav_radicale(server: RadicaleServer) -> AsyncIterator[Contract]:
         sleep, clock = RecordingSleep(), FixedClock(CLOCK_NOW)
 
         def make(*, short: bool = False) -> CaldavProvider:
-            provider: CaldavProvider = construct(
-                CaldavProvider, timeout=CALDAV_SHORT if short else LONG, sleep=sleep, clock=clock
+            provider = CaldavProvider(
+                timeout=CALDAV_SHORT if short else LONG, sleep=sleep, clock=clock
             )
             made.append(provider)
             return provider
@@ -500,10 +488,7 @@ async def ics() -> AsyncIterator[Contract]:
 
         def make(*, short: bool = False) -> IcsProvider:
             # ttl=0: every read fetches the feed, so each read meets the server's answer.
-            provider: IcsProvider = construct(
-                IcsProvider, timeout=SHORT if short else LONG, ttl=0, sleep=sleep, clock=clock
-            )
-            return provider
+            return IcsProvider(timeout=SHORT if short else LONG, ttl=0, clock=clock)
 
         async def put(props: list[str]) -> str:
             uid = f"{uuid.uuid4().hex}@feed"
