@@ -610,7 +610,7 @@ class FakeGoogleCalendar:
             assert body is not None
             if request.method == "PUT":
                 _require_times(body)
-                kept = {
+                kept: dict[str, Any] = {
                     k: event[k]
                     for k in (
                         "id",
