@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,7 +196,7 @@ class Conversation:
             self._messages.append({"role": "assistant", "content": text})
             self._note("agent", text)
 
-    async def reply(self, text: str) -> AsyncIterator[AgentEvent]:
+    async def reply(self, text: str) -> AsyncGenerator[AgentEvent, None]:
         """One caller turn: speech as it is produced, tools run until the model has answered."""
         await self._setup()
         await self._settle_pending()

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
 from booking import errors
 from booking.models import Appointment, Call, Contact, Hold, Lead, OutboxEvent, SyncState
@@ -83,7 +83,7 @@ def find_contacts(s: Session, business_id: str, text: str, *, limit: int = 50) -
         if len(digits) >= 3:
             match = sa.or_(match, Contact.phone.contains(digits, autoescape=True))  # type: ignore[attr-defined]
         q = q.where(match)
-    return list(s.exec(q.order_by(sa.desc(Contact.created_at), Contact.id).limit(limit)))
+    return list(s.exec(q.order_by(col(Contact.created_at).desc(), col(Contact.id)).limit(limit)))
 
 
 def load_contact(s: Session, business_id: str, contact_id: str) -> Contact:
@@ -101,9 +101,9 @@ def records(s: Session, business_id: str, contact_id: str) -> ContactRecords:
             select(Lead)
             .where(
                 Lead.business_id == business_id,
-                sa.or_(Lead.contact_id == contact.id, Lead.phone == contact.phone),
+                sa.or_(col(Lead.contact_id) == contact.id, col(Lead.phone) == contact.phone),
             )
-            .order_by(Lead.created_at, Lead.id)
+            .order_by(col(Lead.created_at), col(Lead.id))
         )
     )
     appointments = list(
@@ -113,23 +113,23 @@ def records(s: Session, business_id: str, contact_id: str) -> ContactRecords:
                 Appointment.business_id == business_id,
                 Appointment.contact_id == contact.id,
             )
-            .order_by(Appointment.start, Appointment.id)
+            .order_by(col(Appointment.start), col(Appointment.id))
         )
     )
     # A call from a withheld number is theirs through the lead or booking it produced.
-    named = {x.call_id for x in [*leads, *appointments] if x.call_id}
+    named = {c for c in [*(x.call_id for x in leads), *(x.call_id for x in appointments)] if c}
     calls = list(
         s.exec(
             select(Call)
             .where(
                 Call.business_id == business_id,
                 sa.or_(
-                    Call.contact_id == contact.id,
-                    Call.from_number == contact.phone,
-                    Call.id.in_(sorted(named)),
-                ),  # type: ignore[attr-defined]
+                    col(Call.contact_id) == contact.id,
+                    col(Call.from_number) == contact.phone,
+                    col(Call.id).in_(sorted(named)),
+                ),
             )
-            .order_by(Call.started_at, Call.id)
+            .order_by(col(Call.started_at), col(Call.id))
         )
     )
     if calls:  # and every lead of those calls
@@ -150,9 +150,9 @@ def records(s: Session, business_id: str, contact_id: str) -> ContactRecords:
             s.exec(
                 select(LeadStatusChange)
                 .where(
-                    LeadStatusChange.lead_id.in_([lead.id for lead in leads]),  # type: ignore[attr-defined]
+                    col(LeadStatusChange.lead_id).in_([lead.id for lead in leads]),
                 )
-                .order_by(LeadStatusChange.at, LeadStatusChange.id)
+                .order_by(col(LeadStatusChange.at), col(LeadStatusChange.id))
             )
         )
         if leads
@@ -180,7 +180,7 @@ def _events_naming(s: Session, business_id: str, keys: set[str]) -> list[OutboxE
             OutboxEvent.business_id == business_id,
             sa.or_(*(text.contains(k, autoescape=True) for k in sorted(keys))),
         )
-        .order_by(OutboxEvent.created_at, OutboxEvent.id)
+        .order_by(col(OutboxEvent.created_at), col(OutboxEvent.id))
     )
     return [e for e in candidates if keys & set(_values(e.payload))]
 
@@ -267,34 +267,30 @@ def erase(
     for entry in s.exec(
         select(AuditLog).where(
             AuditLog.business_id == business_id,
-            AuditLog.subject.in_([found.contact.id, *lead_ids, *call_ids]),
+            col(AuditLog.subject).in_([found.contact.id, *lead_ids, *call_ids]),
         )
-    ):  # type: ignore[attr-defined]
+    ):
         entry.details = scrub(entry.details)
         s.add(entry)
     # A hold may name its holder by number or by call, until it is cleaned up.
     s.execute(
         sa.delete(Hold).where(
-            Hold.business_id == business_id,
-            Hold.holder.in_(  # type: ignore[attr-defined]
-                [found.contact.phone, *(f"call:{c}" for c in call_ids)]
-            ),
+            col(Hold.business_id) == business_id,
+            col(Hold.holder).in_([found.contact.phone, *(f"call:{c}" for c in call_ids)]),
         )
     )
     if lead_ids:
-        s.execute(sa.delete(LeadStatusChange).where(LeadStatusChange.lead_id.in_(lead_ids)))  # type: ignore[attr-defined]
-        s.execute(sa.delete(Lead).where(Lead.id.in_(lead_ids)))  # type: ignore[attr-defined]
+        s.execute(sa.delete(LeadStatusChange).where(col(LeadStatusChange.lead_id).in_(lead_ids)))
+        s.execute(sa.delete(Lead).where(col(Lead.id).in_(lead_ids)))
     if call_ids:
         # Another contact's records may point at these calls (a call about someone else).
+        s.execute(sa.update(Lead).where(col(Lead.call_id).in_(call_ids)).values(call_id=None))
         s.execute(
-            sa.update(Lead)
-            .where(Lead.call_id.in_(call_ids))  # type: ignore[union-attr]
+            sa.update(Appointment)
+            .where(col(Appointment.call_id).in_(call_ids))
             .values(call_id=None)
         )
-        s.execute(
-            sa.update(Appointment).where(Appointment.call_id.in_(call_ids)).values(call_id=None)
-        )  # type: ignore[union-attr]
-        s.execute(sa.delete(Call).where(Call.id.in_(call_ids)))  # type: ignore[attr-defined]
+        s.execute(sa.delete(Call).where(col(Call.id).in_(call_ids)))
     s.flush()
     s.delete(found.contact)
     result = Erasure(

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from booking import errors
@@ -177,7 +177,7 @@ class Webhooks:
                 s.exec(
                     select(Webhook)
                     .where(Webhook.business_id == business_id)
-                    .order_by(Webhook.created_at, Webhook.id)
+                    .order_by(col(Webhook.created_at), col(Webhook.id))
                 )
             )
         )
@@ -219,7 +219,7 @@ class Webhooks:
 
         def write(s: Session) -> None:
             row = _own(s, business_id, webhook_id)
-            s.execute(sa.delete(WebhookDelivery).where(WebhookDelivery.webhook_id == row.id))
+            s.execute(sa.delete(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == row.id))
             s.delete(row)
 
         await self._db(write, write=True)
@@ -235,7 +235,9 @@ class Webhooks:
                 s.exec(
                     select(WebhookDelivery)
                     .where(WebhookDelivery.webhook_id == webhook_id)
-                    .order_by(sa.desc(WebhookDelivery.created_at), sa.desc(WebhookDelivery.id))
+                    .order_by(
+                        col(WebhookDelivery.created_at).desc(), col(WebhookDelivery.id).desc()
+                    )
                     .limit(limit)
                 )
             )
@@ -483,16 +485,16 @@ def _new_events(s: Session) -> SelectOfScalar[OutboxEvent]:
     floor = s.exec(select(sa.func.max(WebhookFanout.event_created_at))).one()
     q = (
         select(OutboxEvent)
-        .outerjoin(WebhookFanout, WebhookFanout.event_id == OutboxEvent.id)  # type: ignore[arg-type]
-        .where(WebhookFanout.event_id.is_(None))
-    )  # type: ignore[union-attr]
+        .outerjoin(WebhookFanout, col(WebhookFanout.event_id) == OutboxEvent.id)
+        .where(col(WebhookFanout.event_id).is_(None))
+    )
     if floor is not None:
-        q = q.where(OutboxEvent.created_at >= floor - FANOUT_LAG)
-    return q.order_by(OutboxEvent.created_at, OutboxEvent.id)
+        q = q.where(col(OutboxEvent.created_at) >= floor - FANOUT_LAG)
+    return q.order_by(col(OutboxEvent.created_at), col(OutboxEvent.id))
 
 
 def _fan_out(s: Session, now: datetime, batch: int) -> int:
-    q = _new_events(s).limit(batch).with_for_update(skip_locked=True, of=OutboxEvent)  # type: ignore[arg-type]
+    q = _new_events(s).limit(batch).with_for_update(skip_locked=True, of=OutboxEvent)
     events = list(s.exec(q))
     if not events:
         return 0
@@ -532,8 +534,8 @@ def _fan_out(s: Session, now: datetime, batch: int) -> int:
 def _prune(s: Session, before: datetime) -> int:
     gone = s.execute(
         sa.delete(WebhookDelivery).where(
-            WebhookDelivery.status != DeliveryStatus.PENDING.value,
-            WebhookDelivery.created_at < before,
+            col(WebhookDelivery.status) != DeliveryStatus.PENDING.value,
+            col(WebhookDelivery.created_at) < before,
         )
     )
     floor = s.exec(select(sa.func.max(WebhookFanout.event_created_at))).one()
@@ -541,7 +543,7 @@ def _prune(s: Session, before: datetime) -> int:
         # Markers well below the scan window are never looked at again.
         s.execute(
             sa.delete(WebhookFanout).where(
-                WebhookFanout.event_created_at < min(before, floor - 2 * FANOUT_LAG)
+                col(WebhookFanout.event_created_at) < min(before, floor - 2 * FANOUT_LAG)
             )
         )
     return int(gone.rowcount or 0)  # type: ignore[attr-defined]
@@ -551,23 +553,22 @@ def _due(now: datetime) -> SelectOfScalar[WebhookDelivery]:
     """Pending deliveries whose time has come, to active endpoints, most overdue first."""
     return (
         select(WebhookDelivery)
-        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)  # type: ignore[arg-type]
+        .join(Webhook, col(Webhook.id) == WebhookDelivery.webhook_id)
         .where(
             WebhookDelivery.status == DeliveryStatus.PENDING.value,
-            WebhookDelivery.next_attempt_at <= now,
+            col(WebhookDelivery.next_attempt_at) <= now,
             Webhook.active == True,  # noqa: E712
         )
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .order_by(col(WebhookDelivery.next_attempt_at), col(WebhookDelivery.id))
     )
 
 
 def _claim(s: Session, now: datetime, lease: timedelta, batch: int) -> list[_Due]:
     rows = list(
         s.exec(_due(now).limit(batch).with_for_update(skip_locked=True, of=WebhookDelivery))
-    )  # type: ignore[arg-type]
-    hooks = {
-        h.id: h for h in s.exec(select(Webhook).where(Webhook.id.in_({d.webhook_id for d in rows})))
-    }  # type: ignore[attr-defined]
+    )
+    wanted = {d.webhook_id for d in rows}
+    hooks = {h.id: h for h in s.exec(select(Webhook).where(col(Webhook.id).in_(wanted)))}
     due = []
     for delivery in rows:
         hook = hooks[delivery.webhook_id]

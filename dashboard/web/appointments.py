@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from booking import errors
 from booking.models import Appointment, Business, Contact, Service, Staff
@@ -51,7 +51,7 @@ class Team:
 def load_team(s: Session, user: WebUser) -> Team:
     business = s.get(Business, user.business_id)
     assert business is not None
-    q = select(Staff).where(Staff.business_id == business.id).order_by(Staff.position)
+    q = select(Staff).where(Staff.business_id == business.id).order_by(col(Staff.position))
     staff = [r for r in s.exec(q) if user.may_see_staff(r.id)]
     services = {r.id: r for r in s.exec(select(Service).where(Service.business_id == business.id))}
     return Team(business, staff, services)

@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 from typing import Annotated
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from fastapi import Depends, Request, Response
 from pydantic import BaseModel, ValidationError
-from sqlmodel import Session
+from sqlmodel import Session, col
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
@@ -164,11 +165,7 @@ async def end_session(request: Request, response: Response) -> None:
 
 
 def purge_expired(s: Session, at: datetime) -> None:
-    s.execute(
-        WebSession.__table__.delete().where(  # type: ignore[attr-defined]
-            WebSession.__table__.c.expires_at <= at
-        )
-    )  # type: ignore[attr-defined]
+    s.execute(sa.delete(WebSession).where(col(WebSession.expires_at) <= at))
 
 
 # ---- CSRF -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from starlette.datastructures import FormData
 
 from booking import errors, phones
@@ -202,7 +202,11 @@ def _load(s: Session, user: WebUser) -> tuple[Business, list[Service]]:
     business = s.get(Business, user.business_id)
     assert business is not None
     services = list(
-        s.exec(select(Service).where(Service.business_id == business.id).order_by(Service.position))
+        s.exec(
+            select(Service)
+            .where(Service.business_id == business.id)
+            .order_by(col(Service.position))
+        )
     )
     return business, services
 
@@ -212,7 +216,9 @@ async def _staff(request: Request, user: WebUser) -> list[Staff]:
         request,
         lambda s: list(
             s.exec(
-                select(Staff).where(Staff.business_id == user.business_id).order_by(Staff.position)
+                select(Staff)
+                .where(Staff.business_id == user.business_id)
+                .order_by(col(Staff.position))
             )
         ),
     )
@@ -318,8 +324,8 @@ def _add_service(s: Session, user: WebUser, form: FormData, at: Any) -> list[str
     last = s.exec(
         select(Service.position)
         .where(Service.business_id == business_id)
-        .order_by(Service.position.desc())
-    ).first()  # type: ignore[attr-defined]
+        .order_by(col(Service.position).desc())
+    ).first()
     values = entry.model_dump(exclude={"staff"})
     s.add(Service(business_id=business_id, staff_ids=chosen, position=(last or 0) + 1, **values))
     audit(

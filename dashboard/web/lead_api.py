@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from booking import errors
 from booking.models import Lead
@@ -49,8 +49,8 @@ def _detail(s: Session, business_id: str, lead_id: str) -> LeadDetailOut:
     steps = s.exec(
         select(LeadStatusChange)
         .where(LeadStatusChange.lead_id == lead.id)
-        .order_by(LeadStatusChange.at, LeadStatusChange.id)
-    )  # type: ignore[arg-type]
+        .order_by(col(LeadStatusChange.at), col(LeadStatusChange.id))
+    )
     return LeadDetailOut(
         **LeadOut.of(lead).model_dump(),
         call_id=lead.call_id,

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from booking.models import Appointment, Business, Call, Lead, LeadOutcome, Service, Staff
 from dashboard.models import LeadStatus, LeadStatusChange, audit
@@ -113,7 +113,7 @@ def find_leads(
         q = q.where(Lead.created_at < datetime.combine(flt.date_to + timedelta(days=1), time(), tz))
     if flt.q:
         q = q.where(_search(flt.q))
-    return list(s.exec(q.order_by(sa.desc(Lead.created_at), sa.desc(Lead.id)).limit(limit)))
+    return list(s.exec(q.order_by(col(Lead.created_at).desc(), col(Lead.id).desc()).limit(limit)))
 
 
 def _search(text: str) -> sa.ColumnElement[bool]:
@@ -262,7 +262,7 @@ def _lead_page(s: Session, user: WebUser, lead_id: str) -> LeadPage:
         s.exec(
             select(LeadStatusChange)
             .where(LeadStatusChange.lead_id == lead.id)
-            .order_by(sa.desc(LeadStatusChange.at), sa.desc(LeadStatusChange.id))
+            .order_by(col(LeadStatusChange.at).desc(), col(LeadStatusChange.id).desc())
         )
     )
     return LeadPage(business, lead, call, appointment, service, staff, history)

@@ -8,7 +8,7 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from dashboard.models import LoginAttempt, User
 from dashboard.users import authenticate, normalise_email
@@ -58,12 +58,12 @@ async def login(
 
     def record(s: Session) -> bool:
         """Count this attempt first, then decide: parallel guesses all see each other."""
-        s.execute(sa.delete(LoginAttempt).where(LoginAttempt.at < at - KEEP))
+        s.execute(sa.delete(LoginAttempt).where(col(LoginAttempt.at) < at - KEEP))
         s.add(LoginAttempt(email=email, ip=ip, at=at))
         s.flush()
-        recent = LoginAttempt.at > at - WINDOW
+        recent = col(LoginAttempt.at) > at - WINDOW
 
-        def count(*where: object) -> int:
+        def count(*where: sa.ColumnElement[bool]) -> int:
             return int(
                 s.exec(
                     select(sa.func.count()).select_from(LoginAttempt).where(recent, *where)
@@ -71,13 +71,17 @@ async def login(
             )
 
         return (
-            count(LoginAttempt.email == email, LoginAttempt.ip == ip) > MAX_FAILURES
-            or count(LoginAttempt.email == email) > MAX_ACCOUNT_FAILURES
-            or count(LoginAttempt.ip == ip) > MAX_ADDRESS_FAILURES
+            count(col(LoginAttempt.email) == email, col(LoginAttempt.ip) == ip) > MAX_FAILURES
+            or count(col(LoginAttempt.email) == email) > MAX_ACCOUNT_FAILURES
+            or count(col(LoginAttempt.ip) == ip) > MAX_ADDRESS_FAILURES
         )
 
     def succeed(s: Session, user_id: str) -> User | None:
-        s.execute(sa.delete(LoginAttempt).where(LoginAttempt.email == email, LoginAttempt.ip == ip))
+        s.execute(
+            sa.delete(LoginAttempt).where(
+                col(LoginAttempt.email) == email, col(LoginAttempt.ip) == ip
+            )
+        )
         user = s.get(User, user_id)
         if user is not None:
             user.last_login_at = at

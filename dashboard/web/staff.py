@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from starlette.datastructures import FormData
 
 from booking import errors
@@ -199,7 +199,9 @@ def load_member(s: Session, user: WebUser, staff_id: str) -> Member:
     services = [
         sv
         for sv in s.exec(
-            select(Service).where(Service.business_id == business.id).order_by(Service.position)
+            select(Service)
+            .where(Service.business_id == business.id)
+            .order_by(col(Service.position))
         )
         if staff_id in sv.staff_ids
     ]
@@ -211,7 +213,9 @@ async def staff_list(request: Request, user: OwnerUser) -> Response:
     def load(s: Session) -> list[Staff]:
         return list(
             s.exec(
-                select(Staff).where(Staff.business_id == user.business_id).order_by(Staff.position)
+                select(Staff)
+                .where(Staff.business_id == user.business_id)
+                .order_by(col(Staff.position))
             )
         )
 
