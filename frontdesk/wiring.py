@@ -40,22 +40,31 @@ def llm_config(settings: Settings) -> LlmConfig:
     )
 
 
-def build_providers(settings: Settings) -> dict[str, CalendarProvider]:
-    """One provider per calendar kind, with the settings' timeouts and API addresses."""
+def build_providers(settings: Settings, clock: Clock | None = None) -> dict[str, CalendarProvider]:
+    """One provider per calendar kind, with the settings' timeouts and API addresses.
+
+    Every provider reads "now" (Retry-After dates, retry deadlines) from the same `clock`: the
+    wall clock, also when the scheduler runs at a fixed `--now`, because a server's Retry-After
+    date is wall-clock time."""
+    from booking.clock import SystemClock
     from calendars.caldav import CaldavProvider
     from calendars.google import GoogleProvider
     from calendars.ics import IcsProvider
     from calendars.microsoft import MicrosoftProvider
 
     timeout = settings.calendar_timeout_seconds
+    clock = clock or SystemClock()
     return {
-        "ics": IcsProvider(timeout=timeout),
-        "caldav": CaldavProvider(timeout=timeout),
-        "google": GoogleProvider(api_base_url=settings.google_api_base_url, timeout=timeout),
+        "ics": IcsProvider(timeout=timeout, clock=clock),
+        "caldav": CaldavProvider(timeout=timeout, clock=clock),
+        "google": GoogleProvider(
+            api_base_url=settings.google_api_base_url, timeout=timeout, clock=clock
+        ),
         "microsoft": MicrosoftProvider(
             graph_base_url=settings.microsoft_graph_base_url,
             timeout=timeout,
             time_limit=max(timeout, 10.0),
+            clock=clock,
         ),
     }
 
