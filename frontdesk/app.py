@@ -15,7 +15,8 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from agent.llm import make_llm, warm_up
 from booking.calls import CallLog
@@ -24,12 +25,12 @@ from calendars import web as calendar_web
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
 from dashboard.web.tryit import WebChats
-from frontdesk import web_security
+from frontdesk import metrics, web_security
+from frontdesk.readiness import Readiness
 from frontdesk.settings import Settings
 from frontdesk.wiring import build_scheduler, calendar_service, llm_config
 from telephony import voice
 from telephony.signature import TwilioSignature
-from telephony.sms import SmsSender
 from telephony.switchboard import Switchboard
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def build_switchboard(settings: Settings, scheduler: Scheduler) -> Switchboard:
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
     sms = None
     if settings.twilio_account_sid and token:
-        sms = SmsSender(
+        sms = metrics.CountedSmsSender(
             account_sid=settings.twilio_account_sid,
             auth_token=token,
             api_base_url=settings.twilio_api_base_url,
@@ -93,6 +94,9 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "scheduler", None) is None:
             app.state.scheduler = build_scheduler(settings)
+        if app.state.readiness is None:
+            app.state.readiness = Readiness(app.state.scheduler.engine)
+        app.state.readiness.draining = False
         service = calendar_service(app.state.scheduler)
         app.state.calendar_service = service
         job = None
@@ -114,6 +118,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
         try:
             yield
         finally:
+            app.state.readiness.draining = True  # /readyz: send no new calls here
             gc.unfreeze()
             await app.state.switchboard.aclose()
             await app.state.tryit_chats.aclose()
@@ -138,6 +143,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     )
     web_security.add_docs(app)
     app.state.scheduler = scheduler
+    app.state.readiness = None if scheduler is None else Readiness(scheduler.engine)
     app.state.settings = settings
     # The try-it chats make their LLM client on the first chat; the lifespan closes them.
     app.state.tryit_chats = WebChats(llm=llm_config(settings))
@@ -146,6 +152,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
         key = secrets.token_urlsafe(24)
         log.warning("FRONTDESK_API_KEY is not set; generated a key for this run only")
     app.state.api_key = key
+    app.state.call_observer = metrics.CallMetrics()
     http_errors.install(app)
 
     @app.exception_handler(calendar_web.LinkFailed)
@@ -165,5 +172,17 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        readiness: Readiness | None = request.app.state.readiness
+        problem = "starting up" if readiness is None else await readiness.problem()
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(api.require_api_key)])
+    async def metrics_page() -> Response:
+        return Response(metrics.scrape(), media_type=metrics.CONTENT_TYPE_LATEST)
 
     return app

@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from frontdesk import cli_calendars
 from frontdesk.cli_errors import CommandError, UsageError, report
+from frontdesk.log_format import formatter as log_formatter
 
 # Only the standard library and argument-parsing code load before a command runs: the domain,
 # the web app, Twilio and the LLM client are imported by the commands that use them, so
@@ -192,7 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _err(f"configuration error: {problems}")
         return 2
-    _configure_logging(settings.log_level, verbose=args.verbose, serving=args.command == "serve")
+    _configure_logging(
+        settings.log_level,
+        verbose=args.verbose,
+        serving=args.command == "serve",
+        log_format=settings.log_format,
+    )
     name = COMMANDS[args.command]
     command: Callable[[argparse.Namespace, Settings], int] = (
         getattr(cli_calendars, name.split(":")[1]) if ":" in name else globals()[name]
@@ -216,9 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _configure_logging(level: str, *, verbose: bool, serving: bool) -> None:
+def _configure_logging(
+    level: str, *, verbose: bool, serving: bool, log_format: str = "text"
+) -> None:
     """Log lines in UTC on stderr: INFO while serving or with `--verbose` (or what
-    FRONTDESK_LOG_LEVEL asks for), otherwise warnings and errors only."""
+    FRONTDESK_LOG_LEVEL asks for), otherwise warnings and errors only; one JSON object a line
+    with FRONTDESK_LOG_FORMAT=json."""
     configured = logging.getLevelName(level.upper())
     if not isinstance(configured, int):
         raise UsageError(f"FRONTDESK_LOG_LEVEL={level!r} is not a logging level")
@@ -227,11 +235,7 @@ def _configure_logging(level: str, *, verbose: bool, serving: bool) -> None:
     elif verbose:
         configured = min(configured, logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ"
-    )
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    handler.setFormatter(log_formatter(log_format))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_frontdesk", False)]:
         root.removeHandler(old)

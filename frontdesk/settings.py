@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     hold_minutes: int = Field(default=5, ge=1, le=60)
     calendar_timeout_seconds: float = Field(default=4.0, gt=0)
     log_level: str = "INFO"
+    log_format: str = Field(
+        default="text", pattern="^(text|json)$", description="text, or json: one object a line"
+    )
 
     # The LLM: any OpenAI-compatible Chat Completions server.
     openai_api_key: SecretStr | None = None

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -58,6 +58,15 @@ TROUBLE = "Sorry, I'm having trouble on my side. Could you say that again?"
 PUTTING_THROUGH = "Please hold while I put you through."
 
 
+class CallObserver(Protocol):
+    """Where calls are counted and timed (`app.state.call_observer`, if set)."""
+
+    def call_started(self, channel: str) -> None: ...
+    def relay_opened(self) -> None: ...
+    def relay_closed(self) -> None: ...
+    def first_token(self, channel: str, seconds: float) -> None: ...
+
+
 @router.websocket("/relay")
 async def relay(websocket: WebSocket) -> None:
     board: Switchboard = websocket.app.state.switchboard
@@ -71,7 +80,8 @@ async def relay(websocket: WebSocket) -> None:
         await websocket.close(code=1008)
         return
     await websocket.accept()
-    await RelayCall(websocket, board).run()
+    observer: CallObserver | None = getattr(websocket.app.state, "call_observer", None)
+    await RelayCall(websocket, board, observer).run()
 
 
 def inbound(frame: Mapping[str, Any]) -> Inbound | None:
@@ -96,9 +106,13 @@ def inbound(frame: Mapping[str, Any]) -> Inbound | None:
 class RelayCall:
     """One relay session: reads Twilio's messages and runs the caller's turns."""
 
-    def __init__(self, websocket: WebSocket, board: Switchboard) -> None:
+    def __init__(
+        self, websocket: WebSocket, board: Switchboard, observer: CallObserver | None = None
+    ) -> None:
         self.ws = websocket
         self.board = board
+        self.observer = observer
+        self.turn_started: float | None = None  # loop time of the running turn's prompt
         self.session: CallSession | None = None
         self.turn: asyncio.Task[None] | None = None
         self.heard: list[str] = []  # what the running turn has sent to be spoken
@@ -119,6 +133,8 @@ class RelayCall:
             pass
         finally:
             await self.stop_turn()
+            if self.session is not None and self.observer is not None:
+                self.observer.relay_closed()
 
     async def handle(self, message: Inbound) -> None:
         if isinstance(message, Setup):
@@ -148,6 +164,8 @@ class RelayCall:
                 to_number=message.to_number,
                 channel="relay",
             )
+            if self.observer is not None:
+                self.observer.relay_opened()
         except errors.NotFound:
             log.warning(
                 "relay for call %s: no business answers %s", message.call_sid, message.to_number
@@ -188,6 +206,7 @@ class RelayCall:
     async def start_turn(self, text: str) -> None:
         await self.stop_turn()
         self.heard = []
+        self.turn_started = asyncio.get_running_loop().time()
         self.turn = asyncio.create_task(self.run_turn(text), name="relay turn")
 
     async def stop_turn(self, *, tell_engine: bool = True) -> None:
@@ -230,6 +249,9 @@ class RelayCall:
         await self.send(TextToken(token=token))
         self.heard.append(text)
         now = asyncio.get_running_loop().time()
+        if self.turn_started is not None and self.observer is not None:
+            self.observer.first_token("relay", now - self.turn_started)
+        self.turn_started = None
         pace = self.board.speech_pace
         # Twilio speaks what it gets in order: after what it is still saying, or after the lead.
         self.spoken_by = max(self.spoken_by, now + pace.lead) + pace.seconds(text)

@@ -214,8 +214,16 @@ async def incoming_call(request: Request) -> Response:
         to_number=form.to_number,
         channel=board.voice_mode,
     )
+    observer: relay.CallObserver | None = getattr(request.app.state, "call_observer", None)
+    if observer is not None:
+        observer.call_started(session.channel)
     log.info(
-        "call %s from %s to %s (%s)", form.call_sid, form.from_number, business.id, session.channel
+        "call %s from %s to %s (%s)",
+        form.call_sid,
+        form.from_number,
+        business.id,
+        session.channel,
+        extra={"call_sid": form.call_sid, "business_id": business.id},
     )
     return twiml(conversation_twiml(board, session, session.greeting))
 

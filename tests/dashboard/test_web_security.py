@@ -59,6 +59,8 @@ PATHS = [
     "/api/v1/availability?service=cleaning",
     "/api/v1/appointments",
     "/healthz",
+    "/readyz",
+    "/metrics",
     "/openapi.json",
 ]
 
