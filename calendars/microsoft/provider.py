@@ -1,62 +1,17 @@
-"""Microsoft 365 and Outlook.com calendars through Microsoft Graph v1.0 (httpx) and MSAL.
-
-Busy time is read from the events themselves with `calendarView`, not `getSchedule`, which
-does not work for personal (outlook.com) accounts. What is busy, per the event resource:
-
-- `showAs` tentative, busy, oof (and unknown, to be safe) are busy; free and
-  workingElsewhere (working, just not at the desk) are not;
-- a cancelled event (`isCancelled`) and one the account declined (`responseStatus`) are free;
-- an all-day event (`isAllDay`) comes back midnight to midnight whatever zone is asked for, so
-  its dates are read as whole days in the staff member's zone. Graph matches the query window
-  against the instant it stores them at, so the window is widened by a day each side and cut
-  exactly afterwards.
-
-Incremental sync uses `calendarView/delta`; its `@odata.deltaLink` is the cursor. Occurrences
-of a series come in a delta with only their id, type, master and times, so what decides
-busy-ness is read from the series master (once per round). An expired state token (410, or a
-`syncStateNotFound`/`resyncRequired` code) answers a full sync.
-
-Writes are idempotent by `transactionId`, derived from `EventSpec.key`: Graph discards a
-second create carrying the same one, so a retry after a timed-out attempt that did land does
-not write a second event. An update of an event deleted in the calendar creates it anew, with a
-transactionId derived from the key and the lost event id, so that re-creation is idempotent
-too.
-
-Requests share one `httpx.AsyncClient`. 408, 429 and 503 answers (and other 5xx answers to a
-request that may be repeated) are retried by `booking.retry.RetryPolicy` a bounded number of
-times, honouring `Retry-After` (capped; an HTTP-date read against the injected clock), within
-the operation's time limit; any other 4xx is not retryable. A request that timed out is not
-sent again within the operation (it may still land). A 401 refreshes the access token once; a
-401 to the fresh token, or a refused refresh, is `NeedsRelink`. Whatever else goes wrong becomes
-`CalendarUnavailable`, whose message names the account and never carries a token, a secret or
-a delta link.
-
-Errors raised here:
-
-    CalendarUnavailable            Graph refused (a 4xx: not retryable), failed, or did not
-    │                              answer in time (retryable)
-    ├── NeedsRelink                the grant is gone (`invalid_grant`, a fresh token refused,
-    │                              no tokens): link the account again
-    booking.errors.InvalidRequest  an OAuth callback that does not belong to the flow
-"""
+"""`MicrosoftProvider`: a Microsoft account's busy time, feed, appointments, subscriptions."""
 
 from __future__ import annotations
 
 import asyncio
-import time as time_module
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, TypeVar
-from urllib.parse import quote
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import httpx
-import msal
-from pydantic import BaseModel, ConfigDict, Field
 
 from booking.clock import Clock, SystemClock
-from booking.errors import CalendarUnavailable, InvalidRequest
+from booking.errors import CalendarUnavailable
 from booking.retry import RetryPolicy, parse_retry_after, retryable_status
 from booking.rules import Interval
 from calendars.base import (
@@ -66,49 +21,35 @@ from calendars.base import (
     EventSpec,
     NeedsRelink,
     SyncResult,
-    TokenSet,
+)
+from calendars.microsoft.transport import (
+    _RESYNC_CODES,
+    _error_code,
+    _refusal,
+    _Resync,
+    _TimedOut,
+    _Unreachable,
+    _who,
+)
+from calendars.microsoft.wire import (
+    _DAY,
+    _busy_of,
+    _event_body,
+    _iso,
+    _own_calendar,
+    _parse_instant,
+    _require_aware,
+    _seg,
+    _transaction_id,
 )
 
 _T = TypeVar("_T")
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
-AUTHORITY = "https://login.microsoftonline.com/common"
-SCOPES = ("Calendars.ReadWrite", "User.Read")  # MSAL adds openid, profile, offline_access
 # Outlook event subscriptions last at most 4,230 minutes; ask for a little less.
 SUBSCRIPTION_LIFETIME = timedelta(minutes=4200)
 _UTC_PREFER = 'outlook.timezone="UTC"'
-_DAY = timedelta(days=1)
 _CHUNK = timedelta(days=60)  # calendarView reads split into windows of this size
 _BUSY_FIELDS = "id,type,seriesMasterId,start,end,isAllDay,showAs,isCancelled,responseStatus"
-_FREE_SHOW_AS = {"free", "workingElsewhere"}
-_RESYNC_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid"}
-_TX_NAMESPACE = uuid.UUID("5b0d8f3e-6a61-4f57-9f0c-2b4e8f5f6a10")
-
-
-# ---- change notifications, as Graph posts them ------------------------------------------------
-
-# Subscription ids are GUIDs and our clientState is URL-safe base64: printable ASCII, short.
-GraphId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,256}$")]
-MAX_NOTIFICATION_BODY = 256 * 1024
-MAX_NOTIFICATIONS = 100  # Graph batches a few; a hundred is far past what it sends
-
-
-class GraphNotification(BaseModel):
-    """One item of a changeNotificationCollection: a change or a lifecycle event."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-    subscription_id: GraphId = Field(alias="subscriptionId")
-    client_state: GraphId | None = Field(default=None, alias="clientState")
-    # reauthorizationRequired, subscriptionRemoved, missed; absent on a change notification.
-    lifecycle_event: str | None = Field(default=None, alias="lifecycleEvent", max_length=64)
-
-
-class GraphNotifications(BaseModel):
-    """The body of a POST to the notification URL."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    value: list[GraphNotification] = Field(max_length=MAX_NOTIFICATIONS)
 
 
 class MicrosoftProvider:
@@ -525,322 +466,3 @@ class MicrosoftProvider:
             raise _Resync
         # A 5xx to a request that cannot be repeated may still help later; a 4xx will not.
         raise CalendarUnavailable(_refusal(account, status, code), retryable=status >= 500)
-
-
-class _TimedOut(Exception):
-    """A request got no answer in time; not sent again now (it may still land)."""
-
-
-class _Unreachable(Exception):
-    """A request could not be sent or its answer not read (the httpx error's name)."""
-
-
-class _Resync(Exception):
-    """The delta state token is no longer valid."""
-
-
-# ---- wire format --------------------------------------------------------------------------------
-
-
-def _who(account: Account) -> str:
-    return f"Microsoft calendar {account.name}"
-
-
-def _refusal(account: Account, status: int, code: str) -> str:
-    what = {
-        401: "refused the account's sign-in",
-        403: "does not allow this (no permission)",
-        404: "does not have that calendar or event",
-        429: "is throttling requests",
-    }.get(status, "answered with an error")
-    return f"{_who(account)} {what}: HTTP {status}" + (f" {code}" if code else "")
-
-
-def _error_code(response: httpx.Response) -> str:
-    try:
-        code = response.json()["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return ""
-    # Only a short identifier is passed on; a message could quote anything.
-    text = str(code)
-    return text if text.isascii() and text.replace("_", "").isalnum() and len(text) <= 64 else ""
-
-
-def _own_calendar(row: dict[str, Any], me: str | None) -> bool:
-    """Whether a Graph calendar is one of the user's own: the default calendar, or one the user
-    can edit whose `owner` (who created or added it) is the user. A calendar shared by someone
-    else has them as owner; a holiday or birthday calendar cannot be edited."""
-    if row.get("isDefaultCalendar"):
-        return True
-    if not row.get("canEdit"):
-        return False
-    owner = row.get("owner")
-    address = owner.get("address") if isinstance(owner, dict) else None
-    if not address or not me:
-        return True  # nothing says it is another person's, and the user can edit it
-    return str(address).casefold() == me.casefold()
-
-
-def _seg(value: str) -> str:
-    return quote(value, safe="")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _require_aware(*moments: datetime) -> None:
-    if any(m.tzinfo is None for m in moments):
-        raise ValueError("start and end must be aware datetimes")
-
-
-def _parse_local(value: str) -> datetime:
-    """Graph's dateTime ("2026-12-01T14:00:00.0000000"): seven fraction digits, no zone."""
-    head, _, fraction = value.partition(".")
-    digits = fraction[: len(fraction) - len(fraction.lstrip("0123456789"))]
-    suffix = fraction[len(digits) :]
-    parsed = datetime.fromisoformat(head + suffix.replace("Z", "+00:00"))
-    if digits:
-        parsed = parsed.replace(microsecond=int((digits + "000000")[:6]))
-    return parsed
-
-
-def _parse_instant(value: str) -> datetime:
-    parsed = _parse_local(value)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _zone(name: str) -> ZoneInfo:
-    if name.upper() in ("UTC", "ETC/GMT", "GMT"):
-        return ZoneInfo("UTC")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise CalendarUnavailable(
-            f"Microsoft calendar sent an unknown time zone {name[:40]!r}"
-        ) from None
-
-
-def _moment(value: Any) -> datetime:
-    if not isinstance(value, dict) or not value.get("dateTime"):
-        raise CalendarUnavailable("Microsoft calendar sent an event without a time")
-    try:
-        local = _parse_local(str(value["dateTime"]))
-    except ValueError:
-        raise CalendarUnavailable("Microsoft calendar sent an unreadable time") from None
-    if local.tzinfo is not None:
-        return local.astimezone(UTC)
-    return local.replace(tzinfo=_zone(str(value.get("timeZone") or "UTC"))).astimezone(UTC)
-
-
-def _local_date(value: Any) -> date:
-    if not isinstance(value, dict) or not value.get("dateTime"):
-        raise CalendarUnavailable("Microsoft calendar sent an event without a date")
-    try:
-        return _parse_local(str(value["dateTime"])).date()
-    except ValueError:
-        raise CalendarUnavailable("Microsoft calendar sent an unreadable date") from None
-
-
-def _is_busy(row: dict[str, Any]) -> bool:
-    if row.get("isCancelled"):
-        return False
-    if (row.get("responseStatus") or {}).get("response") == "declined":
-        return False
-    return row.get("showAs") not in _FREE_SHOW_AS
-
-
-def _busy_of(row: dict[str, Any], tz: ZoneInfo, start: datetime, end: datetime) -> list[Interval]:
-    """The event's busy interval (aware UTC) if it is busy and overlaps `[start, end)`."""
-    if not _is_busy(row):
-        return []
-    if row.get("isAllDay"):
-        # Midnight to midnight in any zone Graph is asked for: the dates are what counts.
-        first, last = _local_date(row.get("start")), _local_date(row.get("end"))
-        begin = datetime.combine(first, time(), tz).astimezone(UTC)
-        finish = datetime.combine(max(last, first + _DAY), time(), tz).astimezone(UTC)
-    else:
-        begin, finish = _moment(row.get("start")), _moment(row.get("end"))
-    if finish <= begin or begin >= end or finish <= start:
-        return []
-    return [(begin, finish)]
-
-
-def _event_body(event: EventSpec) -> dict[str, Any]:
-    zone = ZoneInfo(event.timezone)
-
-    def at(moment: datetime) -> dict[str, str]:
-        local = moment.astimezone(zone).replace(tzinfo=None)
-        return {"dateTime": local.isoformat(timespec="seconds"), "timeZone": event.timezone}
-
-    body: dict[str, Any] = {
-        "subject": event.summary,
-        "body": {"contentType": "text", "content": event.description},
-        "start": at(event.start),
-        "end": at(event.end),
-        "showAs": "busy",
-    }
-    if event.location:
-        body["location"] = {"displayName": event.location}
-    return body
-
-
-def _transaction_id(key: str, replaced_event_id: str | None) -> str:
-    """Graph's create de-duplication handle: stable for one appointment's event, and new when
-    an event deleted in the calendar has to be written again."""
-    name = key if replaced_event_id is None else f"{key}\n{replaced_event_id}"
-    return f"frontdesk-{uuid.uuid5(_TX_NAMESPACE, name)}"
-
-
-# ---- OAuth --------------------------------------------------------------------------------------
-
-
-class MicrosoftOAuth:
-    """The authorization-code flow with PKCE against the Microsoft identity platform (MSAL).
-
-    MSAL's `ConfidentialClientApplication` reads the authority's OpenID configuration when it
-    is built, and it blocks: it is built on first use (or by `await ready()`), and token calls
-    run in worker threads under `timeout`. `http_client` is what MSAL sends requests with (a
-    `requests.Session`; tests route it to a local server). `response_mode` is how the code comes
-    back: `form_post` (MSAL's recommendation: a POSTed form, so the code stays out of URLs and
-    logs) or `query`.
-    """
-
-    name = "microsoft"
-
-    def __init__(
-        self,
-        client_id: str,
-        client_secret: str,
-        *,
-        authority: str = AUTHORITY,
-        scopes: tuple[str, ...] = SCOPES,
-        http_client: Any = None,
-        response_mode: str = "form_post",
-        timeout: float = 10.0,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._client_id = client_id
-        self._response_mode = response_mode
-        self._client_secret = client_secret
-        self._authority = authority
-        self._scopes = list(scopes)
-        self._http_client = http_client
-        self._timeout = timeout
-        self._now = now
-        self._app: Any = None
-
-    async def ready(self) -> None:
-        """Build the MSAL application (one OpenID configuration fetch) off the event loop."""
-        await self._run("set-up", self._build)
-
-    def start(
-        self, *, redirect_uri: str, state: str, login_hint: str | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        flow = self._build().initiate_auth_code_flow(
-            self._scopes,
-            redirect_uri=redirect_uri,
-            state=state,
-            login_hint=login_hint,
-            prompt="select_account",
-            response_mode=self._response_mode,
-        )
-        return str(flow["auth_uri"]), dict(flow)
-
-    async def finish(self, flow: dict[str, Any], params: dict[str, str]) -> TokenSet:
-        if params.get("error"):
-            raise InvalidRequest(f"Microsoft sign-in did not complete: {_oauth_code(params)}")
-        if not params.get("state") or params.get("state") != flow.get("state"):
-            raise InvalidRequest("the Microsoft sign-in answer does not belong to this sign-in")
-        app = await self._run("sign-in", self._build)
-
-        def exchange() -> dict[str, Any]:
-            try:
-                answer: dict[str, Any] = app.acquire_token_by_auth_code_flow(
-                    dict(flow), dict(params), scopes=self._scopes
-                )
-                return answer
-            except ValueError:
-                # MSAL's own state and nonce checks; its message quotes the values.
-                raise InvalidRequest(
-                    "the Microsoft sign-in answer does not belong to this sign-in"
-                ) from None
-
-        result = await self._run("sign-in", exchange)
-        if "error" in result:
-            if result["error"] in ("invalid_grant", "invalid_request", "access_denied"):
-                raise InvalidRequest(f"Microsoft refused the sign-in: {_oauth_code(result)}")
-            raise CalendarUnavailable(f"Microsoft sign-in failed: {_oauth_code(result)}")
-        return self._token_set(result)
-
-    async def refresh(self, refresh_token: str) -> TokenSet:
-        app = await self._run("token refresh", self._build)
-        result = await self._run(
-            "token refresh",
-            lambda: app.acquire_token_by_refresh_token(refresh_token, scopes=self._scopes),
-        )
-        if "error" in result:
-            if result["error"] in ("invalid_grant", "interaction_required"):
-                raise NeedsRelink(
-                    f"Microsoft no longer accepts this account's sign-in ({result['error']}); "
-                    "link it again"
-                )
-            raise CalendarUnavailable(f"Microsoft token refresh failed: {_oauth_code(result)}")
-        return self._token_set(result, fallback_refresh=refresh_token)
-
-    def _build(self) -> Any:
-        if self._app is None:
-            self._app = msal.ConfidentialClientApplication(
-                self._client_id,
-                client_credential=self._client_secret,
-                authority=self._authority,
-                http_client=self._http_client,
-                timeout=self._timeout,
-            )
-        return self._app
-
-    async def _run(self, action: str, fn: Callable[[], Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout * 2):
-                return await asyncio.to_thread(_guarded, action, fn)
-        except TimeoutError:
-            raise CalendarUnavailable(
-                f"Microsoft sign-in service did not answer the {action} in time"
-            ) from None
-
-    def _token_set(
-        self, result: dict[str, Any], *, fallback_refresh: str | None = None
-    ) -> TokenSet:
-        claims = result.get("id_token_claims") or {}
-        scope = result.get("scope")
-        return TokenSet(
-            access_token=str(result["access_token"]),
-            expires_at=self._now().astimezone(UTC)
-            + timedelta(seconds=int(result.get("expires_in") or 3600)),
-            refresh_token=result.get("refresh_token") or fallback_refresh,
-            account=claims.get("preferred_username") or claims.get("email"),
-            scope=" ".join(scope) if isinstance(scope, list) else scope,
-        )
-
-
-def _guarded(action: str, fn: Callable[[], Any]) -> Any:
-    """Run an MSAL call; network failures become CalendarUnavailable without their URLs."""
-    started = time_module.monotonic()
-    try:
-        return fn()
-    except (InvalidRequest, CalendarUnavailable):
-        raise
-    except (OSError, ValueError, RuntimeError) as exc:
-        # requests' errors are OSErrors; MSAL raises ValueError/RuntimeError on discovery.
-        raise CalendarUnavailable(
-            f"Microsoft sign-in service failed during the {action} ({type(exc).__name__}, "
-            f"after {time_module.monotonic() - started:.1f} s)"
-        ) from None
-
-
-def _oauth_code(result: dict[str, Any]) -> str:
-    code = str(result.get("error") or "unknown")
-    description = str(result.get("error_description") or "")
-    aadsts = description.split(":", 1)[0] if description.startswith("AADSTS") else ""
-    safe = code if code.replace("_", "").isalnum() else "error"
-    return f"{safe} {aadsts}".strip()
