@@ -20,9 +20,10 @@ from caldav.davclient import DAVClient
 from cryptography.fernet import Fernet
 
 from booking.errors import CalendarUnavailable
-from calendars import caldav as caldav_module
 from calendars.base import Account, EventSpec, NeedsRelink
 from calendars.caldav import CaldavProvider
+from calendars.caldav.clients import _Link
+from calendars.caldav.discovery import _hop
 from frontdesk.cli import main
 from tests.calendars.caldav_harness import vevent
 from tests.calendars.radicale_server import PASSWORD, USERNAME, RadicaleServer, start_radicale
@@ -286,20 +287,18 @@ async def test_a_server_that_is_no_caldav_server_says_which_address_to_give(
 
 
 def test_discovery_does_not_go_from_a_public_address_inward_nor_to_http() -> None:
-    public = caldav_module._Link(url="https://17.253.144.10/", username="u", password="p")
+    public = _Link(url="https://17.253.144.10/", username="u", password="p")
     with pytest.raises(CalendarUnavailable, match="private address"):
-        caldav_module._hop(public, public.url, "https://127.0.0.1/123456/calendars/")
+        _hop(public, public.url, "https://127.0.0.1/123456/calendars/")
     with pytest.raises(CalendarUnavailable, match="private address"):
-        caldav_module._hop(public, public.url, "https://169.254.169.254/latest/")
+        _hop(public, public.url, "https://169.254.169.254/latest/")
     with pytest.raises(CalendarUnavailable, match="unencrypted"):
-        caldav_module._hop(public, public.url, "http://17.253.144.11/123456/calendars/")
-    moved = caldav_module._hop(public, public.url, "https://17.253.144.11:443/123456/calendars/")
+        _hop(public, public.url, "http://17.253.144.11/123456/calendars/")
+    moved = _hop(public, public.url, "https://17.253.144.11:443/123456/calendars/")
     assert moved == "https://17.253.144.11:443/123456/calendars/"
     # A server on the LAN (linked where private addresses are allowed) may use the LAN.
-    local = caldav_module._Link(url="http://127.0.0.1:5232/", username="u", password="p")
-    assert caldav_module._hop(local, local.url, "http://127.0.0.2:5232/lee/") == (
-        "http://127.0.0.2:5232/lee/"
-    )
+    local = _Link(url="http://127.0.0.1:5232/", username="u", password="p")
+    assert _hop(local, local.url, "http://127.0.0.2:5232/lee/") == ("http://127.0.0.2:5232/lee/")
 
 
 # --- a real Radicale ----------------------------------------------------------------------------
