@@ -3,11 +3,13 @@
 `RetryPolicy.call(fn)` runs `fn` and tries again only when the error it raised says a retry may
 help: its `retryable` attribute is True (`booking.errors.BookingError` and its subclasses carry
 one; any other exception is not retried). The wait before the next attempt is the error's
-`retry_after` (seconds, as the server asked with a `Retry-After` header; capped by
-`max_retry_after`) when set, else exponential back-off (`base`, doubling, capped by `cap`) with
-jitter, so many callers refused together do not come back together. It gives up after
-`attempts` attempts, or as soon as the next wait would reach the caller's `deadline`, and
-re-raises the last error unchanged.
+`retry_after` (seconds, as the server asked with a `Retry-After` header) when set, else
+exponential back-off (`base`, doubling, capped by `cap`) with jitter, so many callers refused
+together do not come back together. It never calls a server again before the time it asked for:
+a `retry_after` above `max_retry_after`, or one that would reach the caller's `deadline`, ends the
+retries at once. It gives up after `attempts` attempts, or as soon as the next wait would reach
+the `deadline`, and re-raises the last error unchanged (its `retry_after` still tells the caller
+when to come back).
 
 Time comes from the injected `booking.clock.Clock` and waiting from the injected `sleep`, so
 tests run without waiting: the time spent is the larger of the clock's elapsed time and the
@@ -66,6 +68,13 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def _retry_after(exc: BaseException | None) -> float | None:
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int | float):
+        return None
+    return float(retry_after) if math.isfinite(retry_after) and retry_after >= 0 else None
+
+
 def _retryable(exc: BaseException) -> bool:
     return getattr(exc, "retryable", False) is True
 
@@ -97,19 +106,27 @@ class RetryPolicy:
         self._sleep = sleep
 
     def wait_for(self, exc: BaseException | None, attempt: int) -> float:
-        """The wait after failed attempt number `attempt` (1-based) that raised `exc`."""
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(retry_after, int | float) and retry_after >= 0:
-            return min(float(retry_after), self.max_retry_after)
+        """The wait after failed attempt number `attempt` (1-based) that raised `exc`.
+
+        A server's `retry_after` is returned as asked, never shortened: `call` gives up instead of
+        waiting longer than `max_retry_after` (see `waits_too_long`)."""
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            return retry_after
         wait = min(self.cap, self.base * 2.0 ** min(attempt - 1, 64))
         # Jitter keeps between half and all of the back-off: never zero, never above the cap.
         return wait * random.uniform(0.5, 1.0) if self.jitter else wait
 
+    def waits_too_long(self, exc: BaseException | None) -> bool:
+        """Whether `exc` asks for a wait (`retry_after`) longer than this policy waits."""
+        retry_after = _retry_after(exc)
+        return retry_after is not None and retry_after > self.max_retry_after
+
     async def call(self, fn: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
         """Run fn; retry ONLY when the raised exception's `retryable` attribute is True, waiting the
-        exception's `retry_after` (seconds, capped by max_retry_after) when set, else exponential
-        backoff with jitter; give up after `attempts` or when the next wait would pass `deadline`
-        seconds (measured with the injected clock plus the waits taken).
+        exception's `retry_after` (seconds) when set, else exponential backoff with jitter; give
+        up after `attempts`, when `retry_after` exceeds max_retry_after, or when the next wait
+        would pass `deadline` seconds (measured with the injected clock plus the waits taken).
 
         Re-raises the last error."""
         started = self.clock.now()
@@ -121,6 +138,9 @@ class RetryPolicy:
         def stop(state: RetryCallState) -> bool:
             if state.attempt_number >= self.attempts:
                 return True
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if self.waits_too_long(exc):
+                return True  # retrying sooner than the server asked would only be refused again
             if deadline is None:
                 return False
             elapsed = max((self.clock.now() - started).total_seconds(), state.idle_for)

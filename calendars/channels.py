@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -260,16 +259,16 @@ def _channel_row(connection_id: str, channel: Channel) -> CalendarChannel:
 
 def _claim_channel(s: Session, row: CalendarChannel, now: datetime) -> bool:
     """Take the renewal of a channel: only the process whose update lands goes on."""
-    table = CalendarChannel.__table__  # type: ignore[attr-defined]
-    done: sa.CursorResult[Any] = s.execute(  # type: ignore[assignment]
-        sa.update(table)
+    claimed = s.execute(
+        sa.update(CalendarChannel)
         .where(
-            table.c.id == row.id,
-            table.c.expires_at == row.expires_at,
+            col(CalendarChannel.id) == row.id,
+            col(CalendarChannel.expires_at) == row.expires_at,
         )
         .values(expires_at=max(row.expires_at, now) + timedelta(minutes=10))
-    )
-    return bool(done.rowcount)
+        .returning(col(CalendarChannel.id))
+    ).first()
+    return claimed is not None
 
 
 def _add(s: Session, row: CalendarChannel) -> None:

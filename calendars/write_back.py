@@ -69,8 +69,10 @@ class WriteBack:
                 await asyncio.shield(
                     db(partial(_write_failed, plan=plan, error=message, now=now()), write=True)
                 )
-                if isinstance(exc, NeedsRelink) and plan.target is not None:
-                    await self.accounts.mark(plan.target.id, "needs_relink", str(exc))
+                if isinstance(exc, NeedsRelink) and plan.calling is not None:
+                    # The connection whose call was refused: removing the event from an old,
+                    # revoked account must not flag the healthy account it moves to.
+                    await self.accounts.mark(plan.calling.id, "needs_relink", str(exc))
                 if isinstance(exc, errors.CalendarUnavailable | asyncio.CancelledError):
                     raise
                 raise errors.CalendarUnavailable(f"calendar write failed: {message}") from exc
@@ -86,6 +88,7 @@ class WriteBack:
         """Carry out one write plan against the provider(s); returns the event id written."""
         if plan.remove is not None:  # the event lives where it should not (any more)
             conn, cal, event_id = plan.remove
+            plan.calling = conn
             provider = self.runtime.provider(conn.provider)
             account = await self.accounts.account(conn)
             if event_id is None:
@@ -100,6 +103,7 @@ class WriteBack:
         if plan.target is None or plan.spec is None:
             return None
         conn = plan.target
+        plan.calling = conn
         assert conn.write_calendar is not None
         return await self.runtime.provider(conn.provider).put_event(
             await self.accounts.account(conn),
@@ -138,6 +142,7 @@ class _Plan:
     spec: EventSpec | None = None
     event_id: str | None = None
     remove: tuple[CalendarConnection, str, str | None] | None = None
+    calling: CalendarConnection | None = None  # the connection the provider call in flight is for
 
 
 def _plan(s: Session, appointment_id: str, now: datetime, lease: timedelta) -> _Plan:
@@ -166,8 +171,8 @@ def _plan(s: Session, appointment_id: str, now: datetime, lease: timedelta) -> _
             .where(
                 CalendarConnection.business_id == apt.business_id,
                 CalendarConnection.staff_id == apt.staff_id,
-                CalendarConnection.status.in_(("ok", "error")),  # type: ignore[attr-defined]
-                CalendarConnection.write_calendar.is_not(None),  # type: ignore[union-attr]
+                col(CalendarConnection.status).in_(("ok", "error")),
+                col(CalendarConnection.write_calendar).is_not(None),
             )
             .order_by(col(CalendarConnection.created_at))
         ).first()

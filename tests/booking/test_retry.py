@@ -160,15 +160,35 @@ async def test_errors_that_are_not_retryable_are_raised_at_once(error: Exception
     assert fn.calls == 1 and sleeps.waits == []
 
 
-async def test_retry_after_is_waited_instead_of_backoff_and_capped() -> None:
+async def test_retry_after_is_waited_instead_of_backoff() -> None:
     sleeps = Sleeps()
     fn = Flaky(
         CalendarUnavailable("slow down", retry_after=7.0),
-        CalendarUnavailable("slow down", retry_after=120.0),
+        CalendarUnavailable("slow down", retry_after=30.0),
         CalendarUnavailable("plain"),
     )
     assert await policy(sleeps, attempts=4, max_retry_after=30.0).call(fn) == "ok"
     assert sleeps.waits == [7.0, 30.0, 2.0]  # third wait: back-off of the third attempt
+
+
+async def test_a_retry_after_above_the_policys_longest_wait_gives_up_at_once() -> None:
+    # Calling again after 30 s when the server asked for 120 s would only be refused again.
+    sleeps = Sleeps()
+    error = CalendarUnavailable("slow down", retry_after=120.0)
+    fn = Flaky(error)
+    with pytest.raises(CalendarUnavailable) as caught:
+        await policy(sleeps, attempts=4, max_retry_after=30.0).call(fn)
+    assert caught.value is error and caught.value.retry_after == 120.0
+    assert sleeps.waits == [] and fn.calls == 1
+
+
+def test_wait_for_never_shortens_a_servers_retry_after() -> None:
+    retry = policy(Sleeps(), max_retry_after=30.0)
+    error = CalendarUnavailable("slow down", retry_after=120.0)
+    assert retry.wait_for(error, 1) == 120.0
+    assert retry.waits_too_long(error)
+    assert not retry.waits_too_long(CalendarUnavailable("slow down", retry_after=30.0))
+    assert not retry.waits_too_long(CalendarUnavailable("down"))
 
 
 async def test_retry_after_from_an_http_date_uses_the_injected_clock() -> None:
@@ -219,8 +239,9 @@ async def test_deadline_counts_time_the_calls_themselves_took_on_the_clock() -> 
 async def test_a_retry_after_longer_than_the_time_left_gives_up_at_once() -> None:
     sleeps = Sleeps()
     fn = Flaky(CalendarUnavailable("429", retry_after=20.0))
-    with pytest.raises(CalendarUnavailable):
+    with pytest.raises(CalendarUnavailable) as caught:
         await policy(sleeps).call(fn, deadline=10.0)
+    assert caught.value.retry_after == 20.0  # callers can still say when to come back
     assert sleeps.waits == [] and fn.calls == 1
 
 

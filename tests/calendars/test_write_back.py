@@ -21,7 +21,15 @@ from booking.db import session_scope
 from booking.models import Appointment, SyncState
 from booking.rules import Interval
 from booking.scheduler import Scheduler
-from calendars.base import Account, CalendarInfo, Channel, EventSpec, SyncResult, TokenSet
+from calendars.base import (
+    Account,
+    CalendarInfo,
+    Channel,
+    EventSpec,
+    NeedsRelink,
+    SyncResult,
+    TokenSet,
+)
 from calendars.models import CalendarBusyBlock
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
@@ -46,6 +54,7 @@ class Memory:
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
         self.lose_answer = False
+        self.revoked: set[str] = set()  # account ids whose grant the server refuses
         self.calendars = [
             CalendarInfo(id="cal1", name="one", primary=True),
             CalendarInfo(id="cal2", name="two"),
@@ -98,6 +107,8 @@ class Memory:
         return eid
 
     async def delete_event(self, account: Account, *, calendar_id: str, event_id: str) -> None:
+        if account.id in self.revoked:
+            raise NeedsRelink(f"{account.name}: the password no longer works")
         self.events.pop((calendar_id, event_id), None)
 
     async def watch(
@@ -257,3 +268,28 @@ async def test_a_new_connection_reads_its_own_busy_calendars_and_writes_to_the_p
     await service.refresh(conn.id, full=True)
     with session_scope(clinic) as s:
         assert list(s.exec(select(CalendarBusyBlock))) == []  # the family calendar is not read
+
+
+async def test_a_revoked_old_account_does_not_flag_the_account_the_booking_moves_to(
+    clinic: Engine,
+) -> None:
+    memory, service, scheduler = await setup(clinic)
+    booked = await book(scheduler, at(10))
+    [old] = await service.connections("clinic", "lee")
+    assert booked.sync_state == SyncState.SYNCED and len(memory.events) == 1
+    # The old account's password stops working; the staff member links a second account.
+    memory.revoked.add(old.id)
+    await service.accounts.mark(old.id, "needs_relink", "password changed")
+    new = await service.link_caldav(
+        business_id="clinic",
+        staff_id="lee",
+        url="https://dav2.example/",
+        username="u",
+        password="p",
+    )
+    # The move writes to the new account and must first remove the event from the old one,
+    # whose server refuses: that is the old account's problem, not the new one's.
+    moved = await scheduler.reschedule(business_id="clinic", appointment_id=booked.id, start=at(14))
+    assert moved.sync_state == SyncState.NOT_SYNCED
+    status = {c.id: c.status for c in await service.connections("clinic", "lee")}
+    assert status == {old.id: "needs_relink", new.id: "ok"}
