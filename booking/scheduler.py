@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache, partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -168,6 +168,13 @@ class SlotSearch:
     slots: list[Slot]
 
 
+class SchedulerObserver(Protocol):
+    """Told of each booking and each new lead once committed (the app's metrics)."""
+
+    def booked(self, booked_by: str) -> None: ...
+    def lead_created(self, outcome: str) -> None: ...
+
+
 @dataclass
 class Scheduler:
     """The domain's front door. `calendars` reads linked calendars; `clock` says what now is."""
@@ -179,6 +186,7 @@ class Scheduler:
     calendar_timeout: float = 4.0
     writer: CalendarWriter = field(default_factory=NoWriter)
     write_timeout: float = 4.0
+    observer: SchedulerObserver | None = None
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -554,6 +562,8 @@ class Scheduler:
             return row
 
         appointment = await self._write(write)
+        if self.observer is not None:
+            self.observer.booked(booked_by)
         log.info(
             "booked %s for %s with %s at %s",
             appointment.id,
@@ -736,7 +746,10 @@ class Scheduler:
                 f"outcome must be one of {', '.join(o.value for o in LeadOutcome)}"
             )
 
+        created: list[bool] = []  # this call's lead is new (set by the attempt that commits)
+
         def write(s: Session) -> Lead:
+            created.clear()
             bid = _resolve_business(s, business_id)
             number = None
             if phone:  # a national number is read in the business's country, as `book` does
@@ -761,6 +774,7 @@ class Scheduler:
                 stored = s.get(Lead, row.id)
                 assert stored is not None
                 _emit(s, "lead.created", lead_payload(stored))
+                created.append(True)
                 return stored
             existing = s.exec(
                 select(Lead)
@@ -785,7 +799,10 @@ class Scheduler:
             s.flush()
             return existing
 
-        return await self._db(write, write=True)
+        lead = await self._db(write, write=True)
+        if created and self.observer is not None:
+            self.observer.lead_created(outcome)
+        return lead
 
     async def leads(
         self, *, business_id: str | None, outcome: str | None = None, limit: int = 100
@@ -812,8 +829,8 @@ def _resolve_business(s: Session, business_id: str | None) -> str:
     if len(ids) == 1:
         return ids[0]
     if not ids:
-        raise errors.NotFound("there is no business yet; import one with `frontdesk import`")
-    raise errors.AmbiguousBusiness("there is more than one business: say which with --business")
+        raise errors.NotFound("no business is set up yet; import a business file first")
+    raise errors.AmbiguousBusiness("there are several businesses: say which one")
 
 
 def _load_context(

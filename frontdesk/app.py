@@ -94,6 +94,8 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "scheduler", None) is None:
             app.state.scheduler = build_scheduler(settings)
+        if app.state.scheduler.observer is None:
+            app.state.scheduler.observer = metrics.SchedulerMetrics()
         if app.state.readiness is None:
             app.state.readiness = Readiness(app.state.scheduler.engine)
         app.state.readiness.draining = False

@@ -7,8 +7,8 @@ then writes its figures there and a scrape of any worker sums them all.
 Names follow Prometheus's conventions (`frontdesk_` prefix, `_total` counters, `_seconds`
 histograms) and labels stay low-cardinality: a channel or an outcome, never a call SID, a phone
 number or an id. The figures are recorded where the events happen, through observers the
-composition root injects (`CallMetrics`, `CountedSmsSender`): the inner packages do not import
-this module.
+composition root injects (`CallMetrics`, `SchedulerMetrics`, `CountedSmsSender`): the inner
+packages do not import this module.
 """
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ TURN_FIRST_TOKEN = Histogram(
     ["channel"],
     buckets=TURN_BUCKETS,
 )
+BOOKINGS = Counter(
+    "frontdesk_bookings",
+    "Appointments booked, by who booked them (agent, api, cli)",
+    ["booked_by"],
+)
+LEADS = Counter(
+    "frontdesk_leads",
+    "New leads, by outcome (booked, callback, message, not_interested, spam)",
+    ["outcome"],
+)
 SMS = Counter(
     "frontdesk_sms",
     "Confirmation texts by outcome: sent, or failed (given up on after the retries)",
@@ -53,12 +63,15 @@ SMS = Counter(
 
 __all__ = [
     "ACTIVE_CALLS",
+    "BOOKINGS",
     "CALLS",
     "CONTENT_TYPE_LATEST",
+    "LEADS",
     "SMS",
     "TURN_FIRST_TOKEN",
     "CallMetrics",
     "CountedSmsSender",
+    "SchedulerMetrics",
     "scrape",
 ]
 
@@ -77,6 +90,16 @@ class CallMetrics:
 
     def first_token(self, channel: str, seconds: float) -> None:
         TURN_FIRST_TOKEN.labels(channel=channel).observe(seconds)
+
+
+class SchedulerMetrics:
+    """What the scheduler reports (booking's `SchedulerObserver`)."""
+
+    def booked(self, booked_by: str) -> None:
+        BOOKINGS.labels(booked_by=booked_by).inc()
+
+    def lead_created(self, outcome: str) -> None:
+        LEADS.labels(outcome=outcome).inc()
 
 
 class CountedSmsSender(SmsSender):

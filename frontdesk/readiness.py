@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import lru_cache
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -21,11 +22,12 @@ from sqlalchemy.engine import Engine
 from booking.db import MIGRATIONS
 
 
-def migration_heads() -> set[str]:
-    """The newest revision(s) of the schema this code expects."""
+@lru_cache(maxsize=1)
+def migration_heads() -> frozenset[str]:
+    """The newest revision(s) of the schema this code expects (read once per process)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    return set(ScriptDirectory.from_config(cfg).get_heads())
+    return frozenset(ScriptDirectory.from_config(cfg).get_heads())
 
 
 class Readiness:
@@ -65,7 +67,7 @@ class Readiness:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
                 current = (
-                    set(MigrationContext.configure(conn).get_current_heads())
+                    frozenset(MigrationContext.configure(conn).get_current_heads())
                     if check_schema
                     else self._heads
                 )

@@ -17,6 +17,7 @@ lifespan (`frontdesk.app`).
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import aclosing
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -248,8 +249,13 @@ async def gather_turn(request: Request) -> Response:
             return twiml(goodbye(board, GOODBYE))
         return twiml(gather_twiml(board, SILENCE))
     session.silences = 0
+    started = time.monotonic()
     async with session.turn_lock:
-        return twiml(await _answer(board, session, heard))
+        answer = await _answer(board, session, heard)
+    observer: relay.CallObserver | None = getattr(request.app.state, "call_observer", None)
+    if observer is not None:  # gather answers whole: its first words come with the last
+        observer.first_token("gather", time.monotonic() - started)
+    return twiml(answer)
 
 
 async def _answer(board: Switchboard, session: CallSession, heard: str) -> VoiceResponse:

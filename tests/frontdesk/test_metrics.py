@@ -62,6 +62,8 @@ async def test_metrics_need_the_api_key(desk: Desk) -> None:
         "frontdesk_active_calls",
         "frontdesk_turn_first_token_seconds",
         "frontdesk_sms",
+        "frontdesk_bookings",
+        "frontdesk_leads",
     } <= names
 
 
@@ -98,10 +100,45 @@ async def test_a_booked_relay_call_moves_the_figures(desk: Desk) -> None:
     assert moved("frontdesk_turn_first_token_seconds_sum", channel="relay") > 0
     assert moved("frontdesk_sms_total", outcome="sent") == 1
     assert moved("frontdesk_sms_total", outcome="failed") == 0
+    assert moved("frontdesk_bookings_total", booked_by="agent") == 1
+    assert moved("frontdesk_leads_total", outcome="booked") == 1
     for name, labels in after:
         for label, _ in labels:
-            assert label in {"channel", "outcome", "le"} or not name.startswith("frontdesk_")
+            assert label in {"channel", "outcome", "booked_by", "le"} or not name.startswith(
+                "frontdesk_"
+            )
     assert CALLER not in str(after) and CLINIC not in str(after)
+
+
+async def test_a_gather_call_is_counted_and_its_turn_timed(scheduler: Scheduler) -> None:
+    llm = FakeLLM().start()
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=TOKEN).start()
+    call_form = {"CallSid": "CA" + "8" * 32, "From": CALLER, "To": CLINIC}
+    try:
+        async with running_desk(scheduler, llm, rest, voice_mode="gather") as desk:
+            before = samples((await scrape(desk, authorization="Bearer k")).text)
+            await desk.twilio.post("/twilio/voice", **call_form, CallStatus="ringing")
+            desk.llm.script(Text("We're open nine to five, Monday to Friday. Anything else?"))
+            turn = await desk.twilio.post(
+                "/twilio/gather",
+                **call_form,
+                CallStatus="in-progress",
+                SpeechResult="When are you open?",
+                Confidence="0.93",
+            )
+            assert "nine to five" in turn.said
+            after = samples((await scrape(desk, authorization="Bearer k")).text)
+    finally:
+        llm.stop()
+        rest.stop()
+
+    def moved(name: str, channel: str) -> float:
+        key = (name, (("channel", channel),))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("frontdesk_calls_total", "gather") == 1
+    assert moved("frontdesk_calls_total", "relay") == 0
+    assert moved("frontdesk_turn_first_token_seconds_count", "gather") == 1
 
 
 def test_several_workers_share_one_multiprocess_directory(tmp_path: Path) -> None:
