@@ -14,10 +14,7 @@ from urllib.parse import urlencode, urljoin
 import httpx
 
 from booking.errors import CalendarUnavailable, InvalidRequest
-from calendars.base import (
-    NeedsRelink,
-    TokenSet,
-)
+from calendars.base import NeedsRelink, TokenSet
 
 DEFAULT_SCOPES = (
     "https://www.googleapis.com/auth/calendar.readonly",

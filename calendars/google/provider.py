@@ -18,14 +18,7 @@ from booking.clock import Clock, SystemClock
 from booking.errors import CalendarUnavailable
 from booking.retry import RetryPolicy, parse_retry_after
 from booking.rules import Interval, merge
-from calendars.base import (
-    Account,
-    CalendarInfo,
-    Channel,
-    EventSpec,
-    NeedsRelink,
-    SyncResult,
-)
+from calendars.base import Account, CalendarInfo, Channel, EventSpec, NeedsRelink, SyncResult
 from calendars.google.transport import (
     GoogleApiError,
     _api_error,

@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
-from calendars.base import (
-    EventSpec,
-)
+from calendars.base import EventSpec
 
 _MAX_QUERY_RANGE = timedelta(days=90)  # freeBusy answers 400 for ranges much longer
 

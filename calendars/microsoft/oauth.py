@@ -11,10 +11,7 @@ from typing import Any
 import msal
 
 from booking.errors import CalendarUnavailable, InvalidRequest
-from calendars.base import (
-    NeedsRelink,
-    TokenSet,
-)
+from calendars.base import NeedsRelink, TokenSet
 
 AUTHORITY = "https://login.microsoftonline.com/common"
 SCOPES = ("Calendars.ReadWrite", "User.Read")  # MSAL adds openid, profile, offline_access

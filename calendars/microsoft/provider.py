@@ -14,14 +14,7 @@ from booking.clock import Clock, SystemClock
 from booking.errors import CalendarUnavailable
 from booking.retry import RetryPolicy, parse_retry_after, retryable_status
 from booking.rules import Interval
-from calendars.base import (
-    Account,
-    CalendarInfo,
-    Channel,
-    EventSpec,
-    NeedsRelink,
-    SyncResult,
-)
+from calendars.base import Account, CalendarInfo, Channel, EventSpec, NeedsRelink, SyncResult
 from calendars.microsoft.transport import (
     _RESYNC_CODES,
     _error_code,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from calendars.base import (
-    Account,
-)
+from calendars.base import Account
 
 _RESYNC_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid"}
 

@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from booking.errors import CalendarUnavailable
 from booking.rules import Interval
-from calendars.base import (
-    EventSpec,
-)
+from calendars.base import EventSpec
 
 _DAY = timedelta(days=1)
 _FREE_SHOW_AS = {"free", "workingElsewhere"}
