@@ -115,7 +115,8 @@ class BusyCache:
             if conn.status == "needs_relink" and not self._has_cache(conn, start, end):
                 # Not read again on every search: a refused password, tried over and over,
                 # can lock the account. Only this staff member's times are affected.
-                raise errors.CalendarUnavailable(
+                # NeedsRelink: not retryable, asking again cannot help until someone re-links.
+                raise NeedsRelink(
                     f"{conn.name} of {calendars.staff_id} needs re-linking: "
                     f"{conn.last_error or 'its grant no longer works'}"
                 )
@@ -129,6 +130,10 @@ class BusyCache:
         for conn, result in zip(stale, results, strict=True):
             if isinstance(result, BaseException):
                 if not self._has_cache(conn, start, end):
+                    if isinstance(result, NeedsRelink):
+                        raise NeedsRelink(
+                            f"{conn.name} of {calendars.staff_id} needs re-linking: {result}"
+                        ) from result
                     raise errors.CalendarUnavailable(
                         f"{conn.name} of {calendars.staff_id} cannot be read right now: {result}"
                     ) from result

@@ -23,7 +23,7 @@ from booking import errors
 from booking.models import Staff
 from calendars import selection
 from calendars.accounts import Accounts, token_secret
-from calendars.base import CalendarInfo, TokenSet
+from calendars.base import CalendarInfo, NeedsRelink, TokenSet
 from calendars.busy_cache import BusyCache
 from calendars.channels import Channels
 from calendars.models import CalendarBusyBlock, CalendarChannel, CalendarConnection, OAuthFlow
@@ -277,11 +277,21 @@ class Linking:
         if conn is None:
             raise errors.NotFound(f"no calendar connection {connection_id}")
         provider = self.runtime.provider(conn.provider)
-        return await provider.list_calendars(await self.accounts.account(conn))
+        try:
+            return await provider.list_calendars(await self.accounts.account(conn))
+        except NeedsRelink as exc:  # the page and the CLI then say so, as after a failed sync
+            await self.accounts.mark(conn.id, "needs_relink", str(exc))
+            raise
 
     async def choose_calendars(
         self, connection_id: str, *, business_id: str, read: Sequence[str], write: str | None
     ) -> CalendarConnection:
+        """Save which calendars are read and which one is written, then read them.
+
+        The account's calendars are listed first to check the choice: when that fails (a server
+        down: `CalendarUnavailable`; a refused grant: `NeedsRelink`) nothing is saved and the
+        error is raised. Once saved, a failed first read is logged and shows in the returned
+        connection's status and `last_error`; it does not undo the choice."""
         known = {c.id: c for c in await self.list_calendars(connection_id)}
         unknown = [c for c in [*read, *([write] if write else [])] if c not in known]
         if unknown:
@@ -302,7 +312,15 @@ class Linking:
             return conn
 
         conn = await self.runtime.db(update, write=True)
-        await self.cache.refresh(connection_id, full=True)
+        try:
+            await self.cache.refresh(connection_id, full=True)
+        except errors.CalendarUnavailable as exc:
+            # Saved: the choice stands, the connection's status says the read failed, and the
+            # background job reads it again. Only this read after saving fails softly.
+            log.warning("first read of %s after choosing calendars failed: %s", connection_id, exc)
+            found = await self.cache.find(connection_id)
+            if found is not None:
+                return found
         return conn
 
     # ---- the connections ------------------------------------------------------------------

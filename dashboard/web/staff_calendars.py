@@ -19,9 +19,10 @@ from starlette.datastructures import FormData
 
 from booking import errors
 from booking.models import Staff
-from calendars.base import CalendarInfo
+from calendars.base import CalendarInfo, NeedsRelink
 from calendars.models import CalendarConnection
 from calendars.selection import summary
+from dashboard.http_errors import status_for
 from dashboard.web import db
 from dashboard.web.auth import CurrentUser, PageError, WebUser, verify_csrf
 from dashboard.web.render import local, render
@@ -160,8 +161,20 @@ async def choose(
         return await _page(
             request, staff_id, user, status_code=422, problem=(connection_id, exc.message)
         )
-    except errors.CalendarUnavailable:
-        pass  # saved; the first read failed, and the page says how the connection stands
+    except NeedsRelink as exc:  # the account's calendars could not be listed: nothing saved
+        problem = f"Nothing was saved: this account needs re-linking ({exc.message}). Re-link it."
+        return await _page(
+            request, staff_id, user, status_code=status_for(exc), problem=(connection_id, problem)
+        )
+    except errors.CalendarUnavailable as exc:
+        problem = (
+            f"Nothing was saved: the account's calendars could not be read ({exc.message}). "
+            "Try again in a moment."
+        )
+        return await _page(
+            request, staff_id, user, status_code=status_for(exc), problem=(connection_id, problem)
+        )
+    # Saved (a failed first read after saving shows in the connection's status on the page).
     return RedirectResponse(f"/staff/{staff_id}/calendars", status_code=303)
 
 

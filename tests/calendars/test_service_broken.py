@@ -22,10 +22,10 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from booking import errors
 from booking.clock import FixedClock
 from booking.db import session_scope
 from booking.scheduler import Scheduler
+from calendars.base import NeedsRelink
 from calendars.ics import IcsProvider
 from calendars.models import CalendarBusyBlock, CalendarConnection
 from calendars.secrets import Vault, new_key
@@ -129,7 +129,7 @@ async def test_the_business_is_searched_without_the_staff_member_whose_calendar_
     # (a refused password, tried on every search, can lock the account).
     proxy: FaultProxy = c.harness.extra["proxy"]
     asked = len(proxy.requests)
-    with pytest.raises(errors.CalendarUnavailable, match="lee needs re-linking"):
+    with pytest.raises(NeedsRelink, match="lee needs re-linking"):
         await c.starts("lee")
     assert {staff for staff, _ in await c.starts()} == {"rivera"}
     assert len(proxy.requests) == asked
@@ -157,3 +157,5 @@ async def test_the_api_answers_with_the_others_and_503_only_for_the_broken_one(
     assert datetime.fromisoformat(slots[0]["start"]).astimezone(UTC).hour == 14  # 08:00 CT
     assert lee.status_code == 503
     assert "needs re-linking" in lee.text and "the-old-one" not in lee.text
+    # Asking again cannot help until someone re-links: the answer says so.
+    assert lee.json()["retryable"] is False

@@ -301,3 +301,58 @@ async def test_an_account_that_cannot_be_listed_shows_what_is_read_and_why(
     section = page.text.split(f'id="choose-{conn_id}"', 1)[1].split("</section>", 1)[0]
     assert "could not be listed just now" in section and "Reads: " in section
     assert "/choose" not in section  # no form to save a choice the page cannot show
+
+
+async def test_a_choice_the_server_cannot_check_is_not_saved_and_the_page_says_so(
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
+    h, service = radicale
+    conn_id, work, family = await linked_with_family(staff, h, service)
+    [before] = await service.connections("clinic", "lee")
+    token = csrf_of((await staff.get(PAGE)).text)
+    assert h.fail_next is not None
+    h.fail_next("500", 20)  # down while the choice is checked against the account's calendars
+    answer = await staff.post(
+        f"/staff/lee/calendars/{conn_id}/choose",
+        data={"csrf_token": token, "read": [family], "write": family},
+    )
+    assert answer.status_code == 503
+    section = answer.text.split(f'id="choose-{conn_id}"', 1)[1].split("</section>", 1)[0]
+    assert 'role="alert"' in section and "Nothing was saved" in section
+    assert "Try again" in section and "Traceback" not in answer.text
+    [after] = await service.connections("clinic", "lee")
+    assert (after.read_calendars, after.write_calendar) == (
+        before.read_calendars,
+        before.write_calendar,
+    )
+
+
+async def test_a_choice_for_an_account_whose_password_stopped_working_says_re_link(
+    staff: httpx.AsyncClient, radicale: tuple[Harness, CalendarService]
+) -> None:
+    from booking.db import session_scope
+    from calendars.models import CalendarConnection
+
+    h, service = radicale
+    conn_id, work, family = await linked_with_family(staff, h, service)
+    [before] = await service.connections("clinic", "lee")
+    token = csrf_of((await staff.get(PAGE)).text)
+    with session_scope(service.runtime.engine, write=True) as s:
+        row = s.get(CalendarConnection, conn_id)
+        assert row is not None
+        row.secret = service.runtime.vault.seal({"password": "the-old-one"})
+        s.add(row)
+    answer = await staff.post(
+        f"/staff/lee/calendars/{conn_id}/choose",
+        data={"csrf_token": token, "read": [family], "write": family},
+    )
+    assert answer.status_code == 503
+    section = answer.text.split(f'id="choose-{conn_id}"', 1)[1].split("</section>", 1)[0]
+    assert "Nothing was saved" in section and "re-link" in section.lower()
+    assert "the-old-one" not in answer.text
+    [after] = await service.connections("clinic", "lee")
+    assert (after.read_calendars, after.write_calendar) == (
+        before.read_calendars,
+        before.write_calendar,
+    )
+    assert after.status == "needs_relink"
