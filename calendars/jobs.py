@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -30,6 +30,8 @@ from calendars.runtime import CalendarRuntime
 from calendars.write_back import WriteBack
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,12 @@ class SyncReport:
 
 
 class CalendarJobs:
-    """The background job's passes and the explicit sync."""
+    """The background job's passes and the explicit sync.
+
+    Connections are refreshed `concurrency` at a time, so one server that hangs until its time
+    limit does not delay the others."""
+
+    concurrency = 8
 
     def __init__(
         self,
@@ -117,8 +124,8 @@ class CalendarJobs:
         conns = await db(load)
         if connection_id is not None and not conns:
             raise errors.NotFound(f"no calendar connection {connection_id}")
-        reports = []
-        for conn in conns:
+
+        async def one(conn: CalendarConnection) -> SyncReport:
             before = await db(partial(cache_store.busy_rows, connection_id=conn.id))
             error = None
             try:
@@ -129,20 +136,19 @@ class CalendarJobs:
                 log.exception("sync of %s failed", conn.id)
                 error = "unexpected error (see the server log)"
             after = await db(partial(cache_store.busy_rows, connection_id=conn.id))
-            reports.append(
-                SyncReport(
-                    connection_id=conn.id,
-                    business_id=conn.business_id,
-                    staff_id=conn.staff_id,
-                    name=conn.name,
-                    provider=conn.provider,
-                    added=sum((after - before).values()),
-                    removed=sum((before - after).values()),
-                    busy=sum(after.values()),
-                    error=error,
-                )
+            return SyncReport(
+                connection_id=conn.id,
+                business_id=conn.business_id,
+                staff_id=conn.staff_id,
+                name=conn.name,
+                provider=conn.provider,
+                added=sum((after - before).values()),
+                removed=sum((before - after).values()),
+                busy=sum(after.values()),
+                error=error,
             )
-        return reports
+
+        return await self._each(conns, one)
 
     async def tick(self, *, poll: timedelta | None = None) -> None:
         """One pass of the background job: refresh due caches, renew channels, retry writes.
@@ -167,7 +173,9 @@ class CalendarJobs:
         def load(s: Session) -> tuple[list[CalendarConnection], set[str]]:
             conns = list(
                 s.exec(
-                    select(CalendarConnection).where(CalendarConnection.status != "disconnected")
+                    select(CalendarConnection)
+                    .where(CalendarConnection.status != "disconnected")
+                    .order_by(col(CalendarConnection.created_at))
                 )
             )
             pushed = set(
@@ -179,7 +187,7 @@ class CalendarJobs:
 
         conns, pushed = await self.runtime.db(load)
         max_age = self.runtime.max_age
-        refreshed = 0
+        due: list[CalendarConnection] = []
         for conn in conns:
             if conn.status == "needs_relink" or not conn.read_calendars:
                 continue
@@ -187,19 +195,36 @@ class CalendarJobs:
             push = provider is not None and provider.notifies and conn.id in pushed
             limit = max_age / 3 if push or poll is None else min(poll, max_age / 3)
             # A little slack: a pass every `poll` finds the last read just about `poll` old.
-            due = conn.dirty_at is not None or any(
+            if conn.dirty_at is not None or any(
                 now - _synced_at(conn, c) >= limit * 0.9 for c in conn.read_calendars
-            )
-            if not due:
-                continue
-            refreshed += 1
+            ):
+                due.append(conn)
+
+        async def one(conn: CalendarConnection) -> None:
             try:
                 await self.cache.refresh(conn.id)
             except errors.CalendarUnavailable as exc:
                 log.info("scheduled sync of %s failed: %s", conn.id, exc)
             except Exception:  # one broken connection must not stop the others
                 log.exception("scheduled sync of %s failed", conn.id)
-        return refreshed
+
+        await self._each(due, one)
+        return len(due)
+
+    async def _each(
+        self, conns: list[CalendarConnection], fn: Callable[[CalendarConnection], Awaitable[T]]
+    ) -> list[T]:
+        """`fn` for every connection, up to `concurrency` at once; results in the given order.
+
+        A slow or unreachable server (a time limit and retries per request) then holds up only
+        its own connection, not the freshness of every other one in the pass."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(conn: CalendarConnection) -> T:
+            async with gate:
+                return await fn(conn)
+
+        return list(await asyncio.gather(*(bounded(c) for c in conns)))
 
     async def upkeep(self) -> None:
         """Renew expiring notification channels and retry calendar writes that failed."""
