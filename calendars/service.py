@@ -20,6 +20,7 @@ needs; every method here hands over to the part whose job it is:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
@@ -38,6 +39,8 @@ from calendars.models import CalendarConnection
 from calendars.runtime import Background, CalendarRuntime, system_now
 from calendars.secrets import Vault
 from calendars.write_back import WriteBack
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OAUTH_PROVIDERS", "CalendarService", "Notice", "SyncReport"]
 
@@ -193,10 +196,20 @@ class CalendarService:
         await self.background.wait()
 
     async def close(self) -> None:
-        """Stop background work and let providers close their kept connections."""
-        await self.background.cancel()
-        for provider in self.runtime.providers.values():
-            await provider.aclose()
+        """Stop background work and let every provider close its kept connections.
+
+        A provider whose `aclose` fails is logged (its kind and the error's type: the message
+        may quote an address or a token) and the others are still closed; nothing is raised."""
+        try:
+            await self.background.cancel()
+        finally:
+            for name, provider in self.runtime.providers.items():
+                try:
+                    await provider.aclose()
+                except Exception as exc:
+                    log.warning(
+                        "closing the %s calendar provider failed (%s)", name, type(exc).__name__
+                    )
 
     # ---- the booking feed ----------------------------------------------------------------
 
