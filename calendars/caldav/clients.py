@@ -104,12 +104,13 @@ class _Clients:
         self._basic: set[_Key] = set()
         self._closed = False
 
-    def run(self, link: _Link, fn: Callable[..., _T], *args: Any) -> _T:
+    def run(self, link: _Link, fn: Callable[..., _T], *args: Any, account_step: bool) -> _T:
         """`fn(client, link, *args)` with a kept or new client, the library's errors turned
-        into ours."""
+        into ours. `account_step`: the operation reaches the account itself (its principal and
+        calendar home: check, list), where a 403 refuses the whole account."""
         key = _key(link)
         _last_answer.retry_after = None
-        with _translated(link, self._clock):
+        with _translated(link, self._clock, account_step=account_step):
             client, reused = self._lend(key, link)
             try:
                 result = _using(client, link, fn, args)
@@ -225,23 +226,45 @@ def _record_answer(response: Any, **kwargs: Any) -> None:
     _last_answer.retry_after = value if isinstance(value, str) else None
 
 
+class _Refused(Exception):
+    """An answer that refused a request with `status` (raised by the operations in worker
+    threads): `_translated` turns it into `CalendarUnavailable` carrying that answer's
+    `Retry-After`, which only an answer can ask for."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
 @contextmanager
-def _translated(link: _Link, clock: Clock) -> Iterator[None]:
-    """The library's errors turned into ours, named by host only: a refused password or
-    access (401, 403) needs re-linking; a 5xx, 429 or 408 may be retried, after the answer's
-    `Retry-After`; any other refusal (404, 400, ...) is final; a connection that failed or
-    timed out may be retried."""
+def _translated(link: _Link, clock: Clock, *, account_step: bool) -> Iterator[None]:
+    """The library's errors turned into ours, named by host only: a refused password (401)
+    needs re-linking, and so does a refused access (403) to the account itself
+    (`account_step`: its principal, its calendar home); a 403 to one calendar or event (a
+    missing privilege there, a precondition such as a UID conflict) is final for that request
+    only. A 5xx, 429 or 408 may be retried, after the answer's `Retry-After`; any other refusal
+    (404, 400, ...) is final; a connection that failed or timed out may be retried (with no
+    `Retry-After`: no answer asked for one)."""
     try:
         yield
-    except CalendarUnavailable as exc:
-        if exc.retryable and exc.retry_after is None:
-            exc.retry_after = _retry_after(clock)
-        raise
+    except _Refused as exc:
+        retryable = retryable_status(exc.status)
+        raise CalendarUnavailable(
+            exc.message,
+            retryable=retryable,
+            retry_after=_retry_after(clock) if retryable else None,
+        ) from None
     except caldav_error.AuthorizationError as exc:
         if getattr(exc, "status", None) == 403:
-            raise NeedsRelink(
-                f"{link.name} refused access to the calendar: link it again with an account "
-                "that may use it"
+            if account_step:
+                raise NeedsRelink(
+                    f"{link.name} refused access to the account: link it again with an "
+                    "account that may use it"
+                ) from None
+            raise CalendarUnavailable(
+                f"CalDAV calendar {_refused_where(link, exc)} refused access ({_status(exc)})",
+                retryable=False,
             ) from None
         raise NeedsRelink(
             f"CalDAV server {redact(link.url)} refused the username or password"
@@ -256,13 +279,25 @@ def _translated(link: _Link, clock: Clock) -> Iterator[None]:
         raise CalendarUnavailable(
             f"{link.name} answered with an error ({_status(exc)})",
             retryable=retryable,
-            retry_after=_retry_after(clock) if retryable else None,
+            retry_after=_retry_after(clock) if retryable and status is not None else None,
         ) from None
     except OSError as exc:
         # niquests' connection and timeout errors are OSErrors; their text holds the URL.
         raise CalendarUnavailable(
             f"CalDAV server {redact(link.url)} cannot be reached ({type(exc).__name__})"
         ) from None
+
+
+def _refused_where(link: _Link, exc: caldav_error.DAVError) -> str:
+    """The refused resource by its last path segment and host (no userinfo, no query), else
+    the account's host."""
+    url = getattr(exc, "url", None)
+    try:
+        clean = _clean_url(str(url)) if url else link.url
+    except CalendarUnavailable:
+        clean = link.url
+    segment = urlsplit(clean).path.rstrip("/").rsplit("/", 1)[-1]
+    return f"{segment!r} at {redact(clean)}" if segment else redact(clean)
 
 
 def _retry_after(clock: Clock) -> float | None:

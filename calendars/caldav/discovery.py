@@ -18,7 +18,7 @@ from caldav.lib import error as caldav_error
 from booking.errors import CalendarUnavailable
 from booking.retry import retryable_status
 from calendars.base import CalendarInfo
-from calendars.caldav.clients import _clean_url, _Link
+from calendars.caldav.clients import _clean_url, _Link, _Refused
 from calendars.ics import redact
 
 _CALENDAR = "{urn:ietf:params:xml:ns:caldav}calendar"
@@ -35,6 +35,12 @@ _SCHEDULE_TRANSP = "{urn:ietf:params:xml:ns:caldav}schedule-calendar-transp"
 _TRANSPARENT = "{urn:ietf:params:xml:ns:caldav}transparent"
 _PRIVILEGES = "{DAV:}current-user-privilege-set"
 _SCHEDULE_INBOX = "{urn:ietf:params:xml:ns:caldav}schedule-inbox"
+# Who a calendar belongs to: DAV:owner (RFC 3744 5.1), Nextcloud/ownCloud's owner-principal,
+# and CalendarServer sharing (caldav-sharing.txt), whose resourcetype `shared` marks a calendar
+# someone else shared with this account (`shared-owner` marks the account's own, shared out).
+_OWNER = "{DAV:}owner"
+_OWNER_PRINCIPAL = "{http://owncloud.org/ns}owner-principal"
+_SHARED = "{http://calendarserver.org/ns/}shared"
 # Any of these lets us add an event to a collection (RFC 3744 3.1-3.9: `write` and `all`
 # aggregate `bind`; Radicale grants `write-content` on a calendar shared for writing).
 _WRITE_PRIVILEGES = frozenset({"{DAV:}all", "{DAV:}write", "{DAV:}bind", "{DAV:}write-content"})
@@ -46,6 +52,8 @@ _DISCOVERY_PROPS = [
     _DEFAULT_CALENDAR,
     _SCHEDULE_TRANSP,
     _PRIVILEGES,
+    _OWNER,
+    _OWNER_PRINCIPAL,
 ]
 
 
@@ -78,10 +86,13 @@ class _Found:
     events: bool = True  # it takes VEVENTs (iCloud's Reminders take VTODOs only)
     transparent: bool = False  # schedule-calendar-transp: its events are no busy time
     writable: bool | None = None  # from current-user-privilege-set; None when not offered
+    shared: bool = False  # someone else's calendar, shared with this account
 
     @property
     def counts_busy(self) -> bool:
-        return self.events and not self.transparent
+        # Another person's calendar shared with the account (an iCloud family calendar, a
+        # Nextcloud share) holds their events, not this staff member's busy time.
+        return self.events and not self.transparent and not self.shared
 
     @property
     def takes_events(self) -> bool:
@@ -160,7 +171,7 @@ def _walk(client: DAVClient, link: _Link, url: str) -> _Account | None:
             found: list[_Found] = []
             default: str | None = None
             for home in homes:
-                listed = _calendars_in(client, _hop(link, url, home))
+                listed = _calendars_in(client, _hop(link, url, home), principal=url)
                 found += listed.calendars
                 default = default or listed.default
             inbox = _hrefs(props.get(_INBOX_URL))
@@ -203,7 +214,7 @@ def _propfind(client: DAVClient, url: str, *, depth: int) -> tuple[Any, list[Any
         return response, list(getattr(response, "results", None) or [])
 
 
-def _calendars_in(client: DAVClient, home: str) -> _Account:
+def _calendars_in(client: DAVClient, home: str, *, principal: str | None = None) -> _Account:
     """The calendars directly inside the collection `home`, task lists included (they are
     listed as holding no busy time), and the default calendar named by a scheduling inbox
     among them."""
@@ -217,16 +228,54 @@ def _calendars_in(client: DAVClient, home: str) -> _Account:
         url = _clean_url(urljoin(home, result.href))
         kinds = _kinds(props)
         if _CALENDAR in kinds:
-            found.append(_found(url, props))
+            found.append(_found(url, props, principal=principal))
         elif _SCHEDULE_INBOX in kinds and default is None:
             default = _default_in(url, props)
     return _Account(found, default)
 
 
-def _found(url: str, props: dict[str, Any]) -> _Found:
+def _principal(base: str, props: dict[str, Any]) -> str | None:
+    """The account's principal URL as the resource's current-user-principal names it."""
+    named = _hrefs(props.get(_CURRENT_USER_PRINCIPAL))
+    return _absolute(base, named[0]) if named else None
+
+
+def _absolute(base: str, href: str) -> str | None:
+    try:
+        return _clean_url(urljoin(base, href))
+    except CalendarUnavailable:
+        return None
+
+
+def _shared_with_account(url: str, props: dict[str, Any], principal: str | None) -> bool:
+    """Whether the calendar at `url` is someone else's, shared with this account: the server
+    marks it shared (CalendarServer), or names an owner other than the account's principal
+    (DAV:owner, ownCloud owner-principal). Without a known principal only the mark counts."""
+    if _SHARED in _kinds(props):
+        return True
+    principal = _principal(url, props) or principal
+    if principal is None:
+        return False
+    for prop in (_OWNER, _OWNER_PRINCIPAL):
+        owners = _hrefs(props.get(prop))
+        owner = _absolute(url, owners[0]) if owners else None
+        if owner is not None and not _same_principal(owner, principal):
+            return True
+    return False
+
+
+def _same_principal(a: str, b: str) -> bool:
+    """Whether two principal URLs name the same principal: by path, since one service may be
+    seen through several hosts (iCloud names the principal on its front door and the
+    calendars' owner on the account's own host)."""
+    return urlsplit(a).path.rstrip("/") == urlsplit(b).path.rstrip("/")
+
+
+def _found(url: str, props: dict[str, Any], *, principal: str | None = None) -> _Found:
     components = _hrefs(props.get(_COMPONENTS))
     privileges = _hrefs(props.get(_PRIVILEGES))
     return _Found(
+        shared=_shared_with_account(url, props, principal),
         url=url,
         name=_name(props, url),
         # No supported-calendar-component-set: the collection takes every component.
@@ -281,7 +330,7 @@ def _well_known(client: DAVClient, link: _Link) -> str | None:
             url = _hop(link, url, location)
             continue
         if status is not None and retryable_status(status):
-            raise CalendarUnavailable(f"{link.name} answered HTTP {status}", retryable=True)
+            raise _Refused(f"{link.name} answered HTTP {status}", status)
         return url if status in (200, 207, 401) else None
     return None
 

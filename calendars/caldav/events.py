@@ -17,10 +17,9 @@ from caldav.elements.base import BaseElement
 from caldav.lib import error as caldav_error
 
 from booking.errors import CalendarUnavailable
-from booking.retry import retryable_status
 from booking.rules import Interval
 from calendars.base import SyncResult
-from calendars.caldav.clients import _Link
+from calendars.caldav.clients import _Link, _Refused
 from calendars.caldav.discovery import (
     _CALENDAR,
     _calendar,
@@ -161,7 +160,8 @@ def _put(
 ) -> None:
     if not known_calendar and _CALENDAR not in _resource_types(client, url):
         raise CalendarUnavailable(
-            f"{link.name} is not a single calendar: choose one of the account's calendars"
+            f"{link.name} is not a single calendar: choose one of the account's calendars",
+            retryable=False,
         )
     href = _event_href(url, uid)
     if create:
@@ -189,7 +189,4 @@ def _event_href(calendar_url: str, uid: str) -> str:
 
 def _expect(link: _Link, status: int, action: str) -> None:
     if not 200 <= status < 300:
-        raise CalendarUnavailable(
-            f"{link.name} refused the event {action}: HTTP {status}",
-            retryable=retryable_status(status),
-        )
+        raise _Refused(f"{link.name} refused the event {action}: HTTP {status}", status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -172,8 +173,13 @@ class CaldavProvider:
         the error says that may help, all of it within the timeout. Every operation is safe to
         repeat (reads; a write by UID with If-None-Match; a delete that counts 404 as done)."""
 
+        # Checking and listing reach the account itself: a 403 there refuses the whole account.
+        account_step = action in ("check", "list")
+
         async def attempt() -> _T:
-            return await asyncio.to_thread(self._clients.run, link, fn, *args)
+            return await asyncio.to_thread(
+                functools.partial(self._clients.run, account_step=account_step), link, fn, *args
+            )
 
         try:
             async with asyncio.timeout(self._timeout):

@@ -710,3 +710,26 @@ async def test_event_in_the_calendar_removes_the_slot_without_a_restart(
         )
     after = await lee_starts()
     assert "10:00" not in after and "10:30" not in after and "11:00" in after
+
+
+def test_only_an_answer_that_asked_for_it_carries_retry_after() -> None:
+    # An answer asked to wait 120 s; an error that did not come from that answer (a timeout, a
+    # refusal of ours) must not carry its wait, or a retry would wait for nothing.
+    from calendars.caldav import clients
+
+    link = clients._Link(url="https://caldav.example/", username="u", password="p")
+    clock = FixedClock(datetime(2026, 12, 1, tzinfo=UTC))
+    clients._last_answer.retry_after = "120"
+    with (
+        pytest.raises(CalendarUnavailable) as caught,
+        clients._translated(link, clock, account_step=False),
+    ):
+        raise CalendarUnavailable("the read did not finish")
+    assert caught.value.retryable and caught.value.retry_after is None
+    with (
+        pytest.raises(CalendarUnavailable) as refused,
+        clients._translated(link, clock, account_step=False),
+    ):
+        raise clients._Refused("the server refused the event create: HTTP 503", 503)
+    assert refused.value.retryable and refused.value.retry_after == 120.0
+    clients._last_answer.retry_after = None

@@ -236,9 +236,11 @@ async def test_a_property_the_account_may_not_read_does_not_stop_discovery(
     assert [name for name, info in listed.items() if info.primary] == ["Work"]
 
 
-async def test_an_account_refused_with_403_needs_relinking_without_retries(
+async def test_a_calendar_refused_with_403_fails_that_read_only_without_retries(
     server: IcloudLikeCaldav,
 ) -> None:
+    # A 403 to one calendar (a missing privilege there, a UID conflict on Cyrus) is about that
+    # calendar: final, but no reason to mark the whole connection for re-linking.
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -250,13 +252,49 @@ async def test_an_account_refused_with_403_needs_relinking_without_retries(
     server.forbidden = True
     seen = len(server.requests)
     try:
-        with pytest.raises(NeedsRelink) as caught:
+        with pytest.raises(CalendarUnavailable) as caught:
             await provider.busy(root, calendar_ids=[ids["Work"]], tz=NY, start=START, end=END)
     finally:
         provider.close()
+    assert not isinstance(caught.value, NeedsRelink)
     assert not caught.value.retryable and waits == []
     assert len(server.requests) - seen == 1  # one REPORT, refused, and no second try
-    assert "refused access" in caught.value.message and icloud.PASSWORD not in str(caught.value)
+    assert "'work'" in caught.value.message and "refused access" in caught.value.message
+    assert icloud.PASSWORD not in str(caught.value)
+
+
+async def test_an_account_refused_with_403_needs_relinking_without_retries(
+    server: IcloudLikeCaldav, provider: CaldavProvider
+) -> None:
+    server.forbidden = True
+    with pytest.raises(NeedsRelink) as caught:
+        await provider.check(account(server.front_url))
+    assert not caught.value.retryable
+    assert "refused access to the account" in caught.value.message
+    assert icloud.PASSWORD not in str(caught.value)
+
+
+async def test_a_calendar_shared_by_someone_else_is_listed_but_not_read_by_default(
+    provider: CaldavProvider,
+) -> None:
+    # iCloud's family calendar: owned by another principal, marked CS:shared for this account.
+    server = IcloudLikeCaldav(family_shared_by="/654321/principal/")
+    server.start()
+    try:
+        root = account(server.front_url)
+        listed = {info.name: info for info in await provider.list_calendars(root)}
+        server.add_event(
+            "family", "kids", vevent("kids", "DTSTART:20261202T170000Z", "DTEND:20261202T180000Z")
+        )
+        server.add_event(
+            "work", "meet", vevent("meet", "DTSTART:20261201T150000Z", "DTEND:20261201T160000Z")
+        )
+        busy = await provider.busy(root, calendar_ids=[], tz=NY, start=START, end=END)
+    finally:
+        server.stop()
+    assert not listed["Family"].counts_busy and listed["Work"].counts_busy
+    # Only Work's event: the family calendar is not read when none are chosen.
+    assert busy == [(utc(2026, 12, 1, 15), utc(2026, 12, 1, 16))]
 
 
 async def test_a_wrong_password_at_the_server_address_needs_relinking(

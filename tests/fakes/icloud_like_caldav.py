@@ -31,6 +31,10 @@ and `/.well-known/caldav` redirects there.
 does for an account that was disabled or lost its access.
 `refused_props` holds `(namespace, name)` pairs answered in a 403 propstat wherever they are
 asked for, as servers answer a property the account may not read (RFC 4918 section 9.1).
+`family_shared_by` makes "Family" another principal's calendar shared with this account, as
+iCloud shares a family calendar: its `DAV:owner` (RFC 3744 section 5.1) is that principal and
+its resourcetype carries CalendarServer's `shared` (caldav-sharing); every other calendar's
+`DAV:owner` is the account's principal.
 `requests` records `(host, method, path)` of every request.
 """
 
@@ -77,8 +81,10 @@ class IcloudLikeCaldav:
         dav_root: str = "/",
         principal_on_home_host: bool = True,
         default_calendar: str | None = "family",
+        family_shared_by: str | None = None,
     ) -> None:
         self.dav_root = dav_root
+        self.family_shared_by = family_shared_by
         self.default_calendar = default_calendar
         self.forbidden = False
         self.refused_props: set[tuple[str, str]] = set()
@@ -167,8 +173,12 @@ class IcloudLikeCaldav:
         if collection is None:
             return None
         components = "".join(f'<C:comp name="{c}"/>' for c in collection.components)
+        shared = self.family_shared_by is not None and path == HOME + "family/"
+        owner = self.family_shared_by if shared else PRINCIPAL
         props = {
-            (_DAV, "resourcetype"): f"<D:collection/><C:{collection.kind}/>",
+            (_DAV, "resourcetype"): f"<D:collection/><C:{collection.kind}/>"
+            + ("<CS:shared/>" if shared else ""),
+            (_DAV, "owner"): f"<D:href>{escape(owner or PRINCIPAL)}</D:href>",
             (_DAV, "displayname"): escape(collection.name),
             (_CAL, "supported-calendar-component-set"): components,
             (_CS, "getctag"): f"ctag-{collection.version}",
