@@ -14,7 +14,9 @@ BookingError                      base; `retryable` says whether trying again ma
 ├── AppointmentNotActive          cancelled or already moved
 ├── CalendarUnavailable           a linked calendar could not be read (retryable unless the
 │                                 instance says otherwise: a 4xx refusal, a revoked grant)
-└── Busy                          the database stayed locked too long (retryable)
+├── Busy                          the database stayed locked too long (retryable)
+└── SecretKeyMissing              no FRONTDESK_SECRET_KEY (or a wrong one): stored calendar
+                                  credentials cannot be sealed or opened
 """
 
 from __future__ import annotations
@@ -99,3 +101,10 @@ class CalendarUnavailable(BookingError):
 class Busy(BookingError):
     code = "busy"
     retryable = True
+
+
+class SecretKeyMissing(BookingError):
+    """No FRONTDESK_SECRET_KEY, one that is not a Fernet key, or one that cannot open what was
+    stored: a setting of this server, so trying again does not help."""
+
+    code = "secret_key_missing"

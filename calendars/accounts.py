@@ -13,7 +13,6 @@ from booking import errors
 from calendars.base import Account, TokenSet
 from calendars.models import CalendarConnection
 from calendars.runtime import CalendarRuntime
-from calendars.secrets import SecretKeyMissing
 from calendars.tokens import OAuthTokens
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ class Accounts:
             return cached[1]
         try:
             secret = self.runtime.vault.open(conn.secret)
-        except SecretKeyMissing as exc:
+        except errors.SecretKeyMissing as exc:
             raise errors.CalendarUnavailable(f"{conn.name}: {exc}") from None
         tokens = None
         if conn.provider in OAUTH_PROVIDERS:

@@ -15,11 +15,9 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from booking.errors import BookingError
+from booking.errors import SecretKeyMissing
 
-
-class SecretKeyMissing(BookingError):
-    """No FRONTDESK_SECRET_KEY, or one that is not a Fernet key."""
+__all__ = ["SecretKeyMissing", "Vault", "new_key"]
 
 
 def new_key() -> str:

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData
 
 from booking import errors
+from calendars.base import NeedsRelink
 from calendars.google import PushHeaders
 from calendars.microsoft import MAX_NOTIFICATION_BODY, GraphNotifications
 from calendars.models import CalendarConnection
@@ -88,6 +89,12 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
 
+def wants_api_answer(request: Request) -> bool:
+    """A script's request (it sent a key or asks for JSON): answered as JSON, never a page."""
+    headers = request.headers
+    return _wants_json(request) or "authorization" in headers or "x-api-key" in headers
+
+
 def _back(
     request: Request, connection: CalendarConnection | None, target: str | None, message: str
 ) -> Response:
@@ -122,9 +129,14 @@ class LinkFailed(Exception):
 def failed(request: Request, exc: LinkFailed, status: int) -> Response:
     """The answer to a refused link: JSON for scripts, a short page for people."""
     log.info("calendar linking refused (%s): %s", status, exc.message)
-    if _wants_json(request) or request.headers.get("authorization"):
+    if wants_api_answer(request):
         return JSONResponse(
-            {"error": "calendar_link_failed", "code": exc.error.code, "message": exc.message},
+            {
+                "error": "calendar_link_failed",
+                "code": exc.error.code,
+                "message": exc.message,
+                "retryable": exc.error.retryable,
+            },
             status_code=status,
         )
     back = html.escape(request.headers.get("referer") or "/")
@@ -227,7 +239,16 @@ def parse_form(model: type[F], form: FormData) -> F:
 
 
 async def _form(request: Request, model: type[F]) -> F:
-    return parse_form(model, await request.form())
+    # The models hold text only, so the form (and any uploaded file's temporary file) is
+    # closed as soon as it is read, whether it was valid or not.
+    async with request.form() as form:
+        return parse_form(model, form)
+
+
+def _text(form: FormData, key: str) -> str:
+    """A field's first value as sent, for authorising before the form is validated."""
+    value = form.get(key)
+    return value if isinstance(value, str) else ""
 
 
 @router.get("/calendars/connect/{provider}")
@@ -277,8 +298,12 @@ async def connect_form(kind: str, request: Request) -> Response:
         raise HTTPException(404, f"link {kind} calendars with GET /calendars/connect/{kind}")
     guard = _guard(request)
     await guard.verify_form(request)
-    form: CaldavForm | IcsForm = await _form(request, CaldavForm if kind == "caldav" else IcsForm)
-    business_id = await guard.authorize(request, form.staff)
+    model: type[CaldavForm | IcsForm] = CaldavForm if kind == "caldav" else IcsForm
+    async with request.form() as raw:
+        # Who may link comes first: a caller who is not signed in is sent to log in (a script
+        # without the API key gets a 401) before the form is judged.
+        business_id = await guard.authorize(request, _text(raw, "staff"))
+        form = parse_form(model, raw)
     service = _service(request)
     target = _return_to(form.return_to) or (
         None if request.headers.get("authorization") else _staff_page(form.staff)
@@ -300,11 +325,20 @@ async def connect_form(kind: str, request: Request) -> Response:
                 source=form.source,
                 name=form.name or None,
             )
-    except errors.CalendarUnavailable as exc:
-        # While linking, a calendar that cannot be read (a refused password, a wrong address,
-        # a server that does not answer) makes the request one that cannot work as given.
+    except NeedsRelink as exc:
+        # A refused username or password: this request cannot work as given (422).
         raise LinkFailed(
-            errors.InvalidRequest(str(exc)), f"could not reach that calendar: {exc}"
+            errors.InvalidRequest(str(exc)),
+            f"that calendar refused the username or password: {exc}",
+        ) from exc
+    except errors.CalendarUnavailable as exc:
+        if exc.retryable:
+            # The server is down, slow or throttling: the same request may work later, so it
+            # is answered as the one table says (503, retryable).
+            raise LinkFailed(exc, f"that calendar did not answer; try again later: {exc}") from exc
+        # A refusal that will not change (a wrong address, not a calendar): 422.
+        raise LinkFailed(
+            errors.InvalidRequest(str(exc)), f"could not read that calendar: {exc}"
         ) from exc
     except errors.BookingError as exc:  # e.g. no FRONTDESK_SECRET_KEY on this server
         raise LinkFailed(exc) from exc
@@ -316,15 +350,15 @@ async def disconnect(connection_id: str, request: Request) -> Response:
     guard = _guard(request)
     await guard.verify_form(request)
     service = _service(request)
-    form = (
-        await _form(request, DisconnectForm)
-        if "form" in request.headers.get("content-type", "")
-        else DisconnectForm()
-    )
     conn = await service.find(connection_id)
     if conn is None:
         raise HTTPException(404, f"no calendar connection {connection_id}")
     business_id = await guard.authorize(request, conn.staff_id)
+    form = (  # read once the caller may unlink it
+        await _form(request, DisconnectForm)
+        if "form" in request.headers.get("content-type", "")
+        else DisconnectForm()
+    )
     try:
         await service.disconnect(connection_id, business_id=business_id)
     except errors.BookingError as exc:

@@ -17,7 +17,6 @@ from starlette.exceptions import HTTPException
 
 from booking import errors
 from booking.idempotency import RequestInProgress
-from calendars.secrets import SecretKeyMissing
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ STATUS: list[tuple[type[errors.BookingError], int]] = [
     (errors.AppointmentNotActive, 409),
     (errors.CalendarUnavailable, 503),
     (errors.Busy, 503),
-    (SecretKeyMissing, 503),  # this server has no FRONTDESK_SECRET_KEY: linking is off
+    (errors.SecretKeyMissing, 503),  # this server has no FRONTDESK_SECRET_KEY: linking is off
 ]
 
 

@@ -77,6 +77,8 @@ async def _authorize_linking(request: Request, staff_id: str) -> str:
             request, request.headers.get("authorization"), request.headers.get("x-api-key")
         )
     except HTTPException:
+        if calendar_web.wants_api_answer(request):
+            raise  # a script (a key sent, or JSON asked for): 401, not a log-in page
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise web_auth.LoginRequired(path) from None
     scheduler: Scheduler = request.app.state.scheduler
@@ -89,49 +91,52 @@ async def _verify_linking_form(request: Request) -> None:
     # Otherwise the API key is checked by `_authorize_linking`: no cookie, no CSRF.
 
 
+async def _stop(job: asyncio.Task[None]) -> None:
+    job.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
+
+
 def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if getattr(app.state, "scheduler", None) is None:
-            app.state.scheduler = build_scheduler(settings)
-        if app.state.scheduler.observer is None:
-            app.state.scheduler.observer = metrics.SchedulerMetrics()
-        if app.state.readiness is None:
-            app.state.readiness = Readiness(app.state.scheduler.engine)
-        app.state.readiness.draining = False
-        service = calendar_service(app.state.scheduler)
-        app.state.calendar_service = service
-        job = None
-        if service is not None and settings.calendar_sync_seconds:
-            job = asyncio.create_task(
-                service.run_forever(
-                    settings.calendar_sync_seconds, poll=settings.calendar_poll_seconds
-                )
-            )
-        webhooks.start_dispatcher(app)
-        if getattr(app.state, "switchboard", None) is None:
-            app.state.switchboard = build_switchboard(settings, app.state.scheduler)
-        await warm_up(app.state.switchboard.llm)
-        # A full garbage collection walks every object in the process, most of them the code
-        # and models loaded at start-up, and stalls every live call for a fifth of a second.
-        # Those live as long as the process: keep them out of the collector's sight while
-        # calls are served.
-        gc.freeze()
-        try:
+        # Each thing is closed by the stack as soon as it is built, last built first closed:
+        # a failure while starting, or a close that raises, still closes everything else.
+        async with contextlib.AsyncExitStack() as stack:
+            if getattr(app.state, "scheduler", None) is None:
+                app.state.scheduler = build_scheduler(settings)
+            stack.callback(app.state.scheduler.engine.dispose)
+            if app.state.scheduler.observer is None:
+                app.state.scheduler.observer = metrics.SchedulerMetrics()
+            if app.state.readiness is None:
+                app.state.readiness = Readiness(app.state.scheduler.engine)
+            app.state.readiness.draining = False
+            service = calendar_service(app.state.scheduler)
+            app.state.calendar_service = service
+            if service is not None:
+                stack.push_async_callback(service.close)
+                if settings.calendar_sync_seconds:
+                    job = asyncio.create_task(
+                        service.run_forever(
+                            settings.calendar_sync_seconds, poll=settings.calendar_poll_seconds
+                        )
+                    )
+                    stack.push_async_callback(_stop, job)
+            webhooks.start_dispatcher(app)
+            stack.push_async_callback(webhooks.stop_dispatcher, app)
+            stack.push_async_callback(app.state.tryit_chats.aclose)
+            if getattr(app.state, "switchboard", None) is None:
+                app.state.switchboard = build_switchboard(settings, app.state.scheduler)
+            stack.push_async_callback(app.state.switchboard.aclose)
+            await warm_up(app.state.switchboard.llm)
+            # A full garbage collection walks every object in the process, most of them the
+            # code and models loaded at start-up, and stalls every live call for a fifth of a
+            # second. Those live as long as the process: keep them out of the collector's
+            # sight while calls are served.
+            gc.freeze()
+            stack.callback(gc.unfreeze)
+            stack.callback(setattr, app.state.readiness, "draining", True)  # /readyz: no new calls
             yield
-        finally:
-            app.state.readiness.draining = True  # /readyz: send no new calls here
-            gc.unfreeze()
-            await app.state.switchboard.aclose()
-            await app.state.tryit_chats.aclose()
-        await webhooks.stop_dispatcher(app)
-        if job is not None:
-            job.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
-        if service is not None:
-            await service.close()
-        app.state.scheduler.engine.dispose()
 
     # The docs pages are added by web_security, each with the policy its CDN scripts need.
     app = web_security.SecureFastAPI(

@@ -34,6 +34,8 @@ def report(exc: BaseException) -> tuple[int, str] | None:
     if "booking.errors" in sys.modules:
         from booking import errors
 
+        if isinstance(exc, errors.AmbiguousBusiness):  # the domain's words, with the flag
+            return REFUSED, f"error: {exc.message} (--business ID)"
         if isinstance(exc, errors.InvalidRequest):
             return MALFORMED, f"error: {exc.message}"
         if isinstance(exc, errors.BookingError):

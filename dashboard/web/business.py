@@ -239,7 +239,8 @@ async def settings_page(request: Request, user: OwnerUser, saved: bool = False) 
 
 @router.post("/settings", dependencies=[Depends(verify_csrf)])
 async def save_settings(request: Request, user: OwnerUser) -> Response:
-    form = SettingsForm.read(await request.form())
+    async with request.form() as raw:  # closes any uploaded file's temporary file
+        form = SettingsForm.read(raw)
     at = db.now(request)
     if await db.run(request, lambda s: _save(s, user, form, at), write=True):
         return RedirectResponse("/settings?saved=1", status_code=303)
@@ -388,11 +389,10 @@ async def _after(request: Request, user: WebUser, problems: list[str]) -> Respon
 
 @router.post("/settings/services", dependencies=[Depends(verify_csrf)])
 async def add_service(request: Request, user: OwnerUser) -> Response:
-    form = await request.form()
     at = db.now(request)
-    return await _after(
-        request, user, await db.run(request, lambda s: _add_service(s, user, form, at), write=True)
-    )
+    async with request.form() as form:  # closes any uploaded file's temporary file
+        problems = await db.run(request, lambda s: _add_service(s, user, form, at), write=True)
+    return await _after(request, user, problems)
 
 
 @router.post("/settings/services/{service_id}/remove", dependencies=[Depends(verify_csrf)])
