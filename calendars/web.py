@@ -10,11 +10,14 @@ Linking (a person in a browser, signed in to the dashboard, or a script with the
 - `POST /calendars/{id}/disconnect` unlinks.
 
 Who may link is decided by the application (`app.state.calendar_guard`, see `CalendarGuard`):
-this package knows nothing of dashboard log-ins. Each form post is read into a model (`CaldavForm`,
+this package knows nothing of dashboard log-ins. It is asked first: a visitor who is not signed in
+is sent to log in (a script without the key gets a 401) before any form is judged, and a form's
+uploaded files are closed once it is read. Each form post is read into a model (`CaldavForm`,
 `IcsForm`, `DisconnectForm`, `CallbackForm`): a field that is missing, too long or not text is a
 422 naming it. A linking request refused for a domain reason raises `LinkFailed`, which the
 application answers with the status its one table of domain errors gives (`frontdesk.app`), as
-JSON for scripts or a short page for people (`failed`).
+JSON for scripts or a short page for people (`failed`). While linking, a calendar server that is
+down or slow stays a retryable 503; a refused password or address is a 422.
 
 Notifications (the providers calling us):
 - `POST /calendars/notify/google`: a watch channel's push (X-Goog-* headers, each checked for
