@@ -338,7 +338,9 @@ async def connect_form(kind: str, request: Request) -> Response:
         if exc.retryable:
             # The server is down, slow or throttling: the same request may work later, so it
             # is answered as the one table says (503, retryable).
-            raise LinkFailed(exc, f"that calendar did not answer; try again later: {exc}") from exc
+            raise LinkFailed(
+                exc, f"could not read that calendar now; try again later: {exc}"
+            ) from exc
         # A refusal that will not change (a wrong address, not a calendar): 422.
         raise LinkFailed(
             errors.InvalidRequest(str(exc)), f"could not read that calendar: {exc}"
