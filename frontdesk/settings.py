@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     port: int = 8000
     hold_minutes: int = Field(default=5, ge=1, le=60)
     calendar_timeout_seconds: float = Field(default=4.0, gt=0)
+    # The one retry policy of the calendar providers: how many attempts a refused or failed
+    # request gets, and the longest Retry-After a server may ask for before giving up at once.
+    retry_attempts: int = Field(default=4, ge=1, le=10)
+    retry_max_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
     log_level: str = "INFO"
     log_format: str = Field(
         default="text", pattern="^(text|json)$", description="text, or json: one object a line"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from agent.llm import LlmConfig
     from booking.busy import CalendarBusy, CalendarWriter, StaffCalendars
     from booking.clock import Clock
+    from booking.retry import RetryPolicy
     from booking.rules import Interval
     from booking.scheduler import Scheduler
     from calendars.base import CalendarProvider, OAuthClient
@@ -40,12 +41,26 @@ def llm_config(settings: Settings) -> LlmConfig:
     )
 
 
+def build_retry_policy(settings: Settings, clock: Clock | None = None) -> RetryPolicy:
+    """The one retry policy of the calendar providers (`FRONTDESK_RETRY_ATTEMPTS`,
+    `FRONTDESK_RETRY_MAX_WAIT_SECONDS`), on `clock`: the wall clock by default, also when the
+    scheduler runs at a fixed `--now`, because a server's Retry-After date is wall-clock time."""
+    from booking.clock import SystemClock
+    from booking.retry import RetryPolicy
+
+    return RetryPolicy(
+        attempts=settings.retry_attempts,
+        max_retry_after=settings.retry_max_wait_seconds,
+        clock=clock or SystemClock(),
+    )
+
+
 def build_providers(settings: Settings, clock: Clock | None = None) -> dict[str, CalendarProvider]:
     """One provider per calendar kind, with the settings' timeouts and API addresses.
 
-    Every provider reads "now" (Retry-After dates, retry deadlines) from the same `clock`: the
-    wall clock, also when the scheduler runs at a fixed `--now`, because a server's Retry-After
-    date is wall-clock time."""
+    Every provider reads "now" (Retry-After dates, retry deadlines) from the same `clock` (the
+    wall clock by default), and Google, Microsoft and CalDAV retry through the same policy
+    (`build_retry_policy`)."""
     from booking.clock import SystemClock
     from calendars.caldav import CaldavProvider
     from calendars.google import GoogleProvider
@@ -54,17 +69,21 @@ def build_providers(settings: Settings, clock: Clock | None = None) -> dict[str,
 
     timeout = settings.calendar_timeout_seconds
     clock = clock or SystemClock()
+    retry = build_retry_policy(settings, clock)
     return {
         "ics": IcsProvider(timeout=timeout, clock=clock),
-        "caldav": CaldavProvider(timeout=timeout, clock=clock),
+        "caldav": CaldavProvider(timeout=timeout, clock=clock, retry=retry),
         "google": GoogleProvider(
-            api_base_url=settings.google_api_base_url, timeout=timeout, clock=clock
+            api_base_url=settings.google_api_base_url, timeout=timeout, clock=clock, retry=retry
         ),
         "microsoft": MicrosoftProvider(
             graph_base_url=settings.microsoft_graph_base_url,
             timeout=timeout,
+            # The whole operation (pages, retries, waits); each request's retries get the time
+            # left as their deadline, so a Retry-After beyond it gives up at once, kept.
             time_limit=max(timeout, 10.0),
             clock=clock,
+            retry=retry,
         ),
     }
 

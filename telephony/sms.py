@@ -3,26 +3,30 @@
 Sending never holds up a call and never fails one: `SmsSender.send` queues the message and returns;
 a background task posts it (the Twilio client is synchronous, so in a worker thread) and retries
 through `booking.retry.RetryPolicy` (exponential back-off with jitter) while a retry can help
-(network errors, timeouts, 408, 429, 5xx). A 4xx such as an invalid number is logged once and
-dropped.
+(network errors, timeouts, 408, 429, 5xx), waiting what a refusal's `Retry-After` header asks
+(Twilio's exception does not keep the answer's headers, so the HTTP client records them). A 4xx
+such as an invalid number is logged once and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
-from booking.clock import Clock
-from booking.retry import RetryPolicy, retryable_status
+from booking.clock import Clock, SystemClock
+from booking.retry import RetryPolicy, parse_retry_after, retryable_status
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +76,44 @@ def _retryable(exc: Exception) -> bool:
 
 
 class _NotSent(Exception):
-    """One failed post, with whether the retry policy should try again."""
+    """One failed post, with whether the retry policy should try again and, when the answer
+    asked for it, after how many seconds (`retry_after`)."""
 
-    def __init__(self, cause: Exception) -> None:
+    def __init__(self, cause: Exception, retry_after: float | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.retryable = _retryable(cause)
+        self.retry_after = retry_after if self.retryable else None
+
+
+class _AnswerHeaders(TwilioHttpClient):  # type: ignore[misc]  # twilio is untyped
+    """Twilio's HTTP client, remembering per worker thread the last answer's `Retry-After`
+    (one post runs in one thread; `TwilioRestException` does not keep the headers)."""
+
+    def __init__(self, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._last = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        self._last.retry_after = None
+        response = super().request(*args, **kwargs)
+        headers = response.headers
+        value = headers.get("Retry-After") if headers is not None else None
+        self._last.retry_after = value if isinstance(value, str) else None
+        return response
+
+    @property
+    def retry_after(self) -> str | None:
+        value = getattr(self._last, "retry_after", None)
+        return value if isinstance(value, str) else None
 
 
 class SmsSender:
     """Posts texts through `twilio.rest.Client`, retrying in the background.
 
     `attempts`, `backoff` (the first wait) and `max_backoff` (the longest) shape the retry
-    policy; `sleep` and `clock` are injectable for tests. Setting `backoff` later takes effect
+    policy; `clock` (the wall clock by default) measures a `Retry-After` date, `sleep` waits;
+    both are injectable for tests. Setting `backoff` later takes effect
     for the texts queued after it.
     """
 
@@ -103,9 +132,8 @@ class SmsSender:
         jitter: bool = True,
     ) -> None:
         # The SDK's own timeout, so a hung request also frees its worker thread.
-        self._client = Client(
-            account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout)
-        )
+        self._http = _AnswerHeaders(timeout=timeout)
+        self._client = Client(account_sid, auth_token, http_client=self._http)
         if api_base_url:
             # The Api domain builds every URL from its base_url; pointing it elsewhere is how
             # the SDK's own tests and regional setups reach a different host.
@@ -113,7 +141,7 @@ class SmsSender:
         self._attempts = attempts
         self._max_backoff = max_backoff
         self._sleep = sleep
-        self._clock = clock
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._jitter = jitter
         self._timeout = timeout
         self.backoff = backoff
@@ -150,6 +178,12 @@ class SmsSender:
             attempt += 1
             try:
                 return await asyncio.wait_for(asyncio.to_thread(self._post, sms), self._timeout + 1)
+            except _NotSent as refused:
+                if refused.retryable and attempt < self._attempts:
+                    log.warning(
+                        "SMS to %s failed (attempt %d, retrying): %s", sms.to, attempt, refused
+                    )
+                raise
             except (TwilioException, OSError, TimeoutError) as exc:
                 failed = _NotSent(exc)
                 if failed.retryable and attempt < self._attempts:
@@ -167,7 +201,12 @@ class SmsSender:
         return SentSms(sms=sms, sid=sid, attempts=attempt)
 
     def _post(self, sms: Sms) -> str:
-        message = self._client.messages.create(to=sms.to, from_=sms.from_, body=sms.body)
+        try:
+            message = self._client.messages.create(to=sms.to, from_=sms.from_, body=sms.body)
+        except TwilioRestException as exc:
+            # In the worker thread that received the answer, whose Retry-After it was.
+            wait = parse_retry_after(self._http.retry_after, self._clock.now())
+            raise _NotSent(exc, retry_after=wait) from None
         return str(message.sid)
 
     async def drain(self) -> None:

@@ -51,7 +51,8 @@ class GoogleProvider:
     `timeout` bounds each operation, retries and back-off included; `retries` is how many times
     one request is sent again after a rate-limit or server error; `max_retry_after` caps the
     wait a Retry-After header may ask for; `sleep` waits between attempts (tests record it);
-    `clock` is "now" for Retry-After dates and the retry deadline.
+    `clock` is "now" for Retry-After dates and the retry deadline. `retry` replaces the policy
+    those three build (the app passes the one policy all providers share).
     """
 
     name = "google"
@@ -67,12 +68,13 @@ class GoogleProvider:
         max_retry_after: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         base = api_base_url if api_base_url.endswith("/") else api_base_url + "/"
         self._endpoint = urljoin(base, "calendar/v3/")
         self._timeout = timeout
         self._clock: Clock = clock or SystemClock()
-        self._retry = RetryPolicy(
+        self._retry = retry or RetryPolicy(
             attempts=retries + 1, max_retry_after=max_retry_after, clock=self._clock, sleep=sleep
         )
         self._https = _Https()

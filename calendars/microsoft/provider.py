@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from calendars.microsoft.transport import (
 from calendars.microsoft.wire import (
     _DAY,
     _busy_of,
+    _can_edit,
     _event_body,
     _iso,
     _own_calendar,
@@ -43,16 +45,21 @@ SUBSCRIPTION_LIFETIME = timedelta(minutes=4200)
 _UTC_PREFER = 'outlook.timezone="UTC"'
 _CHUNK = timedelta(days=60)  # calendarView reads split into windows of this size
 _BUSY_FIELDS = "id,type,seriesMasterId,start,end,isAllDay,showAs,isCancelled,responseStatus"
+# When the running operation (`_call`) must be done, on the event loop's clock: each request's
+# retries get the time left as their deadline, so a Retry-After beyond it ends them at once.
+_ENDS_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar("_ENDS_AT", default=None)
 
 
 class MicrosoftProvider:
     """Reads busy time from, writes bookings to and watches Outlook calendars.
 
     `timeout` bounds each HTTP request; `time_limit` bounds a whole operation (its pages,
-    retries and waits). `retries` is how many times a 429/5xx answer is tried again;
-    `max_retry_after` caps a server's `Retry-After`. `sleep` waits between retries and `clock`
-    dates subscriptions and Retry-After dates (both injectable for tests); `transport` is
-    httpx's.
+    retries and waits): a request's retries get the time left as their deadline, so a
+    `Retry-After` beyond it gives up at once with the error (and its `retry_after`) intact.
+    `retry` is the policy a 429/5xx answer is tried again by (the app passes the one policy all
+    providers share); without one, a policy of `retries` more attempts whose waits are at most
+    `max_retry_after` is built on `clock` and `sleep`. `clock` also dates subscriptions and
+    Retry-After dates; `transport` is httpx's.
     """
 
     name = "microsoft"
@@ -71,13 +78,13 @@ class MicrosoftProvider:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._base = graph_base_url.rstrip("/")
         self._timeout = timeout
         self._time_limit = time_limit
         self._clock: Clock = clock or SystemClock()
-        # No deadline of its own: the operation's time limit (`_call`) bounds the waits too.
-        self._retry = RetryPolicy(
+        self._retry = retry or RetryPolicy(
             attempts=retries + 1, max_retry_after=max_retry_after, clock=self._clock, sleep=sleep
         )
         # Graph waits up to 10 s for the notification URL's validation answer before it
@@ -96,19 +103,31 @@ class MicrosoftProvider:
     async def list_calendars(self, account: Account) -> list[CalendarInfo]:
         async def read() -> list[CalendarInfo]:
             rows = await self._pages(account, f"{self._base}/me/calendars", {})
-            me = str(account.settings.get("account") or "") or None
+            mine = await self._addresses(account)
             return [
                 CalendarInfo(
                     id=str(row["id"]),
                     name=str(row.get("name") or "Calendar"),
                     primary=bool(row.get("isDefaultCalendar")),
-                    writable=bool(row.get("canEdit", True)),
-                    counts_busy=_own_calendar(row, me),
+                    writable=_can_edit(row),
+                    counts_busy=_own_calendar(row, mine),
                 )
                 for row in rows
             ]
 
         return await self._call(account, "calendar list", read())
+
+    async def _addresses(self, account: Account) -> list[str]:
+        """The user's addresses as Graph reports them (GET /me `mail`, `userPrincipalName`),
+        which a calendar's `owner` address is one of when the calendar is the user's own; the
+        sign-in name the account was linked with when Graph names neither."""
+        me = await self._json(
+            account, "GET", f"{self._base}/me", params={"$select": "mail,userPrincipalName"}
+        )
+        fields = me if isinstance(me, dict) else {}
+        found = [fields.get("mail"), fields.get("userPrincipalName")]
+        addresses = [address for address in found if isinstance(address, str) and address]
+        return addresses or [str(account.settings.get("account") or "")]
 
     async def busy(
         self,
@@ -354,6 +373,7 @@ class MicrosoftProvider:
     ) -> _T:
         """Run one operation under the time limit; a late answer is CalendarUnavailable."""
         limit = self._time_limit if limit is None else limit
+        token = _ENDS_AT.set(asyncio.get_running_loop().time() + limit)
         try:
             async with asyncio.timeout(limit):
                 return await work
@@ -361,6 +381,8 @@ class MicrosoftProvider:
             raise CalendarUnavailable(
                 f"{_who(account)} did not answer the {action} within {limit:g} s"
             ) from None
+        finally:
+            _ENDS_AT.reset(token)
 
     async def _get(self, account: Account, url: str) -> dict[str, Any]:
         answer = await self._json(account, "GET", url)
@@ -442,7 +464,9 @@ class MicrosoftProvider:
                 return response
 
         try:
-            response = await self._retry.call(attempt)
+            ends_at = _ENDS_AT.get()
+            left = None if ends_at is None else ends_at - asyncio.get_running_loop().time()
+            response = await self._retry.call(attempt, deadline=left)
         except _TimedOut:
             raise CalendarUnavailable(
                 f"{_who(account)} did not answer within {seconds:g} s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -44,19 +45,27 @@ class GraphNotifications(BaseModel):
     value: list[GraphNotification] = Field(max_length=MAX_NOTIFICATIONS)
 
 
-def _own_calendar(row: dict[str, Any], me: str | None) -> bool:
+def _can_edit(row: dict[str, Any]) -> bool:
+    """Whether the user may add events to a Graph calendar: its `canEdit`, True when absent
+    (nothing says otherwise), for both what is written to and what counts as the user's own."""
+    return bool(row.get("canEdit", True))
+
+
+def _own_calendar(row: dict[str, Any], mine: Collection[str]) -> bool:
     """Whether a Graph calendar is one of the user's own: the default calendar, or one the user
-    can edit whose `owner` (who created or added it) is the user. A calendar shared by someone
-    else has them as owner; a holiday or birthday calendar cannot be edited."""
+    can edit whose `owner` (who created or added it) is the user, by any address Graph gives
+    the user (`mine`: `mail`, `userPrincipalName`). A calendar shared by someone else has them
+    as owner; a holiday or birthday calendar cannot be edited."""
     if row.get("isDefaultCalendar"):
         return True
-    if not row.get("canEdit"):
+    if not _can_edit(row):
         return False
     owner = row.get("owner")
     address = owner.get("address") if isinstance(owner, dict) else None
-    if not address or not me:
+    known = {m.casefold() for m in mine if m}
+    if not address or not known:
         return True  # nothing says it is another person's, and the user can edit it
-    return str(address).casefold() == me.casefold()
+    return str(address).casefold() in known
 
 
 def _seg(value: str) -> str:

@@ -752,6 +752,27 @@ async def test_errors_retried_until_the_bound_stay_retryable(
     assert waits == [3.0, 3.0]
 
 
+async def test_the_shared_retry_policy_is_the_one_used(
+    h: Harness, fake: FakeGoogleCalendar
+) -> None:
+    from booking.retry import RetryPolicy
+
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    fake.fail_next("500", 10)
+    policy = RetryPolicy(attempts=2, jitter=False, sleep=record)
+    provider = GoogleProvider(api_base_url=fake.api_base_url, timeout=10.0, retry=policy)
+    with pytest.raises(CalendarUnavailable, match="500"):
+        await provider.busy(
+            h.account, calendar_ids=[h.calendar_id], tz=NY, start=DAY, end=DAY + timedelta(days=1)
+        )
+    provider.close()
+    assert len(fake.api_requests("/freeBusy")) == 2 and waits == [0.5]
+
+
 async def test_no_token_or_secret_appears_in_any_error(
     h: Harness, fake: FakeGoogleCalendar
 ) -> None:

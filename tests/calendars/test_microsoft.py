@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -199,6 +200,19 @@ async def test_only_the_users_own_calendars_count_as_busy(h: Harness) -> None:
     }
     assert [name for name, c in listed.items() if c.primary] == ["Calendar"]
     assert listed["Colleague"].writable and not listed["Holidays"].writable
+
+
+async def test_own_calendars_are_matched_by_the_mailbox_address_not_the_sign_in_name(
+    h: Harness,
+) -> None:
+    # A work account signs in as lee@clinic.onmicrosoft.com (its userPrincipalName, the
+    # token's preferred_username) while its mailbox, which calendar owners name, is another.
+    graph = graph_of(h)
+    graph.sign_in_name = "lee@clinic.onmicrosoft.com"
+    linked = replace(h.account, settings={"account": graph.sign_in_name})
+    graph.add_calendar("Colleague", owner=("Sam Roe", "sam@example.com"))
+    listed = {c.name: c for c in await h.provider.list_calendars(linked)}
+    assert listed["Work"].counts_busy and not listed["Colleague"].counts_busy
 
 
 # ---- sync -------------------------------------------------------------------------------------
@@ -434,11 +448,42 @@ async def test_a_request_that_times_out_does_not_block_the_loop(h: Harness) -> N
 
 
 async def test_an_overall_time_limit_bounds_retries() -> None:
-    async with harness(time_limit=0.3, sleep=asyncio.sleep, max_retry_after=5) as h:
+    # Server errors without Retry-After back off; the operation's time limit ends them.
+    async with harness(time_limit=0.3, sleep=asyncio.sleep) as h:
+        assert h.fail_next is not None
+        h.fail_next("timeout", 5)
+        with pytest.raises(CalendarUnavailable, match=r"within 0\.3 s|did not answer"):
+            await busy(h)
+
+
+async def test_a_retry_after_beyond_the_time_left_gives_up_at_once_keeping_it() -> None:
+    # Changed on purpose: a Retry-After (1 s) longer than the operation has left (0.3 s) used to
+    # be slept on until the time limit killed it as "did not answer", the wait lost. Now the 429
+    # comes back at once with its retry_after, for the caller to come back then.
+    async with harness(time_limit=0.3, max_retry_after=5) as h:
         assert h.fail_next is not None
         h.fail_next("429", 5)
-        with pytest.raises(CalendarUnavailable, match=r"within 0\.3 s"):
+        with pytest.raises(CalendarUnavailable, match="HTTP 429") as caught:
             await busy(h)
+    assert caught.value.retry_after == 1.0 and caught.value.retryable
+    assert h.extra["sleep"].waits == []
+
+
+async def test_the_shared_retry_policy_is_the_one_used() -> None:
+    from booking.retry import RetryPolicy
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    policy = RetryPolicy(attempts=2, max_retry_after=30.0, sleep=sleep)
+    async with harness(retry=policy) as h:
+        assert h.fail_next is not None
+        h.fail_next("429", 5)
+        with pytest.raises(CalendarUnavailable, match="HTTP 429"):
+            await busy(h)
+    assert waits == [1.0]  # two attempts, the policy's, not the provider's default four
 
 
 async def test_a_401_to_the_refreshed_token_needs_relinking(h: Harness) -> None:

@@ -169,6 +169,9 @@ class FakeGraph:
         self.client_secret = client_secret
         self.user_id = str(uuid.uuid4())
         self.user_mail = user_mail
+        # The sign-in name (userPrincipalName, the token's preferred_username); by default the
+        # mailbox address, as for most accounts. A work account's is often another address.
+        self.sign_in_name = user_mail
         self.timeout_delay = timeout_delay
         self.allow_http_callbacks = allow_http_callbacks
         self.page_size_cap: int | None = None
@@ -502,7 +505,7 @@ class FakeGraph:
             "sub": "fake-sub",
             "oid": self.user_id,
             "tid": TENANT_ID,
-            "preferred_username": self.user_mail,
+            "preferred_username": self.sign_in_name,
             "name": "Dr. Lee",
             "ver": "2.0",
         }
@@ -564,7 +567,7 @@ class FakeGraph:
                     "id": self.user_id,
                     "displayName": "Dr. Lee",
                     "mail": self.user_mail,
-                    "userPrincipalName": self.user_mail,
+                    "userPrincipalName": self.sign_in_name,
                 }
             )
 

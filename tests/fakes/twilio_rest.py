@@ -4,7 +4,8 @@ is what the tests exercise.
 `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` with HTTP Basic auth (account SID and auth
 token) and form fields `To`, `From`, `Body` answers 201 with a Message resource (`sid` "SM...",
 `status` "queued", ...), as documented. Errors use Twilio's error body (`code`, `message`,
-`more_info`, `status`). `fail_next(n)` makes the next `n` sends answer 500 first, to prove retry.
+`more_info`, `status`). `fail_next(n)` makes the next `n` sends answer 500 first, to prove retry
+(`status=` another status, `retry_after=` with that `Retry-After` header).
 
     rest = FakeTwilioRest(account_sid="AC...", auth_token="...").start()
     ... Settings(twilio_api_base_url=rest.base_url) ...
@@ -45,7 +46,7 @@ class FakeTwilioRest:
         self.auth_token = auth_token
         self.messages: list[SentMessage] = []
         self.attempts = 0
-        self._failures: list[int] = []
+        self._failures: list[tuple[int, str | None]] = []
         self._changed = threading.Condition()
         app = Starlette(
             routes=[
@@ -66,9 +67,12 @@ class FakeTwilioRest:
     def stop(self) -> None:
         self._loop_server.stop()
 
-    def fail_next(self, count: int = 1, *, status: int = 500) -> None:
+    def fail_next(
+        self, count: int = 1, *, status: int = 500, retry_after: str | None = None
+    ) -> None:
+        """The next `count` sends answer `status`, with `Retry-After: retry_after` when set."""
         with self._changed:
-            self._failures.extend([status] * count)
+            self._failures.extend([(status, retry_after)] * count)
 
     def wait_for(self, count: int, *, timeout: float = 5.0) -> list[SentMessage]:
         """Block until `count` messages were accepted; the messages so far."""
@@ -93,7 +97,11 @@ class FakeTwilioRest:
         if not self._authorised(request) or sid != self.account_sid:
             return _error(401, 20003, "Authenticate")
         if failure is not None:
-            return _error(failure, 20500, "Internal Server Error")
+            status, retry_after = failure
+            answer = _error(status, 20500, "Internal Server Error")
+            if retry_after is not None:
+                answer.headers["Retry-After"] = retry_after
+            return answer
         to, from_, body = (str(form.get(k) or "") for k in ("To", "From", "Body"))
         if not to.startswith("+"):
             return _error(400, 21211, f"The 'To' number {to} is not a valid phone number.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,10 @@ from tests.telephony.conftest import ACCOUNT_SID, TOKEN
 SMS = Sms(to="+12025554321", from_="+12025550100", body="Clinic: you're booked.")
 
 
-def sender(rest: FakeTwilioRest, **kw: float) -> SmsSender:
+def sender(rest: FakeTwilioRest, **kw: Any) -> SmsSender:
     return SmsSender(
         account_sid=ACCOUNT_SID, auth_token=TOKEN, api_base_url=rest.base_url, backoff=0.01, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_a_text_is_posted_to_twilio_messages(rest: FakeTwilioRest) -> None:
@@ -118,6 +119,52 @@ async def test_retries_stop_after_the_attempts(rest: FakeTwilioRest) -> None:
 @pytest.mark.parametrize("status", [400, 401, 404])
 async def test_a_client_error_is_not_retried(rest: FakeTwilioRest, status: int) -> None:
     rest.fail_next(1, status=status)
+    sleep = RecordedSleep()
+    sms = recorded(rest, sleep)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is None and rest.attempts == 1 and sleep.waits == []
+
+
+async def test_a_429_waits_what_its_retry_after_asks(rest: FakeTwilioRest) -> None:
+    rest.fail_next(2, status=429, retry_after="2.5")
+    sleep = RecordedSleep()
+    sms = recorded(rest, sleep)
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is not None and sent.attempts == 3
+    assert sleep.waits == [2.5, 2.5]  # the header's wait, not the back-off's 1 and 2 s
+
+
+async def test_a_retry_after_date_is_measured_with_the_injected_clock(
+    rest: FakeTwilioRest,
+) -> None:
+    from booking.clock import FixedClock
+
+    rest.fail_next(1, status=503, retry_after="Wed, 02 Dec 2026 10:00:02 GMT")
+    sleep = RecordedSleep()
+    sms = SmsSender(
+        account_sid=ACCOUNT_SID,
+        auth_token=TOKEN,
+        api_base_url=rest.base_url,
+        max_backoff=3.0,
+        sleep=sleep,
+        clock=FixedClock(datetime(2026, 12, 2, 10, 0, tzinfo=UTC)),
+        jitter=False,
+    )
+    try:
+        sent = await sms.send(SMS)
+    finally:
+        await sms.aclose()
+    assert sent is not None and sleep.waits == [2.0]
+
+
+async def test_a_retry_after_longer_than_the_policy_waits_gives_up(rest: FakeTwilioRest) -> None:
+    rest.fail_next(5, status=429, retry_after="3600")
     sleep = RecordedSleep()
     sms = recorded(rest, sleep)
     try:
