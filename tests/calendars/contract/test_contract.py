@@ -215,6 +215,25 @@ async def test_a_429_waits_until_the_retry_after_date(retrying: Contract) -> Non
     assert retrying.sleep.waits == [pytest.approx(5.0, abs=0.01)]
 
 
+async def test_a_retry_after_longer_than_the_policy_waits_gives_up_at_once_keeping_it(
+    retrying: Contract,
+) -> None:
+    # Calling again sooner than the server asked would only be refused again: the error comes
+    # back at once, and its retry_after tells the caller when to come back.
+    await retrying.add("busy", at(9), at(10))
+    retrying.set_retry_after("3600")
+    retrying.fail_next("429", 5)
+    before = len(retrying.sent())
+
+    with pytest.raises(CalendarUnavailable) as caught:
+        await busy(retrying)
+
+    assert caught.value.retryable and caught.value.retry_after == 3600.0
+    assert retrying.sleep.waits == []
+    sent = retrying.sent()[before:]
+    assert sent and sent.count(sent[-1]) == 1  # the refused request was not sent again
+
+
 @pytest.mark.parametrize("status", ["500", "503"])
 async def test_a_server_error_is_retried(retrying: Contract, status: str) -> None:
     await retrying.add("busy", at(9), at(10))
