@@ -16,7 +16,10 @@ address into a private one, nor from https to http. A calendar's id is its colle
 (RFC 6638 section 9.2; the inbox is the principal's `schedule-inbox-URL`, or the one listed in
 the home), else the first writable event calendar; `counts_busy` is false for a collection
 whose supported-calendar-component-set lacks VEVENT (iCloud's Reminders, task lists) or whose
-`schedule-calendar-transp` is transparent (RFC 6638 section 9.1); `writable` comes from
+`schedule-calendar-transp` is transparent (RFC 6638 section 9.1), and for another person's
+calendar shared with the account (an iCloud family calendar, a Nextcloud share: CalendarServer's
+`shared` resourcetype, or a `DAV:owner` / ownCloud `owner-principal` other than the account's
+principal; RFC 3744 section 5.1); `writable` comes from
 `current-user-privilege-set` (RFC 3744 section 5.4) when the server offers it, and is false
 for a collection that takes no events. `busy` with no calendar ids reads the ones that count.
 
@@ -37,11 +40,14 @@ that event instead of writing a second copy. The UID (the event id we return) co
 
 The library blocks, so every call runs in a worker thread under a timeout. Whatever goes wrong
 becomes `CalendarUnavailable`, whose message names the server by host only (the library's own
-error texts carry full URLs and are never passed on): `NeedsRelink` for a refused password or
-access (401, 403), never retried; retryable, with the answer's `Retry-After`, for a 5xx, 429 or
-408 and for a connection that failed or timed out; not retryable for any other refusal (404,
-400, ...). Each operation goes through the injected `booking.retry.RetryPolicy`, which tries a
-retryable failure again within the operation's timeout.
+error texts carry full URLs and are never passed on): `NeedsRelink` for a refused password (401)
+or a refused access to the account itself (403 while checking or listing it), never retried; a
+403 to one calendar or event (a missing privilege there, a precondition such as a UID conflict)
+is final for that request only, naming the calendar; retryable for a 5xx, 429 or 408 (with that
+answer's `Retry-After`) and for a connection that failed or timed out (without one); not
+retryable for any other refusal (404, 400, ...). Each operation goes through the injected
+`booking.retry.RetryPolicy`, which tries a retryable failure again within the operation's
+timeout.
 
 Clients are kept between operations, per account (`_Clients`), with their open connections and
 the login they negotiated; an account whose server asked for Basic once gets its credentials sent

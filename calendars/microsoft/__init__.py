@@ -24,12 +24,13 @@ too.
 
 Requests share one `httpx.AsyncClient`. 408, 429 and 503 answers (and other 5xx answers to a
 request that may be repeated) are retried by `booking.retry.RetryPolicy` a bounded number of
-times, honouring `Retry-After` (capped; an HTTP-date read against the injected clock), within
-the operation's time limit; any other 4xx is not retryable. A request that timed out is not
-sent again within the operation (it may still land). A 401 refreshes the access token once; a
-401 to the fresh token, or a refused refresh, is `NeedsRelink`. Whatever else goes wrong becomes
-`CalendarUnavailable`, whose message names the account and never carries a token, a secret or
-a delta link.
+times, honouring `Retry-After` (an HTTP-date read against the injected clock), within the
+operation's time limit: a `Retry-After` longer than the policy waits or than the time left ends
+the retries at once, the error keeping it as `retry_after`; any other 4xx is not retryable. A
+request that timed out is not sent again within the operation (it may still land). A 401
+refreshes the access token once; a 401 to the fresh token, or a refused refresh, is
+`NeedsRelink`. Whatever else goes wrong becomes `CalendarUnavailable`, whose message names the
+account and never carries a token, a secret or a delta link.
 
 Modules: `transport` (Graph's HTTP answers as errors), `wire` (Graph's JSON to our values and
 back, change notifications), `provider` (`MicrosoftProvider`, which sends the requests),
