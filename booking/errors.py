@@ -15,7 +15,8 @@ BookingError                      base; `retryable` says whether trying again ma
 ├── CalendarUnavailable           a linked calendar could not be read (retryable unless the
 │                                 instance says otherwise: a 4xx refusal, a revoked grant)
 ├── Busy                          the database stayed locked too long (retryable)
-└── SecretKeyMissing              no FRONTDESK_SECRET_KEY (or a wrong one): stored calendar
+└── NotConfigured                 a feature this server has no settings for (an OAuth app)
+    └── SecretKeyMissing          no FRONTDESK_SECRET_KEY (or a wrong one): stored calendar
                                   credentials cannot be sealed or opened
 """
 
@@ -103,7 +104,14 @@ class Busy(BookingError):
     retryable = True
 
 
-class SecretKeyMissing(BookingError):
+class NotConfigured(BookingError):
+    """A feature this server is not set up for (a setting is missing): trying again does not
+    help until the server's operator sets it."""
+
+    code = "not_configured"
+
+
+class SecretKeyMissing(NotConfigured):
     """No FRONTDESK_SECRET_KEY, one that is not a Fernet key, or one that cannot open what was
     stored: a setting of this server, so trying again does not help."""
 

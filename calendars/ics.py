@@ -123,7 +123,9 @@ def parse_ics(data: bytes, *, source: str = "ICS data") -> ParsedCalendar:
             rules=tuple(_rules(calendar)),
         )
     except _PARSE_ERRORS as exc:
-        raise CalendarUnavailable(f"{source} is not a valid iCalendar: {_short(exc)}") from exc
+        raise CalendarUnavailable(
+            f"{source} is not a valid iCalendar: {_short(exc)}", retryable=False
+        ) from exc
 
 
 def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> None:
@@ -158,7 +160,8 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
                 }:
                     raise CalendarUnavailable(
                         f"{source} has an event repeating more often than daily on chosen days "
-                        f"({text}), which cannot be read in bounded time"
+                        f"({text}), which cannot be read in bounded time",
+                        retryable=False,
                     )
                 kept.append(rule)
                 continue
@@ -175,7 +178,8 @@ def _drop_rules_that_never_happen(calendar: icalendar.Calendar, source: str) -> 
             never += 1
             if never > _MAX_NEVER:
                 raise CalendarUnavailable(
-                    f"{source} has more than {_MAX_NEVER} recurring events that never happen"
+                    f"{source} has more than {_MAX_NEVER} recurring events that never happen",
+                    retryable=False,
                 )
         if len(kept) != len(listed):
             del event["RRULE"]
@@ -212,7 +216,8 @@ def _check_bounded(parsed: ParsedCalendar, end: datetime, source: str) -> None:
         if repetitions > MAX_INSTANCES:
             raise CalendarUnavailable(
                 f"{source} has a recurring event ({uid or 'no UID'}) with more than "
-                f"{MAX_INSTANCES:,} repetitions since {first:%Y-%m-%d} to expand"
+                f"{MAX_INSTANCES:,} repetitions since {first:%Y-%m-%d} to expand",
+                retryable=False,
             )
 
 
@@ -255,7 +260,8 @@ def events_between(
             if seen > MAX_INSTANCES:
                 raise CalendarUnavailable(
                     f"{source} has more than {MAX_INSTANCES:,} events in {start:%Y-%m-%d} .. "
-                    f"{end:%Y-%m-%d}"
+                    f"{end:%Y-%m-%d}",
+                    retryable=False,
                 )
             event_start, event_end = _span(event, tz)
             if event_start < event_end:
@@ -268,7 +274,9 @@ def events_between(
             if event_start < event_end and _is_busy(event):
                 spans.append((event_start, event_end))
     except _PARSE_ERRORS as exc:
-        raise CalendarUnavailable(f"{source} has an unreadable event: {_short(exc)}") from exc
+        raise CalendarUnavailable(
+            f"{source} has an unreadable event: {_short(exc)}", retryable=False
+        ) from exc
     return found
 
 
@@ -480,16 +488,20 @@ class IcsProvider:
 
     async def _file(self, source: str) -> ParsedCalendar:
         if not Path(source).is_absolute():
-            raise CalendarUnavailable(f"calendar file {source} is not an absolute path")
+            raise CalendarUnavailable(
+                f"calendar file {source} is not an absolute path", retryable=False
+            )
         # The file as it is now, symlinks resolved: a link swapped since the import checked the
         # source must not make this read some other (non-calendar) file.
         path = Path(await self._read_file(source, lambda: os.path.realpath(source)))
         if path.suffix.lower() != ".ics":
-            raise CalendarUnavailable(f"calendar file {source} is not an .ics file")
+            raise CalendarUnavailable(
+                f"calendar file {source} is not an .ics file", retryable=False
+            )
         stat = await self._read_file(source, path.stat)
         if stat.st_size > self._max_bytes:
             raise CalendarUnavailable(
-                f"calendar file {source} is larger than {self._max_bytes} bytes"
+                f"calendar file {source} is larger than {self._max_bytes} bytes", retryable=False
             )
         key = (stat.st_mtime_ns, stat.st_size)
         cached = self._files.get(source)
@@ -573,7 +585,8 @@ class IcsProvider:
                 body += chunk
                 if len(body) > self._max_bytes:
                     raise CalendarUnavailable(
-                        f"calendar feed {name} is larger than {self._max_bytes} bytes"
+                        f"calendar feed {name} is larger than {self._max_bytes} bytes",
+                        retryable=False,
                     )
             validators = {
                 key: response.headers[key]

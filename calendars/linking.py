@@ -57,7 +57,7 @@ class Linking:
         """Begin linking a Google or Microsoft account; returns the URL to send the browser to."""
         client = self.runtime.oauth.get(provider)
         if client is None:
-            raise errors.InvalidRequest(
+            raise errors.NotConfigured(
                 f"{provider} calendars are not configured on this server "
                 f"(set FRONTDESK_{provider.upper()}_CLIENT_ID and _CLIENT_SECRET)"
             )
@@ -115,7 +115,7 @@ class Linking:
     ) -> CalendarConnection:
         """Store a Google or Microsoft account whose tokens the OAuth flow produced."""
         if provider not in self.runtime.oauth:
-            raise errors.InvalidRequest(f"{provider} calendars are not configured")
+            raise errors.NotConfigured(f"{provider} calendars are not configured on this server")
         label = name or (
             f"{provider.title()} ({tokens.account})" if tokens.account else provider.title()
         )
@@ -225,7 +225,9 @@ class Linking:
         except errors.CalendarUnavailable as exc:
             log.info("ICS feed for %s/%s refused: %s", business_id, staff_id, exc)
             raise errors.CalendarUnavailable(
-                f"no readable iCalendar feed at {urlsplit(source).hostname or 'that path'}"
+                f"no readable iCalendar feed at {urlsplit(source).hostname or 'that path'}",
+                retryable=exc.retryable,
+                retry_after=exc.retry_after,
             ) from None
 
     async def _create(

@@ -31,7 +31,7 @@ STATUS: list[tuple[type[errors.BookingError], int]] = [
     (errors.AppointmentNotActive, 409),
     (errors.CalendarUnavailable, 503),
     (errors.Busy, 503),
-    (errors.SecretKeyMissing, 503),  # this server has no FRONTDESK_SECRET_KEY: linking is off
+    (errors.NotConfigured, 503),  # e.g. no FRONTDESK_SECRET_KEY, no OAuth app: linking is off
 ]
 
 

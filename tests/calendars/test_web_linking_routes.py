@@ -232,3 +232,52 @@ async def test_an_upload_to_the_callback_is_closed_too(
             headers=JSON,
         )
     assert r.status_code in (404, 422, 503)  # never a 500, and the file is closed
+
+
+# ---- a provider this server is not set up for ---------------------------------------------
+
+
+async def test_google_without_an_oauth_app_is_a_503_naming_the_setting(
+    app: FastAPI, anonymous: httpx.AsyncClient
+) -> None:
+    _service(app)  # no OAuth clients configured
+    r = await anonymous.get("/calendars/connect/google?business=clinic&staff=lee", headers=BEARER)
+    assert r.status_code == 503
+    body = r.json()
+    assert (body["code"], body["retryable"]) == ("not_configured", False)
+    assert "FRONTDESK_GOOGLE_CLIENT_ID" in body["message"]
+
+
+class RefusingFeed(Refusing):
+    name = "ics"
+    writable = False
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "retryable"),
+    [
+        (errors.CalendarUnavailable("x is not a valid iCalendar", retryable=False), 422, False),
+        (errors.CalendarUnavailable("feed did not answer within 5 s"), 503, True),
+    ],
+)
+async def test_a_feed_that_is_no_calendar_is_a_422_and_one_that_is_down_a_503(
+    app: FastAPI,
+    anonymous: httpx.AsyncClient,
+    error: errors.CalendarUnavailable,
+    status: int,
+    retryable: bool,
+) -> None:
+    service = CalendarService(
+        engine=app.state.scheduler.engine,
+        vault=Vault(new_key()),
+        providers={"ics": cast(CalendarProvider, RefusingFeed(error))},
+    )
+    app.state.calendar_service = service
+    r = await anonymous.post(
+        "/calendars/connect/ics?business=clinic",
+        data={"staff": "lee", "source": "https://feeds.example/cal.ics"},
+        headers=BEARER,
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["retryable"] is retryable
+    assert await service.connections("clinic") == []
