@@ -78,9 +78,11 @@ async def sync_now(request: Request, staff_id: str, user: CurrentUser) -> Respon
     service = getattr(request.app.state, "calendar_service", None)
     if service is None:
         raise PageError(503, "Linked calendars are not available on this server.")
-    form = await request.form()
-    chosen = form.get("connection")
-    connection_id = chosen if isinstance(chosen, str) and chosen else None
+    async with request.form() as raw:  # closes any uploaded file's temporary file
+        try:
+            connection_id = SyncForm.read_form(raw).connection
+        except ValidationError:
+            raise PageError(422, "The form named no calendar this page knows.") from None
     try:
         reports = await service.sync_now(
             business_id=user.business_id, staff_id=staff_id, connection_id=connection_id
@@ -91,6 +93,25 @@ async def sync_now(request: Request, staff_id: str, user: CurrentUser) -> Respon
 
 
 CalendarId = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+class SyncForm(BaseModel):
+    """The "Sync now" form: every calendar of the staff member, or the one `connection` names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @classmethod
+    def read_form(cls, form: FormData) -> SyncForm:
+        """Raises `ValidationError`; a repeated field, an unknown field or a file is invalid."""
+        fields: dict[str, Any] = {}
+        for key in {k for k, _ in form.multi_items() if k != "csrf_token"}:
+            values = form.getlist(key)
+            fields[key] = values if len(values) > 1 else values[0]
+        if fields.get("connection") == "":
+            fields["connection"] = None
+        return cls.model_validate(fields)
 
 
 class CalendarChoiceForm(BaseModel):
@@ -147,12 +168,13 @@ async def choose(
     service = getattr(request.app.state, "calendar_service", None)
     if service is None:
         raise PageError(503, "Linked calendars are not available on this server.")
-    try:
-        form = CalendarChoiceForm.read_form(await request.form())
-    except ValidationError as exc:
-        return await _page(
-            request, staff_id, user, status_code=422, problem=(connection_id, _problem(exc))
-        )
+    async with request.form() as raw:  # closes any uploaded file's temporary file
+        try:
+            form = CalendarChoiceForm.read_form(raw)
+        except ValidationError as exc:
+            return await _page(
+                request, staff_id, user, status_code=422, problem=(connection_id, _problem(exc))
+            )
     try:
         await service.choose_calendars(
             connection_id, business_id=user.business_id, read=form.read, write=form.write

@@ -147,6 +147,23 @@ async def test_sync_now_needs_csrf_and_the_right_person(
     assert gone.status_code == 404 and "no such linked calendar" in gone.text
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("connection", "a"), ("connection", "b")],
+        [("connection", "x" * 201)],
+        [("everything", "yes")],
+    ],
+)
+async def test_sync_now_refuses_a_form_it_does_not_know(
+    staff: httpx.AsyncClient,
+    radicale: tuple[Harness, CalendarService],
+    fields: list[tuple[str, str]],
+) -> None:
+    r = await post_form(staff, PAGE, "/staff/lee/calendars/sync", fields)
+    assert r.status_code == 422 and "no calendar this page knows" in r.text
+
+
 async def linked_with_family(
     staff: httpx.AsyncClient, h: Harness, service: CalendarService
 ) -> tuple[str, str, str]:
