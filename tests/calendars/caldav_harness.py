@@ -2,9 +2,11 @@
 
 The provider talks to Radicale through `FaultProxy`, a loopback HTTP proxy that forwards every
 request unchanged unless told to misbehave (`fail_next`): "timeout" forwards the request (so a
-write does land) and holds the answer past the provider's time limit, "429" and "500" answer
-at once without forwarding. The staff member's own calendar app (`add_event`, `events`, ...)
-talks to Radicale directly, so faults only ever hit the provider.
+write does land) and holds the answer past the provider's time limit, "drop" forwards it and
+closes the connection without answering, "429" (with `Retry-After: <retry_after>`, seconds or an
+HTTP-date), "500", "503", "400" and "404" answer at once without forwarding. The staff member's
+own calendar app (`add_event`, `events`, ...) talks to Radicale directly, so faults only ever
+hit the provider.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +38,18 @@ from tests.calendars.radicale_server import PASSWORD, USERNAME, RadicaleServer, 
 # Radicale on a busy 2-core machine.
 TIMEOUT = 2.0
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+FAULTS = ("timeout", "drop", "429", "500", "503", "400", "404")
+_ANSWERED = ("429", "500", "503", "400", "404")  # answered by the proxy, never forwarded
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the proxy saw: whether it carried credentials, and the fault it met."""
+
+    method: str
+    path: str
+    authorized: bool
+    fault: str | None
 
 
 class FaultProxy:
@@ -46,7 +61,9 @@ class FaultProxy:
     def __init__(self, upstream_port: int, *, hold: float = 3 * TIMEOUT) -> None:
         self.upstream_port = upstream_port
         self.hold = hold  # how long a "timeout" answer is held back, at most
+        self.retry_after = "1"  # the Retry-After a "429" answers with
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request seen
+        self.seen: list[Seen] = []  # the same, with credentials and faults
         self._faults: list[str] = []
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -60,8 +77,9 @@ class FaultProxy:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_port}"
 
-    def start(self) -> None:
+    def start(self) -> FaultProxy:
         self._thread.start()
+        return self
 
     def stop(self) -> None:
         self._released.set()  # let held answers go
@@ -70,15 +88,21 @@ class FaultProxy:
         self._thread.join(timeout=5)
 
     def fail_next(self, kind: str, times: int = 1) -> None:
-        if kind not in ("timeout", "429", "500"):
-            raise ValueError(f"unknown fault {kind!r}")
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; one of {FAULTS}")
         with self._lock:
             self._faults += [kind] * times
 
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
     def _take(self, method: str, path: str, authorized: bool) -> str | None:
         with self._lock:
+            fault = self._faults.pop(0) if self._faults and authorized else None
             self.requests.append((method, path))
-            return self._faults.pop(0) if self._faults and authorized else None
+            self.seen.append(Seen(method, path, authorized, fault))
+            return fault
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Any:
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=30)
@@ -101,10 +125,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             # The library's first request of a connection goes without credentials and gets 401;
             # faults hit the requests that do the work, those that carry credentials.
             fault = proxy._take(self.command, self.path, "Authorization" in self.headers)
-            if fault in ("429", "500"):
+            if fault in _ANSWERED:
                 self.send_response(int(fault))
                 if fault == "429":
-                    self.send_header("Retry-After", "1")
+                    self.send_header("Retry-After", proxy.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -112,6 +136,11 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             status, reason, answer_headers, answer = proxy._forward(
                 self.command, self.path, headers, body
             )
+            if fault == "drop":
+                # Applied on the server; the client sees the connection go away.
+                self.close_connection = True
+                self.connection.close()
+                return
             if fault == "timeout":
                 # The server did the work; the answer arrives after the client gave up.
                 proxy._released.wait(proxy.hold)

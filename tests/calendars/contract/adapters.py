@@ -26,7 +26,7 @@ from calendars.caldav import CaldavProvider
 from calendars.google import GoogleProvider
 from calendars.ics import FEED_ID, IcsProvider
 from calendars.microsoft import MicrosoftOAuth, MicrosoftProvider
-from tests.calendars.contract.fault_proxy import FaultProxy
+from tests.calendars.caldav_harness import FaultProxy
 from tests.calendars.contract.ics_feed import IcsFeed
 from tests.calendars.google_harness import EMAIL, RefreshingTokens, google_setup
 from tests.calendars.microsoft_harness import OAuthTokens, link_account, msal_http_client
@@ -457,7 +457,7 @@ async def caldav_radicale(server: RadicaleServer) -> AsyncIterator[Contract]:
             stored=stored,
             fail_next=proxy.fail_next,
             set_retry_after=set_retry_after,
-            sent=lambda: [(r.method, r.path) for r in proxy.requests if r.authorized],
+            sent=lambda: [(r.method, r.path) for r in proxy.seen if r.authorized],
             revoked=revoked,
             # CalDAV cursors are the provider's own (the collection's sync-token or ctag and the
             # window): one from an older state of the calendar, or not understood, means a
