@@ -130,6 +130,26 @@ class Call(SQLModel, table=True):
     summary: str | None = None
 
 
+class ConversationState(SQLModel, table=True):
+    """What a live conversation needs to go on in any worker: its history, tools' state, hand-off.
+
+    Keyed by `call:<call id>` for a phone call and `web:<chat id>` for a dashboard chat; `version`
+    goes up by one with every save (a save names the version it read, so a worker that lost the
+    call to another cannot overwrite it), and `ended_at` is set once, by whoever ends it.
+    """
+
+    __tablename__ = "conversation_state"
+    __table_args__ = (sa.Index("ix_conversation_state_idle", "ended_at", "updated_at"),)
+    key: str = Field(primary_key=True, max_length=80)
+    business_id: str = Field(foreign_key="business.id")
+    call_id: str | None = Field(default=None, foreign_key="call.id", index=True)
+    channel: str
+    version: int = 0
+    state: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    updated_at: datetime = utc_field(nullable=False, default=utcnow)
+    ended_at: datetime | None = utc_field(nullable=True)
+
+
 class Hold(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("business_id", "holder"),
