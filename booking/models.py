@@ -251,3 +251,49 @@ class OutboxEvent(SQLModel, table=True):
     type: str
     payload: dict[str, Any] = json_field(dict)
     created_at: datetime = utc_field(nullable=False, default=utcnow)
+
+
+class JobLease(SQLModel, table=True):
+    """A singleton job's lease (`booking.claims`): the worker `owner` runs job `name` until
+    `expires_at`, renewing it while alive; once it lapses any worker may take the job over."""
+
+    __tablename__ = "job_lease"
+    name: str = Field(primary_key=True, max_length=80)
+    owner: str = Field(max_length=80)
+    expires_at: datetime = utc_field(nullable=False)
+
+
+class SmsStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class SmsMessage(SQLModel, table=True):
+    """A text to send, kept until sent (with Twilio's message `sid`) or given up on (`error`).
+
+    `key` names what the text is about (an appointment and its change), once per business: the
+    same text queued twice, by any worker, is one row. A sender claims a row (`claim`,
+    `claimed_until`, see `booking.claims`) before posting it, so two workers never send it both.
+    """
+
+    __tablename__ = "sms_message"
+    __table_args__ = (
+        sa.UniqueConstraint("business_id", "key", name="uq_sms_message_key"),
+        sa.Index("ix_sms_message_due", "status", "next_attempt_at"),
+    )
+    id: str = Field(default_factory=lambda: new_id("sms"), primary_key=True, max_length=64)
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    key: str = Field(max_length=200)
+    to_number: str = Field(max_length=40)
+    from_number: str = Field(max_length=40)
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    status: str = Field(default=SmsStatus.PENDING.value, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = utc_field(nullable=False)
+    claim: str | None = Field(default=None, max_length=40)
+    claimed_until: datetime | None = utc_field(nullable=True)
+    sid: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = utc_field(nullable=False, default=utcnow)
+    sent_at: datetime | None = utc_field(nullable=True)

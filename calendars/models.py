@@ -2,8 +2,8 @@
 OAuth flows in progress.
 
 They belong to `calendars/`: booking never imports them. The schema is created by the
-migrations in `booking/migrations` (0003, 0006), like every other table; the table names are the
-ones SQLModel derives (`calendarconnection`, `calendar_busy`, `calendarchannel`,
+migrations in `booking/migrations` (0003, 0006, 0010), like every other table; the table names
+are the ones SQLModel derives (`calendarconnection`, `calendar_busy`, `calendarchannel`,
 `calendarevent`, `oauthflow`). Booking reads which staff have a calendar that takes bookings
 through `booking.busy.LINKED_CALENDARS`, a view of `calendarconnection`'s columns.
 """
@@ -44,6 +44,9 @@ class CalendarConnection(SQLModel, table=True):
     dirty_at: datetime | None = utc_field(nullable=True)
     created_at: datetime = utc_field(nullable=False, default=utcnow)
     updated_at: datetime = utc_field(nullable=False, default=utcnow)
+    # The scheduled sync's per-row claim (`booking.claims`): one worker refreshes it at a time.
+    claim: str | None = Field(default=None, max_length=40)
+    claimed_until: datetime | None = utc_field(nullable=True)
 
 
 class CalendarBusyBlock(SQLModel, table=True):

@@ -6,6 +6,9 @@ through `booking.retry.RetryPolicy` (exponential back-off with jitter) while a r
 (network errors, timeouts, 408, 429, 5xx), waiting what a refusal's `Retry-After` header asks
 (Twilio's exception does not keep the answer's headers, so the HTTP client records them). A 4xx
 such as an invalid number is logged once and dropped.
+
+That in-memory retry loses a text if the process dies; the durable outbox
+(`telephony.sms_outbox`) keeps texts in the database and uses `SmsSender.post_once` to post them.
 """
 
 from __future__ import annotations
@@ -75,15 +78,19 @@ def _retryable(exc: Exception) -> bool:
     return True  # connection errors, timeouts: the next try may get through
 
 
-class _NotSent(Exception):
-    """One failed post, with whether the retry policy should try again and, when the answer
-    asked for it, after how many seconds (`retry_after`)."""
+class SmsNotSent(Exception):
+    """One failed post, with whether a retry can help (`retryable`: network errors, timeouts,
+    408, 429, 5xx; not a 4xx such as Twilio's 21211 invalid number or 21610 unsubscribed),
+    when the answer asked for it after how many seconds (`retry_after`), and Twilio's error
+    `code` if it gave one."""
 
     def __init__(self, cause: Exception, retry_after: float | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.retryable = _retryable(cause)
         self.retry_after = retry_after if self.retryable else None
+        code = getattr(cause, "code", None)
+        self.code = code if isinstance(code, int) else None
 
 
 class _AnswerHeaders(TwilioHttpClient):  # type: ignore[misc]  # twilio is untyped
@@ -178,21 +185,21 @@ class SmsSender:
             attempt += 1
             try:
                 return await asyncio.wait_for(asyncio.to_thread(self._post, sms), self._timeout + 1)
-            except _NotSent as refused:
+            except SmsNotSent as refused:
                 if refused.retryable and attempt < self._attempts:
                     log.warning(
                         "SMS to %s failed (attempt %d, retrying): %s", sms.to, attempt, refused
                     )
                 raise
             except (TwilioException, OSError, TimeoutError) as exc:
-                failed = _NotSent(exc)
+                failed = SmsNotSent(exc)
                 if failed.retryable and attempt < self._attempts:
                     log.warning("SMS to %s failed (attempt %d, retrying): %s", sms.to, attempt, exc)
                 raise failed from None
 
         try:
             sid = await self._retry.call(post)
-        except _NotSent as failed:
+        except SmsNotSent as failed:
             log.error(
                 "giving up on SMS to %s after %d attempt(s): %s", sms.to, attempt, failed.cause
             )
@@ -200,13 +207,23 @@ class SmsSender:
         log.info("sent SMS %s to %s", sid, sms.to)
         return SentSms(sms=sms, sid=sid, attempts=attempt)
 
+    async def post_once(self, sms: Sms) -> str:
+        """Post `sms` once, with no retry (the durable outbox keeps its own schedule);
+        Twilio's message SID, or `SmsNotSent` saying whether a retry can help."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._post, sms), self._timeout + 1)
+        except SmsNotSent:
+            raise
+        except (TwilioException, OSError, TimeoutError) as exc:
+            raise SmsNotSent(exc) from None
+
     def _post(self, sms: Sms) -> str:
         try:
             message = self._client.messages.create(to=sms.to, from_=sms.from_, body=sms.body)
         except TwilioRestException as exc:
             # In the worker thread that received the answer, whose Retry-After it was.
             wait = parse_retry_after(self._http.retry_after, self._clock.now())
-            raise _NotSent(exc, retry_after=wait) from None
+            raise SmsNotSent(exc, retry_after=wait) from None
         return str(message.sid)
 
     async def drain(self) -> None:
