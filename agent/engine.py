@@ -13,10 +13,12 @@ result, once the tools are done — if the turn was abandoned meanwhile, at the 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +28,8 @@ from openai.types.chat import ChatCompletionChunk
 from agent.fallback import MessageTaking, Turn
 from agent.llm import stream_chat
 from agent.sentences import Sentences
-from agent.tools import BusinessFacts, CallState, Ending, MalformedCall, Toolbox
+from agent.telemetry import AgentObserver
+from agent.tools import BusinessFacts, CallState, Ending, MalformedCall, Offered, Toolbox
 from booking.clock import Clock
 from booking.models import LeadOutcome
 from booking.scheduler import Scheduler
@@ -46,6 +49,7 @@ FILLERS = {
 }
 CLOSING = {True: "Please hold while I put you through.", False: "Thank you for calling. Goodbye!"}
 SORRY = "I'm sorry, something went wrong on our end. Please call back a little later. Goodbye."
+SNAPSHOT_VERSION = 1
 TOOL_SPECS = Toolbox.specs()
 
 
@@ -142,6 +146,8 @@ class Conversation:
         llm_timeout: float = 8.0,
         filler_after: float = 0.6,
         state: CallState | None = None,
+        checkpoint: Callable[[], None] | None = None,
+        observer: AgentObserver | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.llm = llm
@@ -164,6 +170,11 @@ class Conversation:
         self._greeted = False
         self._ended = False
         self._finished = False
+        self.checkpoint = checkpoint
+        self.observer = observer
+        self._holder_key: str | None = None
+        self._fallback_state: dict[str, Any] | None = None  # a restored script, until set up
+        self._adopt = False  # restored: adopt this call's bookings the snapshot does not list
 
     @property
     def booked(self) -> list[str]:
@@ -199,6 +210,7 @@ class Conversation:
     async def reply(self, text: str) -> AsyncGenerator[AgentEvent, None]:
         """One caller turn: speech as it is produced, tools run until the model has answered."""
         await self._setup()
+        await self._adopt_bookings()
         await self._settle_pending()
         if self._ended:
             return
@@ -239,7 +251,10 @@ class Conversation:
             llm_timeout=self.llm_timeout,
             filler_after=self.filler_after,
             state=self._state,
+            checkpoint=self.checkpoint,
+            observer=self.observer,
         )
+        after._holder_key = self._holder_key
         after._open_with(said)
         return after
 
@@ -248,6 +263,9 @@ class Conversation:
         if self._finished:
             return
         self._finished = True
+        if self._adopt:
+            await self._setup()
+            await self._adopt_bookings()
         await self._settle_pending()
         toolbox = self._toolbox
         if toolbox is not None:
@@ -311,6 +329,8 @@ class Conversation:
 
     async def _stream(self, round_: _Round) -> AsyncIterator[str]:
         """Stream one model answer into `round_`, handing out each complete sentence."""
+        asked = time.perf_counter()
+        first = True
         try:
             async with asyncio.timeout(self.llm_timeout):
                 stream = await stream_chat(
@@ -329,6 +349,10 @@ class Conversation:
                     break
                 except Exception as exc:
                     raise LLMFailure("the stream failed") from exc
+                if first:
+                    first = False
+                    if self.observer is not None:
+                        self.observer.model_first_token(time.perf_counter() - asked)
                 if not chunk.choices:
                     continue
                 round_.add_tool_deltas(chunk)
@@ -398,6 +422,8 @@ class Conversation:
             self._messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
             self._note("tool", f"{call.name}({call.arguments}) -> {content}")
             self._strikes += malformed
+        if self.checkpoint is not None:
+            self.checkpoint()  # the round's effects (a booking) are durable before the answer
 
     async def _settle_pending(self) -> None:
         """Commit the tools of a turn the caller cut off, once they are done."""
@@ -466,7 +492,13 @@ class Conversation:
                     holder=self._holder(),
                     clock=self.clock,
                     state=self._state,
+                    observer=self.observer,
                 )
+                if self._fallback_state is not None:
+                    self._fallback = MessageTaking.restore(self._toolbox, self._fallback_state)
+                    self._fallback_state = None
+                if self._messages and self._messages[0].get("role") == "system":
+                    return facts  # restored: the history already opens with its prompt
                 prompt = system_prompt(
                     business=facts.business,
                     services=facts.services,
@@ -479,7 +511,112 @@ class Conversation:
 
     def _holder(self) -> str:
         """Who holds slots for this call: the Call row, or a key of this conversation."""
-        return f"call:{self.context.call_id}" if self.context.call_id else f"conv:{uuid.uuid4()}"
+        if self._holder_key is None:
+            call_id = self.context.call_id
+            self._holder_key = f"call:{call_id}" if call_id else f"conv:{uuid.uuid4()}"
+        return self._holder_key
+
+    async def _adopt_bookings(self) -> None:
+        """Once, after a restore: count this call's bookings that the snapshot does not list (the
+        worker that made them stopped before saving), so the lead and confirmations include them."""
+        if not self._adopt:
+            return
+        self._adopt = False
+        toolbox, call_id = self._toolbox, self.context.call_id
+        if toolbox is None or call_id is None:
+            return
+        rows = await self.scheduler.call_appointments(
+            business_id=self.context.business_id, call_id=call_id
+        )
+        for row in rows:
+            if row.id in self._state.booked:
+                continue
+            log.info("call %s: adopting booking %s made before the hand-over", call_id, row.id)
+            self._state.booked.append(row.id)
+            if self._state.caller_name is None:
+                contact = await self.scheduler.contact(row.contact_id)
+                self._state.caller_name = contact.name if contact is not None else None
+            spoken = toolbox.spoken(Offered(row.service_id, row.staff_id, row.start))
+            self._state.booked_summary = f"{toolbox.facts.service_name(row.service_id)}, {spoken}"
+
+    # ---- durable state --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to go on with this conversation in another worker, JSON-able.
+
+        A consistent copy taken on the event loop (the history's dicts are copied, not shared);
+        tool calls still running are not in it: their round enters the history once done.
+        """
+        if self._fallback is not None:
+            fallback: dict[str, Any] | None = self._fallback.to_json()
+        else:
+            fallback = copy.deepcopy(self._fallback_state)
+        return {
+            "v": SNAPSHOT_VERSION,
+            "messages": copy.deepcopy(self._messages),
+            "transcript": [dict(e) for e in self.transcript],
+            "state": self._state.to_json(),
+            "strikes": self._strikes,
+            "greeted": self._greeted,
+            "ended": self._ended,
+            "finished": self._finished,
+            "carried_on": self._carried_on,
+            "fallback": fallback,
+            "holder": self._holder(),
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: dict[str, Any],
+        *,
+        scheduler: Scheduler,
+        llm: openai.AsyncOpenAI,
+        model: str,
+        context: CallContext,
+        clock: Clock,
+        llm_timeout: float = 8.0,
+        filler_after: float = 0.6,
+        checkpoint: Callable[[], None] | None = None,
+        observer: AgentObserver | None = None,
+    ) -> Conversation:
+        """The conversation `snapshot` saved, going on in this worker. It never greets again,
+        and its first turn (or finish) adopts this call's bookings the snapshot does not list.
+
+        Raises ValueError for a snapshot this version cannot read."""
+        if not isinstance(snapshot, dict) or snapshot.get("v") != SNAPSHOT_VERSION:
+            raise ValueError("not a conversation snapshot this version can read")
+        try:
+            state = CallState.from_json(dict(snapshot.get("state") or {}))
+            messages = [dict(m) for m in snapshot.get("messages") or []]
+            transcript = [dict(e) for e in snapshot.get("transcript") or []]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the conversation snapshot is damaged: {exc}") from exc
+        conv = cls(
+            scheduler=scheduler,
+            llm=llm,
+            model=model,
+            context=context,
+            clock=clock,
+            llm_timeout=llm_timeout,
+            filler_after=filler_after,
+            state=state,
+            checkpoint=checkpoint,
+            observer=observer,
+        )
+        conv._messages = messages
+        conv.transcript = transcript
+        conv._strikes = int(snapshot.get("strikes") or 0)
+        conv._greeted = True  # whatever it said first was heard in an earlier worker
+        conv._ended = bool(snapshot.get("ended"))
+        conv._finished = bool(snapshot.get("finished"))
+        conv._carried_on = bool(snapshot.get("carried_on"))
+        fallback = snapshot.get("fallback")
+        conv._fallback_state = dict(fallback) if isinstance(fallback, dict) else None
+        holder = snapshot.get("holder")
+        conv._holder_key = str(holder) if holder else None
+        conv._adopt = True
+        return conv
 
     def _say(self, said: _Round, sentence: str) -> None:
         """Enter a sentence into history and transcript as it is handed out, not after."""

@@ -12,6 +12,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from agent.tools import Ending, Toolbox
 from booking.models import LeadOutcome
@@ -65,6 +66,27 @@ class MessageTaking:
         self._asked_number_twice = False
         if self.name:
             self.step = Step.REASON
+
+    def to_json(self) -> dict[str, Any]:
+        """The script's place, JSON-able, so another worker can go on with it."""
+        return {
+            "apology": self.apology,
+            "step": self.step.value,
+            "name": self.name,
+            "reason": self.reason,
+            "asked_number_twice": self._asked_number_twice,
+        }
+
+    @classmethod
+    def restore(cls, toolbox: Toolbox, data: dict[str, Any]) -> MessageTaking:
+        """The script at the place `to_json` saved, over this worker's toolbox."""
+        script = cls(toolbox, apology=str(data.get("apology") or OPENING))
+        script.step = Step(data.get("step", Step.NAME.value))
+        name, reason = data.get("name"), data.get("reason")
+        script.name = str(name) if name is not None else None
+        script.reason = str(reason) if reason is not None else None
+        script._asked_number_twice = bool(data.get("asked_number_twice"))
+        return script
 
     def opening(self) -> str:
         """The first words after the switch: the apology and the first question."""

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import secrets
+import time as timer
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -28,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.telemetry import AgentObserver
 from booking import errors, phones
 from booking.clock import Clock
 from booking.models import Appointment, Business, LeadOutcome, Service, Staff
@@ -185,6 +187,20 @@ class Offered:
     staff_id: str
     start: datetime
 
+    def to_json(self) -> dict[str, str]:
+        return {
+            "service_id": self.service_id,
+            "staff_id": self.staff_id,
+            "start": self.start.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Offered:
+        start = datetime.fromisoformat(str(data["start"]))
+        if start.tzinfo is None:
+            raise ValueError("an offered slot's start must be timezone-aware")
+        return cls(str(data["service_id"]), str(data["staff_id"]), start)
+
 
 @dataclass(frozen=True)
 class Ending:
@@ -192,6 +208,14 @@ class Ending:
 
     reason: str
     transfer_to: str | None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"reason": self.reason, "transfer_to": self.transfer_to}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ending:
+        to = data.get("transfer_to")
+        return cls(str(data["reason"]), str(to) if to is not None else None)
 
 
 @dataclass
@@ -206,6 +230,42 @@ class CallState:
     lead: str | None = None  # the call's one lead, once recorded (take_message records it early)
     ending: Ending | None = None
     unanswered_transfer: str | None = None  # why the caller wanted the person who did not answer
+    hold_id: str | None = None  # the hold this call has on a time it has not booked yet
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able copy, for the conversation store."""
+        return {
+            "offered": {k: v.to_json() for k, v in self.offered.items()},
+            "booked": list(self.booked),
+            "booked_summary": self.booked_summary,
+            "cancelled": list(self.cancelled),
+            "caller_name": self.caller_name,
+            "lead": self.lead,
+            "ending": self.ending.to_json() if self.ending else None,
+            "unanswered_transfer": self.unanswered_transfer,
+            "hold_id": self.hold_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallState:
+        def opt(name: str) -> str | None:
+            value = data.get(name)
+            return str(value) if value is not None else None
+
+        ending = data.get("ending")
+        return cls(
+            offered={
+                str(k): Offered.from_json(v) for k, v in dict(data.get("offered") or {}).items()
+            },
+            booked=[str(a) for a in data.get("booked") or []],
+            booked_summary=opt("booked_summary"),
+            cancelled=[str(a) for a in data.get("cancelled") or []],
+            caller_name=opt("caller_name"),
+            lead=opt("lead"),
+            ending=Ending.from_json(ending) if ending else None,
+            unanswered_transfer=opt("unanswered_transfer"),
+            hold_id=opt("hold_id"),
+        )
 
     def slot_id(self, offered: Offered) -> str:
         """The id for `offered`: the same id each time the same slot comes up."""
@@ -284,6 +344,7 @@ class Toolbox:
         holder: str,
         clock: Clock,
         state: CallState | None = None,
+        observer: AgentObserver | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.facts = facts
@@ -292,7 +353,7 @@ class Toolbox:
         self.holder = holder
         self.clock = clock
         self.state = state or CallState()
-        self._hold_id: str | None = None
+        self.observer = observer
 
     @property
     def business_id(self) -> str:
@@ -327,6 +388,7 @@ class Toolbox:
         if not isinstance(raw, dict):
             raise MalformedCall(f"the arguments for {name} must be a JSON object")
         args_model, method = _TOOLS[name]
+        started = timer.perf_counter()
         try:
             args = args_model.model_validate(raw)
             result = await method(self, args)
@@ -340,6 +402,8 @@ class Toolbox:
         except Exception:
             log.exception("tool %s failed", name)
             result = {"error": APOLOGY}
+        if self.observer is not None:
+            self.observer.tool_call(name, timer.perf_counter() - started, "error" not in result)
         return json.dumps(result)
 
     # ---- finding and holding times --------------------------------------------------------
@@ -397,11 +461,11 @@ class Toolbox:
             )
         except errors.SlotUnavailable as exc:
             raise ToolError(await self._with_alternatives(exc, offered)) from None
-        self._hold_id = hold.id
+        self.state.hold_id = hold.id
         return {
             "held": True,
             "slot_id": args.slot_id,
-            "spoken": self._spoken(offered),
+            "spoken": self.spoken(offered),
             "minutes": self.scheduler.hold_minutes,
             "note": "Held, not booked yet. Confirm the details, then call book_appointment.",
         }
@@ -434,10 +498,16 @@ class Toolbox:
                 call_id=self.call_id,
             )
         except errors.SlotUnavailable as exc:
-            raise ToolError(await self._with_alternatives(exc, offered)) from None
-        self._hold_id = None
-        spoken = self._spoken(offered)
-        self.state.booked.append(row.id)
+            # A retried booking (the worker that made it died before saving the call's state)
+            # finds this call's own appointment in the slot: that is the booking, not a clash.
+            mine = await self._booked_by_this_call(offered)
+            if mine is None:
+                raise ToolError(await self._with_alternatives(exc, offered)) from None
+            row = mine
+        self.state.hold_id = None
+        spoken = self.spoken(offered)
+        if row.id not in self.state.booked:
+            self.state.booked.append(row.id)
         self.state.caller_name = args.name
         self.state.booked_summary = f"{self.facts.service_name(row.service_id)}, {spoken}"
         answer = {
@@ -488,8 +558,8 @@ class Toolbox:
             )
         except errors.SlotUnavailable as exc:
             raise ToolError(await self._with_alternatives(exc, offered)) from None
-        self._hold_id = None
-        spoken = self._spoken(offered)
+        self.state.hold_id = None
+        spoken = self.spoken(offered)
         self.state.booked.append(row.id)
         self.state.booked_summary = f"moved to {self.facts.service_name(row.service_id)}, {spoken}"
         return {
@@ -609,9 +679,9 @@ class Toolbox:
 
     async def release_hold(self) -> None:
         """Give back a hold the caller did not book, so the time is free again at once."""
-        if self._hold_id is None:
+        if self.state.hold_id is None:
             return
-        hold_id, self._hold_id = self._hold_id, None
+        hold_id, self.state.hold_id = self.state.hold_id, None
         # Booked, replaced or already gone: then there is nothing to give back.
         with contextlib.suppress(errors.NotFound):
             await self.scheduler.release_hold(business_id=self.business_id, hold_id=hold_id)
@@ -692,10 +762,10 @@ class Toolbox:
         return {
             "slot_id": self.state.slot_id(offered),
             "start": offered.start.astimezone(self.facts.tz).isoformat(),
-            "spoken": self._spoken(offered),
+            "spoken": self.spoken(offered),
         }
 
-    def _spoken(self, offered: Offered) -> str:
+    def spoken(self, offered: Offered) -> str:
         local = offered.start.astimezone(self.facts.tz)
         return (
             f"{local:%A}, {local:%B} {local.day} at {spoken_clock(local)} "
@@ -723,6 +793,18 @@ class Toolbox:
         listed = "; ".join(f"{o['spoken']} (slot_id {o['slot_id']})" for o in options)
         return f"{model_message(exc)} Offer these instead: {listed}."
 
+    async def _booked_by_this_call(self, offered: Offered) -> Appointment | None:
+        """This call's active appointment in exactly the `offered` slot, if it has one."""
+        if self.call_id is None:
+            return None
+        rows = await self.scheduler.call_appointments(
+            business_id=self.business_id, call_id=self.call_id
+        )
+        for row in rows:
+            if Offered(row.service_id, row.staff_id, row.start) == offered:
+                return row
+        return None
+
     async def _own_appointments(self) -> list[Appointment]:
         if self.caller_phone is None:
             raise ToolError(
@@ -745,7 +827,7 @@ class Toolbox:
             "appointment_id": row.id,
             "service": self.facts.service_name(row.service_id),
             "start": row.start.astimezone(self.facts.tz).isoformat(),
-            "spoken": self._spoken(offered),
+            "spoken": self.spoken(offered),
         }
 
 

@@ -720,6 +720,20 @@ class Scheduler:
 
         return await self._db(load)
 
+    async def call_appointments(self, *, business_id: str, call_id: str) -> list[Appointment]:
+        """The confirmed appointments booked during one call, oldest booking first (a worker that
+        takes a call over adopts those its predecessor made but did not save)."""
+
+        def load(s: Session) -> list[Appointment]:
+            q = select(Appointment).where(
+                Appointment.business_id == business_id,
+                Appointment.call_id == call_id,
+                Appointment.status == AppointmentStatus.CONFIRMED.value,
+            )
+            return list(s.exec(q.order_by(col(Appointment.created_at), col(Appointment.id))))
+
+        return await self._db(load)
+
     async def contact(self, contact_id: str) -> Contact | None:
         return await self._db(lambda s: s.get(Contact, contact_id))
 
