@@ -6,6 +6,11 @@ recent the last refresh, and reports what changed.
 Connections without push notifications (CalDAV, ICS, or one whose channel is missing) are
 polled every `poll`: cheap while nothing changed (CalDAV compares the collection's sync-token /
 ctag first, ICS feeds answer a conditional GET).
+
+Every worker may run the job over one database (`booking.claims`): a due connection is claimed
+per row before it is refreshed, so workers split the due connections and each is refreshed
+once; channel renewals, write-back retries and the OAuth clean-up run under a singleton lease
+(`UPKEEP_LEASE`) that its holder renews every pass and a dead holder lets lapse.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from booking import errors
+from booking import claims, errors
 from calendars import cache_store
 from calendars.busy_cache import BusyCache
 from calendars.channels import Channels
@@ -32,6 +37,8 @@ from calendars.write_back import WriteBack
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+CONNECTIONS: sa.Table = CalendarConnection.__table__  # type: ignore[attr-defined]
+UPKEEP_LEASE = "calendars.upkeep"
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,11 @@ class CalendarJobs:
         self.cache = cache
         self.channels = channels
         self.write_back = write_back
+        self.owner = claims.new_token()  # this worker, as the holder of leases
+        # How long a claimed refresh may take before another worker may take it over, and how
+        # long the upkeep lease lasts without renewal (the job runner sets it from its period).
+        self.claim_for = timedelta(minutes=5)
+        self.upkeep_ttl = timedelta(minutes=15)
 
     async def sync_now(
         self,
@@ -157,6 +169,13 @@ class CalendarJobs:
         (CalDAV, ICS, or one whose channel is missing); None: as old as the others."""
         now = self.runtime.now()
         await self.refresh_due(poll=poll)
+        if not await self.runtime.db(
+            lambda s: claims.hold_lease(
+                s, UPKEEP_LEASE, owner=self.owner, now=now, ttl=self.upkeep_ttl
+            ),
+            write=True,
+        ):
+            return  # another worker does the upkeep
         await self.upkeep()
         await self.runtime.db(
             lambda s: s.execute(sa.delete(OAuthFlow).where(col(OAuthFlow.expires_at) < now)),
@@ -168,48 +187,99 @@ class CalendarJobs:
         ago than `max_age / 3`, or than `poll` for connections without push. Cheap when
         nothing changed: CalDAV compares the collection's sync-token / ctag first, Google and
         Graph ask for changes since their cursor. Returns how many were refreshed."""
-        now = self.runtime.now()
+        tried: set[str] = set()
 
-        def load(s: Session) -> tuple[list[CalendarConnection], set[str]]:
-            conns = list(
-                s.exec(
-                    select(CalendarConnection)
-                    .where(CalendarConnection.status != "disconnected")
-                    .order_by(col(CalendarConnection.created_at))
-                )
-            )
-            pushed = set(
-                s.exec(
-                    select(CalendarChannel.connection_id).where(CalendarChannel.expires_at > now)
-                )
-            )
-            return conns, pushed
-
-        conns, pushed = await self.runtime.db(load)
-        max_age = self.runtime.max_age
-        due: list[CalendarConnection] = []
-        for conn in conns:
-            if conn.status == "needs_relink" or not conn.read_calendars:
-                continue
-            provider = self.runtime.providers.get(conn.provider)
-            push = provider is not None and provider.notifies and conn.id in pushed
-            limit = max_age / 3 if push or poll is None else min(poll, max_age / 3)
-            # A little slack: a pass every `poll` finds the last read just about `poll` old.
-            if conn.dirty_at is not None or any(
-                now - _synced_at(conn, c) >= limit * 0.9 for c in conn.read_calendars
-            ):
-                due.append(conn)
-
-        async def one(conn: CalendarConnection) -> None:
+        async def one(conn_id: str, token: str) -> None:
             try:
-                await self.cache.refresh(conn.id)
+                await self.cache.refresh(conn_id)
             except errors.CalendarUnavailable as exc:
-                log.info("scheduled sync of %s failed: %s", conn.id, exc)
+                log.info("scheduled sync of %s failed: %s", conn_id, exc)
             except Exception:  # one broken connection must not stop the others
-                log.exception("scheduled sync of %s failed", conn.id)
+                log.exception("scheduled sync of %s failed", conn_id)
+            finally:
+                await self.runtime.db(
+                    lambda s: claims.release_rows(s, CONNECTIONS, [conn_id], token=token),
+                    write=True,
+                )
 
-        await self._each(due, one)
-        return len(due)
+        refreshed = 0
+        while True:
+            now = self.runtime.now()
+            token, ids, others = await self.runtime.db(
+                partial(self._claim_due, now=now, poll=poll, skip=frozenset(tried)), write=True
+            )
+            if not ids:
+                if not others:
+                    return refreshed
+                # Due rows that another worker is claiming this instant: look again shortly.
+                await asyncio.sleep(0.05)
+                continue
+            tried.update(ids)
+            refreshed += len(ids)
+            await asyncio.gather(*(one(i, token) for i in ids))
+
+    def _claim_due(
+        self, s: Session, *, now: datetime, poll: timedelta | None, skip: frozenset[str]
+    ) -> tuple[str, list[str], bool]:
+        """Claim up to `concurrency` due connections nobody holds (none in `skip`, tried
+        already in this pass): the claim's token, their ids, and whether other due ones were
+        seen (locked by a worker claiming them now)."""
+        free: list[sa.ColumnElement[bool]] = [
+            CONNECTIONS.c.status != "disconnected",
+            claims.claimable(CONNECTIONS, now),
+        ]
+        if skip:
+            free.append(CONNECTIONS.c.id.not_in(skip))
+        pushed = set(
+            s.exec(select(CalendarChannel.connection_id).where(CalendarChannel.expires_at > now))
+        )
+        conns = s.exec(
+            select(CalendarConnection).where(*free).order_by(col(CalendarConnection.created_at))
+        )
+        due = [c.id for c in conns if self._due(c, now=now, poll=poll, pushed=pushed)]
+        if not due:
+            return "", [], False
+        # Lock and read again the rows about to be claimed: one that another worker refreshed
+        # since the read above is no longer due.
+        fresh = select(CalendarConnection).where(col(CalendarConnection.id).in_(due), *free)
+        if s.get_bind().dialect.name == "postgresql":
+            fresh = fresh.with_for_update(skip_locked=True)
+        locked = s.exec(
+            fresh.order_by(col(CalendarConnection.created_at))
+            .limit(self.concurrency)
+            .execution_options(populate_existing=True)
+        )
+        still = [c.id for c in locked if self._due(c, now=now, poll=poll, pushed=pushed)]
+        if not still:
+            return "", [], True
+        token, ids = claims.claim_rows(
+            s,
+            CONNECTIONS,
+            where=[CONNECTIONS.c.id.in_(still)],
+            now=now,
+            lease=self.claim_for,
+            limit=self.concurrency,
+        )
+        return token, ids, True
+
+    def _due(
+        self,
+        conn: CalendarConnection,
+        *,
+        now: datetime,
+        poll: timedelta | None,
+        pushed: set[str],
+    ) -> bool:
+        if conn.status == "needs_relink" or not conn.read_calendars:
+            return False
+        provider = self.runtime.providers.get(conn.provider)
+        push = provider is not None and provider.notifies and conn.id in pushed
+        max_age = self.runtime.max_age
+        limit = max_age / 3 if push or poll is None else min(poll, max_age / 3)
+        # A little slack: a pass every `poll` finds the last read just about `poll` old.
+        return conn.dirty_at is not None or any(
+            now - _synced_at(conn, c) >= limit * 0.9 for c in conn.read_calendars
+        )
 
     async def _each(
         self, conns: list[CalendarConnection], fn: Callable[[CalendarConnection], Awaitable[T]]

@@ -316,8 +316,12 @@ class WebhookDispatcher:
         batch: int = 50,
         concurrency: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
+        lease: timedelta | None = None,
+        observer: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.lease = lease  # None: long enough for every wave of a batch (see deliver_due)
+        self.observer = observer  # hears each attempt's outcome: delivered, retry or failed
         self.clock = clock or SystemClock()
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -408,7 +412,7 @@ class WebhookDispatcher:
         now = self.clock.now()
         # A claimed batch is sent a few at a time: the lease must outlast every wave of it.
         waves = -(-self.batch // max(1, self.concurrency))
-        lease = timedelta(seconds=waves * self.timeout + 30)
+        lease = self.lease or timedelta(seconds=waves * self.timeout + 30)
         if not await self._db(lambda s: bool(s.exec(_due(now).limit(1)).first())):
             return 0
         due = await self._db(lambda s: _claim(s, now, lease, self.batch), write=True)
@@ -423,9 +427,11 @@ class WebhookDispatcher:
             )
         limit = max_attempts or self.max_attempts
         recorded = self.clock.now()
-        await self._db(
+        outcome = await self._db(
             lambda s: _record(s, due, attempt, recorded, limit, self.retry_delays), write=True
         )
+        if outcome is not None and self.observer is not None:
+            self.observer(outcome)
         if not attempt.ok:
             # Scheme and host only: webhook URLs often carry a token in their path or query.
             where = urlsplit(due.url)
@@ -590,33 +596,44 @@ def _record(
     now: datetime,
     max_attempts: int,
     delays: tuple[float, ...],
-) -> None:
+) -> str | None:
+    """Record the attempt if we still hold its claim; its outcome: delivered, retry or failed."""
     row = s.get(WebhookDelivery, due.delivery_id, with_for_update=True)
     if row is None or row.claim != due.claim:
-        return  # deleted meanwhile, or our lease lapsed and another dispatcher took over
+        return None  # deleted meanwhile, or our lease lapsed and another dispatcher took over
     row.claim = None
     row.attempts += 1
     row.last_status_code = attempt.status_code
     row.last_error = attempt.error
     row.last_response_ms = attempt.response_ms
     row.last_attempt_at = now
+    outcome = "retry"
     if attempt.ok:
-        row.status = DeliveryStatus.DELIVERED.value
+        row.status = outcome = DeliveryStatus.DELIVERED.value
     elif row.attempts >= max_attempts:
-        row.status = DeliveryStatus.FAILED.value
+        row.status = outcome = DeliveryStatus.FAILED.value
     else:
         delay = delays[min(row.attempts, len(delays)) - 1]
         row.next_attempt_at = now + timedelta(seconds=delay)
     s.add(row)
+    return outcome
 
 
 # ---- the app's background task ------------------------------------------------------------
 
 
-def start_dispatcher(app: FastAPI, *, engine: Engine | None = None) -> WebhookDispatcher:
-    """Start delivering webhooks in the background; call from the app's lifespan."""
-    dispatcher = WebhookDispatcher(engine or app.state.scheduler.engine)
-    dispatcher.start()
+def start_dispatcher(
+    app: FastAPI,
+    *,
+    engine: Engine | None = None,
+    observer: Callable[[str], None] | None = None,
+    run: bool = True,
+) -> WebhookDispatcher:
+    """The app's dispatcher (test sends use it), delivering in the background unless `run` is
+    False (a job runner or a separate worker delivers); call from the app's lifespan."""
+    dispatcher = WebhookDispatcher(engine or app.state.scheduler.engine, observer=observer)
+    if run:
+        dispatcher.start()
     app.state.webhook_dispatcher = dispatcher
     return dispatcher
 

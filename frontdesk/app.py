@@ -2,12 +2,12 @@
 
 The scheduler and calendar service come from `wiring`; the app's lifespan builds the services
 the routers use and closes them at shutdown (`app.state.scheduler`, `.calendar_service`,
-`.switchboard`, `.tryit_chats`). No router builds anything of its own.
+`.switchboard`, `.tryit_chats`), and, unless `FRONTDESK_RUN_JOBS` is off, the background jobs
+(`frontdesk.jobs.JobRunner`). No router builds anything of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -25,7 +25,7 @@ from calendars import web as calendar_web
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
 from dashboard.web.tryit import WebChats
-from frontdesk import metrics, web_security
+from frontdesk import jobs, metrics, web_security
 from frontdesk.readiness import Readiness
 from frontdesk.settings import Settings
 from frontdesk.wiring import build_scheduler, calendar_service, llm_config
@@ -91,12 +91,6 @@ async def _verify_linking_form(request: Request) -> None:
     # Otherwise the API key is checked by `_authorize_linking`: no cookie, no CSRF.
 
 
-async def _stop(job: asyncio.Task[None]) -> None:
-    job.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await job
-
-
 def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,19 +109,30 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
             app.state.calendar_service = service
             if service is not None:
                 stack.push_async_callback(service.close)
-                if settings.calendar_sync_seconds:
-                    job = asyncio.create_task(
-                        service.run_forever(
-                            settings.calendar_sync_seconds, poll=settings.calendar_poll_seconds
-                        )
-                    )
-                    stack.push_async_callback(_stop, job)
-            webhooks.start_dispatcher(app)
+            # Kept for the dashboard's test sends; the job runner below runs its deliveries.
+            dispatcher = webhooks.start_dispatcher(app, observer=jobs.webhook_outcome, run=False)
             stack.push_async_callback(webhooks.stop_dispatcher, app)
             stack.push_async_callback(app.state.tryit_chats.aclose)
+            texts = jobs.sms_outbox(settings, app.state.scheduler)
+            if texts is not None:
+                stack.push_async_callback(texts.aclose)
             if getattr(app.state, "switchboard", None) is None:
                 app.state.switchboard = build_switchboard(settings, app.state.scheduler)
+                if hasattr(app.state.switchboard, "texts"):
+                    app.state.switchboard.texts = texts  # durable confirmations (the outbox)
             stack.push_async_callback(app.state.switchboard.aclose)
+            if getattr(settings, "run_jobs", True):
+                runner = jobs.job_runner(
+                    settings,
+                    app.state.scheduler,
+                    calendars=service,
+                    webhooks=dispatcher,
+                    sms=texts,
+                    switchboard=app.state.switchboard,
+                )
+                await runner.start()
+                stack.push_async_callback(runner.aclose)
+                app.state.job_runner = runner
             await warm_up(app.state.switchboard.llm)
             # A full garbage collection walks every object in the process, most of them the
             # code and models loaded at start-up, and stalls every live call for a fifth of a

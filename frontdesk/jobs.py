@@ -1,0 +1,211 @@
+"""The background jobs every worker runs (or a separate `frontdesk worker` process): calendar sync
+and upkeep, the webhook outbox, the SMS outbox and call expiry.
+
+Each job may run in every worker at once: the database decides who does what
+(`booking.claims`). Calendar connections, webhook deliveries and texts are claimed per row;
+call expiry runs under a singleton lease. A worker that dies holding a claim or the lease only
+delays that work until the claim lapses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from booking import claims
+from booking.db import in_session
+
+if TYPE_CHECKING:
+    from booking.scheduler import Scheduler
+    from calendars.service import CalendarService
+    from dashboard.webhooks import WebhookDispatcher
+    from frontdesk.settings import Settings
+    from telephony.sms_outbox import SmsOutbox
+
+log = logging.getLogger(__name__)
+
+EXPIRY_LEASE = "calls.expire"
+
+
+@dataclass
+class JobRunner:
+    """Starts the periodic jobs as tasks of the running loop and stops them.
+
+    Any part may be None (not configured): its job does not run. `switchboard` is anything with
+    an async `expire_idle()` (telephony's Switchboard)."""
+
+    scheduler: Scheduler
+    calendars: CalendarService | None = None
+    calendar_every: float = 300.0
+    calendar_poll: float | None = None
+    webhooks: WebhookDispatcher | None = None
+    sms: SmsOutbox | None = None
+    switchboard: Any = None
+    expire_every: float = 60.0
+    owner: str = field(default_factory=claims.new_token)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start every configured job."""
+        if self.calendars is not None and self.calendar_every:
+            jobs = self.calendars.jobs
+            jobs.owner = self.owner
+            jobs.upkeep_ttl = timedelta(seconds=max(3 * self.calendar_every, 60))
+            self._run(
+                "calendars",
+                self.calendars.run_forever(self.calendar_every, poll=self.calendar_poll),
+            )
+        if self.webhooks is not None:
+            self._run("webhooks", self.webhooks.run())
+        if self.sms is not None:
+            self._run("sms", self.sms.run())
+        if getattr(self.switchboard, "expire_idle", None) is not None:
+            self._run("calls.expire", self._every(self.expire_every, self._expire))
+
+    def _run(self, name: str, job: Awaitable[None]) -> None:
+        async def logged() -> None:
+            try:
+                await job
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background job %s stopped", name)
+
+        self._tasks.append(asyncio.create_task(logged(), name=f"job {name}"))
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await step()
+            await asyncio.sleep(seconds)
+
+    async def _expire(self) -> None:
+        """One pass of call expiry, by whichever worker holds its lease."""
+        now = self.scheduler.clock.now()
+        ttl = timedelta(seconds=max(3 * self.expire_every, 30))
+        try:
+            held = await in_session(
+                self.scheduler.engine,
+                lambda s: claims.hold_lease(s, EXPIRY_LEASE, owner=self.owner, now=now, ttl=ttl),
+                write=True,
+            )
+            if not held:
+                return
+            started = time.perf_counter()
+            ok = False
+            try:
+                expired = await self.switchboard.expire_idle()
+                ok = True
+                if expired:
+                    log.info("expired %d idle call(s)", expired)
+            finally:
+                _job_run("calls.expire", time.perf_counter() - started, ok)
+        except Exception:
+            log.exception("call expiry failed; trying again next pass")
+
+    async def aclose(self) -> None:
+        """Stop every job; a claim or lease held now simply lapses."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _job_run(job: str, seconds: float, ok: bool) -> None:
+    """Report a run to the metrics (`frontdesk.metrics.job_run`, when it exists)."""
+    from frontdesk import metrics
+
+    report = getattr(metrics, "job_run", None)
+    if report is not None:
+        report(job, seconds, ok)
+
+
+def sms_outbox(settings: Settings, scheduler: Scheduler) -> SmsOutbox | None:
+    """The durable SMS outbox over the scheduler's database, or None without Twilio credentials."""
+    from booking.sms_outbox import SmsStore
+    from telephony.sms import SmsSender
+    from telephony.sms_outbox import SmsOutbox
+
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    if not (settings.twilio_account_sid and token):
+        return None
+    sender = SmsSender(
+        account_sid=settings.twilio_account_sid,
+        auth_token=token,
+        api_base_url=settings.twilio_api_base_url,
+    )
+    return SmsOutbox(SmsStore.over(scheduler.engine), sender, observer=_count_sms)
+
+
+def _count_sms(outcome: str) -> None:
+    from frontdesk import metrics
+
+    if outcome in ("sent", "failed"):
+        metrics.SMS.labels(outcome=outcome).inc()
+
+
+def webhook_outcome(outcome: str) -> None:
+    """Report a webhook attempt's outcome (`frontdesk.metrics.webhook_delivery`, when it exists)."""
+    from frontdesk import metrics
+
+    report = getattr(metrics, "webhook_delivery", None)
+    if report is not None:
+        report(outcome)
+
+
+def job_runner(
+    settings: Settings,
+    scheduler: Scheduler,
+    *,
+    calendars: CalendarService | None,
+    webhooks: WebhookDispatcher | None,
+    sms: SmsOutbox | None,
+    switchboard: Any,
+) -> JobRunner:
+    """The runner of every job, from settings (`FRONTDESK_CALENDAR_SYNC_SECONDS`, ...)."""
+    return JobRunner(
+        scheduler=scheduler,
+        calendars=calendars,
+        calendar_every=settings.calendar_sync_seconds,
+        calendar_poll=settings.calendar_poll_seconds or None,
+        webhooks=webhooks,
+        sms=sms,
+        switchboard=switchboard,
+    )
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """The body of `frontdesk worker`: every job, without the web app, until `stop` is set (or
+    the task is cancelled)."""
+    from dashboard.webhooks import WebhookDispatcher
+    from frontdesk.app import build_switchboard
+    from frontdesk.wiring import build_scheduler, calendar_service
+
+    scheduler = build_scheduler(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(scheduler.engine.dispose)
+        service = calendar_service(scheduler)
+        if service is not None:
+            stack.push_async_callback(service.close)
+        dispatcher = WebhookDispatcher(scheduler.engine, observer=webhook_outcome)
+        stack.push_async_callback(dispatcher.aclose)
+        sms = sms_outbox(settings, scheduler)
+        if sms is not None:
+            stack.push_async_callback(sms.aclose)
+        board = build_switchboard(settings, scheduler)
+        stack.push_async_callback(board.aclose)
+        if hasattr(board, "texts") and sms is not None:
+            board.texts = sms
+        runner = job_runner(
+            settings, scheduler, calendars=service, webhooks=dispatcher, sms=sms, switchboard=board
+        )
+        await runner.start()
+        stack.push_async_callback(runner.aclose)
+        await (stop or asyncio.Event()).wait()
