@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from agent.llm import make_llm, warm_up
 from booking.calls import CallLog
+from booking.conversations import ConversationStore
 from booking.scheduler import Scheduler
 from calendars import web as calendar_web
 from dashboard import api, http_errors, staff_api, web, webhooks
@@ -113,6 +114,11 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
             dispatcher = webhooks.start_dispatcher(app, observer=jobs.webhook_outcome, run=False)
             stack.push_async_callback(webhooks.stop_dispatcher, app)
             stack.push_async_callback(app.state.tryit_chats.aclose)
+            if app.state.tryit_chats.store is None:
+                # Every chat turn is saved, so the next one may land on any worker.
+                app.state.tryit_chats.store = ConversationStore.over(
+                    app.state.scheduler.engine, app.state.scheduler.clock
+                )
             texts = jobs.sms_outbox(settings, app.state.scheduler)
             if texts is not None:
                 stack.push_async_callback(texts.aclose)
