@@ -181,9 +181,12 @@ def job_runner(
     )
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, *, stop: asyncio.Event | None = None, lease: timedelta | None = None
+) -> None:
     """The body of `frontdesk worker`: every job, without the web app, until `stop` is set (or
-    the task is cancelled)."""
+    the task is cancelled). `lease` overrides how long a claimed row stays claimed (a webhook
+    batch, a text, a calendar refresh) before another worker may take it over."""
     from dashboard.webhooks import WebhookDispatcher
     from frontdesk.app import build_switchboard
     from frontdesk.wiring import build_scheduler, calendar_service
@@ -194,11 +197,14 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         service = calendar_service(scheduler)
         if service is not None:
             stack.push_async_callback(service.close)
-        dispatcher = WebhookDispatcher(scheduler.engine, observer=webhook_outcome)
+        if service is not None and lease is not None:
+            service.jobs.claim_for = lease
+        dispatcher = WebhookDispatcher(scheduler.engine, observer=webhook_outcome, lease=lease)
         stack.push_async_callback(dispatcher.aclose)
         sms = sms_outbox(settings, scheduler)
         if sms is not None:
             stack.push_async_callback(sms.aclose)
+            sms.lease = lease or sms.lease
         board = build_switchboard(settings, scheduler)
         stack.push_async_callback(board.aclose)
         if hasattr(board, "texts") and sms is not None:
