@@ -1,7 +1,8 @@
 """Three real worker processes (`frontdesk.jobs.run_worker`) over one PostgreSQL database: 1,000
 webhook events to a local receiver and 100 due calendar syncs (ICS feeds served locally) are each
 delivered / run exactly once; a worker killed with SIGKILL mid-batch leaves nothing stuck past its
-lease."""
+lease. In one process, on SQLite and PostgreSQL: call expiry and calendar upkeep run in one
+worker at a time, and another takes over once the holder's lease lapses."""
 
 from __future__ import annotations
 
@@ -25,15 +26,16 @@ from sqlalchemy.engine import Engine
 
 from booking.db import make_engine, migrate, session_scope
 from booking.models import OutboxEvent
+from booking.scheduler import Scheduler
 from calendars.models import CalendarConnection
-from calendars.secrets import new_key
+from calendars.secrets import Vault, new_key
+from calendars.service import CalendarService
 from dashboard.webhook_models import WebhookDelivery
 from dashboard.webhooks import Webhooks
+from frontdesk.jobs import JobRunner
 from frontdesk.settings import Settings
 from frontdesk.wiring import build_calendar_service
 from tests.conftest import seed_clinic
-
-pytestmark = pytest.mark.postgres
 
 LEASE = 4.0  # seconds a claim lasts in the workers
 FEED = (
@@ -208,6 +210,7 @@ def delivered(env: dict[str, str]) -> int:
         engine.dispose()
 
 
+@pytest.mark.postgres
 def test_three_workers_deliver_each_event_and_run_each_sync_once(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -229,6 +232,7 @@ def test_three_workers_deliver_each_event_and_run_each_sync_once(
         feeds.close()
 
 
+@pytest.mark.postgres
 def test_a_worker_killed_mid_batch_leaves_nothing_stuck_past_its_lease(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -253,3 +257,57 @@ def test_a_worker_killed_mid_batch_leaves_nothing_stuck_past_its_lease(
         assert took < LEASE + 15
     finally:
         receiver.close()
+
+
+# ---- in one process, on SQLite and PostgreSQL: the singleton jobs' leases ---------------------
+
+
+class Board:
+    """Stands in for the switchboard: counts the call-expiry passes it is asked to run."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    async def expire_idle(self) -> int:
+        self.passes += 1
+        return 0
+
+
+async def test_call_expiry_runs_in_one_of_two_workers(scheduler: Scheduler) -> None:
+    boards = [Board(), Board()]
+    runners = [JobRunner(scheduler=scheduler, switchboard=b, expire_every=0.02) for b in boards]
+    for runner in runners:
+        await runner.start()
+    await asyncio.sleep(0.5)
+    for runner in runners:
+        await runner.aclose()
+    passes = sorted(b.passes for b in boards)
+    assert passes[0] == 0 and passes[1] >= 5
+
+
+async def test_calendar_upkeep_runs_in_one_worker_until_its_lease_lapses(clinic: Engine) -> None:
+    clock = [datetime(2026, 11, 30, 12, 0, tzinfo=UTC)]
+    services = [
+        CalendarService(engine=clinic, vault=Vault(new_key()), providers={}, now=lambda: clock[0])
+        for _ in range(2)
+    ]
+    upkept: list[int] = []
+    for n, service in enumerate(services):
+
+        async def upkeep(n: int = n) -> None:
+            upkept.append(n)
+
+        service.jobs.upkeep = upkeep  # type: ignore[method-assign]
+        service.jobs.upkeep_ttl = timedelta(seconds=30)
+    try:
+        for _ in range(3):
+            for service in services:
+                await service.tick()
+            clock[0] += timedelta(seconds=10)
+        assert upkept == [0, 0, 0]  # the first holder renews; the other never runs it
+        clock[0] += timedelta(seconds=31)  # the first worker died: its lease lapses
+        await services[1].tick()
+        assert upkept == [0, 0, 0, 1]
+    finally:
+        for service in services:
+            await service.close()
