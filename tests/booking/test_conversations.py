@@ -4,6 +4,7 @@ PostgreSQL, also with two workers racing."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import threading
 from datetime import timedelta
 
@@ -195,3 +196,41 @@ async def test_the_transcript_is_written_to_the_call_in_the_same_save(clinic: En
         assert call is not None and call.transcript == transcript
     stored = await store.load(call_key(call_id))
     assert stored is not None and stored.call_id == call_id and stored.version == version
+
+
+def _end_all(url: str, barrier, keys: list[str], results) -> None:  # type: ignore[no-untyped-def]
+    """One worker process: try to end every conversation, at the same moment as the other."""
+    engine = make_engine(url)
+    store = _store(engine)
+    try:
+        won = []
+        for key in keys:
+            barrier.wait(timeout=60)
+            if asyncio.run(store.end(key)):
+                won.append(key)
+        results.put(won)
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"error: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+
+
+def test_end_racing_from_two_processes_claims_once(clinic: Engine, db_url: str) -> None:
+    keys = [f"call:proc{i}" for i in range(15)]
+
+    async def seed() -> None:
+        for key in keys:
+            await _save(_store(clinic), key, 0)
+
+    asyncio.run(seed())
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_end_all, args=(db_url, barrier, keys, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    reports = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert all(isinstance(r, list) for r in reports), reports
+    won = [key for report in reports for key in report]
+    assert sorted(won) == sorted(keys)  # every conversation ended, each by exactly one process

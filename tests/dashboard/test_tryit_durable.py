@@ -10,9 +10,13 @@ from fastapi import FastAPI
 from sqlalchemy.pool import NullPool
 
 from booking.clock import FixedClock
+from booking.conversations import ConversationStore, chat_key
 from booking.db import make_engine
 from booking.scheduler import Scheduler
+from dashboard.web.auth import WebUser
+from dashboard.web.tryit import WebChats
 from frontdesk.app import create_app
+from frontdesk.wiring import llm_config
 from tests.conftest import NOW, count_rows
 from tests.dashboard.conftest import csrf_of
 from tests.dashboard.test_tryit import browser, llm, llm_settings, say, start
@@ -126,3 +130,33 @@ async def test_another_users_chat_id_is_refused_in_every_worker(
         csrf = csrf_of((await on_b.get("/try")).text)
         r = await say(on_b, chat_id, csrf, "Hi")
         assert "Hello there." in r.text
+
+
+async def test_a_worker_that_lost_a_turn_race_forgets_its_copy(
+    scheduler: Scheduler, llm: FakeLLM
+) -> None:
+    store = ConversationStore.over(scheduler.engine, scheduler.clock)
+    config = llm_config(llm_settings(llm))
+    a, b = WebChats(llm=config, store=store), WebChats(llm=config, store=store)
+    user = WebUser(
+        id="usr_1", business_id="clinic", email="o@clinic.test", role="owner", staff_id=None
+    )
+    llm.script(Text("From B."), Text("From A."), Text("Again."))
+    try:
+        on_a, _ = await a.start(user, scheduler=scheduler, caller_phone=None)
+        on_b = await b.get(on_a.id, user, scheduler=scheduler)
+        assert on_b is not None and on_b is not on_a and on_b.version == on_a.version == 1
+        await b.say(on_b, "first")  # B saves version 2
+        lines = await a.say(on_a, "racing")  # A's turn ran on version 1: its save is refused
+        assert [line.text for line in lines] == ["From A."]
+        assert len(a) == 0  # A forgot its stale copy
+        stored = await store.load(chat_key(on_a.id))
+        assert stored is not None and stored.version == 2
+        again = await a.get(on_a.id, user, scheduler=scheduler)
+        assert again is not None and again.version == 2
+        await a.say(again, "next")
+        sent = [m.get("content") for m in llm.requests[-1]["messages"]]
+        assert "From B." in sent and "From A." not in sent  # B's saved turn, not A's lost one
+    finally:
+        await a.aclose()
+        await b.aclose()
