@@ -213,7 +213,11 @@ async def test_an_interrupted_turn_is_snapshotted_as_heard(
     first = converse()
     await first.greeting()
     await turn(first, "When are you open?")
+    before = first.snapshot()
     first.interrupted("We open at nine. We close")
+    # A snapshot is a copy: what happens to the conversation later does not reach into it.
+    assert before["messages"][-1]["content"].endswith("We are closed on Sunday.")
+    assert before["transcript"][-1]["text"].endswith("We are closed on Sunday.")
     snapshot = _through_json(first.snapshot())
     assert snapshot["messages"][-1] == {"role": "assistant", "content": "We open at nine. We close"}
     assert snapshot["transcript"][-1]["text"] == "We open at nine. We close"
