@@ -403,6 +403,15 @@ class WebhookDispatcher:
             log.info("another dispatcher fanned out these events first")
             return 0
 
+    async def next_due(self) -> datetime | None:
+        """When the most overdue pending delivery was due (the job's lag is now minus this)."""
+
+        def read(s: Session) -> datetime | None:
+            row = s.exec(_due(self.clock.now()).limit(1)).first()
+            return None if row is None else row.next_attempt_at
+
+        return await self._db(read)
+
     async def prune(self) -> int:
         """Forget finished deliveries older than `LOG_RETENTION`; how many went."""
         before = self.clock.now() - LOG_RETENTION

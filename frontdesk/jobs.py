@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from booking import claims
@@ -48,6 +48,7 @@ class JobRunner:
     sms: SmsOutbox | None = None
     switchboard: Any = None
     expire_every: float = 60.0
+    lag_every: float = 15.0  # how often the outboxes' lag is reported to the metrics
     owner: str = field(default_factory=claims.new_token)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -67,6 +68,8 @@ class JobRunner:
             self._run("sms", self.sms.run())
         if getattr(self.switchboard, "expire_idle", None) is not None:
             self._run("calls.expire", self._every(self.expire_every, self._expire))
+        if self.webhooks is not None or self.sms is not None:
+            self._run("lag", self._every(self.lag_every, self.report_lag))
 
     def _run(self, name: str, job: Awaitable[None]) -> None:
         async def logged() -> None:
@@ -107,6 +110,28 @@ class JobRunner:
                 _job_run("calls.expire", time.perf_counter() - started, ok)
         except Exception:
             log.exception("call expiry failed; trying again next pass")
+
+    async def report_lag(self) -> None:
+        """How long the most overdue webhook delivery and text have waited past their time
+        (0 when nothing is overdue), to `frontdesk.metrics.job_lag` when it exists."""
+        from frontdesk import metrics
+
+        report = getattr(metrics, "job_lag", None)
+        if report is None:
+            return
+        sources: list[tuple[str, Callable[[], Awaitable[datetime | None]]]] = []
+        if self.webhooks is not None:
+            sources.append(("webhooks", self.webhooks.next_due))
+        if self.sms is not None:
+            sources.append(("sms", self.sms.store.next_due))
+        for job, next_due in sources:
+            try:
+                due = await next_due()
+            except Exception:
+                log.exception("could not read the %s outbox's lag", job)
+                continue
+            now = self.scheduler.clock.now()
+            report(job, 0.0 if due is None else max(0.0, (now - due).total_seconds()))
 
     async def aclose(self) -> None:
         """Stop every job; a claim or lease held now simply lapses."""

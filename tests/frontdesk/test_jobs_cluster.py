@@ -31,7 +31,7 @@ from calendars.models import CalendarConnection
 from calendars.secrets import Vault, new_key
 from calendars.service import CalendarService
 from dashboard.webhook_models import WebhookDelivery
-from dashboard.webhooks import Webhooks
+from dashboard.webhooks import WebhookDispatcher, Webhooks
 from frontdesk.jobs import JobRunner
 from frontdesk.settings import Settings
 from frontdesk.wiring import build_calendar_service
@@ -311,3 +311,33 @@ async def test_calendar_upkeep_runs_in_one_worker_until_its_lease_lapses(clinic:
     finally:
         for service in services:
             await service.close()
+
+
+async def test_the_outboxes_lag_is_reported(
+    scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from frontdesk import metrics
+
+    lags: dict[str, float] = {}
+    monkeypatch.setattr(metrics, "job_lag", lags.__setitem__, raising=False)
+    hook = await Webhooks(scheduler.engine).create(
+        business_id="clinic", url="http://127.0.0.1:9/hook", event_types=["booking.created"]
+    )
+    now = scheduler.clock.now()
+    with session_scope(scheduler.engine, write=True) as s:
+        s.add(
+            WebhookDelivery(
+                webhook_id=hook.id,
+                event_id="evt_1",
+                event_type="booking.created",
+                body="{}",
+                next_attempt_at=now - timedelta(seconds=30),
+                created_at=now,
+            )
+        )
+    dispatcher = WebhookDispatcher(scheduler.engine, clock=scheduler.clock)
+    try:
+        await JobRunner(scheduler=scheduler, webhooks=dispatcher).report_lag()
+    finally:
+        await dispatcher.aclose()
+    assert lags == {"webhooks": 30.0}
