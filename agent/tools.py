@@ -460,6 +460,16 @@ class Toolbox:
                 holder=self.holder,
             )
         except errors.SlotUnavailable as exc:
+            mine = await self._booked_by_this_call(offered)
+            if mine is not None:  # booked already, by this call before it moved to this worker
+                return {
+                    "held": False,
+                    "booked": True,
+                    "appointment_id": mine.id,
+                    "spoken": self.spoken(offered),
+                    "note": "This time is already booked for the caller in this call; "
+                    "do not book it again. Confirm it to the caller.",
+                }
             raise ToolError(await self._with_alternatives(exc, offered)) from None
         self.state.hold_id = hold.id
         return {

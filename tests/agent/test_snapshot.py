@@ -174,6 +174,13 @@ async def test_a_booking_missing_from_the_snapshot_is_adopted_and_a_retried_book
     # The caller repeats themselves to the next worker; the model books the same slot again.
     second = _restore(saved, scheduler, llm, call_id)
     assert second.booked == []
+    llm_server.script(
+        lambda m: ToolCalls(Call("hold_slot", {"slot_id": _first_slot(m)})),
+        lambda m: Text(json.dumps(last_result(m))),
+    )
+    held = json.loads(spoken(await turn(second, "Yes please.")))
+    assert held["held"] is False and held["booked"] is True  # not "taken by someone else"
+    assert held["appointment_id"] == appointment.id
     llm_server.script(_book, lambda m: Text(json.dumps(last_result(m))))
     answer = json.loads(spoken(await turn(second, "Yes please, I'm Jane.")))
     assert answer["booked"] is True and answer["appointment_id"] == appointment.id
