@@ -148,6 +148,9 @@ def relay_twiml(board: Switchboard, session: CallSession, greeting: str) -> Voic
         voice=board.tts_voice,
         dtmf_detection=True,
         interruptible="any",
+        # Twilio (changelog 2026-10-28, "Application Reconnect"): over an unexpected drop of the
+        # websocket it buffers up to 500 events, reconnects and replays them.
+        application_reconnect=True,
     )
     response.append(connect)
     return response

@@ -91,6 +91,7 @@ async def test_relay_mode_answers_with_connect_conversation_relay(desk: Desk) ->
     assert relay.attrib["welcomeGreeting"]
     assert relay.attrib["language"] == "en-US"
     assert relay.attrib["dtmfDetection"] == "true"
+    assert relay.attrib["applicationReconnect"] == "true"  # Twilio reconnects a dropped socket
 
 
 async def test_an_unknown_number_gets_a_polite_goodbye(desk: Desk) -> None:
