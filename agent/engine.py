@@ -231,6 +231,19 @@ class Conversation:
             self._cut(said, remaining)
             remaining = ""
 
+    def said(self, text: str) -> None:
+        """Something the caller heard that the model did not write (a line after a dropped
+        connection): it enters the history and the transcript as the agent's."""
+        if not self._greeted:
+            self._open_with(text)
+            return
+        self._messages.append({"role": "assistant", "content": text})
+        self._note("agent", text)
+
+    async def settle(self) -> None:
+        """Let tool calls of a turn that was cut off finish and enter the history (bounded)."""
+        await self._settle_pending()
+
     def carry_on(self, *, said: str, unanswered: str) -> Conversation:
         """The call's next conversation, after this one handed it to a person who did not answer.
 

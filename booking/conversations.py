@@ -153,17 +153,23 @@ class ConversationStore:
             # Another worker inserted the first version between our read and our insert.
             raise StaleConversation(key) from exc
 
-    async def idle(self, *, before: datetime, limit: int = 100) -> list[StoredConversation]:
-        """Conversations not ended and last saved before `before`, oldest first."""
+    async def idle(
+        self, *, before: datetime, limit: int = 100, prefix: str = ""
+    ) -> list[StoredConversation]:
+        """Conversations not ended and last saved before `before`, oldest first; only keys
+        starting with `prefix` ("call:" for phone calls), if given."""
 
         def read(s: Session) -> list[StoredConversation]:
             stmt = (
                 select(ConversationState)
                 .where(col(ConversationState.ended_at).is_(None))
                 .where(ConversationState.updated_at < before)
-                .order_by(col(ConversationState.updated_at), col(ConversationState.key))
-                .limit(max(0, limit))
             )
+            if prefix:
+                stmt = stmt.where(col(ConversationState.key).startswith(prefix, autoescape=True))
+            stmt = stmt.order_by(
+                col(ConversationState.updated_at), col(ConversationState.key)
+            ).limit(max(0, limit))
             return [_stored(r) for r in s.exec(stmt).all()]
 
         return await self._db(read)

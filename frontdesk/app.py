@@ -63,6 +63,7 @@ def build_switchboard(settings: Settings, scheduler: Scheduler) -> Switchboard:
         tts_voice=settings.voice_tts_voice,
         llm_timeout=llm.timeout,
         sms=sms,
+        call_idle_seconds=settings.call_idle_seconds,
     )
 
 
@@ -124,10 +125,15 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
                 stack.push_async_callback(texts.aclose)
             if getattr(app.state, "switchboard", None) is None:
                 app.state.switchboard = build_switchboard(settings, app.state.scheduler)
-                if hasattr(app.state.switchboard, "texts"):
-                    app.state.switchboard.texts = texts  # durable confirmations (the outbox)
-            stack.push_async_callback(app.state.switchboard.aclose)
-            if getattr(settings, "run_jobs", True):
+                app.state.switchboard.texts = texts  # durable confirmations (the outbox)
+            board = app.state.switchboard
+            if board.store is None:
+                # Every call's state is saved as each turn ends: any worker can carry it on.
+                board.store = ConversationStore.over(
+                    app.state.scheduler.engine, app.state.scheduler.clock
+                )
+            stack.push_async_callback(board.aclose)
+            if settings.run_jobs:
                 runner = jobs.job_runner(
                     settings,
                     app.state.scheduler,

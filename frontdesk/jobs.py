@@ -212,6 +212,7 @@ async def run_worker(
     """The body of `frontdesk worker`: every job, without the web app, until `stop` is set (or
     the task is cancelled). `lease` overrides how long a claimed row stays claimed (a webhook
     batch, a text, a calendar refresh) before another worker may take it over."""
+    from booking.conversations import ConversationStore
     from dashboard.webhooks import WebhookDispatcher
     from frontdesk.app import build_switchboard
     from frontdesk.wiring import build_scheduler, calendar_service
@@ -231,9 +232,9 @@ async def run_worker(
             stack.push_async_callback(sms.aclose)
             sms.lease = lease or sms.lease
         board = build_switchboard(settings, scheduler)
+        board.texts = sms
+        board.store = ConversationStore.over(scheduler.engine, scheduler.clock)  # idle calls
         stack.push_async_callback(board.aclose)
-        if hasattr(board, "texts") and sms is not None:
-            board.texts = sms
         runner = job_runner(
             settings, scheduler, calendars=service, webhooks=dispatcher, sms=sms, switchboard=board
         )

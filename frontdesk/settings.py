@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    # Processes: how many `frontdesk serve` runs, whether they also run the background jobs
+    # (off: a separate `frontdesk worker` does), and how long a stop waits for work in flight.
+    workers: int = Field(default=1, ge=1, le=64)
+    run_jobs: bool = True
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    call_idle_seconds: float = Field(
+        default=7200, gt=0, description="a call with no turn for this long is ended (its lead kept)"
+    )
     hold_minutes: int = Field(default=5, ge=1, le=60)
     calendar_timeout_seconds: float = Field(default=4.0, gt=0)
     # The one retry policy of the calendar providers: how many attempts a refused or failed

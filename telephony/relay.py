@@ -24,6 +24,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -55,6 +56,9 @@ PATH = "/twilio/relay"
 HUMAN_DIGIT = "0"
 MAX_FRAME = 64 * 1024  # Twilio's messages are well under a kilobyte
 TROUBLE = "Sorry, I'm having trouble on my side. Could you say that again?"
+# What a caller hears when the call's websocket came back (to this or another worker) mid-call.
+RECOVERED = "Sorry, we got cut off for a moment. Could you say that last part again?"
+RESUMED = "resumed"  # in the socket's query: Twilio's welcome greeting already said RECOVERED
 PUTTING_THROUGH = "Please hold while I put you through."
 
 
@@ -81,7 +85,11 @@ async def relay(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     observer: CallObserver | None = getattr(websocket.app.state, "call_observer", None)
-    await RelayCall(websocket, board, observer).run()
+    params = dict(parse_qsl(query))
+    relay_call = RelayCall(
+        websocket, board, observer, resumed=RESUMED in params, call_id=params.get("call")
+    )
+    await relay_call.run()
 
 
 def inbound(frame: Mapping[str, Any]) -> Inbound | None:
@@ -107,9 +115,17 @@ class RelayCall:
     """One relay session: reads Twilio's messages and runs the caller's turns."""
 
     def __init__(
-        self, websocket: WebSocket, board: Switchboard, observer: CallObserver | None = None
+        self,
+        websocket: WebSocket,
+        board: Switchboard,
+        observer: CallObserver | None = None,
+        *,
+        resumed: bool = False,
+        call_id: str | None = None,
     ) -> None:
         self.ws = websocket
+        self.call_id = call_id  # ours, from the socket's (signed) query
+        self.resumed = resumed  # opened by the <Connect action> answer after a failed session
         self.board = board
         self.observer = observer
         self.turn_started: float | None = None  # loop time of the running turn's prompt
@@ -133,8 +149,19 @@ class RelayCall:
             pass
         finally:
             await self.stop_turn()
-            if self.session is not None and self.observer is not None:
-                self.observer.relay_closed()
+            if self.session is not None:
+                await self.hand_over(self.session)
+                if self.observer is not None:
+                    self.observer.relay_closed()
+
+    async def hand_over(self, session: CallSession) -> None:
+        """The socket closed (hang-up, a dropped connection, a shutdown): let tools still running
+        finish and save the call, so whichever worker Twilio reconnects to goes on from here."""
+        if self.board.store is None:
+            return
+        with contextlib.suppress(Exception):  # logged by the save
+            await session.conversation.settle()
+            await self.board.save(session)
 
     async def handle(self, message: Inbound) -> None:
         if isinstance(message, Setup):
@@ -143,7 +170,7 @@ class RelayCall:
             log.warning("ConversationRelay error: %s", message.description)
         elif isinstance(message, Unknown):
             log.info("ignoring relay message of type %r", message.type)
-        elif self.session is None:
+        elif self.session is None and not await self.reattach():
             log.warning("relay message %r before setup; ignored", message.type)
         elif self.closing is not None:
             self.closing.set()  # the caller talks over the goodbye: they are not listening
@@ -158,19 +185,52 @@ class RelayCall:
         if self.session is not None:
             return
         try:
-            self.session = await self.board.resume(
+            session = await self.board.resume(
                 call_sid=message.call_sid,
                 from_number=message.from_number,
                 to_number=message.to_number,
                 channel="relay",
             )
-            if self.observer is not None:
-                self.observer.relay_opened()
         except errors.NotFound:
             log.warning(
                 "relay for call %s: no business answers %s", message.call_sid, message.to_number
             )
             await self.end(HandoffData(reason="number not in service"))
+            return
+        await self.opened(session)
+
+    async def opened(self, session: CallSession, *, replayed: bool = False) -> None:
+        """This socket serves `session` from now on. A socket of a call that had one before is a
+        reconnection: the caller hears a short line, never the greeting again (unless Twilio's
+        welcome greeting said it, or the socket opened with the caller's replayed words, which
+        are answered at once)."""
+        self.session = session
+        if self.observer is not None:
+            self.observer.relay_opened()
+        session.relay_connects += 1
+        if session.relay_connects > 1 or self.resumed or replayed:
+            log.info("call %s: relay reconnected", session.call_sid)
+            if not replayed:
+                session.conversation.said(RECOVERED)
+            if not (self.resumed or replayed):
+                await self.say(RECOVERED)
+                await self.send(TextToken(token="", last=True))
+        self.board.persist(session)
+
+    async def reattach(self) -> bool:
+        """A reconnected socket whose first message is a replayed event, not `setup`: find the
+        call by the id its URL carries. True if this socket now has its call."""
+        if not self.call_id or self.ended:
+            return False
+        try:
+            session = await self.board.resume_call(self.call_id)
+        except errors.NotFound:
+            session = None
+        if session is None:
+            self.call_id = None  # do not look again
+            return False
+        await self.opened(session, replayed=True)
+        return True
 
     async def prompt(self, message: Prompt) -> None:
         if not message.last:
@@ -185,6 +245,7 @@ class RelayCall:
         self.spoken_by = 0.0  # Twilio stopped speaking
         await self.stop_turn(tell_engine=False)
         self.session.conversation.interrupted(message.utterance_until_interrupt)
+        self.board.persist(self.session)  # what the caller actually heard
 
     async def dtmf(self, message: Dtmf) -> None:
         assert self.session is not None
@@ -229,8 +290,12 @@ class RelayCall:
                     if isinstance(event, Speech | Filler):
                         await self.say(event.text)
                     elif isinstance(event, Handoff):
+                        session.handoff = event
+                        await self.board.save(session)
                         await self.hand_off(event)
                         return
+            # The turn is durable before Twilio hears it is over: the next may reach any worker.
+            await self.board.save(session)
             await self.send(TextToken(token="", last=True))
         except (asyncio.CancelledError, WebSocketDisconnect):
             raise

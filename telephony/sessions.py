@@ -1,8 +1,10 @@
-"""Live calls in this process: one `CallSession` (with its conversation) per Twilio CallSid.
+"""The calls this process is serving: one `CallSession` (with its conversation) per Twilio CallSid.
 
-Kept in memory because a conversation holds an open LLM history; a session idle past its time to
-live is handed back by `expired()` so its lead can still be recorded. After a restart the
-registry is empty and the doors build a fresh session for a call they do not know.
+A session is this worker's working copy of a call. With a conversation store (the app sets one)
+the switchboard saves it as each turn completes, and any worker that gets a call's next turn,
+reconnected websocket or status callback rebuilds the session from the store when it holds no
+copy or an older version than the stored one (`version`). A session idle past its time to live is
+handed back by `expired()`; without a store that is where its lead is recorded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from agent.engine import Conversation, Handoff
 from booking.models import Business
+
+STATE_VERSION = 1
 
 
 @dataclass
@@ -35,6 +39,14 @@ class CallSession:
     earlier: list[Conversation] = field(default_factory=list)
     earlier_transcript: list[dict[str, Any]] = field(default_factory=list)
     last_seen: float = 0.0
+    relay_connects: int = 0  # relay websockets this call has opened, across workers
+    # Durable state: the stored version this copy last read or wrote (0: never stored), whether
+    # it has changes not yet written, the write in flight, and whether another worker has since
+    # saved a newer version (this copy must not be used or saved again).
+    version: int = 0
+    dirty: bool = False
+    saving: asyncio.Task[None] | None = None
+    stale: bool = False
 
     @property
     def transcript(self) -> list[dict[str, Any]]:
@@ -44,11 +56,43 @@ class CallSession:
     @property
     def booked(self) -> list[str]:
         """Appointments booked or moved in this call, by any of its conversations."""
-        return [a for c in (*self.earlier, self.conversation) for a in c.booked]
+        return _unique(a for c in (*self.earlier, self.conversation) for a in c.booked)
 
     @property
     def cancelled(self) -> list[str]:
-        return [a for c in (*self.earlier, self.conversation) for a in c.cancelled]
+        return _unique(a for c in (*self.earlier, self.conversation) for a in c.cancelled)
+
+    def to_state(self) -> dict[str, Any]:
+        """What another worker needs to go on with this call (JSON-able, taken on the loop)."""
+        handoff = self.handoff
+        return {
+            "v": STATE_VERSION,
+            "call_sid": self.call_sid,
+            "caller": self.caller,
+            "greeting": self.greeting,
+            "handoff": None
+            if handoff is None
+            else {"reason": handoff.reason, "transfer_to": handoff.transfer_to},
+            "silences": self.silences,
+            "confirmed": sorted(self.confirmed),
+            "earlier_transcript": [dict(e) for e in self.earlier_transcript],
+            "relay_connects": self.relay_connects,
+            "conversation": self.conversation.snapshot(),
+        }
+
+
+def _unique(ids: Any) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def handoff_of(state: dict[str, Any]) -> Handoff | None:
+    raw = state.get("handoff")
+    if not isinstance(raw, dict) or not isinstance(raw.get("reason"), str):
+        return None
+    transfer_to = raw.get("transfer_to")
+    return Handoff(
+        reason=raw["reason"], transfer_to=transfer_to if isinstance(transfer_to, str) else None
+    )
 
 
 class CallSessions:
@@ -73,14 +117,26 @@ class CallSessions:
     def add(self, session: CallSession) -> CallSession:
         """Register `session`, or return the one already registered for its CallSid."""
         existing = self.get(session.call_sid)
-        if existing is not None:
+        if existing is not None and not existing.stale:
             return existing
+        return self.replace(session)
+
+    def replace(self, session: CallSession) -> CallSession:
+        """Register `session` in place of any copy of its call this process held."""
         session.last_seen = self._monotonic()
         self._by_sid[session.call_sid] = session
         return session
 
+    def discard(self, session: CallSession) -> None:
+        """Forget `session` (if it is still the registered copy of its call)."""
+        if self._by_sid.get(session.call_sid) is session:
+            del self._by_sid[session.call_sid]
+
     def pop(self, call_sid: str) -> CallSession | None:
         return self._by_sid.pop(call_sid, None)
+
+    def live(self) -> list[CallSession]:
+        return list(self._by_sid.values())
 
     def expired(self) -> list[CallSession]:
         """Remove and return the sessions idle for longer than the time to live."""

@@ -54,7 +54,6 @@ TRANSFER_FAILED_MESSAGE_TAKEN = (
     "your message on, and someone will call you back. Is there "
     "anything else I can help with?"
 )
-RELAY_FAILED = "Sorry, I lost you for a moment. What can I do for you?"
 SILENCE = "Sorry, I didn't catch that. How can I help?"
 GOODBYE = "I'll let you go. Feel free to call back any time. Goodbye."
 TROUBLE = "Sorry, I'm having trouble right now. Please call back in a little while. Goodbye."
@@ -138,11 +137,16 @@ def say(board: Switchboard, response: VoiceResponse | Gather, text: str) -> None
     response.say(text, voice=board.tts_voice, language=board.language)
 
 
-def relay_twiml(board: Switchboard, session: CallSession, greeting: str) -> VoiceResponse:
+def relay_twiml(
+    board: Switchboard, session: CallSession, greeting: str, *, resumed: bool = False
+) -> VoiceResponse:
+    """Connect the call to our relay websocket; `resumed`: it goes on after a failed session
+    (the greeting is the recovery line, and the socket knows not to say it again)."""
     response = VoiceResponse()
     connect = Connect(action=board.signature.url("/twilio/connect-action"))
+    query = {"call": session.call_id} | ({relay.RESUMED: "1"} if resumed else {})
     connect.conversation_relay(
-        url=board.signature.ws_url("/twilio/relay", urlencode({"call": session.call_id})),
+        url=board.signature.ws_url("/twilio/relay", urlencode(query)),
         welcome_greeting=greeting,
         language=board.language,
         voice=board.tts_voice,
@@ -248,6 +252,7 @@ async def gather_turn(request: Request) -> Response:
     heard = form.speech_result.strip()
     if not heard:
         session.silences += 1
+        await board.save(session)
         if session.silences >= MAX_SILENCES:
             return twiml(goodbye(board, GOODBYE))
         return twiml(gather_twiml(board, SILENCE))
@@ -280,10 +285,12 @@ async def _answer(board: Switchboard, session: CallSession, heard: str) -> Voice
         return goodbye(board, TROUBLE)
     finally:
         board.turn_done(session)
+    session.handoff = handoff or session.handoff
+    # Saved before Twilio hears the answer: the call's next turn may reach any worker.
+    await board.save(session)
     text = " ".join(spoken)
     if handoff is None:
         return gather_twiml(board, text)
-    session.handoff = handoff
     if handoff.transfer_to:
         return dial(board, handoff.transfer_to, before=text)
     response = VoiceResponse()
@@ -298,18 +305,32 @@ async def relay_ended(request: Request) -> Response:
     form = await signed(request, ConnectAction)
     board = switchboard(request)
     handoff = form.handoff()
-    session = board.sessions.get(form.call_sid)
     if handoff is not None and handoff.transfer_to:
         log.info(
             "call %s: transferring to %s (%s)", form.call_sid, handoff.transfer_to, handoff.reason
         )
         return twiml(dial(board, handoff.transfer_to))
     if handoff is None and form.session_status == "failed" and form.call_status == "in-progress":
+        # The websocket dropped (Twilio error 64105: a worker died or restarted). Any worker
+        # answers: a new relay session for the same call, going on from the saved state.
         log.warning(
-            "call %s: relay session failed (%s); reconnecting", form.call_sid, form.error_message
+            "call %s: relay session %s failed (%s %s); reconnecting",
+            form.call_sid,
+            form.session_id,
+            form.error_code,
+            form.error_message,
         )
+        try:
+            session = await board.resume(
+                call_sid=form.call_sid,
+                from_number=form.from_number,
+                to_number=form.to_number,
+                channel="relay",
+            )
+        except errors.NotFound:
+            session = None
         if session is not None:
-            return twiml(relay_twiml(board, session, RELAY_FAILED))
+            return twiml(relay_twiml(board, session, relay.RECOVERED, resumed=True))
     response = VoiceResponse()
     response.hangup()
     return twiml(response)
@@ -338,6 +359,7 @@ async def transfer_result(request: Request) -> Response:
     said = TRANSFER_FAILED_MESSAGE_TAKEN if session.conversation.lead_recorded else TRANSFER_FAILED
     if session.handoff is not None:
         board.reopen(session, said=said)
+        await board.save(session)
     return twiml(conversation_twiml(board, session, said))
 
 

@@ -180,8 +180,10 @@ class GatherResult(Form):
 class ConnectAction(Form):
     """The `<Connect action>` callback when a ConversationRelay session ends."""
 
+    session_id: str | None = Field(default=None, alias="SessionId", max_length=64)
     session_status: str | None = Field(default=None, alias="SessionStatus")
     handoff_data: str | None = Field(default=None, alias="HandoffData")
+    error_code: str | None = Field(default=None, alias="ErrorCode", max_length=16)
     error_message: str | None = Field(default=None, alias="ErrorMessage")
 
     def handoff(self) -> Handoff | None:
