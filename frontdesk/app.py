@@ -14,6 +14,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -26,7 +27,7 @@ from calendars import web as calendar_web
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
 from dashboard.web.tryit import WebChats
-from frontdesk import jobs, metrics, web_security
+from frontdesk import draining, jobs, metrics, web_security
 from frontdesk.readiness import Readiness
 from frontdesk.settings import Settings
 from frontdesk.wiring import build_scheduler, calendar_service, llm_config
@@ -64,6 +65,7 @@ def build_switchboard(settings: Settings, scheduler: Scheduler) -> Switchboard:
         llm_timeout=llm.timeout,
         sms=sms,
         call_idle_seconds=settings.call_idle_seconds,
+        agent_observer=metrics.AgentMetrics(),
     )
 
 
@@ -153,6 +155,12 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
             gc.freeze()
             stack.callback(gc.unfreeze)
             stack.callback(setattr, app.state.readiness, "draining", True)  # /readyz: no new calls
+            drain = draining.Drain(
+                grace=settings.shutdown_grace_seconds,
+                on_drain=partial(setattr, app.state.readiness, "draining", True),
+            )
+            if drain.install():
+                stack.callback(drain.uninstall)
             yield
 
     # The docs pages are added by web_security, each with the policy its CDN scripts need.

@@ -89,7 +89,15 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="import the demo business (examples/demo-business.yaml) first",
     )
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes (default FRONTDESK_WORKERS, 1); several need PostgreSQL",
+    )
 
+    sub.add_parser(
+        "worker", help="run the background jobs only (with FRONTDESK_RUN_JOBS=false on serve)"
+    )
     sub.add_parser("migrate", help="apply database migrations")
 
     s = sub.add_parser("import", help="create or update a business from a YAML/JSON file")
@@ -165,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS: dict[str, str] = {
     "serve": "cmd_serve",
+    "worker": "cmd_worker",
     "migrate": "cmd_migrate",
     "import": "cmd_import",
     "export": "cmd_export",
@@ -192,10 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         _err(f"configuration error: {problems}")
         return 2
-    _configure_logging(
+    configure_logging(
         settings.log_level,
         verbose=args.verbose,
-        serving=args.command == "serve",
+        serving=args.command in {"serve", "worker"},
         log_format=settings.log_format,
     )
     name = COMMANDS[args.command]
@@ -221,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _configure_logging(
+def configure_logging(
     level: str, *, verbose: bool, serving: bool, log_format: str = "text"
 ) -> None:
     """Log lines in UTC on stderr: INFO while serving or with `--verbose` (or what
@@ -478,14 +487,62 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if generated:
         print("  (API key generated for this run; set FRONTDESK_API_KEY to keep one)")
     sys.stdout.flush()
-    uvicorn.run(
-        create_app(settings, scheduler=scheduler),
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
+    workers = args.workers or settings.workers
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level.lower(),
+        # Past the drain (frontdesk.draining), what requests in flight may still take.
+        "timeout_graceful_shutdown": max(1, int(settings.shutdown_grace_seconds)),
         **SERVER_OPTIONS,
-    )
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings, scheduler=scheduler), **options)
+        return 0
+    # Several processes: each builds its own app from the environment (frontdesk.asgi); the
+    # schema is already migrated (above), so they start at once.
+    scheduler.engine.dispose()
+    if scheduler.engine.dialect.name == "sqlite":
+        log.warning(
+            "%d workers on SQLite: they share one file on this machine; use PostgreSQL to scale",
+            workers,
+        )
+    os.environ["FRONTDESK_HOST"], os.environ["FRONTDESK_PORT"] = host, str(port)
+    if generated and settings.api_key:
+        os.environ["FRONTDESK_API_KEY"] = settings.api_key.get_secret_value()
+    if "public_base_url" in settings.model_fields_set and settings.public_base_url:
+        os.environ["FRONTDESK_PUBLIC_BASE_URL"] = settings.public_base_url
+    uvicorn.run("frontdesk.asgi:create", factory=True, workers=workers, log_config=None, **options)
     return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """The background jobs without the web app, until SIGTERM or SIGINT."""
+    import signal
+
+    from frontdesk.jobs import run_worker
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("frontdesk worker: running the background jobs")
+        await run_worker(settings, stop=stop)
+        log.info("frontdesk worker: stopped")
+
+    asyncio.run(run())
+    return 0
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("--workers must be between 1 and 64")
+    return value
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ then writes its figures there and a scrape of any worker sums them all.
 Names follow Prometheus's conventions (`frontdesk_` prefix, `_total` counters, `_seconds`
 histograms) and labels stay low-cardinality: a channel or an outcome, never a call SID, a phone
 number or an id. The figures are recorded where the events happen, through observers the
-composition root injects (`CallMetrics`, `SchedulerMetrics`, `CountedSmsSender`): the inner
-packages do not import this module.
+composition root injects (`CallMetrics`, `SchedulerMetrics`, `AgentMetrics`,
+`CountedSmsSender`) or that `frontdesk.jobs` looks up here (`job_lag`, `job_run`,
+`webhook_delivery`): the inner packages do not import this module.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from telephony.sms import SentSms, Sms, SmsSender
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A turn's server time is tens of milliseconds when all is well, seconds when the LLM is slow.
 TURN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A tool is a database read or write (milliseconds), or a calendar provider's answer (seconds).
+TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A job's pass: a few queries when there is little to do, a minute when a batch is large.
+JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+WEBHOOK_OUTCOMES = ("delivered", "retry", "failed")
 
 CALLS = Counter("frontdesk_calls", "Calls answered, by channel (relay or gather)", ["channel"])
 ACTIVE_CALLS = Gauge(
@@ -61,18 +67,63 @@ SMS = Counter(
     ["outcome"],
 )
 
+MODEL_FIRST_TOKEN = Histogram(
+    "frontdesk_model_first_token_seconds",
+    "From sending a request to the LLM to its first streamed chunk (every request of a turn)",
+    buckets=TURN_BUCKETS,
+)
+TOOL_SECONDS = Histogram(
+    "frontdesk_tool_seconds",
+    "The agent's tool calls: how long each ran, by tool and outcome (ok, or error: the tool "
+    "answered the model with an error)",
+    ["tool", "outcome"],
+    buckets=TOOL_BUCKETS,
+)
+# Every worker reads the same outbox from the same database, so the freshest reading is the true
+# one: "mostrecent" shows it, where "max" would keep a dead worker's last (stale) figure forever.
+JOB_LAG = Gauge(
+    "frontdesk_job_lag_seconds",
+    "How long the most overdue item of an outbox (webhooks, sms) has waited past its time; "
+    "0 when nothing is overdue",
+    ["job"],
+    multiprocess_mode="mostrecent",
+)
+JOB_RUN = Histogram(
+    "frontdesk_job_run_seconds",
+    "One pass of a background job (calls.expire), by job and outcome (ok or error)",
+    ["job", "outcome"],
+    buckets=JOB_BUCKETS,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "frontdesk_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered, retry (it failed and will be tried again) "
+    "or failed (given up on)",
+    ["outcome"],
+)
+for _outcome in WEBHOOK_OUTCOMES:  # each outcome is scraped from 0, so rate() sees the first one
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
+
 __all__ = [
     "ACTIVE_CALLS",
     "BOOKINGS",
     "CALLS",
     "CONTENT_TYPE_LATEST",
+    "JOB_LAG",
+    "JOB_RUN",
     "LEADS",
+    "MODEL_FIRST_TOKEN",
     "SMS",
+    "TOOL_SECONDS",
     "TURN_FIRST_TOKEN",
+    "WEBHOOK_DELIVERIES",
+    "AgentMetrics",
     "CallMetrics",
     "CountedSmsSender",
     "SchedulerMetrics",
+    "job_lag",
+    "job_run",
     "scrape",
+    "webhook_delivery",
 ]
 
 
@@ -100,6 +151,33 @@ class SchedulerMetrics:
 
     def lead_created(self, outcome: str) -> None:
         LEADS.labels(outcome=outcome).inc()
+
+
+class AgentMetrics:
+    """What the agent reports (agent's `AgentObserver`). Tool names are the agent's own: a call
+    to a tool that does not exist is refused before it runs and is not reported."""
+
+    def model_first_token(self, seconds: float) -> None:
+        MODEL_FIRST_TOKEN.observe(seconds)
+
+    def tool_call(self, name: str, seconds: float, ok: bool) -> None:
+        TOOL_SECONDS.labels(tool=name, outcome="ok" if ok else "error").observe(seconds)
+
+
+def job_lag(job: str, seconds: float) -> None:
+    """The lag of the outbox `job` (`frontdesk.jobs.JobRunner.report_lag`)."""
+    JOB_LAG.labels(job=job).set(seconds)
+
+
+def job_run(job: str, seconds: float, ok: bool) -> None:
+    """One pass of the background job `job` and whether it finished without an error."""
+    JOB_RUN.labels(job=job, outcome="ok" if ok else "error").observe(seconds)
+
+
+def webhook_delivery(outcome: str) -> None:
+    """One webhook attempt's outcome (the dispatcher's observer, through `frontdesk.jobs`)."""
+    if outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
 
 
 class CountedSmsSender(SmsSender):

@@ -63,7 +63,7 @@ def test_serving_with_the_json_format_logs_json_lines(capsys: pytest.CaptureFixt
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
     try:
-        cli._configure_logging("INFO", verbose=False, serving=True, log_format="json")
+        cli.configure_logging("INFO", verbose=False, serving=True, log_format="json")
         logging.getLogger("frontdesk.test").info(
             "call %s ended", SID, extra={"call_sid": SID, "business_id": "biz_2"}
         )
@@ -78,4 +78,4 @@ def test_serving_with_the_json_format_logs_json_lines(capsys: pytest.CaptureFixt
 
 def test_a_bad_log_level_is_still_a_usage_error() -> None:
     with pytest.raises(UsageError):
-        cli._configure_logging("LOUD", verbose=False, serving=True, log_format="json")
+        cli.configure_logging("LOUD", verbose=False, serving=True, log_format="json")
