@@ -1,5 +1,6 @@
 """`/metrics`: Prometheus's text format, behind the API key, with figures that move when a call
-is answered, a turn is spoken and a confirmation is texted."""
+is answered, a turn is spoken, the agent asks the model and runs its tools, a confirmation is
+texted, a webhook is attempted and a background job runs or falls behind."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from booking import claims
+from booking.db import session_scope
 from booking.scheduler import Scheduler
+from dashboard.webhook_models import WebhookDelivery
+from dashboard.webhooks import WebhookDispatcher, Webhooks
+from frontdesk import jobs
 from tests.fakes.llm_server import Call, FakeLLM, Text, ToolCalls
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.telephony.conftest import ACCOUNT_SID, CALLER, CLINIC, TOKEN, Desk, running_desk
@@ -49,6 +56,31 @@ async def scrape(desk: Desk, **headers: str) -> httpx.Response:
         return await client.get("/metrics", headers=headers)
 
 
+async def figures(desk: Desk) -> Samples:
+    return samples((await scrape(desk, authorization="Bearer k")).text)
+
+
+def mover(before: Samples, after: Samples) -> Callable[..., float]:
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    return moved
+
+
+@pytest.fixture
+async def quiet_desk(scheduler: Scheduler) -> AsyncIterator[Desk]:
+    """A running desk whose own background jobs are off: the test runs them."""
+    llm = FakeLLM().start()
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=TOKEN).start()
+    try:
+        async with running_desk(scheduler, llm, rest, run_jobs=False) as running:
+            yield running
+    finally:
+        llm.stop()
+        rest.stop()
+
+
 async def test_metrics_need_the_api_key(desk: Desk) -> None:
     assert (await scrape(desk)).status_code == 401
     assert (await scrape(desk, authorization="Bearer wrong")).status_code == 401
@@ -64,6 +96,8 @@ async def test_metrics_need_the_api_key(desk: Desk) -> None:
         "frontdesk_sms",
         "frontdesk_bookings",
         "frontdesk_leads",
+        "frontdesk_model_first_token_seconds",
+        "frontdesk_webhook_deliveries",
     } <= names
 
 
@@ -102,11 +136,24 @@ async def test_a_booked_relay_call_moves_the_figures(desk: Desk) -> None:
     assert moved("frontdesk_sms_total", outcome="failed") == 0
     assert moved("frontdesk_bookings_total", booked_by="agent") == 1
     assert moved("frontdesk_leads_total", outcome="booked") == 1
+    # Four model requests (the availability call, its answer, the booking, its answer), each
+    # timed to its first chunk; one run of each tool, both answered without an error.
+    assert moved("frontdesk_model_first_token_seconds_count") == 4
+    assert moved("frontdesk_model_first_token_seconds_sum") > 0
+    for tool in ("check_availability", "book_appointment"):
+        assert moved("frontdesk_tool_seconds_count", tool=tool, outcome="ok") == 1
+        assert moved("frontdesk_tool_seconds_sum", tool=tool, outcome="ok") > 0
+        assert moved("frontdesk_tool_seconds_count", tool=tool, outcome="error") == 0
     for name, labels in after:
         for label, _ in labels:
-            assert label in {"channel", "outcome", "booked_by", "le"} or not name.startswith(
-                "frontdesk_"
-            )
+            assert label in {
+                "channel",
+                "outcome",
+                "booked_by",
+                "tool",
+                "job",
+                "le",
+            } or not name.startswith("frontdesk_")
     assert CALLER not in str(after) and CLINIC not in str(after)
 
 
@@ -160,3 +207,132 @@ def test_several_workers_share_one_multiprocess_directory(tmp_path: Path) -> Non
     first, second = (samples(out) for out in outputs)
     key = ("frontdesk_calls_total", (("channel", "gather"),))
     assert (first[key], second[key]) == (1, 2)
+
+
+async def test_a_tool_that_answers_an_error_is_counted_as_one(desk: Desk) -> None:
+    before = await figures(desk)
+    desk.llm.script(
+        ToolCalls(Call("check_availability", {"service": "cleaning", "date": "someday soon"})),
+        Text("Which day would suit you?"),
+    )
+    async with call(desk) as relay:
+        turn = await relay.say("Do you have anything someday soon?")
+        assert "Which day" in turn.text
+    await hang_up(desk)
+    moved = mover(before, await figures(desk))
+    assert moved("frontdesk_tool_seconds_count", tool="check_availability", outcome="error") == 1
+    assert moved("frontdesk_tool_seconds_count", tool="check_availability", outcome="ok") == 0
+    assert moved("frontdesk_model_first_token_seconds_count") == 2
+
+
+async def add_delivery(
+    scheduler: Scheduler, hook_id: str, event_id: str, *, overdue: float, attempts: int = 0
+) -> None:
+    now = scheduler.clock.now()
+    with session_scope(scheduler.engine, write=True) as s:
+        s.add(
+            WebhookDelivery(
+                webhook_id=hook_id,
+                event_id=event_id,
+                event_type="booking.created",
+                body="{}",
+                attempts=attempts,
+                next_attempt_at=now - timedelta(seconds=overdue),
+                created_at=now,
+            )
+        )
+
+
+async def test_webhook_outcomes_and_the_outbox_lag_are_scraped(
+    quiet_desk: Desk, scheduler: Scheduler
+) -> None:
+    """Three deliveries, answered 204, 500 and 500 on their last try: delivered, retry and
+    failed, through the observer the app gives its dispatchers. The lag is the most overdue
+    delivery's wait, and 0 once nothing pending is due."""
+    store = Webhooks(scheduler.engine)
+    good = await store.create(
+        business_id="clinic", url="http://hooks.test/ok", event_types=["booking.created"]
+    )
+    bad = await store.create(
+        business_id="clinic", url="http://hooks.test/down", event_types=["booking.created"]
+    )
+    await add_delivery(scheduler, good.id, "evt_ok", overdue=30)
+    await add_delivery(scheduler, bad.id, "evt_retry", overdue=10)
+    await add_delivery(scheduler, bad.id, "evt_failed", overdue=5, attempts=1)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204 if request.url.path == "/ok" else 500)
+
+    before = await figures(quiet_desk)
+    dispatcher = WebhookDispatcher(
+        scheduler.engine,
+        clock=scheduler.clock,
+        retry_delays=(60.0,),  # two attempts: the second failure gives up
+        transport=httpx.MockTransport(answer),
+        observer=jobs.webhook_outcome,
+    )
+    runner = jobs.JobRunner(scheduler=scheduler, webhooks=dispatcher)
+    try:
+        await runner.report_lag()
+        lagging = await figures(quiet_desk)
+        assert await dispatcher.deliver_due() == 3
+        await runner.report_lag()
+        after = await figures(quiet_desk)
+    finally:
+        await dispatcher.aclose()
+
+    assert lagging[("frontdesk_job_lag_seconds", (("job", "webhooks"),))] == 30
+    assert after[("frontdesk_job_lag_seconds", (("job", "webhooks"),))] == 0
+    moved = mover(before, after)
+    for outcome in ("delivered", "retry", "failed"):
+        assert moved("frontdesk_webhook_deliveries_total", outcome=outcome) == 1, outcome
+
+
+async def test_job_passes_are_timed_by_job_and_outcome(quiet_desk: Desk) -> None:
+    """Call expiry, once with the desk's own switchboard (ok), then with one whose expiry
+    raises (error): each pass is one observation of frontdesk_job_run_seconds."""
+
+    class Broken:
+        async def expire_idle(self) -> int:
+            raise RuntimeError("the database went away")
+
+    scheduler = quiet_desk.app.state.scheduler
+    owner = claims.new_token()  # one worker's runners: the expiry lease is theirs to renew
+    before = await figures(quiet_desk)
+    for board, outcome in ((quiet_desk.board, "ok"), (Broken(), "error")):
+        runner = jobs.JobRunner(
+            scheduler=scheduler, switchboard=board, expire_every=3600, owner=owner
+        )
+        await runner.start()
+        try:
+            for _ in range(250):
+                moved = mover(before, await figures(quiet_desk))
+                if moved("frontdesk_job_run_seconds_count", job="calls.expire", outcome=outcome):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await runner.aclose()
+    moved = mover(before, await figures(quiet_desk))
+    assert moved("frontdesk_job_run_seconds_count", job="calls.expire", outcome="ok") == 1
+    assert moved("frontdesk_job_run_seconds_count", job="calls.expire", outcome="error") == 1
+    assert moved("frontdesk_job_run_seconds_sum", job="calls.expire", outcome="ok") > 0
+
+
+def test_the_job_lag_of_several_workers_is_the_latest_reading(tmp_path: Path) -> None:
+    """Every worker reads the same outbox: the scrape shows the freshest reading of any of them
+    (multiprocess mode "mostrecent"), not the highest one a worker left behind."""
+    code = (
+        "import sys\n"
+        "from frontdesk import metrics\n"
+        "metrics.job_lag('webhooks', float(sys.argv[1]))\n"
+        "print(metrics.scrape().decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code, lag], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        for lag in ("30", "5")
+    ]
+    key = ("frontdesk_job_lag_seconds", (("job", "webhooks"),))
+    assert [samples(out)[key] for out in outputs] == [30, 5]
