@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -107,12 +108,17 @@ def database(pg_url: str) -> AsyncIterator[Engine]:
 
 @contextlib.asynccontextmanager
 async def running(
-    pg_url: str, llm: FakeLLM, rest: FakeTwilioRest, logs: Path, **settings: str
+    pg_url: str,
+    llm: FakeLLM,
+    rest: FakeTwilioRest,
+    logs: Path,
+    names: tuple[str, ...] = ("a", "b", "c"),
+    **settings: str,
 ) -> AsyncIterator[Cluster]:
     env = {**env_without_frontdesk(), "FRONTDESK_DATABASE_URL": pg_url, **settings}
     c = Cluster(env, logs, llm, rest)
     try:
-        await c.start(["a", "b", "c"])
+        await c.start(list(names))
         yield c
     finally:
         await c.aclose()
@@ -139,8 +145,8 @@ def rows(engine: Engine, sql: str) -> list[Any]:
         return list(conn.execute(sa.text(sql)).all())
 
 
-async def until(check: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
+async def until(check: Any, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
     while not await asyncio.to_thread(check):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
@@ -314,4 +320,47 @@ async def test_gather_turns_move_between_workers_and_survive_a_kill(
         second = await gather("a", TURN2)  # ... and asks again (its fallback URL, another worker)
     assert "booked" in second, second
     assert "Goodbye" in await gather("a", TURN3)
+    await finish(cluster, sid, database, brain)
+
+
+async def test_sigterm_lets_the_turn_in_flight_finish_then_hands_the_call_over(
+    cluster: Cluster, database: Engine, llm: FakeLLM
+) -> None:
+    """A deploy stops worker a while it streams an answer: a stops taking calls (/readyz 503),
+    finishes the answer, closes the socket (1012) and exits; the call goes on on b."""
+    brain = Receptionist()
+    llm.script(*([brain] * 40))
+    twilio = cluster.twilio
+    assert twilio is not None
+    sid = "CA" + "8" * 32
+    cluster.target = "a"
+    answer = await twilio.post("/twilio/voice", **call_form(sid, CallStatus="ringing"))
+    async with twilio.relay(
+        answer.relay_url, call_sid=sid, from_number=CALLER, to_number=CLINIC
+    ) as relay:
+        assert "9 AM" in (await relay.say(TURN1)).text
+        brain.gate = threading.Event()
+        await relay.prompt(TURN2)
+        await text_until(relay, "booked")
+        worker = cluster.workers["a"]
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGTERM)
+        port = worker.port
+        await until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 503, 5
+        )
+        brain.gate.set()
+        rest_of_turn = await relay.turn()  # the answer ends whole ...
+        assert TEXTED in rest_of_turn.text
+        with pytest.raises(ConnectionClosed) as closed:
+            await relay.receive(wait=15)  # ... then the socket closes as a restart does
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert await asyncio.to_thread(worker.process.wait, 30) == -signal.SIGTERM
+    brain.gate = None
+    cluster.target = "b"
+    async with twilio.relay(
+        answer.relay_url, call_sid=sid, from_number=CALLER, to_number=CLINIC
+    ) as relay:
+        assert (await relay.turn()).text.strip() == RECOVERED
+        assert "Goodbye" in (await relay.say(TURN3)).text
     await finish(cluster, sid, database, brain)
