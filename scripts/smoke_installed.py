@@ -135,12 +135,14 @@ def server_env(base_url: str, llm_url: str, database: Path) -> dict[str, str]:
 
 
 @contextmanager
-def serving(frontdesk: Path, port: int, env: dict[str, str], cwd: Path) -> Iterator[Path]:
+def serving(
+    frontdesk: Path, port: int, env: dict[str, str], cwd: Path, *extra: str
+) -> Iterator[Path]:
     """`frontdesk serve --demo` until the block ends; yields the server's log file."""
     log = cwd / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [str(frontdesk), "serve", "--demo", "--port", str(port)],
+            [str(frontdesk), "serve", "--demo", "--port", str(port), *extra],
             cwd=cwd,
             env=env,
             stdout=out,
@@ -250,6 +252,20 @@ async def check_relay(twilio: FakeTwilioVoice, llm: FakeLLM, relay_url: str) -> 
         raise CheckFailed(f"POST /twilio/status gave {status.status}: {status.xml[:300]}")
 
 
+def check_workers(frontdesk: Path, env: dict[str, str], cwd: Path) -> None:
+    """Two worker processes from the installed package (each imports `frontdesk.asgi`)."""
+    port = free_port()
+    env = {**env, "FRONTDESK_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    with serving(frontdesk, port, env, cwd, "--workers", "2") as log:
+        for _ in range(6):
+            answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if answer.status_code != 200:
+                raise CheckFailed(f"/readyz answered {answer.status_code}: {answer.text}")
+        text = log.read_text()
+        if text.count("Started server process") < 2:
+            raise CheckFailed(f"two worker processes did not start:\n{text[-3000:]}")
+
+
 def check_login(frontdesk: Path, base_url: str, env: dict[str, str], cwd: Path) -> None:
     run(
         [
@@ -345,6 +361,10 @@ def smoke(work: Path, wheel: Path | None) -> None:
             except CheckFailed:
                 say(f"server log:\n{log.read_text()[-4000:]}")
                 raise
+        step(
+            "frontdesk serve --workers 2 starts two workers that answer /readyz",
+            lambda: check_workers(frontdesk, env, cwd),
+        )
     finally:
         llm.stop()
     checks_seconds = time.monotonic() - checking
