@@ -321,17 +321,21 @@ class Switchboard:
     # ---- after each turn ----------------------------------------------------------------------
 
     def turn_done(self, session: CallSession) -> None:
-        """Text confirmations for the turn's changes and save the call, off the call path."""
+        """Text confirmations for the turn's changes (and without a store, keep the transcript),
+        off the call path."""
         task = self._spawn(self._after_turn(session), name=f"after turn {session.call_sid}")
         session.pending.add(task)
         task.add_done_callback(session.pending.discard)
 
     async def _after_turn(self, session: CallSession) -> None:
         await self._confirm_changes(session)
-        if self.store is not None:
-            await self.save(session)  # with the transcript, in one transaction
-        else:
+        if self.store is None:
             await self.calls.save_transcript(session.call_id, session.transcript)
+        # With a store the turn was saved (with its transcript) before its answer was released,
+        # and nothing is saved after that: the call's next turn may already be running on
+        # another worker from that version, and a save from here would make its turn the stale
+        # one. The texts' keys (`confirmed`) ride along with this call's next save; the outbox
+        # sends each key once whoever queues it again.
 
     async def _confirm_changes(self, session: CallSession) -> None:
         """One text per booking, move or cancellation this call made (each sent once: with the

@@ -282,6 +282,7 @@ async def _answer(board: Switchboard, session: CallSession, heard: str) -> Voice
                     log.warning("unexpected engine event %r", event)
     except Exception:
         log.exception("the conversation failed on call %s", session.call_sid)
+        await board.save(session)  # what the caller said, for whichever worker ends the call
         return goodbye(board, TROUBLE)
     finally:
         board.turn_done(session)
