@@ -154,6 +154,11 @@ def said_by(call: CallRow, role: str) -> list[str]:
     return [e["text"] for e in call.transcript if e["role"] == role]
 
 
+def rows(desk: Desk, sql: str) -> list[tuple[Any, ...]]:
+    with desk.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sqlalchemy.text(sql))]
+
+
 def leads(desk: Desk, where: str = "1=1", **params: object) -> int:
     return count_rows(desk.engine, f"SELECT count(*) FROM lead WHERE {where}", **params)
 
@@ -206,11 +211,6 @@ async def test_gather_turns_alternating_between_workers_are_one_conversation(
     assert said_by(call, "caller") == [words for _, words, _ in turns]
     assert said_by(call, "agent") == history[::2]
     assert len(a.board.sessions) == 0 and (await stored(b)).ended_at is not None
-
-
-def rows(desk: Desk, sql: str) -> list[tuple[Any, ...]]:
-    with desk.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sqlalchemy.text(sql))]
 
 
 # ---- relay: a socket that comes back to another worker ----------------------------------------
