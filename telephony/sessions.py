@@ -47,6 +47,7 @@ class CallSession:
     dirty: bool = False
     saving: asyncio.Task[None] | None = None
     stale: bool = False
+    saved: dict[str, Any] | None = None  # the state as last read from or written to the store
 
     @property
     def transcript(self) -> list[dict[str, Any]]:

@@ -192,6 +192,7 @@ class Switchboard:
             else [],
             relay_connects=_int(state.get("relay_connects")),
             version=stored.version,
+            saved=state,
         )
 
     async def _latest(self, call_sid: str, business: Business | None = None) -> CallSession:
@@ -294,6 +295,10 @@ class Switchboard:
         while session.dirty and not session.stale:
             session.dirty = False
             state = session.to_state()  # a consistent copy, on the loop
+            if state == session.saved:
+                # Nothing changed (a socket closing after its turn was saved): writing anyway
+                # would make the copy of a worker Twilio already reconnected to look stale.
+                continue
             try:
                 session.version = await self.store.save(
                     call_key(session.call_id),
@@ -304,6 +309,7 @@ class Switchboard:
                     version=session.version,
                     transcript=session.transcript,
                 )
+                session.saved = state
             except StaleConversation:
                 log.warning("call %s was saved by another worker meanwhile", session.call_sid)
                 session.stale = True
@@ -467,11 +473,12 @@ class Switchboard:
             call = await self.calls.get(stored.call_id) if stored.call_id else None
             try:
                 session = await self._restored(stored, None, call)
-                if call is not None:
-                    self.sessions.discard(self.sessions.get(call.call_sid) or session)
+                sid = call.call_sid if call is not None else None
+                if sid:
+                    self.sessions.discard(self.sessions.get(sid) or session)
                 outcome = await self._finish(session)
-                if call is not None:
-                    await self.calls.finish_call(call.call_sid, status="completed", outcome=outcome)
+                if sid:
+                    await self.calls.finish_call(sid, status="completed", outcome=outcome)
             except Exception:
                 log.exception("ending idle call %s failed", stored.key)
                 continue
