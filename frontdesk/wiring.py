@@ -60,17 +60,19 @@ def build_providers(settings: Settings, clock: Clock | None = None) -> dict[str,
 
     Every provider reads "now" (Retry-After dates, retry deadlines) from the same `clock` (the
     wall clock by default), and Google, Microsoft and CalDAV retry through the same policy
-    (`build_retry_policy`)."""
+    (`build_retry_policy`). Each is wrapped in `frontdesk.metrics.MeteredProvider`: its calls
+    are timed and its errors counted by kind and operation."""
     from booking.clock import SystemClock
     from calendars.caldav import CaldavProvider
     from calendars.google import GoogleProvider
     from calendars.ics import IcsProvider
     from calendars.microsoft import MicrosoftProvider
+    from frontdesk.metrics import metered
 
     timeout = settings.calendar_timeout_seconds
     clock = clock or SystemClock()
     retry = build_retry_policy(settings, clock)
-    return {
+    providers: dict[str, CalendarProvider] = {
         "ics": IcsProvider(timeout=timeout, clock=clock),
         "caldav": CaldavProvider(timeout=timeout, clock=clock, retry=retry),
         "google": GoogleProvider(
@@ -86,6 +88,7 @@ def build_providers(settings: Settings, clock: Clock | None = None) -> dict[str,
             retry=retry,
         ),
     }
+    return metered(providers)
 
 
 def build_oauth(settings: Settings) -> dict[str, OAuthClient]:

@@ -1,6 +1,7 @@
 """`/metrics`: Prometheus's text format, behind the API key, with figures that move when a call
 is answered, a turn is spoken, the agent asks the model and runs its tools, a confirmation is
-texted, a webhook is attempted and a background job runs or falls behind."""
+texted, a webhook is attempted, a background job runs or falls behind and a calendar provider
+is asked (or fails)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
 
 from booking import claims
 from booking.db import session_scope
+from booking.errors import CalendarUnavailable
 from booking.scheduler import Scheduler
+from calendars.base import Account
 from dashboard.webhook_models import WebhookDelivery
 from dashboard.webhooks import WebhookDispatcher, Webhooks
-from frontdesk import jobs
+from frontdesk import jobs, metrics
+from frontdesk.settings import Settings
+from frontdesk.wiring import build_calendar_service, build_providers
 from tests.fakes.llm_server import Call, FakeLLM, Text, ToolCalls
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.telephony.conftest import ACCOUNT_SID, CALLER, CLINIC, TOKEN, Desk, running_desk
@@ -152,6 +161,8 @@ async def test_a_booked_relay_call_moves_the_figures(desk: Desk) -> None:
                 "booked_by",
                 "tool",
                 "job",
+                "provider",  # a calendar kind (google, microsoft, caldav, ics)
+                "operation",  # a calendar provider's method
                 "le",
             } or not name.startswith("frontdesk_")
     assert CALLER not in str(after) and CLINIC not in str(after)
@@ -336,3 +347,92 @@ def test_the_job_lag_of_several_workers_is_the_latest_reading(tmp_path: Path) ->
     ]
     key = ("frontdesk_job_lag_seconds", (("job", "webhooks"),))
     assert [samples(out)[key] for out in outputs] == [30, 5]
+
+
+FEED = b"""BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//Frontdesk tests//EN\r
+BEGIN:VEVENT\r
+UID:lee-dentist\r
+DTSTAMP:20261101T000000Z\r
+DTSTART:20261207T150000Z\r
+DTEND:20261207T160000Z\r
+SUMMARY:Own dentist\r
+END:VEVENT\r
+END:VCALENDAR\r
+"""
+
+
+def calendar_settings() -> Settings:
+    return Settings(secret_key=SecretStr(Fernet.generate_key().decode()), allow_private_urls=True)
+
+
+async def test_calendar_provider_calls_are_timed_by_provider_and_operation(
+    clinic: Engine, tmp_path: Path
+) -> None:
+    """Linking an ICS feed and syncing it go through the provider the composition root built:
+    each call is one observation, labelled with the provider's kind, never the account."""
+    feed = tmp_path / "lee.ics"
+    feed.write_bytes(FEED)
+    service = build_calendar_service(calendar_settings(), clinic)
+    before = samples(metrics.scrape().decode())
+    try:
+        assert isinstance(service.provider("ics"), metrics.MeteredProvider)
+        assert service.provider("ics").writable is False  # read from the wrapped provider
+        conn = await service.link_ics(
+            business_id="clinic", staff_id="lee", source=str(feed), allow_files=True
+        )
+        linked = samples(metrics.scrape().decode())
+        await service.refresh(conn.id, full=True)
+        after = samples(metrics.scrape().decode())
+    finally:
+        await service.close()
+    syncs = mover(linked, after)
+    assert syncs("frontdesk_calendar_request_seconds_count", provider="ics", operation="sync") == 1
+    assert syncs("frontdesk_calendar_request_seconds_sum", provider="ics", operation="sync") > 0
+    assert (
+        syncs(
+            "frontdesk_calendar_request_seconds_bucket", provider="ics", operation="sync", le="+Inf"
+        )
+        == 1
+    )
+    moved = mover(before, after)
+    assert moved("frontdesk_calendar_request_seconds_count", provider="ics", operation="sync") >= 1
+    assert moved("frontdesk_calendar_errors_total", provider="ics", operation="sync") == 0
+    # Every operation's error counter is scraped from 0 once the provider is built.
+    for operation in metrics.CALENDAR_OPERATIONS:
+        key = (("operation", operation), ("provider", "ics"))
+        assert ("frontdesk_calendar_errors_total", key) in after, operation
+    for name, labels in after:
+        if name.startswith("frontdesk_calendar_"):
+            found = dict(labels)
+            assert found["provider"] in metrics.CALENDAR_KINDS
+            assert found["operation"] in metrics.CALENDAR_OPERATIONS
+    assert conn.id not in str(after)
+
+
+async def test_a_provider_error_is_counted_and_raised_unchanged(tmp_path: Path) -> None:
+    providers = build_providers(calendar_settings())
+    ics = providers["ics"]
+    gone = Account(id="feed", provider="ics", settings={"source": str(tmp_path / "gone.ics")})
+    before = samples(metrics.scrape().decode())
+    try:
+        with pytest.raises(CalendarUnavailable) as raised:
+            await ics.sync(
+                gone,
+                calendar_id="feed",
+                tz=ZoneInfo("America/Chicago"),
+                cursor=None,
+                start=datetime(2026, 12, 7, tzinfo=UTC),
+                end=datetime(2026, 12, 8, tzinfo=UTC),
+            )
+        after = samples(metrics.scrape().decode())
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+    assert type(raised.value) is CalendarUnavailable
+    moved = mover(before, after)
+    assert moved("frontdesk_calendar_errors_total", provider="ics", operation="sync") == 1
+    assert moved("frontdesk_calendar_request_seconds_count", provider="ics", operation="sync") == 1
+    assert moved("frontdesk_calendar_errors_total", provider="ics", operation="busy") == 0
+    assert moved("frontdesk_calendar_errors_total", provider="google", operation="sync") == 0
