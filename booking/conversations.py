@@ -188,3 +188,38 @@ class ConversationStore:
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
         return await self._db(write, write=True)
+
+    async def end_idle(self, *, prefix: str, before: datetime) -> int:
+        """End every conversation under `prefix` last saved before `before` (abandoned try-it
+        chats: their holds lapse on their own); how many."""
+        now = self.clock.now()
+
+        def write(s: Session) -> int:
+            table = ConversationState.__table__  # type: ignore[attr-defined]
+            result = s.execute(
+                sa.update(table)
+                .where(
+                    table.c.key.startswith(prefix, autoescape=True),
+                    table.c.ended_at.is_(None),
+                    table.c.updated_at < before,
+                )
+                .values(ended_at=now)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+        return await self._db(write, write=True)
+
+    async def purge(self, *, ended_before: datetime) -> int:
+        """Delete conversations ended before `ended_before` (a call's transcript stays on its
+        Call row); how many."""
+
+        def write(s: Session) -> int:
+            table = ConversationState.__table__  # type: ignore[attr-defined]
+            result = s.execute(
+                sa.delete(table).where(
+                    table.c.ended_at.is_not(None), table.c.ended_at < ended_before
+                )
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+        return await self._db(write, write=True)

@@ -44,6 +44,7 @@ from telephony.wire import CallStatusUpdate
 log = logging.getLogger(__name__)
 
 CALL_IDLE_SECONDS = 2 * 3600  # a call with no turn for this long is over, callback or not
+KEEP_ENDED = timedelta(days=7)  # an ended conversation's saved state, for late callbacks
 
 
 class Texts(Protocol):
@@ -484,6 +485,9 @@ class Switchboard:
                 continue
             log.info("call %s had no turn since %s; ended", stored.key, stored.updated_at)
             ended += 1
+        now = self.scheduler.clock.now()
+        await self.store.end_idle(prefix="web:", before=before)  # abandoned try-it chats
+        await self.store.purge(ended_before=now - KEEP_ENDED)
         return ended
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[None]:

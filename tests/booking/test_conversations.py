@@ -234,3 +234,22 @@ def test_end_racing_from_two_processes_claims_once(clinic: Engine, db_url: str) 
     assert all(isinstance(r, list) for r in reports), reports
     won = [key for report in reports for key in report]
     assert sorted(won) == sorted(keys)  # every conversation ended, each by exactly one process
+
+
+async def test_idle_chats_are_ended_and_old_ended_conversations_purged(clinic: Engine) -> None:
+    early = _store(clinic, NOW - timedelta(hours=3))
+    await _save(early, "web:old", 0, n=1)
+    await _save(early, "web:50%_x", 0, n=1)
+    await _save(early, "call:c1", 0, n=1)
+    store = _store(clinic)
+    await _save(store, "web:new", 0, n=1)
+    before = NOW - timedelta(hours=2)
+    assert await store.end_idle(prefix="web:5_%", before=before) == 0  # not a LIKE pattern
+    assert await store.end_idle(prefix="web:", before=before) == 2
+    assert (await store.load("web:old")).ended_at == NOW  # type: ignore[union-attr]
+    assert (await store.load("web:new")).ended_at is None  # type: ignore[union-attr]
+    assert (await store.load("call:c1")).ended_at is None  # type: ignore[union-attr]
+    later = _store(clinic, NOW + timedelta(days=8))
+    assert await later.purge(ended_before=NOW + timedelta(days=1)) == 2
+    assert await store.load("web:old") is None
+    assert await store.load("web:new") is not None and await store.load("call:c1") is not None
