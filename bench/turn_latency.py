@@ -266,7 +266,7 @@ async def drive(
             ratio = durable.first.pct(99) / memory.first.pct(99)
             rate = calls / statistics.fmean(pause)
             print(
-                f"{calls:5d}  {rate:7.0f}    |  {_pair(durable.first, memory.first)}   |"
+                f"{calls:5d}  {rate:7.1f}    |  {_pair(durable.first, memory.first)}   |"
                 f"  {_pair(durable.whole, memory.whole)}      {ratio:5.2f}x"
             )
             top = result
