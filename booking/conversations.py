@@ -25,6 +25,9 @@ from booking.models import Call, ConversationState
 
 T = TypeVar("T")
 
+_STATE: sa.Table = ConversationState.__table__  # type: ignore[attr-defined]
+_CALL: sa.Table = Call.__table__  # type: ignore[attr-defined]
+
 
 def call_key(call_id: str) -> str:
     """The store key of a phone call's conversation."""
@@ -117,10 +120,13 @@ class ConversationStore:
         now = self.clock.now()
 
         def write(s: Session) -> int:
+            # Core statements, not the ORM: a call saves at every turn, and loading the call
+            # row (its whole transcript) to rewrite one column cost more than the save itself.
             body = json.dumps(state, separators=(",", ":"))
+            conn = s.connection()
             if version == 0:
-                s.add(
-                    ConversationState(
+                conn.execute(
+                    sa.insert(_STATE).values(
                         key=key,
                         business_id=business_id,
                         call_id=call_id,
@@ -130,21 +136,18 @@ class ConversationStore:
                         updated_at=now,
                     )
                 )
-                s.flush()
             else:
-                table = ConversationState.__table__  # type: ignore[attr-defined]
-                result = s.execute(
-                    sa.update(table)
-                    .where(table.c.key == key, table.c.version == version)
+                result = conn.execute(
+                    sa.update(_STATE)
+                    .where(_STATE.c.key == key, _STATE.c.version == version)
                     .values(version=version + 1, state=body, updated_at=now)
                 )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
+                if result.rowcount != 1:
                     raise StaleConversation(key)
             if transcript is not None and call_id is not None:
-                call = s.get(Call, call_id)
-                if call is not None:
-                    call.transcript = list(transcript)
-                    s.add(call)
+                conn.execute(
+                    sa.update(_CALL).where(_CALL.c.id == call_id).values(transcript=transcript)
+                )
             return version + 1
 
         try:

@@ -1,7 +1,10 @@
 """Engines, sessions, migrations and the per-staff write lock that makes booking race-proof.
 
 SQLite: every write transaction starts with BEGIN IMMEDIATE, so writers (also in other processes)
-queue on the database lock and each re-check sees the previous writer's row. PostgreSQL: a
+queue on the database lock and each re-check sees the previous writer's row. Within one process the
+writers queue before that, on one writer thread (async callers) and a per-database lock (threads):
+SQLite admits one writer at a time anyway, and a writer waiting in SQLite's busy handler sleeps
+and retries, holding a worker thread that reads (a new turn's business facts) need. PostgreSQL: a
 transaction-scoped advisory lock per staff member serialises the check-then-insert, and an
 exclusion constraint over the appointment's block range is the final guard.
 """
@@ -9,9 +12,15 @@ exclusion constraint over the appointment's block range is the final guard.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
+import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,8 +60,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
     def _on_begin(conn: Any) -> None:
         # Writers take the write lock up front: a deferred transaction that read first would
         # fail with SQLITE_BUSY_SNAPSHOT under WAL instead of waiting its turn.
-        mode = "IMMEDIATE" if conn.get_execution_options().get("frontdesk_write") else "DEFERRED"
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        # Straight to the driver: this runs for every transaction, and SQLAlchemy's statement
+        # path (events, compiled cache, result) costs more than SQLite's BEGIN itself.
+        write = conn.get_execution_options().get("frontdesk_write")
+        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
 
     return engine
 
@@ -77,20 +88,58 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+WRITER_WAIT_SECONDS = 30.0  # as long as SQLite's own busy timeout
+
+
+@dataclass
+class _Writers:
+    """One SQLite database's writers in this process: a lock every write transaction holds, and
+    the single thread that async callers' write transactions run on."""
+
+    pid: int = field(default_factory=os.getpid)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+    )
+
+
+_writers: weakref.WeakKeyDictionary[Any, _Writers] = weakref.WeakKeyDictionary()
+_writers_guard = threading.Lock()
+
+
+def _sqlite_writers(engine: Engine) -> _Writers | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    pool = engine.pool  # shared by the engine and its execution_options() copies
+    with _writers_guard:
+        writers = _writers.get(pool)
+        if writers is None or writers.pid != os.getpid():  # none yet, or inherited by a fork
+            writers = _writers[pool] = _Writers()
+        return writers
+
+
 @contextmanager
 def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any error.
 
-    `write=True` marks a transaction that will write: on SQLite it queues for the write lock first.
+    `write=True` marks a transaction that will write: on SQLite it queues for the write lock first
+    (this process's writers in turn, then SQLite's lock across processes).
     """
-    bind = engine.execution_options(frontdesk_write=True) if write else engine
-    with Session(bind, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    writers = _sqlite_writers(engine) if write else None
+    if writers is not None and not writers.lock.acquire(timeout=WRITER_WAIT_SECONDS):
+        raise TimeoutError(f"no turn to write to the database in {WRITER_WAIT_SECONDS:.0f} s")
+    try:
+        bind = engine.execution_options(frontdesk_write=True) if write else engine
+        with Session(bind, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    finally:
+        if writers is not None:
+            writers.lock.release()
 
 
 T = TypeVar("T")
@@ -98,13 +147,18 @@ T = TypeVar("T")
 
 async def in_session(engine: Engine, fn: Callable[[Session], T], *, write: bool = False) -> T:
     """Run `fn` in one transaction (see `session_scope`) in a worker thread, so the event loop
-    never waits on the database."""
+    never waits on the database. SQLite writes run on the database's one writer thread, so
+    writers waiting their turn hold no thread that readers need."""
 
     def run() -> T:
         with session_scope(engine, write=write) as session:
             return fn(session)
 
-    return await asyncio.to_thread(run)
+    writers = _sqlite_writers(engine) if write else None
+    if writers is None:
+        return await asyncio.to_thread(run)
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(writers.thread, context.run, run)
 
 
 def lock_staff(session: Session, business_id: str, staff_id: str) -> None:
