@@ -3,27 +3,28 @@ calls: from the caller's final `prompt` arriving at the server to the first `tex
 and to the turn's `last: true` text token (the whole turn's server time, which includes saving the
 call's state: the switchboard stores each turn before it releases `last`).
 
-Each level runs twice in the same run, against two server processes over SQLite files of their
-own: "durable" is the app as shipped (a ConversationStore saves every call at every turn end, after
-tool rounds and on interrupts); "in-memory" is a bench-only baseline in which the child process
-monkeypatches the store so nothing is written or read (`ConversationStore.save` returns version+1,
-`load` and `version` return None, `end` claims nothing, `idle` finds nothing), the way calls lived
-before they were durable. It exists only inside this script, to show what durability adds per turn:
-the table prints both side by side and the difference (durable − in-memory) at p50 and p99. The
-targets: durable first-token p99 under 20 ms at 200 calls, and within 1.25x of the in-memory one.
+Each level runs twice in the same run, against two server processes over SQLite files of their own:
+"durable" is the app as shipped (a ConversationStore saves every call at every turn end, after tool
+rounds and on interrupts); "in-memory" is a bench-only baseline in which the child process builds
+the app without a store (`ConversationStore.over` returns None), so the switchboard keeps calls in
+memory the way it did before they were durable (the lead and transcript are still recorded when a
+call ends). It exists only inside this script, to show what durability adds per turn: the table
+prints both side by side and the difference (durable − in-memory) at p50 and p99. The targets:
+durable first-token p99 under 20 ms at 200 calls, and within 1.25x of the in-memory one.
 
-The apps run in child processes under uvicorn, as in production; the measuring happens inside
-them, in an ASGI wrapper around the app that timestamps the websocket's `receive` of a final prompt
-and the `send` of the next text token and of the turn's `last` token (no changes to the app). The
+The apps run in child processes under uvicorn, as in production; the measuring happens inside them,
+in an ASGI wrapper around the app that timestamps the websocket's `receive` of a final prompt and
+the `send` of the next text token and of the turn's `last` token (no changes to the app). The
 simulated Twilio (signed webhook, signed websocket, setup, prompts) runs in this process; the fake
 LLM server (the tests' Chat Completions fake, answering at once) in a process of its own.
 
-Calls are paced like phone calls: after the answer's last token a caller waits a random 3-6 s
-(listening to the answer being spoken, then talking, then Twilio's end-of-speech detection) before
-the next final prompt, and hangs up after the last answer; so 200 calls means 200 open sockets
-with turns arriving at random (about 45 turns a second), not 200 prompts in the same millisecond.
-`--pause LO HI` changes that, to find where the server saturates; `--quick` (under 40 s) runs 2
-turns per call with 1-2 s pauses (a heavier load, about 130 turns a second at 200 calls).
+Calls are paced like phone calls: the socket opens as soon as the incoming-call webhook is answered
+(as Twilio does); after the welcome greeting, and after each answer's last token, a caller waits a
+random 3-6 s (listening to it being spoken, then talking, then Twilio's end-of-speech detection)
+before the next final prompt, and hangs up after the last answer; so 200 calls means 200 open
+sockets with turns arriving at random (about 45 turns a second), not 200 prompts in the same
+millisecond. `--pause LO HI` changes that, to find where the server saturates; `--quick` (under 40
+s) runs 2 turns per call with 1-2 s pauses (a heavier load, about 130 turns a second at 200 calls).
 
     .venv/bin/python bench/turn_latency.py [--quick]
 """
@@ -118,26 +119,15 @@ class TurnTimer:
 
 
 def in_memory_store() -> None:
-    """Bench-only: make every ConversationStore of this process store nothing (the baseline)."""
+    """Bench-only: build the app without a ConversationStore (the baseline), so the switchboard
+    keeps its calls in this process's memory the way it did before calls were durable: nothing
+    saved at a turn, the call's lead and transcript still recorded when it ends."""
     from booking.conversations import ConversationStore
 
-    async def save(self: Any, key: str, *, version: int, **_: Any) -> int:
-        return version + 1
-
-    async def nothing(self: Any, *_: Any, **__: Any) -> None:
+    def no_store(cls: Any, *_: Any, **__: Any) -> None:
         return None
 
-    async def claims_nothing(self: Any, key: str) -> bool:
-        return False
-
-    async def finds_nothing(self: Any, **_: Any) -> list[Any]:
-        return []
-
-    ConversationStore.save = save  # type: ignore[method-assign]
-    ConversationStore.load = nothing  # type: ignore[method-assign]
-    ConversationStore.version = nothing  # type: ignore[method-assign]
-    ConversationStore.end = claims_nothing  # type: ignore[method-assign]
-    ConversationStore.idle = finds_nothing  # type: ignore[method-assign]
+    ConversationStore.over = classmethod(no_store)  # type: ignore[method-assign,assignment]
 
 
 def serve(port: int, database_url: str, llm_url: str, variant: str) -> None:
@@ -181,13 +171,13 @@ async def one_call(
         "/twilio/voice", CallSid=sid, From=caller, To=NUMBER, CallStatus="ringing"
     )
     assert twiml.status == 200, twiml.xml
-    await asyncio.sleep(rng.uniform(*pause))
+    # As on a line: Twilio opens the socket as soon as it has the TwiML, speaks the welcome
+    # greeting, and the caller answers it after a pause like any other.
     async with twilio.relay(
         twiml.relay_url, call_sid=sid, from_number=caller, to_number=NUMBER
     ) as relay:
-        for n in range(turns):
-            if n:
-                await asyncio.sleep(rng.uniform(*pause))
+        for _ in range(turns):
+            await asyncio.sleep(rng.uniform(*pause))
             turn = await relay.say("I'd like to book a consultation.", wait=30)
             assert turn.text, "no answer"
     await twilio.post(
