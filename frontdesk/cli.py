@@ -96,7 +96,9 @@ def parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser(
-        "worker", help="run the background jobs only (with FRONTDESK_RUN_JOBS=false on serve)"
+        "worker",
+        help="run the background jobs only (with FRONTDESK_RUN_JOBS=false on serve); "
+        "FRONTDESK_WORKER_METRICS_PORT serves its /healthz, /readyz and /metrics",
     )
     sub.add_parser("migrate", help="apply database migrations")
 
@@ -521,6 +523,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     from frontdesk.jobs import run_worker
+
+    if settings.worker_metrics_port is not None and settings.api_key is None:
+        _err("set FRONTDESK_API_KEY: FRONTDESK_WORKER_METRICS_PORT serves /metrics behind it")
+        return 2
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -22,6 +22,8 @@ from booking import claims
 from booking.db import in_session
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from booking.scheduler import Scheduler
     from calendars.service import CalendarService
     from dashboard.webhooks import WebhookDispatcher
@@ -240,4 +242,40 @@ async def run_worker(
         )
         await runner.start()
         stack.push_async_callback(runner.aclose)
+        if settings.worker_metrics_port is not None:
+            stack.push_async_callback(await _serve_worker_http(settings, scheduler.engine))
         await (stop or asyncio.Event()).wait()
+
+
+async def _serve_worker_http(settings: Settings, engine: Engine) -> Callable[[], Awaitable[None]]:
+    """Start the worker's `/healthz`, `/readyz` and `/metrics` server; returns its stop."""
+    import uvicorn
+
+    from frontdesk.worker_http import worker_app
+
+    if settings.api_key is None:
+        raise ValueError("set FRONTDESK_API_KEY: the worker's /metrics needs it")
+    app = worker_app(engine, settings.api_key.get_secret_value())
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.worker_metrics_port or 0,
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    # The worker's own SIGTERM/SIGINT handlers stop everything, this server included.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve(), name="worker http")
+    while not server.started:
+        if task.done():
+            task.result()  # the port is taken, say: raise why
+            raise RuntimeError("the worker's HTTP server stopped at start")
+        await asyncio.sleep(0.02)
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+
+    return stop

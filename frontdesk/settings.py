@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     run_jobs: bool = True
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    # `frontdesk worker` serves /healthz, /readyz and /metrics on this port when set.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     call_idle_seconds: float = Field(
         default=7200, gt=0, description="a call with no turn for this long is ended (its lead kept)"
     )

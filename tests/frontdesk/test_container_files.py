@@ -119,8 +119,11 @@ def test_the_worker_is_the_same_image_running_the_jobs(compose: dict[str, Any]) 
     assert worker["command"] == ["frontdesk", "worker"]
     assert parser().parse_args(worker["command"][1:]).command == "worker"
     assert "ports" not in worker
-    # It serves no HTTP, so the image's /healthz check must not mark it unhealthy.
-    assert worker["healthcheck"] == {"disable": True}
+    # Its own small server (/healthz, /metrics) on the port its health check asks.
+    env = worker["environment"]
+    port = int(env["FRONTDESK_WORKER_METRICS_PORT"])
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
+    assert env["FRONTDESK_HOST"] == "0.0.0.0"  # reachable from the scraper's container
     assert seconds(worker["stop_grace_period"]) > Settings.model_fields[
         "shutdown_grace_seconds"
     ].get_default(call_default_factory=True)
