@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -385,8 +386,29 @@ def metered(providers: dict[str, CalendarProvider]) -> dict[str, CalendarProvide
 def scrape() -> bytes:
     """The text exposition of every metric: this process's, or every worker's when
     `PROMETHEUS_MULTIPROC_DIR` is set."""
-    if os.environ.get(MULTIPROC_ENV):
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        forget_dead_workers(path)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+_LIVE_GAUGE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+
+
+def forget_dead_workers(path: str) -> None:
+    """Drop the live-gauge files (`frontdesk_active_calls`) of worker processes that are gone.
+
+    A worker that exits cleanly, or is killed with SIGKILL, never says so; its last figure would
+    be summed forever. The shared directory is on one machine, so a pid that no longer exists
+    there is a worker that died (a reused pid keeps its file a while longer: harmless)."""
+    pids = {int(m.group(1)) for name in os.listdir(path) if (m := _LIVE_GAUGE.fullmatch(name))}
+    for pid in pids - {os.getpid()}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's

@@ -436,3 +436,32 @@ async def test_a_provider_error_is_counted_and_raised_unchanged(tmp_path: Path) 
     assert moved("frontdesk_calendar_request_seconds_count", provider="ics", operation="sync") == 1
     assert moved("frontdesk_calendar_errors_total", provider="ics", operation="busy") == 0
     assert moved("frontdesk_calendar_errors_total", provider="google", operation="sync") == 0
+
+
+def test_a_dead_workers_active_calls_stop_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed with SIGKILL leaves its live-gauge file behind; a scrape forgets it, and
+    keeps the files of workers still running."""
+    child = (
+        "import os, signal\n"
+        "from prometheus_client import Gauge\n"
+        "Gauge('frontdesk_active_calls', 'x', multiprocess_mode='livesum').set(3)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    dead = subprocess.run([sys.executable, "-c", child], env=env, check=False)
+    assert dead.returncode == -9
+    (dead_file,) = tmp_path.glob("gauge_livesum_*.db")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        alive_file = tmp_path / f"gauge_livesum_{alive.pid}.db"
+        alive_file.write_bytes(dead_file.read_bytes())
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        page = metrics.scrape().decode()
+        assert not dead_file.exists()
+        assert alive_file.exists()
+        assert "frontdesk_active_calls 3.0" in page  # the live worker's, counted once
+    finally:
+        alive.kill()
+        alive.wait()
