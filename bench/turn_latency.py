@@ -364,7 +364,8 @@ def main() -> int:
                 "turn latency measured in the server: final prompt → first text token, and → the "
                 f"turn's last:true token (the whole turn, with its save); {turns} turns per call, "
                 f"{pause[0]:g}-{pause[1]:g} s apart; each level against the durable app (as "
-                "shipped) and an in-memory baseline (bench-only: the store writes nothing); "
+                "shipped) and an in-memory baseline (no store: calls kept in memory, leads and "
+                "transcripts recorded at the end); "
                 f"targets at {max(levels)} calls: durable first-token p99 < "
                 f"{TARGET_P99_MS:.0f} ms and <= {TARGET_RATIO:g}x the in-memory one"
             )
