@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import random
@@ -65,7 +66,8 @@ VARIANTS = ("durable", "in-memory")
 
 class TurnTimer:
     """ASGI wrapper timing, per websocket, final prompt → first text token and final prompt →
-    the turn's `last` text token; serves `/_bench` (GET: the samples, DELETE: them and reset)."""
+    the turn's `last` text token; serves `/_bench` (GET: the samples, DELETE: them and reset;
+    both with `blocks`, the Python heap's live blocks after a full collection)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -105,9 +107,12 @@ class TurnTimer:
         await self.app(scope, timed_receive, timed_send)
 
     async def _report(self, scope: Any, send: Any) -> None:
-        body = json.dumps({"first": self.first, "whole": self.whole}).encode()
+        report: dict[str, Any] = {"first": self.first, "whole": self.whole}
         if scope["method"] == "DELETE":
             self.first, self.whole = [], []
+        gc.collect()
+        report["blocks"] = sys.getallocatedblocks()
+        body = json.dumps(report).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -205,7 +210,7 @@ async def run_level(
     response = await twilio.http.delete("/_bench")
     samples: dict[str, list[float]] = response.json()
     assert len(samples["first"]) == len(samples["whole"]) == calls * turns, {
-        k: len(v) for k, v in samples.items()
+        k: len(samples[k]) for k in ("first", "whole")
     }
     return Level(Latency(samples["first"]), Latency(samples["whole"]))
 
