@@ -49,12 +49,7 @@ def rss_mb(pid: int) -> float:
 
 
 async def one_call(twilio: Any, n: int, *, turns: int, hold: asyncio.Event | None) -> None:
-    sid = f"CA{n:032d}"
-    caller = f"+1718555{n % 10000:04d}"
-    twiml = await twilio.post(
-        "/twilio/voice", CallSid=sid, From=caller, To=NUMBER, CallStatus="ringing"
-    )
-    assert twiml.status == 200, twiml.xml
+    sid, caller, twiml = await turn_latency.ring(twilio, n)
     async with twilio.relay(
         twiml.relay_url, call_sid=sid, from_number=caller, to_number=NUMBER
     ) as relay:

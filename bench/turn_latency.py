@@ -168,15 +168,21 @@ def serve(port: int, database_url: str, llm_url: str, variant: str) -> None:
 # ---- this process: callers ----------------------------------------------------------------
 
 
-async def one_call(
-    twilio: Any, n: int, turns: int, pause: tuple[float, float], rng: random.Random
-) -> None:
+async def ring(twilio: Any, n: int) -> tuple[str, str, Any]:
+    """Call `n` rings: the signed incoming-call webhook; its SID, caller and TwiML."""
     sid = f"CA{n:032d}"
     caller = f"+1718555{n % 10000:04d}"
     twiml = await twilio.post(
         "/twilio/voice", CallSid=sid, From=caller, To=NUMBER, CallStatus="ringing"
     )
     assert twiml.status == 200, twiml.xml
+    return sid, caller, twiml
+
+
+async def one_call(
+    twilio: Any, n: int, turns: int, pause: tuple[float, float], rng: random.Random
+) -> None:
+    sid, caller, twiml = await ring(twilio, n)
     # As on a line: Twilio opens the socket as soon as it has the TwiML, speaks the welcome
     # greeting, and the caller answers it after a pause like any other.
     async with twilio.relay(
