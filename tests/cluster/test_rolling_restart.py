@@ -94,8 +94,10 @@ LIVE: set[int] = set()  # calls between ringing and hang-up
 RECOVERIES: list[int] = []  # calls that heard the recovery line, once per reconnection
 
 
-async def one_call(cluster: Cluster, n: int) -> list[str]:
-    """Call n from ringing to hang-up, through every restart; what the caller heard."""
+async def one_call(cluster: Cluster, n: int, restarted: asyncio.Event) -> list[str]:
+    """Call n from ringing to hang-up, through every restart; what the caller heard. The caller
+    says goodbye only once both workers have been restarted, so every call is live through both
+    stops however slow the machine is."""
     await asyncio.sleep(n * 0.08)  # calls ring over four seconds
     LIVE.add(n)
     twilio = cluster.twilio
@@ -121,6 +123,8 @@ async def one_call(cluster: Cluster, n: int) -> list[str]:
                 answer.relay_url, call_sid=sid, from_number=caller, to_number=CLINIC
             ) as relay:
                 while done < len(script):
+                    if done == len(script) - 1:
+                        await restarted.wait()
                     turn = await relay.say(script[done], wait=30)
                     if turn.text.strip() == RECOVERED:  # came back: then the answer
                         RECOVERIES.append(n)
@@ -143,16 +147,19 @@ async def one_call(cluster: Cluster, n: int) -> list[str]:
     return heard
 
 
-async def restart_each(cluster: Cluster) -> tuple[list[int], list[int]]:
+async def restart_each(cluster: Cluster, restarted: asyncio.Event) -> tuple[list[int], list[int]]:
     """Stop and start each worker in turn; their exit codes, and how many calls were live as
     each was stopped."""
     codes, live = [], []
-    for name in ("a", "b"):
-        await asyncio.sleep(2.0)
-        live.append(len(LIVE))
-        codes.append(await asyncio.to_thread(cluster.workers[name].terminate, 30))
-        worker = cluster.restart(name)
-        await asyncio.to_thread(worker.wait_ready)
+    try:
+        for name in ("a", "b"):
+            await asyncio.sleep(2.0)
+            live.append(len(LIVE))
+            codes.append(await asyncio.to_thread(cluster.workers[name].terminate, 30))
+            worker = cluster.restart(name)
+            await asyncio.to_thread(worker.wait_ready)
+    finally:
+        restarted.set()
     return codes, live
 
 
@@ -162,8 +169,9 @@ async def test_a_rolling_restart_during_50_calls_loses_nothing(
     brain = Receptionist()
     llm.script(*([brain] * (CALLS * 12)))
     async with running(pg_url, llm, rest, tmp_path, names=("a", "b")) as cluster:
-        calls = [asyncio.create_task(one_call(cluster, n)) for n in range(CALLS)]
-        codes, live = await restart_each(cluster)
+        restarted = asyncio.Event()
+        calls = [asyncio.create_task(one_call(cluster, n, restarted)) for n in range(CALLS)]
+        codes, live = await restart_each(cluster, restarted)
         heard = await asyncio.gather(*calls)
         assert all(live), f"calls live as each worker stopped: {live}"
         assert RECOVERIES, "no call was carried over to another worker"
