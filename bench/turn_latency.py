@@ -108,7 +108,12 @@ class TurnTimer:
         await self.app(scope, timed_receive, timed_send)
 
     async def _report(self, scope: Any, send: Any) -> None:
-        report: dict[str, Any] = {"first": self.first, "whole": self.whole}
+        # The server's CPU seconds so far (every thread): per turn, what caps a process's calls.
+        report: dict[str, Any] = {
+            "first": self.first,
+            "whole": self.whole,
+            "cpu": time.process_time(),
+        }
         if scope["method"] == "DELETE":
             self.first, self.whole = [], []
         gc.collect()
@@ -206,20 +211,36 @@ async def one_call(
 class Level:
     first: Latency
     whole: Latency
+    cpu: float = 0.0  # server CPU seconds over the level's turns
+    turns: int = 0
+
+    def add(self, other: Level) -> None:
+        self.first.samples += other.first.samples
+        self.whole.samples += other.whole.samples
+        self.cpu += other.cpu
+        self.turns += other.turns
+
+    def cpu_ms(self) -> float:
+        return self.cpu / max(1, self.turns) * 1000
 
 
 async def run_level(
     twilio: Any, calls: int, turns: int, pause: tuple[float, float], first: int
 ) -> Level:
-    await twilio.http.delete("/_bench")
+    before = (await twilio.http.delete("/_bench")).json()["cpu"]
     rng = random.Random(calls)
     await asyncio.gather(*(one_call(twilio, first + i, turns, pause, rng) for i in range(calls)))
     response = await twilio.http.delete("/_bench")
-    samples: dict[str, list[float]] = response.json()
+    samples: dict[str, Any] = response.json()
     assert len(samples["first"]) == len(samples["whole"]) == calls * turns, {
         k: len(samples[k]) for k in ("first", "whole")
     }
-    return Level(Latency(samples["first"]), Latency(samples["whole"]))
+    return Level(
+        Latency(samples["first"]),
+        Latency(samples["whole"]),
+        cpu=samples["cpu"] - before,
+        turns=calls * turns,
+    )
 
 
 def _pair(a: Latency, b: Latency) -> str:
@@ -234,7 +255,8 @@ HEADER = (
     "                  |           first text token (ms)            |"
     "        whole turn, to last:true (ms)\n"
     "calls  ~turns/s   |  durable p50/p99  in-memory p50/p99  diff p50/p99    |"
-    "  durable p50/p99  in-memory p50/p99  diff p50/p99     first p99 ratio"
+    "  durable p50/p99  in-memory p50/p99  diff p50/p99     first p99 ratio  |"
+    "  server CPU a turn (ms): durable  in-memory  ratio"
 )
 
 
@@ -271,15 +293,16 @@ async def drive(
                 order = VARIANTS if (calls + n) % 2 == 0 else VARIANTS[::-1]
                 for variant in order:
                     level = await run_level(twilios[variant], calls, turns, pause, first)
-                    result[variant].first.samples += level.first.samples
-                    result[variant].whole.samples += level.whole.samples
+                    result[variant].add(level)
                     first += calls
             durable, memory = result["durable"], result["in-memory"]
             ratio = durable.first.pct(99) / memory.first.pct(99)
             rate = calls / statistics.fmean(pause)
             print(
                 f"{calls:5d}  {rate:7.1f}    |  {_pair(durable.first, memory.first)}   |"
-                f"  {_pair(durable.whole, memory.whole)}      {ratio:5.2f}x"
+                f"  {_pair(durable.whole, memory.whole)}      {ratio:5.2f}x          |"
+                f"  {durable.cpu_ms():6.2f}  {memory.cpu_ms():6.2f}  "
+                f"{durable.cpu_ms() / memory.cpu_ms():5.2f}x"
             )
             top = result
     finally:

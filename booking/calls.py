@@ -46,14 +46,24 @@ class CallLog:
         self, *, business_id: str, call_sid: str, from_number: str | None, to_number: str | None
     ) -> Call:
         """The call with this `call_sid`, created on first sight (a retried webhook reuses it)."""
+        call, _ = await self.begin_call(
+            business_id=business_id, call_sid=call_sid, from_number=from_number, to_number=to_number
+        )
+        return call
+
+    async def begin_call(
+        self, *, business_id: str, call_sid: str, from_number: str | None, to_number: str | None
+    ) -> tuple[Call, bool]:
+        """As `start_call`, and whether this request created the row (nothing else can have
+        been stored for a call created here)."""
         if not call_sid:
             raise errors.InvalidRequest("a call needs the provider's call id")
         now = self.clock.now()
 
-        def write(s: Session) -> Call:
+        def write(s: Session) -> tuple[Call, bool]:
             existing = _by_sid(s, call_sid)
             if existing is not None:
-                return existing
+                return existing, False
             contact = _contact(s, business_id, from_number)
             row = Call(
                 business_id=business_id,
@@ -65,7 +75,7 @@ class CallLog:
             )
             s.add(row)
             s.flush()
-            return row
+            return row, True
 
         try:
             return await self._db(write, write=True)
@@ -74,7 +84,7 @@ class CallLog:
             row = await self.get_by_sid(call_sid)
             if row is None:
                 raise
-            return row
+            return row, False
 
     async def get_by_sid(self, call_sid: str) -> Call | None:
         return await self._db(lambda s: _by_sid(s, call_sid))

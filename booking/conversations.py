@@ -21,12 +21,11 @@ from sqlmodel import Session, col, select
 
 from booking.clock import Clock, SystemClock
 from booking.db import in_session
-from booking.models import Call, ConversationState
+from booking.models import ConversationState
 
 T = TypeVar("T")
 
 _STATE: sa.Table = ConversationState.__table__  # type: ignore[attr-defined]
-_CALL: sa.Table = Call.__table__  # type: ignore[attr-defined]
 
 
 def call_key(call_id: str) -> str:
@@ -108,20 +107,15 @@ class ConversationStore:
         channel: str,
         state: dict[str, Any],
         version: int,
-        transcript: list[dict[str, Any]] | None = None,
     ) -> int:
         """Write `state` as version `version + 1` and return it, iff the stored version is still
-        `version` (0: never saved, a new row); otherwise raise StaleConversation.
-
-        With `transcript` and a `call_id`, the call's transcript is written in the same transaction.
-        """
+        `version` (0: never saved, a new row); otherwise raise StaleConversation."""
         if version < 0:
             raise ValueError("version must be >= 0")
         now = self.clock.now()
 
         def write(s: Session) -> int:
-            # Core statements, not the ORM: a call saves at every turn, and loading the call
-            # row (its whole transcript) to rewrite one column cost more than the save itself.
+            # Core statements, not the ORM: a call saves at every turn.
             body = json.dumps(state, separators=(",", ":"))
             conn = s.connection()
             if version == 0:
@@ -144,10 +138,6 @@ class ConversationStore:
                 )
                 if result.rowcount != 1:
                     raise StaleConversation(key)
-            if transcript is not None and call_id is not None:
-                conn.execute(
-                    sa.update(_CALL).where(_CALL.c.id == call_id).values(transcript=transcript)
-                )
             return version + 1
 
         try:

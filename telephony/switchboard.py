@@ -100,10 +100,10 @@ class Switchboard:
         live = self.sessions.get(call_sid)
         if live is not None and not live.stale:
             return live
-        call = await self.calls.start_call(
+        call, created = await self.calls.begin_call(
             business_id=business.id, call_sid=call_sid, from_number=from_number, to_number=to_number
         )
-        if self.store is not None:
+        if self.store is not None and not created:
             stored = await self.store.load(call_key(call.id))
             if stored is not None:
                 return self.sessions.replace(await self._restored(stored, business, call))
@@ -308,7 +308,6 @@ class Switchboard:
                     channel=session.channel,
                     state=state,
                     version=session.version,
-                    transcript=session.transcript,
                 )
                 session.saved = state
             except StaleConversation:
@@ -338,8 +337,8 @@ class Switchboard:
         await self._confirm_changes(session)
         if self.store is None:
             await self.calls.save_transcript(session.call_id, session.transcript)
-        # With a store the turn was saved (with its transcript) before its answer was released,
-        # and nothing is saved after that: the call's next turn may already be running on
+        # With a store the turn was saved (its transcript in the state) before its answer was
+        # released, and nothing is saved after that: the call's next turn may already be running on
         # another worker from that version, and a save from here would make its turn the stale
         # one. The texts' keys (`confirmed`) ride along with this call's next save; the outbox
         # sends each key once whoever queues it again.
@@ -445,8 +444,9 @@ class Switchboard:
         await self._confirm_changes(session)
         if self.store is not None and not session.stale:
             await self._flush(session)
-        else:
-            await self.calls.save_transcript(session.call_id, session.transcript)
+        # The saved state carries the transcript while the call goes on (any worker finishing
+        # it reads it from there); the call's row gets it once, here.
+        await self.calls.save_transcript(session.call_id, session.transcript)
         if session.booked:
             return LeadOutcome.BOOKED.value
         if session.handoff is not None and session.handoff.transfer_to:

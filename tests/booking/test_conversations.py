@@ -164,40 +164,6 @@ def test_end_racing_from_two_threads_claims_once(clinic: Engine, db_url: str) ->
     assert sorted(wins) == sorted(keys)
 
 
-async def test_the_transcript_is_written_to_the_call_in_the_same_save(clinic: Engine) -> None:
-    call_id = _call(clinic)
-    store = _store(clinic)
-    transcript = [{"role": "assistant", "text": "Hello"}, {"role": "caller", "text": "Hi"}]
-    version = await store.save(
-        call_key(call_id),
-        business_id="clinic",
-        call_id=call_id,
-        channel="phone",
-        state={"t": 1},
-        version=0,
-        transcript=transcript,
-    )
-    with session_scope(clinic) as s:
-        call = s.get(Call, call_id)
-        assert call is not None and call.transcript == transcript
-    # A stale save writes neither the state nor the transcript.
-    with pytest.raises(StaleConversation):
-        await store.save(
-            call_key(call_id),
-            business_id="clinic",
-            call_id=call_id,
-            channel="phone",
-            state={"t": 2},
-            version=0,
-            transcript=[{"role": "caller", "text": "lost"}],
-        )
-    with session_scope(clinic) as s:
-        call = s.get(Call, call_id)
-        assert call is not None and call.transcript == transcript
-    stored = await store.load(call_key(call_id))
-    assert stored is not None and stored.call_id == call_id and stored.version == version
-
-
 def _end_all(url: str, barrier, keys: list[str], results) -> None:  # type: ignore[no-untyped-def]
     """One worker process: try to end every conversation, at the same moment as the other."""
     engine = make_engine(url)

@@ -37,6 +37,20 @@ async def test_racing_retries_of_one_webhook_make_one_call(clinic: Engine) -> No
     assert count_rows(clinic, "SELECT count(*) FROM call") == 1
 
 
+async def test_only_the_request_that_created_the_call_is_told_so(clinic: Engine) -> None:
+    calls = CallLog(engine=clinic, clock=FixedClock(NOW))
+    started = await asyncio.gather(
+        *(
+            calls.begin_call(
+                business_id="clinic", call_sid="CA4", from_number=None, to_number="+12025550100"
+            )
+            for _ in range(8)
+        )
+    )
+    assert [created for _, created in started].count(True) == 1
+    assert len({call.id for call, _ in started}) == 1
+
+
 async def test_finishing_a_call_twice_keeps_the_first_close(clinic: Engine) -> None:
     calls = CallLog(engine=clinic, clock=FixedClock(NOW))
     await calls.start_call(business_id="clinic", call_sid="CA3", from_number=None, to_number=None)
