@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.engine import Filler, Speech
@@ -64,6 +64,28 @@ async def test_system_prompt_has_the_calendar_in_the_business_zone(
         "end_call",
     }
     assert llm_server.requests[0]["stream"] is True
+
+
+async def test_the_prompt_opens_the_same_for_every_call_of_a_business(
+    converse: MakeConversation, llm_server: FakeLLM
+) -> None:
+    """Model servers cache the longest common prefix of a prompt: the calendar, then the clock
+    and the caller come last, after the instructions, services, staff and policies every call
+    shares."""
+    llm_server.script(Text("Hello!"), Text("Hello!"), Text("Sure."))
+    first = converse(now=LATE_MONDAY)
+    await turn(first, "Hi")
+    await turn(converse(now=LATE_MONDAY + timedelta(days=1, minutes=17), caller=None), "Hi")
+    await turn(first, "Can I book?")
+    one, other, again = (llm_server.requests[n] for n in range(3))
+    a, b = llm_server.system_prompt(0), llm_server.system_prompt(1)
+    shared = a.index("Today: ")
+    assert a[:shared] == b[:shared] and a[shared:] != b[shared:]
+    assert "Right now" not in a[:shared] and "caller's number" not in a[:shared]
+    assert "Policies:" in a[:shared] and "Services" in a[:shared]
+    assert one["tools"] == other["tools"] == again["tools"]
+    # A later turn of the same call repeats the earlier request whole, then adds to it.
+    assert again["messages"][: len(one["messages"])] == one["messages"]
 
 
 async def test_greeting_opens_the_history_and_transcript(
