@@ -287,12 +287,8 @@ class BusinessFacts:
 
     @classmethod
     async def load(cls, scheduler: Scheduler, business_id: str) -> BusinessFacts:
-        business = await scheduler.business(business_id)
-        return cls(
-            business=business,
-            services=await scheduler.services(business.id),
-            staff=await scheduler.staff(business.id),
-        )
+        business, services, staff = await scheduler.business_with_team(business_id)
+        return cls(business=business, services=services, staff=staff)
 
     @property
     def tz(self) -> ZoneInfo:

@@ -234,3 +234,15 @@ async def test_concurrent_bookings_in_one_process_get_exactly_one(scheduler: Sch
         count_rows(scheduler.engine, "SELECT count(*) FROM appointment WHERE status = 'confirmed'")
         == 1
     )
+
+
+async def test_business_with_team_is_the_business_its_services_and_its_staff(
+    scheduler: Scheduler,
+) -> None:
+    business, services, staff = await scheduler.business_with_team("clinic")
+    assert business.id == "clinic"
+    assert [s.id for s in services] == [s.id for s in await scheduler.services("clinic")]
+    assert [m.id for m in staff] == [m.id for m in await scheduler.staff("clinic")]
+    assert services and staff
+    with pytest.raises(errors.NotFound):
+        await scheduler.business_with_team("no-such-business")
