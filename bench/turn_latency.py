@@ -12,6 +12,11 @@ call ends). It exists only inside this script, to show what durability adds per 
 prints both side by side and the difference (durable − in-memory) at p50 and p99. The targets:
 durable first-token p99 under 20 ms at 200 calls, and within 1.25x of the in-memory one.
 
+A third server, "bare relay", is the floor every turn is compared with: the same fake model
+streamed straight back through the same openai SDK, uvicorn and websocket stack, with nothing of
+Frontdesk in it (no business, prompt, tools, store or checks). A second table prints the durable
+app over it: first token p50 (target <= 1.10x), p99 (<= 1.25x) and server CPU a turn (<= 1.2x).
+
 The apps run in child processes under uvicorn, as in production; the measuring happens inside them,
 in an ASGI wrapper around the app that timestamps the websocket's `receive` of a final prompt and
 the `send` of the next text token and of the turn's `last` token (no changes to the app). The
@@ -59,7 +64,8 @@ TOKEN = "bench-auth-token"
 NUMBER = "+12025550100"
 BUSINESS_ID = "bench-turns"
 ANSWER = "Sure, I can help with that. What day suits you?"
-VARIANTS = ("durable", "in-memory")
+VARIANTS = ("durable", "in-memory", "bare relay")
+TARGET_BARE = {"p50": 1.10, "p99": 1.25, "cpu": 1.20}  # durable over the bare relay (issue targets)
 
 
 # ---- the server process -------------------------------------------------------------------
@@ -152,6 +158,15 @@ def serve(port: int, database_url: str, llm_url: str, variant: str) -> None:
     from frontdesk.settings import Settings
 
     logging.disable(logging.WARNING)
+    if variant == "bare relay":
+        uvicorn.run(
+            TurnTimer(bare_relay(port, llm_url)),
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+            ws="websockets-sansio",
+        )
+        return
     if variant == "in-memory":
         in_memory_store()
     settings = Settings(
@@ -167,6 +182,66 @@ def serve(port: int, database_url: str, llm_url: str, variant: str) -> None:
     app = TurnTimer(create_app(settings))
     uvicorn.run(
         app, host="127.0.0.1", port=port, log_level="error", ws="websockets-sansio", lifespan="on"
+    )
+
+
+def bare_relay(port: int, llm_url: str) -> Any:
+    """The baseline a turn is measured against: the same fake model streamed straight back
+    through the same openai SDK and the same websocket stack, and nothing else (no business, no
+    prompt, no tools, no store, no checks): TwiML for the webhook, then each final prompt's
+    answer token by token, then `last`."""
+    import openai
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    client = openai.AsyncOpenAI(base_url=llm_url, api_key="bench", max_retries=0)
+    twiml = (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Connect><ConversationRelay '
+        f'url="ws://127.0.0.1:{port}/relay" welcomeGreeting="Hello."/></Connect></Response>'
+    )
+
+    async def voice(request: Request) -> Response:
+        await request.form()
+        return Response(twiml, media_type="application/xml")
+
+    async def status(request: Request) -> Response:
+        await request.form()
+        return Response(status_code=204)
+
+    async def relay(websocket: WebSocket) -> None:
+        await websocket.accept()
+        history: list[Any] = []
+        try:
+            while True:
+                message = json.loads(await websocket.receive_text())
+                if message.get("type") != "prompt" or not message.get("last"):
+                    continue
+                history.append({"role": "user", "content": message["voicePrompt"]})
+                stream = await client.chat.completions.create(
+                    model="fake-model", messages=history, stream=True
+                )
+                answer = []
+                async for chunk in stream:
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if piece:
+                        answer.append(piece)
+                        await websocket.send_text(
+                            json.dumps({"type": "text", "token": piece, "last": False})
+                        )
+                history.append({"role": "assistant", "content": "".join(answer)})
+                await websocket.send_text(json.dumps({"type": "text", "token": "", "last": True}))
+        except Exception:  # the caller hung up
+            return
+
+    return Starlette(
+        routes=[
+            Route("/twilio/voice", voice, methods=["POST"]),
+            Route("/twilio/status", status, methods=["POST"]),
+            WebSocketRoute("/relay", relay),
+        ]
     )
 
 
@@ -278,6 +353,7 @@ async def drive(
         for variant, port in ports.items()
     }
     top: dict[str, Level] = {}
+    bare: dict[int, dict[str, Level]] = {}
     try:
         for twilio in twilios.values():
             await _wait_until_up(twilio)
@@ -305,10 +381,36 @@ async def drive(
                 f"{durable.cpu_ms() / memory.cpu_ms():5.2f}x"
             )
             top = result
+            bare[calls] = result
     finally:
         for twilio in twilios.values():
             await twilio.aclose()
-    return _verdict(top, max(levels))
+    return _against_bare(bare) & _verdict(top, max(levels))
+
+
+def _against_bare(levels: dict[int, dict[str, Level]]) -> bool:
+    """The durable app over the bare relay, per level: first token p50 and p99, CPU a turn."""
+    print(
+        "\nagainst the bare relay (the same model and SDK, nothing else), durable app over it; "
+        f"targets p50 <= {TARGET_BARE['p50']:g}x, p99 <= {TARGET_BARE['p99']:g}x, "
+        f"CPU a turn <= {TARGET_BARE['cpu']:g}x\n"
+        "calls  |  bare first p50/p99 (ms)  ratio p50  ratio p99  |  bare CPU a turn (ms)  ratio"
+    )
+    ok = True
+    for calls, result in levels.items():
+        durable, bare = result["durable"], result["bare relay"]
+        r50 = durable.first.pct(50) / bare.first.pct(50)
+        r99 = durable.first.pct(99) / bare.first.pct(99)
+        rcpu = durable.cpu_ms() / bare.cpu_ms()
+        if calls == max(levels):
+            ok = r50 <= TARGET_BARE["p50"] and r99 <= TARGET_BARE["p99"]
+            ok = ok and rcpu <= TARGET_BARE["cpu"]
+        print(
+            f"{calls:5d}  |  {bare.first.pct(50):7.2f} / {bare.first.pct(99):7.2f}        "
+            f"{r50:5.2f}x     {r99:5.2f}x     |  {bare.cpu_ms():7.2f}               {rcpu:5.2f}x"
+        )
+    print(f"at {max(levels)} calls against the bare relay: {'ok' if ok else 'ABOVE TARGET'}")
+    return ok
 
 
 def _verdict(top: dict[str, Level], calls: int) -> bool:
@@ -387,7 +489,7 @@ def main() -> int:
     spawn = multiprocessing.get_context("spawn")
     with TemporaryDirectory(prefix="frontdesk-bench-") as tmp:
         urls: dict[str, str] = {}
-        for variant in VARIANTS:  # a database each: the two never share a write lock
+        for variant in VARIANTS:  # a database each: they never share a write lock
             urls[variant] = f"sqlite:///{Path(tmp) / f'bench-{variant}.db'}"
             engine = make_engine(urls[variant])
             migrate(engine)

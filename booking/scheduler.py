@@ -58,9 +58,9 @@ from booking.slots import (
     StaffSpec,
     earliest_start,
     filter_time_of_day,
+    find_options,
     find_slots,
     horizon,
-    spread,
 )
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,37 @@ class Scheduler:
     ) -> SlotSearch:
         """Every bookable slot starting in `[start, end)`; `holder`'s own hold does not block."""
         now = self._now(now)
+        ctx, busy = await self._window_busy(
+            business_id, service_id, start, end, staff_id=staff_id, now=now, holder=holder
+        )
+        # CPU-bound (rules expanded, every candidate checked): off the event loop, which every
+        # live call shares.
+        slots = await asyncio.to_thread(
+            partial(
+                find_slots,
+                service=ctx.service,
+                staff=ctx.staff,
+                start=start,
+                end=end,
+                now=now,
+                busy=busy,
+            )
+        )
+        return SlotSearch(timezone=ctx.business.timezone, slots=slots)
+
+    async def _window_busy(
+        self,
+        business_id: str | None,
+        service_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        staff_id: str | None,
+        now: datetime,
+        holder: str | None,
+    ) -> tuple[Context, dict[str, list[Interval]]]:
+        """The search's context and every staff member's busy time around `[start, end)`: the
+        stored appointments and holds, and the linked calendars' cached busy time."""
         check_when(start, "the start")
         check_when(end, "the end")
         if end <= start:
@@ -273,20 +304,7 @@ class Scheduler:
         linked = await self._linked_busy(ctx, [m.id for m in ctx.staff], lo, hi, live=False)
         for staff_id_, intervals in linked.items():
             busy.setdefault(staff_id_, []).extend(intervals)
-        # CPU-bound (rules expanded, every candidate checked): off the event loop, which every
-        # live call shares.
-        slots = await asyncio.to_thread(
-            partial(
-                find_slots,
-                service=ctx.service,
-                staff=ctx.staff,
-                start=start,
-                end=end,
-                now=now,
-                busy=busy,
-            )
-        )
-        return SlotSearch(timezone=ctx.business.timezone, slots=slots)
+        return ctx, busy
 
     async def availability(
         self,
@@ -317,21 +335,42 @@ class Scheduler:
         tz = ZoneInfo(business.timezone)
         start = datetime.combine(first_day, time(), tz)
         end = datetime.combine(last_day + timedelta(days=1), time(), tz)
-        result = await self.search(
-            business_id=business.id,
-            service_id=service_id,
-            start=start,
-            end=end,
-            staff_id=staff_id,
-            now=now,
-            holder=holder,
+        if limit is None:
+            result = await self.search(
+                business_id=business.id,
+                service_id=service_id,
+                start=start,
+                end=end,
+                staff_id=staff_id,
+                now=now,
+                holder=holder,
+            )
+            slots = result.slots
+            if earliest is not None or latest is not None:
+                slots = filter_time_of_day(slots, tz, earliest=earliest, latest=latest)
+            return SlotSearch(timezone=result.timezone, slots=slots)
+        # A few options (the agent's search): the same answer as spreading the full listing,
+        # without building every staff member's every slot first.
+        now = self._now(now)
+        ctx, busy = await self._window_busy(
+            business.id, service_id, start, end, staff_id=staff_id, now=now, holder=holder
         )
-        slots = result.slots
-        if earliest is not None or latest is not None:
-            slots = filter_time_of_day(slots, tz, earliest=earliest, latest=latest)
-        if limit is not None:
-            slots = spread(slots, limit)
-        return SlotSearch(timezone=result.timezone, slots=slots)
+        options = await asyncio.to_thread(
+            partial(
+                find_options,
+                service=ctx.service,
+                staff=ctx.staff,
+                start=start,
+                end=end,
+                now=now,
+                busy=busy,
+                count=limit,
+                tz=tz,
+                earliest=earliest,
+                latest=latest,
+            )
+        )
+        return SlotSearch(timezone=ctx.business.timezone, slots=options)
 
     async def _linked_busy(
         self, ctx: Context, staff_ids: Sequence[str], lo: datetime, hi: datetime, *, live: bool

@@ -12,7 +12,7 @@ The rules, exactly:
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -89,18 +89,93 @@ def find_slots(
     busy: Mapping[str, Iterable[Interval]] | None = None,
 ) -> list[Slot]:
     """Every bookable slot starting in `[start, end)`, for each of `staff`, sorted by time."""
-    for value in (start, end, now):
-        if value.tzinfo is None:
-            raise ValueError("find_slots needs aware datetimes")
-    lo = clamp(max(start, earliest_start(service, now)))
-    hi = clamp(min(end, horizon(service, now)))
-    if lo >= hi:
+    window = _window(service, start, end, now)
+    if window is None:
         return []
+    lo, hi = window
     slots: list[Slot] = []
     for member in staff:
         slots.extend(_staff_slots(service, member, lo, hi, (busy or {}).get(member.id, ())))
     slots.sort(key=_slot_order)
     return slots
+
+
+def find_options(
+    *,
+    service: ServiceSpec,
+    staff: Sequence[StaffSpec],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    count: int,
+    busy: Mapping[str, Iterable[Interval]] | None = None,
+    tz: ZoneInfo | None = None,
+    earliest: time | None = None,
+    latest: time | None = None,
+) -> list[Slot]:
+    """`count` well-spread options: exactly `spread(filter_time_of_day(find_slots(...), tz,
+    earliest=..., latest=...), count)`, without building every staff member's every slot.
+
+    The options are distinct start times, each with the first staff member (by id) free then,
+    so the work is the window's candidate times, each checked against staff members in id order
+    until one is free; a member's time off and busy index are built only when first checked.
+    """
+    if (earliest is not None or latest is not None) and tz is None:
+        raise ValueError("a time-of-day filter needs the zone it is in")
+    window = _window(service, start, end, now)
+    if window is None or count <= 0:
+        return []
+    lo, hi = window
+    members = sorted(staff, key=lambda m: m.id)
+    candidates: dict[float, list[int]] = {}
+    for n, member in enumerate(members):
+        for t in _grid(service, member, lo, hi):
+            if (who := candidates.get(t)) is None:
+                candidates[t] = [n]
+            elif who[-1] != n:
+                who.append(n)
+    times = sorted(candidates)
+    if tz is not None and (earliest is not None or latest is not None):
+        times = [
+            t
+            for t in times
+            if (earliest is None or _local_time(t, tz) >= earliest)
+            and (latest is None or _local_time(t, tz) <= latest)
+        ]
+    before = service.buffer_before.total_seconds()
+    after = service.buffer_after.total_seconds()
+    duration = service.duration.total_seconds()
+    indexes: dict[int, _BusyIndex] = {}
+    options: list[Slot] = []
+    for t in times:
+        for n in candidates[t]:
+            index = indexes.get(n)
+            if index is None:
+                member = members[n]
+                index = _member_busy(service, member, lo, hi, (busy or {}).get(member.id, ()))
+                indexes[n] = index
+            i = bisect_right(index.ends, t - before)
+            if i == len(index.starts) or index.starts[i] >= t + duration + after:
+                slot_start = datetime.fromtimestamp(t, UTC)
+                options.append(Slot(slot_start, slot_start + service.duration, members[n].id))
+                break
+    return spread(options, count)
+
+
+def _window(
+    service: ServiceSpec, start: datetime, end: datetime, now: datetime
+) -> tuple[datetime, datetime] | None:
+    """The search window narrowed to the notice and the horizon (None: nothing fits)."""
+    for value in (start, end, now):
+        if value.tzinfo is None:
+            raise ValueError("slot search needs aware datetimes")
+    lo = clamp(max(start, earliest_start(service, now)))
+    hi = clamp(min(end, horizon(service, now)))
+    return (lo, hi) if lo < hi else None
+
+
+def _local_time(t: float, tz: ZoneInfo) -> time:
+    return datetime.fromtimestamp(t, UTC).astimezone(tz).time()
 
 
 def clamp(value: datetime) -> datetime:
@@ -125,20 +200,22 @@ def _slot_order(slot: Slot) -> tuple[datetime, str]:
     return slot.start, slot.staff_id
 
 
-def _staff_slots(
+def _member_busy(
     service: ServiceSpec, member: StaffSpec, lo: datetime, hi: datetime, busy: Iterable[Interval]
-) -> list[Slot]:
-    before = service.buffer_before.total_seconds()
-    after = service.buffer_after.total_seconds()
+) -> _BusyIndex:
+    """`member`'s busy time and time off around the window, merged, reaching as far as the
+    buffered block of a slot starting in it."""
+    reach_lo, reach_hi = lo - service.buffer_before, hi + service.duration + service.buffer_after
+    time_off = time_off_intervals(member.availability, member.tz, start=reach_lo, end=reach_hi)
+    return _BusyIndex([*busy, *time_off], lo=reach_lo, hi=reach_hi)
+
+
+def _grid(service: ServiceSpec, member: StaffSpec, lo: datetime, hi: datetime) -> Iterator[float]:
+    """`member`'s candidate starts in `[lo, hi)` (epoch seconds, in order within each working
+    range): each range's start, then every slot step while the slot fits inside the range."""
     duration = service.duration.total_seconds()
     step = service.slot_step.total_seconds()
     lo_ts, hi_ts = lo.timestamp(), hi.timestamp()
-    reach_lo, reach_hi = lo - service.buffer_before, hi + service.duration + service.buffer_after
-    time_off = time_off_intervals(member.availability, member.tz, start=reach_lo, end=reach_hi)
-    index = _BusyIndex([*busy, *time_off], lo=reach_lo, hi=reach_hi)
-    starts, ends, n_busy = index.starts, index.ends, len(index.starts)
-
-    out = []
     day = lo.astimezone(member.tz).date() - timedelta(days=1)
     last_day = hi.astimezone(member.tz).date()
     while day <= last_day:
@@ -147,13 +224,26 @@ def _staff_slots(
             if t < lo_ts:  # jump ahead on the step grid rather than walking to `lo`
                 t += -(-(lo_ts - t) // step) * step
             while t <= stop and t < hi_ts:
-                # Inlined `index.overlaps`: this loop runs for every candidate of every search.
-                i = bisect_right(ends, t - before)
-                if i == n_busy or starts[i] >= t + duration + after:
-                    s = datetime.fromtimestamp(t, UTC)
-                    out.append(Slot(s, s + service.duration, member.id))
+                yield t
                 t += step
         day += timedelta(days=1)
+
+
+def _staff_slots(
+    service: ServiceSpec, member: StaffSpec, lo: datetime, hi: datetime, busy: Iterable[Interval]
+) -> list[Slot]:
+    before = service.buffer_before.total_seconds()
+    after = service.buffer_after.total_seconds()
+    duration = service.duration.total_seconds()
+    index = _member_busy(service, member, lo, hi, busy)
+    starts, ends, n_busy = index.starts, index.ends, len(index.starts)
+    out = []
+    for t in _grid(service, member, lo, hi):
+        # Inlined `index.overlaps`: this loop runs for every candidate of every search.
+        i = bisect_right(ends, t - before)
+        if i == n_busy or starts[i] >= t + duration + after:
+            s = datetime.fromtimestamp(t, UTC)
+            out.append(Slot(s, s + service.duration, member.id))
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -246,3 +246,46 @@ async def test_business_with_team_is_the_business_its_services_and_its_staff(
     assert services and staff
     with pytest.raises(errors.NotFound):
         await scheduler.business_with_team("no-such-business")
+
+
+@pytest.mark.parametrize("limit", [1, 3, 5])
+async def test_a_few_options_are_the_full_listing_spread(scheduler: Scheduler, limit: int) -> None:
+    """The agent's lazy search against the full listing, through the database: a booking and a
+    hold in the way, a time-of-day window, any staff member."""
+    from booking.slots import spread
+
+    first = await scheduler.availability(
+        business_id="clinic",
+        service_id="cleaning",
+        first_day=date(2026, 12, 2),
+        last_day=date(2026, 12, 3),
+    )
+    taken = first.slots[2]
+    await scheduler.book(
+        business_id="clinic",
+        name="Ann",
+        phone="+12025550123",
+        service_id="cleaning",
+        staff_id=taken.staff_id,
+        start=taken.start,
+    )
+    await scheduler.hold(
+        business_id="clinic",
+        service_id="cleaning",
+        staff_id=first.slots[9].staff_id,
+        start=first.slots[9].start,
+        holder="someone else",
+    )
+    window = {
+        "business_id": "clinic",
+        "service_id": "cleaning",
+        "first_day": date(2026, 12, 2),
+        "last_day": date(2026, 12, 3),
+        "earliest": time(9, 30),
+        "latest": time(15),
+    }
+    every = await scheduler.availability(**window)  # type: ignore[arg-type]
+    options = await scheduler.availability(**window, limit=limit)  # type: ignore[arg-type]
+    assert options.slots == spread(every.slots, limit)
+    assert len(options.slots) == limit
+    assert (taken.start, taken.staff_id) not in {(s.start, s.staff_id) for s in every.slots}

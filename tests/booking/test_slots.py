@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from booking.rules import Availability, parse_range
-from booking.slots import ServiceSpec, Slot, StaffSpec, filter_time_of_day, find_slots, spread
+from booking.slots import (
+    ServiceSpec,
+    Slot,
+    StaffSpec,
+    filter_time_of_day,
+    find_options,
+    find_slots,
+    spread,
+)
 
 NY = ZoneInfo("America/New_York")
 LONDON = ZoneInfo("Europe/London")
@@ -312,6 +320,98 @@ def test_no_slot_ever_breaks_a_rule(
                     expected.add(t)
                 t += service.slot_step
     assert {s.start for s in slots} == expected
+
+
+@st.composite
+def team(draw: st.DrawFn) -> list[StaffSpec]:
+    """One to six staff members: their own zones, hours (some shared), time off."""
+    members = []
+    shared = draw(st.lists(day_ranges(), min_size=7, max_size=7))
+    for n in range(draw(st.integers(1, 6))):
+        hours = (
+            shared if draw(st.booleans()) else draw(st.lists(day_ranges(), min_size=7, max_size=7))
+        )
+        rules: dict[str, object] = {
+            "weekly_hours": dict(
+                zip(("mon", "tue", "wed", "thu", "fri", "sat", "sun"), hours, strict=True)
+            )
+        }
+        if draw(st.booleans()):
+            rules["time_off"] = [
+                {"start": "2026-03-02T12:00", "end": "2026-03-03T10:00"},
+                {
+                    "rrule": "FREQ=WEEKLY;BYDAY=WE",
+                    "start": "2026-01-07T13:00",
+                    "end": "2026-01-07T15:00",
+                },
+            ]
+        tz = draw(st.sampled_from([NY, LONDON, CHICAGO]))
+        # Ids out of order, so "the first staff member free" is by id, not by position.
+        members.append(
+            StaffSpec(id=f"m{5 - n}", tz=tz, availability=Availability.model_validate(rules))
+        )
+    return members
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    members=team(),
+    duration=st.sampled_from([15, 30, 45, 60]),
+    step=st.sampled_from([10, 15, 30]),
+    before=st.sampled_from([0, 5, 15]),
+    after=st.sampled_from([0, 10]),
+    notice=st.sampled_from([0, 60, 24 * 60]),
+    days=st.integers(1, 4),
+    count=st.integers(0, 7),
+    earliest=st.one_of(st.none(), st.sampled_from([time(8), time(9, 30), time(13)])),
+    latest=st.one_of(st.none(), st.sampled_from([time(11), time(12, 15), time(17)])),
+    busy=busy_lists(datetime(2026, 3, 1, tzinfo=UTC)),
+    assign=st.lists(st.integers(0, 5), min_size=25, max_size=25),
+)
+def test_the_agent_search_returns_exactly_what_the_full_search_spreads(
+    members, duration, step, before, after, notice, days, count, earliest, latest, busy, assign
+) -> None:  # type: ignore[no-untyped-def]
+    service = ServiceSpec(
+        id="s",
+        duration=timedelta(minutes=duration),
+        slot_step=timedelta(minutes=step),
+        buffer_before=timedelta(minutes=before),
+        buffer_after=timedelta(minutes=after),
+        min_notice=timedelta(minutes=notice),
+        max_days_ahead=30,
+    )
+    by_member: dict[str, list[tuple[datetime, datetime]]] = {}
+    for interval, n in zip(busy, assign, strict=False):  # each busy interval to one member
+        by_member.setdefault(members[n % len(members)].id, []).append(interval)
+    # Around spring forward in New York (March 8) and in London (March 29) on some draws.
+    start = datetime(2026, 3, 6, tzinfo=NY)
+    end = start + timedelta(days=days)
+    now = datetime(2026, 3, 6, 7, 13, tzinfo=NY)
+    window = {"service": service, "staff": members, "start": start, "end": end, "now": now}
+    every = find_slots(**window, busy=by_member)  # type: ignore[arg-type]
+    expected = spread(filter_time_of_day(every, NY, earliest=earliest, latest=latest), count)
+    got = find_options(
+        **window,
+        busy=by_member,
+        count=count,
+        tz=NY,
+        earliest=earliest,
+        latest=latest,  # type: ignore[arg-type]
+    )
+    assert got == expected
+
+
+def test_the_agent_search_needs_a_zone_for_a_time_of_day() -> None:
+    with pytest.raises(ValueError, match="zone"):
+        find_options(
+            service=svc(),
+            staff=[staff()],
+            start=datetime(2026, 3, 6, tzinfo=NY),
+            end=datetime(2026, 3, 7, tzinfo=NY),
+            now=LONG_AGO,
+            count=3,
+            earliest=time(9),
+        )
 
 
 def _wall(day: date, minutes: int, tz: ZoneInfo) -> datetime:
