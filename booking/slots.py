@@ -15,6 +15,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
+from heapq import merge
 from zoneinfo import ZoneInfo
 
 from booking.rules import Availability, Interval, time_off_intervals, working_ranges
@@ -127,13 +128,16 @@ def find_options(
         return []
     lo, hi = window
     members = sorted(staff, key=lambda m: m.id)
-    candidates: dict[float, list[int]] = {}
+    # Staff with the same hours in the same zone share one grid of candidate times: a team
+    # of 200 on two shifts walks two grids, not 200.
+    groups: dict[tuple[object, ...], list[int]] = {}
     for n, member in enumerate(members):
-        for t in _grid(service, member, lo, hi):
-            if (who := candidates.get(t)) is None:
-                candidates[t] = [n]
-            elif who[-1] != n:
-                who.append(n)
+        groups.setdefault(_hours_key(member, lo, hi), []).append(n)
+    teams = list(groups.values())
+    candidates: dict[float, list[int]] = {}
+    for g, team in enumerate(teams):
+        for t in dict.fromkeys(_grid(service, members[team[0]], lo, hi)):
+            candidates.setdefault(t, []).append(g)
     times = sorted(candidates)
     if tz is not None and (earliest is not None or latest is not None):
         times = [
@@ -148,7 +152,10 @@ def find_options(
     indexes: dict[int, _BusyIndex] = {}
     options: list[Slot] = []
     for t in times:
-        for n in candidates[t]:
+        present = candidates[t]
+        # Members free at `t` are tried in id order (member indices are), across the teams.
+        who = teams[present[0]] if len(present) == 1 else merge(*(teams[g] for g in present))
+        for n in who:
             index = indexes.get(n)
             if index is None:
                 member = members[n]
@@ -172,6 +179,14 @@ def _window(
     lo = clamp(max(start, earliest_start(service, now)))
     hi = clamp(min(end, horizon(service, now)))
     return (lo, hi) if lo < hi else None
+
+
+def _hours_key(member: StaffSpec, lo: datetime, hi: datetime) -> tuple[object, ...]:
+    """What `member`'s candidate times in `[lo, hi)` depend on: zone and each day's hours."""
+    first = lo.astimezone(member.tz).date() - timedelta(days=1)
+    days = (hi.astimezone(member.tz).date() - first).days + 1
+    hours = member.availability.minutes_on
+    return (member.tz.key, first, *(tuple(hours(first + timedelta(days=d))) for d in range(days)))
 
 
 def _local_time(t: float, tz: ZoneInfo) -> time:

@@ -401,6 +401,30 @@ def test_the_agent_search_returns_exactly_what_the_full_search_spreads(
     assert got == expected
 
 
+def test_the_agent_search_takes_the_first_free_member_by_id_across_shifts() -> None:
+    """Staff on two shifts: at 9:00 "a" is busy, so the option is "b" (the other shift), not
+    "c" (who shares a's shift but comes after b)."""
+    day = {d: ["09:00-17:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
+    morning = {d: ["09:00-12:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
+    members = [staff(sid="c", weekly_hours=day), staff(sid="a", weekly_hours=day)]
+    members.append(staff(sid="b", weekly_hours=morning))
+    nine = local(NY, 2026, 3, 4, 9, 0)
+    window = {
+        "service": svc(minutes=30, step=30),
+        "staff": members,
+        "start": local(NY, 2026, 3, 4),
+        "end": local(NY, 2026, 3, 4, 10, 0),
+        "now": LONG_AGO,
+        "busy": {"a": [(nine, nine + timedelta(minutes=30))]},
+    }
+    got = find_options(**window, count=2)  # type: ignore[arg-type]
+    assert [(s.start, s.staff_id) for s in got] == [
+        (nine, "b"),
+        (nine + timedelta(minutes=30), "a"),
+    ]
+    assert got == spread(find_slots(**window), 2)  # type: ignore[arg-type]
+
+
 def test_the_agent_search_needs_a_zone_for_a_time_of_day() -> None:
     with pytest.raises(ValueError, match="zone"):
         find_options(
