@@ -309,14 +309,12 @@ class Scheduler:
 
         def load(s: Session) -> tuple[Context, dict[str, list[Interval]]]:
             ctx = _load_context(s, business_id, service_id, staff_id)
-            lo, hi = start - ctx.service.buffer_before, end + ctx.service.duration
-            hi += ctx.service.buffer_after
+            lo, hi = ctx.service.reach(start, end)
             busy = _stored_busy(s, ctx, [m.id for m in ctx.staff], lo, hi, now, holder=holder)
             return ctx, busy
 
         ctx, busy = await self._db(load)
-        lo = start - ctx.service.buffer_before
-        hi = end + ctx.service.duration + ctx.service.buffer_after
+        lo, hi = ctx.service.reach(start, end)
         linked = await self._linked_busy(ctx, [m.id for m in ctx.staff], lo, hi, live=False)
         for staff_id_, intervals in linked.items():
             busy.setdefault(staff_id_, []).extend(intervals)

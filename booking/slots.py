@@ -45,6 +45,10 @@ class ServiceSpec:
         """The time a booking at `start` keeps busy: the slot widened by its buffers."""
         return start - self.buffer_before, start + self.duration + self.buffer_after
 
+    def reach(self, start: datetime, end: datetime) -> Interval:
+        """What busy time can matter to slots starting in `[start, end)`: their blocks' span."""
+        return self.block(start)[0], self.block(end)[1]
+
 
 @dataclass(frozen=True)
 class StaffSpec:
@@ -78,6 +82,11 @@ class _BusyIndex:
                 starts.append(s)
                 ends.append(e)
         self.starts, self.ends = starts, ends
+
+    def free(self, t: float, before: float, after_end: float) -> bool:
+        """Whether nothing is busy from `t - before` to `t + after_end` (epoch seconds)."""
+        i = bisect_right(self.ends, t - before)
+        return i == len(self.starts) or self.starts[i] >= t + after_end
 
 
 def find_slots(
@@ -140,15 +149,9 @@ def find_options(
             candidates.setdefault(t, []).append(g)
     times = sorted(candidates)
     if tz is not None and (earliest is not None or latest is not None):
-        times = [
-            t
-            for t in times
-            if (earliest is None or _local_time(t, tz) >= earliest)
-            and (latest is None or _local_time(t, tz) <= latest)
-        ]
+        times = [t for t in times if _within(_local_time(t, tz), earliest, latest)]
     before = service.buffer_before.total_seconds()
-    after = service.buffer_after.total_seconds()
-    duration = service.duration.total_seconds()
+    after_end = (service.duration + service.buffer_after).total_seconds()
     indexes: dict[int, _BusyIndex] = {}
     options: list[Slot] = []
     for t in times:
@@ -161,8 +164,7 @@ def find_options(
                 member = members[n]
                 index = _member_busy(service, member, lo, hi, (busy or {}).get(member.id, ()))
                 indexes[n] = index
-            i = bisect_right(index.ends, t - before)
-            if i == len(index.starts) or index.starts[i] >= t + duration + after:
+            if index.free(t, before, after_end):
                 slot_start = datetime.fromtimestamp(t, UTC)
                 options.append(Slot(slot_start, slot_start + service.duration, members[n].id))
                 break
@@ -220,7 +222,7 @@ def _member_busy(
 ) -> _BusyIndex:
     """`member`'s busy time and time off around the window, merged, reaching as far as the
     buffered block of a slot starting in it."""
-    reach_lo, reach_hi = lo - service.buffer_before, hi + service.duration + service.buffer_after
+    reach_lo, reach_hi = service.reach(lo, hi)
     time_off = time_off_intervals(member.availability, member.tz, start=reach_lo, end=reach_hi)
     return _BusyIndex([*busy, *time_off], lo=reach_lo, hi=reach_hi)
 
@@ -254,7 +256,7 @@ def _staff_slots(
     starts, ends, n_busy = index.starts, index.ends, len(index.starts)
     out = []
     for t in _grid(service, member, lo, hi):
-        # Inlined `index.overlaps`: this loop runs for every candidate of every search.
+        # Inlined `index.free`: this loop runs for every candidate of every search.
         i = bisect_right(ends, t - before)
         if i == n_busy or starts[i] >= t + duration + after:
             s = datetime.fromtimestamp(t, UTC)
@@ -266,15 +268,11 @@ def filter_time_of_day(
     slots: Iterable[Slot], tz: ZoneInfo, *, earliest: time | None, latest: time | None
 ) -> list[Slot]:
     """Slots whose local start (in `tz`) is at or after `earliest` and at or before `latest`."""
-    out = []
-    for slot in slots:
-        local = slot.start.astimezone(tz).time()
-        if earliest is not None and local < earliest:
-            continue
-        if latest is not None and local > latest:
-            continue
-        out.append(slot)
-    return out
+    return [s for s in slots if _within(s.start.astimezone(tz).time(), earliest, latest)]
+
+
+def _within(local: time, earliest: time | None, latest: time | None) -> bool:
+    return (earliest is None or local >= earliest) and (latest is None or local <= latest)
 
 
 def spread(slots: Sequence[Slot], count: int) -> list[Slot]:
