@@ -153,8 +153,10 @@ def store_busy(
     with engine.execution_options(frontdesk_write=True).begin() as conn:
         for chunk in range(0, len(rows), 5000):
             conn.execute(sa.insert(Appointment.__table__), rows[chunk : chunk + 5000])
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE appointment")  # as autovacuum soon would
+    if engine.dialect.name == "postgresql":
+        # As autovacuum soon would: statistics, and the visibility map index-only scans use.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE appointment")
     return len(rows)
 
 

@@ -12,13 +12,14 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cached_property, lru_cache, partial
+from functools import cached_property, lru_cache
 from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
@@ -33,6 +34,7 @@ from booking.busy import (
     StaffCalendars,
     linked_calendars,
 )
+from booking.catalog import Catalog
 from booking.clock import Clock, SystemClock
 from booking.db import in_session, lock_staff
 from booking.idempotency import insert_once
@@ -65,6 +67,7 @@ from booking.slots import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def check_phone(phone: str, region: str = phones.DEFAULT_REGION) -> str:
@@ -140,6 +143,18 @@ class Context:
     staff: list[StaffSpec]
     connections: list[LinkedCalendar] = field(default_factory=list)
 
+    def only(self, staff_id: str) -> Context | None:
+        """This context narrowed to one of its staff; None if they are not among them."""
+        for row, spec in zip(self.staff_rows, self.staff, strict=True):
+            if row.id == staff_id:
+                return replace(
+                    self,
+                    staff_rows=[row],
+                    staff=[spec],
+                    connections=[c for c in self.connections if c.staff_id == staff_id],
+                )
+        return None
+
     def writes_calendar(self, staff_id: str) -> bool:
         return any(c.writes for c in self._connections_of.get(staff_id, ()))
 
@@ -203,11 +218,31 @@ class Scheduler:
     writer: CalendarWriter = field(default_factory=NoWriter)
     write_timeout: float = 4.0
     observer: SchedulerObserver | None = None
+    catalog: Catalog = field(default_factory=Catalog)
 
     # ---- plumbing -------------------------------------------------------------------------
 
     async def _db(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
         return await in_session(self.engine, fn, write=write)
+
+    def _context(
+        self, s: Session, business_id: str | None, service_id: str, staff_id: str | None
+    ) -> Context:
+        """`_load_context`, from this worker's catalogue while the business is unchanged."""
+        bid = business_id or _resolve_business(s, None)
+
+        def load() -> Context:
+            ctx = _load_context(s, bid, service_id, None)
+            # Kept past this session: a rollback here must not expire what other operations read.
+            for row in (ctx.business, ctx.service_row, *ctx.staff_rows):
+                s.expunge(row)
+            return ctx
+
+        ctx = self.catalog.get(s, bid, ("context", service_id), load)
+        if staff_id is None:
+            return ctx
+        # Someone outside the service, or unknown: the full load says which, as it always has.
+        return ctx.only(staff_id) or _load_context(s, bid, service_id, staff_id)
 
     def _now(self, now: datetime | None) -> datetime:
         return check_when(now or self.clock.now(), "now").astimezone(UTC)
@@ -271,54 +306,62 @@ class Scheduler:
     ) -> SlotSearch:
         """Every bookable slot starting in `[start, end)`; `holder`'s own hold does not block."""
         now = self._now(now)
-        ctx, busy = await self._window_busy(
-            business_id, service_id, start, end, staff_id=staff_id, now=now, holder=holder
-        )
-        # CPU-bound (rules expanded, every candidate checked): off the event loop, which every
-        # live call shares.
-        slots = await asyncio.to_thread(
-            partial(
-                find_slots,
-                service=ctx.service,
-                staff=ctx.staff,
-                start=start,
-                end=end,
-                now=now,
-                busy=busy,
-            )
-        )
-        return SlotSearch(timezone=ctx.business.timezone, slots=slots)
-
-    async def _window_busy(
-        self,
-        business_id: str | None,
-        service_id: str,
-        start: datetime,
-        end: datetime,
-        *,
-        staff_id: str | None,
-        now: datetime,
-        holder: str | None,
-    ) -> tuple[Context, dict[str, list[Interval]]]:
-        """The search's context and every staff member's busy time around `[start, end)`: the
-        stored appointments and holds, and the linked calendars' cached busy time."""
         check_when(start, "the start")
         check_when(end, "the end")
         if end <= start:
             raise errors.InvalidRequest("the end of the window must be after its start")
 
-        def load(s: Session) -> tuple[Context, dict[str, list[Interval]]]:
-            ctx = _load_context(s, business_id, service_id, staff_id)
-            lo, hi = ctx.service.reach(start, end)
-            busy = _stored_busy(s, ctx, [m.id for m in ctx.staff], lo, hi, now, holder=holder)
-            return ctx, busy
+        def find(ctx: Context, busy: dict[str, list[Interval]]) -> list[Slot]:
+            return find_slots(
+                service=ctx.service, staff=ctx.staff, start=start, end=end, now=now, busy=busy
+            )
 
-        ctx, busy = await self._db(load)
-        lo, hi = ctx.service.reach(start, end)
+        ctx, slots = await self._find(
+            business_id,
+            service_id,
+            lambda tz: (start, end),
+            find,
+            staff_id=staff_id,
+            now=now,
+            holder=holder,
+        )
+        return SlotSearch(timezone=ctx.business.timezone, slots=slots)
+
+    async def _find(
+        self,
+        business_id: str | None,
+        service_id: str,
+        window: Callable[[ZoneInfo], tuple[datetime, datetime]],
+        find: Callable[[Context, dict[str, list[Interval]]], R],
+        *,
+        staff_id: str | None,
+        now: datetime,
+        holder: str | None,
+    ) -> tuple[Context, R]:
+        """`find(ctx, busy)` given every staff member's busy time around the window (`window`
+        of the business's zone): the stored appointments and holds, and the linked calendars'
+        cached busy time.
+
+        `find` is CPU-bound (rules expanded, candidates checked), so it runs off the event loop
+        that every live call shares: in the same trip to a worker thread as the database read
+        when no staff member has a linked calendar to ask first."""
+
+        def load(s: Session) -> tuple[Context, dict[str, list[Interval]], tuple[R] | None]:
+            ctx = self._context(s, business_id, service_id, staff_id)
+            lo, hi = ctx.service.reach(*window(ctx.tz))
+            busy = _stored_busy(s, ctx, [m.id for m in ctx.staff], lo, hi, now, holder=holder)
+            if any(ctx.has_calendars(m.id) for m in ctx.staff):
+                return ctx, busy, None
+            return ctx, busy, (find(ctx, busy),)
+
+        ctx, busy, found = await self._db(load)
+        if found is not None:
+            return ctx, found[0]
+        lo, hi = ctx.service.reach(*window(ctx.tz))
         linked = await self._linked_busy(ctx, [m.id for m in ctx.staff], lo, hi, live=False)
         for staff_id_, intervals in linked.items():
             busy.setdefault(staff_id_, []).extend(intervals)
-        return ctx, busy
+        return ctx, await asyncio.to_thread(find, ctx, busy)
 
     async def availability(
         self,
@@ -345,46 +388,40 @@ class Scheduler:
             raise errors.InvalidRequest("the last date is before the first")
         if (last_day - first_day).days > 366:
             raise errors.InvalidRequest("search at most a year at a time")
-        business = await self.business(business_id)
-        tz = ZoneInfo(business.timezone)
-        start = datetime.combine(first_day, time(), tz)
-        end = datetime.combine(last_day + timedelta(days=1), time(), tz)
-        if limit is None:
-            result = await self.search(
-                business_id=business.id,
-                service_id=service_id,
-                start=start,
-                end=end,
-                staff_id=staff_id,
-                now=now,
-                holder=holder,
-            )
-            slots = result.slots
-            if earliest is not None or latest is not None:
-                slots = filter_time_of_day(slots, tz, earliest=earliest, latest=latest)
-            return SlotSearch(timezone=result.timezone, slots=slots)
-        # A few options (the agent's search): the same answer as spreading the full listing,
-        # without building every staff member's every slot first.
         now = self._now(now)
-        ctx, busy = await self._window_busy(
-            business.id, service_id, start, end, staff_id=staff_id, now=now, holder=holder
-        )
-        options = await asyncio.to_thread(
-            partial(
-                find_options,
-                service=ctx.service,
-                staff=ctx.staff,
-                start=start,
-                end=end,
-                now=now,
-                busy=busy,
-                count=limit,
-                tz=tz,
-                earliest=earliest,
-                latest=latest,
+
+        def window(tz: ZoneInfo) -> tuple[datetime, datetime]:
+            start = datetime.combine(first_day, time(), tz)
+            return start, datetime.combine(last_day + timedelta(days=1), time(), tz)
+
+        def find(ctx: Context, busy: dict[str, list[Interval]]) -> list[Slot]:
+            start, end = window(ctx.tz)
+            if limit is not None:
+                # A few options (the agent's search): the same answer as spreading the full
+                # listing, without building every staff member's every slot first.
+                return find_options(
+                    service=ctx.service,
+                    staff=ctx.staff,
+                    start=start,
+                    end=end,
+                    now=now,
+                    busy=busy,
+                    count=limit,
+                    tz=ctx.tz,
+                    earliest=earliest,
+                    latest=latest,
+                )
+            slots = find_slots(
+                service=ctx.service, staff=ctx.staff, start=start, end=end, now=now, busy=busy
             )
+            if earliest is None and latest is None:
+                return slots
+            return filter_time_of_day(slots, ctx.tz, earliest=earliest, latest=latest)
+
+        ctx, slots = await self._find(
+            business_id, service_id, window, find, staff_id=staff_id, now=now, holder=holder
         )
-        return SlotSearch(timezone=ctx.business.timezone, slots=options)
+        return SlotSearch(timezone=ctx.business.timezone, slots=slots)
 
     async def _linked_busy(
         self, ctx: Context, staff_ids: Sequence[str], lo: datetime, hi: datetime, *, live: bool
@@ -494,15 +531,15 @@ class Scheduler:
         holder: str | None,
         ignore_appointment: str | None = None,
     ) -> tuple[Context, list[Interval]]:
-        """Load the context and read the staff member's calendars live for the slot's block."""
+        """Load the context and read the staff member's calendars live for the slot's block.
+
+        Then a read-only check: a caller who already lost need not queue for the write lock. The
+        same check runs again under the lock; that one is the guarantee. Without linked calendars
+        the check shares the context's trip to the database."""
         check_when(start, "the start time")
-        ctx = await self._db(lambda s: _load_context(s, business_id, service_id, staff_id))
-        lo, hi = ctx.service.block(start)
-        linked = (await self._linked_busy(ctx, [staff_id], lo, hi, live=True)).get(staff_id, [])
-        # A read-only check first: a caller who already lost need not queue for the write lock.
-        # The same check runs again under the lock; that one is the guarantee.
-        await self._db(
-            lambda s: _check_slot(
+
+        def check(s: Session, ctx: Context, linked: list[Interval]) -> None:
+            _check_slot(
                 s,
                 ctx,
                 staff_id,
@@ -512,7 +549,20 @@ class Scheduler:
                 holder=holder,
                 ignore_appointment=ignore_appointment,
             )
-        )
+
+        def load(s: Session) -> tuple[Context, bool]:
+            ctx = self._context(s, business_id, service_id, staff_id)
+            if ctx.has_calendars(staff_id):
+                return ctx, False
+            check(s, ctx, [])
+            return ctx, True
+
+        ctx, checked = await self._db(load)
+        if checked:
+            return ctx, []
+        lo, hi = ctx.service.block(start)
+        linked = (await self._linked_busy(ctx, [staff_id], lo, hi, live=True)).get(staff_id, [])
+        await self._db(lambda s: check(s, ctx, linked))
         return ctx, linked
 
     async def _write(self, fn: Callable[[Session], T]) -> T:
@@ -946,7 +996,7 @@ def _stored_busy(
     apt, hold = Appointment.__table__.c, Hold.__table__.c  # type: ignore[attr-defined]
     q = sa.select(apt.staff_id, _raw(apt.block_start), _raw(apt.block_end)).where(
         apt.business_id == bid,
-        apt.staff_id.in_(staff_ids),
+        _one_of(s, apt.staff_id, staff_ids),
         # Blocks never exceed MAX_BLOCK, so the index scan on block_start is bounded both ways.
         apt.block_start > lo - MAX_BLOCK,
         apt.block_start < hi,
@@ -957,7 +1007,7 @@ def _stored_busy(
         q = q.where(apt.id != ignore_appointment)
     hq = sa.select(hold.staff_id, _raw(hold.block_start), _raw(hold.block_end)).where(
         hold.business_id == bid,
-        hold.staff_id.in_(staff_ids),
+        _one_of(s, hold.staff_id, staff_ids),
         hold.block_start > lo - MAX_BLOCK,
         hold.block_start < hi,
         hold.block_end > lo,
@@ -965,11 +1015,21 @@ def _stored_busy(
     )
     if holder is not None:
         hq = hq.where(hold.holder != holder)
-    conn = s.connection()
-    for query in (q, hq):
-        for sid, a, b in conn.execute(query).all():
-            busy[sid].append((_utc(a), _utc(b)))
+    # One statement, one round trip to the database.
+    for sid, a, b in s.connection().execute(sa.union_all(q, hq)).all():
+        busy[sid].append((_utc(a), _utc(b)))
     return busy
+
+
+def _one_of(
+    s: Session, column: sa.ColumnElement[str], values: Sequence[str]
+) -> sa.ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL as `= ANY(array)`: one parameter however many staff,
+    so the statement stays short enough for the driver's parse cache (200 staff as 200
+    placeholders cost a search ~2 ms to render and parse)."""
+    if s.get_bind().dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(sa.String())))
+    return column.in_(values)
 
 
 def _raw(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[str]:
