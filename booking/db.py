@@ -161,13 +161,35 @@ async def in_session(engine: Engine, fn: Callable[[Session], T], *, write: bool 
     return await asyncio.get_running_loop().run_in_executor(writers.thread, context.run, run)
 
 
-def lock_staff(session: Session, business_id: str, staff_id: str) -> None:
-    """Serialise writers for one staff member until this transaction ends."""
+def lock_staff(
+    session: Session,
+    business_id: str,
+    staff_id: str,
+    *,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Serialise writers for one staff member until this transaction ends.
+
+    With `check` (which raises when the caller has lost, e.g. their time is taken), a writer who
+    finds the lock held on PostgreSQL first waits only for the writer holding it, and runs
+    `check` once that one has committed: everyone who raced for the same time is refused at
+    once and together, instead of queueing one by one for a lock they would only use to learn
+    that. The caller checks again under the lock either way; that check is the guarantee."""
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         # SQLite: BEGIN IMMEDIATE already holds the database write lock; make sure it is taken.
         session.execute(sa.text("SELECT 1"))
         return
     digest = hashlib.blake2b(f"{business_id}\x00{staff_id}".encode(), digest_size=8).digest()
-    key = int.from_bytes(digest, "big", signed=True)
-    session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    key = {"k": int.from_bytes(digest, "big", signed=True)}
+    if check is not None:
+        if session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), key).scalar_one():
+            return
+        # A shared lock is granted as soon as the holder commits, to all who wait at once. Taken
+        # and let go in one statement: held on, two of them asking for the exclusive lock next
+        # would deadlock; and a wait cancelled midway leaves nothing held on the connection.
+        session.execute(
+            sa.text("SELECT pg_advisory_lock_shared(:k), pg_advisory_unlock_shared(:k)"), key
+        )
+        check()  # each statement sees what the holder committed (READ COMMITTED)
+    session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), key)

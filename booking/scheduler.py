@@ -483,8 +483,11 @@ class Scheduler:
         )
 
         def write(s: Session) -> Hold:
-            lock_staff(s, ctx.business.id, staff_id)
-            _check_slot(s, ctx, staff_id, start, now, linked, holder=holder)
+            def check() -> None:
+                _check_slot(s, ctx, staff_id, start, now, linked, holder=holder)
+
+            lock_staff(s, ctx.business.id, staff_id, check=check)
+            check()
             existing = s.exec(
                 select(Hold).where(Hold.business_id == ctx.business.id, Hold.holder == holder)
             ).first()
@@ -639,10 +642,13 @@ class Scheduler:
         slot_start = start
 
         def write(s: Session) -> Appointment:
-            lock_staff(s, ctx.business.id, staff_id)
+            def check() -> None:
+                _check_slot(s, ctx, staff_id, slot_start, now, linked, holder=holder)
+
+            lock_staff(s, ctx.business.id, staff_id, check=check)
             if hold_id is not None:
                 _live_hold(s, ctx.business.id, hold_id, now)  # still ours after the wait?
-            _check_slot(s, ctx, staff_id, slot_start, now, linked, holder=holder)
+            check()
             contact = _upsert_contact(s, ctx.business.id, phone, name, email)
             row = _new_appointment(
                 ctx,
