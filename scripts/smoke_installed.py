@@ -261,9 +261,14 @@ def check_workers(frontdesk: Path, env: dict[str, str], cwd: Path) -> None:
             answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
             if answer.status_code != 200:
                 raise CheckFailed(f"/readyz answered {answer.status_code}: {answer.text}")
-        text = log.read_text()
-        if text.count("Started server process") < 2:
-            raise CheckFailed(f"two worker processes did not start:\n{text[-3000:]}")
+        # uvicorn starts its workers one after another: the first may answer before the
+        # second has finished importing on a slow machine, so wait for both.
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while len(set(re.findall(r"Started server process \[(\d+)\]", log.read_text()))) < 2:
+            if time.monotonic() > deadline:
+                text = log.read_text()
+                raise CheckFailed(f"two worker processes did not start:\n{text[-3000:]}")
+            time.sleep(0.2)
 
 
 def check_login(frontdesk: Path, base_url: str, env: dict[str, str], cwd: Path) -> None:
