@@ -27,6 +27,18 @@ CATALOG_REVISION = sa.table(
 V = TypeVar("V")
 
 
+def fingerprint(s: Session) -> tuple[int, int]:
+    """Every business's catalogue at once: it changes whenever any revision is bumped or a
+    business is added (revisions only grow, and a deleted business keeps its row)."""
+    t = CATALOG_REVISION.c
+    count, total = (
+        s.connection()
+        .execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(t.revision), 0)))
+        .one()
+    )
+    return int(count), int(total)
+
+
 def revision(s: Session, business_id: str) -> int | None:
     """The business's catalogue revision; None when it has none (no such business)."""
     t = CATALOG_REVISION.c
@@ -50,6 +62,7 @@ class Catalog:
     def __init__(self, size: int = 512) -> None:
         self.size = size
         self._entries: OrderedDict[tuple[str, Hashable], tuple[int, Any]] = OrderedDict()
+        self._across: dict[Hashable, tuple[tuple[int, int], Any]] = {}
         self._lock = threading.Lock()
 
     def get(self, s: Session, business_id: str, key: Hashable, load: Callable[[], V]) -> V:
@@ -71,6 +84,20 @@ class Catalog:
             self._entries.move_to_end(slot)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+        return value
+
+    def across(self, s: Session, key: Hashable, load: Callable[[], V]) -> V:
+        """Like `get`, for a value derived from every business (e.g. who answers a number),
+        kept while no business's catalogue has changed."""
+        current = fingerprint(s)
+        with self._lock:
+            entry = self._across.get(key)
+            if entry is not None and entry[0] == current:
+                value: V = entry[1]
+                return value
+        value = load()
+        with self._lock:
+            self._across[key] = (current, value)
         return value
 
     def __len__(self) -> int:

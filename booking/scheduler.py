@@ -264,11 +264,19 @@ class Scheduler:
     async def business_by_number(self, phone: str) -> Business:
         number = check_phone(phone)
 
+        def numbers(s: Session) -> dict[str, Business]:
+            answers: dict[str, Business] = {}
+            for row in s.exec(select(Business).order_by(col(Business.id))):
+                s.expunge(row)  # shared past this session, read-only
+                for each in row.phone_numbers:
+                    answers.setdefault(each, row)
+            return answers
+
         def load(s: Session) -> Business:
-            for row in s.exec(select(Business)):
-                if number in row.phone_numbers:
-                    return row
-            raise errors.NotFound(f"no business answers {number}")
+            row = self.catalog.across(s, "numbers", lambda: numbers(s)).get(number)
+            if row is None:
+                raise errors.NotFound(f"no business answers {number}")
+            return row
 
         return await self._db(load)
 
@@ -284,10 +292,18 @@ class Scheduler:
         """The business, its services and its staff in one read (a call's first turn needs all
         three, and each trip to a worker thread costs more than its query)."""
 
-        def load(s: Session) -> tuple[Business, list[Service], list[Staff]]:
-            row = s.get(Business, _resolve_business(s, business_id))
+        def team(s: Session, bid: str) -> tuple[Business, list[Service], list[Staff]]:
+            row = s.get(Business, _resolve_business(s, bid))
             assert row is not None
-            return row, _services(s, row.id), _staff(s, row.id)
+            services, staff = _services(s, row.id), _staff(s, row.id)
+            for each in (row, *services, *staff):
+                s.expunge(each)  # shared past this session, read-only
+            return row, services, staff
+
+        def load(s: Session) -> tuple[Business, list[Service], list[Staff]]:
+            bid = business_id or _resolve_business(s, None)
+            row, services, staff = self.catalog.get(s, bid, ("team",), lambda: team(s, bid))
+            return row, list(services), list(staff)
 
         return await self._db(load)
 

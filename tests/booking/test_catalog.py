@@ -141,6 +141,54 @@ async def test_a_change_by_another_worker_is_seen_by_the_next_search(clinic: Eng
     assert (await lee_starts(worker_a))[-1] == "14:30"
 
 
+async def test_the_team_a_call_loads_is_cached_until_it_changes(clinic: Engine) -> None:
+    worker_a = Scheduler(engine=clinic, clock=FixedClock(NOW))
+    worker_b = Scheduler(engine=clinic, clock=FixedClock(NOW))
+    business, services, staff = await worker_a.business_with_team("clinic")
+    with statements(clinic) as seen:
+        again = await worker_a.business_with_team("clinic")
+    assert again[0].name == business.name and [m.id for m in again[2]] == [m.id for m in staff]
+    assert not [q for q in seen if "FROM staff" in q or "FROM service" in q], seen
+    again[2].clear()  # a caller's list is its own
+    assert [m.id for m in (await worker_a.business_with_team("clinic"))[2]] == ["lee", "rivera"]
+
+    await worker_b.business_with_team("clinic")
+    run(clinic, "UPDATE staff SET name = 'Dr. Sam Lee' WHERE id = 'lee'")
+    for worker in (worker_a, worker_b):
+        _, _, fresh = await worker.business_with_team("clinic")
+        assert fresh[0].name == "Dr. Sam Lee"
+    with pytest.raises(errors.NotFound):
+        await worker_a.business_with_team("no-such-business")
+
+
+async def test_who_answers_a_number_follows_any_workers_change(clinic: Engine) -> None:
+    worker_a = Scheduler(engine=clinic, clock=FixedClock(NOW))
+    worker_b = Scheduler(engine=clinic, clock=FixedClock(NOW))
+    assert (await worker_a.business_by_number("+12025550100")).id == "clinic"
+    with statements(clinic) as seen:
+        assert (await worker_a.business_by_number("+1 202 555 0100")).id == "clinic"
+    assert not [q for q in seen if "FROM business" in q], seen
+    with pytest.raises(errors.NotFound):
+        await worker_a.business_by_number("+12025550199")
+
+    # Another worker adds a business with that number; the first sees it on its next call.
+    with session_scope(clinic, write=True) as s:
+        s.add(
+            Business(
+                id="salon",
+                name="Salon",
+                timezone="America/New_York",
+                phone_numbers=["+12025550199"],
+            )
+        )
+    assert (await worker_b.business_by_number("+12025550199")).id == "salon"
+    assert (await worker_a.business_by_number("+12025550199")).id == "salon"
+    # And by hand in SQL: the clinic gives its number up.
+    run(clinic, "UPDATE business SET phone_numbers = '[]' WHERE id = 'clinic'")
+    with pytest.raises(errors.NotFound):
+        await worker_a.business_by_number("+12025550100")
+
+
 async def test_a_booking_that_fails_leaves_the_cached_catalogue_usable(clinic: Engine) -> None:
     scheduler = Scheduler(engine=clinic, clock=FixedClock(NOW))
     await lee_starts(scheduler)
