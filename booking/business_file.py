@@ -39,6 +39,7 @@ from booking import phones
 from booking.db import session_scope
 from booking.errors import InvalidRequest, NotFound
 from booking.models import Business, Service, Staff
+from booking.reminders import DEFAULT_QUIET, ReminderSettings, ServiceReminders, format_offset
 from booking.rules import DAYS, MAX_TIME_OFF, Availability, Override, TimeOff, WeeklyHours
 from booking.safe_load import MAX_BYTES, DocumentError, load_document
 from booking.slots import MAX_BLOCK
@@ -110,6 +111,9 @@ class BusinessInfo(BaseModel):
     transfer_number: Phone | None = None
     greeting: Text | None = None
     policies: Text | None = None
+    address: Text | None = None
+    # When and what callers are reminded (default: 24 h and 2 h before); false: never.
+    reminders: ReminderSettings | Literal[False] | None = None
 
 
 class ServiceEntry(BaseModel):
@@ -123,6 +127,7 @@ class ServiceEntry(BaseModel):
     max_days_ahead: Annotated[int, Field(strict=True, ge=1, le=3660)] = 60  # ten years
     slot_step_minutes: Minutes = 15
     staff: Annotated[list[Slug], Field(min_length=1)]
+    reminders: ServiceReminders | Literal[False] | None = None  # the business's, unless set
 
     @model_validator(mode="after")
     def _fits_a_day(self) -> ServiceEntry:
@@ -392,13 +397,47 @@ def _assign(row: Any, values: dict[str, Any]) -> bool:
 
 
 def _business_values(info: BusinessInfo) -> dict[str, Any]:
-    return info.model_dump(exclude={"id"})
+    values = info.model_dump(exclude={"id", "reminders"})
+    values["reminders"] = _reminders_json(info.reminders)
+    return values
 
 
 def _service_values(entry: ServiceEntry) -> dict[str, Any]:
-    values = entry.model_dump(exclude={"staff"})
+    values = entry.model_dump(exclude={"staff", "reminders"})
     values["staff_ids"] = list(entry.staff)
+    values["reminders"] = _reminders_json(entry.reminders)
     return values
+
+
+def _reminders_json(
+    value: ReminderSettings | ServiceReminders | Literal[False] | None,
+) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if value is False:
+        return {"enabled": False}
+    return value.model_dump(exclude_none=isinstance(value, ServiceReminders))
+
+
+def _export_reminders(stored: dict[str, Any] | None) -> Any:
+    """The file's `reminders:` for what is stored: defaults left out, times as "24h"."""
+    if not stored:
+        return None
+    if stored == {"enabled": False}:
+        return False
+    defaults = ReminderSettings().model_dump()
+    out: dict[str, Any] = {}
+    for key, value in stored.items():
+        if value is None and key != "quiet_hours":
+            continue
+        if key in defaults and defaults[key] == value and key != "enabled":
+            continue
+        if key == "enabled" and value is True:
+            continue
+        out[key] = [format_offset(m) for m in value] if key == "before" else value
+    if out.get("quiet_hours", DEFAULT_QUIET) is None:
+        out["quiet_hours"] = "off"
+    return out or None
 
 
 def staff_values(entry: StaffEntry) -> dict[str, Any]:
@@ -462,6 +501,8 @@ def _export_info(row: Business) -> dict[str, Any]:
             "transfer_number": row.transfer_number,
             "greeting": row.greeting,
             "policies": row.policies,
+            "address": row.address,
+            "reminders": _export_reminders(row.reminders),
         }
     )
 
@@ -469,7 +510,7 @@ def _export_info(row: Business) -> dict[str, Any]:
 _SERVICE_DEFAULTS = {
     name: info.default
     for name, info in ServiceEntry.model_fields.items()
-    if name not in {"id", "name", "duration_minutes", "staff"}
+    if name not in {"id", "name", "duration_minutes", "staff", "reminders"}
 }
 
 
@@ -479,6 +520,9 @@ def _export_service(row: Service) -> dict[str, Any]:
         if getattr(row, name) != default:
             out[name] = getattr(row, name)
     out["staff"] = list(row.staff_ids)
+    reminders = _export_reminders(row.reminders)
+    if reminders is not None:
+        out["reminders"] = reminders
     return out
 
 

@@ -76,6 +76,11 @@ class Business(SQLModel, table=True):
     transfer_number: str | None = None
     greeting: str | None = None
     policies: str | None = None
+    address: str | None = None
+    # booking.reminders.ReminderSettings as JSON; None: the defaults (24 h and 2 h before)
+    reminders: dict[str, Any] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON, nullable=True)
+    )
 
 
 class Service(SQLModel, table=True):
@@ -90,6 +95,10 @@ class Service(SQLModel, table=True):
     slot_step_minutes: int = 15
     staff_ids: list[str] = json_field(list)
     position: int = 0
+    # booking.reminders.ServiceReminders as JSON; None: the business's settings
+    reminders: dict[str, Any] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON, nullable=True)
+    )
 
 
 class Staff(SQLModel, table=True):
@@ -193,6 +202,7 @@ class Appointment(SQLModel, table=True):
     sync_state: str = "not_synced"
     created_at: datetime = utc_field(nullable=False, default=utcnow)
     updated_at: datetime = utc_field(nullable=False, default=utcnow)
+    caller_confirmed_at: datetime | None = utc_field(nullable=True)  # "C" to a reminder
 
 
 class Lead(SQLModel, table=True):
@@ -241,7 +251,8 @@ class SyncState(StrEnum):
 class OutboxEvent(SQLModel, table=True):
     """A domain event written in the same transaction as the change it describes.
 
-    Types: booking.created, booking.cancelled, booking.rescheduled, lead.created. Delivery
+    Types: booking.created, booking.cancelled, booking.rescheduled, booking.confirmed,
+    lead.created. Delivery
     (webhooks) reads from here; nothing is lost if delivery is down when the change happens.
     """
 
@@ -267,6 +278,13 @@ class SmsStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # not sent: its appointment was cancelled or moved, or opted out
+
+
+class SmsKind(StrEnum):
+    CONFIRMATION = "confirmation"
+    REMINDER = "reminder"
+    REPLY = "reply"
 
 
 class SmsMessage(SQLModel, table=True):
@@ -281,6 +299,8 @@ class SmsMessage(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("business_id", "key", name="uq_sms_message_key"),
         sa.Index("ix_sms_message_due", "status", "next_attempt_at"),
+        sa.Index("ix_sms_message_appointment", "appointment_id"),
+        sa.Index("ix_sms_message_sid", "sid"),
     )
     id: str = Field(default_factory=lambda: new_id("sms"), primary_key=True, max_length=64)
     business_id: str = Field(foreign_key="business.id", max_length=64)
@@ -297,3 +317,38 @@ class SmsMessage(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     created_at: datetime = utc_field(nullable=False, default=utcnow)
     sent_at: datetime | None = utc_field(nullable=True)
+    kind: str | None = Field(default=None, max_length=16)  # SmsKind
+    appointment_id: str | None = Field(default=None, max_length=64)
+    # Twilio's status callbacks: queued, sent, delivered, undelivered, failed (and ErrorCode)
+    delivery_status: str | None = Field(default=None, max_length=24)
+    delivery_error: str | None = Field(default=None, max_length=16)
+    delivery_at: datetime | None = utc_field(nullable=True)
+
+
+class SmsOptOut(SQLModel, table=True):
+    """A caller's STOP (or START) to one business number; honoured before every text from it."""
+
+    __tablename__ = "sms_opt_out"
+    sender: str = Field(primary_key=True, max_length=40)
+    phone: str = Field(primary_key=True, max_length=40)
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    opted_out: bool
+    source: str = Field(max_length=40)  # the keyword, or "twilio 21610"
+    changed_at: datetime = utc_field(nullable=False)
+
+
+class InboundSms(SQLModel, table=True):
+    """A text a caller sent us, once per Twilio MessageSid (a retried webhook finds it here and
+    gets the same answer), with what we made of it."""
+
+    __tablename__ = "inbound_sms"
+    __table_args__ = (sa.Index("ix_inbound_sms_from", "business_id", "from_number"),)
+    message_sid: str = Field(primary_key=True, max_length=64)
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    from_number: str = Field(max_length=40)
+    to_number: str = Field(max_length=40)
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    handled_as: str = Field(max_length=24)
+    appointment_id: str | None = Field(default=None, max_length=64)
+    reply: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    received_at: datetime = utc_field(nullable=False)

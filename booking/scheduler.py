@@ -48,10 +48,12 @@ from booking.models import (
     LeadOutcome,
     OutboxEvent,
     Service,
+    SmsMessage,
     Staff,
     SyncState,
 )
 from booking.recurrence import MAX_YEAR, MIN_YEAR
+from booking.reminders import void_reminders
 from booking.rules import STORED, Availability, Interval
 from booking.slots import (
     MAX_BLOCK,
@@ -718,6 +720,7 @@ class Scheduler:
                 row.sync_state = SyncState.NOT_SYNCED.value  # the calendar event must go
             s.add(row)
             s.flush()
+            void_reminders(s, row.id, now)
             _emit(s, "booking.cancelled", appointment_payload(row, s.get(Contact, row.contact_id)))
             return row
 
@@ -766,6 +769,7 @@ class Scheduler:
             current.updated_at = now
             s.add(current)
             s.flush()
+            void_reminders(s, current.id, now)
             row = _new_appointment(
                 ctx,
                 new_staff,
@@ -798,6 +802,74 @@ class Scheduler:
             return row
 
         return await self._write_back(await self._write(write))
+
+    async def confirm_by_caller(
+        self, *, business_id: str, appointment_id: str, phone: str, now: datetime | None = None
+    ) -> Appointment:
+        """The caller said yes to a reminder: mark their own appointment confirmed by them
+        (once; a second "C" keeps the first time)."""
+        now = self._now(now)
+
+        def write(s: Session) -> Appointment:
+            row = _own_appointment(s, business_id, appointment_id, phone)
+            if row.status != AppointmentStatus.CONFIRMED:
+                raise errors.AppointmentNotActive(f"appointment {row.id} is already {row.status}")
+            if row.caller_confirmed_at is None:
+                row.caller_confirmed_at = now
+                row.updated_at = now
+                s.add(row)
+                s.flush()
+                _emit(
+                    s,
+                    "booking.confirmed",
+                    appointment_payload(row, s.get(Contact, row.contact_id)),
+                )
+            return row
+
+        return await self._write(write)
+
+    async def next_for_caller(
+        self, *, business_id: str, phone: str, now: datetime | None = None
+    ) -> Appointment | None:
+        """The caller's appointment a text reply is about: the one we last texted them about
+        (a reminder or confirmation) while it is still ahead, else their next one."""
+        now = self._now(now)
+        number = check_phone(phone)
+
+        def load(s: Session) -> Appointment | None:
+            contact = s.exec(
+                select(Contact).where(Contact.business_id == business_id, Contact.phone == number)
+            ).first()
+            if contact is None:
+                return None
+            ahead = list(
+                s.exec(
+                    select(Appointment)
+                    .where(
+                        Appointment.business_id == business_id,
+                        Appointment.contact_id == contact.id,
+                        Appointment.status == AppointmentStatus.CONFIRMED.value,
+                        col(Appointment.start) > now,
+                    )
+                    .order_by(col(Appointment.start))
+                    .limit(20)
+                )
+            )
+            if not ahead:
+                return None
+            texted = s.exec(
+                select(SmsMessage.appointment_id)
+                .where(
+                    SmsMessage.business_id == business_id,
+                    SmsMessage.to_number == number,
+                    col(SmsMessage.appointment_id).in_([a.id for a in ahead]),
+                )
+                .order_by(col(SmsMessage.created_at).desc())
+                .limit(1)
+            ).first()
+            return next((a for a in ahead if a.id == texted), ahead[0])
+
+        return await self._db(load)
 
     async def get_appointment(self, *, business_id: str | None, appointment_id: str) -> Appointment:
         return await self._db(lambda s: _own_appointment(s, business_id, appointment_id, None))

@@ -18,7 +18,13 @@ from sqlmodel import Field, SQLModel
 from booking.models import UTCDateTime, new_id, utcnow
 
 # What an owner can subscribe to; the outbox's domain events.
-EVENT_TYPES = ("booking.created", "booking.cancelled", "booking.rescheduled", "lead.created")
+EVENT_TYPES = (
+    "booking.created",
+    "booking.cancelled",
+    "booking.rescheduled",
+    "booking.confirmed",  # the caller answered a reminder with "C"
+    "lead.created",
+)
 TEST_EVENT_TYPE = "webhook.test"
 
 

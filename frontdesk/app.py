@@ -23,6 +23,7 @@ from agent.llm import make_llm, warm_up
 from booking.calls import CallLog
 from booking.conversations import ConversationStore
 from booking.scheduler import Scheduler
+from booking.sms_outbox import SmsStore
 from calendars import web as calendar_web
 from dashboard import api, http_errors, staff_api, web, webhooks
 from dashboard.web import auth as web_auth
@@ -31,8 +32,9 @@ from frontdesk import draining, jobs, metrics, web_security
 from frontdesk.readiness import Readiness
 from frontdesk.settings import Settings
 from frontdesk.wiring import build_scheduler, calendar_service, llm_config
-from telephony import voice
+from telephony import messaging, voice
 from telephony.signature import TwilioSignature
+from telephony.sms_replies import SmsReplies
 from telephony.switchboard import Switchboard
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,12 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
             texts = jobs.sms_outbox(settings, app.state.scheduler)
             if texts is not None:
                 stack.push_async_callback(texts.aclose)
+            app.state.sms_replies = SmsReplies(
+                app.state.scheduler,
+                texts.store
+                if texts is not None
+                else SmsStore.over(app.state.scheduler.engine, app.state.scheduler.clock),
+            )
             if getattr(app.state, "switchboard", None) is None:
                 app.state.switchboard = build_switchboard(settings, app.state.scheduler)
                 app.state.switchboard.texts = texts  # durable confirmations (the outbox)
@@ -194,6 +202,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
     app.include_router(api.router)
     app.include_router(staff_api.router)
     app.include_router(voice.router)
+    app.include_router(messaging.router)
     app.include_router(web.router)
     app.include_router(calendar_web.router)
     app.state.calendar_guard = calendar_web.CalendarGuard(

@@ -24,6 +24,7 @@ from booking.db import in_session
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from booking.reminders import ReminderPlanner
     from booking.scheduler import Scheduler
     from calendars.service import CalendarService
     from dashboard.webhooks import WebhookDispatcher
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPIRY_LEASE = "calls.expire"
+REMINDER_LEASE = "reminders.plan"
 
 
 @dataclass
@@ -50,6 +52,8 @@ class JobRunner:
     sms: SmsOutbox | None = None
     switchboard: Any = None
     expire_every: float = 60.0
+    reminders: ReminderPlanner | None = None  # runs only with `sms`: it queues into the outbox
+    remind_every: float = 30.0
     lag_every: float = 15.0  # how often the outboxes' lag is reported to the metrics
     owner: str = field(default_factory=claims.new_token)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -70,6 +74,8 @@ class JobRunner:
             self._run("sms", self.sms.run())
         if getattr(self.switchboard, "expire_idle", None) is not None:
             self._run("calls.expire", self._every(self.expire_every, self._expire))
+        if self.reminders is not None and self.sms is not None:
+            self._run("reminders", self._every(self.remind_every, self._remind))
         if self.webhooks is not None or self.sms is not None:
             self._run("lag", self._every(self.lag_every, self.report_lag))
 
@@ -112,6 +118,32 @@ class JobRunner:
                 _job_run("calls.expire", time.perf_counter() - started, ok)
         except Exception:
             log.exception("call expiry failed; trying again next pass")
+
+    async def _remind(self) -> None:
+        """One pass of the reminder planner, by whichever worker holds its lease: due reminders
+        go into the SMS outbox, whose job in every worker sends them."""
+        assert self.reminders is not None
+        now = self.scheduler.clock.now()
+        ttl = timedelta(seconds=max(3 * self.remind_every, 30))
+        try:
+            held = await in_session(
+                self.scheduler.engine,
+                lambda s: claims.hold_lease(s, REMINDER_LEASE, owner=self.owner, now=now, ttl=ttl),
+                write=True,
+            )
+            if not held:
+                return
+            started = time.perf_counter()
+            ok = False
+            try:
+                planned = await self.reminders.plan_due(now=now)
+                ok = True
+                if planned:
+                    log.info("queued %d reminder(s)", len(planned))
+            finally:
+                _job_run("reminders", time.perf_counter() - started, ok)
+        except Exception:
+            log.exception("reminder planning failed; trying again next pass")
 
     async def report_lag(self) -> None:
         """How long the most overdue webhook delivery and text have waited past their time
@@ -167,6 +199,7 @@ def sms_outbox(settings: Settings, scheduler: Scheduler) -> SmsOutbox | None:
         account_sid=settings.twilio_account_sid,
         auth_token=token,
         api_base_url=settings.twilio_api_base_url,
+        status_callback=f"{settings.public_base_url.rstrip('/')}/twilio/sms/status",
     )
     return SmsOutbox(SmsStore.over(scheduler.engine), sender, observer=_count_sms)
 
@@ -197,6 +230,8 @@ def job_runner(
     switchboard: Any,
 ) -> JobRunner:
     """The runner of every job, from settings (`FRONTDESK_CALENDAR_SYNC_SECONDS`, ...)."""
+    from booking.reminders import ReminderPlanner
+
     return JobRunner(
         scheduler=scheduler,
         calendars=calendars,
@@ -205,6 +240,8 @@ def job_runner(
         webhooks=webhooks,
         sms=sms,
         switchboard=switchboard,
+        reminders=ReminderPlanner(scheduler.engine, scheduler.clock) if sms is not None else None,
+        remind_every=settings.reminder_seconds,
     )
 
 

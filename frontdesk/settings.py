@@ -162,6 +162,9 @@ class Settings(BaseSettings):
         description="how often calendars without push notifications (CalDAV, "
         "ICS) are checked for changes; 0: only at each sync",
     )
+    reminder_seconds: float = Field(
+        default=30, gt=0, description="how often due appointment reminders are queued"
+    )
     calendar_horizon_days: int = Field(default=90, ge=7, le=400)
     calendar_cache_max_age_seconds: float = Field(default=900, gt=0)
     calendar_write_timeout_seconds: float = Field(default=4.0, gt=0)

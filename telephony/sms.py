@@ -137,6 +137,7 @@ class SmsSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Clock | None = None,
         jitter: bool = True,
+        status_callback: str | None = None,
     ) -> None:
         # The SDK's own timeout, so a hung request also frees its worker thread.
         self._http = _AnswerHeaders(timeout=timeout)
@@ -151,6 +152,7 @@ class SmsSender:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._jitter = jitter
         self._timeout = timeout
+        self._status_callback = status_callback  # where Twilio posts each text's status
         self.backoff = backoff
         self._tasks: set[asyncio.Task[SentSms | None]] = set()
 
@@ -219,7 +221,10 @@ class SmsSender:
 
     def _post(self, sms: Sms) -> str:
         try:
-            message = self._client.messages.create(to=sms.to, from_=sms.from_, body=sms.body)
+            extra = {"status_callback": self._status_callback} if self._status_callback else {}
+            message = self._client.messages.create(
+                to=sms.to, from_=sms.from_, body=sms.body, **extra
+            )
         except TwilioRestException as exc:
             # In the worker thread that received the answer, whose Retry-After it was.
             wait = parse_retry_after(self._http.retry_after, self._clock.now())

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 BACKOFF: tuple[float, ...] = (10, 30, 120, 600, 1800, 3600)  # seconds before attempt n + 2
 LEASE = timedelta(seconds=60)  # longer than one post's time limit (the sender's timeout + 1 s)
 POLL_INTERVAL = 2.0
+UNSUBSCRIBED = 21610  # Twilio: "Attempt to send to unsubscribed recipient"
 
 
 class SmsOutbox:
@@ -61,7 +62,15 @@ class SmsOutbox:
     def max_attempts(self) -> int:
         return len(self.backoff) + 1
 
-    async def queue(self, *, business_id: str, key: str, sms: Sms) -> bool:
+    async def queue(
+        self,
+        *,
+        business_id: str,
+        key: str,
+        sms: Sms,
+        kind: str | None = None,
+        appointment_id: str | None = None,
+    ) -> bool:
         """Keep `sms` under `key` and start sending it; False if `key` was queued before."""
         sms_id = await self.store.enqueue(
             business_id=business_id,
@@ -69,6 +78,8 @@ class SmsOutbox:
             to_number=sms.to,
             from_number=sms.from_,
             body=sms.body,
+            kind=kind,
+            appointment_id=appointment_id,
         )
         if sms_id is None:
             return False
@@ -96,8 +107,17 @@ class SmsOutbox:
             if not busy:
                 await asyncio.sleep(self.poll_interval)
 
+    def send_soon(self, sms_id: str) -> None:
+        """Start sending a text queued in the store by someone else (the reminder planner)."""
+        self._spawn(self._send_now(sms_id), name=f"sms {sms_id}")
+
     async def _send(self, due: ClaimedSms) -> None:
         sms = Sms(to=due.to_number, from_=due.from_number, body=due.body)
+        if not await self.store.still_pending(due):
+            # Voided since it was claimed (its appointment was cancelled or moved, or the
+            # number opted out): what voided it stands.
+            log.info("SMS %s (%s) is no longer to be sent", due.id, due.key)
+            return
         try:
             sid = await self.sender.post_once(sms)
         except SmsNotSent as refused:
@@ -114,6 +134,16 @@ class SmsOutbox:
         error = f"{type(refused.cause).__name__}: {refused}"
         if refused.code is not None:
             error = f"Twilio error {refused.code}: {refused}"
+        if refused.code == UNSUBSCRIBED:
+            # The carrier or Twilio holds a STOP we never saw: record it, so nothing else from
+            # this number is posted to them until they text START.
+            await self.store.set_opt_out(
+                business_id=due.business_id,
+                sender=due.from_number,
+                phone=due.to_number,
+                opted_out=True,
+                source=f"twilio {UNSUBSCRIBED}",
+            )
         if not refused.retryable or attempts >= self.max_attempts:
             log.error("giving up on SMS %s after %d attempt(s): %s", due.id, attempts, error)
             await self.store.failed(due, error=error, retry_in=None)

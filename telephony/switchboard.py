@@ -50,7 +50,15 @@ KEEP_ENDED = timedelta(days=7)  # an ended conversation's saved state, for late 
 class Texts(Protocol):
     """The durable SMS outbox (`telephony.sms_outbox.SmsOutbox`): one text per key, ever."""
 
-    async def queue(self, *, business_id: str, key: str, sms: Sms) -> bool: ...
+    async def queue(
+        self,
+        *,
+        business_id: str,
+        key: str,
+        sms: Sms,
+        kind: str | None = None,
+        appointment_id: str | None = None,
+    ) -> bool: ...
 
 
 @dataclass
@@ -381,7 +389,13 @@ class Switchboard:
         )
         sms = Sms(to=contact.phone, from_=sender, body=body)
         if self.texts is not None:
-            await self.texts.queue(business_id=business.id, key=key, sms=sms)
+            await self.texts.queue(
+                business_id=business.id,
+                key=key,
+                sms=sms,
+                kind="confirmation",
+                appointment_id=appointment_id,
+            )
         elif self.sms is not None:
             self.sms.send(sms)
 

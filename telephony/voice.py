@@ -36,13 +36,13 @@ from telephony.wire import (
     CallStatusUpdate,
     ConnectAction,
     DialAction,
-    Form,
     GatherResult,
     IncomingCall,
+    WebhookForm,
 )
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Form)
+F = TypeVar("F", bound=WebhookForm)
 
 NOT_IN_SERVICE = "Sorry, this number is not set up to take calls yet. Goodbye."
 TRANSFER_FAILED = (

@@ -135,15 +135,10 @@ class Handoff(BaseModel):
 # ---- Voice webhooks (application/x-www-form-urlencoded) ------------------------------------
 
 
-class Form(BaseModel):
-    """A voice webhook's form: what every callback carries."""
+class WebhookForm(BaseModel):
+    """A webhook's form (voice or messaging), parsed from its fields."""
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-    call_sid: Sid = Field(alias="CallSid")
-    from_number: Address | None = Field(default=None, alias="From")
-    to_number: Address | None = Field(default=None, alias="To")
-    call_status: str | None = Field(default=None, alias="CallStatus", max_length=32)
 
     @classmethod
     def parse(cls, form: Mapping[str, Any]) -> Self:
@@ -154,6 +149,15 @@ class Form(BaseModel):
     @classmethod
     def _printable(cls, values: Any) -> Any:
         return _no_control_characters(values) if isinstance(values, Mapping) else values
+
+
+class Form(WebhookForm):
+    """A voice webhook's form: what every callback carries."""
+
+    call_sid: Sid = Field(alias="CallSid")
+    from_number: Address | None = Field(default=None, alias="From")
+    to_number: Address | None = Field(default=None, alias="To")
+    call_status: str | None = Field(default=None, alias="CallStatus", max_length=32)
 
     @field_validator("from_number", "to_number", mode="before")
     @classmethod
@@ -215,4 +219,31 @@ class CallStatusUpdate(Form):
     @field_validator("call_duration", mode="before")
     @classmethod
     def _blank_duration(cls, value: Any) -> Any:
+        return value or None
+
+
+# ---- Messaging webhooks ------------------------------------------------------------------------
+
+MAX_SMS_BODY = 1600  # Twilio's longest message (ten concatenated segments)
+
+
+class IncomingSms(WebhookForm):
+    """`POST /twilio/sms`: a text to the business's number."""
+
+    message_sid: Sid = Field(alias="MessageSid")
+    from_number: Address = Field(alias="From", min_length=1)
+    to_number: Address = Field(alias="To", min_length=1)
+    body: str = Field(default="", alias="Body", max_length=MAX_SMS_BODY)
+
+
+class SmsStatusUpdate(WebhookForm):
+    """`POST /twilio/sms/status`: an outbound text's status (queued, sent, delivered, ...)."""
+
+    message_sid: Sid = Field(alias="MessageSid")
+    message_status: str = Field(alias="MessageStatus", pattern=r"^[a-z_]{1,32}$")
+    error_code: str | None = Field(default=None, alias="ErrorCode", pattern=r"^\d{1,10}$")
+
+    @field_validator("error_code", mode="before")
+    @classmethod
+    def _blank_code(cls, value: Any) -> Any:
         return value or None

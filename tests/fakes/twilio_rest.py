@@ -5,7 +5,10 @@ is what the tests exercise.
 token) and form fields `To`, `From`, `Body` answers 201 with a Message resource (`sid` "SM...",
 `status` "queued", ...), as documented. Errors use Twilio's error body (`code`, `message`,
 `more_info`, `status`). `fail_next(n)` makes the next `n` sends answer 500 first, to prove retry
-(`status=` another status, `retry_after=` with that `Retry-After` header).
+(`status=` another status, `retry_after=` with that `Retry-After` header). `unsubscribe(number)`
+stands for a STOP Twilio holds: sends to it answer 400 with error 21610 ("Attempt to send to
+unsubscribed recipient"). A send's optional `StatusCallback` is kept on the message
+(`status_callback`), for a test to post the callbacks Twilio would.
 
     rest = FakeTwilioRest(account_sid="AC...", auth_token="...").start()
     ... Settings(twilio_api_base_url=rest.base_url) ...
@@ -38,6 +41,7 @@ class SentMessage:
     to: str
     from_: str
     body: str
+    status_callback: str | None = None
 
 
 class FakeTwilioRest:
@@ -47,6 +51,7 @@ class FakeTwilioRest:
         self.messages: list[SentMessage] = []
         self.attempts = 0
         self._failures: list[tuple[int, str | None]] = []
+        self.unsubscribed: set[str] = set()
         self._changed = threading.Condition()
         app = Starlette(
             routes=[
@@ -73,6 +78,9 @@ class FakeTwilioRest:
         """The next `count` sends answer `status`, with `Retry-After: retry_after` when set."""
         with self._changed:
             self._failures.extend([(status, retry_after)] * count)
+
+    def unsubscribe(self, number: str) -> None:
+        self.unsubscribed.add(number)
 
     def wait_for(self, count: int, *, timeout: float = 5.0) -> list[SentMessage]:
         """Block until `count` messages were accepted; the messages so far."""
@@ -103,11 +111,19 @@ class FakeTwilioRest:
                 answer.headers["Retry-After"] = retry_after
             return answer
         to, from_, body = (str(form.get(k) or "") for k in ("To", "From", "Body"))
+        if to in self.unsubscribed:
+            return _error(400, 21610, "Attempt to send to unsubscribed recipient")
         if not to.startswith("+"):
             return _error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
         if not body:
             return _error(400, 21602, "Message body is required.")
-        message = SentMessage(sid="SM" + uuid.uuid4().hex, to=to, from_=from_, body=body)
+        message = SentMessage(
+            sid="SM" + uuid.uuid4().hex,
+            to=to,
+            from_=from_,
+            body=body,
+            status_callback=form.get("StatusCallback") or None,
+        )
         with self._changed:
             self.messages.append(message)
             self._changed.notify_all()
