@@ -99,6 +99,11 @@ MAX_BLOCK_MINUTES = int(MAX_BLOCK.total_seconds() // 60)
 NonNegativeMinutes = Annotated[int, Field(strict=True, ge=0)]
 
 
+def _off(value: Any) -> Any:
+    # `reminders: false` is short for `reminders: {enabled: false}`.
+    return {"enabled": False} if value is False else value
+
+
 # --- the schema ---------------------------------------------------------------------------------
 
 
@@ -113,7 +118,7 @@ class BusinessInfo(BaseModel):
     policies: Text | None = None
     address: Text | None = None
     # When and what callers are reminded (default: 24 h and 2 h before); false: never.
-    reminders: ReminderSettings | Literal[False] | None = None
+    reminders: Annotated[ReminderSettings | None, BeforeValidator(_off)] = None
 
 
 class ServiceEntry(BaseModel):
@@ -127,7 +132,7 @@ class ServiceEntry(BaseModel):
     max_days_ahead: Annotated[int, Field(strict=True, ge=1, le=3660)] = 60  # ten years
     slot_step_minutes: Minutes = 15
     staff: Annotated[list[Slug], Field(min_length=1)]
-    reminders: ServiceReminders | Literal[False] | None = None  # the business's, unless set
+    reminders: Annotated[ServiceReminders | None, BeforeValidator(_off)] = None  # else business's
 
     @model_validator(mode="after")
     def _fits_a_day(self) -> ServiceEntry:
@@ -409,12 +414,10 @@ def _service_values(entry: ServiceEntry) -> dict[str, Any]:
     return values
 
 
-def _reminders_json(
-    value: ReminderSettings | ServiceReminders | Literal[False] | None,
-) -> dict[str, Any] | None:
+def _reminders_json(value: ReminderSettings | ServiceReminders | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    if value is False:
+    if value.enabled is False:
         return {"enabled": False}
     return value.model_dump(exclude_none=isinstance(value, ServiceReminders))
 

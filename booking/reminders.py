@@ -313,6 +313,37 @@ def segments(text: str) -> Segments:
     return Segments("GSM-7", units, 1 if units <= 160 else math.ceil(units / 153))
 
 
+def longest_texts(
+    settings: ReminderSettings,
+    overrides: dict[str, ServiceReminders | None],
+    *,
+    business: str,
+    address: str | None,
+    services: dict[str, str],
+    staff: list[str],
+) -> list[tuple[str, Segments]]:
+    """Each service's reminder rendered at its longest (the longest staff name, a 10-letter
+    caller name, a two-digit date at 10:00) with its segment count, for the importer to warn
+    about texts that take more than one."""
+    out: list[tuple[str, Segments]] = []
+    start = datetime(2026, 12, 30, 10, 0, tzinfo=UTC)
+    for service_id, name in services.items():
+        override = overrides.get(service_id)
+        text = (override.text if override is not None else None) or settings.text
+        body = render(
+            text,
+            name="Alexandrina",
+            service=name,
+            staff=max(staff, key=len, default=""),
+            start=start,
+            tz=ZoneInfo("UTC"),
+            business=business,
+            address=address,
+        )
+        out.append((service_id, segments(body)))
+    return out
+
+
 # ---- queueing --------------------------------------------------------------------------------
 
 

@@ -325,7 +325,34 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     result = import_business(scheduler.engine, data)
     verb = "created" if result.created else ("updated" if result.changed else "unchanged")
     print(f"{result.business_id}: {verb}")
+    _warn_long_reminders(data)
     return 0
+
+
+def _warn_long_reminders(data: Any) -> None:
+    """Say when a reminder takes more than one SMS segment (each is billed and can arrive
+    apart); the file still imports."""
+    from booking.reminders import ReminderSettings, longest_texts
+
+    settings = data.business.reminders or ReminderSettings()
+    if not settings.enabled:
+        return
+    found = longest_texts(
+        settings,
+        {s.id: s.reminders for s in data.services},
+        business=data.business.name,
+        address=data.business.address,
+        services={s.id: s.name for s in data.services},
+        staff=[m.name for m in data.staff],
+    )
+    for service_id, parts in found:
+        if parts.count > 1:
+            limit = 160 if parts.encoding == "GSM-7" else 70
+            print(
+                f"note: the {service_id} reminder can take {parts.count} SMS segments "
+                f"({parts.units} {parts.encoding} characters; one segment holds {limit})",
+                file=sys.stderr,
+            )
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:

@@ -758,3 +758,58 @@ def test_a_file_source_is_stored_resolved(raw: Raw, tmp_path: Path) -> None:
     data = load_business_file(write(tmp_path / "b.yaml", with_source(raw, "lee.ics")))
     stored = data.staff[0].calendars[0].model_extra or {}
     assert stored["source"] == os.path.realpath(tmp_path / "cal" / "2026.ics")
+
+
+# --- reminders ----------------------------------------------------------------------------------
+
+
+def test_reminder_settings_load_import_and_export(db: Engine, demo: BusinessFile) -> None:
+    assert demo.business.reminders is not None and demo.business.reminders.before == [1440, 120]
+    import_business(db, demo)
+    with session_scope(db) as s:
+        business = s.get(Business, "bright-smile")
+        whitening = s.get(Service, ("bright-smile", "whitening"))
+        assert business is not None and whitening is not None
+        assert business.address == "214 Maple Avenue, Suite 3, Springfield"
+        assert business.reminders is not None and business.reminders["before"] == [1440, 120]
+        assert whitening.reminders == {"before": [2880, 120]}
+    exported = export_business(db, "bright-smile")
+    # The default times and quiet hours are left out; the wording is kept.
+    assert set(exported["business"]["reminders"]) == {"text"}
+    assert exported["services"][2]["reminders"] == {"before": ["48h", "2h"]}
+
+
+def test_reminders_can_be_turned_off(raw: Raw) -> None:
+    raw["business"]["reminders"] = False
+    raw["services"][0]["reminders"] = {"enabled": True, "before": "3h"}
+    raw["services"][1]["reminders"] = False
+    parsed = parse_business(raw)
+    assert parsed.business.reminders is not None and not parsed.business.reminders.enabled
+    first, second = parsed.services[0].reminders, parsed.services[1].reminders
+    assert first is not None and first.before == [180]
+    assert second is not None and second.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "reason"),
+    [
+        ("business", {"before": ["soon"]}, "not a time before the appointment"),
+        ("business", {"text": "Hi {patient}"}, "unknown placeholder {patient}"),
+        ("business", {"quiet_hours": "late"}, "not quiet hours"),
+        ("service", {"before": ["40d"]}, "between 1 minute and 30 days"),
+        ("service", {"sound": "ding"}, "unknown key"),
+    ],
+)
+def test_bad_reminder_settings_name_their_path(
+    raw: Raw, where: str, value: object, reason: str
+) -> None:
+    if where == "business":
+        raw["business"]["reminders"] = value
+    else:
+        raw["services"][0]["reminders"] = value
+    found = problems_of(raw)
+    assert any(
+        path.startswith(f"{'business' if where == 'business' else 'services[0]'}")
+        and reason in text
+        for path, text in found
+    ), found

@@ -43,6 +43,20 @@ def test_import_is_idempotent_and_export_round_trips(capsys, tmp_path) -> None: 
     assert run(capsys, "import", str(edited))[:2] == (0, "bright-smile: updated\n")
 
 
+def test_import_notes_a_reminder_that_takes_more_than_one_sms(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert run(capsys, "import", str(DEMO))[2] == ""  # the demo's reminders fit one segment
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["services"][1]["reminders"] = {"text": "{business}: " + "à bientôt " * 8 + "{date}"}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    code, _, err = run(capsys, "import", str(edited))
+    assert code == 0
+    assert err == (
+        "note: the checkup reminder can take 2 SMS segments (111 UCS-2 characters; one "
+        "segment holds 70)\n"
+    )
+
+
 def test_bad_business_file_names_the_field_and_exits_non_zero(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.yaml"
     text = DEMO.read_text().replace("America/New_York", "America/Nowhere", 1)
