@@ -203,6 +203,8 @@ class Appointment(SQLModel, table=True):
     created_at: datetime = utc_field(nullable=False, default=utcnow)
     updated_at: datetime = utc_field(nullable=False, default=utcnow)
     caller_confirmed_at: datetime | None = utc_field(nullable=True)  # "C" to a reminder
+    attendance: str | None = Field(default=None, max_length=16)  # Attendance, marked by staff
+    attendance_at: datetime | None = utc_field(nullable=True)
 
 
 class Lead(SQLModel, table=True):
@@ -279,6 +281,11 @@ class SmsStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"  # not sent: its appointment was cancelled or moved, or opted out
+
+
+class Attendance(StrEnum):
+    ATTENDED = "attended"
+    NO_SHOW = "no_show"
 
 
 class SmsKind(StrEnum):

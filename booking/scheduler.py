@@ -41,6 +41,7 @@ from booking.idempotency import insert_once
 from booking.models import (
     Appointment,
     AppointmentStatus,
+    Attendance,
     Business,
     Contact,
     Hold,
@@ -827,6 +828,52 @@ class Scheduler:
             return row
 
         return await self._write(write)
+
+    async def mark_attendance(
+        self,
+        *,
+        business_id: str,
+        appointment_id: str,
+        attendance: Attendance | None,
+        now: datetime | None = None,
+    ) -> Appointment:
+        """Staff say whether the caller came (None: unmark). Only a confirmed appointment that
+        has started can be marked."""
+        now = self._now(now)
+
+        def write(s: Session) -> Appointment:
+            row = _own_appointment(s, business_id, appointment_id, None)
+            if row.status != AppointmentStatus.CONFIRMED:
+                raise errors.AppointmentNotActive(f"appointment {row.id} is {row.status}")
+            if attendance is not None and row.start > now:
+                raise errors.InvalidRequest("an appointment can be marked once it has started")
+            row.attendance = attendance.value if attendance is not None else None
+            row.attendance_at = now if attendance is not None else None
+            row.updated_at = now
+            s.add(row)
+            s.flush()
+            return row
+
+        return await self._write(write)
+
+    async def no_shows(self, *, business_id: str, contact_ids: Sequence[str]) -> dict[str, int]:
+        """How many appointments each contact missed (marked no-show), for leads and contacts."""
+        if not contact_ids:
+            return {}
+
+        def load(s: Session) -> dict[str, int]:
+            query = (
+                sa.select(col(Appointment.contact_id), sa.func.count())
+                .where(
+                    col(Appointment.business_id) == business_id,
+                    col(Appointment.attendance) == Attendance.NO_SHOW.value,
+                    col(Appointment.contact_id).in_(list(contact_ids)),
+                )
+                .group_by(col(Appointment.contact_id))
+            )
+            return {cid: int(n) for cid, n in s.execute(query)}
+
+        return await self._db(load)
 
     async def next_for_caller(
         self, *, business_id: str, phone: str, now: datetime | None = None

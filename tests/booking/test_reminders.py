@@ -356,3 +356,34 @@ async def test_business_and_service_settings_change_what_is_sent(
     assert [(p.appointment_id, p.minutes) for p in planned] == [(cleaning.id, 180)]
     [(_, _, body)] = texts(clinic)
     assert body == "Clinic: Teeth cleaning at 10:00 AM, 12 Main St."
+
+
+# ---- attendance -------------------------------------------------------------------------------
+
+
+async def test_staff_mark_attended_or_no_show_once_it_has_started(scheduler: Scheduler) -> None:
+    from booking import errors
+    from booking.models import Attendance
+
+    apt = await book(scheduler, ny(2026, 12, 1, 10, 0))
+    with pytest.raises(errors.InvalidRequest):
+        await scheduler.mark_attendance(
+            business_id="clinic", appointment_id=apt.id, attendance=Attendance.NO_SHOW
+        )
+    later = ny(2026, 12, 1, 11, 0)
+    row = await scheduler.mark_attendance(
+        business_id="clinic", appointment_id=apt.id, attendance=Attendance.NO_SHOW, now=later
+    )
+    assert row.attendance == "no_show" and row.attendance_at == later
+    assert await scheduler.no_shows(business_id="clinic", contact_ids=[apt.contact_id]) == {
+        apt.contact_id: 1
+    }
+    await scheduler.mark_attendance(
+        business_id="clinic", appointment_id=apt.id, attendance=Attendance.ATTENDED, now=later
+    )
+    assert await scheduler.no_shows(business_id="clinic", contact_ids=[apt.contact_id]) == {}
+    await scheduler.cancel(business_id="clinic", appointment_id=apt.id)
+    with pytest.raises(errors.AppointmentNotActive):
+        await scheduler.mark_attendance(
+            business_id="clinic", appointment_id=apt.id, attendance=None, now=later
+        )

@@ -1,5 +1,6 @@
 """Reminders and the text channel: reminder settings per business and service, the business's
-address (for the reminder's wording), a caller's own confirmation of an appointment, what each
+address (for the reminder's wording), a caller's own confirmation of an appointment and whether
+they came (attended / no-show, marked by staff), what each
 text is about and how Twilio says it was delivered, opt-outs per business number, and inbound
 texts kept once per Twilio MessageSid.
 
@@ -26,6 +27,8 @@ def upgrade() -> None:
     op.add_column("business", sa.Column("reminders", sa.JSON(), nullable=True))
     op.add_column("service", sa.Column("reminders", sa.JSON(), nullable=True))
     op.add_column("appointment", sa.Column("caller_confirmed_at", TS, nullable=True))
+    op.add_column("appointment", sa.Column("attendance", sa.String(16), nullable=True))
+    op.add_column("appointment", sa.Column("attendance_at", TS, nullable=True))
     op.add_column("sms_message", sa.Column("kind", sa.String(16), nullable=True))
     op.add_column("sms_message", sa.Column("appointment_id", sa.String(64), nullable=True))
     op.add_column("sms_message", sa.Column("delivery_status", sa.String(24), nullable=True))
@@ -65,6 +68,8 @@ def downgrade() -> None:
     op.drop_index("ix_sms_message_appointment", "sms_message")
     for name in ("delivery_at", "delivery_error", "delivery_status", "appointment_id", "kind"):
         op.drop_column("sms_message", name)
+    op.drop_column("appointment", "attendance_at")
+    op.drop_column("appointment", "attendance")
     op.drop_column("appointment", "caller_confirmed_at")
     op.drop_column("service", "reminders")
     op.drop_column("business", "reminders")
