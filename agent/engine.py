@@ -52,6 +52,15 @@ SNAPSHOT_VERSION = 1
 TOOL_SPECS = Toolbox.specs()
 
 
+TEXT_CHANNEL = (
+    "This conversation is by text message (SMS), not a phone call. Write each reply as a short "
+    "text: one to three plain sentences, no markdown, no lists, no emoji. Write dates and "
+    'times in full ("Tuesday, December 1 at 10:00 AM"). Everything else above applies '
+    "exactly as on the phone: only times the tools returned, and nothing booked, moved or "
+    "cancelled unless the tool said so."
+)
+
+
 @dataclass(frozen=True)
 class CallContext:
     """Who is calling whom, and through which door."""
@@ -59,7 +68,7 @@ class CallContext:
     business_id: str
     caller_phone: str | None  # E.164, Twilio's From
     call_id: str | None  # booking Call row id, if any
-    channel: str  # "relay" | "gather" | "terminal" | "web"
+    channel: str  # "relay" | "gather" | "terminal" | "web" | "sms"
 
 
 @dataclass(frozen=True)
@@ -519,6 +528,9 @@ class Conversation:
                     caller_phone=self.context.caller_phone,
                 )
                 self._messages.insert(0, {"role": "system", "content": prompt})
+                if self.context.channel == "sms":
+                    # After the prompt, so the cached prefix is the phone's.
+                    self._messages.insert(1, {"role": "system", "content": TEXT_CHANNEL})
         return self._facts
 
     def _holder(self) -> str:

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from booking.clock import Clock, SystemClock
 from booking.db import in_session
-from booking.models import ConversationState
+from booking.models import Call, ConversationState
 
 T = TypeVar("T")
 
@@ -164,6 +164,30 @@ class ConversationStore:
                 col(ConversationState.updated_at), col(ConversationState.key)
             ).limit(max(0, limit))
             return [_stored(r) for r in s.exec(stmt).all()]
+
+        return await self._db(read)
+
+    async def open_thread(
+        self, *, business_id: str, channel: str, from_number: str, since: datetime
+    ) -> str | None:
+        """The call SID of the caller's conversation on `channel` (a text thread) that is not
+        ended and was saved at or after `since`; the latest if several."""
+
+        def read(s: Session) -> str | None:
+            stmt = (
+                select(Call.call_sid)
+                .join(ConversationState, col(ConversationState.call_id) == col(Call.id))
+                .where(
+                    ConversationState.business_id == business_id,
+                    ConversationState.channel == channel,
+                    col(ConversationState.ended_at).is_(None),
+                    ConversationState.updated_at >= since,
+                    Call.from_number == from_number,
+                )
+                .order_by(col(ConversationState.updated_at).desc())
+                .limit(1)
+            )
+            return s.exec(stmt).first()
 
         return await self._db(read)
 

@@ -35,6 +35,7 @@ from frontdesk.wiring import build_scheduler, calendar_service, llm_config
 from telephony import messaging, voice
 from telephony.signature import TwilioSignature
 from telephony.sms_replies import SmsReplies
+from telephony.sms_threads import SmsThreads
 from telephony.switchboard import Switchboard
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ def create_app(settings: Settings, *, scheduler: Scheduler | None = None) -> Fas
                     app.state.scheduler.engine, app.state.scheduler.clock
                 )
             stack.push_async_callback(board.aclose)
+            app.state.sms_replies.threads = SmsThreads(board)
             if settings.run_jobs:
                 runner = jobs.job_runner(
                     settings,

@@ -18,6 +18,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from booking.sms_outbox import SmsStore
 from telephony.sms_replies import SmsReplies
+from telephony.sms_threads import SmsThreads
 from telephony.voice import MAX_BODY, signed
 from telephony.wire import IncomingSms, SmsStatusUpdate
 
@@ -36,7 +37,9 @@ def replies(request: Request) -> SmsReplies:
     if found is None:
         scheduler = state.scheduler
         found = state.sms_replies = SmsReplies(
-            scheduler, SmsStore.over(scheduler.engine, scheduler.clock)
+            scheduler,
+            SmsStore.over(scheduler.engine, scheduler.clock),
+            threads=SmsThreads(state.switchboard) if hasattr(state, "switchboard") else None,
         )
     return found
 

@@ -15,8 +15,8 @@ X, or any longer message with the word "cancel" in it ("cancel my appointment"),
 through the same booking function as the phone and the dashboard (calendar write-back,
 webhooks) and answers with the cancellation text. Only the caller's own appointments count,
 matched by the number they text from: the one we last texted them about, else their next.
-Anything else gets the business's number to call (text conversations with the agent come with
-the text channel).
+Anything else ("can I move my cleaning to Friday?") is a text conversation with the agent
+(`telephony.sms_threads`).
 
 A retried webhook (the same MessageSid) is answered from what was recorded the first time.
 """
@@ -35,6 +35,7 @@ from booking.models import Appointment, Business
 from booking.scheduler import Scheduler
 from booking.sms_outbox import SmsStore
 from telephony.sms import Change, confirmation_text
+from telephony.sms_threads import SmsThreads
 from telephony.wire import IncomingSms
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def _when(start: datetime, tz: ZoneInfo) -> str:
 class SmsReplies:
     scheduler: Scheduler
     store: SmsStore
+    threads: SmsThreads | None = None  # text conversations with the agent; None: "call us"
 
     async def handle(self, form: IncomingSms) -> str | None:
         """Act on one inbound text; the reply to send back (None: no reply)."""
@@ -125,6 +127,14 @@ class SmsReplies:
             reply = self._help(business, sender)
         elif kind in (Reply.CONFIRM, Reply.YES, Reply.CANCEL):
             appointment, reply = await self._about_appointment(business, sender, phone, kind)
+        elif kind is Reply.OTHER and self.threads is not None:
+            reply = await self.threads.reply(
+                business=business,
+                phone=phone,
+                sender=sender,
+                body=form.body,
+                message_sid=form.message_sid,
+            )
         elif kind is Reply.OTHER:
             reply = (
                 f"{business.name}: to book or change an appointment, call {sender}. "

@@ -5,6 +5,7 @@ sent once through the outbox, never to a number that opted out."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from telephony.sms import SmsSender
 from telephony.sms_outbox import SmsOutbox
 from telephony.sms_replies import Reply, classify
 from tests.conftest import NOW, count_rows
-from tests.fakes.llm_server import FakeLLM
+from tests.fakes.llm_server import Call, FakeLLM, Text, ToolCalls
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_voice import TwiML
 from tests.telephony.conftest import ACCOUNT_SID, CALLER, CLINIC, TOKEN, Desk, running_desk
@@ -193,7 +194,11 @@ async def test_stop_opts_out_start_opts_back_in_and_help_says_how(desk: Desk) ->
     assert "confirmed" in (message(await text(desk, "yes")) or "")
     assert not await store.opted_out(sender=CLINIC, phone=CALLER)
     assert status_of(desk.engine, mine.id)[1] is not None
-    assert "call" in (message(await text(desk, "do you have parking?")) or "").lower()
+    # Anything else is a question for the agent.
+    desk.llm.script(Text("Yes, free parking behind the building."))
+    assert message(await text(desk, "do you have parking?")) == (
+        "Yes, free parking behind the building."
+    )
 
 
 async def test_unsigned_and_forged_texts_get_403_and_touch_nothing(desk: Desk) -> None:
@@ -294,3 +299,57 @@ async def test_a_cancellation_while_a_reminder_is_claimed_stops_it(
         assert row.status == SmsStatus.CANCELLED.value
     finally:
         await outbox.aclose()
+
+
+# ---- text to book -----------------------------------------------------------------------------
+
+
+def book_first(name: str) -> Any:
+    def answer(messages: list[dict[str, Any]]) -> ToolCalls:
+        results = [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
+        slot = [r for r in results if "slots" in r][-1]["slots"][0]["slot_id"]
+        return ToolCalls(Call("book_appointment", {"slot_id": slot, "name": name}))
+
+    return answer
+
+
+async def test_a_text_conversation_books_across_workers_and_ends_as_one_lead(desk: Desk) -> None:
+    desk.llm.script(
+        ToolCalls(
+            Call(
+                "check_availability", {"service": "cleaning", "date": "2026-12-07", "staff": "lee"}
+            )
+        ),
+        Text("Dr. Lee has Monday, December 7 at 9:00 AM. Shall I book it?"),
+        book_first("Ann Smith"),
+        Text("Done: Monday, December 7 at 9:00 AM with Dr. Lee."),
+        ToolCalls(Call("end_call"), text="You're welcome, see you Monday!"),
+    )
+    first_sid = next(sids)
+    answer = message(
+        await text(desk, "Hi, can I get a cleaning with Dr. Lee on Monday?", sid=first_sid)
+    )
+    assert answer == "Dr. Lee has Monday, December 7 at 9:00 AM. Shall I book it?"
+    # The next text reaches a worker that never saw the thread.
+    assert desk.board.sessions.pop(first_sid) is not None
+    answer = message(await text(desk, "Yes please, I'm Ann Smith"))
+    assert answer == "Done: Monday, December 7 at 9:00 AM with Dr. Lee."
+    assert (
+        count_rows(desk.engine, "SELECT count(*) FROM appointment WHERE status = 'confirmed'") == 1
+    )
+    assert count_rows(desk.engine, "SELECT count(*) FROM call") == 1  # one thread
+    # Written for a text: the engine told the model so, after the phone's own prompt.
+    notes = [m["content"] for m in desk.llm.requests[-1]["messages"] if m["role"] == "system"]
+    assert len(notes) == 2 and "text message (SMS)" in notes[1]
+    answer = message(await text(desk, "thanks!"))
+    assert answer == "You're welcome, see you Monday!"
+    await desk.board.drain()
+    with desk.engine.connect() as conn:
+        lead = conn.execute(sa.text("SELECT outcome, phone, call_id FROM lead")).one()
+        call = conn.execute(sa.text("SELECT id, call_sid, ended_at FROM call")).one()
+    assert lead.outcome == "booked" and lead.phone == CALLER and lead.call_id == call.id
+    assert call.call_sid == first_sid and call.ended_at is not None
+    # A text after the thread ended starts a new one.
+    desk.llm.script(Text("Hello again! How can I help?"))
+    assert message(await text(desk, "one more question")) == "Hello again! How can I help?"
+    assert count_rows(desk.engine, "SELECT count(*) FROM call") == 2
