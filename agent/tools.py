@@ -36,6 +36,7 @@ from booking.models import Appointment, Business, LeadOutcome, Service, Staff
 from booking.rules import working_ranges
 from booking.scheduler import Scheduler, staff_spec
 from booking.slots import Slot
+from booking.waitlist import Waitlist
 from prompts import spoken_clock
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,16 @@ class TakeMessage(Args):
         description="Where to call back, if not the number they "
         "call from: the digits as they said them, "
         "e.g. '202 555 0123'.",
+    )
+
+
+class JoinWaitlist(Args):
+    service: str = Field(description="The service id from the system prompt.")
+    first_date: Day = Field(description="The first day the caller could come, YYYY-MM-DD.")
+    last_date: Day = Field(description="The last day the caller could come, YYYY-MM-DD.")
+    name: str = Field(min_length=1, description="The caller's name.")
+    staff: str | None = Field(
+        default=None, description="A staff id, only if the caller wants only that person."
     )
 
 
@@ -618,6 +629,42 @@ class Toolbox:
                 "by digit."
             )
         return answer
+
+    @tool(JoinWaitlist)
+    async def join_waitlist(self, args: JoinWaitlist) -> dict[str, Any]:
+        """Put the caller on the waitlist when no time suits them: they get a text if a time
+        opens up between the two dates (held for them briefly; they reply YES to book it).
+        Only when they agree to it; ask their name first."""
+        service = self._service(args.service)
+        staff_id = self._staff(args.staff, service) if args.staff else None
+        if self.caller_phone is None:
+            raise ToolError(
+                "The caller's number is withheld, so no text can reach them: offer to take a "
+                "message instead. Nobody was put on the waitlist."
+            )
+        try:
+            entry = await Waitlist(self.scheduler).join(
+                business_id=self.business_id,
+                phone=self.caller_phone,
+                name=args.name,
+                service_id=service.id,
+                first_day=args.first_date,
+                last_day=args.last_date,
+                staff_id=staff_id,
+                now=self.clock.now(),
+            )
+        except errors.InvalidRequest as exc:
+            raise ToolError(f"{exc}. Nobody was put on the waitlist.") from None
+        if self.state.caller_name is None:
+            self.state.caller_name = args.name
+        return {
+            "waiting": True,
+            "service": service.name,
+            "from": entry.first_day.isoformat(),
+            "to": entry.last_day.isoformat(),
+            "note": "Tell the caller they are on the waitlist and will get a text if a time "
+            "opens up; nothing is booked yet.",
+        }
 
     @tool(Transfer)
     async def transfer_to_human(self, args: Transfer) -> dict[str, Any]:

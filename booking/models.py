@@ -7,7 +7,7 @@ That block is what keeps a staff member busy, and what PostgreSQL's exclusion co
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -292,6 +292,7 @@ class SmsKind(StrEnum):
     CONFIRMATION = "confirmation"
     REMINDER = "reminder"
     REPLY = "reply"
+    WAITLIST = "waitlist"  # a freed time offered to someone waiting
 
 
 class SmsMessage(SQLModel, table=True):
@@ -359,3 +360,37 @@ class InboundSms(SQLModel, table=True):
     appointment_id: str | None = Field(default=None, max_length=64)
     reply: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     received_at: datetime = utc_field(nullable=False)
+
+
+class WaitlistStatus(StrEnum):
+    WAITING = "waiting"
+    OFFERED = "offered"  # a freed slot is held for them; they were texted
+    BOOKED = "booked"
+    REMOVED = "removed"  # by the caller, staff, or its last day passed
+
+
+class WaitlistEntry(SQLModel, table=True):
+    """A caller waiting for a time of a service in a date range (optionally with one staff
+    member). `passed` lists the offers they let go ("staff_id@start" in UTC ISO), so the next
+    one goes to someone else."""
+
+    __tablename__ = "waitlist_entry"
+    __table_args__ = (sa.Index("ix_waitlist_entry_queue", "business_id", "status", "created_at"),)
+    id: str = Field(default_factory=lambda: new_id("wait"), primary_key=True, max_length=64)
+    business_id: str = Field(foreign_key="business.id", max_length=64)
+    contact_id: str = Field(foreign_key="contact.id", max_length=64)
+    phone: str = Field(max_length=40)
+    name: str | None = Field(default=None, max_length=200)
+    service_id: str = Field(max_length=64)
+    staff_id: str | None = Field(default=None, max_length=64)
+    first_day: date
+    last_day: date
+    status: str = Field(default=WaitlistStatus.WAITING.value, max_length=16)
+    passed: list[str] = json_field(list)
+    hold_id: str | None = Field(default=None, max_length=64)
+    offered_start: datetime | None = utc_field(nullable=True)
+    offered_staff_id: str | None = Field(default=None, max_length=64)
+    offer_expires_at: datetime | None = utc_field(nullable=True)
+    appointment_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = utc_field(nullable=False, default=utcnow)
+    updated_at: datetime = utc_field(nullable=False, default=utcnow)

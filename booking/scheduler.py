@@ -492,8 +492,10 @@ class Scheduler:
         start: datetime,
         holder: str,
         now: datetime | None = None,
+        minutes: int | None = None,
     ) -> Hold:
-        """Keep a slot for `hold_minutes` while the caller decides; replaces their earlier hold."""
+        """Keep a slot for `minutes` (default `hold_minutes`) while the caller decides; replaces
+        their earlier hold."""
         now = self._now(now)
         if not holder:
             raise errors.InvalidRequest("a hold needs a holder (the caller)")
@@ -523,7 +525,7 @@ class Scheduler:
                 end=(start + ctx.service.duration).astimezone(UTC),
                 block_start=block[0].astimezone(UTC),
                 block_end=block[1].astimezone(UTC),
-                expires_at=now + timedelta(minutes=self.hold_minutes),
+                expires_at=now + timedelta(minutes=minutes or self.hold_minutes),
                 created_at=now,
             )
             s.add(row)

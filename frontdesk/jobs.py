@@ -1,10 +1,10 @@
 """The background jobs every worker runs (or a separate `frontdesk worker` process): calendar sync
-and upkeep, the webhook outbox, the SMS outbox and call expiry.
+and upkeep, the webhook outbox, the SMS outbox, call expiry, reminders and waitlist offers.
 
 Each job may run in every worker at once: the database decides who does what
 (`booking.claims`). Calendar connections, webhook deliveries and texts are claimed per row;
-call expiry runs under a singleton lease. A worker that dies holding a claim or the lease only
-delays that work until the claim lapses.
+call expiry, the reminder planner and the waitlist's offers run under singleton leases. A
+worker that dies holding a claim or a lease only delays that work until the claim lapses.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from booking.reminders import ReminderPlanner
     from booking.scheduler import Scheduler
+    from booking.waitlist import Waitlist
     from calendars.service import CalendarService
     from dashboard.webhooks import WebhookDispatcher
     from frontdesk.settings import Settings
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EXPIRY_LEASE = "calls.expire"
 REMINDER_LEASE = "reminders.plan"
+WAITLIST_LEASE = "waitlist.offer"
 
 
 @dataclass
@@ -53,7 +55,8 @@ class JobRunner:
     switchboard: Any = None
     expire_every: float = 60.0
     reminders: ReminderPlanner | None = None  # runs only with `sms`: it queues into the outbox
-    remind_every: float = 30.0
+    waitlist: Waitlist | None = None  # likewise
+    remind_every: float = 30.0  # both
     lag_every: float = 15.0  # how often the outboxes' lag is reported to the metrics
     owner: str = field(default_factory=claims.new_token)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -76,6 +79,8 @@ class JobRunner:
             self._run("calls.expire", self._every(self.expire_every, self._expire))
         if self.reminders is not None and self.sms is not None:
             self._run("reminders", self._every(self.remind_every, self._remind))
+        if self.waitlist is not None and self.sms is not None:
+            self._run("waitlist", self._every(self.remind_every, self._offer_waitlist))
         if self.webhooks is not None or self.sms is not None:
             self._run("lag", self._every(self.lag_every, self.report_lag))
 
@@ -120,15 +125,27 @@ class JobRunner:
             log.exception("call expiry failed; trying again next pass")
 
     async def _remind(self) -> None:
-        """One pass of the reminder planner, by whichever worker holds its lease: due reminders
-        go into the SMS outbox, whose job in every worker sends them."""
+        """Queue due reminders into the SMS outbox, whose job in every worker sends them."""
         assert self.reminders is not None
+        planner = self.reminders
+        await self._leased(REMINDER_LEASE, "reminders", lambda now: planner.plan_due(now=now))
+
+    async def _offer_waitlist(self) -> None:
+        """Offer freed times to the waitlist (and pass on offers left unanswered)."""
+        assert self.waitlist is not None
+        waitlist = self.waitlist
+        await self._leased(WAITLIST_LEASE, "waitlist", lambda now: waitlist.offer_due(now=now))
+
+    async def _leased(
+        self, lease: str, job: str, work: Callable[[datetime], Awaitable[list[Any]]]
+    ) -> None:
+        """One pass of `work`, by whichever worker holds `lease`."""
         now = self.scheduler.clock.now()
         ttl = timedelta(seconds=max(3 * self.remind_every, 30))
         try:
             held = await in_session(
                 self.scheduler.engine,
-                lambda s: claims.hold_lease(s, REMINDER_LEASE, owner=self.owner, now=now, ttl=ttl),
+                lambda s: claims.hold_lease(s, lease, owner=self.owner, now=now, ttl=ttl),
                 write=True,
             )
             if not held:
@@ -136,14 +153,14 @@ class JobRunner:
             started = time.perf_counter()
             ok = False
             try:
-                planned = await self.reminders.plan_due(now=now)
+                done = await work(now)
                 ok = True
-                if planned:
-                    log.info("queued %d reminder(s)", len(planned))
+                if done:
+                    log.info("%s: %d queued", job, len(done))
             finally:
-                _job_run("reminders", time.perf_counter() - started, ok)
+                _job_run(job, time.perf_counter() - started, ok)
         except Exception:
-            log.exception("reminder planning failed; trying again next pass")
+            log.exception("%s failed; trying again next pass", job)
 
     async def report_lag(self) -> None:
         """How long the most overdue webhook delivery and text have waited past their time
@@ -231,6 +248,7 @@ def job_runner(
 ) -> JobRunner:
     """The runner of every job, from settings (`FRONTDESK_CALENDAR_SYNC_SECONDS`, ...)."""
     from booking.reminders import ReminderPlanner
+    from booking.waitlist import Waitlist
 
     return JobRunner(
         scheduler=scheduler,
@@ -241,6 +259,7 @@ def job_runner(
         sms=sms,
         switchboard=switchboard,
         reminders=ReminderPlanner(scheduler.engine, scheduler.clock) if sms is not None else None,
+        waitlist=Waitlist(scheduler) if sms is not None else None,
         remind_every=settings.reminder_seconds,
     )
 

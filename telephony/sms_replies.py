@@ -6,7 +6,8 @@ the carriers match them:
 - STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT opt the number out of every text
   from the business number it texted (Twilio sends its own confirmation and blocks later texts;
   we record it, void what is queued and check it before every send);
-- START, UNSTOP, YES opt back in (YES also confirms, below);
+- START, UNSTOP, YES opt back in (YES also books a time the waitlist holds for them, or
+  else confirms, below; NO passes a waitlist offer on);
 - HELP, INFO get the business's name, how to confirm or cancel, and how to stop.
 
 A bare CANCEL is the carrier's opt-out word, so our texts never ask for it: they say "Reply C to
@@ -31,9 +32,10 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from booking import errors, phones
-from booking.models import Appointment, Business
+from booking.models import Appointment, Business, WaitlistEntry
 from booking.scheduler import Scheduler
 from booking.sms_outbox import SmsStore
+from booking.waitlist import Waitlist
 from telephony.sms import Change, confirmation_text
 from telephony.sms_threads import SmsThreads
 from telephony.wire import IncomingSms
@@ -47,6 +49,7 @@ OPT_IN = frozenset({"start", "unstop"})
 HELP = frozenset({"help", "info"})
 CONFIRM = frozenset({"c", "confirm", "confirmed", "y"})
 CANCEL_APPOINTMENT = frozenset({"x"})
+DECLINE = frozenset({"no", "n", "nope", "no thanks", "no thank you", "pass"})
 _EDGES = re.compile(r"^[\s.!?,;:'\"]+|[\s.!?,;:'\"]+$")
 _CANCEL_WORD = re.compile(r"\bcancel(?:led|ling|ed)?\b")
 
@@ -58,6 +61,9 @@ class Reply(StrEnum):
     HELP = "help"
     CONFIRM = "confirm"
     CANCEL = "cancel"
+    NO = "no"  # declines a waitlist offer; else a message for the agent
+    WAITLIST_BOOKED = "waitlist_booked"
+    WAITLIST_DECLINED = "waitlist_declined"
     OTHER = "other"
     UNKNOWN_NUMBER = "unknown_number"
 
@@ -76,6 +82,8 @@ def classify(body: str) -> Reply:
         return Reply.CONFIRM
     if words in CANCEL_APPOINTMENT or _CANCEL_WORD.search(words):
         return Reply.CANCEL
+    if words in DECLINE:
+        return Reply.NO
     return Reply.OTHER
 
 
@@ -123,7 +131,19 @@ class SmsReplies:
                 opted_out=kind is Reply.OPT_OUT,
                 source=" ".join(form.body.split()).upper()[:40] or kind.value,
             )
-        if kind is Reply.HELP:
+        if kind in (Reply.YES, Reply.NO):
+            # An offer from the waitlist held for them comes first.
+            waitlist = Waitlist(self.scheduler)
+            offer = await waitlist.open_offer(business_id=business.id, phone=phone)
+            if offer is not None:
+                kind, appointment, reply = await self._answer_offer(
+                    waitlist, offer, business, sender, yes=kind is Reply.YES
+                )
+            elif kind is Reply.NO:
+                kind = Reply.OTHER
+        if kind in (Reply.WAITLIST_BOOKED, Reply.WAITLIST_DECLINED):
+            pass
+        elif kind is Reply.HELP:
             reply = self._help(business, sender)
         elif kind in (Reply.CONFIRM, Reply.YES, Reply.CANCEL):
             appointment, reply = await self._about_appointment(business, sender, phone, kind)
@@ -148,6 +168,53 @@ class SmsReplies:
         )
         log.info("text %s from a caller handled as %s", form.message_sid, kind.value)
         return reply
+
+    async def _answer_offer(
+        self,
+        waitlist: Waitlist,
+        offer: WaitlistEntry,
+        business: Business,
+        sender: str,
+        *,
+        yes: bool,
+    ) -> tuple[Reply, Appointment | None, str]:
+        names = {s.id: s.name for s in await self.scheduler.services(business.id)}
+        service = names.get(offer.service_id, offer.service_id)
+        if not yes:
+            await waitlist.decline(offer)
+            return (
+                Reply.WAITLIST_DECLINED,
+                None,
+                (
+                    f"{business.name}: no problem, we'll offer it to someone else. You're still on "
+                    f"the waitlist for a {service}; reply STOP to stop texts."
+                ),
+            )
+        try:
+            booked = await waitlist.accept(offer)
+        except (errors.SlotUnavailable, errors.InvalidRequest, errors.NotFound) as exc:
+            log.info("waitlist offer %s could not be booked: %s", offer.id, exc)
+            return (
+                Reply.WAITLIST_DECLINED,
+                None,
+                (
+                    f"{business.name}: sorry, that time is no longer available. You're "
+                    f"still on the waitlist; call {sender} to book another time."
+                ),
+            )
+        staff = {m.id: m.name for m in await self.scheduler.staff(business.id)}
+        return (
+            Reply.WAITLIST_BOOKED,
+            booked,
+            confirmation_text(
+                Change.BOOKED,
+                business_name=business.name,
+                service_name=service,
+                staff_name=staff.get(booked.staff_id, booked.staff_id),
+                start=booked.start,
+                timezone=business.timezone,
+            ),
+        )
 
     def _help(self, business: Business, sender: str) -> str:
         return (

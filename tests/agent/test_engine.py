@@ -60,6 +60,7 @@ async def test_system_prompt_has_the_calendar_in_the_business_zone(
         "reschedule_appointment",
         "cancel_appointment",
         "take_message",
+        "join_waitlist",
         "transfer_to_human",
         "end_call",
     }

@@ -181,3 +181,44 @@ def test_domain_errors_are_worded_for_the_model() -> None:
     assert model_message(errors.InvalidRequest("a booking needs the caller's name")) == (
         "a booking needs the caller's name"
     )
+
+
+async def test_the_waitlist_tool_puts_the_caller_on_it(
+    tools: Toolbox, scheduler: Scheduler
+) -> None:
+    from booking.waitlist import Waitlist
+
+    result = await call(
+        tools,
+        "join_waitlist",
+        service="checkup",
+        first_date="2026-12-01",
+        last_date="2026-12-04",
+        name="Jane Doe",
+        staff="Dr. Lee",
+    )
+    assert result["waiting"] is True and (result["from"], result["to"]) == (
+        "2026-12-01",
+        "2026-12-04",
+    )
+    [entry] = await Waitlist(scheduler).entries("clinic")
+    assert (entry.phone, entry.name, entry.staff_id) == (CALLER, "Jane Doe", "lee")
+    wrong = await call(
+        tools,
+        "join_waitlist",
+        service="checkup",
+        first_date="2026-12-04",
+        last_date="2026-12-01",
+        name="Jane",
+    )
+    assert "Nobody was put on the waitlist" in wrong["error"]
+    tools.caller_phone = None
+    withheld = await call(
+        tools,
+        "join_waitlist",
+        service="checkup",
+        first_date="2026-12-01",
+        last_date="2026-12-01",
+        name="Jane",
+    )
+    assert "withheld" in withheld["error"]

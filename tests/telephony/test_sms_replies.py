@@ -353,3 +353,47 @@ async def test_a_text_conversation_books_across_workers_and_ends_as_one_lead(des
     desk.llm.script(Text("Hello again! How can I help?"))
     assert message(await text(desk, "one more question")) == "Hello again! How can I help?"
     assert count_rows(desk.engine, "SELECT count(*) FROM call") == 2
+
+
+# ---- the waitlist -----------------------------------------------------------------------------
+
+
+async def test_a_waitlist_offer_is_taken_with_yes_and_passed_with_no(desk: Desk) -> None:
+    from booking.waitlist import Waitlist
+    from tests.booking.test_waitlist import fill_tuesday
+
+    scheduler: Scheduler = desk.app.state.scheduler
+    booked = await fill_tuesday(scheduler)
+    waitlist = Waitlist(scheduler)
+    for phone, name in ((CALLER, "Ana"), ("+12025554322", "Bo")):
+        await waitlist.join(
+            business_id="clinic",
+            phone=phone,
+            name=name,
+            service_id="checkup",
+            first_day=TUESDAY_10.date(),
+            last_day=TUESDAY_10.date(),
+        )
+    await scheduler.cancel(business_id="clinic", appointment_id=booked[2].id)
+    assert await waitlist.offer_due()
+    assert await waitlist.open_offer(business_id="clinic", phone=CALLER) is not None
+    answer = message(await text(desk, "no"))
+    assert answer is not None and "offer it to someone else" in answer
+    assert await waitlist.offer_due()  # now Bo's
+    answer = message(await text(desk, "Yes", sender="+12025554322"))
+    assert (
+        answer
+        == "Clinic: your Checkup with Dr. Lee is booked for Tue Dec 1 at 10:00 AM. See you then!"
+    )
+    with desk.engine.connect() as conn:
+        mine = (
+            conn.execute(
+                sa.text(
+                    "SELECT a.booked_by FROM appointment a JOIN contact c ON c.id = a.contact_id "
+                    "WHERE c.phone = '+12025554322' AND a.status = 'confirmed'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert mine == ["waitlist"]

@@ -2,7 +2,7 @@
 address (for the reminder's wording), a caller's own confirmation of an appointment and whether
 they came (attended / no-show, marked by staff), what each
 text is about and how Twilio says it was delivered, opt-outs per business number, and inbound
-texts kept once per Twilio MessageSid.
+texts kept once per Twilio MessageSid, and the waitlist.
 
 Columns are added with ALTER TABLE ADD COLUMN, never a batch rebuild, so SQLite keeps the
 catalogue triggers of migration 0011 on business and service.
@@ -58,9 +58,35 @@ def upgrade() -> None:
         sa.Column("received_at", TS, nullable=False),
     )
     op.create_index("ix_inbound_sms_from", "inbound_sms", ["business_id", "from_number"])
+    op.create_table(
+        "waitlist_entry",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("business_id", sa.String(64), sa.ForeignKey("business.id"), nullable=False),
+        sa.Column("contact_id", sa.String(64), sa.ForeignKey("contact.id"), nullable=False),
+        sa.Column("phone", sa.String(40), nullable=False),
+        sa.Column("name", sa.String(200), nullable=True),
+        sa.Column("service_id", sa.String(64), nullable=False),
+        sa.Column("staff_id", sa.String(64), nullable=True),
+        sa.Column("first_day", sa.Date(), nullable=False),
+        sa.Column("last_day", sa.Date(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("passed", sa.JSON(), nullable=False),
+        sa.Column("hold_id", sa.String(64), nullable=True),
+        sa.Column("offered_start", TS, nullable=True),
+        sa.Column("offered_staff_id", sa.String(64), nullable=True),
+        sa.Column("offer_expires_at", TS, nullable=True),
+        sa.Column("appointment_id", sa.String(64), nullable=True),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+    )
+    op.create_index(
+        "ix_waitlist_entry_queue", "waitlist_entry", ["business_id", "status", "created_at"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_waitlist_entry_queue", "waitlist_entry")
+    op.drop_table("waitlist_entry")
     op.drop_index("ix_inbound_sms_from", "inbound_sms")
     op.drop_table("inbound_sms")
     op.drop_table("sms_opt_out")
