@@ -52,7 +52,13 @@ class CallLog:
         return call
 
     async def begin_call(
-        self, *, business_id: str, call_sid: str, from_number: str | None, to_number: str | None
+        self,
+        *,
+        business_id: str,
+        call_sid: str,
+        from_number: str | None,
+        to_number: str | None,
+        channel: str | None = None,
     ) -> tuple[Call, bool]:
         """As `start_call`, and whether this request created the row (nothing else can have
         been stored for a call created here)."""
@@ -72,6 +78,7 @@ class CallLog:
                 to_number=to_number,
                 contact_id=contact.id if contact else None,
                 started_at=now,
+                channel=channel,
             )
             s.add(row)
             s.flush()

@@ -137,6 +137,7 @@ class Call(SQLModel, table=True):
     duration_seconds: int | None = None
     transcript: list[dict[str, Any]] = json_field(list)
     summary: str | None = None
+    channel: str | None = Field(default=None, max_length=16)  # relay, gather, sms (a text thread)
 
 
 class ConversationState(SQLModel, table=True):

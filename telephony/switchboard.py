@@ -109,7 +109,11 @@ class Switchboard:
         if live is not None and not live.stale:
             return live
         call, created = await self.calls.begin_call(
-            business_id=business.id, call_sid=call_sid, from_number=from_number, to_number=to_number
+            business_id=business.id,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
+            channel=channel,
         )
         if self.store is not None and not created:
             stored = await self.store.load(call_key(call.id))

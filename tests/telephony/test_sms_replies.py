@@ -346,9 +346,9 @@ async def test_a_text_conversation_books_across_workers_and_ends_as_one_lead(des
     await desk.board.drain()
     with desk.engine.connect() as conn:
         lead = conn.execute(sa.text("SELECT outcome, phone, call_id FROM lead")).one()
-        call = conn.execute(sa.text("SELECT id, call_sid, ended_at FROM call")).one()
+        call = conn.execute(sa.text("SELECT id, call_sid, ended_at, channel FROM call")).one()
     assert lead.outcome == "booked" and lead.phone == CALLER and lead.call_id == call.id
-    assert call.call_sid == first_sid and call.ended_at is not None
+    assert call.call_sid == first_sid and call.ended_at is not None and call.channel == "sms"
     # A text after the thread ended starts a new one.
     desk.llm.script(Text("Hello again! How can I help?"))
     assert message(await text(desk, "one more question")) == "Hello again! How can I help?"
