@@ -135,3 +135,14 @@ def _digits_from_words(text: str) -> str:
     commas people (and `spoken`) put between groups, which libphonenumber reads as the end."""
     digits = _WORD.sub(lambda m: _SPOKEN_DIGITS.get(m.group().lower(), m.group()), text)
     return digits.replace(",", " ")
+
+
+def zones_of(e164: str) -> tuple[str, ...]:
+    """The IANA time zones a number's area code suggests (empty when it does not say)."""
+    from phonenumbers import timezone
+
+    try:
+        zones = timezone.time_zones_for_number(phonenumbers.parse(e164))
+    except NumberParseException:
+        return ()
+    return tuple(z for z in zones if z != "Etc/Unknown")

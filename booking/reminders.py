@@ -33,7 +33,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from booking import claims
+from booking import claims, phones
 from booking.clock import Clock, SystemClock
 from booking.db import in_session
 from booking.models import (
@@ -276,20 +276,36 @@ def render(
     tz: ZoneInfo,
     business: str,
     address: str | None,
+    name_zone: bool = False,
 ) -> str:
+    """The text, with the date and time in the business's zone; `name_zone` adds the zone's
+    abbreviation to the time (for a caller whose number is from another zone)."""
     local = start.astimezone(tz)
+    clock = f"{local:%I:%M %p}".lstrip("0")
+    if name_zone and "{zone}" not in text:
+        clock = f"{clock} {local.tzname()}"
     values = {
         "name": (name or "").strip() or "there",
         "service": service,
         "staff": staff,
         "date": f"{local:%a %b} {local.day}",
-        "time": f"{local:%I:%M %p}".lstrip("0"),
+        "time": clock,
         "business": business,
         "address": address or "",
         "zone": local.tzname() or "",
     }
     body = text.format_map(values)
     return re.sub(r"[ \t]{2,}", " ", body).strip()
+
+
+def elsewhere(phone: str, moment: datetime, tz: ZoneInfo) -> bool:
+    """Whether `phone`'s area code puts the caller in a zone whose clock differs from `tz`'s at
+    `moment` (then the reminder names the zone); False when the number does not say."""
+    zones = phones.zones_of(phone)
+    if not zones:
+        return False
+    offset = moment.astimezone(tz).utcoffset()
+    return all(moment.astimezone(ZoneInfo(z)).utcoffset() != offset for z in zones)
 
 
 @dataclass(frozen=True)
@@ -485,6 +501,7 @@ class ReminderPlanner:
                 tz=tz,
                 business=business.name,
                 address=business.address,
+                name_zone=elsewhere(contact.phone, apt.start, tz),
             )
             sms_id = new_id("sms")
             values.append(

@@ -387,3 +387,24 @@ async def test_staff_mark_attended_or_no_show_once_it_has_started(scheduler: Sch
         await scheduler.mark_attendance(
             business_id="clinic", appointment_id=apt.id, attendance=None, now=later
         )
+
+
+def test_a_caller_from_another_zone_is_told_which_zone_the_time_is_in() -> None:
+    from booking.reminders import elsewhere
+
+    start = ny(2026, 12, 2, 9, 0)
+    assert not elsewhere("+12025554321", start, NY)  # Washington: the same clock
+    assert elsewhere("+13125550100", start, NY)  # Chicago
+    assert not elsewhere("+447700900123", start, NY)  # a mobile number says no zone
+    body = render(
+        "{service} at {time}",
+        name=None,
+        service="Cleaning",
+        staff="",
+        start=start,
+        tz=NY,
+        business="",
+        address=None,
+        name_zone=True,
+    )
+    assert body == "Cleaning at 9:00 AM EST"
