@@ -66,6 +66,10 @@ class ClaimedSms:
     from_number: str
     body: str
     attempts: int  # made before this one
+    # Taken over from a sender whose claim lapsed: it may have posted the text and died before
+    # recording it, so look for it at Twilio before posting again.
+    recovering: bool = False
+    created_at: datetime | None = None
 
 
 @dataclass
@@ -126,6 +130,13 @@ class SmsStore:
             where.append(TABLE.c.id == sms_id)
 
         def write(s: Session) -> list[ClaimedSms]:
+            lapsed = set(
+                s.execute(
+                    sa.select(TABLE.c.id)
+                    .where(*where, TABLE.c.claim.is_not(None), TABLE.c.claimed_until < now)
+                    .limit(limit)
+                ).scalars()
+            )
             token, ids = claims.claim_rows(
                 s,
                 TABLE,
@@ -165,6 +176,8 @@ class SmsStore:
                     from_number=r.from_number,
                     body=r.body,
                     attempts=r.attempts,
+                    recovering=r.id in lapsed,
+                    created_at=r.created_at,
                 )
                 for r in (rows[i] for i in ids)
             ]

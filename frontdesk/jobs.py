@@ -218,7 +218,12 @@ def sms_outbox(settings: Settings, scheduler: Scheduler) -> SmsOutbox | None:
         api_base_url=settings.twilio_api_base_url,
         status_callback=f"{settings.public_base_url.rstrip('/')}/twilio/sms/status",
     )
-    return SmsOutbox(SmsStore.over(scheduler.engine), sender, observer=_count_sms)
+    return SmsOutbox(
+        SmsStore.over(scheduler.engine),
+        sender,
+        observer=_count_sms,
+        lease=timedelta(seconds=settings.sms_lease_seconds),
+    )
 
 
 def _count_sms(outcome: str) -> None:

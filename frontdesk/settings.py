@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         description="how often calendars without push notifications (CalDAV, "
         "ICS) are checked for changes; 0: only at each sync",
     )
+    sms_lease_seconds: float = Field(
+        default=60,
+        ge=1,
+        description="how long a worker's claim on a text lasts before another worker may send "
+        "it (longer than one send takes)",
+    )
     reminder_seconds: float = Field(
         default=30, gt=0, description="how often due appointment reminders are queued"
     )

@@ -219,6 +219,25 @@ class SmsSender:
         except (TwilioException, OSError, TimeoutError) as exc:
             raise SmsNotSent(exc) from None
 
+    async def find_sent(self, sms: Sms, *, since: datetime) -> str | None:
+        """The SID of a message Twilio already has from `sms.from_` to `sms.to` with this body,
+        created at or after `since` (a sender that died after posting it); None when there is
+        none, or when Twilio cannot say (then the text is posted again)."""
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._find, sms, since), self._timeout + 1
+            )
+        except (TwilioException, OSError, TimeoutError) as exc:
+            log.warning("could not look up earlier sends to %s: %s", sms.to, exc)
+            return None
+
+    def _find(self, sms: Sms, since: datetime) -> str | None:
+        for message in self._client.messages.list(to=sms.to, from_=sms.from_, limit=50):
+            created = message.date_created
+            if message.body == sms.body and (created is None or created >= since):
+                return str(message.sid)
+        return None
+
     def _post(self, sms: Sms) -> str:
         try:
             extra = {"status_callback": self._status_callback} if self._status_callback else {}

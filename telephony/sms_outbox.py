@@ -8,9 +8,11 @@ texts whose sender died holding the claim, once the claim lapses. A refusal a re
 change (Twilio's 21211 invalid number, 21610 unsubscribed: any 4xx but 408 and 429) is
 recorded as failed at once. Each text is recorded with Twilio's message SID.
 
-Only a sender that dies after Twilio accepted a text and before it recorded the SID (a window
-of one database write) leaves it to be sent again after the lease: Twilio's Messages API has
-no idempotency key to close that window.
+A sender that dies after Twilio accepted a text and before it recorded the SID leaves the text
+claimed; Twilio's Messages API has no idempotency key, so the sender that takes it over once the
+claim lapses first lists the messages Twilio has to that number from that sender and records the
+one with the same body, created since the text was queued, instead of posting it again. Only a
+message Twilio accepted but does not list yet (or a lookup that fails) is sent twice.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 BACKOFF: tuple[float, ...] = (10, 30, 120, 600, 1800, 3600)  # seconds before attempt n + 2
 LEASE = timedelta(seconds=60)  # longer than one post's time limit (the sender's timeout + 1 s)
 POLL_INTERVAL = 2.0
+SEND_CLOCK_SKEW = timedelta(minutes=5)  # between our clock and Twilio's date_created
 UNSUBSCRIBED = 21610  # Twilio: "Attempt to send to unsubscribed recipient"
 
 
@@ -118,6 +121,13 @@ class SmsOutbox:
             # number opted out): what voided it stands.
             log.info("SMS %s (%s) is no longer to be sent", due.id, due.key)
             return
+        if due.recovering and due.created_at is not None:
+            earlier = await self.sender.find_sent(sms, since=due.created_at - SEND_CLOCK_SKEW)
+            if earlier is not None:
+                if await self.store.sent(due, sid=earlier):
+                    log.info("SMS %s was already sent as %s by a sender that died", due.id, earlier)
+                    self._observe("sent")
+                return
         try:
             sid = await self.sender.post_once(sms)
         except SmsNotSent as refused:

@@ -7,7 +7,8 @@ token) and form fields `To`, `From`, `Body` answers 201 with a Message resource 
 `more_info`, `status`). `fail_next(n)` makes the next `n` sends answer 500 first, to prove retry
 (`status=` another status, `retry_after=` with that `Retry-After` header). `unsubscribe(number)`
 stands for a STOP Twilio holds: sends to it answer 400 with error 21610 ("Attempt to send to
-unsubscribed recipient"). A send's optional `StatusCallback` is kept on the message
+unsubscribed recipient"). `GET .../Messages.json` lists the messages sent (To, From, PageSize
+filters), as Twilio's list does. A send's optional `StatusCallback` is kept on the message
 (`status_callback`), for a test to post the callbacks Twilio would.
 
     rest = FakeTwilioRest(account_sid="AC...", auth_token="...").start()
@@ -18,10 +19,11 @@ unsubscribed recipient"). A send's optional `StatusCallback` is kept on the mess
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -42,6 +44,7 @@ class SentMessage:
     from_: str
     body: str
     status_callback: str | None = None
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class FakeTwilioRest:
@@ -52,10 +55,12 @@ class FakeTwilioRest:
         self.attempts = 0
         self._failures: list[tuple[int, str | None]] = []
         self.unsubscribed: set[str] = set()
+        self.delay = 0.0  # seconds each send takes to answer (a slow API, for kill tests)
         self._changed = threading.Condition()
         app = Starlette(
             routes=[
-                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"])
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"]),
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._list, methods=["GET"]),
             ]
         )
         self._loop_server = LoopbackServer(app, name="fake Twilio REST server")
@@ -99,6 +104,8 @@ class FakeTwilioRest:
     async def _create(self, request: Request) -> JSONResponse:
         sid = request.path_params["sid"]
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self._changed:
             self.attempts += 1
             failure = self._failures.pop(0) if self._failures else None
@@ -129,8 +136,37 @@ class FakeTwilioRest:
             self._changed.notify_all()
         return JSONResponse(self._resource(message), status_code=201)
 
+    async def _list(self, request: Request) -> JSONResponse:
+        """`GET .../Messages.json?To=&From=&PageSize=`: the account's messages, most recent
+        first, filtered by To and From, one page (Twilio's list envelope)."""
+        sid = request.path_params["sid"]
+        if not self._authorised(request) or sid != self.account_sid:
+            return _error(401, 20003, "Authenticate")
+        q = request.query_params
+        size = min(int(q.get("PageSize") or 50), 1000)
+        with self._changed:
+            found = [
+                m
+                for m in reversed(self.messages)
+                if m.to == q.get("To", m.to) and m.from_ == q.get("From", m.from_)
+            ][:size]
+        uri = f"/2010-04-01/Accounts/{sid}/Messages.json?PageSize={size}&Page=0"
+        return JSONResponse(
+            {
+                "messages": [self._resource(m) for m in found],
+                "end": max(len(found) - 1, 0),
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "page": 0,
+                "page_size": size,
+                "previous_page_uri": None,
+                "start": 0,
+                "uri": uri,
+            }
+        )
+
     def _resource(self, m: SentMessage) -> dict[str, Any]:
-        now = format_datetime(datetime.now(UTC))
+        now = format_datetime(m.created)
         return {
             "account_sid": self.account_sid,
             "api_version": "2010-04-01",

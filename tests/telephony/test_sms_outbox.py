@@ -164,3 +164,38 @@ async def test_a_dead_senders_claim_lapses_and_another_worker_sends_it(
     assert not await box.store.sent(held, sid="SMlate")  # the dead claim records nothing
     row = await box.store.get(BUSINESS, "k")
     assert row is not None and row.sid == rest.messages[0].sid
+
+
+async def test_a_text_a_dead_sender_had_posted_is_found_at_twilio_not_sent_twice(
+    outboxes: Callable[..., SmsOutbox], rest: FakeTwilioRest, clock: FixedClock
+) -> None:
+    box = outboxes(lease=timedelta(seconds=60))
+    await box.store.enqueue(
+        business_id=BUSINESS, key="k", to_number=SMS.to, from_number=SMS.from_, body=SMS.body
+    )
+    await box.store.claim(lease=timedelta(seconds=60))  # a worker that then died...
+    posted = await box.sender.post_once(SMS)  # ...after Twilio accepted the text
+    # Another text to the same number, from the same sender, is not mistaken for it.
+    await box.sender.post_once(Sms(to=SMS.to, from_=SMS.from_, body="Something else."))
+    clock.at = NOW + timedelta(seconds=61)
+    assert await box.run_once() == 1
+    assert len(rest.messages) == 2  # nothing posted again
+    row = await box.store.get(BUSINESS, "k")
+    assert row is not None and row.status == SmsStatus.SENT.value and row.sid == posted
+
+
+async def test_a_lapsed_claim_whose_text_twilio_never_got_is_posted(
+    outboxes: Callable[..., SmsOutbox], rest: FakeTwilioRest, clock: FixedClock
+) -> None:
+    box = outboxes(lease=timedelta(seconds=60))
+    await box.store.enqueue(
+        business_id=BUSINESS, key="k", to_number=SMS.to, from_number=SMS.from_, body=SMS.body
+    )
+    [held] = await box.store.claim(lease=timedelta(seconds=60))
+    clock.at = NOW + timedelta(seconds=61)
+    [again] = await box.store.claim(lease=timedelta(seconds=60))
+    assert again.recovering and not held.recovering
+    await box._send(again)
+    [message] = rest.messages
+    row = await box.store.get(BUSINESS, "k")
+    assert row is not None and row.sid == message.sid
