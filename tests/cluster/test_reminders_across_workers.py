@@ -90,4 +90,4 @@ async def test_reminders_go_once_each_when_a_worker_dies_sending(
     repeats = sum(n - 1 for n in per_caller.values())
     assert repeats == 0, per_caller
     assert len(rest.messages) == COUNT
-    print(f"all {COUNT} sent once, {took:.1f} s after the kill")
+    assert took < 30  # the claims lapse after 3 s: the survivor finishes soon after
