@@ -1,4 +1,5 @@
-"""The JSON API under /api/v1: availability, holds, appointments, leads. Bearer-key protected."""
+"""The JSON API under /api/v1: availability, holds, appointments (and whether the caller came),
+leads. Bearer-key protected."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    ConfigDict,
     Field,
     PlainValidator,
     StringConstraints,
@@ -27,7 +29,7 @@ from sqlmodel import Session, col, select
 from booking import errors, phones
 from booking.db import in_session
 from booking.idempotency import Claim, IdempotencyStore, Replay, fingerprint
-from booking.models import Appointment, Business, Contact, Hold, Lead, LeadOutcome
+from booking.models import Appointment, Attendance, Business, Contact, Hold, Lead, LeadOutcome
 from booking.scheduler import Scheduler, check_phone
 from dashboard import http_errors
 
@@ -203,6 +205,15 @@ class RescheduleIn(BaseModel):
     staff: str | None = None
 
 
+class AttendanceIn(BaseModel):
+    """Whether the caller came: `attended`, `no_show`, or null to unmark."""
+
+    model_config = ConfigDict(extra="forbid")
+    attendance: Attendance | None = Field(
+        description="attended or no_show (once the appointment has started); null unmarks"
+    )
+
+
 class AppointmentOut(BaseModel):
     id: str
     service: str
@@ -217,6 +228,13 @@ class AppointmentOut(BaseModel):
     rescheduled_to: str | None
     calendar_sync: str = Field(
         description="synced, not_synced (the retry job will write it) or no_calendar"
+    )
+    attendance: Attendance | None = Field(
+        default=None, description="attended or no_show, as marked by staff; null: not marked"
+    )
+    attendance_at: datetime | None = Field(default=None, description="when it was marked")
+    caller_confirmed_at: datetime | None = Field(
+        default=None, description="when the caller confirmed by replying C to a text"
     )
 
     @classmethod
@@ -234,6 +252,9 @@ class AppointmentOut(BaseModel):
             rescheduled_from=row.rescheduled_from,
             rescheduled_to=row.rescheduled_to,
             calendar_sync=row.sync_state,
+            attendance=Attendance(row.attendance) if row.attendance else None,
+            attendance_at=row.attendance_at,
+            caller_confirmed_at=row.caller_confirmed_at,
         )
 
 
@@ -536,6 +557,19 @@ async def reschedule_appointment(
 ) -> AppointmentOut:
     row = await scheduler.reschedule(
         business_id=business, appointment_id=appointment_id, start=body.start, staff_id=body.staff
+    )
+    return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
+
+
+@router.post("/appointments/{appointment_id}/attendance", response_model=AppointmentOut)
+async def mark_attendance(
+    appointment_id: str, body: AttendanceIn, scheduler: SchedulerDep, business: BusinessQ = None
+) -> AppointmentOut:
+    """Say whether the caller came (only once a confirmed appointment has started), or unmark."""
+    row = await scheduler.mark_attendance(
+        business_id=await scheduler.resolve_business(business),
+        appointment_id=appointment_id,
+        attendance=body.attendance,
     )
     return AppointmentOut.of(row, await _zone(scheduler, row.business_id))
 

@@ -19,6 +19,7 @@ from dashboard.web import (
     leads,
     login,
     privacy,
+    reminders,
     staff,
     staff_calendars,
     tryit,
@@ -35,6 +36,7 @@ router.include_router(appointments.router)
 router.include_router(staff.router)
 router.include_router(staff_calendars.router)
 router.include_router(business.router)
+router.include_router(reminders.router)
 router.include_router(integrations.router)
 router.include_router(integrations.api_router)
 router.include_router(tryit.router)

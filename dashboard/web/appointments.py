@@ -1,5 +1,6 @@
 """Appointments: a day or week per staff member, in their zone; cancel or move one through the
-scheduler, the same functions the agent uses."""
+scheduler, the same functions the agent uses; its texts (confirmation, reminders) and whether
+the caller came."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session, col, select
 
 from booking import errors
-from booking.models import Appointment, Business, Contact, Service, Staff
+from booking.models import (
+    Appointment,
+    Attendance,
+    Business,
+    Contact,
+    Service,
+    SmsMessage,
+    Staff,
+)
 from booking.scheduler import staff_zone
 from booking.slots import Slot
 from dashboard.http_errors import status_for
@@ -135,6 +144,34 @@ class Detail:
     service: Service | None
 
 
+# What Twilio's delivery error codes mean, in the owner's words (the code is shown either way).
+DELIVERY_ERRORS = {
+    "21610": "the caller replied STOP",
+    "30003": "the phone was off or out of reach",
+    "30004": "the number blocks texts",
+    "30005": "the number is unknown or no longer in use",
+    "30006": "a landline, or a carrier that cannot take texts",
+    "30007": "filtered by the carrier as spam",
+    "30008": "unknown error at the carrier",
+}
+
+
+@dataclass(frozen=True)
+class Text:
+    """One text about the appointment, as the history shows it."""
+
+    message: SmsMessage
+
+    @property
+    def problem(self) -> str:
+        """Why it was not sent or delivered, if it was not."""
+        code = self.message.delivery_error
+        if code:
+            meaning = DELIVERY_ERRORS.get(code)
+            return f"error {code}" + (f": {meaning}" if meaning else "")
+        return self.message.error or ""
+
+
 def _detail(s: Session, user: WebUser, appointment_id: str) -> Detail:
     """The appointment, if this user may see it: its business's, and for staff their own."""
     row = s.get(Appointment, appointment_id)
@@ -181,6 +218,10 @@ async def _render_detail(
             slots = found.slots
         except errors.BookingError as exc:
             error = error or exc.message
+    texts = await db.texts(request).history(apt.business_id, apt.id)
+    missed = await db.scheduler(request).no_shows(
+        business_id=apt.business_id, contact_ids=[apt.contact_id]
+    )
     return render(
         request,
         "appointment.html",
@@ -190,6 +231,9 @@ async def _render_detail(
         slots=slots,
         move_day=move_day,
         error=error,
+        texts=[Text(m) for m in texts],
+        no_shows=missed.get(apt.contact_id, 0),
+        started=apt.start <= db.now(request),
     )
 
 
@@ -240,6 +284,34 @@ async def move(
         appointment_id,
         {"to": row.id, "start": row.start.isoformat()},
     )
+    return RedirectResponse(f"/appointments/{row.id}", status_code=303)
+
+
+ATTENDANCE = {"attended": Attendance.ATTENDED, "no_show": Attendance.NO_SHOW, "none": None}
+
+
+@router.post("/appointments/{appointment_id}/attendance", dependencies=[Depends(verify_csrf)])
+async def attendance(
+    request: Request,
+    appointment_id: str,
+    user: CurrentUser,
+    attendance: Annotated[str, Form()] = "",
+) -> Response:
+    """Staff say whether the caller came (or take that back), once the appointment started."""
+    await db.run(request, lambda s: _detail(s, user, appointment_id))  # 404 unless theirs
+    try:
+        if attendance not in ATTENDANCE:
+            raise errors.InvalidRequest("choose attended, no-show or unmark")
+        row = await db.scheduler(request).mark_attendance(
+            business_id=user.business_id,
+            appointment_id=appointment_id,
+            attendance=ATTENDANCE[attendance],
+        )
+    except errors.BookingError as exc:
+        return await _render_detail(
+            request, user, appointment_id, error=exc.message, status_code=status_for(exc)
+        )
+    await _audit(request, user, "appointment.attendance", row.id, {"attendance": attendance})
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)
 
 

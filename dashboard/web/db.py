@@ -11,12 +11,18 @@ from sqlmodel import Session
 
 from booking.db import in_session
 from booking.scheduler import Scheduler
+from booking.sms_outbox import SmsStore
 
 T = TypeVar("T")
 
 
 def scheduler(request: Request) -> Scheduler:
     return request.app.state.scheduler  # type: ignore[no-any-return]
+
+
+def texts(request: Request) -> SmsStore:
+    """The SMS outbox over the scheduler's database: the texts sent about appointments."""
+    return SmsStore.over(scheduler(request).engine, scheduler(request).clock)
 
 
 def now(request: Request) -> datetime:

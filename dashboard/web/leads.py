@@ -1,5 +1,6 @@
-"""Leads for owners: the filtered list, CSV export of the same filter, a lead's page with its
-call, and status changes kept as history."""
+"""Leads for owners: the filtered list (callers who missed an appointment among the filters),
+CSV export of the same filter, a lead's page with its call, and status changes kept as
+history."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session, col, select
 
-from booking.models import Appointment, Business, Call, Lead, LeadOutcome, Service, Staff
+from booking.models import (
+    Appointment,
+    Attendance,
+    Business,
+    Call,
+    Lead,
+    LeadOutcome,
+    Service,
+    Staff,
+)
 from dashboard.models import LeadStatus, LeadStatusChange, audit
 from dashboard.web import db
 from dashboard.web.auth import OwnerUser, PageError, WebUser, verify_csrf
@@ -44,6 +54,7 @@ class LeadFilter:
     date_from: date | None = None
     date_to: date | None = None
     q: str | None = None
+    no_show: bool = False  # only callers who missed an appointment
     problems: list[str] = field(default_factory=list)
 
     @classmethod
@@ -55,6 +66,7 @@ class LeadFilter:
         date_from: str | None,
         date_to: str | None,
         q: str | None,
+        no_show: str | None = None,
     ) -> LeadFilter:
         """Read the filter form; a bad value is dropped and reported, never a crash."""
         problems: list[str] = []
@@ -74,6 +86,7 @@ class LeadFilter:
             date_from=first,
             date_to=last,
             q=(q or "").strip() or None,
+            no_show=bool(no_show),
             problems=problems,
         )
 
@@ -84,6 +97,7 @@ class LeadFilter:
             "from": self.date_from.isoformat() if self.date_from else None,
             "to": self.date_to.isoformat() if self.date_to else None,
             "q": self.q,
+            "no_show": "1" if self.no_show else None,
         }
         return urlencode({k: v for k, v in pairs.items() if v})
 
@@ -113,6 +127,12 @@ def find_leads(
         q = q.where(Lead.created_at < datetime.combine(flt.date_to + timedelta(days=1), time(), tz))
     if flt.q:
         q = q.where(_search(flt.q))
+    if flt.no_show:
+        missed = select(Appointment.contact_id).where(
+            Appointment.business_id == business_id,
+            Appointment.attendance == Attendance.NO_SHOW.value,
+        )
+        q = q.where(col(Lead.contact_id).in_(missed))
     return list(s.exec(q.order_by(col(Lead.created_at).desc(), col(Lead.id).desc()).limit(limit)))
 
 
@@ -140,9 +160,10 @@ def filter_args(
     date_from: Annotated[str | None, Query(alias="from")] = None,
     date_to: Annotated[str | None, Query(alias="to")] = None,
     q: str | None = None,
+    no_show: str | None = None,
 ) -> LeadFilter:
     return LeadFilter.parse(
-        outcome=outcome, status=status, date_from=date_from, date_to=date_to, q=q
+        outcome=outcome, status=status, date_from=date_from, date_to=date_to, q=q, no_show=no_show
     )
 
 
@@ -158,11 +179,15 @@ async def leads_page(request: Request, user: OwnerUser, flt: Filter) -> Response
         )
 
     business, rows = await db.run(request, load)
+    missed = await db.scheduler(request).no_shows(
+        business_id=business.id, contact_ids=sorted({r.contact_id for r in rows if r.contact_id})
+    )
     return render(
         request,
         "leads.html",
         business=business,
         leads=rows,
+        no_shows=missed,
         flt=flt,
         outcomes=list(LeadOutcome),
         statuses=list(LeadStatus),
@@ -239,6 +264,7 @@ class LeadPage:
     service: Service | None
     staff: Staff | None
     history: list[LeadStatusChange]
+    no_shows: int = 0
 
 
 def load_lead(s: Session, business_id: str, lead_id: str) -> Lead:
@@ -268,9 +294,19 @@ def _lead_page(s: Session, user: WebUser, lead_id: str) -> LeadPage:
     return LeadPage(business, lead, call, appointment, service, staff, history)
 
 
+async def _load_page(request: Request, user: WebUser, lead_id: str) -> LeadPage:
+    page = await db.run(request, lambda s: _lead_page(s, user, lead_id))
+    if page.lead.contact_id:
+        missed = await db.scheduler(request).no_shows(
+            business_id=page.business.id, contact_ids=[page.lead.contact_id]
+        )
+        page.no_shows = missed.get(page.lead.contact_id, 0)
+    return page
+
+
 @router.get("/leads/{lead_id}")
 async def lead_page(request: Request, lead_id: str, user: OwnerUser) -> Response:
-    page = await db.run(request, lambda s: _lead_page(s, user, lead_id))
+    page = await _load_page(request, user, lead_id)
     return render(request, "lead.html", page=page, statuses=list(LeadStatus), error=None)
 
 
@@ -346,7 +382,7 @@ async def lead_status(
             write=True,
         )
     except LeadStatusError as exc:
-        page = await db.run(request, lambda s: _lead_page(s, user, lead_id))
+        page = await _load_page(request, user, lead_id)
         return render(
             request,
             "lead.html",
