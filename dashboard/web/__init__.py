@@ -23,6 +23,7 @@ from dashboard.web import (
     staff,
     staff_calendars,
     tryit,
+    waitlist,
 )
 from dashboard.web.auth import LoginRequired, PageError, login_url
 from dashboard.web.render import STATIC, render
@@ -37,6 +38,7 @@ router.include_router(staff.router)
 router.include_router(staff_calendars.router)
 router.include_router(business.router)
 router.include_router(reminders.router)
+router.include_router(waitlist.router)
 router.include_router(integrations.router)
 router.include_router(integrations.api_router)
 router.include_router(tryit.router)

@@ -26,7 +26,6 @@ from booking.models import (
 from booking.scheduler import staff_zone
 from booking.slots import Slot
 from dashboard.http_errors import status_for
-from dashboard.models import audit
 from dashboard.web import db
 from dashboard.web.auth import CurrentUser, PageError, WebUser, verify_csrf
 from dashboard.web.render import add_nav, bookable, query_day, render
@@ -256,7 +255,7 @@ async def cancel(request: Request, appointment_id: str, user: CurrentUser) -> Re
         return await _render_detail(
             request, user, appointment_id, error=exc.message, status_code=status_for(exc)
         )
-    await _audit(request, user, "appointment.cancel", row.id, {})
+    await db.record(request, user, "appointment.cancel", row.id, {})
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)
 
 
@@ -277,7 +276,7 @@ async def move(
         return await _render_detail(
             request, user, appointment_id, error=exc.message, status_code=status_for(exc)
         )
-    await _audit(
+    await db.record(
         request,
         user,
         "appointment.move",
@@ -311,7 +310,7 @@ async def attendance(
         return await _render_detail(
             request, user, appointment_id, error=exc.message, status_code=status_for(exc)
         )
-    await _audit(request, user, "appointment.attendance", row.id, {"attendance": attendance})
+    await db.record(request, user, "appointment.attendance", row.id, {"attendance": attendance})
     return RedirectResponse(f"/appointments/{row.id}", status_code=303)
 
 
@@ -322,23 +321,3 @@ def _local_datetime(value: str, tz: ZoneInfo) -> datetime:
     except ValueError:
         raise errors.InvalidRequest("choose a date and time like 2026-12-07 14:00") from None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=tz)
-
-
-async def _audit(
-    request: Request, user: WebUser, action: str, subject: str, details: dict[str, str]
-) -> None:
-    at = db.now(request)
-    await db.run(
-        request,
-        lambda s: audit(
-            s,
-            business_id=user.business_id,
-            actor=user.email,
-            user_id=user.id,
-            action=action,
-            subject=subject,
-            details=details,
-            at=at,
-        ),
-        write=True,
-    )

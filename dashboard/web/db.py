@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from sqlmodel import Session
@@ -12,6 +12,10 @@ from sqlmodel import Session
 from booking.db import in_session
 from booking.scheduler import Scheduler
 from booking.sms_outbox import SmsStore
+from dashboard.models import audit
+
+if TYPE_CHECKING:
+    from dashboard.web.auth import WebUser
 
 T = TypeVar("T")
 
@@ -33,3 +37,24 @@ def now(request: Request) -> datetime:
 async def run(request: Request, fn: Callable[[Session], T], *, write: bool = False) -> T:
     """Run `fn` in one transaction in a worker thread, so the event loop never waits."""
     return await in_session(scheduler(request).engine, fn, write=write)
+
+
+async def record(
+    request: Request, user: WebUser, action: str, subject: str, details: dict[str, Any]
+) -> None:
+    """Add a line to the audit log: who did what to which record, when (by the clock)."""
+    at = now(request)
+    await run(
+        request,
+        lambda s: audit(
+            s,
+            business_id=user.business_id,
+            actor=user.email,
+            user_id=user.id,
+            action=action,
+            subject=subject,
+            details=details,
+            at=at,
+        ),
+        write=True,
+    )

@@ -172,13 +172,12 @@ Filter = Annotated[LeadFilter, Depends(filter_args)]
 
 @router.get("/leads")
 async def leads_page(request: Request, user: OwnerUser, flt: Filter) -> Response:
-    def load(s: Session) -> tuple[Business, list[Lead]]:
+    def load(s: Session) -> tuple[Business, list[Lead], dict[str, str]]:
         business = _business(s, user)
-        return business, find_leads(
-            s, business.id, flt, ZoneInfo(business.timezone), limit=PAGE_SIZE
-        )
+        rows = find_leads(s, business.id, flt, ZoneInfo(business.timezone), limit=PAGE_SIZE)
+        return business, rows, channels_of(s, [r.call_id for r in rows if r.call_id])
 
-    business, rows = await db.run(request, load)
+    business, rows, channels = await db.run(request, load)
     missed = await db.scheduler(request).no_shows(
         business_id=business.id, contact_ids=sorted({r.contact_id for r in rows if r.contact_id})
     )
@@ -188,11 +187,21 @@ async def leads_page(request: Request, user: OwnerUser, flt: Filter) -> Response
         business=business,
         leads=rows,
         no_shows=missed,
+        channels=channels,
         flt=flt,
         outcomes=list(LeadOutcome),
         statuses=list(LeadStatus),
         page_size=PAGE_SIZE,
     )
+
+
+def channels_of(s: Session, call_ids: list[str]) -> dict[str, str]:
+    """How each conversation came in, by call id: "relay" or "gather" (a phone call), "sms" (a
+    text thread), "web" (the Try-it chat)."""
+    if not call_ids:
+        return {}
+    rows = s.exec(select(Call.id, Call.channel).where(col(Call.id).in_(call_ids)))
+    return {call_id: channel or "" for call_id, channel in rows}
 
 
 CSV_COLUMNS = ["time", "outcome", "status", "name", "phone", "reason", "appointment_id", "id"]
